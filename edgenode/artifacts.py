@@ -1,0 +1,102 @@
+"""Files that travel between stages: atomic writes, hashes, JSON sidecars.
+
+Every artifact is written to a temporary name in the destination folder and renamed into place, so a
+crash or a concurrent reader never sees a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from edgenode.errors import ArtifactError
+
+
+def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it onto ``final`` only if the block succeeds."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_bytes(final: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)
+    return Path(final)
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and a fixed layout: the same object always gives the same bytes."""
+    return json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+
+
+def write_json(final: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_bytes(final, canonical_json(obj).encode("utf-8"))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path}: not valid JSON ({exc})", "regenerate it") from None
+
+
+def sidecar_path(artifact: str | os.PathLike) -> Path:
+    """``model.onnx`` -> ``model.onnx.json``: the metadata that mirrors an artifact, plus its sha256."""
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + ".json")
+
+
+def write_sidecar(artifact: str | os.PathLike, metadata: dict[str, Any]) -> Path:
+    record = dict(metadata)
+    record["sha256"] = sha256_file(artifact)
+    record["file"] = Path(artifact).name
+    return write_json(sidecar_path(artifact), record)
+
+
+def read_sidecar(artifact: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
+    """Read an artifact's sidecar; with ``verify`` the file's sha256 must match the one recorded."""
+    artifact = Path(artifact)
+    side = sidecar_path(artifact)
+    if not side.is_file():
+        raise ArtifactError(f"{artifact}: metadata sidecar {side.name} is missing", "re-export the artifact")
+    record = read_json(side)
+    if verify:
+        actual = sha256_file(artifact)
+        if actual != record.get("sha256"):
+            raise ArtifactError(
+                f"{artifact}: sha256 {actual[:12]}… does not match its sidecar ({str(record.get('sha256'))[:12]}…)",
+                "the file was modified or truncated; re-export it",
+            )
+    return record

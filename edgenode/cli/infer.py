@@ -1,0 +1,57 @@
+"""`edgenode infer`: classify pictures with any artifact (checkpoint, ONNX, TensorRT engine)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgenode.cli.common import user_errors
+from edgenode.console import console
+
+
+@user_errors
+def command(
+    artifact: Annotated[Path, typer.Argument(help="A checkpoint (.pt), ONNX file or TensorRT engine; it carries its own pre-processing.")],
+    paths: Annotated[list[Path], typer.Argument(help="Images and/or folders (searched recursively).")],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes to report per image.")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Images per inference call.")] = 32,
+    provider: Annotated[str, typer.Option(help="auto | tensorrt | cuda | cpu (auto: fastest available).")] = "auto",
+    workers: Annotated[int, typer.Option(help="Decoding threads (0: one per core + 2).")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout (JSON lines); messages go to stderr.")] = False,
+) -> None:
+    """Classify images with an artifact; prints identity and confidence; exit 1 if any file failed."""
+    from edgenode.errors import UsageError
+    from edgenode.runtime import collect_images, load_predictor
+
+    if top_k < 1 or batch_size < 1 or workers < 0:
+        raise UsageError("--top-k and --batch-size must be at least 1 and --workers at least 0")
+    files = collect_images(paths)
+    if not files:
+        raise UsageError(f"no image files found in {', '.join(map(str, paths))}", "pass image files or folders of .jpg/.png/.webp")
+    predictor = load_predictor(artifact, provider=provider)
+    console.print(f"{predictor.describe()}; provider {predictor.provider}; {len(files)} image(s)")
+    failed = n = 0
+    for item in predictor.predict_files(files, batch_size=batch_size, k=top_k, workers=workers or None):
+        n += 1
+        if not item.ok:
+            failed += 1
+            console.print(f"[bold red]error:[/] {item.path}: {item.reason}", markup=True, soft_wrap=True, highlight=False)
+            if as_json:
+                sys.stdout.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
+            continue
+        if as_json:
+            sys.stdout.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
+        else:
+            ranked = ", ".join(f"{name} {p:.3f}" for name, p in item.top_k)
+            typer.echo(f"{item.path}\t{ranked}")
+    sys.stdout.flush()
+    ok = n - failed
+    rate = f", {predictor.runner.total_inference_ms / ok:.2f} ms/image inference" if ok else ""
+    console.print(f"{ok}/{n} image(s) classified" + (f", [red]{failed} failed[/]" if failed else "") + rate)
+    predictor.close()
+    if failed:
+        raise typer.Exit(code=1)

@@ -1,0 +1,55 @@
+"""`edgenode train`: train a NeuralODECNN on a folder of identities (paper hyper-parameters by default)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edgenode.cli.common import user_errors
+
+
+@user_errors
+def command(
+    data: Annotated[Path, typer.Argument(help="Folder of identity sub-folders (images/<identity>/… or pins_<identity>/…).")],
+    out: Annotated[Path, typer.Option(help="Run folder: manifest, checkpoints, metrics, plots.")] = Path("runs/train"),
+    arch: Annotated[str, typer.Option(help="Model preset: odenet (GroupNorm, dopri5) or paper (BatchNorm, Euler 20).")] = "odenet",
+    width: Annotated[Optional[int], typer.Option(help="Channels of the ODE state (preset default if unset).")] = None,
+    solver: Annotated[Optional[str], typer.Option(help="dopri5 | bosh3 | euler | midpoint | rk4 | rk4_38 (preset default if unset).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Steps of a fixed-step solver.")] = None,
+    rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance of an adaptive solver.")] = None,
+    atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance of an adaptive solver.")] = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 60,
+    batch_size: Annotated[int, typer.Option(help="Global batch size.")] = 32,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 5e-4,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.05,
+    schedule: Annotated[str, typer.Option(help="constant | cosine.")] = "constant",
+    warmup_epochs: Annotated[int, typer.Option(help="Linear warm-up epochs.")] = 0,
+    label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the cross-entropy.")] = 0.0,
+    augment: Annotated[bool, typer.Option(help="Random flips and shifts.")] = False,
+    dropout: Annotated[float, typer.Option(help="Dropout before the linear head.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the split, the initialisation and every epoch.")] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    manifest: Annotated[Optional[Path], typer.Option(help="Reuse this split manifest instead of building one.")] = None,
+    per_class: Annotated[int, typer.Option(help="Images selected per identity.")] = 86,
+    train_per_class: Annotated[int, typer.Option("--train-per-class", help="Train images per identity.")] = 60,
+    val_per_class: Annotated[int, typer.Option("--val-per-class", help="Validation images per identity.")] = 17,
+    test_per_class: Annotated[int, typer.Option("--test-per-class", help="Test images per identity.")] = 9,
+    image_size: Annotated[int, typer.Option(help="Side of the square model input, pixels.")] = 64,
+    strict: Annotated[bool, typer.Option(help="Fail instead of excluding identities with too few images.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last.pt.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Train a NeuralODECNN; writes best.pt, last.pt, metrics and curves into --out."""
+    from edgenode.data import SplitConfig
+    from edgenode.train import TrainConfig, train
+
+    split = SplitConfig(per_class=per_class, train=train_per_class, val=val_per_class, test=test_per_class, image_size=image_size, seed=seed, strict=strict)
+    config = TrainConfig(
+        data=str(data), out=str(out), arch=arch, width=width, solver=solver, steps=steps, rtol=rtol, atol=atol,
+        epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
+        warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, augment=augment, dropout=dropout, seed=seed,
+        device=device, split=split, manifest=str(manifest) if manifest else None, resume=resume, progress=progress,
+    )
+    train(config)

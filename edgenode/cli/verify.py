@@ -1,0 +1,59 @@
+"""`edgenode verify`: on-device self-check of an export folder against its golden logits."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edgenode.cli.common import user_errors
+from edgenode.console import console
+
+
+@user_errors
+def command(
+    folder: Annotated[Path, typer.Argument(help="Export folder: artifacts with <artifact>.golden.npz beside them.")],
+    provider: Annotated[str, typer.Option(help="auto | tensorrt | cuda | cpu (auto: whatever this device has).")] = "auto",
+    atol: Annotated[Optional[float], typer.Option(help="Override the absolute logit tolerance of every precision.")] = None,
+    rtol: Annotated[Optional[float], typer.Option(help="Override the tolerance relative to each sample's largest |logit|.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The report as one JSON document on stdout.")] = False,
+) -> None:
+    """Replay each artifact's golden inputs and compare with the stored logits; exit 1 on any failure."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from edgenode.errors import EdgenodeError
+    from edgenode.runtime.verify import DEFAULT_TOLERANCES, GoldenTolerance, verify_folder
+
+    tolerances = {p: GoldenTolerance(atol if atol is not None else t.atol, rtol if rtol is not None else t.rtol)
+                  for p, t in DEFAULT_TOLERANCES.items()}
+    report = verify_folder(folder, provider=provider, tolerances=tolerances)
+    table = Table(title=f"Golden replay — {escape(str(folder))}")
+    for column in ("Artifact", "Precision", "Runtime", "max|Δlogit|", "Tolerance", "Top-1", "Verdict"):
+        table.add_column(column)
+    for c in report.checks:
+        colour = {"passed": "green", "failed": "bold red", "skipped": "yellow"}[c.status]
+        table.add_row(
+            escape(c.artifact), c.precision or "?", escape(c.runtime or "—"),
+            "—" if c.max_abs_error is None else f"{c.max_abs_error:.3g}",
+            "—" if c.tolerance is None else f"{c.tolerance.atol:g} + {c.tolerance.rtol:g}·|logit|",
+            "—" if c.top1_agreement is None else f"{100 * c.top1_agreement:.1f} %",
+            f"[{colour}]{c.status.upper()}[/]",
+        )
+    console.print(table)
+    for c in report.checks:
+        if c.reason:
+            console.print(f"{c.artifact}: {c.reason}", markup=False, soft_wrap=True)
+    if report.without_golden:
+        console.print(f"no golden file (not checked): {', '.join(report.without_golden)}", markup=False)
+    console.print(report.summary_line(), markup=False)
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_dict(), ensure_ascii=False, indent=1) + "\n")
+    if not report.passed:
+        failed = [c.artifact for c in report.checks if c.status == "failed"]
+        if failed:
+            raise EdgenodeError(f"{len(failed)} artifact(s) do not reproduce their golden logits: {', '.join(failed)}")
+        raise EdgenodeError("no artifact could be run on this machine", "install the runtime the artifacts need (see the reasons above)")

@@ -1,0 +1,103 @@
+"""Decoded split arrays on disk, so each image is decoded once per manifest rather than once per run.
+
+A cache file is named by the manifest's sha256 and by a hash of the resolved images folder, so a changed
+split or a different copy of the data can never be served someone else's pixels. Files are written
+atomically; a damaged or mismatched cache file is treated as a miss and rebuilt.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from edgenode.artifacts import atomic_path, sha256_bytes
+from edgenode.data import decode
+from edgenode.data.discover import images_root
+from edgenode.data.manifest import DataWarning, Manifest
+from edgenode.errors import DataError, ImageDecodeError
+
+CACHE_ENV = "EDGENODE_CACHE"
+CACHE_VERSION = "v1"
+
+
+def cache_dir() -> Path:
+    """``$EDGENODE_CACHE`` when set, else ``~/.cache/edgenode``; read at each call so tests can redirect it."""
+    configured = os.environ.get(CACHE_ENV)
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "edgenode"
+
+
+def cache_path(manifest: Manifest, root: str | os.PathLike, split: str) -> Path:
+    manifest.files(split)  # validates the split name
+    folder_key = sha256_bytes(str(images_root(root).resolve()).encode("utf-8"))[:12]
+    return cache_dir() / f"{manifest.sha256[:16]}-{folder_key}-{split}-{CACHE_VERSION}.npz"
+
+
+def _labels(manifest: Manifest, split: str) -> np.ndarray:
+    return np.asarray(manifest.labels(split), dtype=np.int64).reshape(-1)
+
+
+def store_split_arrays(manifest: Manifest, root: str | os.PathLike, split: str, images: np.ndarray) -> Path | None:
+    """Write one split's uint8 NHWC images; a cache that cannot be written costs time, so it only warns."""
+    path = cache_path(manifest, root, split)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, images=np.ascontiguousarray(images, dtype=np.uint8), labels=_labels(manifest, split))
+    except OSError as exc:
+        warnings.warn(f"could not write the image cache {path} ({exc}); images will be decoded again next time",
+                      DataWarning, stacklevel=2)
+        return None
+    return path
+
+
+def _read(path: Path, manifest: Manifest, split: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cached arrays, or None when the file is missing, unreadable or does not match the manifest."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            images, labels = archive["images"], archive["labels"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    size = manifest.config.image_size
+    expected = _labels(manifest, split)
+    if images.dtype != np.uint8 or images.shape != (len(expected), size, size, 3):
+        return None
+    if labels.dtype != np.int64 or not np.array_equal(labels, expected):
+        return None
+    return images, labels
+
+
+def _decode_split(manifest: Manifest, root: str | os.PathLike, split: str, workers: int | None) -> np.ndarray:
+    base = images_root(root)
+    files = manifest.files(split)
+    size = manifest.config.image_size
+    results = decode.decode_many([base / f for f in files], size, workers)
+    failed = [(f, r.reason) for f, r in zip(files, results) if isinstance(r, ImageDecodeError)]
+    if failed:
+        listing = "; ".join(f"{f!r}: {reason}" for f, reason in failed[:5])
+        more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+        raise DataError(
+            f"{len(failed)} {split} file(s) listed in the manifest can no longer be decoded from {base}: "
+            f"{listing}{more}",
+            "the data changed since the manifest was written; restore the files or rebuild the manifest",
+        )
+    if not results:
+        return np.zeros((0, size, size, 3), dtype=np.uint8)
+    return np.stack(results)
+
+
+def load_split_arrays(
+    manifest: Manifest, root: str | os.PathLike, split: str, workers: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One split as (uint8 images N x H x W x 3, int64 labels N), from the cache or decoded and cached."""
+    path = cache_path(manifest, root, split)
+    cached = _read(path, manifest, split)
+    if cached is not None:
+        return cached
+    images = _decode_split(manifest, root, split, workers)
+    store_split_arrays(manifest, root, split, images)
+    return images, _labels(manifest, split)

@@ -1,0 +1,150 @@
+"""Turn any image file into an RGB picture, or say in a few words why it cannot be done.
+
+Scraped face data sets hold every kind of file: greyscale, palette, CMYK, 16-bit, EXIF-rotated phone
+pictures, truncated downloads, HTML saved as ``.jpg``. Each is either normalised to 8-bit RGB here or
+refused with an :class:`ImageDecodeError` whose reason can be shown to the user; callers then skip the
+file and report it, so one bad file never stops a build and is never dropped silently.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from edgenode.errors import ImageDecodeError
+
+MAX_PIXELS = 40_000_000
+"""Largest picture we agree to decode. Face crops are tiny; anything bigger is a mistake or an attack."""
+
+# Lower (never raise) Pillow's own decompression-bomb limit, so that Image.open refuses huge headers before
+# allocating anything. The explicit size check in load_rgb covers the band where Pillow only warns.
+if Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS > MAX_PIXELS:
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+_WHITE = (255, 255, 255)
+
+
+def _too_large(width: int, height: int) -> str:
+    return f"too large: {width}x{height} pixels is over the {MAX_PIXELS:,}-pixel limit (decompression bomb?)"
+
+
+def _short(exc: BaseException, path: str | os.PathLike) -> str:
+    """The exception's message, without the file's own path (it is already named) and at most 120 chars."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        text = exc.strerror
+    else:
+        text = str(exc).replace(os.fspath(path), os.path.basename(os.fspath(path))).strip()
+    text = text or type(exc).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _high_depth_to_rgb(img: Image.Image) -> Image.Image:
+    """16/32-bit integer and float greyscale: Pillow's convert('RGB') clips at 255, so rescale instead."""
+    values = np.asarray(img)
+    if img.mode.startswith("I;16"):
+        scaled = values.astype(np.float64) / 257.0
+    elif img.mode == "F":
+        finite = values[np.isfinite(values)]
+        peak = float(finite.max()) if finite.size else 0.0
+        scaled = np.nan_to_num(values.astype(np.float64)) * (255.0 if peak <= 1.0 else 1.0)
+    else:  # "I": 32-bit ints, in practice 8- or 16-bit data widened by the decoder
+        scaled = values.astype(np.float64) / (257.0 if values.max(initial=0) > 255 else 1.0)
+    grey = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    return Image.fromarray(np.repeat(grey[..., None], 3, axis=2), "RGB")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB; transparency is composited on white (a neutral, photo-like backdrop)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I") or img.mode == "F":
+        return _high_depth_to_rgb(img)
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        img.mode in ("P", "L", "RGB") and "transparency" in img.info
+    )
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        backdrop = Image.new("RGBA", rgba.size, _WHITE + (255,))
+        return Image.alpha_composite(backdrop, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation tag; a malformed EXIF block leaves the pixels usable as stored."""
+    try:
+        upright = ImageOps.exif_transpose(img)
+    except Exception:  # broken EXIF is metadata damage, not pixel damage
+        return img
+    return upright if upright is not None else img
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Decode ``path`` fully into an upright RGB image, or raise ``ImageDecodeError(path, reason)``."""
+    try:
+        if os.stat(path).st_size == 0:
+            raise ImageDecodeError(path, "empty file")
+    except FileNotFoundError:
+        raise ImageDecodeError(path, "file not found") from None
+    except OSError as exc:
+        raise ImageDecodeError(path, f"cannot read file ({_short(exc, path)})") from None
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise ImageDecodeError(path, _too_large(width, height))
+            img.load()  # force the full decode here, so truncated data fails inside this try
+            return to_rgb(_upright(img))
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(path, f"too large ({_short(exc, path)})") from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError(path, "not an image (format not recognised)") from None
+    except (IsADirectoryError, PermissionError) as exc:
+        raise ImageDecodeError(path, f"cannot read file ({_short(exc, path)})") from None
+    except MemoryError:
+        raise ImageDecodeError(path, "out of memory while decoding") from None
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, EOFError, zlib.error... on bad data
+        raise ImageDecodeError(path, f"corrupt or truncated image data ({_short(exc, path)})") from None
+
+
+def load_resized(path: str | os.PathLike, size: int) -> np.ndarray:
+    """``load_rgb`` then a plain size x size bilinear resize (antialiased, aspect not kept), as uint8 HWC.
+
+    This is the same transform as torchvision's ``Resize((size, size))`` on a PIL image, so models trained
+    here see the same pixels as anything pre-processed the usual way.
+    """
+    img = load_rgb(path)
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
+    return np.array(img, dtype=np.uint8)
+
+
+def default_workers() -> int:
+    """Threads for decoding: Pillow releases the GIL while decoding, so threads scale with cores."""
+    return min(32, (os.cpu_count() or 1) + 2)
+
+
+def decode_many(
+    paths: Sequence[str | os.PathLike],
+    size: int,
+    workers: int | None = None,
+    on_done: Callable[[], None] | None = None,
+) -> list[np.ndarray | ImageDecodeError]:
+    """Decode many files in a thread pool; each slot holds the array or the error, in input order."""
+
+    def one(path):
+        try:
+            return load_resized(path, size)
+        except ImageDecodeError as exc:
+            return exc
+        finally:
+            if on_done is not None:
+                on_done()
+
+    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+        return list(pool.map(one, paths))

@@ -1,0 +1,80 @@
+"""Find the identity folders and their image files under a data set root.
+
+The walk is purely by name (nothing is decoded here) and every list is sorted by plain ``str`` order, so
+the same folder gives the same classes and files on every machine; the split built on top of it is then
+reproducible from the seed alone.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from edgenode.errors import DataError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+KAGGLE_PREFIX = "pins_"
+EXPECTED_LAYOUT = "expected <root>/<identity>/<image>.jpg or <root>/images/<identity>/<image>.jpg"
+
+
+def images_root(root: str | os.PathLike) -> Path:
+    """The folder that holds the identity folders: ``root/images`` when it exists, else ``root`` itself.
+
+    Every relative path in a manifest is relative to this folder, so a manifest works whether the user
+    points at the data set folder or at its ``images/`` sub-folder.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        what = "does not exist" if not root.exists() else "is not a directory"
+        raise DataError(f"data root {root} {what}", EXPECTED_LAYOUT)
+    nested = root / "images"
+    return nested if nested.is_dir() else root
+
+
+def class_name(folder_name: str) -> str:
+    """Kaggle ships ``pins_<Identity>`` folders; the prefix is packaging, not part of the name."""
+    if folder_name.startswith(KAGGLE_PREFIX) and len(folder_name) > len(KAGGLE_PREFIX):
+        return folder_name[len(KAGGLE_PREFIX):]
+    return folder_name
+
+
+def _is_image_name(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _identity_files(base: Path, folder: Path) -> list[str]:
+    """Image files anywhere below one identity folder (hidden files and folders skipped), POSIX relative."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if _is_image_name(name):
+                found.append(Path(dirpath, name).relative_to(base).as_posix())
+    return sorted(found)
+
+
+def discover_images(root: str | os.PathLike) -> dict[str, list[str]]:
+    """Map each identity (class name) to the sorted image paths below it, relative to ``images_root``.
+
+    An identity folder with no images maps to an empty list rather than disappearing, so that the split
+    builder can report it as excluded instead of silently dropping a person.
+    """
+    base = images_root(root)
+    folders = sorted(
+        (entry for entry in base.iterdir() if entry.is_dir() and not entry.name.startswith(".")),
+        key=lambda entry: entry.name,
+    )
+    if not folders:
+        raise DataError(f"no identity folders found in {base}", EXPECTED_LAYOUT)
+    classes: dict[str, list[str]] = {}
+    origin: dict[str, str] = {}
+    for folder in folders:
+        name = class_name(folder.name)
+        if name in classes:
+            raise DataError(
+                f"folders {origin[name]!r} and {folder.name!r} in {base} both give the identity {name!r}",
+                "merge or rename one of them",
+            )
+        origin[name] = folder.name
+        classes[name] = _identity_files(base, folder)
+    return dict(sorted(classes.items()))

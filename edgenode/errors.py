@@ -1,0 +1,52 @@
+"""One exception family for mistakes a user can fix.
+
+The CLI turns an :class:`EdgenodeError` into one line on stderr and exit code 1 (2 for
+:class:`UsageError`) with no traceback. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class EdgenodeError(Exception):
+    """A user-facing error: what went wrong (naming the file and the value) and how to fix it."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class UsageError(EdgenodeError):
+    """A bad command-line argument or configuration value."""
+
+    exit_code = 2
+
+
+class DataError(EdgenodeError):
+    """The data set on disk cannot be used as asked (too few images, no identities, ...)."""
+
+
+class ImageDecodeError(DataError):
+    """One image file cannot be read as a picture; callers skip it and report the reason."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+class ArtifactError(EdgenodeError):
+    """A checkpoint, ONNX file or engine is missing, tampered with, or of the wrong kind."""
+
+
+class NumericError(EdgenodeError):
+    """A model produced inf/NaN or saturated outputs."""
+
+
+class ParityError(EdgenodeError):
+    """A deployed artifact does not reproduce the reference model within the thresholds."""

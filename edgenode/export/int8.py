@@ -1,0 +1,155 @@
+"""INT8: post-training static quantisation with explicit QuantizeLinear/DequantizeLinear (QDQ) nodes.
+
+Two targets, two files, because the fast kernels of each runtime want different encodings:
+
+``ort`` (``*-int8-ort.onnx``) — U8S8: uint8 asymmetric activations, int8 symmetric per-channel weights,
+    int32 biases, Q/DQ on the inputs *and* outputs of Conv/Gemm/MatMul. ONNX Runtime's x86 CPU EP fuses
+    DQ→Conv→Q into QLinearConv with int8 kernels (VNNI/AVX2 u8×s8); with signed activations (S8S8) it
+    leaves the convs in FP32 and runs slower than the FP32 model.
+``tensorrt`` (``*-int8-trt.onnx``) — symmetric signed INT8 everywhere (zero points 0: TensorRT supports
+    no other), per-channel weights along the output channels, float biases (TensorRT cannot dequantize
+    int32), and Q/DQ only on the *inputs* of Conv/Gemm/MatMul: TensorRT fuses DQ into the following conv and
+    keeps everything between (GroupNorm, the RK4 additions) in higher precision, which is what its
+    explicit-quantisation placement rules recommend.
+
+For both targets only Conv/Gemm/MatMul are quantised: the ODE state and the RK4 combinations
+(h + dt/6 (k1 + 2 k2 + 2 k3 + k4)) stay in float, because rounding them would add error at every one of the
+N steps. The graph first goes through onnxruntime's ``quant_pre_process`` (symbolic shape inference and
+basic graph optimisation), as its documentation asks. Calibration data come from
+:mod:`edgenode.calibration` (train split only); the method (MinMax/Entropy/Percentile) is a parameter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgenode.calibration.reader import ArrayCalibrationReader
+from edgenode.calibration.table import ort_calibration_method
+from edgenode.errors import UsageError
+
+QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
+INT8_TARGET_CHOICES = ("ort", "tensorrt", "both")
+
+
+@dataclass(frozen=True)
+class Int8Recipe:
+    target: str
+    file_tag: str
+    activation_type: str  # onnxruntime.quantization.QuantType member name
+    weight_type: str
+    extra_options: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+
+
+RECIPES = {
+    "ort": Int8Recipe(
+        "ort", "int8-ort", "QUInt8", "QInt8",
+        {"ActivationSymmetric": False, "WeightSymmetric": True},
+        "U8S8 QDQ: uint8 asymmetric activations, int8 symmetric per-channel weights (ONNX Runtime x86 int8 kernels)",
+    ),
+    "tensorrt": Int8Recipe(
+        "tensorrt", "int8-trt", "QInt8", "QInt8",
+        {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+         "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS)},
+        "S8S8 symmetric QDQ on Conv/Gemm inputs, zero points 0, float biases (TensorRT explicit quantisation)",
+    ),
+}
+
+
+def int8_targets(choice: str) -> tuple[str, ...]:
+    """``ort|tensorrt|both`` to the targets to build."""
+    if choice not in INT8_TARGET_CHOICES:
+        raise UsageError(f"--int8-target {choice!r} is not known", f"choose one of {', '.join(INT8_TARGET_CHOICES)}")
+    return ("ort", "tensorrt") if choice == "both" else (choice,)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """onnxruntime's quantiser prints progress and logs per-tensor notes; keep the console for our lines."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize_int8(fp32_path: str | os.PathLike, target: str, images: np.ndarray, method: str = "minmax"):
+    """The QDQ model (ModelProto) for ``target`` of the FP32 ONNX at ``fp32_path``, calibrated on ``images``."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    recipe = RECIPES[target]
+    calibrate_method = ort_calibration_method(method)
+    with tempfile.TemporaryDirectory(prefix="edgenode-int8.") as tmp, _quiet():
+        prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "quantized.onnx"
+        quant_pre_process(str(fp32_path), str(prepared))
+        quantize_static(
+            str(prepared), str(quantized), ArrayCalibrationReader(images),
+            quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
+            activation_type=QuantType[recipe.activation_type], weight_type=QuantType[recipe.weight_type],
+            calibrate_method=calibrate_method, extra_options=dict(recipe.extra_options),
+        )
+        return onnx.load(str(quantized))
+
+
+def qdq_summary(proto) -> dict[str, Any]:
+    """What the QDQ nodes say: counts, activation/weight types and zero points, per-channel weights, quantised ops."""
+    import onnx
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in proto.graph.initializer}
+    constants = {n.output[0]: n.attribute[0].t for n in proto.graph.node if n.op_type == "Constant" and n.attribute}
+
+    def tensor(name):
+        t = inits.get(name) if name in inits else constants.get(name)
+        return None if t is None else (t.data_type, numpy_helper.to_array(t))
+
+    consumers: dict[str, list[str]] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.op_type)
+    act_types, act_zero, weight_types, weight_zero = set(), [], set(), []
+    per_channel, quantized_ops = 0, {}
+    for node in proto.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
+            continue
+        zp = tensor(node.input[2])
+        if zp is None:
+            continue
+        type_name = onnx.TensorProto.DataType.Name(zp[0])
+        is_weight = node.op_type == "DequantizeLinear" and node.input[0] in inits
+        if is_weight:
+            weight_types.add(type_name)
+            weight_zero.append(bool(np.all(zp[1] == 0)))
+            scale = tensor(node.input[1])
+            per_channel += int(scale is not None and np.size(scale[1]) > 1)
+        elif node.op_type == "QuantizeLinear":
+            act_types.add(type_name)
+            act_zero.append(bool(np.all(zp[1] == 0)))
+        if node.op_type == "DequantizeLinear":
+            for op in consumers.get(node.output[0], []):
+                quantized_ops[op] = quantized_ops.get(op, 0) + 1
+    counts = {op: sum(1 for n in proto.graph.node if n.op_type == op) for op in ("QuantizeLinear", "DequantizeLinear")}
+    return {
+        "quantize_linear": counts["QuantizeLinear"],
+        "dequantize_linear": counts["DequantizeLinear"],
+        "activation_types": sorted(act_types),
+        "activation_zero_points_all_zero": all(act_zero) if act_zero else None,
+        "weight_types": sorted(weight_types),
+        "weight_zero_points_all_zero": all(weight_zero) if weight_zero else None,
+        "per_channel_weights": per_channel,
+        "dequantize_consumers": dict(sorted(quantized_ops.items())),
+    }

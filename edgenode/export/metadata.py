@@ -1,0 +1,83 @@
+"""The metadata every deployed artifact carries, in ONNX ``metadata_props`` and in a JSON sidecar.
+
+An artifact must be usable without the checkpoint it came from: class names, input size and normalisation
+travel with it, and the hashes tie it to its source checkpoint and split manifest.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from edgenode import __version__
+from edgenode.checkpoint import InputSpec
+from edgenode.errors import ArtifactError
+
+ARTIFACT_FORMAT = "edgenode-artifact/1"
+PRECISIONS = ("fp32", "fp16", "int8")
+INT8_TARGETS = ("ort", "tensorrt")
+FULL_RECORD_KEY = "edgenode_metadata"
+
+
+@dataclass(frozen=True)
+class ArtifactMetadata:
+    classes: list[str]
+    input: InputSpec
+    model: dict[str, Any]  # ModelConfig.to_dict() of the deployed graph (solver = the unrolled fixed-step one)
+    source_solver: dict[str, Any]  # the solver the checkpoint was trained with
+    precision: str  # fp32 | fp16 | int8
+    steps: int
+    source_checkpoint_sha256: str
+    manifest_sha256: str
+    int8_target: str | None = None  # int8 only: "ort" (U8S8, fast on x86 ORT) or "tensorrt" (symmetric S8S8)
+    kind: str = "onnx"  # onnx | engine
+    edgenode_version: str = __version__
+    extra: dict[str, Any] = field(default_factory=dict)  # calibration, tolerances, TensorRT version and GPU …
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ArtifactError(f"unknown precision {self.precision!r} in artifact metadata")
+        if self.int8_target is not None and self.int8_target not in INT8_TARGETS:
+            raise ArtifactError(f"unknown INT8 target {self.int8_target!r} in artifact metadata")
+
+    def to_dict(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["input"] = self.input.to_dict()
+        record["format"] = ARTIFACT_FORMAT
+        return record
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> "ArtifactMetadata":
+        record = dict(record)
+        if record.pop("format", None) != ARTIFACT_FORMAT:
+            raise ArtifactError("not edgenode artifact metadata (missing or unknown 'format')", "re-export with `edgenode export`")
+        record.pop("sha256", None)
+        record.pop("file", None)
+        try:
+            record["input"] = InputSpec.from_dict(record["input"])
+            return cls(**record)
+        except (KeyError, TypeError) as exc:
+            raise ArtifactError(f"incomplete artifact metadata ({exc})", "re-export with `edgenode export`") from None
+
+    def to_onnx_props(self) -> dict[str, str]:
+        """Readable keys for any ONNX viewer, plus the full record as JSON for a lossless round trip."""
+        return {
+            "classes": json.dumps(self.classes, ensure_ascii=False),
+            "input_size": str(self.input.image_size),
+            "mean": json.dumps(list(self.input.mean)),
+            "std": json.dumps(list(self.input.std)),
+            "steps": str(self.steps),
+            "solver": json.dumps(self.model.get("solver", {})),
+            "precision": self.precision,
+            "source_checkpoint_sha256": self.source_checkpoint_sha256,
+            "manifest_sha256": self.manifest_sha256,
+            "edgenode_version": self.edgenode_version,
+            FULL_RECORD_KEY: json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False),
+        }
+
+    @classmethod
+    def from_onnx_props(cls, props: dict[str, str], source: str = "ONNX file") -> "ArtifactMetadata":
+        if FULL_RECORD_KEY not in props:
+            raise ArtifactError(f"{source}: carries no edgenode metadata", "export it with `edgenode export`")
+        return cls.from_dict(json.loads(props[FULL_RECORD_KEY]))

@@ -1,0 +1,177 @@
+"""TensorRT engines built from the exported ONNX files, which stay the artifacts of record.
+
+Precision lives in the ONNX file, not in builder flags: FP16 files carry half types, INT8 files explicit Q/DQ.
+TensorRT 11 removed the FP16/INT8 builder flags and the INT8 calibrators; networks are always strongly typed
+there. TensorRT 9–10 (JetPack 6 ships 10.3) build them strongly typed with
+``NetworkDefinitionCreationFlag.STRONGLY_TYPED``, so the engine's precision is exactly the file's. Only a
+TensorRT without strong typing (8.x) falls back to weak typing plus the ``FP16``/``INT8`` builder flags.
+:func:`plan_build` makes that choice as a pure function, testable without TensorRT.
+
+An engine is specific to the TensorRT version and the GPU (compute capability) that built it. Both are
+recorded in the engine's JSON sidecar — never glued onto the engine file, which stays a plain serialized
+engine that ``trtexec --loadEngine`` and every runtime read. The builder's timing cache is kept in a file
+so that rebuilding on the same device is fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgenode.artifacts import atomic_path, atomic_write_bytes, write_sidecar
+from edgenode.errors import ArtifactError, EdgenodeError, UsageError
+from edgenode.export.metadata import ArtifactMetadata
+from edgenode.export.onnx_export import INPUT_NAME
+
+TENSORRT_HINT = ("install it with `pip install 'edgenode[tensorrt]'` on x86_64 Linux with an NVIDIA GPU; "
+                 "on a Jetson use the TensorRT that JetPack ships (python3-libnvinfer)")
+ENGINE_SUFFIX = ".engine"
+TIMING_CACHE_NAME = "tensorrt-timing.cache"
+
+
+class TensorRTUnavailable(EdgenodeError):
+    """The ``tensorrt`` Python package cannot be imported here."""
+
+
+def import_tensorrt():
+    """``import tensorrt`` or a one-line error that says how to get it."""
+    try:
+        import tensorrt
+    except (ImportError, OSError) as exc:  # OSError: the wheel is there but libnvinfer is not
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TensorRTUnavailable(f"--format engine needs TensorRT, which cannot be imported here ({reason[:160]})", TENSORRT_HINT) from None
+    return tensorrt
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Optimisation profile of the dynamic batch axis (min is always 1) and builder resources."""
+
+    opt_batch: int = 8
+    max_batch: int = 32
+    workspace_mib: int = 1024
+    timing_cache: str | None = None  # None: tensorrt-timing.cache beside the engine
+
+    def __post_init__(self):
+        for name in ("opt_batch", "max_batch", "workspace_mib"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"--engine-{name.replace('_', '-')} {value!r} must be a positive whole number")
+        if self.max_batch < self.opt_batch:
+            raise UsageError(f"--engine-max-batch {self.max_batch} is below --engine-opt-batch {self.opt_batch}",
+                             "the profile needs 1 <= opt <= max")
+
+    def profile(self, image_size: int) -> dict[str, list[int]]:
+        shape = [3, image_size, image_size]
+        return {"min": [1, *shape], "opt": [self.opt_batch, *shape], "max": [self.max_batch, *shape]}
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    strongly_typed: bool
+    explicit_batch_flag: bool  # TensorRT < 10 needs EXPLICIT_BATCH for ONNX networks
+    builder_flags: tuple[str, ...]  # names of trt.BuilderFlag members to set
+
+    def describe(self) -> str:
+        if self.strongly_typed:
+            return "strongly typed (precision from the ONNX types and Q/DQ)"
+        return f"weakly typed with builder flags {', '.join(self.builder_flags) or 'none'} (TensorRT without strong typing)"
+
+
+def trt_major(version: str) -> int:
+    try:
+        return int(str(version).split(".")[0])
+    except ValueError:
+        raise ArtifactError(f"cannot read the TensorRT version {version!r}") from None
+
+
+def plan_build(version: str, has_strongly_typed: bool, precision: str) -> BuildPlan:
+    """How to build: strongly typed wherever TensorRT can, builder flags only as the ≤ 10 fallback."""
+    major = trt_major(version)
+    if major >= 11:
+        return BuildPlan(strongly_typed=True, explicit_batch_flag=False, builder_flags=())
+    if has_strongly_typed:
+        return BuildPlan(strongly_typed=True, explicit_batch_flag=False, builder_flags=())
+    flags = {"fp32": (), "fp16": ("FP16",), "int8": ("INT8", "FP16")}[precision]
+    return BuildPlan(strongly_typed=False, explicit_batch_flag=major < 10, builder_flags=flags)
+
+
+def engine_path_for(onnx_path: str | os.PathLike) -> Path:
+    return Path(onnx_path).with_suffix(ENGINE_SUFFIX)
+
+
+def gpu_description() -> dict[str, Any]:
+    """Name and compute capability of GPU 0 (engines run only on the same compute capability)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability(0)
+            return {"gpu_name": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
+    except Exception:  # noqa: BLE001 - a broken CUDA setup only costs the description
+        pass
+    return {"gpu_name": "unknown", "compute_capability": "unknown"}
+
+
+def engine_metadata(source: ArtifactMetadata, onnx_file: str, onnx_sha256: str, tensorrt_version: str,
+                    gpu: dict[str, Any], plan: BuildPlan, profile: dict[str, list[int]]) -> ArtifactMetadata:
+    """The ONNX file's metadata with kind "engine" and what ties the engine to its TensorRT and GPU."""
+    extra = dict(source.extra)
+    extra.update(
+        tensorrt_version=tensorrt_version, gpu_name=gpu.get("gpu_name"), compute_capability=gpu.get("compute_capability"),
+        built_from=onnx_file, built_from_sha256=onnx_sha256, build=plan.describe(), optimization_profile=profile,
+        portability="runs only with this TensorRT version on GPUs of this compute capability; rebuild from the ONNX file otherwise",
+    )
+    return dataclasses.replace(source, kind="engine", extra=extra)
+
+
+def build_engine(onnx_path: str | os.PathLike, source: ArtifactMetadata, config: EngineConfig = EngineConfig(),
+                 engine_path: str | os.PathLike | None = None) -> tuple[Path, ArtifactMetadata]:
+    """Parse ``onnx_path``, build a serialized engine with a dynamic-batch profile, write it and its sidecar."""
+    from edgenode.artifacts import sha256_file
+
+    trt = import_tensorrt()
+    onnx_path = Path(onnx_path)
+    engine_path = Path(engine_path) if engine_path else engine_path_for(onnx_path)
+    timing_path = Path(config.timing_cache) if config.timing_cache else engine_path.parent / TIMING_CACHE_NAME
+    flag_enum = trt.NetworkDefinitionCreationFlag
+    plan = plan_build(trt.__version__, hasattr(flag_enum, "STRONGLY_TYPED"), source.precision)
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    creation = 0
+    if plan.strongly_typed and hasattr(flag_enum, "STRONGLY_TYPED") and trt_major(trt.__version__) < 11:
+        creation |= 1 << int(flag_enum.STRONGLY_TYPED)
+    if plan.explicit_batch_flag:
+        creation |= 1 << int(flag_enum.EXPLICIT_BATCH)
+    network = builder.create_network(creation)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
+        raise ArtifactError(f"{onnx_path}: TensorRT {trt.__version__} cannot parse it ({errors[:300]})",
+                            "export with another --opset, or use a newer TensorRT")
+
+    builder_config = builder.create_builder_config()
+    builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, config.workspace_mib << 20)
+    for flag in plan.builder_flags:
+        builder_config.set_flag(getattr(trt.BuilderFlag, flag))
+    shapes = config.profile(source.input.image_size)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(INPUT_NAME, shapes["min"], shapes["opt"], shapes["max"])
+    builder_config.add_optimization_profile(profile)
+    cache = builder_config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file() else b"")
+    builder_config.set_timing_cache(cache, False)
+
+    serialized = builder.build_serialized_network(network, builder_config)
+    if serialized is None:
+        raise ArtifactError(f"{onnx_path}: TensorRT {trt.__version__} failed to build an engine (see its log above)",
+                            "lower --engine-max-batch or raise --engine-workspace-mib")
+    with atomic_path(engine_path) as tmp, open(tmp, "wb") as handle:
+        handle.write(memoryview(serialized))
+    atomic_write_bytes(timing_path, bytes(memoryview(builder_config.get_timing_cache().serialize())))
+    meta = engine_metadata(source, onnx_path.name, sha256_file(onnx_path), trt.__version__, gpu_description(), plan, shapes)
+    write_sidecar(engine_path, meta.to_dict())
+    return engine_path, meta

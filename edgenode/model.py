@@ -1,0 +1,225 @@
+"""NeuralODECNN: conv stem → ODE block → classifier head, and the registry of presets.
+
+Two presets:
+
+``paper``
+    The reference paper's network: BatchNorm stem 8→16→32 channels (state 32×16×16), an ODE function of two
+    3×3 convs with BatchNorm, fixed Euler with 20 steps, a linear head on globally pooled features. Its
+    outputs are plain logits (label-free argmax); the paper's label-conditioned CosFace head is not used.
+``odenet`` (default)
+    In the spirit of torchdiffeq's ODE-Net: GroupNorm everywhere (no running statistics shared across time
+    steps), time as an extra input channel of each conv in f, adaptive dopri5.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable
+
+import torch
+from torch import nn
+
+from edgenode.errors import UsageError
+from edgenode.ode.solvers import SolverConfig, integrate_fixed
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the network; travels inside checkpoints and artifacts."""
+
+    arch: str = "odenet"
+    num_classes: int = 105
+    width: int = 64
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if self.arch not in MODEL_REGISTRY:
+            raise UsageError(f"unknown model preset {self.arch!r}", f"choose one of {', '.join(MODEL_REGISTRY)}")
+        if self.num_classes < 2:
+            raise UsageError(f"a classifier needs at least 2 classes, got {self.num_classes}")
+        if self.width < 4:
+            raise UsageError(f"model width must be at least 4 channels, got {self.width}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UsageError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        data = dict(data)
+        data["solver"] = SolverConfig.from_dict(data.get("solver", {}))
+        return cls(**data)
+
+
+class ODEBlock(nn.Module):
+    """Integrates dh/dt = f(t, h) over [0, 1] with the configured solver; counts function evaluations."""
+
+    def __init__(self, func: nn.Module, solver: SolverConfig):
+        super().__init__()
+        self.func = func
+        self.solver = solver
+        self.nfe = 0  # function evaluations of the last forward pass
+
+    def _f(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        self.nfe += 1
+        return self.func(t, h)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        self.nfe = 0
+        solver = self.solver
+        if not solver.is_adaptive:
+            return integrate_fixed(self._f, h, solver.n_steps, solver.method)
+        import torchdiffeq
+
+        odeint = torchdiffeq.odeint_adjoint if solver.adjoint else torchdiffeq.odeint
+        t = torch.tensor([0.0, 1.0], dtype=h.dtype, device=h.device)
+        kwargs = {"adjoint_params": tuple(self.func.parameters())} if solver.adjoint else {}
+        return odeint(self._f, h, t, rtol=solver.rtol, atol=solver.atol, method=solver.method, **kwargs)[-1]
+
+
+class NeuralODECNN(nn.Module):
+    def __init__(self, config: ModelConfig, stem: nn.Module, func: nn.Module, head: nn.Module):
+        super().__init__()
+        self.config = config
+        self.stem = stem
+        self.ode = ODEBlock(func, config.solver)
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.ode(self.stem(x)))
+
+    @property
+    def nfe(self) -> int:
+        return self.ode.nfe
+
+    def with_solver(self, solver: SolverConfig) -> "NeuralODECNN":
+        """A copy sharing nothing mutable with ``self`` whose ODE block uses ``solver``."""
+        clone = copy.deepcopy(self)
+        clone.ode.solver = solver
+        clone.config = replace(self.config, solver=solver)
+        return clone
+
+
+# --- building blocks ------------------------------------------------------------------------------------
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(32, channels), channels)
+
+
+class ConcatConv2d(nn.Module):
+    """A 3×3 conv that sees time as one extra constant input channel (torchdiffeq's ODE-Net)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels + 1, out_channels, 3, padding=1)
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        time_channel = torch.ones_like(x[:, :1]) * t
+        return self.conv(torch.cat([time_channel, x], dim=1))
+
+
+class PaperODEFunc(nn.Module):
+    """f(h) = BN(conv(ReLU(BN(conv(h))))): autonomous, BatchNorm statistics shared by every step."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+        )
+
+    def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return self.body(h)
+
+
+class TimeConvODEFunc(nn.Module):
+    """torchdiffeq ODE-Net's f: GN → ReLU → ConcatConv → GN → ReLU → ConcatConv → GN."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.norm1 = group_norm(width)
+        self.conv1 = ConcatConv2d(width, width)
+        self.norm2 = group_norm(width)
+        self.conv2 = ConcatConv2d(width, width)
+        self.norm3 = group_norm(width)
+
+    def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(t, torch.relu(self.norm1(h)))
+        out = self.conv2(t, torch.relu(self.norm2(out)))
+        return self.norm3(out)
+
+
+def conv_bn_relu(cin: int, cout: int, stride: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+def pooled_linear_head(width: int, num_classes: int, dropout: float, pre: list[nn.Module]) -> nn.Sequential:
+    layers = [*pre, nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    if dropout:
+        layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+# --- registry -------------------------------------------------------------------------------------------
+
+Builder = Callable[[ModelConfig], NeuralODECNN]
+MODEL_REGISTRY: dict[str, Builder] = {}
+PRESET_DEFAULTS: dict[str, dict] = {}
+
+
+def register_model(name: str, **defaults):
+    def wrap(builder: Builder) -> Builder:
+        MODEL_REGISTRY[name] = builder
+        PRESET_DEFAULTS[name] = defaults
+        return builder
+
+    return wrap
+
+
+@register_model("paper", width=32, solver=SolverConfig(method="euler", n_steps=20))
+def build_paper(config: ModelConfig) -> NeuralODECNN:
+    w = config.width
+    stem = nn.Sequential(*conv_bn_relu(3, w // 4, 1), *conv_bn_relu(w // 4, w // 2, 2), *conv_bn_relu(w // 2, w, 2))
+    head = pooled_linear_head(w, config.num_classes, config.dropout, pre=[])
+    return NeuralODECNN(config, stem, PaperODEFunc(w), head)
+
+
+@register_model("odenet", width=64, solver=SolverConfig(method="dopri5", rtol=1e-3, atol=1e-3))
+def build_odenet(config: ModelConfig) -> NeuralODECNN:
+    w = config.width
+    stem = nn.Sequential(
+        nn.Conv2d(3, w, 3, padding=1),
+        group_norm(w),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(w, w, 4, stride=2, padding=1),
+        group_norm(w),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(w, w, 4, stride=2, padding=1),
+    )
+    head = pooled_linear_head(w, config.num_classes, config.dropout, pre=[group_norm(w), nn.ReLU(inplace=True)])
+    return NeuralODECNN(config, stem, TimeConvODEFunc(w), head)
+
+
+def preset_config(arch: str, num_classes: int, **overrides) -> ModelConfig:
+    """The preset's defaults (width, solver) with explicit ``overrides`` (None means 'keep the default')."""
+    if arch not in MODEL_REGISTRY:
+        raise UsageError(f"unknown model preset {arch!r}", f"choose one of {', '.join(MODEL_REGISTRY)}")
+    values = dict(PRESET_DEFAULTS[arch])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return ModelConfig(arch=arch, num_classes=num_classes, **values)
+
+
+def build_model(config: ModelConfig) -> NeuralODECNN:
+    return MODEL_REGISTRY[config.arch](config)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

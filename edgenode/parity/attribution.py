@@ -1,0 +1,184 @@
+"""Where a deployed artifact's difference from the reference comes from, stage by stage.
+
+The chain from the trained model to the deployed file has four links, each measured on the same inputs:
+
+============  =====================================================  ==========================================
+stage         compares                                               n/a when
+============  =====================================================  ==========================================
+solver        adaptive reference vs. torch FP32 with the artifact's  —
+              fixed-step solver (e.g. RK4 × 4): discretisation
+export        torch RK4-N FP32 vs. ONNX FP32 of the same steps       no FP32 ONNX found and rebuilding it failed
+precision     ONNX FP32 vs. the artifact (FP16, INT8, TensorRT)      the artifact *is* the FP32 ONNX
+runtime       the artifact on this provider vs. on another one       only one provider is available
+============  =====================================================  ==========================================
+
+The FP32 ONNX for the export/precision stages is, in order: the artifact itself when it is FP32 ONNX, an
+artifact passed alongside it (or in its folder) whose metadata says FP32, same solver and steps, same source
+checkpoint; else a graph rebuilt in memory from the checkpoint (noted as such, since it was not the file
+that was shipped). Results are cached, so a folder of FP32/FP16/INT8 exports of one step count costs one
+torch twin and one FP32 ONNX run.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edgenode.errors import EdgenodeError
+from edgenode.ode.solvers import SolverConfig
+from edgenode.parity.compare import StageDiff, diff_logits
+from edgenode.runtime.artifact import ArtifactInfo, detect_kind, onnx_info
+from edgenode.runtime.predictor import Predictor
+from edgenode.runtime.providers import PROVIDER_NAMES, short_name
+
+STAGES = ("solver", "export", "precision", "runtime", "total")
+
+
+def _batched(run, x: np.ndarray, batch_size: int) -> np.ndarray:
+    return np.concatenate([run(x[lo : lo + batch_size]) for lo in range(0, len(x), batch_size)])
+
+
+def export_fp32_bytes(model, image_size: int) -> bytes:
+    """The unrolled torch model as FP32 ONNX bytes, with a dynamic batch axis (for attribution only)."""
+    import torch
+
+    buffer = io.BytesIO()
+    dummy = torch.zeros(1, 3, image_size, image_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.cpu().eval(), (dummy,), buffer, input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
+    return buffer.getvalue()
+
+
+class Attributor:
+    """Splits ``reference`` vs. artifact differences into solver/export/precision/runtime stages."""
+
+    def __init__(self, reference: Predictor, reference_logits: np.ndarray, x: np.ndarray, batch_size: int,
+                 provider: str = "auto"):
+        self.reference = reference
+        self.reference_logits = reference_logits
+        self.x = x
+        self.batch_size = batch_size
+        self.provider = provider
+        self._twins: dict[SolverConfig, np.ndarray] = {}
+        self._fp32: dict[tuple, tuple[str, np.ndarray] | str] = {}
+
+    # --- the pieces, cached ---------------------------------------------------------------------------------
+
+    def twin_logits(self, solver: SolverConfig) -> np.ndarray:
+        """The checkpoint's weights with ``solver`` in torch FP32: what a perfect export would compute."""
+        if solver not in self._twins:
+            from edgenode.runtime.torch_runner import TorchRunner
+
+            runner = TorchRunner(self.reference.runner.model.with_solver(solver), str(self.reference.runner.device))
+            self._twins[solver] = _batched(runner.infer, self.x, self.batch_size)
+        return self._twins[solver]
+
+    def _find_fp32_onnx(self, info: ArtifactInfo, candidates: Sequence[Path]) -> Path | None:
+        pool = list(candidates) + sorted(info.path.parent.glob("*.onnx"))
+        for path in pool:
+            try:
+                if path.resolve() == info.path.resolve() or detect_kind(path) != "onnx":
+                    continue
+                other = onnx_info(path)
+            except EdgenodeError:
+                continue
+            if (other.precision == "fp32" and other.solver == info.solver
+                    and other.source_checkpoint_sha256 == info.source_checkpoint_sha256):
+                return path
+        return None
+
+    def fp32_logits(self, info: ArtifactInfo, candidates: Sequence[Path]) -> tuple[str, np.ndarray] | str:
+        """(name, logits) of the FP32 ONNX of ``info``'s solver, or the reason there is none."""
+        key = (info.solver, info.source_checkpoint_sha256)
+        if key in self._fp32:
+            return self._fp32[key]
+        from edgenode.runtime.onnx_runner import OnnxRuntimeRunner
+        from edgenode.runtime.predictor import load_predictor
+
+        found = self._find_fp32_onnx(info, candidates)
+        try:
+            if found is not None:
+                predictor = load_predictor(found, provider=self.provider)
+                value: tuple[str, np.ndarray] | str = (found.name, _batched(predictor.predict_logits, self.x, self.batch_size))
+                predictor.close()
+            elif info.source_checkpoint_sha256 != self.reference.metadata.sha256:
+                value = "no FP32 ONNX of this export found, and it comes from another checkpoint (cannot rebuild)"
+            else:
+                model = self.reference.runner.model.with_solver(info.solver)
+                data = export_fp32_bytes(model, info.input.image_size)
+                runner = OnnxRuntimeRunner(data, ["CPUExecutionProvider"])
+                value = (f"FP32 ONNX {info.solver.describe()} (rebuilt in memory)", _batched(runner.infer, self.x, self.batch_size))
+        except EdgenodeError as exc:
+            value = f"FP32 ONNX unavailable ({exc})"
+        except Exception as exc:  # noqa: BLE001 - the exporter can fail in many ways; attribution is best-effort
+            value = f"rebuilding the FP32 ONNX failed ({type(exc).__name__}: {str(exc).strip()[:120]})"
+        self._fp32[key] = value
+        return value
+
+    def other_provider_logits(self, predictor: Predictor) -> tuple[str, np.ndarray] | str:
+        """The same ONNX file on another available provider, or why that is n/a."""
+        info = predictor.metadata
+        if info.kind == "engine":
+            return "a TensorRT engine runs on TensorRT only"
+        from edgenode.runtime.onnx_runner import OnnxRuntimeRunner, available_providers
+
+        available = available_providers()
+        others = [PROVIDER_NAMES[p] for p in ("tensorrt", "cuda", "cpu")
+                  if PROVIDER_NAMES[p] in available and p != predictor.provider]
+        if not others:
+            return f"only one provider available here ({predictor.provider})"
+        other = others[0]
+        fallback = [] if other == PROVIDER_NAMES["cpu"] else [PROVIDER_NAMES["cpu"]]
+        try:
+            runner = OnnxRuntimeRunner(info.path, [other, *fallback], explicit=True)
+        except EdgenodeError as exc:
+            return f"{short_name(other)} failed to start ({exc})"
+        logits = _batched(runner.infer, self.x, self.batch_size)
+        return f"{info.path.name} on {short_name(other)}", logits
+
+    # --- the table ------------------------------------------------------------------------------------------
+
+    def stages(self, predictor: Predictor, logits: np.ndarray, candidates: Sequence[Path] = ()) -> list[StageDiff]:
+        info = predictor.metadata
+        ref_name = f"reference ({self.reference.metadata.solver.describe()})"
+        name = f"{info.path.name} ({predictor.provider})"
+        rows: list[StageDiff] = []
+        if info.solver.is_adaptive:
+            rows.append(StageDiff("solver", ref_name, "artifact solver", reason="the artifact's solver is adaptive"))
+            twin = None
+        else:
+            twin = self.twin_logits(info.solver)
+            twin_name = f"torch FP32 {info.solver.describe()}"
+            rows.append(StageDiff("solver", ref_name, twin_name, diff_logits(self.reference_logits, twin)))
+
+        if info.kind == "onnx" and info.precision == "fp32":
+            fp32: tuple[str, np.ndarray] | str = (info.path.name, logits)
+        else:
+            fp32 = self.fp32_logits(info, candidates)
+        if twin is None:
+            rows.append(StageDiff("export", "torch FP32", "ONNX FP32", reason="no fixed-step torch twin"))
+        elif isinstance(fp32, str):
+            rows.append(StageDiff("export", twin_name, "ONNX FP32", reason=fp32))
+        else:
+            rows.append(StageDiff("export", twin_name, fp32[0], diff_logits(twin, fp32[1])))
+
+        if info.kind == "onnx" and info.precision == "fp32":
+            rows.append(StageDiff("precision", info.path.name, name, reason="the artifact is the FP32 ONNX"))
+        elif isinstance(fp32, str):
+            rows.append(StageDiff("precision", "ONNX FP32", name, reason=fp32))
+        else:
+            rows.append(StageDiff("precision", fp32[0], name, diff_logits(fp32[1], logits)))
+
+        other = self.other_provider_logits(predictor)
+        if isinstance(other, str):
+            rows.append(StageDiff("runtime", name, "another provider", reason=other))
+        else:
+            rows.append(StageDiff("runtime", name, other[0], diff_logits(logits, other[1])))
+        rows.append(StageDiff("total", ref_name, name, diff_logits(self.reference_logits, logits)))
+        return rows

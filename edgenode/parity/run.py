@@ -1,0 +1,233 @@
+"""``run_parity(ParityConfig) -> ParityReport``: deployed artifacts against the adaptive-solver model.
+
+The reference is the training checkpoint integrated with an adaptive solver at tight tolerance (dopri5,
+rtol = atol = 1e-6 by default): that is the ODE the network defines, whatever solver it was trained or
+exported with, so every discretisation and precision error of a deployment is measured against it. The
+split comes from the run's manifest, whose sha256 must be the one the checkpoint was trained on; each
+artifact must carry the same manifest hash, classes and input pre-processing, or it is refused with what
+differs — comparing against another split or another pre-processing would measure nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from rich.markup import escape
+
+from edgenode.console import console
+from edgenode.errors import ArtifactError, UsageError
+from edgenode.ode.solvers import SolverConfig
+from edgenode.parity.attribution import Attributor
+from edgenode.parity.compare import ParityResult, ParityThresholds, compare_logits
+from edgenode.runtime.artifact import ArtifactInfo, expect_kind, find_artifacts
+from edgenode.runtime.predictor import Predictor, load_predictor
+from edgenode.runtime.providers import ProviderUnavailableError
+
+DEFAULT_REFERENCE_SOLVER = SolverConfig("dopri5", rtol=1e-6, atol=1e-6)
+
+
+@dataclass(frozen=True)
+class ParityConfig:
+    """What to compare, on which data, judged how. ``reference_solver=None`` keeps the trained solver."""
+
+    artifacts: tuple[str, ...]
+    reference: str
+    data: str
+    manifest: str | None = None
+    split: str = "test"
+    out: str | None = None
+    thresholds: ParityThresholds = field(default_factory=ParityThresholds)
+    reference_solver: SolverConfig | None = DEFAULT_REFERENCE_SOLVER
+    provider: str = "auto"
+    batch_size: int = 64
+    attribution: bool = True
+
+    def __post_init__(self):
+        if not self.artifacts:
+            raise UsageError("no artifact to compare", "pass one or more .onnx/.engine files or an export folder")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+
+@dataclass
+class ParityReport:
+    reference: dict[str, Any]
+    data: dict[str, Any]
+    thresholds: ParityThresholds
+    results: list[ParityResult]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (artifact, why it was not compared)
+    notes: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def n_passed(self) -> int:
+        return sum(1 for r in self.results if r.passed)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.results) and self.n_passed == len(self.results)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def summary_line(self) -> str:
+        """Polygraphy's one-liner: ``best.pt [dopri5 …] vs. 3 artifacts | Passed: 2/3``."""
+        what = self.results[0].name if len(self.results) == 1 else f"{len(self.results)} artifacts"
+        return (f"{Path(self.reference['path']).name} [{self.reference['solver']}] vs. {what} | "
+                f"Passed: {self.n_passed}/{len(self.results)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reference": self.reference, "data": self.data, "thresholds": self.thresholds.to_dict(),
+            "passed": self.passed, "n_passed": self.n_passed, "n_compared": len(self.results),
+            "results": [r.to_dict() for r in self.results],
+            "skipped": [{"artifact": a, "reason": why} for a, why in self.skipped], "notes": list(self.notes),
+        }
+
+
+def expand_artifacts(paths: Sequence[str | os.PathLike]) -> list[tuple[Path, bool]]:
+    """Files as given, folders as the ONNX files and engines inside them; (path, came_from_folder)."""
+    out: list[tuple[Path, bool]] = []
+    seen: set[Path] = set()
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = find_artifacts(path)
+            if not found:
+                raise ArtifactError(f"{path}: no .onnx or .engine files in this folder", "pass the folder `edgenode export` wrote")
+            items = [(p, True) for p in found]
+        else:
+            items = [(path, False)]
+        for item in items:
+            key = item[0].resolve()
+            if key not in seen:
+                seen.add(key)
+                out.append(item)
+    return out
+
+
+def check_compatible(info: ArtifactInfo, reference: ArtifactInfo) -> list[str]:
+    """Refuse (ArtifactError) an artifact made for another split, class list or pre-processing; return notes."""
+    differ = []
+    if info.manifest_sha256 != reference.manifest_sha256:
+        differ.append(f"manifest {info.manifest_sha256[:12]}… vs. {reference.manifest_sha256[:12]}…")
+    if list(info.classes) != list(reference.classes):
+        differ.append(f"classes ({len(info.classes)} vs. {len(reference.classes)}"
+                      + (", same number but other names/order)" if len(info.classes) == len(reference.classes) else ")"))
+    if info.input.image_size != reference.input.image_size:
+        differ.append(f"input size {info.input.image_size} vs. {reference.input.image_size} px")
+    if not (np.allclose(info.input.mean, reference.input.mean, atol=1e-7) and np.allclose(info.input.std, reference.input.std, atol=1e-7)):
+        differ.append(f"normalisation mean/std {list(info.input.mean)}/{list(info.input.std)} vs. "
+                      f"{list(reference.input.mean)}/{list(reference.input.std)}")
+    if differ:
+        raise ArtifactError(f"{info.path}: does not match the reference {reference.path.name}: {'; '.join(differ)}",
+                            "compare artifacts exported from this checkpoint's run")
+    if info.source_checkpoint_sha256 != reference.sha256:
+        return [f"exported from another checkpoint ({info.source_checkpoint_sha256[:12]}…), same split and classes"]
+    return []
+
+
+def run_logits(predictor: Predictor, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, float]:
+    """Logits of the whole split in batches, and the mean inference time per image (ms)."""
+    parts, total_ms = [], 0.0
+    for lo in range(0, len(x), batch_size):
+        parts.append(predictor.predict_logits(x[lo : lo + batch_size]))
+        total_ms += predictor.last_inference_ms
+    logits = np.concatenate(parts) if parts else np.zeros((0, predictor.metadata.num_classes), np.float32)
+    return logits, total_ms / max(1, len(x))
+
+
+def load_manifest_for(reference: ArtifactInfo, manifest_path: str | None):
+    from edgenode.data import Manifest
+
+    path = Path(manifest_path) if manifest_path else reference.path.parent / "manifest.json"
+    if not path.is_file():
+        raise ArtifactError(f"{path}: split manifest not found", "pass --manifest (the manifest.json of the training run)")
+    manifest = Manifest.load(path)
+    if manifest.sha256 != reference.manifest_sha256:
+        raise ArtifactError(
+            f"{path}: split manifest {manifest.sha256[:12]}… is not the one {reference.path.name} was trained on "
+            f"({reference.manifest_sha256[:12]}…)",
+            "pass --manifest with the manifest.json from the checkpoint's run folder",
+        )
+    return path, manifest
+
+
+def run_parity(config: ParityConfig) -> ParityReport:
+    """Compare every artifact with the reference on the manifest's split; writes reports when ``config.out``."""
+    from edgenode.data import load_split_arrays, normalize_array
+
+    expect_kind(config.reference, ("checkpoint",), "--reference")
+    reference = load_predictor(config.reference, provider=_torch_provider(config.provider), reference_solver=config.reference_solver)
+    ref_info = reference.metadata
+    notes = list(reference.notes)
+    if config.reference_solver is not None and not ref_info.source_solver.is_adaptive:
+        notes.append(f"the checkpoint was trained with a fixed-step solver ({ref_info.source_solver.describe()}); "
+                     f"the reference integrates its ODE with {ref_info.solver.describe()} instead")
+    manifest_path, manifest = load_manifest_for(ref_info, config.manifest)
+    if manifest.config.image_size != ref_info.input.image_size:
+        raise ArtifactError(f"{manifest_path}: images are {manifest.config.image_size} px but {ref_info.path.name} takes "
+                            f"{ref_info.input.image_size} px")
+    candidates = expand_artifacts(config.artifacts)
+    images, labels = load_split_arrays(manifest, config.data, config.split)
+    if len(labels) == 0:
+        raise UsageError(f"the {config.split} split of {manifest_path} is empty", "choose another --split")
+    x = normalize_array(images, ref_info.input.mean, ref_info.input.std)
+    console.print(f"reference {ref_info.path.name}: {ref_info.solver.describe()} on {reference.runner.describe()}; "
+                  f"{config.split} split, {len(labels)} images", markup=False)
+    ref_logits, _ = run_logits(reference, x, config.batch_size)
+
+    attributor = Attributor(reference, ref_logits, x, config.batch_size, config.provider) if config.attribution else None
+    results: list[ParityResult] = []
+    skipped: list[tuple[str, str]] = []
+    for path, from_folder in candidates:
+        try:
+            predictor = load_predictor(path, provider=config.provider)
+        except ProviderUnavailableError as exc:
+            if not from_folder:
+                raise
+            skipped.append((str(path), str(exc)))
+            console.print(f"[yellow]skipped[/] {escape(path.name)}: {escape(str(exc))}")
+            continue
+        info = predictor.metadata
+        if info.kind == "checkpoint":
+            raise UsageError(f"{path}: is a checkpoint; parity compares exported artifacts with the --reference checkpoint")
+        artifact_notes = check_compatible(info, ref_info)
+        logits, ms_per_image = run_logits(predictor, x, config.batch_size)
+        stages = attributor.stages(predictor, logits, [p for p, _ in candidates]) if attributor else []
+        result = compare_logits(
+            ref_logits, logits, labels, ref_info.classes, name=path.name, path=str(path), kind=info.kind,
+            precision=info.precision, steps=info.steps, size_bytes=info.size_bytes, runtime=predictor.runner.describe(),
+            thresholds=config.thresholds, int8_target=info.int8_target, attribution=stages,
+            latency_ms_per_image=ms_per_image, notes=artifact_notes,
+        )
+        predictor.close()
+        results.append(result)
+        colour = "green" if result else "red"
+        console.print(escape(f"{ref_info.path.name} vs. {path.name} | ") + f"[{colour}]{result.verdict}[/] | " + escape(
+                      f"acc {result.reference_accuracy:.3f} → {result.accuracy:.3f} ({result.accuracy_delta_pt:+.2f} pt), "
+                      f"agreement {result.diff.agreement_pct:.2f} %, max|Δlogit| {result.diff.max_abs_logit_error:.3g}"
+                      + (f" — {'; '.join(result.failures())}" if not result else "")))
+    if not results:
+        raise ArtifactError("no artifact could be compared on this machine: " + "; ".join(f"{Path(a).name}: {w}" for a, w in skipped))
+    report = ParityReport(
+        reference={**ref_info.to_dict(), "solver": ref_info.solver.describe(), "trained_solver": ref_info.source_solver.describe(),
+                   "runtime": reference.runner.describe()},
+        data={"root": str(config.data), "manifest": str(manifest_path), "manifest_sha256": manifest.sha256,
+              "split": config.split, "n": int(len(labels))},
+        thresholds=config.thresholds, results=results, skipped=skipped, notes=notes,
+    )
+    if config.out:
+        from edgenode.parity.report import write_report
+
+        report.files = write_report(report, Path(config.out))
+    return report
+
+
+def _torch_provider(provider: str) -> str:
+    """The reference runs on torch: tensorrt/cuda requests mean 'the GPU' there, cpu means cpu."""
+    return "cpu" if provider == "cpu" else "auto"

@@ -1,0 +1,37 @@
+"""PNG figures, drawn headless with matplotlib's Agg backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from edgenode.artifacts import atomic_path  # noqa: E402
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_training_curves(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], label="train")
+    ax_loss.plot(epochs, [r["val_loss"] for r in history], label="val")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    ax_acc.plot(epochs, [r["train_accuracy"] for r in history], label="train")
+    ax_acc.plot(epochs, [r["val_accuracy"] for r in history], label="val")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (label-free argmax)", title="accuracy", ylim=(0, 1))
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)

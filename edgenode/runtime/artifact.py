@@ -1,0 +1,299 @@
+"""What an artifact is, read from its own bytes and metadata: never from flags the user has to repeat.
+
+Three kinds of file reach the runtime:
+
+``checkpoint``
+    A training checkpoint (``torch.save`` zip, read with ``weights_only=True``). Its metadata is the
+    checkpoint's own fields; its precision is always fp32 and its solver is the trained one unless a
+    reference solver overrides it.
+``onnx``
+    An exported graph. Metadata lives twice: in ``metadata_props`` (travels inside the file) and in the JSON
+    sidecar (``model.onnx.json``, which also records the file's sha256). When both exist they must agree and
+    the sha256 must match, or the file is refused: a stale sidecar means we cannot know which is right.
+``engine``
+    A TensorRT plan. A plan is opaque and must stay a plain engine, so its metadata is only in the sidecar,
+    which is then required.
+
+The kind is decided from content first (zip → checkpoint, protobuf → ONNX, JSON/text → refused) and the
+extension is only trusted for engines, whose bytes have no documented magic. A file whose content and name
+disagree (a checkpoint renamed ``.onnx``) is refused with one line saying what it really is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgenode.artifacts import read_sidecar, sha256_file, sidecar_path
+from edgenode.checkpoint import InputSpec
+from edgenode.errors import ArtifactError
+from edgenode.ode.solvers import SolverConfig
+
+KINDS = ("checkpoint", "onnx", "engine")
+CHECKPOINT_EXTENSIONS = frozenset({".pt", ".pth", ".ckpt"})
+ONNX_EXTENSIONS = frozenset({".onnx"})
+ENGINE_EXTENSIONS = frozenset({".engine", ".plan", ".trt"})
+GOLDEN_SUFFIX = ".golden.npz"
+
+_KIND_WORDS = {
+    "checkpoint": "a training checkpoint (.pt)",
+    "onnx": "an ONNX model",
+    "engine": "a TensorRT engine",
+}
+
+
+def _extension_kind(path: Path) -> str | None:
+    suffix = path.suffix.lower()
+    if suffix in CHECKPOINT_EXTENSIONS:
+        return "checkpoint"
+    if suffix in ONNX_EXTENSIONS:
+        return "onnx"
+    if suffix in ENGINE_EXTENSIONS:
+        return "engine"
+    return None
+
+
+def _content_kind(head: bytes) -> str:
+    """A best guess from the first bytes: checkpoint, onnx, json, text, empty or binary."""
+    if not head:
+        return "empty"
+    if head[:4] == b"PK\x03\x04":  # torch.save's zip container
+        return "checkpoint"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):  # legacy pickle torch.save
+        return "checkpoint"
+    if head[:1] == b"\x08":  # protobuf field 1 (ModelProto.ir_version, varint): how every ONNX writer starts
+        return "onnx"
+    stripped = head.lstrip()
+    if stripped[:1] in (b"{", b"["):
+        return "json"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "binary"
+    if all(ch.isprintable() or ch in "\r\n\t" for ch in text):
+        return "text"
+    return "binary"
+
+
+def detect_kind(path: str | os.PathLike) -> str:
+    """``checkpoint``, ``onnx`` or ``engine`` from content (and the name, for engines); ArtifactError otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path}: file not found", "pass a .pt checkpoint, an .onnx file or a TensorRT .engine")
+    if path.is_dir():
+        raise ArtifactError(f"{path}: is a folder, not a model file", "pass one .pt, .onnx or .engine file")
+    with open(path, "rb") as handle:
+        head = handle.read(64)
+    by_name = _extension_kind(path)
+    by_content = _content_kind(head)
+    if by_content == "empty":
+        raise ArtifactError(f"{path}: empty file (0 bytes)", "the export or copy was interrupted; copy it again")
+    if by_content == "json":
+        what = "a JSON file" + (" (an artifact's metadata sidecar)" if path.name.endswith(".onnx.json") or path.name.endswith(".engine.json") else "")
+        raise ArtifactError(f"{path}: is {what}, not a model", "pass the model file itself, not its .json")
+    if by_content == "text":
+        raise ArtifactError(f"{path}: is a text file, not a model", "pass a .pt checkpoint, an .onnx file or a TensorRT .engine")
+    if by_name == "engine":
+        if by_content in ("checkpoint", "onnx"):
+            raise ArtifactError(f"{path}: is named like a TensorRT engine but is {_KIND_WORDS[by_content]}",
+                                "rename it, or build an engine with `edgenode export --precision ... --int8-target tensorrt`")
+        return "engine"
+    if by_content in ("checkpoint", "onnx"):
+        if by_name is not None and by_name != by_content:
+            raise ArtifactError(f"{path}: is named like {_KIND_WORDS[by_name]} but is {_KIND_WORDS[by_content]}",
+                                "rename it to match what it is")
+        return by_content
+    raise ArtifactError(f"{path}: unrecognised file (not a checkpoint, ONNX model or TensorRT engine)",
+                        "pass a .pt checkpoint, an .onnx file or a TensorRT .engine")
+
+
+def expect_kind(path: str | os.PathLike, allowed: tuple[str, ...], role: str) -> str:
+    """:func:`detect_kind`, refusing kinds this ``role`` (e.g. ``--reference``) cannot use, in one line."""
+    kind = detect_kind(path)
+    if kind not in allowed:
+        wanted = " or ".join(_KIND_WORDS[k] for k in allowed)
+        raise ArtifactError(f"{path}: is {_KIND_WORDS[kind]}, but {role} needs {wanted}")
+    return kind
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """Everything the runtime knows about one artifact, whatever its kind.
+
+    ``solver`` is what this artifact computes (the unrolled fixed-step solver of an export, or the
+    checkpoint's solver, or the reference override); ``source_solver`` is what the model was trained with.
+    """
+
+    path: Path
+    kind: str  # checkpoint | onnx | engine
+    sha256: str
+    classes: list[str]
+    input: InputSpec
+    precision: str  # fp32 | fp16 | int8
+    solver: SolverConfig
+    source_solver: SolverConfig
+    manifest_sha256: str
+    source_checkpoint_sha256: str
+    model: dict[str, Any] = field(default_factory=dict)
+    int8_target: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    verified: bool = False  # a sidecar's sha256 was checked against the file
+
+    @property
+    def steps(self) -> int | None:
+        """Fixed steps of the ODE block; None for an adaptive solver."""
+        return None if self.solver.is_adaptive else self.solver.n_steps
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def size_bytes(self) -> int:
+        return self.path.stat().st_size
+
+    def describe(self) -> str:
+        """One line: ``model-rk4x4-int8.onnx: onnx int8 (ort), rk4 × 4 steps, 6 classes, 64 px``."""
+        precision = self.precision + (f" ({self.int8_target})" if self.int8_target else "")
+        return (f"{self.path.name}: {self.kind} {precision}, {self.solver.describe()}, "
+                f"{self.num_classes} classes, {self.input.image_size} px")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "kind": self.kind,
+            "sha256": self.sha256,
+            "classes": list(self.classes),
+            "input": self.input.to_dict(),
+            "precision": self.precision,
+            "solver": self.solver.to_dict(),
+            "source_solver": self.source_solver.to_dict(),
+            "steps": self.steps,
+            "manifest_sha256": self.manifest_sha256,
+            "source_checkpoint_sha256": self.source_checkpoint_sha256,
+            "int8_target": self.int8_target,
+            "verified": self.verified,
+        }
+
+
+def checkpoint_info(ckpt, solver: SolverConfig | None = None) -> ArtifactInfo:
+    """ArtifactInfo of a loaded :class:`~edgenode.checkpoint.Checkpoint`, optionally with another solver."""
+    trained = ckpt.model_config.solver
+    return ArtifactInfo(
+        path=Path(ckpt.path),
+        kind="checkpoint",
+        sha256=ckpt.sha256,
+        classes=list(ckpt.classes),
+        input=ckpt.input_spec,
+        precision="fp32",
+        solver=solver or trained,
+        source_solver=trained,
+        manifest_sha256=ckpt.manifest_sha256,
+        source_checkpoint_sha256=ckpt.sha256,
+        model=ckpt.model_config.to_dict(),
+        verified=True,  # hashed on load; a checkpoint has no sidecar to disagree with
+    )
+
+
+def _solver_of(record: dict[str, Any], what: str, path: Path) -> SolverConfig:
+    try:
+        return SolverConfig.from_dict(record)
+    except Exception as exc:  # noqa: BLE001 - a malformed record is a damaged artifact, reported in one line
+        raise ArtifactError(f"{path}: unreadable {what} in its metadata ({exc})", "re-export the artifact") from None
+
+
+def _info_from_metadata(meta, path: Path, kind: str, sha256: str, verified: bool) -> ArtifactInfo:
+    solver = _solver_of(meta.model.get("solver", {}), "solver", path)
+    source = _solver_of(meta.source_solver or meta.model.get("solver", {}), "source solver", path)
+    if meta.steps != solver.n_steps and not solver.is_adaptive:
+        raise ArtifactError(f"{path}: metadata says {meta.steps} steps but its solver has {solver.n_steps}", "re-export the artifact")
+    return ArtifactInfo(
+        path=path,
+        kind=kind,
+        sha256=sha256,
+        classes=list(meta.classes),
+        input=meta.input,
+        precision=meta.precision,
+        solver=solver,
+        source_solver=source,
+        manifest_sha256=meta.manifest_sha256,
+        source_checkpoint_sha256=meta.source_checkpoint_sha256,
+        model=dict(meta.model),
+        int8_target=meta.int8_target,
+        extra=dict(meta.extra or {}),
+        verified=verified,
+    )
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    keys = sorted(set(a) | set(b))
+    return [k for k in keys if json.dumps(a.get(k), sort_keys=True) != json.dumps(b.get(k), sort_keys=True)]
+
+
+def onnx_metadata_props(path: Path) -> dict[str, str]:
+    """``metadata_props`` of an ONNX file without loading external weights; ArtifactError if unparsable."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and friends on damaged files
+        raise ArtifactError(f"{path}: damaged ONNX file ({str(exc).strip()[:120] or type(exc).__name__})",
+                            "re-export or copy it again") from None
+    if not model.graph.node:
+        raise ArtifactError(f"{path}: not an ONNX model (no graph)", "pass the .onnx written by `edgenode export`")
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def onnx_info(path: str | os.PathLike) -> ArtifactInfo:
+    """Metadata of an ONNX artifact: ``metadata_props``, cross-checked with the sidecar (sha256 verified) if any."""
+    from edgenode.export.metadata import ArtifactMetadata
+
+    path = Path(path)
+    props = onnx_metadata_props(path)
+    inside = ArtifactMetadata.from_onnx_props(props, source=str(path))
+    verified = False
+    if sidecar_path(path).is_file():
+        record = read_sidecar(path, verify=True)
+        beside = ArtifactMetadata.from_dict(record)
+        differ = _differences(inside.to_dict(), beside.to_dict())
+        if differ:
+            raise ArtifactError(
+                f"{path}: its metadata_props and its sidecar {sidecar_path(path).name} disagree on {', '.join(differ)}",
+                "one of them was edited or is stale; re-export the artifact",
+            )
+        sha256, verified = record["sha256"], True
+    else:
+        sha256 = sha256_file(path)
+    return _info_from_metadata(inside, path, "onnx", sha256, verified)
+
+
+def engine_info(path: str | os.PathLike) -> ArtifactInfo:
+    """Metadata of a TensorRT engine: its sidecar is required (a plain engine carries none) and verified."""
+    from edgenode.export.metadata import ArtifactMetadata
+
+    path = Path(path)
+    if not sidecar_path(path).is_file():
+        raise ArtifactError(f"{path}: TensorRT engine without its metadata sidecar {sidecar_path(path).name}",
+                            "copy the .json written beside it by `edgenode export`")
+    record = read_sidecar(path, verify=True)
+    meta = ArtifactMetadata.from_dict(record)
+    return _info_from_metadata(meta, path, "engine", record["sha256"], True)
+
+
+def golden_path(artifact: str | os.PathLike) -> Path:
+    """``model.onnx`` -> ``model.onnx.golden.npz``: inputs and the logits the export machine computed."""
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + GOLDEN_SUFFIX)
+
+
+def find_artifacts(folder: str | os.PathLike) -> list[Path]:
+    """ONNX files and TensorRT engines directly inside ``folder`` (sorted; sidecars and temporaries skipped)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ArtifactError(f"{folder}: not a folder")
+    found = [p for p in folder.iterdir()
+             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in ONNX_EXTENSIONS | ENGINE_EXTENSIONS]
+    return sorted(found, key=lambda p: p.name)

@@ -1,0 +1,75 @@
+"""Runs an ONNX file (FP32, FP16 or INT8) with ONNX Runtime on the chosen execution providers.
+
+The session is built with the provider list from :func:`edgenode.runtime.providers.select_providers`; when
+onnxruntime silently drops a GPU provider at session creation (missing CUDA libraries, unsupported
+GPU), an explicitly requested provider is an error rather than a quiet CPU run. FP16 graphs that take FP16
+input get their input cast here, so callers always pass float32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgenode.errors import ArtifactError
+from edgenode.runtime.base import Runner
+from edgenode.runtime.providers import ProviderUnavailableError, install_hint, short_name
+
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+class OnnxRuntimeRunner(Runner):
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | Path | bytes, providers: list, explicit: bool = False, threads: int | None = None):
+        """``path`` may also be the serialized model itself (bytes), e.g. a graph rebuilt in memory."""
+        super().__init__()
+        import onnxruntime as ort
+
+        source = path if isinstance(path, bytes) else str(path)
+        self.path = Path("<in-memory ONNX>") if isinstance(path, bytes) else Path(path)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: provider fallbacks are reported by us, once
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(source, sess_options=options, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph/RuntimeException types
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ArtifactError(f"{self.path}: onnxruntime cannot load it ({reason[:200]})",
+                                "re-export it, or update onnxruntime if the opset is newer than it supports") from None
+        active = self.session.get_providers()
+        first = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+        if explicit and first not in active:
+            wanted = short_name(first)
+            raise ProviderUnavailableError(
+                f"{self.path}: provider {wanted!r} is installed but failed to start (onnxruntime fell back to {', '.join(map(short_name, active))})",
+                install_hint(wanted),
+            )
+        self.providers = active
+        self.provider = short_name(active[0])
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise ArtifactError(f"{self.path}: expected one image input, the graph has {len(inputs)}")
+        self.input_name = inputs[0].name
+        self.input_dtype = _ORT_DTYPES.get(inputs[0].type, np.float32)
+        batch = inputs[0].shape[0] if inputs[0].shape else None
+        self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
+        self.input_shape = list(inputs[0].shape)
+        self.output_name = self.session.get_outputs()[0].name
+
+    def describe(self) -> str:
+        return f"onnxruntime ({self.providers[0]})"
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: x})[0]
+
+    def close(self) -> None:
+        self.session = None

@@ -1,0 +1,207 @@
+"""``load_predictor(path)``: any artifact behind one interface, pre-processing included.
+
+A :class:`Predictor` pairs a runner (torch, onnxruntime or TensorRT) with the artifact's own metadata, so
+``predict(["face.jpg"])`` resizes, normalises and names classes exactly as the artifact was trained, with no
+flag for the user to repeat. ``predict_logits`` is the raw path every comparison (parity, verify, bench)
+goes through.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from edgenode.errors import ImageDecodeError, UsageError
+from edgenode.ode.solvers import SolverConfig
+from edgenode.runtime.artifact import ArtifactInfo, checkpoint_info, detect_kind, engine_info, onnx_info
+from edgenode.runtime.base import Runner
+from edgenode.runtime.preprocess import BatchLoader, preprocess_image
+from edgenode.runtime.providers import select_providers, torch_device_for
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Top-k classes of one picture, most likely first; ``path`` is None for in-memory images."""
+
+    path: str | None
+    top_k: list[tuple[str, float]]
+    index: int  # class index of the top-1 class
+
+    ok = True
+
+    @property
+    def label(self) -> str:
+        return self.top_k[0][0]
+
+    @property
+    def confidence(self) -> float:
+        return self.top_k[0][1]
+
+    def to_dict(self) -> dict:
+        return {
+            "path": self.path,
+            "ok": True,
+            "label": self.label,
+            "index": self.index,
+            "confidence": self.confidence,
+            "top_k": [{"class": name, "probability": p} for name, p in self.top_k],
+        }
+
+
+@dataclass(frozen=True)
+class FailedImage:
+    """A file that could not be turned into model input, with the reason in a few words."""
+
+    path: str
+    reason: str
+
+    ok = False
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "ok": False, "error": self.reason}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 (stable for large logits), returned as float32."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def top_k(probabilities: np.ndarray, classes: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
+    k = max(1, min(k, probabilities.shape[1]))
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    return [[(classes[j], float(row[j])) for j in idx] for row, idx in zip(probabilities, order)]
+
+
+@dataclass
+class Predictor:
+    """An artifact ready to run: ``metadata`` (what it is), ``runner`` (where it runs)."""
+
+    metadata: ArtifactInfo
+    runner: Runner
+    notes: list[str] = field(default_factory=list)  # e.g. "reference solver overrides the trained rk4 × 8"
+
+    @property
+    def backend(self) -> str:
+        return self.runner.backend
+
+    @property
+    def provider(self) -> str:
+        return self.runner.provider
+
+    @property
+    def last_inference_ms(self) -> float:
+        return self.runner.last_inference_ms
+
+    def describe(self) -> str:
+        return f"{self.metadata.describe()} on {self.runner.describe()}"
+
+    def predict_logits(self, x: np.ndarray) -> np.ndarray:
+        """Normalised float32 NCHW input (as training fed the model) to float32 ``(N, C)`` logits."""
+        x = np.asarray(x, dtype=np.float32)
+        size = self.metadata.input.image_size
+        if x.ndim != 4 or x.shape[1:] != (3, size, size):
+            raise ValueError(f"{self.metadata.path.name} takes (N, 3, {size}, {size}) input, got {x.shape}")
+        if x.shape[0] == 0:
+            return np.zeros((0, self.metadata.num_classes), dtype=np.float32)
+        logits = self.runner.infer(x)
+        if logits.shape != (x.shape[0], self.metadata.num_classes):
+            raise ValueError(f"{self.metadata.path.name} returned logits {logits.shape}, expected "
+                             f"({x.shape[0]}, {self.metadata.num_classes}) for its {self.metadata.num_classes} classes")
+        return logits
+
+    def preprocess(self, images: Sequence) -> np.ndarray:
+        """Paths or uint8 HxWx3 arrays to the normalised batch this artifact expects (ImageDecodeError on a bad file)."""
+        return np.stack([preprocess_image(img, self.metadata.input) for img in images]) if len(images) else \
+            np.zeros((0, 3, self.metadata.input.image_size, self.metadata.input.image_size), dtype=np.float32)
+
+    def _predictions(self, logits: np.ndarray, paths: Sequence[str | None], k: int) -> list[Prediction]:
+        probs = softmax(logits)
+        ranked = top_k(probs, self.metadata.classes, k)
+        best = probs.argmax(axis=1)
+        return [Prediction(path, rank, int(i)) for path, rank, i in zip(paths, ranked, best)]
+
+    def predict(self, images: Sequence, k: int = 5) -> list[Prediction]:
+        """Top-``k`` classes of each picture (paths or uint8 HxWx3 arrays); a bad file raises ImageDecodeError."""
+        images = list(images)
+        logits = self.predict_logits(self.preprocess(images))
+        names = [str(img) if isinstance(img, (str, os.PathLike)) else None for img in images]
+        return self._predictions(logits, names, k)
+
+    def predict_files(self, paths: Sequence[str | os.PathLike], batch_size: int = 32, k: int = 5,
+                      workers: int | None = None) -> Iterator[Prediction | FailedImage]:
+        """One result per file, in order, decoding the next batches while this one runs; bad files don't stop it."""
+        for batch in BatchLoader(paths, self.metadata.input, batch_size=batch_size, workers=workers):
+            predictions = iter(self._predictions(self.predict_logits(batch.x), [str(batch.paths[i]) for i in batch.ok], k)) \
+                if batch.ok else iter(())
+            for position, path in enumerate(batch.paths):
+                if position in batch.errors:
+                    yield FailedImage(str(path), batch.errors[position].reason)
+                else:
+                    yield next(predictions)
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def __enter__(self) -> "Predictor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _ort_runner(path: Path, provider: str, device: str | None) -> Runner:
+    from edgenode.runtime.onnx_runner import OnnxRuntimeRunner, available_providers
+
+    providers: list = select_providers(provider, available_providers())
+    if device and device.startswith("cuda:"):  # pick the GPU for the GPU providers
+        device_id = device.split(":", 1)[1]
+        providers = [(p, {"device_id": device_id}) if p != "CPUExecutionProvider" else p for p in providers]
+    runner = OnnxRuntimeRunner(path, providers, explicit=(provider or "auto") != "auto")
+    return runner
+
+
+def load_predictor(path: str | os.PathLike, provider: str = "auto", device: str | None = None,
+                   reference_solver: SolverConfig | None = None) -> Predictor:
+    """Load a checkpoint (.pt), ONNX file or TensorRT engine behind one :class:`Predictor` interface.
+
+    ``provider`` is auto|tensorrt|cuda|cpu (ONNX Runtime providers; for a checkpoint, the torch device).
+    ``reference_solver`` replaces a checkpoint's solver, e.g. ``SolverConfig("dopri5", rtol=1e-6, atol=1e-6)``
+    for the reference of a parity check; exports have their steps baked in and refuse it.
+    """
+    path = Path(path)
+    kind = detect_kind(path)
+    if reference_solver is not None and kind != "checkpoint":
+        raise UsageError(f"{path}: a solver override only applies to a checkpoint; an exported {kind} has its steps baked in")
+    if kind == "checkpoint":
+        import torch
+
+        from edgenode.checkpoint import load_checkpoint
+        from edgenode.runtime.torch_runner import TorchRunner
+
+        ckpt = load_checkpoint(path)
+        model = ckpt.build_model()
+        notes = []
+        if reference_solver is not None:
+            model = model.with_solver(reference_solver)
+            trained = ckpt.model_config.solver
+            if trained != reference_solver:
+                notes.append(f"solver {reference_solver.describe()} replaces the trained {trained.describe()}")
+        runner = TorchRunner(model, device or torch_device_for(provider, torch.cuda.is_available()))
+        return Predictor(checkpoint_info(ckpt, reference_solver), runner, notes)
+    if kind == "onnx":
+        info = onnx_info(path)
+        return Predictor(info, _ort_runner(path, provider, device))
+    info = engine_info(path)
+    if (provider or "auto") not in ("auto", "tensorrt"):
+        raise UsageError(f"{path}: a TensorRT engine runs only on TensorRT, not on provider {provider!r}",
+                         "use --provider auto, or run the matching .onnx file on that provider")
+    from edgenode.runtime.tensorrt_runner import TensorRTRunner
+
+    return Predictor(info, TensorRTRunner(path, info.extra))

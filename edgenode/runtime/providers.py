@@ -1,0 +1,98 @@
+"""Which ONNX Runtime execution providers to use: a pure function of the request and what is installed.
+
+``auto`` takes the fastest provider present, in the order TensorRT → CUDA → CPU, and always keeps CPU last
+so that nodes a GPU provider cannot run still have a home. Naming a provider (``tensorrt``, ``cuda``,
+``cpu``) uses exactly that one (plus the CPU fallback for unsupported nodes) or fails with one line saying
+how to get it: never a silent fall back to something the user did not ask for.
+
+Kept free of ``import onnxruntime`` so it can be tested with made-up provider lists.
+"""
+
+from __future__ import annotations
+
+import platform
+from typing import Sequence
+
+from edgenode.errors import EdgenodeError, UsageError
+
+PROVIDER_NAMES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+SHORT_NAMES = {full: short for short, full in PROVIDER_NAMES.items()}
+AUTO_ORDER = ("tensorrt", "cuda", "cpu")
+CHOICES = ("auto", *AUTO_ORDER)
+
+
+class ProviderUnavailableError(EdgenodeError):
+    """The execution provider (or runtime) asked for is not installed on this machine."""
+
+
+def short_name(provider: str) -> str:
+    """``CUDAExecutionProvider`` -> ``cuda``; unknown names pass through unchanged."""
+    return SHORT_NAMES.get(provider, provider)
+
+
+def install_hint(provider: str, machine: str | None = None) -> str:
+    """How to get ``provider`` (a short name) on this kind of machine."""
+    machine = (machine or platform.machine()).lower()
+    jetson = machine in ("aarch64", "arm64")
+    if provider == "cpu":
+        return "pip install onnxruntime"
+    if jetson:
+        base = ("on a Jetson install NVIDIA's onnxruntime-gpu wheel for your JetPack (Jetson Zoo / "
+                "pypi.jetson-ai-lab.io); PyPI has no aarch64 GPU build")
+    else:
+        base = "pip install 'edgenode[gpu]' (onnxruntime-gpu; uninstall the CPU-only onnxruntime first)"
+    if provider == "tensorrt":
+        extra = "JetPack ships TensorRT" if jetson else "and TensorRT: pip install 'edgenode[tensorrt]'"
+        return f"{base}, {extra}; then check `python -c \"import onnxruntime; print(onnxruntime.get_available_providers())\"`"
+    return f"{base}, with a CUDA driver and cuDNN that match it"
+
+
+def select_providers(requested: str, available: Sequence[str], machine: str | None = None) -> list[str]:
+    """The ordered ONNX Runtime provider list for ``requested`` (auto|tensorrt|cuda|cpu) given ``available``.
+
+    >>> select_providers("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    ['CUDAExecutionProvider', 'CPUExecutionProvider']
+    """
+    requested = (requested or "auto").lower()
+    if requested not in CHOICES:
+        raise UsageError(f"unknown provider {requested!r}", f"choose one of {', '.join(CHOICES)}")
+    available = list(available)
+    if requested == "auto":
+        chosen = [PROVIDER_NAMES[p] for p in AUTO_ORDER if PROVIDER_NAMES[p] in available]
+        if not chosen:
+            raise ProviderUnavailableError(
+                f"ONNX Runtime offers none of {', '.join(PROVIDER_NAMES.values())} (it has {', '.join(available) or 'nothing'})",
+                install_hint("cpu", machine),
+            )
+        return chosen
+    full = PROVIDER_NAMES[requested]
+    if full not in available:
+        have = ", ".join(short_name(p) for p in available if p in SHORT_NAMES) or "none"
+        raise ProviderUnavailableError(
+            f"provider {requested!r} ({full}) is not available in this onnxruntime (available: {have})",
+            install_hint(requested, machine),
+        )
+    fallback = [PROVIDER_NAMES["cpu"]] if requested != "cpu" and PROVIDER_NAMES["cpu"] in available else []
+    return [full, *fallback]
+
+
+def torch_device_for(requested: str, cuda_available: bool) -> str:
+    """The torch device that plays the role of ``requested`` for a checkpoint (auto|cpu|cuda)."""
+    requested = (requested or "auto").lower()
+    if requested == "auto":
+        return "cuda" if cuda_available else "cpu"
+    if requested == "cpu":
+        return "cpu"
+    if requested == "cuda":
+        if not cuda_available:
+            raise ProviderUnavailableError("provider 'cuda' asked for a checkpoint, but torch sees no CUDA device here",
+                                           "install a CUDA build of torch, or use --provider cpu")
+        return "cuda"
+    if requested == "tensorrt":
+        raise UsageError("provider 'tensorrt' does not apply to a training checkpoint",
+                         "export it (`edgenode export`) and run the ONNX file or engine, or use --provider auto|cpu|cuda")
+    raise UsageError(f"unknown provider {requested!r}", f"choose one of {', '.join(CHOICES)}")

@@ -1,0 +1,127 @@
+"""Runs a serialized TensorRT engine (``.engine``/``.plan``): thin, and only where it can work.
+
+An engine is tied to the TensorRT version that built it and to the GPU model (kernels are chosen per SM), so
+before deserialising we compare this machine with what the engine's sidecar recorded and refuse with one
+line naming both; otherwise TensorRT fails with "magic tag does not match" or, worse, a crash. ``tensorrt``
+is imported lazily: machines without it can still use every other artifact. Device buffers are torch CUDA
+tensors, which avoids a dependency on pycuda/cuda-python.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from edgenode.errors import ArtifactError
+from edgenode.runtime.base import Runner
+from edgenode.runtime.providers import ProviderUnavailableError
+
+TRT_VERSION_KEYS = ("tensorrt_version", "trt_version", "tensorrt")
+GPU_NAME_KEYS = ("gpu_name", "gpu", "device_name")
+
+
+def import_tensorrt(path: str | Path | None = None):
+    """``import tensorrt`` or a one-line :class:`ProviderUnavailableError` with how to install it."""
+    try:
+        import tensorrt  # noqa: PLC0415 - optional dependency, imported only for engines
+    except ImportError:
+        where = f"{path}: " if path else ""
+        raise ProviderUnavailableError(
+            f"{where}running a TensorRT engine needs the tensorrt Python package, which is not installed",
+            "pip install 'edgenode[tensorrt]' on x86_64; on a Jetson it comes with JetPack "
+            "(or run the .onnx file with onnxruntime instead)",
+        ) from None
+    return tensorrt
+
+
+def _recorded(extra: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
+    for key in keys:
+        value = extra.get(key)
+        if value:
+            return str(value)
+    return None
+
+
+def _release(version: str) -> tuple[str, ...]:
+    """``10.3.0.26`` -> ``('10', '3', '0')``: engines are portable within one major.minor.patch release."""
+    return tuple(version.split(".")[:3])
+
+
+def engine_mismatches(extra: Mapping[str, Any], trt_version: str, gpu_name: str | None) -> list[str]:
+    """What stops an engine built as recorded in ``extra`` from loading here (pure; empty = compatible).
+
+    The TensorRT release must match unless the engine was built version-compatible; the GPU model must
+    match unless it was built hardware-compatible. Unrecorded facts cannot be checked and are not reported.
+    """
+    problems = []
+    built_version = _recorded(extra, TRT_VERSION_KEYS)
+    if built_version and not extra.get("version_compatible") and _release(built_version) != _release(trt_version):
+        problems.append(f"built with TensorRT {built_version}, this machine has {trt_version}")
+    built_gpu = _recorded(extra, GPU_NAME_KEYS)
+    if built_gpu and gpu_name and not extra.get("hardware_compatible") and built_gpu.strip() != gpu_name.strip():
+        problems.append(f"built for GPU {built_gpu!r}, this machine has {gpu_name!r}")
+    return problems
+
+
+def check_engine_compatibility(path: str | Path, extra: Mapping[str, Any], trt_version: str, gpu_name: str | None) -> None:
+    problems = engine_mismatches(extra, trt_version, gpu_name)
+    if problems:
+        raise ArtifactError(f"{path}: engine cannot run here: {'; '.join(problems)}",
+                            "rebuild the engine on this device from the .onnx (`edgenode export`), or run the .onnx")
+
+
+class TensorRTRunner(Runner):
+    backend = "tensorrt"
+    provider = "tensorrt"
+
+    def __init__(self, path: str | Path, extra: Mapping[str, Any]):
+        super().__init__()
+        self.path = Path(path)
+        trt = import_tensorrt(self.path)
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ProviderUnavailableError(f"{self.path}: a TensorRT engine needs a CUDA GPU, and torch sees none here",
+                                           "run the .onnx file instead (`--provider cpu`)")
+        check_engine_compatibility(self.path, extra, trt.__version__, torch.cuda.get_device_name())
+        self._torch, self._trt = torch, trt
+        logger = trt.Logger(trt.Logger.ERROR)
+        self._runtime = trt.Runtime(logger)
+        self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if self.engine is None:
+            raise ArtifactError(f"{self.path}: TensorRT could not deserialise the engine",
+                                "it is damaged or was built by another TensorRT; rebuild it on this device")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ArtifactError(f"{self.path}: expected one input and one output, the engine has {len(inputs)} and {len(outputs)}")
+        self.input_name, self.output_name = inputs[0], outputs[0]
+        self.input_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.input_name)))
+        self._output_dtype = torch.from_numpy(np.empty(0, trt.nptype(self.engine.get_tensor_dtype(self.output_name)))).dtype
+        batch = self.engine.get_tensor_shape(self.input_name)[0]
+        if batch > 0:
+            self.fixed_batch = int(batch)
+        else:
+            self.max_batch = int(self.engine.get_tensor_profile_shape(self.input_name, 0)[2][0])
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        device_in = torch.from_numpy(x).cuda()
+        self.context.set_input_shape(self.input_name, tuple(x.shape))
+        out_shape = tuple(self.context.get_tensor_shape(self.output_name))
+        device_out = torch.empty(out_shape, dtype=self._output_dtype, device="cuda")
+        self.context.set_tensor_address(self.input_name, device_in.data_ptr())
+        self.context.set_tensor_address(self.output_name, device_out.data_ptr())
+        stream = torch.cuda.current_stream()
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise ArtifactError(f"{self.path}: TensorRT execution failed")
+        stream.synchronize()
+        return device_out.float().cpu().numpy()
+
+    def close(self) -> None:
+        self.context = None
+        self.engine = None

@@ -1,0 +1,400 @@
+"""Training: ``train(TrainConfig) -> TrainResult``.
+
+Design points:
+- Every epoch is seeded from (seed, epoch) alone — the shuffle, augmentation and dropout — so resuming from
+  ``last.pt`` at an epoch boundary continues exactly as an uninterrupted run would.
+- Checkpoints are written atomically (``last.pt`` every epoch, ``best.pt`` on a new best val accuracy), as
+  are the metrics files, so a crash at any point loses at most the epoch in progress.
+- Under ``torchrun`` (WORLD_SIZE > 1) each global batch is split across the ranks and gradients are averaged by
+  DistributedDataParallel: the same global batch gives the same update as one process. Rank 0 alone logs
+  and writes files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgenode import data as edata
+from edgenode.artifacts import atomic_write_bytes, write_json
+from edgenode.checkpoint import Checkpoint, InputSpec, load_checkpoint, save_checkpoint
+from edgenode.console import console, progress_bar
+from edgenode.distributed import DistContext, init_distributed
+from edgenode.errors import UsageError
+from edgenode.metrics import ClassificationMetrics, format_accuracy
+from edgenode.model import ModelConfig, NeuralODECNN, build_model, count_parameters, preset_config
+from edgenode.ode.solvers import SolverConfig
+
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Paper hyper-parameters by default: batch 32, 60 epochs, AdamW lr 5e-4, weight decay 0.05."""
+
+    data: str
+    out: str = "runs/train"
+    arch: str = "odenet"
+    width: int | None = None
+    solver: str | None = None  # None: the preset's solver
+    steps: int | None = None
+    rtol: float | None = None
+    atol: float | None = None
+    epochs: int = 60
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    schedule: str = "constant"
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    augment: bool = False
+    dropout: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    split: edata.SplitConfig = field(default_factory=edata.SplitConfig)
+    manifest: str | None = None
+    resume: bool = False
+    table_every: int = 5
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise UsageError(f"learning rate must be > 0 and weight decay >= 0, got lr={self.lr} wd={self.weight_decay}")
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"unknown schedule {self.schedule!r}", f"choose one of {', '.join(SCHEDULES)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise UsageError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        self.model_config(num_classes=2)  # fail on a bad preset or solver now, not after reading the data
+
+    def model_config(self, num_classes: int) -> ModelConfig:
+        base = preset_config(self.arch, num_classes, width=self.width, dropout=self.dropout)
+        solver = base.solver
+        overrides = {k: v for k, v in dict(method=self.solver, n_steps=self.steps, rtol=self.rtol, atol=self.atol).items() if v is not None}
+        if overrides:
+            solver = SolverConfig(**{**solver.to_dict(), **overrides})
+        return ModelConfig(**{**base.__dict__, "solver": solver})
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["split"] = self.split.to_dict()
+        return out
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    best_epoch: int
+    best_val_accuracy: float
+    test: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}", "use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {name!r} asked for, but CUDA is not available here", "use --device cpu")
+    return device
+
+
+# --- data on the device -----------------------------------------------------------------------------------
+
+
+class DeviceSplit:
+    """One split as uint8 NCHW on the device; batches are normalised (and augmented) on the fly."""
+
+    def __init__(self, images_nhwc, labels, spec: InputSpec, device: torch.device):
+        self.images = torch.from_numpy(images_nhwc).permute(0, 3, 1, 2).contiguous().to(device)
+        self.labels = torch.from_numpy(labels).long().to(device)
+        self.mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, index: torch.Tensor, augment_generator: torch.Generator | None = None):
+        x = self.images[index].float().div_(255)
+        if augment_generator is not None:
+            x = augment(x, augment_generator)
+        return (x - self.mean) / self.std, self.labels[index]
+
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip and a random shift of up to 1/8 of the side (reflect-padded crop)."""
+    n, _, h, w = x.shape
+    flip = torch.rand(n, generator=generator) < 0.5
+    x = torch.where(flip.to(x.device).view(n, 1, 1, 1), x.flip(3), x)
+    pad = max(1, h // 8)
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).tolist()
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).tolist()
+    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+
+
+@torch.no_grad()
+def evaluate(model: NeuralODECNN, split: DeviceSplit, num_classes: int, batch_size: int = 256) -> dict[str, Any]:
+    """Label-free evaluation: plain argmax of the logits, no label enters the forward pass."""
+    model.eval()
+    losses, preds, nfes = [], [], []
+    for start in range(0, len(split), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(split)), device=split.labels.device)
+        x, y = split.batch(index)
+        logits = model(x)
+        nfes.append(model.nfe)
+        losses.append(F.cross_entropy(logits, y, reduction="sum").item())
+        preds.append(logits.argmax(1))
+    pred = torch.cat(preds).cpu()
+    metrics = ClassificationMetrics.from_predictions(pred, split.labels.cpu(), num_classes)
+    return {
+        "loss": sum(losses) / len(split),
+        **metrics.to_dict(),
+        "nfe": max(nfes),
+        "predictions": pred,
+    }
+
+
+# --- the loop ---------------------------------------------------------------------------------------------
+
+
+def learning_rate_lambda(config: TrainConfig, steps_per_epoch: int):
+    total = config.epochs * steps_per_epoch
+    warmup = config.warmup_epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "cosine":
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return factor
+
+
+def prepare_manifest(config: TrainConfig, run_dir: Path, ctx: DistContext) -> edata.Manifest:
+    """Reuse a given or previously written manifest; otherwise build one once (rank 0) and save it."""
+    target = run_dir / "manifest.json"
+    if config.manifest:
+        manifest = edata.Manifest.load(config.manifest)
+        if ctx.is_main and not target.exists():
+            manifest.save(target)
+        return manifest
+    if not target.exists() and ctx.is_main:
+        manifest = edata.build_manifest(config.data, config.split, progress=config.progress)
+        manifest.save(target)
+    ctx.barrier()
+    return edata.Manifest.load(target)
+
+
+def train(config: TrainConfig) -> TrainResult:
+    ctx = init_distributed()
+    try:
+        return _train(config, ctx)
+    finally:
+        ctx.shutdown()
+
+
+def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
+    run_dir = Path(config.out)
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if last_path.exists() and not config.resume:
+            raise UsageError(f"{run_dir} already holds a training run (last.pt)", "pass --resume to continue it, or choose another --out")
+    ctx.barrier()
+    if config.resume and not last_path.exists():
+        raise UsageError(f"--resume: no {last_path} to resume from", "drop --resume to start a new run")
+
+    device = ctx.device if ctx.device is not None else resolve_device(config.device)
+    manifest = prepare_manifest(config, run_dir, ctx)
+    spec = InputSpec(manifest.config.image_size, tuple(manifest.mean), tuple(manifest.std))
+    splits = {}
+    for name in ("train", "val", "test"):
+        images, labels = edata.load_split_arrays(manifest, config.data, name)
+        splits[name] = DeviceSplit(images, labels, spec, device)
+    num_classes = len(manifest.classes)
+    model_config = config.model_config(num_classes)
+
+    torch.manual_seed(config.seed)
+    model = build_model(model_config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if len(splits["train"]) < config.batch_size:
+        raise UsageError(f"--batch-size {config.batch_size} is larger than the train split ({len(splits['train'])} images)")
+    steps_per_epoch = len(splits["train"]) // config.batch_size  # drop the ragged last batch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_lambda(config, steps_per_epoch))
+
+    history: list[dict[str, Any]] = []
+    start_epoch, best_val, best_epoch = 1, -1.0, 0
+    if config.resume:
+        ckpt = load_checkpoint(last_path)
+        if ckpt.manifest_sha256 != manifest.sha256:
+            raise UsageError(f"{last_path} was trained on another split (manifest {ckpt.manifest_sha256[:12]}…)")
+        model.load_state_dict(ckpt.state_dict)
+        optimizer.load_state_dict(ckpt.optimizer)
+        scheduler.load_state_dict(ckpt.scheduler)
+        history = list(ckpt.history or [])
+        start_epoch = ckpt.epoch + 1
+        best_val = float(ckpt.metrics.get("best_val_accuracy", -1.0))
+        best_epoch = int(ckpt.metrics.get("best_epoch", 0))
+        ctx.print(f"resuming {last_path} after epoch {ckpt.epoch}")
+
+    if ctx.is_main:
+        ctx.print(
+            f"[bold]edgenode train[/] {model_config.arch}: {count_parameters(model):,} parameters, "
+            f"solver {model_config.solver.describe()}, {num_classes} classes, "
+            f"train/val/test {len(splits['train'])}/{len(splits['val'])}/{len(splits['test'])}, device {device}"
+            + (f", {ctx.world_size} processes" if ctx.world_size > 1 else "")
+        )
+    train_model = ctx.wrap(model)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+    def snapshot(epoch: int, metrics: dict[str, Any]) -> Checkpoint:
+        return Checkpoint(
+            model_config=model_config,
+            classes=manifest.classes,
+            input_spec=spec,
+            manifest_sha256=manifest.sha256,
+            state_dict=model.state_dict(),
+            epoch=epoch,
+            metrics=metrics,
+            history=history,
+            train_config=config.to_dict(),
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+        )
+
+    for epoch in range(start_epoch, config.epochs + 1):
+        t0 = time.perf_counter()
+        train_stats = run_epoch(train_model, model, splits["train"], optimizer, scheduler, criterion, config, epoch, steps_per_epoch, ctx)
+        train_seconds = time.perf_counter() - t0
+        val = evaluate(model, splits["val"], num_classes)
+        row = {
+            "epoch": epoch,
+            "train_loss": train_stats["loss"],
+            "train_accuracy": train_stats["accuracy"],
+            "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"],
+            "val_precision": val["macro_precision"],
+            "val_recall": val["macro_recall"],
+            "val_f1": val["macro_f1"],
+            "nfe_train": train_stats["nfe"],
+            "nfe_val": val["nfe"],
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": train_seconds,
+        }
+        history.append(row)
+        improved = val["accuracy"] > best_val
+        if improved:
+            best_val, best_epoch = val["accuracy"], epoch
+        if ctx.is_main:
+            metrics = {"best_val_accuracy": best_val, "best_epoch": best_epoch, **{k: v for k, v in row.items()}}
+            ckpt = snapshot(epoch, metrics)
+            if improved:
+                save_checkpoint(best_path, ckpt)
+            save_checkpoint(last_path, ckpt)
+            write_history(run_dir, history)
+            ctx.print(
+                f"epoch {epoch:3d}/{config.epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}  "
+                f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f} f1 {row['val_f1']:.3f}  "
+                f"NFE {row['nfe_train']}/{row['nfe_val']}  {train_seconds:.1f}s" + ("  *best*" if improved else "")
+            )
+            if config.table_every and (epoch % config.table_every == 0 or epoch == config.epochs):
+                console.print(table_one(history, config.table_every))
+        ctx.barrier()
+
+    test = {}
+    if ctx.is_main:
+        best = load_checkpoint(best_path)
+        best_model = best.build_model().to(device)
+        result = evaluate(best_model, splits["test"], num_classes)
+        test = {k: v for k, v in result.items() if k != "predictions"}
+        test.update(epoch=best.epoch, checkpoint=str(best_path), parameters=count_parameters(best_model), solver=model_config.solver.describe())
+        write_json(run_dir / "results.json", {"test": test, "best_epoch": best_epoch, "best_val_accuracy": best_val, "config": config.to_dict()})
+        from edgenode.plots import plot_training_curves
+
+        plot_training_curves(history, run_dir / "curves.png", title=f"{model_config.arch} — {model_config.solver.describe()}")
+        ctx.print(
+            f"[bold]test accuracy[/] (best-by-val checkpoint, epoch {best.epoch}, label-free): "
+            f"{format_accuracy(test['accuracy'], test['accuracy_ci'])} on {test['n']} images; NFE {test['nfe']}"
+        )
+        ctx.print(f"wrote {best_path}, {last_path}, metrics.csv, metrics.json, results.json, curves.png in {run_dir}")
+    return TrainResult(run_dir, best_path, last_path, best_epoch, best_val, test, history)
+
+
+def run_epoch(train_model, model, split: DeviceSplit, optimizer, scheduler, criterion, config: TrainConfig, epoch: int, steps: int, ctx: DistContext):
+    """One pass over the train split; everything random is seeded from (seed, epoch) alone."""
+    model.train()
+    torch.manual_seed(config.seed * 1_000_003 + epoch * 7919 + ctx.rank)
+    order = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+    aug = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch * 31 + 17 + ctx.rank) if config.augment else None
+    perm = torch.randperm(len(split), generator=order)
+    local = config.batch_size // ctx.world_size
+    total_loss, total_correct, seen, max_nfe = 0.0, 0, 0, 0
+    with progress_bar(f"epoch {epoch}", steps, enabled=config.progress and ctx.is_main) as advance:
+        for step in range(steps):
+            global_batch = perm[step * config.batch_size : (step + 1) * config.batch_size]
+            index = global_batch[ctx.rank * local : (ctx.rank + 1) * local].to(split.labels.device)
+            x, y = split.batch(index, aug)
+            logits = train_model(x)
+            loss = criterion(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            max_nfe = max(max_nfe, model.nfe)
+            total_loss += loss.item() * len(y)
+            total_correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            advance()
+    total_loss, total_correct, seen = ctx.sum_across_ranks(total_loss, total_correct, seen)
+    return {"loss": total_loss / max(1, seen), "accuracy": total_correct / max(1, seen), "nfe": max_nfe}
+
+
+# --- reporting --------------------------------------------------------------------------------------------
+
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "nfe_train", "nfe_val", "lr", "seconds"]
+
+
+def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_bytes(run_dir / "metrics.csv", buffer.getvalue().encode())
+    write_json(run_dir / "metrics.json", history)
+
+
+def table_one(history: list[dict[str, Any]], every: int):
+    """The paper's Table I layout: one row every ``every`` epochs."""
+    from rich.table import Table
+
+    table = Table(title="Table I — validation metrics (label-free)")
+    for column in ("Epoch", "Train loss", "Train acc", "Val loss", "Val acc", "Precision", "Recall", "F1", "NFE"):
+        table.add_column(column, justify="right")
+    for row in history:
+        if row["epoch"] % every == 0 or row is history[-1]:
+            table.add_row(
+                str(row["epoch"]), f"{row['train_loss']:.4f}", f"{row['train_accuracy']:.4f}", f"{row['val_loss']:.4f}",
+                f"{row['val_accuracy']:.4f}", f"{row['val_precision']:.4f}", f"{row['val_recall']:.4f}", f"{row['val_f1']:.4f}",
+                str(row["nfe_val"]),
+            )
+    return table

@@ -1,0 +1,53 @@
+"""Shared fixtures: an isolated image cache and one small synthetic face data set per test session.
+
+Fixtures built once per session are shared by every test module; treat them as read-only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgenode.data import Manifest, SplitConfig, build_manifest, make_synthetic_faces
+
+SYNTHETIC_SPLIT = SplitConfig(per_class=24, train=16, val=4, test=4, image_size=64, seed=0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def edgenode_cache(tmp_path_factory) -> Path:
+    """Point ``EDGENODE_CACHE`` at a session temp folder so no test writes to the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("edgenode-cache")
+    patcher = pytest.MonkeyPatch()
+    patcher.setenv("EDGENODE_CACHE", str(folder))
+    yield folder
+    patcher.undo()
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """A generated data set: ``<root>/images/Synthetic Person 00..05/*.png``, 6 classes x 24 images, 64 px."""
+    return make_synthetic_faces(tmp_path_factory.mktemp("synthetic"), n_classes=6, per_class=24, size=64, seed=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_manifest(synthetic_root, edgenode_cache) -> Manifest:
+    """The manifest of ``synthetic_root``: per_class=24 split 16/4/4 (its arrays are already cached)."""
+    return build_manifest(synthetic_root, SYNTHETIC_SPLIT, progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained_run(synthetic_root, synthetic_manifest, tmp_path_factory):
+    """A small default-preset model (odenet, width 16, dopri5) trained on ``synthetic_root``: a TrainResult.
+
+    Precision and agreement tests need a trained model: random weights make FP16/INT8 agreement meaningless.
+    Its run folder holds manifest.json, best.pt and last.pt.
+    """
+    from edgenode.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    config = TrainConfig(
+        data=str(synthetic_root), out=str(out), arch="odenet", width=16, epochs=10, batch_size=8, lr=5e-3,
+        split=SYNTHETIC_SPLIT, progress=False, table_every=5,
+    )
+    return train(config)

@@ -1,0 +1,551 @@
+"""Data module: discovery, robust decoding, reproducible splits, the pixel cache, tensors, synthetic faces."""
+
+from __future__ import annotations
+
+import io
+import random
+import shutil
+import struct
+import time
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from edgenode.data import (
+    DataWarning,
+    Manifest,
+    SplitConfig,
+    build_manifest,
+    cache_path,
+    decode,
+    discover_images,
+    images_root,
+    load_resized,
+    load_rgb,
+    load_split,
+    load_split_arrays,
+    make_synthetic_faces,
+    normalize,
+    normalize_array,
+)
+from edgenode.errors import ArtifactError, DataError, EdgenodeError, ImageDecodeError, UsageError
+
+SMALL = SplitConfig(per_class=10, train=6, val=2, test=2, image_size=32)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _noise_image(seed: int, size=(48, 48)) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(pixels, "RGB")
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height pixels (a decompression bomb that costs nothing)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+
+
+def _truncated_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    _noise_image(7, (64, 64)).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()[: len(buffer.getvalue()) // 2]
+
+
+def _write_broken_files(folder: Path) -> list[str]:
+    """One of each kind of bad file; returns their names."""
+    bad = {
+        "empty.jpg": b"",
+        "half.jpg": _truncated_jpeg(),
+        "notes.jpg": b"this is a text file, not a picture\n",
+        "bomb.png": _png_claiming(20000, 20000),
+        "wide.png": _png_claiming(10000, 5000),  # 50 MP: over our limit, under Pillow's hard error
+    }
+    for name, data in bad.items():
+        (folder / name).write_bytes(data)
+    return sorted(bad)
+
+
+def _all_entries(m: Manifest) -> list[tuple[str, int]]:
+    return [e for split in ("train", "val", "test") for e in m.splits[split]] + list(m.unused)
+
+
+# ---------------------------------------------------------------- discovery
+
+
+def test_discover_direct_and_images_layouts(tmp_path):
+    for base in (tmp_path / "direct", tmp_path / "nested" / "images"):
+        (base / "Bob" / "holiday").mkdir(parents=True)
+        (base / "Alice").mkdir(parents=True)
+        (base / "Empty").mkdir()
+        (base / ".hidden_identity").mkdir()
+        for rel in ("Alice/b.JPG", "Alice/a.jpeg", "Alice/c.webp", "Bob/x.png", "Bob/holiday/y.jpg"):
+            (base / rel).write_bytes(b"x")
+        for rel in ("Alice/.a.jpg", "Alice/readme.txt", "Alice/Thumbs.db", ".hidden_identity/z.jpg"):
+            (base / rel).write_bytes(b"x")
+        (base / "stray.jpg").write_bytes(b"x")
+    expected = {"Alice": ["Alice/a.jpeg", "Alice/b.JPG", "Alice/c.webp"],
+                "Bob": ["Bob/holiday/y.jpg", "Bob/x.png"], "Empty": []}
+    assert discover_images(tmp_path / "direct") == expected
+    assert discover_images(tmp_path / "nested") == expected
+    assert images_root(tmp_path / "nested") == tmp_path / "nested" / "images"
+    assert list(discover_images(tmp_path / "direct")) == ["Alice", "Bob", "Empty"]
+
+
+def test_discover_kaggle_prefix_is_stripped_but_paths_keep_folder(tmp_path):
+    for name in ("pins_Zendaya", "pins_Adriana Lima"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"{name[5:]}0_1.jpg").write_bytes(b"x")
+    found = discover_images(tmp_path)
+    assert list(found) == ["Adriana Lima", "Zendaya"]
+    assert found["Zendaya"] == ["pins_Zendaya/Zendaya0_1.jpg"]
+
+
+def test_discover_errors(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        discover_images(tmp_path / "missing")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(DataError, match="not a directory"):
+        discover_images(tmp_path / "file.txt")
+    (tmp_path / "loose.jpg").write_bytes(b"x")
+    with pytest.raises(DataError, match="no identity folders") as info:
+        discover_images(tmp_path)
+    assert str(tmp_path) in str(info.value) and "<identity>" in str(info.value)
+    (tmp_path / "Ann").mkdir()
+    (tmp_path / "pins_Ann").mkdir()
+    with pytest.raises(DataError, match="both give the identity 'Ann'"):
+        discover_images(tmp_path)
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def _save(img: Image.Image, path: Path, fmt: str, **options) -> Path:
+    img.save(path, fmt, **options)
+    return path
+
+
+def test_odd_image_kinds_decode_to_rgb(tmp_path):
+    grey = _save(Image.new("L", (20, 10), 128), tmp_path / "grey.jpg", "JPEG", quality=95)
+    assert load_rgb(grey).mode == "RGB"
+    assert np.abs(np.asarray(load_rgb(grey)).astype(int) - 128).max() <= 2
+
+    palette = Image.new("P", (8, 8), 0)
+    palette.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)
+    palette.paste(1, (0, 0, 4, 8))
+    palette_rgb = np.asarray(load_rgb(_save(palette, tmp_path / "pal.png", "PNG", transparency=1)))
+    assert tuple(palette_rgb[0, 0]) == (255, 255, 255)  # transparent index -> white backdrop
+    assert tuple(palette_rgb[0, 7]) == (255, 0, 0)
+
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)
+    rgba[:, :2] = (0, 0, 255, 255)
+    rgba[:, 2] = (0, 0, 0, 0)
+    rgba[:, 3] = (0, 0, 0, 128)
+    out = np.asarray(load_rgb(_save(Image.fromarray(rgba, "RGBA"), tmp_path / "rgba.png", "PNG")))
+    assert tuple(out[0, 0]) == (0, 0, 255) and tuple(out[0, 2]) == (255, 255, 255)
+    assert 120 <= out[0, 3, 0] <= 135  # half-transparent black over white is mid grey
+
+    la = Image.fromarray(np.dstack([np.full((4, 4), 50, np.uint8), np.zeros((4, 4), np.uint8)]), "LA")
+    assert tuple(np.asarray(load_rgb(_save(la, tmp_path / "la.png", "PNG")))[0, 0]) == (255, 255, 255)
+
+    bilevel = _save(Image.new("1", (5, 5), 1), tmp_path / "one.png", "PNG")
+    assert tuple(np.asarray(load_rgb(bilevel))[0, 0]) == (255, 255, 255)
+
+    cmyk = _save(Image.new("CMYK", (16, 16), (0, 255, 255, 0)), tmp_path / "cmyk.jpg", "JPEG", quality=95)
+    red = np.asarray(load_rgb(cmyk)).astype(int)[8, 8]
+    assert red[0] > 200 and red[1] < 50 and red[2] < 50
+
+    webp_pixels = np.asarray(_noise_image(3, (12, 9)))
+    webp = _save(Image.fromarray(webp_pixels), tmp_path / "x.webp", "WEBP", lossless=True)
+    assert np.array_equal(np.asarray(load_rgb(webp)), webp_pixels)
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
+    values = np.array([[0, 1000, 32896, 65535]], dtype=np.uint16)
+    path = _save(Image.fromarray(values), tmp_path / "deep.png", "PNG")
+    assert Image.open(path).mode.startswith("I")  # really a 16-bit file
+    out = np.asarray(load_rgb(path))
+    assert out.shape == (1, 4, 3)
+    assert list(out[0, :, 0]) == [0, 4, 128, 255]  # 65535 -> 255, 32896 -> 128: scaled, not clipped
+    assert np.all(out[..., 0] == out[..., 2])
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    stored = np.zeros((20, 40, 3), dtype=np.uint8)  # 40 wide, 20 high: left half red, right half blue
+    stored[:, :20] = (255, 0, 0)
+    stored[:, 20:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    path = _save(Image.fromarray(stored), tmp_path / "phone.jpg", "JPEG", quality=95, exif=exif.tobytes())
+    upright = load_rgb(path)
+    assert upright.size == (20, 40)  # width and height swapped
+    pixels = np.asarray(upright).astype(int)
+    assert pixels[5, 10, 0] > 200 and pixels[5, 10, 2] < 60  # stored left (red) is now on top
+    assert pixels[35, 10, 2] > 200 and pixels[35, 10, 0] < 60
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [("empty.jpg", "empty file"), ("half.jpg", "truncated"), ("notes.jpg", "not an image"),
+     ("bomb.png", "too large"), ("wide.png", "too large"), ("absent.jpg", "file not found")],
+)
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_bad_files_raise_image_decode_error(tmp_path, name, reason):
+    _write_broken_files(tmp_path)
+    start = time.perf_counter()
+    with pytest.raises(ImageDecodeError, match=reason) as info:
+        load_resized(tmp_path / name, 32)
+    assert time.perf_counter() - start < 2.0  # the bomb is refused from its header, never allocated
+    assert info.value.path == str(tmp_path / name) and reason in info.value.reason
+
+
+def test_load_resized_is_plain_bilinear_resize(tmp_path):
+    path = _save(_noise_image(1, (50, 30)), tmp_path / "wide.png", "PNG")
+    out = load_resized(path, 16)
+    assert out.shape == (16, 16, 3) and out.dtype == np.uint8
+    expected = np.asarray(Image.open(path).convert("RGB").resize((16, 16), Image.Resampling.BILINEAR))
+    assert np.array_equal(out, expected)
+
+
+# ---------------------------------------------------------------- split config and manifest
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"per_class": 0}, {"train": -1}, {"val": 1.5}, {"test": True}, {"train": 80, "val": 17, "test": 9},
+     {"image_size": 4}, {"image_size": 2048}, {"seed": "zero"}, {"strict": 1}],
+)
+def test_split_config_rejects_bad_values(kwargs):
+    with pytest.raises(UsageError):
+        SplitConfig(**kwargs)
+
+
+def test_split_config_defaults_are_the_papers():
+    config = SplitConfig()
+    assert config.to_dict() == {"per_class": 86, "train": 60, "val": 17, "test": 9, "image_size": 64,
+                                "seed": 0, "strict": False}
+
+
+def test_manifest_counts_balance_and_no_overlap(synthetic_manifest):
+    m = synthetic_manifest
+    assert m.classes == [f"Synthetic Person {i:02d}" for i in range(6)]
+    for split, count in (("train", 16), ("val", 4), ("test", 4)):
+        labels = m.labels(split)
+        assert np.bincount(labels, minlength=6).tolist() == [count] * 6
+        assert len(m.files(split)) == len(set(m.files(split)))
+    files = [f for f, _ in _all_entries(m)]
+    assert len(files) == len(set(files)) == 6 * 24  # every file in exactly one place
+    assert m.unused == [] and m.excluded == {} and m.skipped == []
+    for f, label in _all_entries(m):
+        assert f.startswith(m.classes[label] + "/")
+
+
+def test_leftover_and_unvisited_files_go_to_unused(synthetic_root):
+    m = build_manifest(synthetic_root, SplitConfig(per_class=20, train=10, val=4, test=4, image_size=16),
+                       progress=False)
+    assert np.bincount([c for _, c in m.unused], minlength=6).tolist() == [6] * 6  # 2 leftover + 4 never visited
+    files = [f for f, _ in _all_entries(m)]
+    assert len(files) == len(set(files)) == 6 * 24
+    held_out = set(m.files("val")) | set(m.files("test"))
+    assert held_out.isdisjoint(f for f, _ in m.unused)
+
+
+def test_split_is_deterministic_and_seed_dependent(synthetic_root, synthetic_manifest):
+    again = build_manifest(synthetic_root, synthetic_manifest.config, progress=False, workers=1)
+    assert again.to_json() == synthetic_manifest.to_json()
+    assert again.sha256 == synthetic_manifest.sha256
+    assert "edgenode-manifest/1" in again.to_json() and str(synthetic_root) not in again.to_json()
+    other = build_manifest(synthetic_root, SplitConfig(per_class=24, train=16, val=4, test=4, seed=1),
+                           progress=False)
+    assert other.files("test") != synthetic_manifest.files("test")
+    assert sorted(other.files("train") + other.files("val") + other.files("test")) == sorted(
+        synthetic_manifest.files("train") + synthetic_manifest.files("val") + synthetic_manifest.files("test"))
+
+
+def test_split_follows_the_documented_per_identity_shuffle(synthetic_root, synthetic_manifest):
+    """Anyone can re-derive the split: shuffle with Random(f"{seed}:{identity}"), take train, val, test."""
+    for label, name in enumerate(synthetic_manifest.classes):
+        order = discover_images(synthetic_root)[name]
+        random.Random(f"0:{name}").shuffle(order)
+        got = {split: [f for f, c in synthetic_manifest.splits[split] if c == label] for split in ("train", "val", "test")}
+        assert got == {"train": sorted(order[:16]), "val": sorted(order[16:20]), "test": sorted(order[20:24])}
+
+
+def test_identities_are_split_independently(tmp_path):
+    make_synthetic_faces(tmp_path / "three", n_classes=3, per_class=12, size=16)
+    make_synthetic_faces(tmp_path / "four", n_classes=4, per_class=12, size=16)
+    config = SplitConfig(per_class=12, train=8, val=2, test=2, image_size=16)
+    three = build_manifest(tmp_path / "three", config, progress=False)
+    four = build_manifest(tmp_path / "four", config, progress=False)
+    for split in ("train", "val", "test"):  # adding an identity does not move anyone else's files
+        assert three.splits[split] == [e for e in four.splits[split] if e[1] < 3]
+
+
+def test_kaggle_layout_builds(tmp_path, synthetic_root):
+    for i, name in enumerate(("Alice", "Bob")):
+        source = synthetic_root / "images" / f"Synthetic Person {i:02d}"
+        shutil.copytree(source, tmp_path / f"pins_{name}")
+    m = build_manifest(tmp_path, SMALL, progress=False)
+    assert m.classes == ["Alice", "Bob"]
+    assert all(f.startswith("pins_Bob/") for f, c in m.splits["train"] if c == 1)
+    images, labels = load_split_arrays(m, tmp_path, "val")
+    assert images.shape == (4, 32, 32, 3) and labels.tolist() == [0, 0, 1, 1]
+
+
+def test_unicode_and_spaces_in_names(tmp_path):
+    for i, name in enumerate(("Zoë Saldaña", "李 小龍", "Jake Mcdorman")):
+        folder = tmp_path / "images" / name
+        folder.mkdir(parents=True)
+        for k in range(10):
+            _noise_image(100 * i + k).save(folder / f"{name} photo {k} é.JPG", "JPEG")
+    m = build_manifest(tmp_path, SMALL, progress=False)
+    assert m.classes == ["Jake Mcdorman", "Zoë Saldaña", "李 小龍"]
+    m.save(tmp_path / "manifest.json")
+    loaded = Manifest.load(tmp_path / "manifest.json")
+    assert loaded == m and loaded.sha256 == m.sha256
+    assert "Zoë" in (tmp_path / "manifest.json").read_text(encoding="utf-8")
+    x, y = load_split(loaded, tmp_path, "test")
+    assert x.shape == (6, 3, 32, 32) and y.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_bad_files_are_skipped_and_reported(tmp_path):
+    make_synthetic_faces(tmp_path, n_classes=3, per_class=10, size=32)
+    kept_dir, short_dir = tmp_path / "images" / "Synthetic Person 01", tmp_path / "images" / "Synthetic Person 02"
+    broken = {f"Synthetic Person 01/{name}" for name in _write_broken_files(kept_dir)}
+    for extra in sorted(short_dir.iterdir())[:2]:
+        extra.unlink()  # 8 good + 5 bad: every file is visited, then the identity is excluded
+    short_broken = [f"Synthetic Person 02/{name}" for name in _write_broken_files(short_dir)]
+    with pytest.warns(DataWarning, match="Synthetic Person 02"):
+        m = build_manifest(tmp_path, SMALL, progress=False)
+
+    reasons = dict(m.skipped)
+    assert [f for f, _ in m.skipped if f.startswith("Synthetic Person 02/")] == short_broken
+    assert reasons["Synthetic Person 02/empty.jpg"] == "empty file"
+    assert "not an image" in reasons["Synthetic Person 02/notes.jpg"]
+    assert "truncated" in reasons["Synthetic Person 02/half.jpg"]
+    assert "too large" in reasons["Synthetic Person 02/bomb.png"]
+    assert "too large" in reasons["Synthetic Person 02/wide.png"]
+    assert m.excluded == {"Synthetic Person 02": "only 8 decodable images, 10 needed"}
+
+    # identity 01 keeps its 10 good files; the bad ones met before the 10th good one are skipped, the rest unused
+    order = discover_images(tmp_path)["Synthetic Person 01"]
+    random.Random("0:Synthetic Person 01").shuffle(order)
+    good_seen, met = 0, []
+    for f in order:
+        if good_seen == 10:
+            break
+        if f in broken:
+            met.append(f)
+        else:
+            good_seen += 1
+    assert met and sorted(met) == [f for f, _ in m.skipped if f.startswith("Synthetic Person 01/")]
+    assert broken - set(met) == {f for f, _ in m.unused}
+    assert m.classes == ["Synthetic Person 00", "Synthetic Person 01"]
+    assert np.bincount(m.labels("train")).tolist() == [6, 6]
+    assert broken.isdisjoint(f for split in ("train", "val", "test") for f in m.files(split))
+    assert Manifest.load(m.save(tmp_path / "m.json")).skipped == m.skipped
+    assert str(tmp_path) not in m.to_json()  # reasons name files relative to the data set only
+
+
+def test_identity_with_too_few_images_is_excluded_with_warning(tmp_path):
+    make_synthetic_faces(tmp_path, n_classes=3, per_class=10, size=32)
+    short = tmp_path / "images" / "Short Person"
+    short.mkdir()
+    for k in range(5):
+        _noise_image(k).save(short / f"s{k}.png")
+    (short / "bad.jpg").write_bytes(b"")
+    (tmp_path / "images" / "Nobody").mkdir()
+    with pytest.warns(DataWarning, match="Short Person") as record:
+        m = build_manifest(tmp_path, SMALL, progress=False)
+    assert "Nobody" in str(record[0].message)
+    assert m.excluded == {"Nobody": "no image files", "Short Person": "only 5 decodable images, 10 needed"}
+    assert "Short Person" not in m.classes and len(m.classes) == 3
+    assert not any(f.startswith("Short Person/") for f, _ in _all_entries(m))
+    assert ("Short Person/bad.jpg", "empty file") in m.skipped
+
+    strict = SplitConfig(**{**SMALL.to_dict(), "strict": True})
+    with pytest.raises(DataError, match="Short Person") as info:
+        build_manifest(tmp_path, strict, progress=False)
+    assert "Nobody" in str(info.value)
+
+
+def test_fewer_than_two_identities_is_an_error(tmp_path):
+    make_synthetic_faces(tmp_path, n_classes=2, per_class=10, size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        with pytest.raises(DataError, match="at least 2"):
+            build_manifest(tmp_path, SplitConfig(per_class=11, train=6, val=2, test=2, image_size=16), progress=False)
+    with pytest.raises(UsageError):
+        build_manifest(tmp_path, SMALL, progress=False, workers=0)
+
+
+def test_mean_std_match_numpy_over_train(synthetic_root, synthetic_manifest):
+    images, _ = load_split_arrays(synthetic_manifest, synthetic_root, "train")
+    scaled = images.astype(np.float64) / 255.0
+    assert np.allclose(synthetic_manifest.mean, scaled.mean(axis=(0, 1, 2)), atol=1e-6, rtol=0)
+    assert np.allclose(synthetic_manifest.std, scaled.std(axis=(0, 1, 2)), atol=1e-6, rtol=0)
+
+
+def test_manifest_save_load_and_bad_files(tmp_path, synthetic_manifest):
+    path = synthetic_manifest.save(tmp_path / "sub" / "manifest.json")
+    assert path.read_text(encoding="utf-8") == synthetic_manifest.to_json()
+    loaded = Manifest.load(path)
+    assert loaded == synthetic_manifest and loaded.sha256 == synthetic_manifest.sha256
+    assert isinstance(loaded.splits["train"][0], tuple) and isinstance(loaded.config, SplitConfig)
+    with pytest.raises(ArtifactError, match="not found"):
+        Manifest.load(tmp_path / "nope.json")
+    (tmp_path / "other.json").write_text('{"format": "edgenode-checkpoint/1"}')
+    with pytest.raises(ArtifactError, match="not an edgenode split manifest"):
+        Manifest.load(tmp_path / "other.json")
+    damaged = path.read_text(encoding="utf-8").replace('"classes": [', '"classes": [], "was": [', 1)
+    (tmp_path / "damaged.json").write_text(damaged, encoding="utf-8")
+    with pytest.raises(ArtifactError, match="damaged"):
+        Manifest.load(tmp_path / "damaged.json")
+    with pytest.raises(UsageError, match="unknown split"):
+        synthetic_manifest.files("training")
+
+
+def test_progress_bar_runs(tmp_path, capsys):
+    make_synthetic_faces(tmp_path, n_classes=2, per_class=10, size=16)
+    build_manifest(tmp_path, SMALL, progress=True)
+    assert "Decoding images" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- cache and tensors
+
+
+def _count_decodes(monkeypatch) -> list[str]:
+    calls: list[str] = []
+    real = decode.load_resized
+
+    def counting(path, size):
+        calls.append(str(path))
+        return real(path, size)
+
+    monkeypatch.setattr(decode, "load_resized", counting)
+    return calls
+
+
+def test_build_fills_cache_so_loading_decodes_nothing(synthetic_root, synthetic_manifest, monkeypatch):
+    expected = load_resized(images_root(synthetic_root) / synthetic_manifest.files("val")[0], 64)
+
+    def refuse(path, size):
+        raise AssertionError(f"decoded {path} despite the cache")
+
+    monkeypatch.setattr(decode, "load_resized", refuse)
+    for split, count in (("train", 96), ("val", 24), ("test", 24)):
+        images, labels = load_split_arrays(synthetic_manifest, synthetic_root, split)
+        assert images.shape == (count, 64, 64, 3) and images.dtype == np.uint8
+        assert labels.dtype == np.int64 and labels.tolist() == synthetic_manifest.labels(split)
+    assert np.array_equal(load_split_arrays(synthetic_manifest, synthetic_root, "val")[0][0], expected)
+
+
+def test_cache_miss_decodes_once_then_hits(tmp_path, synthetic_root, synthetic_manifest, monkeypatch):
+    monkeypatch.setenv("EDGENODE_CACHE", str(tmp_path / "fresh"))
+    calls = _count_decodes(monkeypatch)
+    first, _ = load_split_arrays(synthetic_manifest, synthetic_root, "test")
+    assert len(calls) == 24 and cache_path(synthetic_manifest, synthetic_root, "test").is_file()
+    second, _ = load_split_arrays(synthetic_manifest, synthetic_root, "test")
+    assert len(calls) == 24 and np.array_equal(first, second)
+    assert [p.name for p in (tmp_path / "fresh").iterdir() if p.name.startswith(".")] == []  # no temp left
+
+    cache_path(synthetic_manifest, synthetic_root, "test").write_bytes(b"garbage")  # damaged -> rebuilt
+    third, _ = load_split_arrays(synthetic_manifest, synthetic_root, "test")
+    assert len(calls) == 48 and np.array_equal(first, third)
+
+
+def test_cache_is_keyed_by_folder(tmp_path, synthetic_root, synthetic_manifest):
+    copy = tmp_path / "copy"
+    shutil.copytree(synthetic_root, copy)
+    here = cache_path(synthetic_manifest, synthetic_root, "train")
+    there = cache_path(synthetic_manifest, copy, "train")
+    assert here != there and here.name.startswith(synthetic_manifest.sha256[:16])
+    assert cache_path(synthetic_manifest, synthetic_root / "images", "train") == here
+
+
+def test_changed_data_is_reported(tmp_path, monkeypatch):
+    make_synthetic_faces(tmp_path, n_classes=2, per_class=10, size=16)
+    m = build_manifest(tmp_path, SMALL, progress=False)
+    monkeypatch.setenv("EDGENODE_CACHE", str(tmp_path / "empty-cache"))
+    victim = m.files("test")[1]
+    (tmp_path / "images" / victim).write_text("overwritten")
+    with pytest.raises(DataError, match="changed since the manifest was written") as info:
+        load_split_arrays(m, tmp_path, "test")
+    assert victim in str(info.value)
+    assert isinstance(info.value, EdgenodeError)
+
+
+def test_load_split_normalises_with_manifest_stats(synthetic_root, synthetic_manifest):
+    x, y = load_split(synthetic_manifest, synthetic_root, "train")
+    assert x.shape == (96, 3, 64, 64) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert torch.allclose(x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-3)
+    assert torch.allclose(x.std(dim=(0, 2, 3)), torch.ones(3), atol=1e-3)
+
+
+def test_normalize_formula_and_numpy_twin():
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 5, 4, 3), dtype=np.uint8)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    out = normalize(images, mean, std)
+    manual = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+              - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert out.shape == (2, 3, 5, 4) and out.is_contiguous()
+    assert torch.allclose(out, manual, atol=1e-6)
+    assert np.array_equal(normalize_array(images, mean, std), out.numpy())
+    assert normalize(images[0], mean, std).shape == (1, 3, 5, 4)
+    with pytest.raises(ValueError):
+        normalize(images.astype(np.float32), mean, std)
+
+
+# ---------------------------------------------------------------- synthetic faces
+
+
+def test_synthetic_faces_are_deterministic_with_requested_counts(tmp_path):
+    a = make_synthetic_faces(tmp_path / "a", n_classes=3, per_class=5, size=32, seed=4)
+    b = make_synthetic_faces(tmp_path / "b", n_classes=3, per_class=5, size=32, seed=4)
+    c = make_synthetic_faces(tmp_path / "c", n_classes=3, per_class=5, size=32, seed=5)
+    found = discover_images(a)
+    assert list(found) == ["Synthetic Person 00", "Synthetic Person 01", "Synthetic Person 02"]
+    assert all(len(files) == 5 for files in found.values())
+    assert found["Synthetic Person 01"][0] == "Synthetic Person 01/Synthetic Person 01_000.png"
+    for files in found.values():
+        for rel in files:
+            assert (a / "images" / rel).read_bytes() == (b / "images" / rel).read_bytes()
+    rel = found["Synthetic Person 00"][0]
+    assert (a / "images" / rel).read_bytes() != (c / "images" / rel).read_bytes()
+    with Image.open(a / "images" / rel) as img:
+        assert img.size == (32, 32) and img.mode == "RGB"
+
+
+def test_synthetic_faces_other_formats_and_bad_arguments(tmp_path):
+    root = make_synthetic_faces(tmp_path, n_classes=2, per_class=2, size=16, image_format="jpg")
+    assert discover_images(root)["Synthetic Person 00"] == [
+        "Synthetic Person 00/Synthetic Person 00_000.jpg", "Synthetic Person 00/Synthetic Person 00_001.jpg"]
+    with pytest.raises(UsageError, match="image_format"):
+        make_synthetic_faces(tmp_path, image_format="gif")
+    with pytest.raises(UsageError, match="n_classes"):
+        make_synthetic_faces(tmp_path, n_classes=0)
+
+
+def test_synthetic_identities_are_learnable_but_not_trivial(synthetic_root, synthetic_manifest):
+    """A nearest-class-mean on raw pixels beats chance (1/6), yet per-image variation keeps it off 100%."""
+    train, y_train = load_split_arrays(synthetic_manifest, synthetic_root, "train")
+    val, y_val = load_split_arrays(synthetic_manifest, synthetic_root, "val")
+    flat = lambda a: a.reshape(len(a), -1).astype(np.float32) / 255  # noqa: E731
+    centres = np.stack([flat(train)[y_train == c].mean(axis=0) for c in range(6)])
+    predicted = np.argmin(((flat(val)[:, None] - centres[None]) ** 2).sum(-1), axis=1)
+    accuracy = float((predicted == y_val).mean())
+    assert accuracy > 0.4
+    pixel_std = train.astype(np.float32).std(axis=0).mean()
+    assert pixel_std > 30  # pictures of one data set differ a lot pixel by pixel

@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from edgenode.errors import UsageError
+from edgenode.model import MODEL_REGISTRY, ModelConfig, build_model, count_parameters, preset_config
+from edgenode.ode.solvers import SolverConfig
+
+
+@pytest.mark.parametrize("arch", list(MODEL_REGISTRY))
+def test_logits_shape_and_state_shape(arch):
+    model = build_model(preset_config(arch, num_classes=7, width=16)).eval()
+    x = torch.randn(3, 3, 64, 64)
+    assert model.stem(x).shape == (3, 16, 16, 16)
+    assert model(x).shape == (3, 7)
+
+
+def test_paper_preset_matches_the_paper():
+    config = preset_config("paper", num_classes=105)
+    model = build_model(config)
+    assert config.width == 32 and config.solver == SolverConfig(method="euler", n_steps=20)
+    assert model.stem(torch.randn(1, 3, 64, 64)).shape == (1, 32, 16, 16)
+    assert [m.out_channels for m in model.stem if isinstance(m, torch.nn.Conv2d)] == [8, 16, 32]
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.ode.func.modules())
+    assert 27_000 < count_parameters(model) < 30_000
+    model.eval()(torch.randn(2, 3, 64, 64))
+    assert model.nfe == 20
+
+
+def test_default_preset_uses_groupnorm_time_channel_and_dopri5():
+    model = build_model(preset_config("odenet", num_classes=105))
+    assert model.config.solver.method == "dopri5"
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert model.ode.func.conv1.conv.in_channels == 64 + 1  # time is an input channel
+
+
+def test_dopri5_agrees_with_fine_fixed_step_solver():
+    torch.manual_seed(0)
+    model = build_model(preset_config("odenet", num_classes=5, width=8)).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        adaptive = model.with_solver(SolverConfig("dopri5", rtol=1e-7, atol=1e-7))(x)
+        fixed = model.with_solver(SolverConfig("rk4", n_steps=32))(x)
+    torch.testing.assert_close(adaptive, fixed, rtol=1e-4, atol=1e-5)
+
+
+def test_nfe_counts_adaptive_evaluations():
+    model = build_model(preset_config("odenet", num_classes=5, width=8)).eval()
+    with torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))
+    assert model.nfe >= 6  # dopri5: at least one step of 6 stages
+
+
+def test_with_solver_does_not_touch_the_original():
+    model = build_model(preset_config("odenet", num_classes=5, width=8))
+    clone = model.with_solver(SolverConfig("rk4", n_steps=3))
+    assert model.config.solver.method == "dopri5" and clone.config.solver.n_steps == 3
+    assert clone.ode.func.conv1.conv.weight.data_ptr() != model.ode.func.conv1.conv.weight.data_ptr()
+
+
+def test_config_round_trip_and_validation():
+    config = preset_config("paper", num_classes=9, width=16)
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(UsageError):
+        preset_config("resnet", num_classes=9)
+    with pytest.raises(UsageError):
+        ModelConfig(num_classes=1)

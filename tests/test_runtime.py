@@ -1,0 +1,378 @@
+"""The runtime: every artifact kind behind one predictor, metadata-driven pre-processing, providers, refusals."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgenode.artifacts import read_sidecar, sidecar_path, write_json, write_sidecar
+from edgenode.checkpoint import Checkpoint, InputSpec, load_checkpoint, save_checkpoint
+from edgenode.data import load_resized, normalize_array
+from edgenode.errors import ArtifactError, UsageError
+from edgenode.export.metadata import ArtifactMetadata
+from edgenode.model import preset_config
+from edgenode.ode.solvers import SolverConfig
+from edgenode.runtime import ProviderUnavailableError, detect_kind, load_predictor, select_providers
+from edgenode.runtime.providers import install_hint
+from edgenode.runtime.tensorrt_runner import engine_mismatches, import_tensorrt
+
+# --- artifacts for the tests --------------------------------------------------------------------------------
+
+
+def _export_fallback(ckpt_path: Path, out: Path, precision: str, steps: int, static_batch: int | None,
+                     calibration: np.ndarray | None) -> Path:
+    """A faithful stand-in for ``export_model`` (torch.onnx + metadata + sidecar + golden) for these tests."""
+    import warnings
+
+    ckpt = load_checkpoint(ckpt_path)
+    model = ckpt.build_model().with_solver(SolverConfig("rk4", n_steps=steps)).eval()
+    size = ckpt.input_spec.image_size
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"model-rk4x{steps}-{precision}.onnx"
+    fp32_path = out / f".tmp-fp32-{steps}.onnx"
+    dynamic = None if static_batch else {"input": {0: "batch"}, "logits": {0: "batch"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(static_batch or 1, 3, size, size),), str(fp32_path), input_names=["input"],
+                          output_names=["logits"], dynamic_axes=dynamic, opset_version=17, dynamo=False)
+    rng = np.random.default_rng(0)
+    inputs = calibration if calibration is not None else rng.standard_normal((8, 3, size, size)).astype(np.float32)
+    if precision == "fp32":
+        shutil.move(fp32_path, path)
+    elif precision == "fp16":
+        from onnxconverter_common import float16
+
+        onnx.save(float16.convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True), str(path))
+        fp32_path.unlink()
+    else:
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.items = iter([{"input": inputs[i : i + 1]} for i in range(len(inputs))])
+
+            def get_next(self):
+                return next(self.items, None)
+
+        quantize_static(str(fp32_path), str(path), Reader(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        fp32_path.unlink()
+    meta = ArtifactMetadata(
+        classes=ckpt.classes, input=ckpt.input_spec, model=model.config.to_dict(),
+        source_solver=ckpt.model_config.solver.to_dict(), precision=precision, steps=steps,
+        source_checkpoint_sha256=ckpt.sha256, manifest_sha256=ckpt.manifest_sha256,
+        int8_target="ort" if precision == "int8" else None,
+    )
+    proto = onnx.load(str(path))
+    for key, value in meta.to_onnx_props().items():
+        prop = proto.metadata_props.add()
+        prop.key, prop.value = key, value
+    onnx.save(proto, str(path))
+    write_sidecar(path, meta.to_dict())
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    golden_inputs = inputs[: static_batch or len(inputs)]
+    logits = session.run(None, {"input": golden_inputs})[0]
+    with torch.no_grad():
+        reference = model(torch.from_numpy(golden_inputs)).numpy()
+    np.savez(out / (path.name + ".golden.npz"), inputs=golden_inputs, logits=logits, reference_logits=reference)
+    return path
+
+
+def export_artifact(ckpt_path: Path, out: Path, precision: str = "fp32", steps: int = 4, data: Path | None = None,
+                    static_batch: int | None = None, calibration: np.ndarray | None = None) -> Path:
+    """The artifact ``edgenode export`` writes (``export_model`` when available, else the stand-in above)."""
+    try:
+        from edgenode.export.pipeline import ExportConfig, export_model
+    except ImportError:
+        return _export_fallback(Path(ckpt_path), Path(out), precision, steps, static_batch, calibration)
+    result = export_model(ExportConfig(checkpoint=str(ckpt_path), out=str(out), precision=precision, steps=steps,
+                                       data=str(data) if data else None, int8_target="ort"))
+    onnx_files = [p for p in Path(out).glob(f"*rk4x{steps}-{precision}*.onnx")]
+    return onnx_files[0] if onnx_files else Path(result.onnx)
+
+
+def perturb_onnx(src: Path, dst: Path, scale: float = 0.5, seed: int = 0) -> Path:
+    """A copy of ``src`` whose float initializers are multiplied by (1 + scale·noise), with a *valid* sidecar."""
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(src))
+    rng = np.random.default_rng(seed)
+    for init in proto.graph.initializer:
+        array = numpy_helper.to_array(init)
+        if array.dtype in (np.float32, np.float16) and array.size > 16:
+            noisy = array * (1 + scale * rng.standard_normal(array.shape)).astype(array.dtype)
+            init.CopyFrom(numpy_helper.from_array(noisy.astype(array.dtype), init.name))
+    onnx.save(proto, str(dst))
+    record = read_sidecar(src, verify=False)
+    write_sidecar(dst, {k: v for k, v in record.items() if k not in ("sha256", "file")})
+    return dst
+
+
+def sample_images(root: Path, n: int) -> list[Path]:
+    return sorted(root.glob("images/*/*.png"))[:n]
+
+
+@pytest.fixture(scope="module")
+def trained_ckpt(trained_run) -> Path:
+    return Path(trained_run.best_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def fixed_step_ckpt(trained_ckpt, tmp_path_factory) -> Path:
+    """The trained weights saved as if trained with RK4 × 4 (a fixed-step checkpoint)."""
+    ckpt = load_checkpoint(trained_ckpt)
+    ckpt.model_config = preset_config("odenet", len(ckpt.classes), width=ckpt.model_config.width,
+                                      solver=SolverConfig("rk4", n_steps=4))
+    return save_checkpoint(tmp_path_factory.mktemp("fixed") / "rk4.pt", ckpt)
+
+
+@pytest.fixture(scope="module")
+def exports(trained_ckpt, synthetic_root, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("runtime-exports")
+    calibration = normalize_array(np.stack([load_resized(p, 64) for p in sample_images(synthetic_root, 24)]),
+                                  *_spec(trained_ckpt))
+    return {p: export_artifact(trained_ckpt, out, p, 4, synthetic_root, calibration=calibration)
+            for p in ("fp32", "fp16", "int8")}
+
+
+def _spec(ckpt_path: Path):
+    spec = load_checkpoint(ckpt_path).input_spec
+    return spec.mean, spec.std
+
+
+# --- every kind through one predictor -----------------------------------------------------------------------
+
+
+def test_every_artifact_kind_runs_through_the_same_predictor(trained_ckpt, fixed_step_ckpt, exports, synthetic_root):
+    images = sample_images(synthetic_root, 12)
+    predictors = {
+        "adaptive": load_predictor(trained_ckpt),
+        "fixed": load_predictor(fixed_step_ckpt),
+        **{p: load_predictor(path) for p, path in exports.items()},
+    }
+    x = predictors["fp32"].preprocess(images)
+    logits = {name: p.predict_logits(x) for name, p in predictors.items()}
+    for name, p in predictors.items():
+        meta = p.metadata
+        assert meta.classes == predictors["adaptive"].metadata.classes
+        assert meta.input == predictors["adaptive"].metadata.input
+        assert logits[name].shape == (12, 6) and logits[name].dtype == np.float32
+        assert p.last_inference_ms > 0
+        preds = p.predict(images[:3], k=2)
+        assert [len(pr.top_k) for pr in preds] == [2, 2, 2]
+        assert all(pr.label in meta.classes and 0 < pr.confidence <= 1 for pr in preds)
+    assert predictors["adaptive"].metadata.kind == "checkpoint" and predictors["adaptive"].metadata.steps is None
+    assert predictors["adaptive"].backend == "torch"
+    assert predictors["fixed"].metadata.steps == 4 and predictors["fixed"].metadata.solver.method == "rk4"
+    assert {predictors[p].metadata.precision for p in ("fp32", "fp16", "int8")} == {"fp32", "fp16", "int8"}
+    assert all(predictors[p].backend == "onnxruntime" and predictors[p].provider == "cpu" for p in ("fp32", "fp16", "int8"))
+    assert predictors["int8"].metadata.int8_target == "ort"
+    # the unrolled export computes what the fixed-step checkpoint computes; precision costs a bounded error
+    np.testing.assert_allclose(logits["fp32"], logits["fixed"], atol=1e-4)
+    assert np.abs(logits["fp16"] - logits["fp32"]).max() < 0.05
+    assert (logits["int8"].argmax(1) == logits["fp32"].argmax(1)).mean() >= 0.75
+    assert (logits["adaptive"].argmax(1) == logits["fp32"].argmax(1)).mean() >= 0.9
+
+
+def test_reference_solver_override_applies_only_to_checkpoints(trained_ckpt, fixed_step_ckpt, exports):
+    tight = SolverConfig("dopri5", rtol=1e-6, atol=1e-6)
+    reference = load_predictor(fixed_step_ckpt, reference_solver=tight)
+    assert reference.metadata.solver == tight and reference.metadata.source_solver.method == "rk4"
+    assert any("replaces the trained rk4" in note for note in reference.notes)
+    with pytest.raises(UsageError, match="baked in"):
+        load_predictor(exports["fp32"], reference_solver=tight)
+
+
+def test_fixed_batch_graph_is_fed_in_chunks(trained_ckpt, tmp_path, synthetic_root):
+    path = export_artifact(trained_ckpt, tmp_path, "fp32", steps=2, static_batch=1)
+    if onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[0].dim_value != 1:
+        pytest.skip("the exporter writes dynamic-batch graphs only")
+    predictor = load_predictor(path)
+    assert predictor.runner.fixed_batch == 1
+    x = predictor.preprocess(sample_images(synthetic_root, 5))
+    batched = predictor.predict_logits(x)
+    one_by_one = np.concatenate([predictor.predict_logits(x[i : i + 1]) for i in range(5)])
+    np.testing.assert_array_equal(batched, one_by_one)
+
+
+# --- pre-processing comes from the artifact ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def odd_input_ckpt(tmp_path_factory) -> Path:
+    """A random-weight checkpoint with a 32 px input and an unusual mean/std: nothing like the defaults."""
+    torch.manual_seed(0)
+    config = preset_config("odenet", 3, width=8, solver=SolverConfig("rk4", n_steps=2))
+    from edgenode.model import build_model
+
+    ckpt = Checkpoint(config, ["alice", "bob", "carol"], InputSpec(32, (0.1, 0.7, 0.3), (0.5, 0.2, 0.9)), "m" * 64,
+                      build_model(config).state_dict())
+    return save_checkpoint(tmp_path_factory.mktemp("odd") / "odd.pt", ckpt)
+
+
+def test_preprocessing_is_read_from_the_artifact(odd_input_ckpt, tmp_path, synthetic_root):
+    onnx_path = export_artifact(odd_input_ckpt, tmp_path, "fp32", steps=2)
+    image = sample_images(synthetic_root, 1)[0]  # a 64 px picture: both artifacts must resize it to 32 px themselves
+    expected = normalize_array(load_resized(image, 32), (0.1, 0.7, 0.3), (0.5, 0.2, 0.9))
+    wrong = normalize_array(load_resized(image, 32), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    for path in (odd_input_ckpt, onnx_path):
+        predictor = load_predictor(path)
+        assert predictor.metadata.input == InputSpec(32, (0.1, 0.7, 0.3), (0.5, 0.2, 0.9))
+        assert predictor.metadata.classes == ["alice", "bob", "carol"]
+        x = predictor.preprocess([image])
+        np.testing.assert_array_equal(x, expected)  # bit-identical to the training pipeline
+        prediction = predictor.predict([image], k=3)[0]
+        probs = np.exp(predictor.predict_logits(expected).astype(np.float64))
+        probs /= probs.sum()
+        assert prediction.label == ["alice", "bob", "carol"][int(probs.argmax())]
+        assert prediction.confidence == pytest.approx(float(probs.max()), abs=1e-6)
+        assert not np.allclose(predictor.predict_logits(wrong), predictor.predict_logits(expected), atol=1e-3)
+    # in-memory pictures of any size go through the same resize
+    pixels = np.asarray(load_resized(image, 64))
+    np.testing.assert_array_equal(load_predictor(onnx_path).preprocess([pixels]), expected)
+
+
+def test_predict_files_keeps_order_and_reports_bad_files(exports, synthetic_root, tmp_path):
+    good = sample_images(synthetic_root, 7)
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a picture\n")
+    files = [good[0], empty, *good[1:4], text, *good[4:]]
+    predictor = load_predictor(exports["fp32"])
+    results = list(predictor.predict_files(files, batch_size=3, k=1, workers=2))
+    assert [r.path for r in results] == [str(f) for f in files]
+    assert [r.ok for r in results] == [f not in (empty, text) for f in files]
+    assert "empty" in results[1].reason and "not an image" in results[5].reason
+    direct = predictor.predict(good, k=1)
+    assert [r.index for r in results if r.ok] == [p.index for p in direct]
+
+
+# --- refusing what cannot be trusted ------------------------------------------------------------------------
+
+
+def test_kind_is_detected_from_content_and_mismatches_are_one_line(trained_ckpt, exports, tmp_path):
+    assert detect_kind(trained_ckpt) == "checkpoint" and detect_kind(exports["fp32"]) == "onnx"
+    cases = {
+        "ckpt.onnx": (trained_ckpt.read_bytes(), "named like an ONNX model but is a training checkpoint"),
+        "graph.pt": (exports["fp32"].read_bytes(), "named like a training checkpoint (.pt) but is an ONNX model"),
+        "graph.engine": (exports["fp32"].read_bytes(), "named like a TensorRT engine but is an ONNX model"),
+        "empty.onnx": (b"", "empty file"),
+        "notes.onnx": (b"hello, this is text\n", "text file"),
+        "model.onnx.json": (b'{"format": "x"}', "JSON file"),
+        "noise.onnx": (bytes(range(200, 256)) * 4, "unrecognised file"),
+    }
+    for name, (content, expected) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(ArtifactError, match=expected) as info:
+            load_predictor(path)
+        assert "\n" not in str(info.value) and name in str(info.value)
+
+
+def test_tampered_artifact_is_refused(exports, tmp_path):
+    for name in (exports["fp32"].name, exports["fp32"].name + ".json"):
+        shutil.copy(exports["fp32"].parent / name, tmp_path / name)
+    target = tmp_path / exports["fp32"].name
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit inside the weights: still parses, no longer what was exported
+    target.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="does not match its sidecar"):
+        load_predictor(target)
+
+
+def test_metadata_props_and_sidecar_must_agree(exports, tmp_path):
+    target = tmp_path / exports["fp32"].name
+    shutil.copy(exports["fp32"], target)
+    record = read_sidecar(exports["fp32"])
+    record["classes"] = list(reversed(record["classes"]))
+    record["input"] = {**record["input"], "image_size": 48}
+    write_json(sidecar_path(target), record)  # sha256 still right: only the content disagrees
+    with pytest.raises(ArtifactError, match="disagree on classes, input"):
+        load_predictor(target)
+
+
+def test_onnx_without_sidecar_loads_from_its_props_unverified(exports, tmp_path):
+    target = tmp_path / exports["fp32"].name
+    shutil.copy(exports["fp32"], target)
+    predictor = load_predictor(target)
+    assert not predictor.metadata.verified and load_predictor(exports["fp32"]).metadata.verified
+
+
+# --- providers ----------------------------------------------------------------------------------------------
+
+TRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
+
+
+@pytest.mark.parametrize("available, expected", [
+    ([TRT, CUDA, CPU], [TRT, CUDA, CPU]),
+    ([CPU, CUDA], [CUDA, CPU]),
+    (["AzureExecutionProvider", CPU], [CPU]),
+])
+def test_auto_provider_prefers_tensorrt_then_cuda_then_cpu(available, expected):
+    assert select_providers("auto", available) == expected
+
+
+def test_explicit_provider_is_exact_or_a_clear_error():
+    assert select_providers("cuda", [TRT, CUDA, CPU]) == [CUDA, CPU]
+    assert select_providers("cpu", [TRT, CUDA, CPU]) == [CPU]
+    with pytest.raises(ProviderUnavailableError, match=r"'cuda'.*not available.*available: cpu") as info:
+        select_providers("cuda", ["AzureExecutionProvider", CPU], machine="x86_64")
+    assert "edgenode[gpu]" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ProviderUnavailableError, match="Jetson"):
+        select_providers("tensorrt", [CUDA, CPU], machine="aarch64")
+    with pytest.raises(UsageError, match="unknown provider 'gpu'"):
+        select_providers("gpu", [CPU])
+    assert "pypi" in install_hint("cuda", "aarch64").lower() or "jetson" in install_hint("cuda", "aarch64").lower()
+
+
+def test_unavailable_provider_through_load_predictor(exports):
+    import onnxruntime
+
+    if CUDA in onnxruntime.get_available_providers():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ProviderUnavailableError, match="not available"):
+        load_predictor(exports["fp32"], provider="cuda")
+
+
+# --- TensorRT engines ---------------------------------------------------------------------------------------
+
+
+def test_missing_tensorrt_is_a_one_line_error(exports, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` raise ImportError
+    with pytest.raises(ProviderUnavailableError, match="needs the tensorrt Python package"):
+        import_tensorrt()
+    engine = tmp_path / "model-rk4x4-fp16.engine"
+    engine.write_bytes(b"\x00\x01opaque-plan" * 100)
+    record = read_sidecar(exports["fp32"])
+    meta = ArtifactMetadata.from_dict(record)
+    meta_dict = {**meta.to_dict(), "kind": "engine", "extra": {"tensorrt_version": "10.3.0", "gpu_name": "Orin"}}
+    write_sidecar(engine, meta_dict)
+    with pytest.raises(ProviderUnavailableError, match="tensorrt") as info:
+        load_predictor(engine)
+    assert str(engine) in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(UsageError, match="runs only on TensorRT"):
+        load_predictor(engine, provider="cpu")
+    engine.unlink()
+    sidecar_path(engine).unlink()
+    engine.write_bytes(b"\x00\x01opaque-plan" * 100)
+    with pytest.raises(ArtifactError, match="without its metadata sidecar"):
+        load_predictor(engine)
+
+
+def test_engine_version_and_gpu_mismatch_is_a_pure_check():
+    built = {"tensorrt_version": "10.3.0.26", "gpu_name": "NVIDIA Jetson Orin Nano"}
+    assert engine_mismatches(built, "10.3.0.30", "NVIDIA Jetson Orin Nano") == []
+    problems = engine_mismatches(built, "10.7.0", "NVIDIA GeForce RTX 4090")
+    assert problems == ["built with TensorRT 10.3.0.26, this machine has 10.7.0",
+                        "built for GPU 'NVIDIA Jetson Orin Nano', this machine has 'NVIDIA GeForce RTX 4090'"]
+    assert engine_mismatches({**built, "version_compatible": True, "hardware_compatible": True}, "10.7.0", "RTX") == []
+    assert engine_mismatches({}, "10.7.0", "RTX") == []  # nothing recorded, nothing to compare

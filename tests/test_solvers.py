@@ -1,0 +1,75 @@
+"""Fixed-step solvers against ODEs with exact solutions (as torchdiffeq's tests/problems.py does)."""
+
+import math
+
+import pytest
+import torch
+
+from edgenode.errors import UsageError
+from edgenode.ode.solvers import EVALS_PER_STEP, FIXED_STEP_METHODS, SolverConfig, integrate_fixed
+
+ORDERS = {"euler": 1, "midpoint": 2, "rk4": 4, "rk4_38": 4}
+
+
+def exp_decay(t, h):  # dh/dt = -2 h + t, h(0)=1  →  h(t) = t/2 - 1/4 + 5/4 e^{-2t}
+    return -2 * h + t
+
+
+def exact(t):
+    return t / 2 - 0.25 + 1.25 * math.exp(-2 * t)
+
+
+@pytest.mark.parametrize("method", list(FIXED_STEP_METHODS))
+def test_convergence_order_matches_the_method(method):
+    h0 = torch.ones(1, dtype=torch.float64)
+    errors = [abs(integrate_fixed(exp_decay, h0, n, method).item() - exact(1.0)) for n in (8, 16, 32)]
+    observed = math.log2(errors[1] / errors[2])
+    assert observed == pytest.approx(ORDERS[method], abs=0.25)
+
+
+def test_classic_rk4_and_three_eighths_rule_differ():
+    # On linear problems every 4-stage RK4 gives the same polynomial; a nonlinear one tells them apart.
+    h0 = torch.full((1,), 0.5, dtype=torch.float64)
+    classic = integrate_fixed(lambda t, h: h * h, h0, 1, "rk4")
+    three_eighths = integrate_fixed(lambda t, h: h * h, h0, 1, "rk4_38")
+    assert abs(classic.item() - three_eighths.item()) > 1e-6
+
+
+def test_three_eighths_rule_matches_torchdiffeq_rk4():
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+    h0 = torch.ones(1, dtype=torch.float64)
+    grid = torch.linspace(0, 1, 5, dtype=torch.float64)
+    theirs = torchdiffeq.odeint(exp_decay, h0, grid, method="rk4")[-1]
+    ours = integrate_fixed(exp_decay, h0, 4, "rk4_38")
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("method", list(FIXED_STEP_METHODS))
+def test_evaluations_per_step(method):
+    calls = []
+
+    def f(t, h):
+        calls.append(t)
+        return -h
+
+    integrate_fixed(f, torch.ones(1), 3, method)
+    assert len(calls) == 3 * EVALS_PER_STEP[method]
+
+
+def test_float32_grid_has_exactly_n_steps():
+    calls = []
+
+    def f(t, h):
+        calls.append(float(t))
+        return torch.zeros_like(h)
+
+    integrate_fixed(f, torch.ones(1, dtype=torch.float32), 20, "euler")
+    assert len(calls) == 20 and calls[-1] == pytest.approx(0.95, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"method": "rk5"}, {"method": "euler", "n_steps": 0}, {"method": "rk4", "n_steps": -3}, {"rtol": 0.0}]
+)
+def test_bad_solver_config_is_a_usage_error(kwargs):
+    with pytest.raises(UsageError):
+        SolverConfig(**kwargs)

@@ -1,0 +1,123 @@
+"""Training: learns, checkpoints are self-describing and atomic, resume reproduces an uninterrupted run."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import edgenode.train as train_module
+from edgenode.checkpoint import load_checkpoint
+from edgenode.cli import app
+from edgenode.data import Manifest, SplitConfig
+from edgenode.errors import ArtifactError, UsageError
+from edgenode.train import TrainConfig, train
+
+SMALL_SPLIT = SplitConfig(per_class=24, train=16, val=4, test=4)
+
+
+def small_config(root, out, **overrides):
+    values = dict(
+        data=str(root), out=str(out), arch="paper", width=8, solver="rk4", steps=2, epochs=3, batch_size=16,
+        lr=3e-3, split=SMALL_SPLIT, progress=False, table_every=0,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_training_gets_well_above_chance(trained_run):
+    chance = 1 / 6
+    assert trained_run.test["accuracy"] >= 3 * chance
+    assert trained_run.best_val_accuracy >= 3 * chance
+    assert trained_run.test["n"] == 6 * 4
+
+
+def test_checkpoint_is_self_describing(trained_run):
+    ckpt = load_checkpoint(trained_run.best_checkpoint)
+    manifest = Manifest.load(trained_run.run_dir / "manifest.json")
+    assert ckpt.classes == manifest.classes
+    assert ckpt.manifest_sha256 == manifest.sha256
+    assert ckpt.input_spec.image_size == 64 and tuple(ckpt.input_spec.mean) == tuple(manifest.mean)
+    assert ckpt.model_config.solver.method == "dopri5"
+    assert ckpt.epoch == trained_run.best_epoch
+    assert ckpt.optimizer is not None and ckpt.metrics["val_accuracy"] == pytest.approx(trained_run.best_val_accuracy)
+    # plain tensors and JSON-like values only: loadable without unpickling code
+    torch.load(trained_run.best_checkpoint, weights_only=True)
+
+
+def test_run_folder_holds_metrics_and_plots(trained_run):
+    run = trained_run.run_dir
+    history = json.loads((run / "metrics.json").read_text())
+    assert [row["epoch"] for row in history] == list(range(1, len(history) + 1))
+    assert {"val_precision", "val_recall", "val_f1", "nfe_val"} <= set(history[0])
+    assert (run / "metrics.csv").read_text().splitlines()[0].startswith("epoch,train_loss")
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    results = json.loads((run / "results.json").read_text())
+    low, high = results["test"]["accuracy_ci"]
+    assert low <= results["test"]["accuracy"] <= high
+    assert not list(run.glob("*.tmp")), "temporary files left behind"
+
+
+def test_resume_after_interruption_gives_the_same_weights(synthetic_root, tmp_path, monkeypatch):
+    reference = train(small_config(synthetic_root, tmp_path / "straight"))
+
+    original = train_module.run_epoch
+
+    def crash_in_epoch_3(*args, **kwargs):
+        if args[7] == 3:  # the epoch argument
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "run_epoch", crash_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(small_config(synthetic_root, tmp_path / "interrupted"))
+    assert load_checkpoint(tmp_path / "interrupted" / "last.pt").epoch == 2
+    monkeypatch.setattr(train_module, "run_epoch", original)
+    resumed = train(small_config(synthetic_root, tmp_path / "interrupted", resume=True))
+
+    expected = load_checkpoint(reference.last_checkpoint).state_dict
+    actual = load_checkpoint(resumed.last_checkpoint).state_dict
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)
+    assert [r["val_accuracy"] for r in resumed.history] == [r["val_accuracy"] for r in reference.history]
+
+
+def test_existing_run_is_not_overwritten_without_resume(synthetic_root, tmp_path):
+    config = small_config(synthetic_root, tmp_path / "run", epochs=1)
+    train(config)
+    with pytest.raises(UsageError, match="--resume"):
+        train(config)
+
+
+def test_augmentation_and_cosine_schedule_run(synthetic_root, tmp_path):
+    result = train(small_config(synthetic_root, tmp_path / "aug", epochs=2, augment=True, schedule="cosine", warmup_epochs=1, label_smoothing=0.1))
+    assert len(result.history) == 2
+    assert result.history[-1]["lr"] < 3e-3
+
+
+def test_garbage_checkpoint_is_refused(tmp_path):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ArtifactError, match="model.pt"):
+        load_checkpoint(bad)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--epochs", "0"], ["--batch-size", "-1"], ["--arch", "resnet"], ["--solver", "rk9"], ["--schedule", "steps"]],
+)
+def test_cli_rejects_bad_arguments_with_exit_code_2(synthetic_root, tmp_path, args):
+    result = CliRunner().invoke(app, ["train", str(synthetic_root), "--out", str(tmp_path / "r"), *args])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_trains(synthetic_root, tmp_path):
+    out = tmp_path / "cli"
+    args = ["train", str(synthetic_root), "--out", str(out), "--arch", "paper", "--width", "8", "--solver", "euler", "--steps", "2",
+            "--epochs", "1", "--batch-size", "16", "--per-class", "24", "--train-per-class", "16", "--val-per-class", "4",
+            "--test-per-class", "4", "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(out / "best.pt").model_config.solver.n_steps == 2
