@@ -220,9 +220,12 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
         run_dir.mkdir(parents=True, exist_ok=True)
         if last_path.exists() and not config.resume:
             raise UsageError(f"{run_dir} already holds a training run (last.pt)", "pass --resume to continue it, or choose another --out")
+        for stale in run_dir.glob(".*.tmp"):  # left by a process killed mid-write; never under a final name
+            stale.unlink()
     ctx.barrier()
-    if config.resume and not last_path.exists():
-        raise UsageError(f"--resume: no {last_path} to resume from", "drop --resume to start a new run")
+    resume = config.resume and last_path.exists()
+    if config.resume and not resume:
+        ctx.print(f"--resume: no {last_path} yet (the run stopped during its first epoch); starting from epoch 1")
 
     device = ctx.device if ctx.device is not None else resolve_device(config.device)
     manifest = prepare_manifest(config, run_dir, ctx)
@@ -244,7 +247,7 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
 
     history: list[dict[str, Any]] = []
     start_epoch, best_val, best_epoch = 1, -1.0, 0
-    if config.resume:
+    if resume:
         ckpt = load_checkpoint(last_path)
         if ckpt.manifest_sha256 != manifest.sha256:
             raise UsageError(f"{last_path} was trained on another split (manifest {ckpt.manifest_sha256[:12]}…)")

@@ -276,7 +276,7 @@ def build_manifest(
         positions = sorted(walk.outcome)
         for p in positions:
             if isinstance(walk.outcome[p], ImageDecodeError):
-                pass
+                skipped.append((walk.order[p], walk.outcome[p].reason))
         good = [p for p in positions if not isinstance(walk.outcome[p], ImageDecodeError)]
         if len(good) < config.per_class:
             excluded[walk.name] = (

@@ -20,16 +20,18 @@ from edgenode.runtime.providers import ProviderUnavailableError
 
 TRT_VERSION_KEYS = ("tensorrt_version", "trt_version", "tensorrt")
 GPU_NAME_KEYS = ("gpu_name", "gpu", "device_name")
+CAPABILITY_KEYS = ("compute_capability",)
 
 
 def import_tensorrt(path: str | Path | None = None):
     """``import tensorrt`` or a one-line :class:`ProviderUnavailableError` with how to install it."""
     try:
         import tensorrt  # noqa: PLC0415 - optional dependency, imported only for engines
-    except ImportError:
+    except (ImportError, OSError) as exc:  # OSError: the wheel is there but libnvinfer is not
         where = f"{path}: " if path else ""
+        what = "is not installed" if isinstance(exc, ImportError) else f"cannot load its libraries ({str(exc).strip()[:100]})"
         raise ProviderUnavailableError(
-            f"{where}running a TensorRT engine needs the tensorrt Python package, which is not installed",
+            f"{where}running a TensorRT engine needs the tensorrt Python package, which {what}",
             "pip install 'edgenode[tensorrt]' on x86_64; on a Jetson it comes with JetPack "
             "(or run the .onnx file with onnxruntime instead)",
         ) from None
@@ -39,7 +41,7 @@ def import_tensorrt(path: str | Path | None = None):
 def _recorded(extra: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
     for key in keys:
         value = extra.get(key)
-        if value:
+        if value and str(value).lower() != "unknown":
             return str(value)
     return None
 
@@ -49,24 +51,34 @@ def _release(version: str) -> tuple[str, ...]:
     return tuple(version.split(".")[:3])
 
 
-def engine_mismatches(extra: Mapping[str, Any], trt_version: str, gpu_name: str | None) -> list[str]:
+def engine_mismatches(extra: Mapping[str, Any], trt_version: str, gpu_name: str | None,
+                      compute_capability: str | None = None) -> list[str]:
     """What stops an engine built as recorded in ``extra`` from loading here (pure; empty = compatible).
 
-    The TensorRT release must match unless the engine was built version-compatible; the GPU model must
-    match unless it was built hardware-compatible. Unrecorded facts cannot be checked and are not reported.
+    The TensorRT release must match unless the engine was built version-compatible. The GPU must match
+    unless it was built hardware-compatible: by compute capability when both sides know it (kernels are
+    chosen per SM), else by name. Unrecorded facts cannot be checked and are not reported.
     """
     problems = []
     built_version = _recorded(extra, TRT_VERSION_KEYS)
     if built_version and not extra.get("version_compatible") and _release(built_version) != _release(trt_version):
         problems.append(f"built with TensorRT {built_version}, this machine has {trt_version}")
+    if extra.get("hardware_compatible"):
+        return problems
     built_gpu = _recorded(extra, GPU_NAME_KEYS)
-    if built_gpu and gpu_name and not extra.get("hardware_compatible") and built_gpu.strip() != gpu_name.strip():
+    built_cc = _recorded(extra, CAPABILITY_KEYS)
+    if built_cc and compute_capability:
+        if built_cc != compute_capability:
+            problems.append(f"built for GPU {built_gpu or '?'!r} (compute capability {built_cc}), "
+                            f"this machine has {gpu_name or '?'!r} ({compute_capability})")
+    elif built_gpu and gpu_name and built_gpu.strip() != gpu_name.strip():
         problems.append(f"built for GPU {built_gpu!r}, this machine has {gpu_name!r}")
     return problems
 
 
-def check_engine_compatibility(path: str | Path, extra: Mapping[str, Any], trt_version: str, gpu_name: str | None) -> None:
-    problems = engine_mismatches(extra, trt_version, gpu_name)
+def check_engine_compatibility(path: str | Path, extra: Mapping[str, Any], trt_version: str, gpu_name: str | None,
+                               compute_capability: str | None = None) -> None:
+    problems = engine_mismatches(extra, trt_version, gpu_name, compute_capability)
     if problems:
         raise ArtifactError(f"{path}: engine cannot run here: {'; '.join(problems)}",
                             "rebuild the engine on this device from the .onnx (`edgenode export`), or run the .onnx")
@@ -85,7 +97,8 @@ class TensorRTRunner(Runner):
         if not torch.cuda.is_available():
             raise ProviderUnavailableError(f"{self.path}: a TensorRT engine needs a CUDA GPU, and torch sees none here",
                                            "run the .onnx file instead (`--provider cpu`)")
-        check_engine_compatibility(self.path, extra, trt.__version__, torch.cuda.get_device_name())
+        major, minor = torch.cuda.get_device_capability()
+        check_engine_compatibility(self.path, extra, trt.__version__, torch.cuda.get_device_name(), f"{major}.{minor}")
         self._torch, self._trt = torch, trt
         logger = trt.Logger(trt.Logger.ERROR)
         self._runtime = trt.Runtime(logger)

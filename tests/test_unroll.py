@@ -1,0 +1,155 @@
+"""Unrolling: N explicit steps of the trained f, equal to an independent float64 integration; which
+discretisation is deployed by default; the step sweep and the ODE-validity check."""
+
+import copy
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgenode.errors import ParityError, UsageError
+from edgenode.export import onnx_export as ox
+from edgenode.export.steps import SweepCriteria, check_ode_validity, choose_steps, sweep_steps
+from edgenode.export.unroll import AUTO, expected_conv_nodes, resolve_method, resolve_steps, unroll
+from edgenode.model import ModelConfig, build_model
+from edgenode.ode.solvers import SolverConfig
+
+# Butcher tableaux written out here, independently of edgenode.ode.solvers: (c, A, b).
+TABLEAUX = {
+    "euler": ([0.0], [[]], [1.0]),
+    "midpoint": ([0.0, 0.5], [[], [0.5]], [0.0, 1.0]),
+    "rk4": ([0.0, 0.5, 0.5, 1.0], [[], [0.5], [0.0, 0.5], [0.0, 0.0, 1.0]], [1 / 6, 1 / 3, 1 / 3, 1 / 6]),
+    "rk4_38": ([0.0, 1 / 3, 2 / 3, 1.0], [[], [1 / 3], [-1 / 3, 1.0], [1.0, -1.0, 1.0]], [1 / 8, 3 / 8, 3 / 8, 1 / 8]),
+}
+
+
+def reference_logits(model, x, method, n_steps):
+    """Float64 explicit Runge-Kutta from the tableau, calling the model's own f, stem and head."""
+    ref = copy.deepcopy(model).double().eval()
+    c, a, b = TABLEAUX[method]
+    with torch.no_grad():
+        h = ref.stem(x.double())
+        dt = 1.0 / n_steps
+        for i in range(n_steps):
+            t = i * dt
+            ks = []
+            for j in range(len(b)):
+                hj = h + dt * sum(a[j][m] * ks[m] for m in range(j)) if j else h
+                ks.append(ref.ode.func(torch.tensor(t + c[j] * dt, dtype=torch.float64), hj))
+            h = h + dt * sum(bj * k for bj, k in zip(b, ks))
+        return ref.head(h)
+
+
+def small_model(arch="odenet", seed=0, width=8):
+    torch.manual_seed(seed)
+    return build_model(ModelConfig(arch=arch, num_classes=5, width=width)).eval()
+
+
+@pytest.mark.parametrize("arch", ["odenet", "paper"])
+@pytest.mark.parametrize("method,n_steps", [("rk4", 1), ("rk4", 3), ("rk4_38", 2), ("euler", 4), ("midpoint", 2)])
+def test_unrolled_model_equals_independent_float64_integration(arch, method, n_steps):
+    model = small_model(arch)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = unroll(model, method, n_steps)(x).double()
+    want = reference_logits(model, x, method, n_steps)
+    rel = (got - want).norm() / want.norm()
+    assert rel <= 1e-5, f"{method}×{n_steps}: relative error {rel:.2e}"
+
+
+def test_classic_rk4_and_torchdiffeq_rk4_differ():
+    """The two RK4s are different schemes; the deployed one must be the one recorded."""
+    model = small_model()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        classic, three_eighths = unroll(model, "rk4", 1)(x), unroll(model, "rk4_38", 1)(x)
+    assert not torch.allclose(classic, three_eighths, atol=1e-7)
+
+
+def test_unroll_shares_weights_and_leaves_source_model_alone():
+    model = small_model()
+    unrolled = unroll(model, "rk4", 4)
+    assert unrolled.config.solver == SolverConfig(method="rk4", n_steps=4)
+    assert model.config.solver.method == "dopri5"
+    for (name, p), (_, q) in zip(model.state_dict().items(), unrolled.state_dict().items()):
+        assert torch.equal(p, q), name
+    assert not unrolled.training
+
+
+@pytest.mark.parametrize("n_steps", [1, 3])
+def test_exported_graph_holds_exactly_n_explicit_steps(n_steps):
+    """Conv nodes = stem + head + 4·N·(convs in f): N explicit RK4 steps, no solver loop."""
+    model = small_model(width=8)
+    graph = ox.torch_to_onnx(unroll(model, "rk4", n_steps), image_size=32)
+    ops = ox.op_counts(graph.proto)
+    assert ops["Conv"] == expected_conv_nodes(model, "rk4", n_steps) == 3 + 4 * n_steps * 2
+    assert not {"Loop", "If", "Scan"} & set(ops), "no control flow may remain"
+    shared = [init.name for init in graph.proto.graph.initializer if "ode.func.conv1" in init.name]
+    assert len(shared) == 2, "f's weights are stored once and shared by every step"
+
+
+def test_default_discretisation():
+    euler = SolverConfig(method="euler", n_steps=20)
+    adaptive = SolverConfig(method="dopri5")
+    assert resolve_method(euler, None) == "euler" and resolve_steps(euler, "euler", None) == 20
+    assert resolve_method(adaptive, None) == "rk4" and resolve_steps(adaptive, "rk4", None) == AUTO
+    assert resolve_steps(euler, "rk4", None) == AUTO, "another method is another discretisation"
+    assert resolve_steps(euler, "euler", 5) == 5
+    with pytest.raises(UsageError, match="--method 'dopri5'"):
+        resolve_method(adaptive, "dopri5")
+    with pytest.raises(UsageError, match="-2"):
+        resolve_steps(adaptive, "rk4", -2)
+
+
+def _images(n=12, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=g)
+
+
+def test_sweep_picks_a_small_n_on_a_smooth_model():
+    model = small_model()
+    images = _images()
+    with torch.no_grad():
+        labels = model(images).argmax(1).numpy()
+    sweep = sweep_steps(model, images, labels, "rk4", candidates=(1, 2, 4, 8))
+    assert sweep.chosen is not None and sweep.chosen <= 4
+    diffs = [r.max_abs_logit_diff for r in sweep.rows]
+    assert diffs[-1] < diffs[0], "finer steps get closer to the reference"
+    assert [r.nfe for r in sweep.rows] == [4, 8, 16, 32]
+    assert "| N | NFE |" in sweep.to_markdown()
+
+
+def test_sweep_refuses_when_nothing_qualifies(tmp_path):
+    model = small_model()
+    images = _images(6)
+    sweep = sweep_steps(model, images, np.zeros(6, dtype=np.int64), "rk4", candidates=(1, 2),
+                        criteria=SweepCriteria(max_logit_diff=1e-12))
+    assert sweep.chosen is None
+    with pytest.raises(ParityError) as info:
+        choose_steps(sweep, tmp_path)
+    assert "no rk4 step count" in str(info.value) and "--steps N" in info.value.hint
+
+
+def test_sweep_criteria_are_validated():
+    with pytest.raises(UsageError, match="1.5"):
+        SweepCriteria(min_agreement=1.5)
+    with pytest.raises(UsageError, match="-0.1"):
+        SweepCriteria(max_accuracy_gap=-0.1)
+
+
+def test_validity_accepts_a_smooth_model_and_flags_a_stiff_one():
+    images = _images(8)
+    smooth = small_model()
+    with torch.no_grad():
+        labels = smooth(images).argmax(1).numpy()
+    ok = check_ode_validity(smooth, images, labels, "rk4", 2, tolerances=(1e-3, 1e-5))
+    assert ok.converged, ok.reasons
+
+    stiff = small_model(seed=1)
+    with torch.no_grad():  # f with a huge Lipschitz constant: one Euler step is nowhere near the ODE's flow
+        stiff.ode.func.conv2.conv.weight.mul_(40.0)
+    bad = check_ode_validity(stiff, images, labels, "euler", 1, tolerances=(1e-3, 1e-5))
+    assert not bad.converged
+    assert bad.reasons and bad.to_dict()["ode_valid"] is False
+    assert "ODE validity" in bad.summary()
