@@ -4,7 +4,6 @@ discretisation is deployed by default; the step sweep and the ODE-validity check
 import copy
 
 import numpy as np
-import onnx
 import pytest
 import torch
 
@@ -14,6 +13,15 @@ from edgenode.export.steps import SweepCriteria, check_ode_validity, choose_step
 from edgenode.export.unroll import AUTO, expected_conv_nodes, resolve_method, resolve_steps, unroll
 from edgenode.model import ModelConfig, build_model
 from edgenode.ode.solvers import SolverConfig
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tensors are tiny: per-op thread start-up costs more than the work, badly so on a busy 2-core box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 # Butcher tableaux written out here, independently of edgenode.ode.solvers: (c, A, b).
 TABLEAUX = {

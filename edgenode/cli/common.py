@@ -6,6 +6,7 @@ import functools
 from typing import Callable
 
 import typer
+from rich.markup import escape
 
 from edgenode.console import console
 from edgenode.errors import EdgenodeError
@@ -19,7 +20,7 @@ def user_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except EdgenodeError as exc:
-            console.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
             raise typer.Exit(code=exc.exit_code) from None
 
     return wrapper

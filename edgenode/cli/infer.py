@@ -24,6 +24,8 @@ def command(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout (JSON lines); messages go to stderr.")] = False,
 ) -> None:
     """Classify images with an artifact; prints identity and confidence; exit 1 if any file failed."""
+    from rich.markup import escape
+
     from edgenode.errors import UsageError
     from edgenode.runtime import collect_images, load_predictor
 
@@ -33,13 +35,13 @@ def command(
     if not files:
         raise UsageError(f"no image files found in {', '.join(map(str, paths))}", "pass image files or folders of .jpg/.png/.webp")
     predictor = load_predictor(artifact, provider=provider)
-    console.print(f"{predictor.describe()}; provider {predictor.provider}; {len(files)} image(s)")
+    console.print(f"{predictor.describe()}; provider {predictor.provider}; {len(files)} image(s)", markup=False)
     failed = n = 0
     for item in predictor.predict_files(files, batch_size=batch_size, k=top_k, workers=workers or None):
         n += 1
         if not item.ok:
             failed += 1
-            console.print(f"[bold red]error:[/] {item.path}: {item.reason}", markup=True, soft_wrap=True, highlight=False)
+            console.print(f"[bold red]error:[/] {escape(item.path)}: {escape(item.reason)}", soft_wrap=True)
             if as_json:
                 sys.stdout.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
             continue

@@ -96,6 +96,9 @@ class ExportConfig:
                 raise UsageError(f"--{name.replace('_', '-')} {value!r} must be a positive whole number")
         if isinstance(self.calibration_seed, bool) or not isinstance(self.calibration_seed, int):
             raise UsageError(f"--calibration-seed {self.calibration_seed!r} must be a whole number")
+        if self.format == "engine" and self.wants_int8 and self.int8_target == "ort":
+            raise UsageError("--format engine with --int8-target ort: TensorRT cannot run the asymmetric uint8 (U8S8) file",
+                             "use --int8-target tensorrt or both")
         check_opset(self.opset)
         set_("sweep_candidates", tuple(check_steps(n) for n in self.sweep_candidates))
         if not self.sweep_candidates:

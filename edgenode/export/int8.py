@@ -121,7 +121,7 @@ def qdq_summary(proto) -> dict[str, Any]:
     for node in proto.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node.op_type)
-    act_types, act_zero, weight_types, weight_zero = set(), [], set(), []
+    act_types, act_zero, weight_types, weight_zero, bias_types = set(), [], set(), [], set()
     per_channel, quantized_ops = 0, {}
     for node in proto.graph.node:
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
@@ -131,7 +131,9 @@ def qdq_summary(proto) -> dict[str, Any]:
             continue
         type_name = onnx.TensorProto.DataType.Name(zp[0])
         is_weight = node.op_type == "DequantizeLinear" and node.input[0] in inits
-        if is_weight:
+        if is_weight and zp[0] == onnx.TensorProto.INT32:
+            bias_types.add(type_name)
+        elif is_weight:
             weight_types.add(type_name)
             weight_zero.append(bool(np.all(zp[1] == 0)))
             scale = tensor(node.input[1])
@@ -150,6 +152,7 @@ def qdq_summary(proto) -> dict[str, Any]:
         "activation_zero_points_all_zero": all(act_zero) if act_zero else None,
         "weight_types": sorted(weight_types),
         "weight_zero_points_all_zero": all(weight_zero) if weight_zero else None,
+        "bias_types": sorted(bias_types),
         "per_channel_weights": per_channel,
         "dequantize_consumers": dict(sorted(quantized_ops.items())),
     }

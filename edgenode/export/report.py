@@ -34,7 +34,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"# Export of {Path(report['checkpoint']['path']).name}",
         "",
         f"- Trained solver: {report['checkpoint']['solver']}",
-        f"- Deployed: **{deploy['method']}×{deploy['steps']}** — {deploy['description']} (steps: {deploy['steps_source']})",
+        f"- Deployed: **{deploy['description']}** (steps: {deploy['steps_source']})",
         f"- Split manifest: {report['manifest']['sha256'][:16]}…, check images: {report['checks_on']}",
         f"- Exporter: {report['exporter']}, opset {report['opset']}",
     ]

@@ -20,7 +20,6 @@ ODE validity (Ott et al., "ResNet after all? Neural ODEs and their numerical sol
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -287,7 +286,3 @@ def check_ode_validity(model: NeuralODECNN, images: torch.Tensor, labels: np.nda
         reasons.append(f"{method}×{n_steps} agrees with the tightest dopri5 solve on only {deployed:.1%} of images "
                        f"(want ≥ {min_deployed_agreement:.0%})")
     return OdeValidity(method, n_steps, tuple(fixed), tuple(adaptive), deployed, not reasons, tuple(reasons))
-
-
-def validity_json(validity: OdeValidity) -> str:
-    return json.dumps(validity.to_dict(), sort_keys=True)

@@ -122,7 +122,7 @@ def engine_metadata(source: ArtifactMetadata, onnx_file: str, onnx_sha256: str, 
     extra = dict(source.extra)
     extra.update(
         tensorrt_version=tensorrt_version, gpu_name=gpu.get("gpu_name"), compute_capability=gpu.get("compute_capability"),
-        built_from=onnx_file, built_from_sha256=onnx_sha256, build=plan.describe(), optimization_profile=profile,
+        built_from=onnx_file, built_from_sha256=onnx_sha256, golden_logits_from=onnx_file, build=plan.describe(), optimization_profile=profile,
         portability="runs only with this TensorRT version on GPUs of this compute capability; rebuild from the ONNX file otherwise",
     )
     return dataclasses.replace(source, kind="engine", extra=extra)

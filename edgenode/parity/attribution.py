@@ -8,9 +8,15 @@ stage         compares                                               n/a when
 solver        adaptive reference vs. torch FP32 with the artifact's  —
               fixed-step solver (e.g. RK4 × 4): discretisation
 export        torch RK4-N FP32 vs. ONNX FP32 of the same steps       no FP32 ONNX found and rebuilding it failed
-precision     ONNX FP32 vs. the artifact (FP16, INT8, TensorRT)      the artifact *is* the FP32 ONNX
-runtime       the artifact on this provider vs. on another one       only one provider is available
+              (ONNX Runtime CPU)
+precision     ONNX FP32 vs. the artifact, both on ONNX Runtime CPU   the artifact *is* the FP32 ONNX
+              (an engine: vs. the engine on TensorRT)
+runtime       the artifact on CPU vs. on the provider it ran on      only one provider is available
+              (or on another provider when it ran on CPU)
 ============  =====================================================  ==========================================
+
+Everything but the runtime stage runs on the CPU, so each stage isolates one cause and the stages chain
+from the reference to the deployed output; ``total`` is the reference vs. what was deployed.
 
 The FP32 ONNX for the export/precision stages is, in order: the artifact itself when it is FP32 ONNX, an
 artifact passed alongside it (or in its folder) whose metadata says FP32, same solver and steps, same source
@@ -21,8 +27,6 @@ torch twin and one FP32 ONNX run.
 
 from __future__ import annotations
 
-import io
-import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -33,7 +37,7 @@ from edgenode.ode.solvers import SolverConfig
 from edgenode.parity.compare import StageDiff, diff_logits
 from edgenode.runtime.artifact import ArtifactInfo, detect_kind, onnx_info
 from edgenode.runtime.predictor import Predictor
-from edgenode.runtime.providers import PROVIDER_NAMES, short_name
+from edgenode.runtime.providers import PROVIDER_NAMES
 
 STAGES = ("solver", "export", "precision", "runtime", "total")
 
@@ -42,29 +46,22 @@ def _batched(run, x: np.ndarray, batch_size: int) -> np.ndarray:
     return np.concatenate([run(x[lo : lo + batch_size]) for lo in range(0, len(x), batch_size)])
 
 
-def export_fp32_bytes(model, image_size: int) -> bytes:
-    """The unrolled torch model as FP32 ONNX bytes, with a dynamic batch axis (for attribution only)."""
-    import torch
+def export_fp32_bytes(model, image_size: int, opset: int | None = None) -> bytes:
+    """The unrolled torch model as FP32 ONNX bytes, by the same exporter ``edgenode export`` uses."""
+    from edgenode.export import onnx_export as ox
 
-    buffer = io.BytesIO()
-    dummy = torch.zeros(1, 3, image_size, image_size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.cpu().eval(), (dummy,), buffer, input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
-    return buffer.getvalue()
+    graph = ox.torch_to_onnx(model, image_size, opset or ox.DEFAULT_OPSET)
+    return graph.proto.SerializeToString()
 
 
 class Attributor:
     """Splits ``reference`` vs. artifact differences into solver/export/precision/runtime stages."""
 
-    def __init__(self, reference: Predictor, reference_logits: np.ndarray, x: np.ndarray, batch_size: int,
-                 provider: str = "auto"):
+    def __init__(self, reference: Predictor, reference_logits: np.ndarray, x: np.ndarray, batch_size: int = 64):
         self.reference = reference
         self.reference_logits = reference_logits
         self.x = x
         self.batch_size = batch_size
-        self.provider = provider
         self._twins: dict[SolverConfig, np.ndarray] = {}
         self._fp32: dict[tuple, tuple[str, np.ndarray] | str] = {}
 
@@ -104,14 +101,14 @@ class Attributor:
         found = self._find_fp32_onnx(info, candidates)
         try:
             if found is not None:
-                predictor = load_predictor(found, provider=self.provider)
+                predictor = load_predictor(found, provider="cpu")
                 value: tuple[str, np.ndarray] | str = (found.name, _batched(predictor.predict_logits, self.x, self.batch_size))
                 predictor.close()
             elif info.source_checkpoint_sha256 != self.reference.metadata.sha256:
                 value = "no FP32 ONNX of this export found, and it comes from another checkpoint (cannot rebuild)"
             else:
                 model = self.reference.runner.model.with_solver(info.solver)
-                data = export_fp32_bytes(model, info.input.image_size)
+                data = export_fp32_bytes(model, info.input.image_size, info.extra.get("opset"))
                 runner = OnnxRuntimeRunner(data, ["CPUExecutionProvider"])
                 value = (f"FP32 ONNX {info.solver.describe()} (rebuilt in memory)", _batched(runner.infer, self.x, self.batch_size))
         except EdgenodeError as exc:
@@ -121,34 +118,52 @@ class Attributor:
         self._fp32[key] = value
         return value
 
-    def other_provider_logits(self, predictor: Predictor) -> tuple[str, np.ndarray] | str:
-        """The same ONNX file on another available provider, or why that is n/a."""
-        info = predictor.metadata
-        if info.kind == "engine":
-            return "a TensorRT engine runs on TensorRT only"
-        from edgenode.runtime.onnx_runner import OnnxRuntimeRunner, available_providers
+    def on_provider(self, info: ArtifactInfo, provider: str) -> tuple[str, np.ndarray] | str:
+        """``info``'s ONNX file run on one provider (short name), or why it cannot be."""
+        from edgenode.runtime.onnx_runner import OnnxRuntimeRunner
 
-        available = available_providers()
-        others = [PROVIDER_NAMES[p] for p in ("tensorrt", "cuda", "cpu")
-                  if PROVIDER_NAMES[p] in available and p != predictor.provider]
-        if not others:
-            return f"only one provider available here ({predictor.provider})"
-        other = others[0]
-        fallback = [] if other == PROVIDER_NAMES["cpu"] else [PROVIDER_NAMES["cpu"]]
+        full = PROVIDER_NAMES[provider]
+        fallback = [] if provider == "cpu" else [PROVIDER_NAMES["cpu"]]
         try:
-            runner = OnnxRuntimeRunner(info.path, [other, *fallback], explicit=True)
+            runner = OnnxRuntimeRunner(info.path, [full, *fallback], explicit=True)
         except EdgenodeError as exc:
-            return f"{short_name(other)} failed to start ({exc})"
+            return f"{provider} failed to start ({exc})"
         logits = _batched(runner.infer, self.x, self.batch_size)
-        return f"{info.path.name} on {short_name(other)}", logits
+        runner.close()
+        return f"{info.path.name} ({provider})", logits
+
+    def other_provider(self, predictor: Predictor) -> str | None:
+        """CPU when the artifact ran on a GPU provider; else the first GPU provider available (None: none)."""
+        from edgenode.runtime.onnx_runner import available_providers
+
+        if predictor.provider != "cpu":
+            return "cpu"
+        available = available_providers()
+        return next((p for p in ("tensorrt", "cuda") if PROVIDER_NAMES[p] in available), None)
 
     # --- the table ------------------------------------------------------------------------------------------
 
     def stages(self, predictor: Predictor, logits: np.ndarray, candidates: Sequence[Path] = ()) -> list[StageDiff]:
+        """The attribution rows of one artifact whose logits (on its own provider) are ``logits``."""
         info = predictor.metadata
         ref_name = f"reference ({self.reference.metadata.solver.describe()})"
         name = f"{info.path.name} ({predictor.provider})"
         rows: list[StageDiff] = []
+
+        # the artifact on ONNX Runtime CPU, and on a second provider for the runtime stage
+        cpu: tuple[str, np.ndarray] | str
+        other: tuple[str, np.ndarray] | str
+        if info.kind == "engine":
+            cpu, other = "an engine runs on TensorRT only", "a TensorRT engine runs on TensorRT only"
+        else:
+            second = self.other_provider(predictor)
+            if predictor.provider == "cpu":
+                cpu = (name, logits)
+                other = self.on_provider(info, second) if second else "only the CPU provider is available here"
+            else:
+                cpu = self.on_provider(info, "cpu")
+                other = cpu
+
         if info.solver.is_adaptive:
             rows.append(StageDiff("solver", ref_name, "artifact solver", reason="the artifact's solver is adaptive"))
             twin = None
@@ -157,28 +172,28 @@ class Attributor:
             twin_name = f"torch FP32 {info.solver.describe()}"
             rows.append(StageDiff("solver", ref_name, twin_name, diff_logits(self.reference_logits, twin)))
 
-        if info.kind == "onnx" and info.precision == "fp32":
-            fp32: tuple[str, np.ndarray] | str = (info.path.name, logits)
-        else:
-            fp32 = self.fp32_logits(info, candidates)
+        is_fp32_onnx = info.kind == "onnx" and info.precision == "fp32"
+        fp32 = cpu if is_fp32_onnx else self.fp32_logits(info, candidates)
         if twin is None:
             rows.append(StageDiff("export", "torch FP32", "ONNX FP32", reason="no fixed-step torch twin"))
         elif isinstance(fp32, str):
-            rows.append(StageDiff("export", twin_name, "ONNX FP32", reason=fp32))
+            rows.append(StageDiff("export", twin_name, "ONNX FP32 (cpu)", reason=fp32))
         else:
             rows.append(StageDiff("export", twin_name, fp32[0], diff_logits(twin, fp32[1])))
 
-        if info.kind == "onnx" and info.precision == "fp32":
+        deployed = (name, logits) if info.kind == "engine" else cpu  # precision is judged on the CPU
+        if is_fp32_onnx:
             rows.append(StageDiff("precision", info.path.name, name, reason="the artifact is the FP32 ONNX"))
-        elif isinstance(fp32, str):
-            rows.append(StageDiff("precision", "ONNX FP32", name, reason=fp32))
+        elif isinstance(fp32, str) or isinstance(deployed, str):
+            rows.append(StageDiff("precision", "ONNX FP32 (cpu)", name, reason=fp32 if isinstance(fp32, str) else deployed))
         else:
-            rows.append(StageDiff("precision", fp32[0], name, diff_logits(fp32[1], logits)))
+            rows.append(StageDiff("precision", fp32[0], deployed[0], diff_logits(fp32[1], deployed[1])))
 
-        other = self.other_provider_logits(predictor)
         if isinstance(other, str):
             rows.append(StageDiff("runtime", name, "another provider", reason=other))
-        else:
+        elif predictor.provider == "cpu":
             rows.append(StageDiff("runtime", name, other[0], diff_logits(logits, other[1])))
+        else:
+            rows.append(StageDiff("runtime", other[0], name, diff_logits(other[1], logits)))
         rows.append(StageDiff("total", ref_name, name, diff_logits(self.reference_logits, logits)))
         return rows

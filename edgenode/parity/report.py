@@ -113,7 +113,8 @@ def markdown(report) -> str:
             lines.append(f"- **Fails:** {'; '.join(r.failures())}")
         lines += [f"- Note: {note}" for note in r.notes]
         if r.attribution:
-            lines += ["", *_md_table(("Stage", "Compares", "Agreement", "max|Δlogit|", "Note"), [stage_row(s) for s in r.attribution])]
+            lines += ["", "Error attribution (each stage compares two neighbours in the chain reference → deployed):", "",
+                      *_md_table(("Stage", "Compares", "Agreement", "max|Δlogit|", "Note"), [stage_row(s) for s in r.attribution])]
         if r.class_changes:
             lines += ["", "Classes whose accuracy moved:", "",
                       *_md_table(("Class", "n", "Reference", "Artifact", "Δ"),

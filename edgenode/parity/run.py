@@ -28,6 +28,8 @@ from edgenode.runtime.predictor import Predictor, load_predictor
 from edgenode.runtime.providers import ProviderUnavailableError
 
 DEFAULT_REFERENCE_SOLVER = SolverConfig("dopri5", rtol=1e-6, atol=1e-6)
+_REFERENCE_CACHE: dict[tuple, np.ndarray] = {}  # tight adaptive solves are the slow part: memoised per process
+_REFERENCE_CACHE_SIZE = 4
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,22 @@ def run_logits(predictor: Predictor, x: np.ndarray, batch_size: int) -> tuple[np
     return logits, total_ms / max(1, len(x))
 
 
+def reference_logits(reference: Predictor, x: np.ndarray, config: ParityConfig, manifest_sha256: str) -> np.ndarray:
+    """The reference's logits on the split, memoised on everything they depend on (checkpoint and manifest by
+    sha256, solver, split, data folder, batch size, device) so repeated parity runs in one process — a
+    demo, a notebook, a test suite — solve the tight adaptive ODE once."""
+    info = reference.metadata
+    key = (info.sha256, info.solver, manifest_sha256, config.split, str(Path(config.data).resolve()),
+           config.batch_size, reference.runner.describe(), x.shape)
+    if key not in _REFERENCE_CACHE:
+        logits, _ = run_logits(reference, x, config.batch_size)
+        logits.setflags(write=False)
+        while len(_REFERENCE_CACHE) >= _REFERENCE_CACHE_SIZE:
+            _REFERENCE_CACHE.pop(next(iter(_REFERENCE_CACHE)))
+        _REFERENCE_CACHE[key] = logits
+    return _REFERENCE_CACHE[key]
+
+
 def load_manifest_for(reference: ArtifactInfo, manifest_path: str | None):
     from edgenode.data import Manifest
 
@@ -155,6 +173,29 @@ def load_manifest_for(reference: ArtifactInfo, manifest_path: str | None):
             "pass --manifest with the manifest.json from the checkpoint's run folder",
         )
     return path, manifest
+
+
+def load_candidates(candidates: list[tuple[Path, bool]], reference: ArtifactInfo, provider: str
+                    ) -> tuple[list[tuple[Predictor, list[str]]], list[tuple[str, str]]]:
+    """Open every artifact and check it against the reference *before* any expensive solve, so a tampered
+    or mismatched file fails in a second. Engines from a folder that cannot run here are skipped."""
+    loaded, skipped = [], []
+    for path, from_folder in candidates:
+        try:
+            predictor = load_predictor(path, provider=provider)
+        except ProviderUnavailableError as exc:
+            if not from_folder:
+                raise
+            skipped.append((str(path), str(exc)))
+            console.print(f"[yellow]skipped[/] {escape(path.name)}: {escape(str(exc))}")
+            continue
+        if predictor.metadata.kind == "checkpoint":
+            raise UsageError(f"{path}: is a checkpoint; parity compares exported artifacts with the --reference checkpoint")
+        loaded.append((predictor, check_compatible(predictor.metadata, reference)))
+    if not loaded:
+        raise ArtifactError("no artifact can be compared on this machine: "
+                            + "; ".join(f"{Path(a).name}: {why}" for a, why in skipped))
+    return loaded, skipped
 
 
 def run_parity(config: ParityConfig) -> ParityReport:
@@ -173,34 +214,23 @@ def run_parity(config: ParityConfig) -> ParityReport:
         raise ArtifactError(f"{manifest_path}: images are {manifest.config.image_size} px but {ref_info.path.name} takes "
                             f"{ref_info.input.image_size} px")
     candidates = expand_artifacts(config.artifacts)
+    loaded, skipped = load_candidates(candidates, ref_info, config.provider)
     images, labels = load_split_arrays(manifest, config.data, config.split)
     if len(labels) == 0:
         raise UsageError(f"the {config.split} split of {manifest_path} is empty", "choose another --split")
     x = normalize_array(images, ref_info.input.mean, ref_info.input.std)
     console.print(f"reference {ref_info.path.name}: {ref_info.solver.describe()} on {reference.runner.describe()}; "
                   f"{config.split} split, {len(labels)} images", markup=False)
-    ref_logits, _ = run_logits(reference, x, config.batch_size)
+    ref_logits = reference_logits(reference, x, config, manifest.sha256)
 
-    attributor = Attributor(reference, ref_logits, x, config.batch_size, config.provider) if config.attribution else None
+    attributor = Attributor(reference, ref_logits, x, config.batch_size) if config.attribution else None
     results: list[ParityResult] = []
-    skipped: list[tuple[str, str]] = []
-    for path, from_folder in candidates:
-        try:
-            predictor = load_predictor(path, provider=config.provider)
-        except ProviderUnavailableError as exc:
-            if not from_folder:
-                raise
-            skipped.append((str(path), str(exc)))
-            console.print(f"[yellow]skipped[/] {escape(path.name)}: {escape(str(exc))}")
-            continue
+    for predictor, artifact_notes in loaded:
         info = predictor.metadata
-        if info.kind == "checkpoint":
-            raise UsageError(f"{path}: is a checkpoint; parity compares exported artifacts with the --reference checkpoint")
-        artifact_notes = check_compatible(info, ref_info)
         logits, ms_per_image = run_logits(predictor, x, config.batch_size)
         stages = attributor.stages(predictor, logits, [p for p, _ in candidates]) if attributor else []
         result = compare_logits(
-            ref_logits, logits, labels, ref_info.classes, name=path.name, path=str(path), kind=info.kind,
+            ref_logits, logits, labels, ref_info.classes, name=info.path.name, path=str(info.path), kind=info.kind,
             precision=info.precision, steps=info.steps, size_bytes=info.size_bytes, runtime=predictor.runner.describe(),
             thresholds=config.thresholds, int8_target=info.int8_target, attribution=stages,
             latency_ms_per_image=ms_per_image, notes=artifact_notes,
@@ -208,12 +238,10 @@ def run_parity(config: ParityConfig) -> ParityReport:
         predictor.close()
         results.append(result)
         colour = "green" if result else "red"
-        console.print(escape(f"{ref_info.path.name} vs. {path.name} | ") + f"[{colour}]{result.verdict}[/] | " + escape(
+        console.print(escape(f"{ref_info.path.name} vs. {info.path.name} | ") + f"[{colour}]{result.verdict}[/] | " + escape(
                       f"acc {result.reference_accuracy:.3f} → {result.accuracy:.3f} ({result.accuracy_delta_pt:+.2f} pt), "
                       f"agreement {result.diff.agreement_pct:.2f} %, max|Δlogit| {result.diff.max_abs_logit_error:.3g}"
                       + (f" — {'; '.join(result.failures())}" if not result else "")))
-    if not results:
-        raise ArtifactError("no artifact could be compared on this machine: " + "; ".join(f"{Path(a).name}: {w}" for a, w in skipped))
     report = ParityReport(
         reference={**ref_info.to_dict(), "solver": ref_info.solver.describe(), "trained_solver": ref_info.source_solver.describe(),
                    "runtime": reference.runner.describe()},

@@ -30,13 +30,13 @@ from typing import Any
 from edgenode.artifacts import read_sidecar, sha256_file, sidecar_path
 from edgenode.checkpoint import InputSpec
 from edgenode.errors import ArtifactError
+from edgenode.export.golden import golden_path  # noqa: F401 - re-exported: one naming rule for golden files
 from edgenode.ode.solvers import SolverConfig
 
 KINDS = ("checkpoint", "onnx", "engine")
 CHECKPOINT_EXTENSIONS = frozenset({".pt", ".pth", ".ckpt"})
 ONNX_EXTENSIONS = frozenset({".onnx"})
 ENGINE_EXTENSIONS = frozenset({".engine", ".plan", ".trt"})
-GOLDEN_SUFFIX = ".golden.npz"
 
 _KIND_WORDS = {
     "checkpoint": "a training checkpoint (.pt)",
@@ -248,26 +248,31 @@ def onnx_metadata_props(path: Path) -> dict[str, str]:
 
 
 def onnx_info(path: str | os.PathLike) -> ArtifactInfo:
-    """Metadata of an ONNX artifact: ``metadata_props``, cross-checked with the sidecar (sha256 verified) if any."""
+    """Metadata of an ONNX artifact: ``metadata_props``, cross-checked with the sidecar (sha256 verified) if any.
+
+    The sha256 is checked before the file is parsed, so a damaged file is reported as "modified" rather
+    than as whatever parse error the damage happens to cause.
+    """
     from edgenode.export.metadata import ArtifactMetadata
 
     path = Path(path)
+    record = read_sidecar(path, verify=True) if sidecar_path(path).is_file() else None
     props = onnx_metadata_props(path)
-    inside = ArtifactMetadata.from_onnx_props(props, source=str(path))
-    verified = False
-    if sidecar_path(path).is_file():
-        record = read_sidecar(path, verify=True)
-        beside = ArtifactMetadata.from_dict(record)
-        differ = _differences(inside.to_dict(), beside.to_dict())
-        if differ:
-            raise ArtifactError(
-                f"{path}: its metadata_props and its sidecar {sidecar_path(path).name} disagree on {', '.join(differ)}",
-                "one of them was edited or is stale; re-export the artifact",
-            )
-        sha256, verified = record["sha256"], True
-    else:
-        sha256 = sha256_file(path)
-    return _info_from_metadata(inside, path, "onnx", sha256, verified)
+    try:
+        inside = ArtifactMetadata.from_onnx_props(props, source=str(path))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path}: damaged edgenode metadata in the ONNX file ({exc.__class__.__name__})",
+                            "re-export the artifact") from None
+    if record is None:
+        return _info_from_metadata(inside, path, "onnx", sha256_file(path), verified=False)
+    beside = ArtifactMetadata.from_dict(record)
+    differ = _differences(inside.to_dict(), beside.to_dict())
+    if differ:
+        raise ArtifactError(
+            f"{path}: its metadata_props and its sidecar {sidecar_path(path).name} disagree on {', '.join(differ)}",
+            "one of them was edited or is stale; re-export the artifact",
+        )
+    return _info_from_metadata(inside, path, "onnx", record["sha256"], verified=True)
 
 
 def engine_info(path: str | os.PathLike) -> ArtifactInfo:
@@ -281,12 +286,6 @@ def engine_info(path: str | os.PathLike) -> ArtifactInfo:
     record = read_sidecar(path, verify=True)
     meta = ArtifactMetadata.from_dict(record)
     return _info_from_metadata(meta, path, "engine", record["sha256"], True)
-
-
-def golden_path(artifact: str | os.PathLike) -> Path:
-    """``model.onnx`` -> ``model.onnx.golden.npz``: inputs and the logits the export machine computed."""
-    artifact = Path(artifact)
-    return artifact.with_name(artifact.name + GOLDEN_SUFFIX)
 
 
 def find_artifacts(folder: str | os.PathLike) -> list[Path]:

@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from edgenode.errors import ImageDecodeError, UsageError
+from edgenode.errors import ArtifactError, UsageError
 from edgenode.ode.solvers import SolverConfig
 from edgenode.runtime.artifact import ArtifactInfo, checkpoint_info, detect_kind, engine_info, onnx_info
 from edgenode.runtime.base import Runner
@@ -112,14 +112,17 @@ class Predictor:
             return np.zeros((0, self.metadata.num_classes), dtype=np.float32)
         logits = self.runner.infer(x)
         if logits.shape != (x.shape[0], self.metadata.num_classes):
-            raise ValueError(f"{self.metadata.path.name} returned logits {logits.shape}, expected "
+            raise ArtifactError(f"{self.metadata.path}: returned logits {logits.shape}, expected "
                              f"({x.shape[0]}, {self.metadata.num_classes}) for its {self.metadata.num_classes} classes")
         return logits
 
     def preprocess(self, images: Sequence) -> np.ndarray:
         """Paths or uint8 HxWx3 arrays to the normalised batch this artifact expects (ImageDecodeError on a bad file)."""
-        return np.stack([preprocess_image(img, self.metadata.input) for img in images]) if len(images) else \
-            np.zeros((0, 3, self.metadata.input.image_size, self.metadata.input.image_size), dtype=np.float32)
+        spec = self.metadata.input
+        batch = np.empty((len(images), 3, spec.image_size, spec.image_size), dtype=np.float32)
+        for i, image in enumerate(images):
+            batch[i] = preprocess_image(image, spec)
+        return batch
 
     def _predictions(self, logits: np.ndarray, paths: Sequence[str | None], k: int) -> list[Prediction]:
         probs = softmax(logits)
@@ -138,8 +141,8 @@ class Predictor:
                       workers: int | None = None) -> Iterator[Prediction | FailedImage]:
         """One result per file, in order, decoding the next batches while this one runs; bad files don't stop it."""
         for batch in BatchLoader(paths, self.metadata.input, batch_size=batch_size, workers=workers):
-            predictions = iter(self._predictions(self.predict_logits(batch.x), [str(batch.paths[i]) for i in batch.ok], k)) \
-                if batch.ok else iter(())
+            names = [str(batch.paths[i]) for i in batch.ok]
+            predictions = iter(self._predictions(self.predict_logits(batch.x), names, k) if names else [])
             for position, path in enumerate(batch.paths):
                 if position in batch.errors:
                     yield FailedImage(str(path), batch.errors[position].reason)

@@ -64,7 +64,10 @@ def preprocess_image(image, spec: InputSpec) -> np.ndarray:
 
 @dataclass
 class Batch:
-    """One batch of files: ``x`` holds the decodable ones (in order), ``errors`` the others by position."""
+    """One batch of files: ``x`` holds the decodable ones (in order), ``errors`` the others by position.
+
+    ``x`` may be a view of a reused buffer: it is valid until the next batch is requested.
+    """
 
     paths: list[Path]
     x: np.ndarray  # float32 (n_ok, 3, S, S)

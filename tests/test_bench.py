@@ -1,0 +1,237 @@
+"""`edgenode bench` on tiny artifacts: a well-formed table/JSON/Markdown/PNG, the right rows, no timing thresholds.
+
+Repeats, warm-up and the peak kernels are kept tiny so the module takes seconds beyond the shared fixtures.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from edgenode.bench import BenchConfig, run_bench
+from edgenode.bench.api import parse_int_list, parse_providers
+from edgenode.bench.flops import config_flops, onnx_graph_flops
+from edgenode.bench.gpu import UnrolledForward
+from edgenode.bench.memory import PeakMemory
+from edgenode.bench.timing import measure, summarize
+from edgenode.checkpoint import load_checkpoint
+from edgenode.cli.app import app
+from edgenode.errors import ArtifactError, UsageError
+from edgenode.ode.solvers import SolverConfig
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """torch's OpenMP threads spin-wait; on a shared 2-core CI box that makes tiny convs 1000× slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+EXPORT_FILES = {"fp32": "model-rk4x4-fp32.onnx", "fp16": "model-rk4x4-fp16.onnx", "int8": "model-rk4x4-int8-ort.onnx"}
+TINY = dict(batch_sizes=(1, 4), threads=1, warmup=1, repeats=2, peak_matmul_size=64, peak_depth=1, peak_warmup=0, peak_repeats=1,
+            quiet=True)
+
+
+@pytest.fixture(scope="module")
+def exports(trained_run, synthetic_root, tmp_path_factory) -> dict[str, Path]:
+    """FP32/FP16/INT8 (ort) RK4×4 exports of the trained model (the same shared folder test_runtime uses)."""
+    from edgenode.export.pipeline import ExportConfig, export_model
+
+    out = tmp_path_factory.getbasetemp() / "shared-exports-rk4x4"
+    if not all((out / name).is_file() for name in EXPORT_FILES.values()):
+        export_model(ExportConfig(checkpoint=str(trained_run.best_checkpoint), out=str(out), precisions="fp32,fp16,int8",
+                                  steps=4, data=str(synthetic_root), int8_target="ort", check_ode=False, opset=17))
+    return {key: out / name for key, name in EXPORT_FILES.items()}
+
+
+@pytest.fixture(scope="module")
+def cli_report(exports, trained_run, synthetic_root, tmp_path_factory):
+    """One full CLI run: an export folder, --data, a steps sweep, --json; (result, JSON on stdout, out folder)."""
+    out = tmp_path_factory.mktemp("bench-cli")
+    args = ["bench", str(exports["fp32"].parent), "--reference", str(trained_run.best_checkpoint), "--data", str(synthetic_root),
+            "--batch-sizes", "1,4", "--threads", "1", "--repeats", "2", "--warmup", "1", "--sweep-steps", "1,2", "--opset", "17", "--peak-matmul-size", "64",
+            "--out", str(out), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return result, json.loads(result.stdout), out
+
+
+def test_cli_writes_table_json_markdown_and_plots(cli_report, exports, trained_run):
+    result, report, out = cli_report
+    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.md", "bench.png", "steps_sweep.png"]
+    assert json.loads((out / "bench.json").read_text()) == report
+    assert report["format"] == "edgenode-bench/1" and report["batch_sizes"] == [1, 4]
+    assert report["latency_batch"] == 1 and report["throughput_batch"] == 4
+    # the terminal tables name every row, and the peak and its method
+    for name in ("best.pt (baseline)", *[p.name for p in exports.values()], "rk4×1 onnx fp32 (sweep)"):
+        assert name in result.stderr
+    assert "peak cpu/fp32" in result.stderr and "GFLOP/s" in result.stderr
+    # the Markdown holds the same table, one line per row, and says what FLOPs and memory are
+    md = (out / "bench.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("| ") and "FLOPs" not in line and "Part" not in line]
+    assert len(table) == 1 + len(report["rows"]) + 4  # header + rows + the 4-line FLOP table
+    assert "2 × multiply-accumulates + bias adds" in md and "VmHWM" in md
+
+
+def test_rows_baseline_artifacts_and_sweep(cli_report, exports, trained_run):
+    _, report, _ = cli_report
+    rows = report["rows"]
+    groups = [r["group"] for r in rows]
+    assert groups[0] == "baseline" and groups.count("baseline") == 1
+    assert [r["name"] for r in rows if r["group"] == "artifact"] == sorted(p.name for p in exports.values())
+    assert [r["name"] for r in rows if r["group"] == "sweep"] == [
+        "rk4×1 onnx fp32 (sweep)", "rk4×1 torch fp32 (sweep)", "rk4×2 onnx fp32 (sweep)", "rk4×2 torch fp32 (sweep)"]
+    assert "gpu" not in groups  # no CUDA here: the CPU path never builds GPU rows
+    assert any("no CUDA device" in n for n in report["notes"])
+
+    base = rows[0]
+    assert base["solver"].startswith("dopri5") and base["steps"] is None and base["kind"] == "checkpoint"
+    assert base["nfe"]["1"] > 0 and base["nfe"]["4"] > 0  # measured model.nfe of the adaptive solve
+    assert base["speedup_vs_baseline"] == {"1": 1.0, "4": 1.0}
+    for row in rows:
+        for b in ("1", "4"):
+            t = row["timings"][b]
+            assert t["n"] == 2 and 0 < t["min_ms"] <= t["p50_ms"] <= t["p95_ms"] <= t["max_ms"]
+            assert t["throughput_ips"] == pytest.approx(int(b) / (t["p50_ms"] / 1000))
+            assert row["speedup_vs_baseline"][b] == pytest.approx(base["timings"][b]["p50_ms"] / t["p50_ms"])
+            assert row["fraction_of_peak"][b] > 0 and row["peak"] == "cpu/fp32"
+        assert row["memory"]["peak_delta_bytes"] >= 0 and row["memory"]["method"] in ("VmHWM", "sampled RSS")
+        assert row["accuracy"]["n"] == 24 and 0 <= row["accuracy"]["accuracy"] <= 1
+        if row["group"] != "baseline":
+            assert 0 <= row["agreement"] <= 1
+    by_name = {r["name"]: r for r in rows}
+    fp32 = by_name[exports["fp32"].name]
+    assert fp32["precision"] == "fp32" and fp32["steps"] == 4 and fp32["nfe"] == {"1": 16, "4": 16}
+    assert fp32["size_bytes"] == exports["fp32"].stat().st_size
+    assert by_name[exports["int8"].name]["precision"] == "int8 (ort)"
+    assert by_name["rk4×2 torch fp32 (sweep)"]["size_bytes"] is None
+
+
+def test_flops_and_peak_in_the_report(cli_report, exports, trained_run):
+    _, report, _ = cli_report
+    ckpt = load_checkpoint(trained_run.best_checkpoint)
+    counted = config_flops(ckpt.model_config, ckpt.input_spec.image_size)
+    f = report["flops"]
+    assert (f["stem"], f["f_eval"], f["head"], f["per_rk4_step"]) == (counted.stem, counted.f_eval, counted.head, 4 * counted.f_eval)
+    by_name = {r["name"]: r for r in report["rows"]}
+    # the exported graph's Conv/Gemm FLOPs are the module count for 16 evaluations
+    assert onnx_graph_flops(exports["fp32"])["flops"] == counted.total(16) == by_name[exports["fp32"].name]["flops_per_image"]["4"]
+    base = report["rows"][0]
+    assert base["flops_per_image"]["1"] == counted.total(base["nfe"]["1"])
+    peak = report["peak"]
+    names = {m["name"] for m in peak["measurements"]}
+    assert names == {"onnxruntime conv", "onnxruntime matmul", "torch conv", "torch matmul"}
+    best = max(m["gflops"] for m in peak["measurements"])
+    assert peak["peak"]["cpu/fp32"]["gflops"] == best
+    assert all(m["threads"] == report["machine"]["threads"] for m in peak["measurements"])
+    row = by_name[exports["fp32"].name]
+    assert row["fraction_of_peak"]["4"] == pytest.approx(row["flops_per_image"]["4"] * row["timings"]["4"]["throughput_ips"] / (best * 1e9))
+
+
+def test_without_data_no_accuracy_and_random_inputs(exports, trained_run, tmp_path):
+    report = run_bench(BenchConfig(artifacts=(str(exports["fp32"]),), reference=str(trained_run.best_checkpoint),
+                                   peak=False, providers="cpu", **TINY))
+    assert [r.group for r in report.rows] == ["baseline", "artifact"]
+    assert all(r.accuracy is None and r.agreement is None for r in report.rows)
+    assert all(r.fraction_of_peak[4] is None for r in report.rows)  # no peak measured, no fraction
+    assert any("random pixels" in n for n in report.notes)
+    assert report.files == []  # no --out: nothing written
+    from edgenode.bench.report import write_report
+
+    files = write_report(report, tmp_path)
+    assert sorted(p.name for p in files) == ["bench.json", "bench.md"]  # no accuracy: no latency/accuracy plot
+
+
+def test_checkpoint_artifact_is_the_reference_when_none_is_given(trained_run):
+    """A checkpoint among the artifacts becomes the baseline; --baseline-solver overrides its solver."""
+    report = run_bench(BenchConfig(artifacts=(str(trained_run.best_checkpoint),), peak=False,
+                                   baseline_solver=SolverConfig("rk4", n_steps=1), **TINY))
+    (row,) = report.rows
+    assert row.group == "baseline" and row.solver == "rk4 × 1 steps" and row.nfe == {1: 4, 4: 4}
+    assert any("fixed-step solver" in n for n in report.notes)
+
+
+def test_cpu_path_never_touches_cuda(exports, trained_run, monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("CUDA touched on the CPU path")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for name in ("synchronize", "Event", "reset_peak_memory_stats", "max_memory_allocated", "get_device_name"):
+        monkeypatch.setattr(torch.cuda, name, boom)
+    report = run_bench(BenchConfig(artifacts=(str(exports["fp32"]),), reference=str(trained_run.best_checkpoint),
+                                   peak=True, **TINY))
+    assert all(r.device == "cpu" and r.cuda_peak_bytes is None for r in report.rows)
+    assert report.machine["cuda"] is False and "gpu" not in report.machine
+
+
+def test_unrolled_forward_is_the_unrolled_model(trained_run):
+    """The side-effect-free module compiled on GPUs computes what with_solver(rk4 × N) computes."""
+    model = load_checkpoint(trained_run.best_checkpoint).build_model()
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        expected = model.with_solver(SolverConfig("rk4", n_steps=3)).eval()(x)
+        got = UnrolledForward(model, "rk4", 3).eval()(x)
+    assert torch.equal(got, expected)
+
+
+def test_user_errors_are_one_line(trained_run, exports, synthetic_root, tmp_path):
+    ckpt = str(trained_run.best_checkpoint)
+    with pytest.raises(UsageError, match="nothing to bench"):
+        BenchConfig()
+    with pytest.raises(UsageError, match="no reference checkpoint"):
+        run_bench(BenchConfig(artifacts=(str(exports["fp32"]),), peak=False, **TINY))
+    with pytest.raises(ArtifactError, match="is an ONNX model, but --reference needs a training checkpoint"):
+        run_bench(BenchConfig(reference=str(exports["fp32"]), peak=False, **TINY))
+    with pytest.raises(UsageError, match="--batch-sizes 'x'"):
+        BenchConfig(reference=ckpt, batch_sizes="1,x")
+    with pytest.raises(UsageError, match="--sweep-steps '0'"):
+        BenchConfig(reference=ckpt, sweep_steps="0,2")
+    with pytest.raises(UsageError, match="--providers 'gpu'"):
+        BenchConfig(reference=ckpt, providers="gpu")
+    with pytest.raises(UsageError, match="--sweep-method 'dopri5'"):
+        BenchConfig(reference=ckpt, sweep_method="dopri5")
+    with pytest.raises(UsageError, match="--repeats 0"):
+        BenchConfig(reference=ckpt, repeats=0)
+    stray = tmp_path / "manifest.json"
+    stray.write_text(Path(trained_run.run_dir / "manifest.json").read_text().replace('"seed": 0', '"seed": 1'))
+    with pytest.raises(ArtifactError, match="is not the split"):
+        run_bench(BenchConfig(reference=ckpt, data=str(synthetic_root), manifest=str(stray), peak=False, **TINY))
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["bench"])
+    assert result.exit_code == 2 and "error: nothing to bench" in result.stderr
+    result = runner.invoke(app, ["bench", "--reference", str(synthetic_root / "nope.pt")])
+    assert result.exit_code == 1 and "nope.pt: file not found" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_parsers():
+    assert parse_int_list("1, 64,1", "--batch-sizes") == (1, 64)
+    assert parse_int_list((8, 2), "--sweep-steps") == (8, 2)
+    assert parse_providers("all") == ("all",)
+    assert parse_providers("tensorrt,cpu") == ("cpu", "tensorrt")
+
+
+def test_timing_statistics_without_thresholds():
+    stats = summarize([4.0, 1.0, 2.0, 3.0, 100.0], batch=8)
+    assert (stats.p50_ms, stats.min_ms, stats.max_ms, stats.n) == (3.0, 1.0, 100.0, 5)
+    assert stats.p95_ms == pytest.approx(np.percentile([1, 2, 3, 4, 100], 95))
+    assert stats.throughput_ips == pytest.approx(8 / 0.003)
+    calls = []
+    stats = measure(lambda: calls.append(1) or 1.5, batch=1, warmup=3, repeats=4)
+    assert len(calls) == 7 and stats.n == 4 and stats.p50_ms == 1.5
+
+
+def test_peak_memory_sees_a_native_allocation():
+    with PeakMemory() as mem:
+        block = np.ones(64 * 2**20 // 8)  # 64 MiB, allocated by numpy in C (invisible to tracemalloc's Python view)
+        time.sleep(0.05)  # held long enough for the sampling fallback, where VmHWM is unavailable
+        del block
+    assert mem.usage.peak_delta_bytes >= 48 * 2**20

@@ -1,0 +1,94 @@
+"""Calibration set: stratified, train split only, seeded and byte-identically reproducible; TensorRT tables."""
+
+import struct
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from edgenode.calibration import (
+    ArrayCalibrationReader,
+    CalibrationSet,
+    read_trt_calibration_cache,
+    select_calibration_set,
+    write_ort_trt_table,
+    write_trt_calibration_cache,
+)
+from edgenode.calibration.table import read_ort_trt_table, trt_version_code
+from edgenode.errors import ArtifactError, DataError, UsageError
+
+
+def test_calibration_set_is_stratified_and_train_only(synthetic_manifest):
+    cal = select_calibration_set(synthetic_manifest, per_class=3, seed=0)
+    assert len(cal) == 3 * len(synthetic_manifest.classes)
+    assert Counter(cal.labels) == {c: 3 for c in range(len(synthetic_manifest.classes))}
+    train = dict(synthetic_manifest.splits["train"])
+    held_out = {f for split in ("val", "test") for f, _ in synthetic_manifest.splits[split]}
+    assert all(train[f] == c for f, c in zip(cal.files, cal.labels)), "every file is a train file with its own label"
+    assert not set(cal.files) & held_out
+    assert len(set(cal.files)) == len(cal.files)
+
+
+def test_calibration_set_is_byte_identically_reproducible(synthetic_manifest, tmp_path):
+    first = select_calibration_set(synthetic_manifest, per_class=4, seed=7).save(tmp_path / "a.json")
+    second = select_calibration_set(synthetic_manifest, per_class=4, seed=7).save(tmp_path / "b.json")
+    assert first.read_bytes() == second.read_bytes()
+    loaded = CalibrationSet.load(first)
+    assert loaded == select_calibration_set(synthetic_manifest, per_class=4, seed=7)
+    assert loaded.source_manifest_sha256 == synthetic_manifest.sha256
+    other = select_calibration_set(synthetic_manifest, per_class=4, seed=8)
+    assert other.files != loaded.files, "the seed matters"
+
+
+def test_calibration_images_are_the_normalised_train_pixels(synthetic_manifest, synthetic_root):
+    from edgenode.data import load_split_arrays, normalize_array
+
+    cal = select_calibration_set(synthetic_manifest, per_class=2, seed=0)
+    images = cal.load_images(synthetic_manifest, synthetic_root)
+    size = synthetic_manifest.config.image_size
+    assert images.shape == (len(cal), 3, size, size) and images.dtype == np.float32
+    raw, _ = load_split_arrays(synthetic_manifest, synthetic_root, "train")
+    index = synthetic_manifest.files("train").index(cal.files[0])
+    np.testing.assert_array_equal(images[0], normalize_array(raw[index], synthetic_manifest.mean, synthetic_manifest.std)[0])
+
+
+def test_calibration_set_refuses_bad_requests(synthetic_manifest, synthetic_root):
+    with pytest.raises(DataError, match="fewer than the 17 calibration images"):
+        select_calibration_set(synthetic_manifest, per_class=17)
+    with pytest.raises(UsageError, match="positive integer"):
+        select_calibration_set(synthetic_manifest, per_class=0)
+    foreign = CalibrationSet(files=("x.png",), labels=(0,), per_class=1, seed=0, source_manifest_sha256="0" * 64)
+    with pytest.raises(ArtifactError, match="drawn from split manifest"):
+        foreign.load_images(synthetic_manifest, synthetic_root)
+
+
+def test_reader_batches_then_stops_and_rewinds():
+    images = np.zeros((5, 3, 8, 8), dtype=np.float32)
+    reader = ArrayCalibrationReader(images, batch_size=2)
+    sizes = []
+    while (batch := reader.get_next()) is not None:
+        sizes.append(len(batch["images"]))
+    assert sizes == [2, 2, 1] and len(reader) == 3
+    reader.rewind()
+    assert reader.get_next()["images"].shape == (2, 3, 8, 8)
+
+
+def test_tensorrt_calibration_cache_format(tmp_path):
+    ranges = {"images": (-2.0, 1.5), "conv_out": (0.0, 127.0), "/odd name:0": (-0.5, 0.25)}
+    path = write_trt_calibration_cache(ranges, tmp_path / "model.calibration.cache", trt_version="10.3.0")
+    lines = path.read_text().splitlines()
+    assert lines[0] == "TRT-100300-EntropyCalibration2"
+    assert "conv_out: 3f800000" in lines, "scale = 127 / 127 = 1.0 = 0x3f800000"
+    header, scales = read_trt_calibration_cache(path)
+    assert header == lines[0]
+    for name, (lo, hi) in ranges.items():
+        want = np.float32(max(abs(lo), abs(hi)) / 127.0)
+        assert scales[name] == want
+        assert struct.pack(">f", scales[name]).hex() in path.read_text()
+    assert trt_version_code("8.6.1") == 8601 and trt_version_code("10.14.1") == 101401
+
+
+def test_ort_tensorrt_flatbuffers_table_round_trips(tmp_path):
+    ranges = {"b": (-3.0, 1.0), "a": (0.0, 0.5)}
+    path = write_ort_trt_table(ranges, tmp_path / "model.calibration.flatbuffers")
+    assert read_ort_trt_table(path) == {"a": 0.5, "b": 3.0}

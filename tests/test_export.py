@@ -1,0 +1,395 @@
+"""Export of a trained model: ONNX FP32/FP16/INT8 that load and agree, metadata that round-trips, golden
+samples, --steps auto, the CLI, and every TensorRT path that can be tested without TensorRT."""
+
+import contextlib
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from edgenode.artifacts import read_sidecar, sha256_file, sidecar_path
+from edgenode.checkpoint import Checkpoint, InputSpec, load_checkpoint, save_checkpoint
+from edgenode.cli import app
+from edgenode.data import load_split
+from edgenode.errors import ArtifactError, ParityError, UsageError
+from edgenode.export import EngineConfig, ExportConfig, export_model
+from edgenode.export import onnx_export as ox
+from edgenode.export import tensorrt as trt_mod
+from edgenode.export.golden import read_golden
+from edgenode.export.metadata import ArtifactMetadata
+from edgenode.export.steps import SweepCriteria
+from edgenode.export.unroll import expected_conv_nodes, unroll
+from edgenode.model import ModelConfig, build_model
+from edgenode.ode.solvers import SolverConfig
+
+FP16_MIN_AGREEMENT = 0.95  # top-1 agreement with FP32 on the 48 val+test images of the synthetic set
+INT8_MIN_AGREEMENT = 0.85
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """The synthetic model's tensors are tiny: per-op thread start-up costs more than the work, badly so on a
+    busy 2-core machine (the solver sweeps run 10-50× slower with 2 threads there)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def run(trained_run):
+    return trained_run
+
+
+@pytest.fixture(scope="module")
+def exported(run, tmp_path_factory):
+    """One full export of the trained dopri5 model: --steps auto, fp32 + fp16 + int8 for both targets."""
+    out = tmp_path_factory.mktemp("export")
+    with one_torch_thread():
+        return export_model(ExportConfig(checkpoint=str(run.best_checkpoint), out=str(out), precisions="fp32,fp16,int8", steps="auto"))
+
+
+@pytest.fixture(scope="module")
+def held_out(run):
+    """val + test images of the synthetic set (normalised float32 NCHW) and their labels."""
+    from edgenode.data import Manifest
+
+    manifest = Manifest.load(run.run_dir / "manifest.json")
+    ckpt = load_checkpoint(run.best_checkpoint)
+    parts = [load_split(manifest, ckpt.train_config["data"], split) for split in ("val", "test")]
+    return torch.cat([p[0] for p in parts]).numpy(), torch.cat([p[1] for p in parts]).numpy()
+
+
+def torch_logits(result, images):
+    ckpt = load_checkpoint(result.report["checkpoint"]["path"])
+    with torch.no_grad():
+        return unroll(ckpt.build_model(), result.method, result.steps)(torch.from_numpy(images)).numpy()
+
+
+def test_auto_steps_picks_a_small_n_and_writes_the_sweep(exported):
+    sweep = exported.report["step_sweep"]
+    assert exported.method == "rk4" and exported.steps == sweep["chosen"] <= 8
+    assert [row["steps"] for row in sweep["rows"]] == [1, 2, 3, 4, 6, 8, 12, 16]
+    chosen = next(row for row in sweep["rows"] if row["steps"] == exported.steps)
+    assert chosen["agreement"] >= 0.995
+    for name in ("steps_sweep.json", "steps_sweep.md", "steps_sweep.png"):
+        assert (exported.out_dir / name).stat().st_size > 0
+    assert (exported.out_dir / "export_report.md").read_text().count("model-rk4x") >= 4
+
+
+def test_fp32_onnx_matches_torch_and_holds_n_explicit_steps(exported, held_out, run):
+    path = exported.artifacts["fp32"]
+    assert path.name == f"model-rk4x{exported.steps}-fp32.onnx"
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    assert ox.onnx_opset(proto) >= 17 and not any(p.data_location for p in proto.graph.initializer)
+    assert ox.io_signature(proto) == {"images": ["batch", 3, 64, 64], "logits": ["batch", 6]}
+    model = load_checkpoint(run.best_checkpoint).build_model()
+    assert ox.op_counts(proto)["Conv"] == expected_conv_nodes(model, "rk4", exported.steps)
+    images, _ = held_out
+    got = ox.run_onnx(path, images)
+    assert np.abs(got - torch_logits(exported, images)).max() <= 1e-4
+    assert ox.run_onnx(path, images[:1]).shape == (1, 6), "dynamic batch axis"
+
+
+@pytest.mark.parametrize("key,threshold", [("fp16", FP16_MIN_AGREEMENT), ("int8-ort", INT8_MIN_AGREEMENT), ("int8-trt", INT8_MIN_AGREEMENT)])
+def test_reduced_precision_runs_and_agrees_with_fp32(exported, held_out, key, threshold):
+    images, labels = held_out
+    fp32 = ox.run_onnx(exported.artifacts["fp32"], images)
+    got = ox.run_onnx(exported.artifacts[key], images)
+    assert got.dtype == np.float32 and np.isfinite(got).all()
+    agree = np.mean(got.argmax(1) == fp32.argmax(1))
+    assert agree >= threshold, f"{key}: top-1 agreement with FP32 {agree:.3f} < {threshold}"
+    assert exported.report["artifacts"][list(exported.artifacts).index(key)]["checks"]["agreement_with_fp32"] >= threshold
+
+
+def test_fp16_file_is_half_inside_float32_outside(exported):
+    proto = onnx.load(str(exported.artifacts["fp16"]))
+    types_ = [i.data_type for i in proto.graph.initializer if i.name.startswith(("stem", "ode", "head"))]
+    assert onnx.TensorProto.FLOAT16 in types_
+    float32 = onnx.TensorProto.FLOAT
+    assert all(v.type.tensor_type.elem_type == float32 for v in (*proto.graph.input, *proto.graph.output))
+    norm_inputs = {n.input[0] for n in proto.graph.node if n.op_type == "InstanceNormalization"}
+    casts_to_float = {n.output[0] for n in proto.graph.node if n.op_type == "Cast" and n.attribute[0].i == float32}
+    assert norm_inputs and norm_inputs <= casts_to_float, "normalisation stays in float32"
+    assert exported.artifacts["fp16"].stat().st_size < exported.artifacts["fp32"].stat().st_size
+
+
+def test_int8_files_hold_the_qdq_each_target_needs(exported):
+    ort = exported.report["artifacts"][list(exported.artifacts).index("int8-ort")]["checks"]["qdq"]
+    trt = exported.report["artifacts"][list(exported.artifacts).index("int8-trt")]["checks"]["qdq"]
+    from edgenode.export.int8 import qdq_summary
+
+    assert qdq_summary(onnx.load(str(exported.artifacts["int8-trt"]))) == trt
+    assert ort["quantize_linear"] > 0 and ort["activation_types"] == ["UINT8"] and ort["weight_types"] == ["INT8"]
+    assert trt["activation_types"] == ["INT8"] and trt["weight_types"] == ["INT8"]
+    assert trt["activation_zero_points_all_zero"] and trt["weight_zero_points_all_zero"], "TensorRT: symmetric"
+    assert trt["per_channel_weights"] > 0 and ort["per_channel_weights"] > 0
+    assert ort["bias_types"] == ["INT32"] and trt["bias_types"] == [], "TensorRT cannot dequantize int32 biases"
+    assert set(trt["dequantize_consumers"]) <= {"Conv", "Gemm", "MatMul"}, "no Q/DQ around ops TensorRT cannot fuse"
+    int8_meta = exported.metadata["int8-ort"]
+    assert int8_meta.precision == "int8" and int8_meta.int8_target == "ort"
+    assert exported.metadata["int8-trt"].int8_target == "tensorrt"
+
+
+def test_metadata_round_trips_through_props_and_sidecar(exported):
+    for key, path in exported.artifacts.items():
+        props = ox.read_metadata(path)
+        from_props = ArtifactMetadata.from_onnx_props(props, str(path))
+        record = read_sidecar(path)  # verifies the sha256
+        assert record["sha256"] == sha256_file(path) and record["file"] == path.name
+        assert ArtifactMetadata.from_dict(record) == from_props == exported.metadata[key]
+        assert from_props.steps == exported.steps and from_props.model["solver"]["method"] == "rk4"
+        assert from_props.source_solver["method"] == "dopri5"
+        assert "classic Runge-Kutta 4" in from_props.extra["method_description"]
+        assert from_props.extra["golden"] == path.name + ".golden.npz"
+        assert isinstance(from_props.extra["ode_valid"], bool)
+    path = exported.artifacts["fp32"]
+    tampered = path.with_name("tampered.onnx")
+    tampered.write_bytes(path.read_bytes() + b"\0")
+    sidecar_path(tampered).write_text(sidecar_path(path).read_text())
+    with pytest.raises(ArtifactError, match="sha256"):
+        read_sidecar(tampered)
+
+
+def test_golden_samples_replay(exported):
+    for key in ("fp32", "int8-ort"):
+        path = exported.artifacts[key]
+        golden = read_golden(path.with_name(path.name + ".golden.npz"))
+        assert golden["inputs"].shape == (8, 3, 64, 64) and golden["inputs"].dtype == np.float32
+        np.testing.assert_allclose(ox.run_onnx(path, golden["inputs"]), golden["logits"], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(torch_logits(exported, golden["inputs"]), golden["reference_logits"], atol=1e-5)
+
+
+def test_calibration_files_are_reproducible_and_name_fp32_tensors(exported, run):
+    from edgenode.calibration import CalibrationSet, read_trt_calibration_cache, select_calibration_set
+    from edgenode.data import Manifest
+
+    manifest = Manifest.load(run.run_dir / "manifest.json")
+    saved = exported.out_dir / "calibration-set.json"
+    assert saved.read_text() == select_calibration_set(manifest, per_class=4, seed=0).to_json()
+    assert CalibrationSet.load(saved).split == "train"
+    stem = exported.artifacts["fp32"].name[: -len(".onnx")]
+    header, scales = read_trt_calibration_cache(exported.out_dir / f"{stem}.calibration.cache")
+    assert header.endswith("-EntropyCalibration2")
+    proto = onnx.load(str(exported.artifacts["fp32"]))
+    tensors = {"images"} | {o for n in proto.graph.node for o in n.output}
+    assert "images" in scales and set(scales) <= tensors
+    assert (exported.out_dir / f"{stem}.calibration.flatbuffers").stat().st_size > 0
+
+
+def _checkpoint(tmp_path, manifest, arch, solver, seed=0):
+    torch.manual_seed(seed)
+    config = ModelConfig(arch=arch, num_classes=len(manifest.classes), width=8, solver=solver)
+    ckpt = Checkpoint(config, list(manifest.classes), InputSpec(manifest.config.image_size, manifest.mean, manifest.std),
+                      manifest.sha256, build_model(config).state_dict())
+    manifest.save(tmp_path / "manifest.json")
+    return save_checkpoint(tmp_path / "best.pt", ckpt)
+
+
+def test_fixed_euler_checkpoint_unrolls_with_its_own_discretisation(synthetic_manifest, synthetic_root, tmp_path):
+    path = _checkpoint(tmp_path, synthetic_manifest, "paper", SolverConfig(method="euler", n_steps=3))
+    result = export_model(ExportConfig(checkpoint=str(path), out=str(tmp_path / "out"), data=str(synthetic_root), check_ode=False))
+    meta = result.metadata["fp32"]
+    assert (result.method, result.steps) == ("euler", 3)
+    assert meta.model["solver"] == {**SolverConfig(method="euler", n_steps=3).to_dict()}
+    assert result.artifacts["fp32"].name == "model-eulerx3-fp32.onnx"
+    assert ox.op_counts(onnx.load(str(result.artifacts["fp32"])))["Conv"] == 3 + 1 * 3 * 2
+
+
+def test_auto_steps_refuses_when_no_n_qualifies(synthetic_manifest, synthetic_root, tmp_path):
+    path = _checkpoint(tmp_path, synthetic_manifest, "odenet", SolverConfig(method="dopri5"))
+    config = ExportConfig(checkpoint=str(path), out=str(tmp_path / "out"), data=str(synthetic_root), steps="auto",
+                          sweep_candidates=(1, 2), sweep_criteria=SweepCriteria(max_logit_diff=1e-12), reference_tol=1e-4)
+    with pytest.raises(ParityError, match="no rk4 step count") as info:
+        export_model(config)
+    assert "--steps N" in info.value.hint
+    assert (tmp_path / "out" / "steps_sweep.md").is_file(), "the table that explains the refusal is written"
+    assert not list((tmp_path / "out").glob("*.onnx"))
+
+
+def test_manifest_must_exist_and_be_the_checkpoints_split(synthetic_manifest, synthetic_root, tmp_path):
+    import dataclasses
+
+    path = _checkpoint(tmp_path, synthetic_manifest, "odenet", SolverConfig(method="rk4", n_steps=2))
+    with pytest.raises(UsageError, match="not found"):
+        export_model(ExportConfig(checkpoint=str(path), out=str(tmp_path / "o"), manifest=str(tmp_path / "no-such.json")))
+    other = dataclasses.replace(synthetic_manifest, mean=(0.1, 0.2, 0.3)).save(tmp_path / "other.json")
+    with pytest.raises(ArtifactError, match="is not the split"):
+        export_model(ExportConfig(checkpoint=str(path), out=str(tmp_path / "o"), manifest=str(other), data=str(synthetic_root)))
+
+
+@pytest.mark.parametrize("overrides,fragment", [
+    ({"steps": -3}, "-3"), ({"steps": "many"}, "'many'"), ({"precisions": "fp64"}, "'fp64'"),
+    ({"format": "tflite"}, "'tflite'"), ({"method": "dopri5"}, "'dopri5'"), ({"opset": 12}, "12"),
+    ({"int8_target": "gpu"}, "'gpu'"), ({"calibration_method": "kl"}, "'kl'"), ({"calibration_per_class": 0}, "0"),
+])
+def test_export_config_names_the_bad_value(overrides, fragment):
+    with pytest.raises(UsageError) as info:
+        ExportConfig(checkpoint="best.pt", out="out", **overrides)
+    assert fragment in str(info.value)
+
+
+def test_engine_needs_the_tensorrt_int8_file():
+    with pytest.raises(UsageError, match="int8-target tensorrt or both"):
+        ExportConfig(checkpoint="best.pt", out="out", precisions="int8", int8_target="ort", format="engine")
+
+
+def test_export_config_normalises_cli_strings():
+    config = ExportConfig(checkpoint="best.pt", out="out", precisions="int8, fp32,int8", steps="4")
+    assert config.precisions == ("fp32", "int8") and config.steps == 4
+    assert ExportConfig(checkpoint="best.pt", out="out", steps="AUTO").steps == "auto"
+
+
+def test_cli_exports_and_rejects_bad_arguments(run, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "cli"
+    ok = runner.invoke(app, ["export", str(run.best_checkpoint), "--out", str(out), "--steps", "2", "--no-check-ode"])
+    assert ok.exit_code == 0, ok.output
+    assert (out / "model-rk4x2-fp32.onnx").is_file() and (out / "model-rk4x2-fp32.onnx.json").is_file()
+    assert (out / "export_report.json").is_file()
+    bad = runner.invoke(app, ["export", str(run.best_checkpoint), "--out", str(out), "--steps", "-3"])
+    assert bad.exit_code == 2 and "--steps -3" in bad.output and "Traceback" not in bad.output
+    bad = runner.invoke(app, ["export", str(run.best_checkpoint), "--precision", "fp64"])
+    assert bad.exit_code == 2 and "fp64" in bad.output
+
+
+def test_cli_without_tensorrt_says_how_to_get_it(run, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` fail
+    result = CliRunner().invoke(app, ["export", str(run.best_checkpoint), "--out", str(tmp_path / "e"), "--format", "engine"])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "TensorRT" in lines[0] and "pip install" in lines[0] and "JetPack" in lines[0]
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "e").exists(), "nothing is exported before the missing dependency is reported"
+    with pytest.raises(trt_mod.TensorRTUnavailable) as info:
+        trt_mod.import_tensorrt()
+    assert "pip install 'edgenode[tensorrt]'" in str(info.value) and "x86_64" in str(info.value)
+
+
+# --- TensorRT, around the build that needs a GPU ------------------------------------------------------------
+
+
+def test_build_plan_uses_strong_typing_and_flags_only_as_fallback():
+    assert trt_mod.plan_build("11.0.0", False, "int8") == trt_mod.BuildPlan(True, False, ())
+    assert trt_mod.plan_build("10.3.0", True, "fp16").strongly_typed
+    old = trt_mod.plan_build("8.6.1", False, "fp16")
+    assert not old.strongly_typed and old.builder_flags == ("FP16",) and old.explicit_batch_flag
+    assert "INT8" in trt_mod.plan_build("8.6.1", False, "int8").builder_flags
+
+
+def test_engine_config_is_validated():
+    assert EngineConfig(opt_batch=4, max_batch=16).profile(64) == {"min": [1, 3, 64, 64], "opt": [4, 3, 64, 64], "max": [16, 3, 64, 64]}
+    with pytest.raises(UsageError, match="below"):
+        EngineConfig(opt_batch=16, max_batch=4)
+    with pytest.raises(UsageError, match="0"):
+        EngineConfig(workspace_mib=0)
+
+
+class _FakeTensorRT(types.ModuleType):
+    """Just enough of the TensorRT 10 Python API to drive build_engine; records what was asked."""
+
+    def __init__(self):
+        super().__init__("tensorrt")
+        self.__version__ = "10.3.0"
+        self.calls = []
+        fake = self
+
+        class Flag:
+            STRONGLY_TYPED = 1
+
+        class Network:
+            pass
+
+        class Parser:
+            def __init__(self, network, logger):
+                self.num_errors = 0
+
+            def parse_from_file(self, path):
+                fake.calls.append(("parse", Path(path).name))
+                return True
+
+        class Cache:
+            def serialize(self):
+                return b"timing"
+
+        class Profile:
+            def set_shape(self, name, lo, opt, hi):
+                fake.calls.append(("profile", name, tuple(lo), tuple(opt), tuple(hi)))
+
+        class Config:
+            def set_memory_pool_limit(self, pool, size):
+                fake.calls.append(("workspace", size))
+
+            def set_flag(self, flag):
+                fake.calls.append(("flag", flag))
+
+            def add_optimization_profile(self, profile):
+                pass
+
+            def create_timing_cache(self, data):
+                return Cache()
+
+            def set_timing_cache(self, cache, ignore_mismatch):
+                pass
+
+            def get_timing_cache(self):
+                return Cache()
+
+        class Builder:
+            def __init__(self, logger):
+                pass
+
+            def create_network(self, flags):
+                fake.calls.append(("network_flags", flags))
+                return Network()
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_optimization_profile(self):
+                return Profile()
+
+            def build_serialized_network(self, network, config):
+                return b"PLAN"
+
+        class Logger:
+            WARNING = 2
+
+            def __init__(self, level):
+                pass
+
+        self.NetworkDefinitionCreationFlag = Flag
+        self.OnnxParser, self.Builder, self.Logger = Parser, Builder, Logger
+        self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
+        self.BuilderFlag = types.SimpleNamespace(FP16="fp16", INT8="int8")
+
+
+def test_build_engine_writes_a_plain_engine_and_a_sidecar(exported, tmp_path, monkeypatch):
+    fake = _FakeTensorRT()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    onnx_path = tmp_path / exported.artifacts["int8-trt"].name
+    onnx_path.write_bytes(exported.artifacts["int8-trt"].read_bytes())
+    engine, meta = trt_mod.build_engine(onnx_path, exported.metadata["int8-trt"], EngineConfig(opt_batch=4, max_batch=8))
+    assert engine.name == onnx_path.stem + ".engine" and engine.read_bytes() == b"PLAN", "no metadata glued on"
+    assert ("network_flags", 1 << 1) in fake.calls and not [c for c in fake.calls if c[0] == "flag"]
+    assert ("profile", "images", (1, 3, 64, 64), (4, 3, 64, 64), (8, 3, 64, 64)) in fake.calls
+    assert (tmp_path / "tensorrt-timing.cache").read_bytes() == b"timing"
+    record = read_sidecar(engine)
+    assert ArtifactMetadata.from_dict(record) == meta
+    assert meta.kind == "engine" and meta.precision == "int8" and meta.int8_target == "tensorrt"
+    assert meta.extra["tensorrt_version"] == "10.3.0" and "compute_capability" in meta.extra
+    assert meta.extra["built_from_sha256"] == sha256_file(onnx_path)

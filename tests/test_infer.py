@@ -1,0 +1,111 @@
+"""`edgenode infer`: folders and files, bad files that do not stop the batch, JSON lines, providers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edgenode.cli import app
+
+EXPORT_FP32 = "model-rk4x4-fp32.onnx"
+
+
+@pytest.fixture(scope="module")
+def fp32_onnx(trained_run, synthetic_root, tmp_path_factory) -> Path:
+    """The FP32 export of the trained model (shared with the other runtime tests when they ran first)."""
+    from edgenode.export.pipeline import ExportConfig, export_model
+
+    out = tmp_path_factory.getbasetemp() / "shared-exports-rk4x4"
+    if not (out / EXPORT_FP32).is_file():
+        export_model(ExportConfig(checkpoint=str(trained_run.best_checkpoint), out=str(out), precisions="fp32,fp16,int8",
+                                  steps=4, data=str(synthetic_root), int8_target="ort", check_ode=False, opset=17))
+    return out / EXPORT_FP32
+
+
+@pytest.fixture()
+def photo_folder(synthetic_root, tmp_path) -> Path:
+    """Two identities' pictures in nested folders, plus a zero-byte file and a text file named .jpg."""
+    folder = tmp_path / "photos"
+    for i, src in enumerate(sorted(synthetic_root.glob("images/*/*_000.png"))[:4]):
+        dst = folder / ("a" if i % 2 else "b/deeper") / src.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, dst)
+    (folder / "a" / "empty.jpg").write_bytes(b"")
+    (folder / "b" / "readme.jpg").write_text("this is not a picture\n")
+    (folder / "a" / "notes.txt").write_text("ignored: not an image extension\n")
+    return folder
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def json_lines(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def test_bad_files_do_not_stop_the_batch_and_exit_1(fp32_onnx, photo_folder):
+    result = invoke("infer", fp32_onnx, photo_folder, "--batch-size", "2", "--json")
+    assert result.exit_code == 1, result.output
+    records = json_lines(result.stdout)
+    assert len(records) == 6  # 4 pictures + 2 bad files; notes.txt is not picked up from a folder
+    good = [r for r in records if r["ok"]]
+    bad = {Path(r["path"]).name: r["error"] for r in records if not r["ok"]}
+    assert len(good) == 4 and bad == {"empty.jpg": "empty file", "readme.jpg": "not an image (format not recognised)"}
+    assert all(r["label"].startswith("Synthetic Person") and 0 < r["confidence"] <= 1 for r in good)
+    # each failure is one line on stderr; stdout carries JSON only
+    assert "empty.jpg: empty file" in result.stderr and "readme.jpg" in result.stderr
+    assert "2 failed" in result.stderr and "onnxruntime" in result.stderr and "provider cpu" in result.stderr
+
+
+def test_all_good_exits_0_with_top_k_and_human_output(fp32_onnx, photo_folder, synthetic_root):
+    pictures = sorted(photo_folder.rglob("*.png"))
+    result = invoke("infer", fp32_onnx, *pictures, "--top-k", "3")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert len(lines) == 4
+    for line, picture in zip(lines, pictures):
+        path, ranked = line.split("\t")
+        assert path == str(picture) and ranked.count("Synthetic Person") == 3
+    as_json = json_lines(invoke("infer", fp32_onnx, pictures[0], "-k", "2", "--json").stdout)
+    assert len(as_json) == 1 and len(as_json[0]["top_k"]) == 2
+    probs = [entry["probability"] for entry in as_json[0]["top_k"]]
+    assert probs == sorted(probs, reverse=True) and as_json[0]["confidence"] == probs[0]
+
+
+def test_checkpoint_and_onnx_agree_through_the_cli(fp32_onnx, trained_run, photo_folder):
+    from_onnx = json_lines(invoke("infer", fp32_onnx, photo_folder / "a", "--json").stdout)
+    from_ckpt = json_lines(invoke("infer", trained_run.best_checkpoint, photo_folder / "a", "--json").stdout)
+    assert [r["path"] for r in from_onnx] == [r["path"] for r in from_ckpt]
+    good = [(a, b) for a, b in zip(from_onnx, from_ckpt) if a["ok"]]
+    assert good and all(a["label"] == b["label"] for a, b in good)
+
+
+def test_provider_errors_are_one_line(fp32_onnx, photo_folder, trained_run):
+    import onnxruntime
+
+    picture = next(photo_folder.rglob("*.png"))
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        result = invoke("infer", fp32_onnx, picture, "--provider", "cuda")
+        assert result.exit_code == 1
+        assert "provider 'cuda'" in result.stderr and "onnxruntime-gpu" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+    result = invoke("infer", fp32_onnx, picture, "--provider", "gpu")
+    assert result.exit_code == 2 and "unknown provider 'gpu'" in result.stderr
+    result = invoke("infer", trained_run.best_checkpoint, picture, "--provider", "tensorrt")
+    assert result.exit_code == 2 and "does not apply to a training checkpoint" in result.stderr
+
+
+def test_wrong_artifact_and_no_images_are_refused(fp32_onnx, tmp_path, photo_folder):
+    fake = tmp_path / "model.onnx"
+    fake.write_text("not a model\n")
+    result = invoke("infer", fake, photo_folder)
+    assert result.exit_code == 1 and "is a text file, not a model" in result.stderr
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    result = invoke("infer", fp32_onnx, empty)
+    assert result.exit_code == 2 and "no image files found" in result.stderr

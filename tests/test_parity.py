@@ -1,0 +1,287 @@
+"""`edgenode parity`: passes for faithful exports, fails (exit 1) for corrupted ones and too-tight thresholds."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from edgenode.artifacts import read_sidecar, write_sidecar
+from edgenode.checkpoint import load_checkpoint, save_checkpoint
+from edgenode.cli import app
+from edgenode.errors import ArtifactError
+from edgenode.export.metadata import FULL_RECORD_KEY, ArtifactMetadata
+from edgenode.model import preset_config
+from edgenode.ode.solvers import SolverConfig
+from edgenode.parity import ParityConfig, ParityThresholds, compare_logits, run_parity
+
+EXPORT_FILES = {"fp32": "model-rk4x4-fp32.onnx", "fp16": "model-rk4x4-fp16.onnx", "int8": "model-rk4x4-int8-ort.onnx"}
+
+
+@pytest.fixture(scope="module")
+def export_dir(trained_run, synthetic_root, tmp_path_factory) -> Path:
+    """FP32/FP16/INT8 RK4×4 exports of the trained model (made once per session; read-only)."""
+    from edgenode.export.pipeline import ExportConfig, export_model
+
+    out = tmp_path_factory.getbasetemp() / "shared-exports-rk4x4"
+    if not all((out / name).is_file() for name in EXPORT_FILES.values()):
+        export_model(ExportConfig(checkpoint=str(trained_run.best_checkpoint), out=str(out), precisions="fp32,fp16,int8",
+                                  steps=4, data=str(synthetic_root), int8_target="ort", check_ode=False, opset=17))
+    return out
+
+
+def copy_artifact(src: Path, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (src.name, src.name + ".json"):
+        shutil.copy(src.parent / name, folder / name)
+    return folder / src.name
+
+
+def rewrite_onnx(src: Path, dst: Path, scale: float = 0.0, metadata_changes: dict | None = None) -> Path:
+    """A copy of ``src`` with its float weights scaled by (1 + scale·noise) and/or its metadata changed,
+    re-written with a *valid* sidecar: it loads fine, only its content is wrong."""
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(src))
+    rng = np.random.default_rng(0)
+    if scale:
+        for init in proto.graph.initializer:
+            array = numpy_helper.to_array(init)
+            if array.dtype == np.float32 and array.size > 16:
+                noisy = (array * (1 + scale * rng.standard_normal(array.shape))).astype(np.float32)
+                init.CopyFrom(numpy_helper.from_array(noisy, init.name))
+    record = {k: v for k, v in read_sidecar(src).items() if k not in ("sha256", "file")}
+    record.update(metadata_changes or {})
+    meta = ArtifactMetadata.from_dict(record)
+    props = meta.to_onnx_props()
+    for prop in proto.metadata_props:
+        if prop.key in props:
+            prop.value = props[prop.key]
+    assert any(p.key == FULL_RECORD_KEY for p in proto.metadata_props)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(dst))
+    write_sidecar(dst, meta.to_dict())
+    return dst
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, ["parity", *[str(a) for a in args]])
+
+
+def parity_args(trained_run, synthetic_root, out: Path, *extra):
+    return ["--reference", trained_run.best_checkpoint, "--data", synthetic_root, "--out", out, *extra]
+
+
+# --- the CLI as a deployment gate ---------------------------------------------------------------------------
+
+
+def test_fp32_export_passes_and_writes_the_report(export_dir, trained_run, synthetic_root, tmp_path):
+    artifact = copy_artifact(export_dir / EXPORT_FILES["fp32"], tmp_path / "exp")
+    out = tmp_path / "report"
+    result = invoke(artifact, *parity_args(trained_run, synthetic_root, out))
+    assert result.exit_code == 0, result.output
+    assert "Passed: 1/1" in result.stderr and "PASSED" in result.stderr
+    assert {p.name for p in out.iterdir()} == {"parity.json", "parity.md", "agreement.png", "logit_error_hist.png", "disagreements.png"}
+    report = json.loads((out / "parity.json").read_text())
+    row = report["results"][0]
+    assert report["passed"] and row["passed"] and row["agreement"] == 1.0 and row["nonfinite"] == 0
+    assert row["accuracy_delta_pt"] == 0.0 and row["precision"] == "fp32" and row["steps"] == 4
+    assert 0 < row["max_abs_logit_error"] < 1e-2 and row["reference_accuracy"] > 1 / 6
+    assert report["reference"]["solver"] == "dopri5 (rtol=1e-06, atol=1e-06)" and report["data"]["n"] == 24
+    stages = {s["stage"]: s for s in row["attribution"]}
+    assert list(stages) == ["solver", "export", "precision", "runtime", "total"]
+    assert stages["export"]["diff"]["max_abs_logit_error"] < 1e-4  # ONNX FP32 = torch RK4×4
+    assert stages["precision"]["diff"] is None and "is the FP32 ONNX" in stages["precision"]["reason"]
+    assert stages["total"]["diff"]["max_abs_logit_error"] == pytest.approx(row["max_abs_logit_error"])
+    markdown = (out / "parity.md").read_text()
+    assert "| Artifact | Precision | Steps | Size |" in markdown and "PASSED" in markdown and "Error attribution" in markdown
+    assert "| solver |" in markdown
+
+
+def test_corrupted_weights_fail_with_exit_1(export_dir, trained_run, synthetic_root, tmp_path):
+    broken = rewrite_onnx(export_dir / EXPORT_FILES["fp32"], tmp_path / "exp" / "model-rk4x4-fp32.onnx", scale=1.0)
+    out = tmp_path / "report"
+    result = invoke(broken, *parity_args(trained_run, synthetic_root, out, "--no-attribution"))
+    assert result.exit_code == 1, result.output
+    assert "FAILED" in result.stderr and "Passed: 0/1" in result.stderr and "fail parity" in result.stderr
+    row = json.loads((out / "parity.json").read_text())["results"][0]
+    assert not row["passed"] and row["agreement"] < 0.99 and row["failures"]
+    assert row["min_passing"]["min_agreement_pct"] == pytest.approx(100 * row["agreement"])
+
+
+def test_a_threshold_set_too_tight_fails(export_dir, trained_run, synthetic_root, tmp_path):
+    artifact = copy_artifact(export_dir / EXPORT_FILES["fp32"], tmp_path / "exp")
+    out = tmp_path / "report"
+    result = invoke(artifact, *parity_args(trained_run, synthetic_root, out, "--no-attribution", "--max-logit-error", "1e-12"))
+    assert result.exit_code == 1 and "max |Δlogit|" in result.stderr
+    row = json.loads((out / "parity.json").read_text())["results"][0]
+    assert row["agreement"] == 1.0 and not row["passed"]
+    # the report says which bound would have passed: exactly the error it measured
+    assert row["min_passing"]["max_logit_error"] == row["max_abs_logit_error"] > 1e-12
+    assert row["thresholds"]["max_logit_error"] == 1e-12
+
+
+def test_tampered_file_is_refused(export_dir, trained_run, synthetic_root, tmp_path):
+    artifact = copy_artifact(export_dir / EXPORT_FILES["fp32"], tmp_path / "exp")
+    data = bytearray(artifact.read_bytes())
+    data[-200] ^= 0xFF
+    artifact.write_bytes(bytes(data))
+    result = invoke(artifact, *parity_args(trained_run, synthetic_root, tmp_path / "report"))
+    assert result.exit_code == 1 and "does not match its sidecar" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_mismatched_inputs_are_refused_with_what_differs(export_dir, trained_run, synthetic_root, tmp_path):
+    fp32 = export_dir / EXPORT_FILES["fp32"]
+    result = invoke(fp32, *parity_args(trained_run, synthetic_root, tmp_path / "r")[:0],
+                    "--reference", fp32, "--data", synthetic_root)
+    assert result.exit_code == 1 and "--reference needs a training checkpoint" in result.stderr
+
+    other = rewrite_onnx(fp32, tmp_path / "other" / fp32.name,
+                         metadata_changes={"manifest_sha256": "f" * 64, "classes": [f"P{i}" for i in range(6)]})
+    result = invoke(other, *parity_args(trained_run, synthetic_root, tmp_path / "r"))
+    assert result.exit_code == 1 and "does not match the reference" in result.stderr
+    assert "manifest ffffffffffff" in result.stderr and "same number but other names/order" in result.stderr
+
+    from edgenode.data import Manifest
+
+    manifest = Manifest.load(Path(trained_run.run_dir) / "manifest.json")
+    manifest.splits["test"] = manifest.splits["test"][:-1]
+    stale = manifest.save(tmp_path / "stale-manifest.json")
+    result = invoke(fp32, *parity_args(trained_run, synthetic_root, tmp_path / "r", "--manifest", stale))
+    assert result.exit_code == 1 and "is not the one best.pt was trained on" in result.stderr
+
+
+def test_an_engine_named_explicitly_must_run(export_dir, trained_run, synthetic_root, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    engine = fake_engine(tmp_path, export_dir / EXPORT_FILES["fp16"])
+    result = invoke(engine, *parity_args(trained_run, synthetic_root, tmp_path / "r"))
+    assert result.exit_code == 1 and "needs the tensorrt Python package" in result.stderr
+
+
+# --- the Python API: a folder, attribution, fixed-step references -------------------------------------------
+
+
+def fake_engine(folder: Path, like: Path) -> Path:
+    """An opaque .engine with a valid sidecar (as a GPU machine's export would leave it)."""
+    engine = folder / "model-rk4x4-fp16.engine"
+    engine.write_bytes(b"\x00opaque TensorRT plan" * 64)
+    record = {k: v for k, v in read_sidecar(like).items() if k not in ("sha256", "file")}
+    write_sidecar(engine, {**record, "kind": "engine", "extra": {"tensorrt_version": "10.3.0", "gpu_name": "Orin"}})
+    return engine
+
+
+def test_export_folder_gives_one_table_and_attributes_precision_error(export_dir, trained_run, synthetic_root, tmp_path,
+                                                                       monkeypatch):
+    folder = tmp_path / "exp"
+    for key in ("fp32", "fp16", "int8"):
+        copy_artifact(export_dir / EXPORT_FILES[key], folder)
+    (folder / "notes.txt").write_text("not an artifact")
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # no TensorRT here: the engine is skipped, not failed
+    engine = fake_engine(folder, folder / EXPORT_FILES["fp16"])
+    report = run_parity(ParityConfig(artifacts=(str(folder),), reference=str(trained_run.best_checkpoint),
+                                     data=str(synthetic_root), out=str(tmp_path / "report")))
+    assert [r.name for r in report.results] == sorted(EXPORT_FILES.values())
+    by_precision = {r.precision: r for r in report.results}
+    assert by_precision["int8"].max_drop_pt == 1.0 and by_precision["int8"].min_agreement_pct == 97.0
+    assert by_precision["fp16"].max_drop_pt == 0.5 and by_precision["fp16"].min_agreement_pct == 99.0
+    assert by_precision["fp32"].passed and by_precision["fp16"].diff.agreement >= 0.95
+    for precision in ("fp16", "int8"):
+        stages = {s.stage: s for s in by_precision[precision].attribution}
+        assert stages["precision"].a == EXPORT_FILES["fp32"]  # found in the folder by its metadata
+        assert stages["precision"].diff.max_abs_logit_error > 0
+        assert stages["export"].diff.max_abs_logit_error < 1e-4
+    assert by_precision["int8"].diff.max_abs_logit_error > by_precision["fp16"].diff.max_abs_logit_error
+    assert report.summary_line().endswith(f"vs. 3 artifacts | Passed: {report.n_passed}/3")
+    assert [Path(a).name for a, _ in report.skipped] == [engine.name] and "tensorrt" in report.skipped[0][1]
+    markdown = (tmp_path / "report" / "parity.md").read_text()
+    assert all(name in markdown for name in EXPORT_FILES.values())
+
+
+def test_fp16_alone_rebuilds_its_fp32_twin_in_memory(export_dir, trained_run, synthetic_root, tmp_path):
+    artifact = copy_artifact(export_dir / EXPORT_FILES["fp16"], tmp_path / "alone")
+    report = run_parity(ParityConfig(artifacts=(str(artifact),), reference=str(trained_run.best_checkpoint),
+                                     data=str(synthetic_root), out=None))
+    stages = {s.stage: s for s in report.results[0].attribution}
+    assert "rebuilt in memory" in stages["precision"].a and stages["precision"].diff is not None
+    assert stages["export"].diff.max_abs_logit_error < 1e-4
+
+
+def test_fixed_step_checkpoint_is_compared_with_an_adaptive_reference(export_dir, trained_run, synthetic_root, tmp_path):
+    ckpt = load_checkpoint(trained_run.best_checkpoint)
+    ckpt.model_config = preset_config("odenet", 6, width=ckpt.model_config.width, solver=SolverConfig("rk4", n_steps=4))
+    run = tmp_path / "rk4-run"
+    run.mkdir()
+    shutil.copy(Path(trained_run.run_dir) / "manifest.json", run / "manifest.json")
+    path = save_checkpoint(run / "best.pt", ckpt)
+    artifact = copy_artifact(export_dir / EXPORT_FILES["fp32"], tmp_path / "exp")
+    report = run_parity(ParityConfig(artifacts=(str(artifact),), reference=str(path), data=str(synthetic_root),
+                                     attribution=False))
+    assert report.reference["solver"].startswith("dopri5") and report.reference["trained_solver"] == "rk4 × 4 steps"
+    assert any("trained with a fixed-step solver" in note for note in report.notes)
+    assert any("another checkpoint" in note for note in report.results[0].notes)  # the export came from best.pt
+    kept = run_parity(ParityConfig(artifacts=(str(artifact),), reference=str(path), data=str(synthetic_root),
+                                   reference_solver=None, attribution=False))
+    assert kept.reference["solver"] == "rk4 × 4 steps" and kept.results[0].diff.max_abs_logit_error < 1e-4
+
+
+def test_attribution_on_a_gpu_provider_judges_precision_on_the_cpu(export_dir, trained_run, synthetic_root):
+    from edgenode.parity import diff_logits
+    from edgenode.parity.attribution import Attributor
+    from edgenode.runtime import load_predictor
+
+    reference = load_predictor(trained_run.best_checkpoint, reference_solver=SolverConfig("rk4", n_steps=8))
+    fp16 = load_predictor(export_dir / EXPORT_FILES["fp16"])
+    x = fp16.preprocess(sorted(synthetic_root.glob("images/*/*.png"))[::12])
+    ref, on_cpu = reference.predict_logits(x), fp16.predict_logits(x)
+    on_gpu = on_cpu + np.float32(0.01)  # what a GPU provider might return
+    fp16.runner.provider = "cuda"  # as if it had run there
+    stages = {s.stage: s for s in Attributor(reference, ref, x).stages(fp16, on_gpu, [export_dir / EXPORT_FILES["fp32"]])}
+    assert stages["precision"].a == EXPORT_FILES["fp32"] and stages["precision"].b.endswith("(cpu)")
+    fp32 = load_predictor(export_dir / EXPORT_FILES["fp32"]).predict_logits(x)
+    assert stages["precision"].diff == diff_logits(fp32, on_cpu)
+    assert stages["runtime"].a.endswith("(cpu)") and stages["runtime"].b.endswith("(cuda)")
+    assert stages["runtime"].diff.max_abs_logit_error == pytest.approx(0.01, rel=1e-3)
+    assert stages["total"].diff == diff_logits(ref, on_gpu)
+
+
+# --- results that judge themselves --------------------------------------------------------------------------
+
+
+def test_parity_result_judges_itself():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 25)
+    reference = rng.standard_normal((100, 4)).astype(np.float32)
+    reference[np.arange(100), labels] += 3.0  # the reference is right on most samples
+    candidate = reference.copy()
+    flip = np.flatnonzero(reference.argmax(1) == labels)[:2]
+    candidate[flip, labels[flip]] -= 10.0  # two correct answers become wrong: -2 pt, 98 % agreement
+    classes = ["a", "b", "c", "d"]
+    result = compare_logits(reference, candidate, labels, classes, name="x.onnx", precision="fp16")
+    assert not result and result.verdict == "FAILED"
+    assert result.accuracy_delta_pt == pytest.approx(-2.0) and result.diff.agreement == pytest.approx(0.98)
+    assert result.min_passing["max_drop_pt"] == pytest.approx(2.0) and result.min_passing["min_agreement_pct"] == pytest.approx(98.0)
+    assert [c.name for c in result.class_changes] == sorted({classes[i] for i in labels[flip]})
+    assert compare_logits(reference, candidate, labels, classes, name="x.onnx", precision="int8",
+                          thresholds=ParityThresholds(int8_max_drop_pt=2.0, int8_min_agreement_pct=98.0))
+    assert compare_logits(reference, reference, labels, classes, name="same")
+    broken = candidate.copy()
+    broken[5, 0] = np.nan
+    nan_result = compare_logits(reference, broken, labels, classes, name="nan",
+                                thresholds=ParityThresholds(max_drop_pt=100, min_agreement_pct=0))
+    assert not nan_result and nan_result.diff.nonfinite == 1 and "inf/NaN" in nan_result.failures()[0]
+    with pytest.raises(Exception, match="min-agreement"):
+        ParityThresholds(min_agreement_pct=101)
+
+
+def test_reference_with_no_artifact_or_folder_without_artifacts(trained_run, synthetic_root, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ArtifactError, match="no .onnx or .engine files"):
+        run_parity(ParityConfig(artifacts=(str(empty),), reference=str(trained_run.best_checkpoint), data=str(synthetic_root)))

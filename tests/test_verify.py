@@ -1,0 +1,145 @@
+"""`edgenode verify`: golden replay passes on a fresh export and fails on a modified golden file or artifact."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from edgenode.artifacts import read_sidecar, write_sidecar
+from edgenode.cli import app
+from edgenode.errors import EdgenodeError
+from edgenode.runtime.verify import DEFAULT_TOLERANCES, GoldenTolerance, compare_golden, verify_folder
+
+EXPORT_FILES = {"fp32": "model-rk4x4-fp32.onnx", "fp16": "model-rk4x4-fp16.onnx", "int8": "model-rk4x4-int8-ort.onnx"}
+
+
+@pytest.fixture(scope="module")
+def export_dir(trained_run, synthetic_root, tmp_path_factory) -> Path:
+    """FP32/FP16/INT8 RK4×4 exports of the trained model, golden files included (made once per session)."""
+    from edgenode.export.pipeline import ExportConfig, export_model
+
+    out = tmp_path_factory.getbasetemp() / "shared-exports-rk4x4"
+    if not all((out / name).is_file() for name in EXPORT_FILES.values()):
+        export_model(ExportConfig(checkpoint=str(trained_run.best_checkpoint), out=str(out), precisions="fp32,fp16,int8",
+                                  steps=4, data=str(synthetic_root), int8_target="ort", check_ode=False, opset=17))
+    return out
+
+
+@pytest.fixture()
+def fresh(export_dir, tmp_path) -> Path:
+    """A private copy of the export folder (artifacts, sidecars, golden files, reports)."""
+    return Path(shutil.copytree(export_dir, tmp_path / "export"))
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, ["verify", *[str(a) for a in args]])
+
+
+def test_fresh_export_verifies(fresh):
+    result = invoke(fresh, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["passed"] and {c["artifact"] for c in report["checks"]} == set(EXPORT_FILES.values())
+    for check in report["checks"]:
+        assert check["status"] == "passed" and check["n"] >= 8 and check["top1_agreement"] == 1.0
+        assert check["max_abs_error"] <= check["tolerance"]["atol"]  # same runtime as the export: near-exact
+        assert check["runtime"].startswith("onnxruntime")
+    assert "Passed: 3/3" in result.stderr
+
+
+def test_modified_golden_logits_fail(fresh):
+    golden = fresh / (EXPORT_FILES["fp32"] + ".golden.npz")
+    with np.load(golden) as archive:
+        arrays = dict(archive)
+    arrays["logits"][0, 0] += 0.05  # far above the FP32 tolerance, far below the INT8 one
+    np.savez(golden, **arrays)
+    result = invoke(fresh)
+    assert result.exit_code == 1
+    assert "model-rk4x4-fp32.onnx: max |Δlogit|" in result.stderr and "Passed: 2/3" in result.stderr
+    assert "do not reproduce their golden logits: model-rk4x4-fp32.onnx" in result.stderr
+
+
+def test_modified_artifact_with_a_valid_sidecar_fails(fresh):
+    from onnx import numpy_helper
+
+    path = fresh / EXPORT_FILES["fp32"]
+    proto = onnx.load(str(path))
+    bias = next(init for init in proto.graph.initializer if numpy_helper.to_array(init).shape == (6,))  # the head's
+    shifted = numpy_helper.to_array(bias) + np.float32([0.01, 0, 0, 0, 0, 0])  # one class's logit moves by 0.01
+    bias.CopyFrom(numpy_helper.from_array(shifted, bias.name))
+    onnx.save(proto, str(path))
+    record = {k: v for k, v in read_sidecar(path, verify=False).items() if k not in ("sha256", "file")}
+    write_sidecar(path, record)  # loads fine: only what it computes changed
+    report = verify_folder(fresh)
+    check = {c.artifact: c for c in report.checks}[EXPORT_FILES["fp32"]]
+    assert not report and not check and check.status == "failed" and check.max_abs_error == pytest.approx(0.01, rel=1e-3)
+    assert DEFAULT_TOLERANCES["fp32"].atol < check.min_passing_atol <= check.max_abs_error  # how far off it is
+
+
+def test_tampered_artifact_and_broken_golden_fail_without_stopping_the_others(fresh):
+    target = fresh / EXPORT_FILES["fp16"]
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    target.write_bytes(bytes(data))
+    (fresh / (EXPORT_FILES["int8"] + ".golden.npz")).write_bytes(b"not a zip")
+    report = verify_folder(fresh)
+    status = {c.artifact: c for c in report.checks}
+    assert status[EXPORT_FILES["fp32"]].passed
+    assert "does not match its sidecar" in status[EXPORT_FILES["fp16"]].reason
+    assert "unreadable golden file" in status[EXPORT_FILES["int8"]].reason
+    assert report.n_failed == 2 and not report
+    result = invoke(fresh)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+
+
+def test_folder_without_golden_files_is_an_error(fresh, tmp_path):
+    for golden in fresh.glob("*.golden.npz"):
+        golden.unlink()
+    with pytest.raises(EdgenodeError, match="no artifact with a golden file"):
+        verify_folder(fresh)
+    assert invoke(fresh).exit_code == 1
+
+
+def test_missing_runtime_is_skipped_not_failed(fresh, monkeypatch):
+    from edgenode.runtime import predictor as predictor_module
+    from edgenode.runtime.providers import ProviderUnavailableError
+
+    real = predictor_module.load_predictor
+
+    def no_int8_runtime(path, **kwargs):
+        if "int8" in Path(path).name:
+            raise ProviderUnavailableError(f"{path}: pretend its runtime is missing")
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(predictor_module, "load_predictor", no_int8_runtime)
+    report = verify_folder(fresh)
+    assert report and report.n_passed == 2
+    assert {c.artifact: c.status for c in report.checks}[EXPORT_FILES["int8"]] == "skipped"
+    assert "skipped 1" in report.summary_line()
+
+
+def test_tolerances_per_precision_are_pure_and_documented():
+    stored = np.array([[4.0, 1.0, 0.0], [2.0, 1.99, 0.0]])
+    fp32, int8 = DEFAULT_TOLERANCES["fp32"], DEFAULT_TOLERANCES["int8"]
+    assert fp32.atol == 1e-3 and int8.atol > DEFAULT_TOLERANCES["fp16"].atol > fp32.atol
+    assert compare_golden(stored, stored + 5e-4, fp32)["ok"]
+    too_far = compare_golden(stored, stored + [[0.1, 0, 0], [0, 0, 0]], fp32)
+    assert not too_far["ok"] and "would pass with atol ≥ 0.096" in too_far["reason"]
+    # INT8: a near-tie (2.0 vs 1.99) may flip, a decisive top-1 may not
+    near_tie_flip = stored + [[0, 0, 0], [0, 0.05, 0]]
+    assert compare_golden(stored, near_tie_flip, int8)["ok"]
+    decisive_flip = stored + [[-0.2, 0.2, 0], [0, 0, 0]]
+    assert compare_golden(stored, decisive_flip, GoldenTolerance(0.25, 0.0))["ok"]  # 3.8 vs 1.2: still top-1
+    flipped = stored.copy()
+    flipped[0] = [1.0, 4.0, 0.0]
+    result = compare_golden(stored, flipped, GoldenTolerance(10.0, 0.0))  # within the logit tolerance ...
+    assert result["ok"]  # ... and not decisive at that tolerance (margin 3 < 2·10)
+    result = compare_golden(stored, flipped, GoldenTolerance(1.0, 0.0))
+    assert not result["ok"] and "top-1 changed on 1 of 1 decisive" in result["reason"]
+    assert not compare_golden(stored, np.full_like(stored, np.nan), int8)["ok"]
