@@ -41,6 +41,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp_path, 0o644)  # mkstemp makes files owner-only; artifacts are meant to be shared and copied
         os.replace(tmp_path, final)
     finally:
         if tmp_path.exists():
