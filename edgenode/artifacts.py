@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from edgenode.errors import ArtifactError
+from edgenode.errors import ArtifactError, ArtifactPathError
 
 
 def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
@@ -66,11 +66,48 @@ def write_json(final: str | os.PathLike, obj: Any) -> Path:
 def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
-        raise ArtifactError(f"{path}: file not found")
+        raise ArtifactPathError(f"{path}: {'is a folder, not a file' if path.is_dir() else 'file not found'}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{path}: not valid JSON ({exc})", "regenerate it") from None
+
+
+_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")
+
+
+def content_kind(head: bytes) -> str:
+    """What a file is from its first bytes: checkpoint, onnx, image, json, text, empty or binary.
+
+    Every stage uses this one guess to refuse a file of the wrong kind for an argument (an ONNX file given as
+    a checkpoint, a picture given as a model) in one line, before any parser gets to produce its own error.
+    """
+    if not head:
+        return "empty"
+    if head[:4] == b"PK\x03\x04":  # torch.save's zip container
+        return "checkpoint"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):  # legacy pickle torch.save
+        return "checkpoint"
+    if head[:1] == b"\x08":  # protobuf field 1 (ModelProto.ir_version, varint): how every ONNX writer starts
+        return "onnx"
+    if head.startswith(_IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return "image"
+    stripped = head.lstrip()
+    if stripped[:1] in (b"{", b"["):
+        return "json"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "binary"
+    if all(ch.isprintable() or ch in "\r\n\t" for ch in text):
+        return "text"
+    return "binary"
+
+
+def file_kind(path: str | os.PathLike) -> str:
+    """:func:`content_kind` of the file at ``path`` (which must exist)."""
+    with open(path, "rb") as handle:
+        return content_kind(handle.read(64))
 
 
 def sidecar_path(artifact: str | os.PathLike) -> Path:
@@ -86,15 +123,19 @@ def write_sidecar(artifact: str | os.PathLike, metadata: dict[str, Any]) -> Path
     return write_json(sidecar_path(artifact), record)
 
 
-def read_sidecar(artifact: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
-    """Read an artifact's sidecar; with ``verify`` the file's sha256 must match the one recorded."""
+def read_sidecar(artifact: str | os.PathLike, verify: bool = True, data: bytes | None = None) -> dict[str, Any]:
+    """Read an artifact's sidecar; with ``verify`` the file's sha256 must match the one recorded.
+
+    Pass the artifact's bytes as ``data`` when they were read already and are what will be used: the hash is
+    then of exactly those bytes, so a file replaced between the check and the use cannot slip through.
+    """
     artifact = Path(artifact)
     side = sidecar_path(artifact)
     if not side.is_file():
         raise ArtifactError(f"{artifact}: metadata sidecar {side.name} is missing", "re-export the artifact")
     record = read_json(side)
     if verify:
-        actual = sha256_file(artifact)
+        actual = sha256_bytes(data) if data is not None else sha256_file(artifact)
         if actual != record.get("sha256"):
             raise ArtifactError(
                 f"{artifact}: sha256 {actual[:12]}… does not match its sidecar ({str(record.get('sha256'))[:12]}…)",

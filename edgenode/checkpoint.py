@@ -8,8 +8,10 @@ split manifest's hash, epoch, metrics and — for resuming — optimiser and sch
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,8 @@ from typing import Any
 import torch
 
 from edgenode import __version__
-from edgenode.artifacts import atomic_path, sha256_file
-from edgenode.errors import ArtifactError
+from edgenode.artifacts import atomic_path, file_kind, sha256_bytes
+from edgenode.errors import ArtifactError, ArtifactPathError, EdgenodeError
 from edgenode.model import ModelConfig, NeuralODECNN, build_model
 
 CHECKPOINT_FORMAT = "edgenode-checkpoint/1"
@@ -94,32 +96,56 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
     return Path(path)
 
 
+_NOT_CHECKPOINTS = {"onnx": "an ONNX model", "image": "an image", "json": "a JSON file"}
+
+
+def _load_error(path: Path, exc: Exception) -> ArtifactError:
+    """One line for a file ``torch.load(weights_only=True)`` refused; a pickle that would run code says so."""
+    text = str(exc)
+    code = re.search(r"GLOBAL ([\w.]+)", text)
+    if code or "Weights only load failed" in text:
+        what = f" ({code.group(1)})" if code else ""
+        return ArtifactError(
+            f"{path}: refused: the file is a pickle that would run code when loaded{what}; checkpoints are read "
+            f"with torch.load(weights_only=True), which accepts plain tensors and values only",
+            "use a checkpoint written by `edgenode train`; never load this file with weights_only=False",
+        )
+    first_line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return ArtifactError(f"{path}: not a readable edgenode checkpoint ({first_line[:160]})",
+                         "the file is damaged or truncated; use the best.pt or last.pt that `edgenode train` wrote")
+
+
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
-        raise ArtifactError(f"{path}: checkpoint not found", "pass the best.pt or last.pt that `edgenode train` wrote")
+        what = "is a folder, not a checkpoint" if path.is_dir() else "checkpoint not found"
+        raise ArtifactPathError(f"{path}: {what}", "pass the best.pt or last.pt that `edgenode train` wrote")
+    kind = file_kind(path)
+    if kind in _NOT_CHECKPOINTS:
+        raise ArtifactPathError(f"{path}: is {_NOT_CHECKPOINTS[kind]}, not a training checkpoint",
+                                "pass the best.pt or last.pt that `edgenode train` wrote")
+    data = path.read_bytes()  # hashed and parsed from the same bytes, even if the file is replaced meanwhile
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ArtifactError(
-            f"{path}: not a readable edgenode checkpoint ({first_line[:160]})",
-            "is it an ONNX file or engine? those go to `infer`/`parity` as artifacts",
-        ) from None
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, ImportError, TypeError) as exc:
+        raise _load_error(path, exc) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ArtifactError(f"{path}: not an edgenode checkpoint (format {payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r})")
-    return Checkpoint(
-        model_config=ModelConfig.from_dict(payload["model"]),
-        classes=list(payload["classes"]),
-        input_spec=InputSpec.from_dict(payload["input"]),
-        manifest_sha256=payload["manifest_sha256"],
-        state_dict=payload["state_dict"],
-        epoch=int(payload["epoch"]),
-        metrics=payload.get("metrics"),
-        history=payload.get("history"),
-        train_config=payload.get("train_config"),
-        optimizer=payload.get("optimizer"),
-        scheduler=payload.get("scheduler"),
-        path=path,
-        sha256=sha256_file(path),
-    )
+    try:
+        return Checkpoint(
+            model_config=ModelConfig.from_dict(payload["model"]),
+            classes=list(payload["classes"]),
+            input_spec=InputSpec.from_dict(payload["input"]),
+            manifest_sha256=payload["manifest_sha256"],
+            state_dict=payload["state_dict"],
+            epoch=int(payload["epoch"]),
+            metrics=payload.get("metrics"),
+            history=payload.get("history"),
+            train_config=payload.get("train_config"),
+            optimizer=payload.get("optimizer"),
+            scheduler=payload.get("scheduler"),
+            path=path,
+            sha256=sha256_bytes(data),
+        )
+    except (EdgenodeError, KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{path}: damaged edgenode checkpoint ({exc})", "use the best.pt or last.pt that `edgenode train` wrote") from None

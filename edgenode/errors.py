@@ -2,6 +2,11 @@
 
 The CLI turns an :class:`EdgenodeError` into one line on stderr and exit code 1 (2 for
 :class:`UsageError`) with no traceback. Anything else is a bug and keeps its traceback.
+
+Exit 2 means "the command line is wrong": a bad value, a path that does not exist, or a file of the wrong
+kind for its argument (a checkpoint where an ONNX file is expected, an image where a model is expected).
+Exit 1 means "the command line is right but the thing it names is not usable": a damaged, tampered or
+mismatched file, undecodable data, a numeric or parity failure.
 """
 
 from __future__ import annotations
@@ -31,6 +36,10 @@ class DataError(EdgenodeError):
     """The data set on disk cannot be used as asked (too few images, no identities, ...)."""
 
 
+class PathArgumentError(UsageError):
+    """A path argument that does not exist, or names the wrong kind of file or folder for its role (exit 2)."""
+
+
 class ImageDecodeError(DataError):
     """One image file cannot be read as a picture; callers skip it and report the reason."""
 
@@ -42,6 +51,14 @@ class ImageDecodeError(DataError):
 
 class ArtifactError(EdgenodeError):
     """A checkpoint, ONNX file or engine is missing, tampered with, or of the wrong kind."""
+
+
+class ArtifactPathError(PathArgumentError, ArtifactError):
+    """An artifact path that does not exist or is of the wrong kind: exit 2, and still an ArtifactError."""
+
+
+class DataPathError(PathArgumentError, DataError):
+    """A data path (root folder, manifest) that does not exist or is of the wrong kind: exit 2, still a DataError."""
 
 
 class NumericError(EdgenodeError):

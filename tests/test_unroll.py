@@ -11,7 +11,7 @@ from edgenode.errors import ParityError, UsageError
 from edgenode.export import onnx_export as ox
 from edgenode.export.steps import SweepCriteria, check_ode_validity, choose_steps, sweep_steps
 from edgenode.export.unroll import AUTO, expected_conv_nodes, resolve_method, resolve_steps, unroll
-from edgenode.model import ModelConfig, build_model
+from edgenode.model import ModelConfig, build_model, preset_config
 from edgenode.ode.solvers import SolverConfig
 
 @pytest.fixture(autouse=True)
@@ -161,3 +161,19 @@ def test_validity_accepts_a_smooth_model_and_flags_a_stiff_one():
     assert not bad.converged
     assert bad.reasons and bad.to_dict()["ode_valid"] is False
     assert "ODE validity" in bad.summary()
+
+
+def test_batchnorm_is_folded_once_so_every_step_shares_the_weights():
+    torch.manual_seed(0)
+    model = build_model(preset_config("paper", num_classes=5, width=8)).eval()
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # non-trivial statistics
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.uniform_(0.5, 1.5)
+    unrolled = unroll(model, "euler", 5)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in unrolled.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()), "the source model must stay untouched"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model.with_solver(SolverConfig("euler", n_steps=5)).eval()(x)
+        torch.testing.assert_close(unrolled(x), expected, rtol=1e-4, atol=1e-5)

@@ -205,6 +205,9 @@ def resolve_reference(config: BenchConfig) -> Path:
     """``--reference``, else the first checkpoint among the artifacts (it is then the baseline, not a row)."""
     from edgenode.runtime.artifact import detect_kind, expect_kind
 
+    for item in config.artifacts:  # a missing artifact is named before anything else is said about it
+        if not Path(item).exists():
+            detect_kind(item)
     if config.reference is not None:
         expect_kind(config.reference, ("checkpoint",), "--reference")
         return Path(config.reference)

@@ -8,15 +8,21 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgenode.cli.common import user_errors
+from edgenode.cli.common import output_folder, user_errors
 from edgenode.console import console
 
 
 def parse_baseline_solver(spec: str, tol: float | None):
     """``trained`` keeps the checkpoint's own solver; any solver name (dopri5, rk4, …) replaces it."""
+    from edgenode.errors import UsageError
     from edgenode.ode.solvers import SolverConfig
 
+    if tol is not None and not tol > 0:
+        raise UsageError(f"--baseline-tol must be > 0, got {tol}")
     if spec == "trained":
+        if tol is not None:
+            raise UsageError("--baseline-tol applies only with --baseline-solver METHOD",
+                             "the 'trained' baseline keeps the checkpoint's own solver and tolerances")
         return None
     return SolverConfig(spec, rtol=tol, atol=tol) if tol is not None else SolverConfig(spec)
 
@@ -54,6 +60,7 @@ def command(
     from edgenode.bench import BenchConfig, rich_tables, run_bench
     from edgenode.bench.report import peak_lines
 
+    output_folder(out)
     config = BenchConfig(
         artifacts=tuple(str(a) for a in artifacts or ()), reference=str(reference) if reference else None,
         data=str(data) if data else None, manifest=str(manifest) if manifest else None, split=split,

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgenode.cli.common import user_errors
+from edgenode.cli.common import output_folder, user_errors
 
 
 @user_errors
@@ -33,8 +33,9 @@ def command(
     """Unroll the ODE block into fixed RK4 steps and export ONNX FP32/FP16/INT8 (and TensorRT engines)."""
     from edgenode.export import EngineConfig, ExportConfig, export_model
 
+    out = output_folder(out if out is not None else checkpoint.parent / "export")
     config = ExportConfig(
-        checkpoint=str(checkpoint), out=str(out if out is not None else checkpoint.parent / "export"), precisions=precision,
+        checkpoint=str(checkpoint), out=str(out), precisions=precision,
         steps=steps, method=method, format=artifact_format, data=str(data) if data else None,
         manifest=str(manifest) if manifest else None, int8_target=int8_target,
         calibration_per_class=calibration_per_class, calibration_seed=calibration_seed,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -26,11 +27,14 @@ def command(
     """Classify images with an artifact; prints identity and confidence; exit 1 if any file failed."""
     from rich.markup import escape
 
-    from edgenode.errors import UsageError
+    from edgenode.errors import PathArgumentError, UsageError
     from edgenode.runtime import collect_images, load_predictor
 
     if top_k < 1 or batch_size < 1 or workers < 0:
         raise UsageError("--top-k and --batch-size must be at least 1 and --workers at least 0")
+    missing = [p for p in paths if not os.path.lexists(p)]  # a typo on the command line; a dangling link is a bad file
+    if missing:
+        raise PathArgumentError(f"{missing[0]}: no such file or folder" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     files = collect_images(paths)
     if not files:
         raise UsageError(f"no image files found in {', '.join(map(str, paths))}", "pass image files or folders of .jpg/.png/.webp")

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgenode.cli.common import user_errors
+from edgenode.cli.common import output_folder, user_errors
 from edgenode.console import console
 
 
@@ -49,6 +49,7 @@ def command(
     from edgenode.parity import ParityConfig, ParityThresholds, run_parity
     from edgenode.parity.report import attribution_table, rich_table
 
+    output_folder(out)
     config = ParityConfig(
         artifacts=tuple(str(a) for a in artifacts), reference=str(reference), data=str(data),
         manifest=str(manifest) if manifest else None, split=split, out=str(out),

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgenode.cli.common import user_errors
+from edgenode.cli.common import output_file, user_errors
 from edgenode.console import console
 
 
@@ -26,6 +26,7 @@ def command(
     """Select and split the data set (paper protocol by default) into a manifest file."""
     from edgenode.data import SplitConfig, build_manifest
 
+    output_file(out)
     config = SplitConfig(per_class=per_class, train=train, val=val, test=test, image_size=image_size, seed=seed, strict=strict)
     manifest = build_manifest(data, config)
     manifest.save(out)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from edgenode.errors import DataError
+from edgenode.errors import DataError, DataPathError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 KAGGLE_PREFIX = "pins_"
@@ -26,7 +26,7 @@ def images_root(root: str | os.PathLike) -> Path:
     root = Path(root).expanduser()
     if not root.is_dir():
         what = "does not exist" if not root.exists() else "is not a directory"
-        raise DataError(f"data root {root} {what}", EXPECTED_LAYOUT)
+        raise DataPathError(f"data root {root} {what}", EXPECTED_LAYOUT)
     nested = root / "images"
     return nested if nested.is_dir() else root
 
@@ -68,6 +68,7 @@ def discover_images(root: str | os.PathLike) -> dict[str, list[str]]:
         raise DataError(f"no identity folders found in {base}", EXPECTED_LAYOUT)
     classes: dict[str, list[str]] = {}
     origin: dict[str, str] = {}
+    real: dict[Path, str] = {}  # a symlinked identity folder is fine; two names for one folder would be two classes of one person
     for folder in folders:
         name = class_name(folder.name)
         if name in classes:
@@ -75,6 +76,12 @@ def discover_images(root: str | os.PathLike) -> dict[str, list[str]]:
                 f"folders {origin[name]!r} and {folder.name!r} in {base} both give the identity {name!r}",
                 "merge or rename one of them",
             )
+        target = folder.resolve()
+        if target in real:
+            raise DataError(
+                f"folders {real[target]!r} and {folder.name!r} in {base} are the same folder ({target}): "
+                "one person would become two classes", "remove the symlink")
+        real[target] = folder.name
         origin[name] = folder.name
         classes[name] = _identity_files(base, folder)
     return dict(sorted(classes.items()))

@@ -19,13 +19,17 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from edgenode.artifacts import atomic_write_bytes, canonical_json, read_json, sha256_bytes
+from edgenode.artifacts import atomic_write_bytes, canonical_json, file_kind, read_json, sha256_bytes
 from edgenode.data import decode
 from edgenode.data.discover import discover_images, images_root
-from edgenode.errors import ArtifactError, DataError, EdgenodeError, ImageDecodeError, UsageError
+from edgenode.errors import ArtifactError, ArtifactPathError, DataError, EdgenodeError, ImageDecodeError, UsageError
 
 MANIFEST_FORMAT = "edgenode-manifest/1"
 SPLITS = ("train", "val", "test")
+
+
+_NOT_MANIFESTS = {"checkpoint": "a training checkpoint", "onnx": "an ONNX model", "image": "an image"}
+MAX_SKIP_WARNINGS = 20  # one line per skipped file up to this many; the manifest lists every one
 
 
 class DataWarning(UserWarning):
@@ -124,11 +128,16 @@ class Manifest:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Manifest:
+        kind = file_kind(path) if Path(path).is_file() else None
+        if kind in _NOT_MANIFESTS:
+            raise ArtifactPathError(f"{path}: is {_NOT_MANIFESTS[kind]}, not a split manifest",
+                                    "pass the manifest.json of the training run")
         record = read_json(path)
         if not isinstance(record, dict) or record.get("format") != MANIFEST_FORMAT:
             found = record.get("format") if isinstance(record, dict) else type(record).__name__
-            raise ArtifactError(f"{path}: not an edgenode split manifest (format {found!r})",
-                                "pass the manifest.json written by build_manifest")
+            error = ArtifactPathError if isinstance(found, str) and found.startswith("edgenode-") else ArtifactError
+            raise error(f"{path}: not an edgenode split manifest (format {found!r})",
+                        "pass the manifest.json written by build_manifest")
         try:
             return cls._from_dict(record)
         except (EdgenodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
@@ -286,6 +295,7 @@ def build_manifest(
         else:
             kept.append((walk, good))
     _report_excluded(excluded, config)
+    _report_skipped(base, skipped)
     if len(kept) < 2:
         raise DataError(
             f"only {len(kept)} identit{'y' if len(kept) == 1 else 'ies'} in {base} "
@@ -333,6 +343,15 @@ def _assign(kept: list[tuple[_Identity, list[int]]], config: SplitConfig):
         leftover = good[stops[-1]:] + list(range(walk.visited, len(walk.order)))
         unused.extend(sorted((walk.order[p], label) for p in leftover))
     return splits, arrays, unused
+
+
+def _report_skipped(base: Path, skipped: list[tuple[str, str]]) -> None:
+    """One warning line per file that could not be decoded (the manifest's ``skipped`` lists them all)."""
+    for relpath, reason in sorted(skipped)[:MAX_SKIP_WARNINGS]:
+        warnings.warn(f"skipped {base / relpath}: {reason}", DataWarning, stacklevel=3)
+    if len(skipped) > MAX_SKIP_WARNINGS:
+        warnings.warn(f"skipped {len(skipped) - MAX_SKIP_WARNINGS} more undecodable file(s) in {base}; "
+                      f"the manifest's 'skipped' list names every one with its reason", DataWarning, stacklevel=3)
 
 
 def _report_excluded(excluded: dict[str, str], config: SplitConfig) -> None:

@@ -17,10 +17,6 @@ of the node list, so the graph is topologically re-sorted before it is checked.
 
 from __future__ import annotations
 
-import numpy as np
-
-from edgenode.errors import NumericError
-
 FP32_OPS = (
     "InstanceNormalization",
     "BatchNormalization",
@@ -52,17 +48,6 @@ def convert_to_fp16(fp32_proto):
     wrapped = OnnxModel(half)
     wrapped.topological_sort()
     return wrapped.model
-
-
-def check_finite(logits: np.ndarray, source: str, what: str) -> None:
-    """FP16 overflow shows up as inf/NaN logits: refuse the artifact rather than ship it."""
-    bad = ~np.isfinite(logits)
-    if bad.any():
-        rows = int(bad.any(axis=1).sum())
-        raise NumericError(
-            f"{source}: {rows} of {len(logits)} {what} give inf/NaN logits in FP16",
-            "an activation overflows half precision; export --precision fp32 or int8, or retrain with normalisation",
-        )
 
 
 def half_initializer_count(proto) -> tuple[int, int]:

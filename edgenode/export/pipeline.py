@@ -31,6 +31,7 @@ from edgenode.console import console
 from edgenode.errors import ArtifactError, ParityError, UsageError
 from edgenode.export import fp16 as fp16_mod
 from edgenode.export import int8 as int8_mod
+from edgenode.export import numerics
 from edgenode.export import onnx_export as ox
 from edgenode.export.config import ExportConfig
 from edgenode.export.golden import golden_path, write_golden
@@ -80,7 +81,9 @@ def _warn(report: dict, message: str) -> None:
 def load_inputs(config: ExportConfig) -> _Inputs:
     """Checkpoint, the split manifest it was trained on (verified by sha256), data root and val split."""
     from edgenode import data as edata
+    from edgenode.runtime.artifact import expect_kind
 
+    expect_kind(config.checkpoint, ("checkpoint",), "`edgenode export`")  # an ONNX file or engine: exit 2, one line
     ckpt = load_checkpoint(config.checkpoint)
     manifest_path = Path(config.manifest) if config.manifest else Path(config.checkpoint).parent / "manifest.json"
     if not manifest_path.is_file():
@@ -133,7 +136,7 @@ def report_validity(validity: OdeValidity, report: dict) -> None:
             + "\n- ".join(validity.reasons)
             + f"\nThe artifacts reproduce {validity.method}×{validity.steps} exactly, but no other solver or step count "
             "will; retrain with a finer or adaptive solver if the ODE view matters.")
-    console.print(Panel(text, title="[bold red]warning: not a valid ODE[/]", border_style="red"))
+    console.print(Panel(text, title="[bold red]warning: not a valid ODE[/]", border_style="red"), soft_wrap=False)
     report.setdefault("warnings", []).append("not a valid ODE: " + "; ".join(validity.reasons))
 
 
@@ -199,9 +202,11 @@ def export_fp32(w: _Writer, model, meta: ArtifactMetadata, method: str, steps: i
                             "the ODE block was not unrolled into explicit steps; this is a bug, please report it")
     meta = dataclasses.replace(meta, extra={**meta.extra, "exporter": graph.exporter, "opset": graph.opset, "conv_nodes": convs})
 
-    def parity(_tmp, logits):
+    def parity(tmp, logits):
+        # inf/NaN first (a NaN error would pass any "error > limit" test), named at the node where it starts
+        numerics.check_logits(tmp, logits, inputs.val_images.numpy(), "FP32 model", "validation images", saturation=False)
         error = max_abs_diff(logits, w.ref_logits)
-        if error > config.max_fp32_abs_error:
+        if not error <= config.max_fp32_abs_error:
             raise ParityError(f"FP32 ONNX differs from the torch unrolled model by {error:.2e} (max abs logit), "
                               f"more than {config.max_fp32_abs_error:g}", "this is an exporter bug; please report it")
         w.fp32_logits = logits
@@ -220,8 +225,12 @@ def export_fp16(w: _Writer, calib_images: np.ndarray, report: dict) -> None:
                                    "float32_ops": list(fp16_mod.FP32_OPS)}})
 
     def finite(tmp, logits):
-        fp16_mod.check_finite(logits, "FP16 model", "validation images")
-        fp16_mod.check_finite(ox.run_onnx(tmp, calib_images), "FP16 model", "calibration images")
+        warning = numerics.check_logits(tmp, logits, w.inputs.val_images.numpy(), "FP16 model", "validation images",
+                                        precision="fp16")
+        numerics.check_logits(tmp, ox.run_onnx(tmp, calib_images), calib_images, "FP16 model", "calibration images",
+                              saturation=False, precision="fp16")
+        if warning:
+            _warn(report, warning)
         return {"float16_initializers": half, "float32_initializers": full, "finite_on_calibration_images": True}
 
     checks = w.write("fp16", "fp16", proto, meta, finite)
@@ -240,7 +249,10 @@ def export_int8(w: _Writer, target: str, calib_images: np.ndarray, calibration: 
     fp32_size = w.result.artifacts["fp32"].stat().st_size
 
     def finite(tmp, logits):
-        fp16_mod.check_finite(logits, f"INT8 ({target}) model", "validation images")
+        warning = numerics.check_logits(tmp, logits, w.inputs.val_images.numpy(), f"INT8 ({target}) model",
+                                        "validation images", precision="int8")
+        if warning:
+            _warn(report, warning)
         return {"qdq": summary, "size_ratio_vs_fp32": Path(tmp).stat().st_size / fp32_size}
 
     checks = w.write(recipe.file_tag, recipe.file_tag, proto, meta, finite)

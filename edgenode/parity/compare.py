@@ -164,6 +164,7 @@ class ParityResult:
     int8_target: str | None = None
     latency_ms_per_image: float | None = None
     notes: list[str] = field(default_factory=list)
+    numeric: str | None = None  # inf/NaN or saturated logits, with the node where it starts (edgenode.export.numerics)
     # per-sample arrays for the plots; not part of the JSON record
     reference_pred: np.ndarray | None = field(default=None, repr=False, compare=False)
     pred: np.ndarray | None = field(default=None, repr=False, compare=False)
@@ -197,7 +198,9 @@ class ParityResult:
     def failures(self) -> list[str]:
         """Why it fails, one phrase per criterion (empty when it passes)."""
         reasons = []
-        if self.diff.nonfinite:
+        if self.numeric:
+            reasons.append(self.numeric)
+        elif self.diff.nonfinite:
             reasons.append(f"{self.diff.nonfinite} sample(s) with inf/NaN logits")
         if self.accuracy_drop_pt > self.max_drop_pt + _EPS:
             reasons.append(f"accuracy drop {self.accuracy_drop_pt:.2f} pt > {self.max_drop_pt:g} pt")
@@ -237,7 +240,7 @@ class ParityResult:
             "min_passing": self.min_passing, "passed": self.passed, "failures": self.failures(),
             "class_changes": [c.to_dict() for c in self.class_changes],
             "attribution": [s.to_dict() for s in self.attribution],
-            "latency_ms_per_image": self.latency_ms_per_image, "notes": list(self.notes),
+            "latency_ms_per_image": self.latency_ms_per_image, "notes": list(self.notes), "numeric": self.numeric,
         }
 
 
@@ -258,7 +261,8 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray, labels: np.ndar
                    name: str, path: str = "", kind: str = "onnx", precision: str = "fp32", steps: int | None = None,
                    size_bytes: int = 0, runtime: str = "", thresholds: ParityThresholds = ParityThresholds(),
                    int8_target: str | None = None, attribution: Sequence[StageDiff] = (),
-                   latency_ms_per_image: float | None = None, notes: Sequence[str] = ()) -> ParityResult:
+                   latency_ms_per_image: float | None = None, notes: Sequence[str] = (),
+                   numeric: str | None = None) -> ParityResult:
     """Judge ``candidate`` logits against ``reference`` logits on labelled samples (labels only score accuracy)."""
     labels = np.asarray(labels).reshape(-1)
     diff = diff_logits(reference, candidate)
@@ -274,5 +278,5 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray, labels: np.ndar
         n=diff.n, reference_correct=int((ref_pred == labels).sum()), correct=int((pred == labels).sum()), diff=diff,
         max_drop_pt=max_drop, min_agreement_pct=min_agreement, max_logit_error=thresholds.max_logit_error, class_changes=class_changes(ref_pred, pred, labels, classes),
         attribution=list(attribution), int8_target=int8_target, latency_ms_per_image=latency_ms_per_image,
-        notes=list(notes), reference_pred=ref_pred, pred=pred, abs_logit_error=err[np.isfinite(err)],
+        notes=list(notes), numeric=numeric, reference_pred=ref_pred, pred=pred, abs_logit_error=err[np.isfinite(err)],
     )

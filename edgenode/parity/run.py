@@ -19,7 +19,7 @@ import numpy as np
 from rich.markup import escape
 
 from edgenode.console import console
-from edgenode.errors import ArtifactError, UsageError
+from edgenode.errors import ArtifactError, ArtifactPathError, UsageError
 from edgenode.ode.solvers import SolverConfig
 from edgenode.parity.attribution import Attributor
 from edgenode.parity.compare import ParityResult, ParityThresholds, compare_logits
@@ -53,6 +53,8 @@ class ParityConfig:
             raise UsageError("no artifact to compare", "pass one or more .onnx/.engine files or an export folder")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.split not in ("train", "val", "test"):
+            raise UsageError(f"--split {self.split!r} is not known", "choose one of train, val, test")
 
 
 @dataclass
@@ -164,7 +166,7 @@ def load_manifest_for(reference: ArtifactInfo, manifest_path: str | None):
 
     path = Path(manifest_path) if manifest_path else reference.path.parent / "manifest.json"
     if not path.is_file():
-        raise ArtifactError(f"{path}: split manifest not found", "pass --manifest (the manifest.json of the training run)")
+        raise ArtifactPathError(f"{path}: split manifest not found", "pass --manifest (the manifest.json of the training run)")
     manifest = Manifest.load(path)
     if manifest.sha256 != reference.manifest_sha256:
         raise ArtifactError(
@@ -228,12 +230,20 @@ def run_parity(config: ParityConfig) -> ParityReport:
     for predictor, artifact_notes in loaded:
         info = predictor.metadata
         logits, ms_per_image = run_logits(predictor, x, config.batch_size)
+        numeric = None
+        if info.kind == "onnx":  # inf/NaN or saturated logits fail, named at the node where it starts
+            from edgenode.export.numerics import diagnose_logits
+
+            verdict = diagnose_logits(info.path, logits, x, saturation=info.precision != "fp32")
+            numeric = verdict.failure
+            if verdict.warning:
+                artifact_notes = [*artifact_notes, f"numerics: {verdict.warning}"]
         stages = attributor.stages(predictor, logits, [p for p, _ in candidates]) if attributor else []
         result = compare_logits(
             ref_logits, logits, labels, ref_info.classes, name=info.path.name, path=str(info.path), kind=info.kind,
             precision=info.precision, steps=info.steps, size_bytes=info.size_bytes, runtime=predictor.runner.describe(),
             thresholds=config.thresholds, int8_target=info.int8_target, attribution=stages,
-            latency_ms_per_image=ms_per_image, notes=artifact_notes,
+            latency_ms_per_image=ms_per_image, notes=artifact_notes, numeric=numeric,
         )
         predictor.close()
         results.append(result)

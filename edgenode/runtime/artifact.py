@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgenode.artifacts import read_sidecar, sha256_file, sidecar_path
+from edgenode.artifacts import content_kind, read_sidecar, sha256_bytes, sha256_file, sidecar_path
 from edgenode.checkpoint import InputSpec
-from edgenode.errors import ArtifactError
+from edgenode.errors import ArtifactError, ArtifactPathError
 from edgenode.export.golden import golden_path  # noqa: F401 - re-exported: one naming rule for golden files
 from edgenode.ode.solvers import SolverConfig
 
@@ -56,44 +56,25 @@ def _extension_kind(path: Path) -> str | None:
     return None
 
 
-def _content_kind(head: bytes) -> str:
-    """A best guess from the first bytes: checkpoint, onnx, json, text, empty or binary."""
-    if not head:
-        return "empty"
-    if head[:4] == b"PK\x03\x04":  # torch.save's zip container
-        return "checkpoint"
-    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):  # legacy pickle torch.save
-        return "checkpoint"
-    if head[:1] == b"\x08":  # protobuf field 1 (ModelProto.ir_version, varint): how every ONNX writer starts
-        return "onnx"
-    stripped = head.lstrip()
-    if stripped[:1] in (b"{", b"["):
-        return "json"
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        return "binary"
-    if all(ch.isprintable() or ch in "\r\n\t" for ch in text):
-        return "text"
-    return "binary"
-
-
 def detect_kind(path: str | os.PathLike) -> str:
     """``checkpoint``, ``onnx`` or ``engine`` from content (and the name, for engines); ArtifactError otherwise."""
     path = Path(path)
     if not path.exists():
-        raise ArtifactError(f"{path}: file not found", "pass a .pt checkpoint, an .onnx file or a TensorRT .engine")
+        raise ArtifactPathError(f"{path}: file not found", "pass a .pt checkpoint, an .onnx file or a TensorRT .engine")
     if path.is_dir():
-        raise ArtifactError(f"{path}: is a folder, not a model file", "pass one .pt, .onnx or .engine file")
+        raise ArtifactPathError(f"{path}: is a folder, not a model file", "pass one .pt, .onnx or .engine file")
     with open(path, "rb") as handle:
         head = handle.read(64)
     by_name = _extension_kind(path)
-    by_content = _content_kind(head)
+    by_content = content_kind(head)
     if by_content == "empty":
         raise ArtifactError(f"{path}: empty file (0 bytes)", "the export or copy was interrupted; copy it again")
     if by_content == "json":
         what = "a JSON file" + (" (an artifact's metadata sidecar)" if path.name.endswith(".onnx.json") or path.name.endswith(".engine.json") else "")
-        raise ArtifactError(f"{path}: is {what}, not a model", "pass the model file itself, not its .json")
+        raise ArtifactPathError(f"{path}: is {what}, not a model", "pass the model file itself, not its .json")
+    if by_content == "image":
+        raise ArtifactPathError(f"{path}: is an image, not a model",
+                                "pass a .pt checkpoint, an .onnx file or a TensorRT .engine; images come after it")
     if by_content == "text":
         raise ArtifactError(f"{path}: is a text file, not a model", "pass a .pt checkpoint, an .onnx file or a TensorRT .engine")
     if by_name == "engine":
@@ -115,7 +96,7 @@ def expect_kind(path: str | os.PathLike, allowed: tuple[str, ...], role: str) ->
     kind = detect_kind(path)
     if kind not in allowed:
         wanted = " or ".join(_KIND_WORDS[k] for k in allowed)
-        raise ArtifactError(f"{path}: is {_KIND_WORDS[kind]}, but {role} needs {wanted}")
+        raise ArtifactPathError(f"{path}: is {_KIND_WORDS[kind]}, but {role} needs {wanted}")
     return kind
 
 
@@ -158,8 +139,9 @@ class ArtifactInfo:
     def describe(self) -> str:
         """One line: ``model-rk4x4-int8.onnx: onnx int8 (ort), rk4 × 4 steps, 6 classes, 64 px``."""
         precision = self.precision + (f" ({self.int8_target})" if self.int8_target else "")
+        unverified = "; unverified: no sidecar to check its sha256 against" if self.kind == "onnx" and not self.verified else ""
         return (f"{self.path.name}: {self.kind} {precision}, {self.solver.describe()}, "
-                f"{self.num_classes} classes, {self.input.image_size} px")
+                f"{self.num_classes} classes, {self.input.image_size} px{unverified}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -233,12 +215,12 @@ def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return [k for k in keys if json.dumps(a.get(k), sort_keys=True) != json.dumps(b.get(k), sort_keys=True)]
 
 
-def onnx_metadata_props(path: Path) -> dict[str, str]:
-    """``metadata_props`` of an ONNX file without loading external weights; ArtifactError if unparsable."""
+def onnx_metadata_props(path: Path, data: bytes | None = None) -> dict[str, str]:
+    """``metadata_props`` of an ONNX file (or of its bytes ``data``) without external weights; ArtifactError if unparsable."""
     import onnx
 
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        model = onnx.load_from_string(data) if data is not None else onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and friends on damaged files
         raise ArtifactError(f"{path}: damaged ONNX file ({str(exc).strip()[:120] or type(exc).__name__})",
                             "re-export or copy it again") from None
@@ -247,24 +229,26 @@ def onnx_metadata_props(path: Path) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def onnx_info(path: str | os.PathLike) -> ArtifactInfo:
+def onnx_info(path: str | os.PathLike, data: bytes | None = None) -> ArtifactInfo:
     """Metadata of an ONNX artifact: ``metadata_props``, cross-checked with the sidecar (sha256 verified) if any.
 
     The sha256 is checked before the file is parsed, so a damaged file is reported as "modified" rather
-    than as whatever parse error the damage happens to cause.
+    than as whatever parse error the damage happens to cause. With ``data`` (the file's bytes, read once by
+    the caller that will run them) the hash and the metadata are those of exactly the bytes that run.
     """
     from edgenode.export.metadata import ArtifactMetadata
 
     path = Path(path)
-    record = read_sidecar(path, verify=True) if sidecar_path(path).is_file() else None
-    props = onnx_metadata_props(path)
+    record = read_sidecar(path, verify=True, data=data) if sidecar_path(path).is_file() else None
+    props = onnx_metadata_props(path, data)
     try:
         inside = ArtifactMetadata.from_onnx_props(props, source=str(path))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{path}: damaged edgenode metadata in the ONNX file ({exc.__class__.__name__})",
                             "re-export the artifact") from None
     if record is None:
-        return _info_from_metadata(inside, path, "onnx", sha256_file(path), verified=False)
+        digest = sha256_bytes(data) if data is not None else sha256_file(path)
+        return _info_from_metadata(inside, path, "onnx", digest, verified=False)
     beside = ArtifactMetadata.from_dict(record)
     differ = _differences(inside.to_dict(), beside.to_dict())
     if differ:
@@ -292,7 +276,8 @@ def find_artifacts(folder: str | os.PathLike) -> list[Path]:
     """ONNX files and TensorRT engines directly inside ``folder`` (sorted; sidecars and temporaries skipped)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ArtifactError(f"{folder}: not a folder")
+        what = "is a file, not a folder" if folder.exists() else "folder not found"
+        raise ArtifactPathError(f"{folder}: {what}", "pass the folder `edgenode export` wrote")
     found = [p for p in folder.iterdir()
              if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in ONNX_EXTENSIONS | ENGINE_EXTENSIONS]
     return sorted(found, key=lambda p: p.name)

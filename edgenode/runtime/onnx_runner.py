@@ -28,12 +28,14 @@ def available_providers() -> list[str]:
 class OnnxRuntimeRunner(Runner):
     backend = "onnxruntime"
 
-    def __init__(self, path: str | Path | bytes, providers: list, explicit: bool = False, threads: int | None = None):
-        """``path`` may also be the serialized model itself (bytes), e.g. a graph rebuilt in memory."""
+    def __init__(self, path: str | Path | bytes, providers: list, explicit: bool = False, threads: int | None = None,
+                 model_bytes: bytes | None = None):
+        """``path`` may also be the serialized model itself (bytes), e.g. a graph rebuilt in memory; or pass the
+        file's bytes as ``model_bytes`` (already read and verified) to run exactly those, named by ``path``."""
         super().__init__()
         import onnxruntime as ort
 
-        source = path if isinstance(path, bytes) else str(path)
+        source = path if isinstance(path, bytes) else model_bytes if model_bytes is not None else str(path)
         self.path = Path("<in-memory ONNX>") if isinstance(path, bytes) else Path(path)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: provider fallbacks are reported by us, once

@@ -159,14 +159,14 @@ class Predictor:
         self.close()
 
 
-def _ort_runner(path: Path, provider: str, device: str | None) -> Runner:
+def _ort_runner(path: Path, provider: str, device: str | None, model_bytes: bytes | None = None) -> Runner:
     from edgenode.runtime.onnx_runner import OnnxRuntimeRunner, available_providers
 
     providers: list = select_providers(provider, available_providers())
     if device and device.startswith("cuda:"):  # pick the GPU for the GPU providers
         device_id = device.split(":", 1)[1]
         providers = [(p, {"device_id": device_id}) if p != "CPUExecutionProvider" else p for p in providers]
-    runner = OnnxRuntimeRunner(path, providers, explicit=(provider or "auto") != "auto")
+    runner = OnnxRuntimeRunner(path, providers, explicit=(provider or "auto") != "auto", model_bytes=model_bytes)
     return runner
 
 
@@ -199,8 +199,9 @@ def load_predictor(path: str | os.PathLike, provider: str = "auto", device: str 
         runner = TorchRunner(model, device or torch_device_for(provider, torch.cuda.is_available()))
         return Predictor(checkpoint_info(ckpt, reference_solver), runner, notes)
     if kind == "onnx":
-        info = onnx_info(path)
-        return Predictor(info, _ort_runner(path, provider, device))
+        data = path.read_bytes()  # read once: the bytes whose sha256 is verified are the bytes that run
+        info = onnx_info(path, data)
+        return Predictor(info, _ort_runner(path, provider, device, data))
     info = engine_info(path)
     if (provider or "auto") not in ("auto", "tensorrt"):
         raise UsageError(f"{path}: a TensorRT engine runs only on TensorRT, not on provider {provider!r}",

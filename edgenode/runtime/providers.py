@@ -51,15 +51,21 @@ def install_hint(provider: str, machine: str | None = None) -> str:
     return f"{base}, with a CUDA driver and cuDNN that match it"
 
 
+def check_provider(requested: str | None) -> str:
+    """``requested`` lower-cased if it is one of auto|tensorrt|cuda|cpu; a UsageError (exit 2) otherwise."""
+    requested = (requested or "auto").lower()
+    if requested not in CHOICES:
+        raise UsageError(f"unknown provider {requested!r}", f"choose one of {', '.join(CHOICES)}")
+    return requested
+
+
 def select_providers(requested: str, available: Sequence[str], machine: str | None = None) -> list[str]:
     """The ordered ONNX Runtime provider list for ``requested`` (auto|tensorrt|cuda|cpu) given ``available``.
 
     >>> select_providers("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"])
     ['CUDAExecutionProvider', 'CPUExecutionProvider']
     """
-    requested = (requested or "auto").lower()
-    if requested not in CHOICES:
-        raise UsageError(f"unknown provider {requested!r}", f"choose one of {', '.join(CHOICES)}")
+    requested = check_provider(requested)
     available = list(available)
     if requested == "auto":
         chosen = [PROVIDER_NAMES[p] for p in AUTO_ORDER if PROVIDER_NAMES[p] in available]

@@ -33,7 +33,7 @@ import numpy as np
 
 from edgenode.errors import EdgenodeError, UsageError
 from edgenode.runtime.artifact import find_artifacts, golden_path
-from edgenode.runtime.providers import ProviderUnavailableError
+from edgenode.runtime.providers import ProviderUnavailableError, check_provider
 
 
 @dataclass(frozen=True)
@@ -198,6 +198,7 @@ def verify_folder(folder: str | os.PathLike, provider: str = "auto",
                   tolerances: dict[str, GoldenTolerance] | None = None) -> VerifyReport:
     """Replay every artifact in ``folder`` that has a golden file (see the module docstring for tolerances)."""
     folder = Path(folder)
+    check_provider(provider)  # a typo is a bad argument (exit 2), not a failed check of every artifact
     report = VerifyReport(str(folder))
     for artifact in find_artifacts(folder):
         if golden_path(artifact).is_file():
