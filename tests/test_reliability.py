@@ -775,6 +775,25 @@ def test_saturated_int8_logits_fail_export_naming_the_layer(trained_run, tmp_pat
     assert not (tmp_path / "e" / "model-rk4x2-int8-ort.onnx").exists()
 
 
+def test_a_saturated_inner_tensor_is_an_export_warning(trained_run, tmp_path, monkeypatch, one_thread):
+    from edgenode.export import ExportConfig, export_model
+    from edgenode.export import pipeline
+
+    original = pipeline.prepare_calibration
+
+    def too_dark(*args, **kwargs):
+        images, info = original(*args, **kwargs)
+        return images * 0.1, info  # calibration images far darker than the data
+
+    monkeypatch.setattr(pipeline, "prepare_calibration", too_dark)
+    result = export_model(ExportConfig(checkpoint=str(trained_run.best_checkpoint), out=str(tmp_path / "e"), steps=2,
+                                       method="rk4", precisions="int8", int8_target="tensorrt", check_ode=False, opset=17))
+    warnings = [w for w in result.report["warnings"] if w.startswith("INT8 (tensorrt) model on validation images: node ")]
+    assert len(warnings) == 1 and "'images_QuantizeLinear' (QuantizeLinear" in warnings[0] and "clips" in warnings[0]
+    assert "(the logits are not saturated on these images)" in warnings[0]
+    assert (tmp_path / "e" / "model-rk4x2-int8-trt.onnx").is_file()
+
+
 def test_saturated_int8_logits_fail_parity_and_an_inner_one_is_named(rk4x4, trained_run, synthetic_root, tmp_path, one_thread):
     from edgenode.export.int8 import quantize_int8
 

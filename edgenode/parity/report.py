@@ -156,7 +156,8 @@ def plot_logit_errors(report, path: Path) -> Path:
             ax.hist(np.clip(r.abs_logit_error, 1e-9, None), bins=bins, histtype="step", linewidth=1.5, label=r.name)
     ax.set(xscale="log", xlabel="|logit − reference logit| (all classes, all images)", ylabel="count",
            title="Logit error vs. the reference")
-    ax.legend(fontsize=7)
+    if errors:  # every artifact all inf/NaN: nothing to draw, and no legend to warn about
+        ax.legend(fontsize=7)
     return save_figure(fig, path)
 
 
