@@ -30,7 +30,7 @@ from edgenode.artifacts import atomic_write_bytes, write_json
 from edgenode.checkpoint import Checkpoint, InputSpec, load_checkpoint, save_checkpoint
 from edgenode.console import console, progress_bar
 from edgenode.distributed import DistContext, init_distributed
-from edgenode.errors import UsageError
+from edgenode.errors import NumericError, UsageError
 from edgenode.metrics import ClassificationMetrics, format_accuracy
 from edgenode.model import ModelConfig, NeuralODECNN, build_model, count_parameters, preset_config
 from edgenode.ode.solvers import SolverConfig
@@ -71,8 +71,10 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise UsageError(f"learning rate must be > 0 and weight decay >= 0, got lr={self.lr} wd={self.weight_decay}")
+        if not (math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise UsageError(f"learning rate must be > 0 and weight decay >= 0 (both finite), got lr={self.lr} wd={self.weight_decay}")
+        if self.warmup_epochs < 0:
+            raise UsageError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
         if self.schedule not in SCHEDULES:
             raise UsageError(f"unknown schedule {self.schedule!r}", f"choose one of {', '.join(SCHEDULES)}")
         if not 0 <= self.label_smoothing < 1:
@@ -326,6 +328,7 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
 
     test = {}
     if ctx.is_main:
+        write_history(run_dir, history)  # a run killed between last.pt and the metrics of its final epoch
         best = load_checkpoint(best_path)
         best_model = best.build_model().to(device)
         result = evaluate(best_model, splits["test"], num_classes)
@@ -369,6 +372,9 @@ def run_epoch(train_model, model, split: DeviceSplit, optimizer, scheduler, crit
             seen += len(y)
             advance()
     total_loss, total_correct, seen = ctx.sum_across_ranks(total_loss, total_correct, seen)
+    if not math.isfinite(total_loss):  # summed over the ranks: every rank stops together
+        raise NumericError(f"epoch {epoch}: the training loss is {total_loss / max(1, seen)}",
+                           "lower --lr or check the data; this epoch was not saved, last.pt holds the one before")
     return {"loss": total_loss / max(1, seen), "accuracy": total_correct / max(1, seen), "nfe": max_nfe}
 
 

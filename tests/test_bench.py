@@ -208,7 +208,7 @@ def test_user_errors_are_one_line(trained_run, exports, synthetic_root, tmp_path
     result = runner.invoke(app, ["bench"])
     assert result.exit_code == 2 and "error: nothing to bench" in result.stderr
     result = runner.invoke(app, ["bench", "--reference", str(synthetic_root / "nope.pt")])
-    assert result.exit_code == 1 and "nope.pt: file not found" in result.stderr
+    assert result.exit_code == 2 and "nope.pt: file not found" in result.stderr  # a missing path is a bad argument
     assert "Traceback" not in result.output
 
 

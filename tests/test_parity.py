@@ -141,7 +141,7 @@ def test_mismatched_inputs_are_refused_with_what_differs(export_dir, trained_run
     fp32 = export_dir / EXPORT_FILES["fp32"]
     result = invoke(fp32, *parity_args(trained_run, synthetic_root, tmp_path / "r")[:0],
                     "--reference", fp32, "--data", synthetic_root)
-    assert result.exit_code == 1 and "--reference needs a training checkpoint" in result.stderr
+    assert result.exit_code == 2 and "--reference needs a training checkpoint" in result.stderr  # wrong kind: bad argument
 
     other = rewrite_onnx(fp32, tmp_path / "other" / fp32.name,
                          metadata_changes={"manifest_sha256": "f" * 64, "classes": [f"P{i}" for i in range(6)]})

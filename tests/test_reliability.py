@@ -432,10 +432,8 @@ def test_sigkill_at_random_points_then_resume_gives_the_same_weights(synthetic_r
         {k: v for k, v in results[1].items() if k != "checkpoint"}] * 2
 
 
-TRAIN_DIFF = "needs the edgenode/train.py + edgenode/cli/train.py diff proposed in the reliability report"
 
 
-@pytest.mark.xfail(strict=True, reason=TRAIN_DIFF + " (metrics are rewritten only inside the epoch loop)")
 def test_resume_after_a_kill_between_the_last_checkpoint_and_the_metrics_rewrites_them(synthetic_root, tmp_path, one_thread):
     from edgenode.data import SplitConfig
     from edgenode.train import TrainConfig, train
@@ -453,7 +451,6 @@ def test_resume_after_a_kill_between_the_last_checkpoint_and_the_metrics_rewrite
     assert [row["epoch"] for row in json.loads((run / "metrics.json").read_text())] == [1, 2]
 
 
-@pytest.mark.xfail(strict=True, reason=TRAIN_DIFF + " (a non-finite training loss is not checked)")
 def test_training_whose_loss_becomes_nan_stops_loudly(synthetic_root, tmp_path, one_thread):
     from edgenode.data import SplitConfig
     from edgenode.train import TrainConfig, train
@@ -942,7 +939,6 @@ def test_bad_argument_is_one_line_and_exit_2(argument_paths, command, fragment):
         shutil.rmtree(new, ignore_errors=True)
 
 
-@pytest.mark.xfail(strict=True, reason=TRAIN_DIFF)
 @pytest.mark.parametrize(("command", "fragment"), [
     ("train {data} --out {new} --lr nan", "learning rate must be > 0 and weight decay >= 0 (both finite)"),
     ("train {data} --out {new} --lr inf", "learning rate must be > 0 and weight decay >= 0 (both finite)"),

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgenode.cli.common import user_errors
+from edgenode.cli.common import output_folder, user_errors
 
 
 @user_errors
@@ -45,6 +45,7 @@ def command(
     from edgenode.data import SplitConfig
     from edgenode.train import TrainConfig, train
 
+    output_folder(out)
     split = SplitConfig(per_class=per_class, train=train_per_class, val=val_per_class, test=test_per_class, image_size=image_size, seed=seed, strict=strict)
     config = TrainConfig(
         data=str(data), out=str(out), arch=arch, width=width, solver=solver, steps=steps, rtol=rtol, atol=atol,
