@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

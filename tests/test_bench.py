@@ -34,21 +34,13 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
-EXPORT_FILES = {"fp32": "model-rk4x4-fp32.onnx", "fp16": "model-rk4x4-fp16.onnx", "int8": "model-rk4x4-int8-ort.onnx"}
 TINY = dict(batch_sizes=(1, 4), threads=1, warmup=1, repeats=2, peak_matmul_size=64, peak_depth=1, peak_warmup=0, peak_repeats=1,
             quiet=True)
 
 
 @pytest.fixture(scope="module")
-def exports(trained_run, synthetic_root, tmp_path_factory) -> dict[str, Path]:
-    """FP32/FP16/INT8 (ort) RK4×4 exports of the trained model (the same shared folder test_runtime uses)."""
-    from edgenode.export.pipeline import ExportConfig, export_model
-
-    out = tmp_path_factory.getbasetemp() / "shared-exports-rk4x4"
-    if not all((out / name).is_file() for name in EXPORT_FILES.values()):
-        export_model(ExportConfig(checkpoint=str(trained_run.best_checkpoint), out=str(out), precisions="fp32,fp16,int8",
-                                  steps=4, data=str(synthetic_root), int8_target="ort", check_ode=False, opset=17))
-    return {key: out / name for key, name in EXPORT_FILES.items()}
+def exports(shared_exports) -> dict[str, Path]:
+    return shared_exports
 
 
 @pytest.fixture(scope="module")

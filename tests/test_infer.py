@@ -11,19 +11,11 @@ from typer.testing import CliRunner
 
 from edgenode.cli import app
 
-EXPORT_FP32 = "model-rk4x4-fp32.onnx"
 
 
 @pytest.fixture(scope="module")
-def fp32_onnx(trained_run, synthetic_root, tmp_path_factory) -> Path:
-    """The FP32 export of the trained model (shared with the other runtime tests when they ran first)."""
-    from edgenode.export.pipeline import ExportConfig, export_model
-
-    out = tmp_path_factory.getbasetemp() / "shared-exports-rk4x4"
-    if not (out / EXPORT_FP32).is_file():
-        export_model(ExportConfig(checkpoint=str(trained_run.best_checkpoint), out=str(out), precisions="fp32,fp16,int8",
-                                  steps=4, data=str(synthetic_root), int8_target="ort", check_ode=False, opset=17))
-    return out / EXPORT_FP32
+def fp32_onnx(shared_exports) -> Path:
+    return shared_exports["fp32"]
 
 
 @pytest.fixture()

@@ -47,7 +47,6 @@ from edgenode.export.metadata import ArtifactMetadata
 from edgenode.export.onnx_export import read_metadata, save_onnx, set_metadata
 from edgenode.runtime import find_artifacts, load_predictor
 
-EXPORT_RK4X4 = {"fp32": "model-rk4x4-fp32.onnx", "fp16": "model-rk4x4-fp16.onnx", "int8": "model-rk4x4-int8-ort.onnx"}
 CORPUS_SIZE = 32  # px: the corpus model is tiny so that every stage runs in about a second
 
 
@@ -491,15 +490,8 @@ def test_export_killed_mid_run_leaves_only_complete_files(corpus_run, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def rk4x4(trained_run, synthetic_root, tmp_path_factory) -> dict[str, Path]:
-    """The session's shared FP32/FP16/INT8 RK4 x 4 exports of the trained model (read-only)."""
-    from edgenode.export import ExportConfig, export_model
-
-    out = tmp_path_factory.getbasetemp() / "shared-exports-rk4x4"
-    if not all((out / name).is_file() for name in EXPORT_RK4X4.values()):
-        export_model(ExportConfig(checkpoint=str(trained_run.best_checkpoint), out=str(out), precisions="fp32,fp16,int8",
-                                  steps=4, data=str(synthetic_root), int8_target="ort", check_ode=False, opset=17))
-    return {key: out / name for key, name in EXPORT_RK4X4.items()}
+def rk4x4(shared_exports) -> dict[str, Path]:
+    return shared_exports
 
 
 def _copy_with_sidecar(src: Path, folder: Path) -> Path:

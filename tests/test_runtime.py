@@ -25,21 +25,8 @@ from edgenode.runtime.tensorrt_runner import engine_mismatches, import_tensorrt
 
 # --- artifacts for the tests --------------------------------------------------------------------------------
 
-EXPORT_FILES = {"fp32": "model-rk4x4-fp32.onnx", "fp16": "model-rk4x4-fp16.onnx", "int8": "model-rk4x4-int8-ort.onnx"}
 
 
-def shared_exports(trained_run, synthetic_root, tmp_path_factory) -> dict[str, Path]:
-    """FP32/FP16/INT8 (ort) RK4×4 exports of the trained model, made once per session by ``export_model``.
-
-    Read-only: copy a file before changing it. opset 17 takes the TorchScript exporter, 4× faster here.
-    """
-    from edgenode.export.pipeline import ExportConfig, export_model
-
-    out = tmp_path_factory.getbasetemp() / "shared-exports-rk4x4"
-    if not all((out / name).is_file() for name in EXPORT_FILES.values()):
-        export_model(ExportConfig(checkpoint=str(trained_run.best_checkpoint), out=str(out), precisions="fp32,fp16,int8",
-                                  steps=4, data=str(synthetic_root), int8_target="ort", check_ode=False, opset=17))
-    return {key: out / name for key, name in EXPORT_FILES.items()}
 
 
 def handmade_onnx(ckpt_path: Path, out: Path, steps: int = 2, static_batch: int | None = None) -> Path:
@@ -89,8 +76,8 @@ def fixed_step_ckpt(trained_ckpt, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def exports(trained_run, synthetic_root, tmp_path_factory) -> dict[str, Path]:
-    return shared_exports(trained_run, synthetic_root, tmp_path_factory)
+def exports(shared_exports) -> dict[str, Path]:
+    return shared_exports
 
 
 # --- every kind through one predictor -----------------------------------------------------------------------

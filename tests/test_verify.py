@@ -20,15 +20,9 @@ EXPORT_FILES = {"fp32": "model-rk4x4-fp32.onnx", "fp16": "model-rk4x4-fp16.onnx"
 
 
 @pytest.fixture(scope="module")
-def export_dir(trained_run, synthetic_root, tmp_path_factory) -> Path:
-    """FP32/FP16/INT8 RK4×4 exports of the trained model, golden files included (made once per session)."""
-    from edgenode.export.pipeline import ExportConfig, export_model
-
-    out = tmp_path_factory.getbasetemp() / "shared-exports-rk4x4"
-    if not all((out / name).is_file() for name in EXPORT_FILES.values()):
-        export_model(ExportConfig(checkpoint=str(trained_run.best_checkpoint), out=str(out), precisions="fp32,fp16,int8",
-                                  steps=4, data=str(synthetic_root), int8_target="ort", check_ode=False, opset=17))
-    return out
+def export_dir(shared_exports) -> Path:
+    """The folder of the session's FP32/FP16/INT8 RK4×4 exports (read-only)."""
+    return shared_exports["fp32"].parent
 
 
 @pytest.fixture()

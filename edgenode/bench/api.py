@@ -220,25 +220,10 @@ def resolve_reference(config: BenchConfig) -> Path:
 
 
 def expand_artifacts(items: Sequence[str], reference: Path) -> list[tuple[Path, str, bool]]:
-    """(path, kind, came from a folder): files as given, folders as the ONNX files and engines inside."""
-    from edgenode.runtime.artifact import detect_kind, find_artifacts
+    """(path, kind, came from a folder) for every artifact but the reference itself."""
+    from edgenode.runtime.artifact import detect_kind, expand_artifacts as expand
 
-    out, seen = [], {reference.resolve()}
-    for item in items:
-        path = Path(item)
-        if path.is_dir():
-            found = find_artifacts(path)
-            if not found:
-                raise ArtifactError(f"{path}: no .onnx or .engine files in this folder", "pass the folder `edgenode export` wrote")
-            entries = [(p, True) for p in found]
-        else:
-            entries = [(path, False)]
-        for p, from_folder in entries:
-            if p.resolve() in seen:
-                continue
-            seen.add(p.resolve())
-            out.append((p, detect_kind(p), from_folder))
-    return out
+    return [(path, detect_kind(path), from_folder) for path, from_folder in expand(items, exclude=[reference])]
 
 
 def load_inputs(config: BenchConfig, ckpt, reference: Path) -> _Inputs:

@@ -231,6 +231,5 @@ def measure_cuda_peak(config: PeakConfig, dtypes: tuple[str, ...] = ("fp32", "fp
             out.append(PeakMeasurement("torch cuda conv", "cuda", dtype, conv_shape, config.conv_flops, stats.min_ms, stats.p50_ms))
             stats = measure(cuda_timed(lambda: torch.mm(a, b)), 1, config.warmup, config.repeats)
             out.append(PeakMeasurement("torch cuda matmul", "cuda", dtype, mm_shape, mm_flops, stats.min_ms, stats.p50_ms))
-            del x, weights, a, b
         torch.cuda.empty_cache()
     return out

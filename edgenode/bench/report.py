@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgenode.artifacts import atomic_write_bytes, write_json
+from edgenode.artifacts import atomic_write_bytes, human_size, write_json
 from edgenode.bench.flops import ModelFlops
 from edgenode.bench.memory import MemoryUsage
 from edgenode.bench.peak import Peak
@@ -131,15 +131,6 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def human_size(n_bytes: int | None) -> str:
-    if n_bytes is None:
-        return "—"
-    value = float(n_bytes)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
 
 
 def _ms(value: float | None) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgenode.artifacts import atomic_path, sha256_file, write_sidecar
+from edgenode.artifacts import atomic_path, human_size, sha256_file, write_sidecar
 from edgenode.checkpoint import Checkpoint, load_checkpoint
 from edgenode.console import console
 from edgenode.errors import ArtifactError, ParityError, UsageError
@@ -36,7 +36,7 @@ from edgenode.export import onnx_export as ox
 from edgenode.export.config import ExportConfig
 from edgenode.export.golden import golden_path, write_golden
 from edgenode.export.metadata import ArtifactMetadata
-from edgenode.export.report import human_size, write_report
+from edgenode.export.report import write_report
 from edgenode.export.steps import (
     OdeValidity, accuracy, agreement, check_ode_validity, choose_steps, max_abs_diff, sweep_steps, write_sweep,
 )

@@ -5,19 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgenode.artifacts import atomic_write_bytes, write_json
+from edgenode.artifacts import atomic_write_bytes, human_size, write_json
 
 REPORT_JSON = "export_report.json"
 REPORT_MD = "export_report.md"
 
 
-def human_size(n_bytes: int) -> str:
-    size = float(n_bytes)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n_bytes} B"
 
 
 def _fmt(value: Any) -> str:

@@ -12,19 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edgenode.artifacts import atomic_write_bytes, write_json
+from edgenode.artifacts import atomic_write_bytes, human_size, write_json
 from edgenode.metrics import format_accuracy
 from edgenode.parity.compare import ParityResult, StageDiff
 
 COLUMNS = ("Artifact", "Precision", "Steps", "Size", "Accuracy [95 % CI]", "Δacc", "Agreement", "max|Δlogit|", "Verdict")
 
 
-def human_size(n_bytes: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n_bytes < 1024 or unit == "GiB":
-            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
-        n_bytes /= 1024
-    return f"{n_bytes:.1f} GiB"
 
 
 def result_row(r: ParityResult) -> list[str]:

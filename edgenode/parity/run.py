@@ -10,10 +10,9 @@ differs — comparing against another split or another pre-processing would meas
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from rich.markup import escape
@@ -23,7 +22,7 @@ from edgenode.errors import ArtifactError, ArtifactPathError, UsageError
 from edgenode.ode.solvers import SolverConfig
 from edgenode.parity.attribution import Attributor
 from edgenode.parity.compare import ParityResult, ParityThresholds, compare_logits
-from edgenode.runtime.artifact import ArtifactInfo, expect_kind, find_artifacts
+from edgenode.runtime.artifact import ArtifactInfo, expand_artifacts, expect_kind
 from edgenode.runtime.predictor import Predictor, load_predictor
 from edgenode.runtime.providers import ProviderUnavailableError
 
@@ -93,25 +92,6 @@ class ParityReport:
         }
 
 
-def expand_artifacts(paths: Sequence[str | os.PathLike]) -> list[tuple[Path, bool]]:
-    """Files as given, folders as the ONNX files and engines inside them; (path, came_from_folder)."""
-    out: list[tuple[Path, bool]] = []
-    seen: set[Path] = set()
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found = find_artifacts(path)
-            if not found:
-                raise ArtifactError(f"{path}: no .onnx or .engine files in this folder", "pass the folder `edgenode export` wrote")
-            items = [(p, True) for p in found]
-        else:
-            items = [(path, False)]
-        for item in items:
-            key = item[0].resolve()
-            if key not in seen:
-                seen.add(key)
-                out.append(item)
-    return out
 
 
 def check_compatible(info: ArtifactInfo, reference: ArtifactInfo) -> list[str]:

@@ -25,7 +25,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from edgenode.artifacts import content_kind, read_sidecar, sha256_bytes, sha256_file, sidecar_path
 from edgenode.checkpoint import InputSpec
@@ -281,3 +281,27 @@ def find_artifacts(folder: str | os.PathLike) -> list[Path]:
     found = [p for p in folder.iterdir()
              if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in ONNX_EXTENSIONS | ENGINE_EXTENSIONS]
     return sorted(found, key=lambda p: p.name)
+
+
+def expand_artifacts(paths: Sequence[str | os.PathLike], exclude: Sequence[str | os.PathLike] = ()) -> list[tuple[Path, bool]]:
+    """Files as given, folders as the ONNX files and engines inside them: ``(path, came_from_folder)``.
+
+    Each file once, in the order given; paths in ``exclude`` (e.g. the reference checkpoint) are left out.
+    """
+    out: list[tuple[Path, bool]] = []
+    seen = {Path(p).resolve() for p in exclude}
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = find_artifacts(path)
+            if not found:
+                raise ArtifactError(f"{path}: no .onnx or .engine files in this folder", "pass the folder `edgenode export` wrote")
+            items = [(p, True) for p in found]
+        else:
+            items = [(path, False)]
+        for item in items:
+            key = item[0].resolve()
+            if key not in seen:
+                seen.add(key)
+                out.append(item)
+    return out
