@@ -243,6 +243,9 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     if len(splits["train"]) < config.batch_size:
         raise UsageError(f"--batch-size {config.batch_size} is larger than the train split ({len(splits['train'])} images)")
+    if config.batch_size % ctx.world_size:
+        raise UsageError(f"--batch-size {config.batch_size} does not split evenly over {ctx.world_size} processes",
+                         f"use a multiple of {ctx.world_size}: the global batch is shared by the processes")
     steps_per_epoch = len(splits["train"]) // config.batch_size  # drop the ragged last batch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_lambda(config, steps_per_epoch))
 
