@@ -66,3 +66,15 @@ def shared_exports(trained_run, synthetic_root, tmp_path_factory) -> dict[str, P
     export_model(ExportConfig(checkpoint=str(trained_run.best_checkpoint), out=str(out), precisions="fp32,fp16,int8",
                               steps=4, data=str(synthetic_root), int8_target="ort", check_ode=False, opset=17))
     return {"fp32": out / "model-rk4x4-fp32.onnx", "fp16": out / "model-rk4x4-fp16.onnx", "int8": out / "model-rk4x4-int8-ort.onnx"}
+
+
+@pytest.fixture()
+def one_thread():
+    """One torch thread for the test: its OpenMP threads spin-wait, and on a shared 2-core machine that makes
+    tiny convs orders of magnitude slower; per-op thread start-up also costs more than tiny tensors' work."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -25,13 +25,7 @@ from edgenode.cli.app import app
 from edgenode.errors import ArtifactError, UsageError
 from edgenode.ode.solvers import SolverConfig
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """torch's OpenMP threads spin-wait; on a shared 2-core CI box that makes tiny convs 1000× slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: thread start-up costs more than the work
 
 
 TINY = dict(batch_sizes=(1, 4), threads=1, warmup=1, repeats=2, peak_matmul_size=64, peak_depth=1, peak_warmup=0, peak_repeats=1,

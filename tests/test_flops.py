@@ -14,13 +14,7 @@ from edgenode.model import ModelConfig, build_model
 from edgenode.ode.solvers import SolverConfig
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """torch's OpenMP threads spin-wait; on a shared 2-core CI box that makes tiny convs 1000× slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: thread start-up costs more than the work
 
 
 def test_conv_layer_by_hand():

@@ -80,13 +80,6 @@ def edgenode_cmd(*args) -> list[str]:
     return [sys.executable, "-m", "edgenode", *map(str, args)]
 
 
-@pytest.fixture()
-def one_thread():
-    """Heavy in-process work on one torch thread (the machine may be busy); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --- the bad-input corpus -----------------------------------------------------------------------------------

@@ -14,13 +14,7 @@ from edgenode.export.unroll import AUTO, expected_conv_nodes, resolve_method, re
 from edgenode.model import ModelConfig, build_model, preset_config
 from edgenode.ode.solvers import SolverConfig
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: per-op thread start-up costs more than the work, badly so on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: thread start-up costs more than the work
 
 
 # Butcher tableaux written out here, independently of edgenode.ode.solvers: (c, A, b).
