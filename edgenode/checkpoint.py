@@ -63,17 +63,6 @@ class Checkpoint:
         model.load_state_dict(self.state_dict)
         return model.eval()
 
-    def describe(self) -> dict[str, Any]:
-        """Metadata shared with the artifacts exported from this checkpoint."""
-        return {
-            "classes": list(self.classes),
-            "input": self.input_spec.to_dict(),
-            "model": self.model_config.to_dict(),
-            "manifest_sha256": self.manifest_sha256,
-            "source_checkpoint_sha256": self.sha256,
-            "epoch": self.epoch,
-        }
-
 
 def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
     payload = {
