@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field, replace
+import math
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from edgenode.errors import UsageError
@@ -88,8 +90,20 @@ class NeuralODECNN(nn.Module):
         self.ode = ODEBlock(func, config.solver)
         self.head = head
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.ode(self.stem(x)))
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        """Logits; with ``return_features`` also the input of the final classifier layer (for distillation).
+
+        One ``forward`` for both, so DistributedDataParallel sees every training pass.
+        """
+        if not return_features:
+            return self.head(self.ode(self.stem(x)))
+        features = self.head[:-1](self.ode(self.stem(x)))
+        return features, self.head[-1](features)
+
+    @property
+    def feature_dim(self) -> int:
+        last = self.head[-1]
+        return last.in_features
 
     @property
     def nfe(self) -> int:
@@ -168,6 +182,23 @@ def pooled_linear_head(width: int, num_classes: int, dropout: float, pre: list[n
     return nn.Sequential(*layers)
 
 
+class CosineClassifier(nn.Module):
+    """logits = scale · cos(feature, class vector): a learnable nearest-class-mean head.
+
+    Face embedders are compared by angle, so classifying by cosine lets the class vectors start at the
+    teacher's class means and the student's features be trained to the teacher's directions.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, scale: float = 16.0):
+        super().__init__()
+        self.in_features = in_features
+        self.weight = nn.Parameter(torch.randn(num_classes, in_features) / math.sqrt(in_features))
+        self.log_scale = nn.Parameter(torch.tensor(math.log(scale)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1).t() * self.log_scale.exp()
+
+
 # --- registry -------------------------------------------------------------------------------------------
 
 Builder = Callable[[ModelConfig], NeuralODECNN]
@@ -206,6 +237,29 @@ def build_odenet(config: ModelConfig) -> NeuralODECNN:
     )
     head = pooled_linear_head(w, config.num_classes, config.dropout, pre=[group_norm(w), nn.ReLU(inplace=True)])
     return NeuralODECNN(config, stem, TimeConvODEFunc(w), head)
+
+
+FACE_EMBEDDING_DIM = 128  # dlib's face descriptor
+
+
+@register_model("faceode", width=128, solver=SolverConfig(method="rk4", n_steps=2))
+def build_faceode(config: ModelConfig) -> NeuralODECNN:
+    w = config.width
+    stem = nn.Sequential(
+        nn.Conv2d(3, w // 4, 3, padding=1),  # 64×64
+        group_norm(w // 4),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(w // 4, w // 2, 3, stride=2, padding=1),  # 32×32
+        group_norm(w // 2),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(w // 2, w, 3, stride=2, padding=1),  # 16×16: the ODE state
+    )
+    head = [group_norm(w), nn.ReLU(inplace=True), nn.Conv2d(w, 2 * w, 3, stride=2, padding=1),  # 8×8
+            group_norm(2 * w), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    if config.dropout:
+        head.append(nn.Dropout(config.dropout))
+    head += [nn.Linear(2 * w, FACE_EMBEDDING_DIM), CosineClassifier(FACE_EMBEDDING_DIM, config.num_classes)]
+    return NeuralODECNN(config, stem, TimeConvODEFunc(w), nn.Sequential(*head))
 
 
 def preset_config(arch: str, num_classes: int, **overrides) -> ModelConfig:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,6 +36,7 @@ from edgenode.model import ModelConfig, NeuralODECNN, build_model, count_paramet
 from edgenode.ode.solvers import SolverConfig
 
 SCHEDULES = ("constant", "cosine")
+UNLABELLED = -1  # label of pool images: they learn from the teacher's targets only
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,12 @@ class TrainConfig:
     resume: bool = False
     table_every: int = 5
     progress: bool = True
+    teacher: str | None = None  # .npz of teacher descriptors: distil them (see edgenode.distill)
+    distill_weight: float = 1.0  # weight of 1 - cos(student features, teacher descriptor)
+    kd_weight: float = 1.0  # weight of KL(teacher class probabilities || student's)
+    unlabeled: bool = False  # also train on the manifest's unused images, teacher targets only
+    near_duplicates: str | None = None  # tsv of near-duplicate pairs; None: computed with dHash
+    amp: bool = False  # bfloat16 autocast for training passes on CUDA (evaluation stays float32)
 
     def __post_init__(self):
         for name in ("epochs", "batch_size"):
@@ -78,6 +86,15 @@ class TrainConfig:
             raise UsageError(f"unknown schedule {self.schedule!r}", f"choose one of {', '.join(SCHEDULES)}")
         if not 0 <= self.label_smoothing < 1:
             raise UsageError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        for name in ("distill_weight", "kd_weight"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+        if self.unlabeled and not self.teacher:
+            raise UsageError("--unlabeled needs --teacher: unlabelled images can only learn from the teacher's targets",
+                             "pass --teacher teacher.npz (see `edgenode teacher`)")
+        if self.near_duplicates and not self.unlabeled:
+            raise UsageError("--near-duplicates is only used to clean the --unlabeled pool", "add --unlabeled or drop it")
         self.model_config(num_classes=2)  # fail on a bad preset or solver now, not after reading the data
 
     def model_config(self, num_classes: int) -> ModelConfig:
@@ -231,15 +248,28 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
     device = ctx.device if ctx.device is not None else resolve_device(config.device)
     manifest = prepare_manifest(config, run_dir, ctx)
     spec = InputSpec(manifest.config.image_size, tuple(manifest.mean), tuple(manifest.std))
-    splits = {}
-    for name in ("train", "val", "test"):
-        images, labels = edata.load_split_arrays(manifest, config.data, name)
-        splits[name] = DeviceSplit(images, labels, spec, device)
+    arrays = {name: edata.load_split_arrays(manifest, config.data, name) for name in ("train", "val", "test")}
     num_classes = len(manifest.classes)
     model_config = config.model_config(num_classes)
-
     torch.manual_seed(config.seed)
     model = build_model(model_config).to(device)
+
+    pool_images, pool_files = unlabeled_pool(config, manifest, ctx) if config.unlabeled else (None, [])
+    train_images, train_labels = arrays["train"]
+    if pool_images is not None and len(pool_images):
+        train_images = np.concatenate([train_images, pool_images])
+        train_labels = np.concatenate([train_labels, np.full(len(pool_images), UNLABELLED, dtype=np.int64)])
+    splits = {"train": DeviceSplit(train_images, train_labels, spec, device)}
+    splits.update({name: DeviceSplit(*arrays[name], spec, device) for name in ("val", "test")})
+    targets, teacher_summary = None, {}
+    if config.teacher:
+        from edgenode import distill
+        from edgenode.teacher import load_teacher
+
+        teacher = load_teacher(config.teacher)
+        distill.check_student(model, teacher)
+        targets, teacher_summary = distill.build_targets(teacher, manifest.files("train"), arrays["train"][1], pool_files, num_classes, device)
+        distill.init_classifier(model, targets)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     if len(splits["train"]) < config.batch_size:
         raise UsageError(f"--batch-size {config.batch_size} is larger than the train split ({len(splits['train'])} images)")
@@ -271,6 +301,12 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
             f"train/val/test {len(splits['train'])}/{len(splits['val'])}/{len(splits['test'])}, device {device}"
             + (f", {ctx.world_size} processes" if ctx.world_size > 1 else "")
         )
+        if teacher_summary:
+            ctx.print(
+                f"distilling {teacher_summary['teacher']}: targets for {teacher_summary['train_with_target']} train and "
+                f"{teacher_summary['pool_with_target']} unlabelled images; teacher scale {teacher_summary['teacher_scale']}, "
+                f"teacher train accuracy {teacher_summary['teacher_train_ncm_accuracy']:.3f} (nearest class mean)"
+            )
     train_model = ctx.wrap(model)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
@@ -291,13 +327,14 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
 
     for epoch in range(start_epoch, config.epochs + 1):
         t0 = time.perf_counter()
-        train_stats = run_epoch(train_model, model, splits["train"], optimizer, scheduler, criterion, config, epoch, steps_per_epoch, ctx)
+        train_stats = run_epoch(train_model, model, splits["train"], optimizer, scheduler, criterion, config, epoch, steps_per_epoch, ctx, targets)
         train_seconds = time.perf_counter() - t0
         val = evaluate(model, splits["val"], num_classes)
         row = {
             "epoch": epoch,
             "train_loss": train_stats["loss"],
             "train_accuracy": train_stats["accuracy"],
+            "train_distill_loss": train_stats["distill_loss"],
             "val_loss": val["loss"],
             "val_accuracy": val["accuracy"],
             "val_precision": val["macro_precision"],
@@ -336,7 +373,9 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
         result = evaluate(best_model, splits["test"], num_classes)
         test = {k: v for k, v in result.items() if k != "predictions"}
         test.update(epoch=best.epoch, checkpoint=str(best_path), parameters=count_parameters(best_model), solver=model_config.solver.describe())
-        write_json(run_dir / "results.json", {"test": test, "best_epoch": best_epoch, "best_val_accuracy": best_val, "config": config.to_dict()})
+        write_json(run_dir / "results.json", {"test": test, "best_epoch": best_epoch, "best_val_accuracy": best_val,
+                                               "config": config.to_dict(), "teacher": teacher_summary,
+                                               "train_images": {"labelled": len(manifest.files("train")), "unlabelled": len(pool_files)}})
         from edgenode.plots import plot_training_curves
 
         plot_training_curves(history, run_dir / "curves.png", title=f"{model_config.arch} — {model_config.solver.describe()}")
@@ -348,41 +387,75 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
     return TrainResult(run_dir, best_path, last_path, best_epoch, best_val, test, history)
 
 
-def run_epoch(train_model, model, split: DeviceSplit, optimizer, scheduler, criterion, config: TrainConfig, epoch: int, steps: int, ctx: DistContext):
-    """One pass over the train split; everything random is seeded from (seed, epoch) alone."""
+def run_epoch(train_model, model, split: DeviceSplit, optimizer, scheduler, criterion, config: TrainConfig, epoch: int, steps: int,
+              ctx: DistContext, targets=None):
+    """One pass over the train split (and pool); everything random is seeded from (seed, epoch) alone."""
+    from edgenode.distill import distill_loss
+
     model.train()
     torch.manual_seed(config.seed * 1_000_003 + epoch * 7919 + ctx.rank)
     order = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
     aug = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch * 31 + 17 + ctx.rank) if config.augment else None
     perm = torch.randperm(len(split), generator=order)
     local = config.batch_size // ctx.world_size
-    total_loss, total_correct, seen, max_nfe = 0.0, 0, 0, 0
+    device = split.labels.device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
+    total_loss, total_distill, total_correct, seen, labelled_seen, max_nfe = 0.0, 0.0, 0, 0, 0, 0
     with progress_bar(f"epoch {epoch}", steps, enabled=config.progress and ctx.is_main) as advance:
         for step in range(steps):
             global_batch = perm[step * config.batch_size : (step + 1) * config.batch_size]
-            index = global_batch[ctx.rank * local : (ctx.rank + 1) * local].to(split.labels.device)
+            index = global_batch[ctx.rank * local : (ctx.rank + 1) * local].to(device)
             x, y = split.batch(index, aug)
-            logits = train_model(x)
-            loss = criterion(logits, y)
+            labelled = y != UNLABELLED
+            with autocast:
+                if targets is None:
+                    logits = train_model(x)
+                else:
+                    features, logits = train_model(x, return_features=True)
+                logits = logits.float()
+                loss = criterion(logits[labelled], y[labelled]) if bool(labelled.any()) else logits.sum() * 0.0
+                if targets is not None:
+                    extra = distill_loss(features, logits, index, targets, config.distill_weight, config.kd_weight)
+                    total_distill += extra.item() * len(y)
+                    loss = loss + extra
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             max_nfe = max(max_nfe, model.nfe)
             total_loss += loss.item() * len(y)
-            total_correct += int((logits.argmax(1) == y).sum())
+            total_correct += int((logits.argmax(1) == y)[labelled].sum())
             seen += len(y)
+            labelled_seen += int(labelled.sum())
             advance()
-    total_loss, total_correct, seen = ctx.sum_across_ranks(total_loss, total_correct, seen)
+    total_loss, total_distill, total_correct, seen, labelled_seen = ctx.sum_across_ranks(total_loss, total_distill, total_correct, seen, labelled_seen)
     if not math.isfinite(total_loss):  # summed over the ranks: every rank stops together
         raise NumericError(f"epoch {epoch}: the training loss is {total_loss / max(1, seen)}",
                            "lower --lr or check the data; this epoch was not saved, last.pt holds the one before")
-    return {"loss": total_loss / max(1, seen), "accuracy": total_correct / max(1, seen), "nfe": max_nfe}
+    return {"loss": total_loss / max(1, seen), "accuracy": total_correct / max(1, labelled_seen),
+            "distill_loss": total_distill / max(1, seen), "nfe": max_nfe}
+
+
+def unlabeled_pool(config: TrainConfig, manifest: edata.Manifest, ctx: DistContext) -> tuple[np.ndarray, list[str]]:
+    """The manifest's unused images minus near-duplicates of any val or test image, decoded (and cached)."""
+    from edgenode.data import near_duplicates as nd
+
+    if config.near_duplicates:
+        pairs = nd.read_near_duplicates(config.near_duplicates)
+    else:
+        files = manifest.files("val") + manifest.files("test") + [f for f, _ in manifest.unused]
+        hashes = nd.compute_hashes(config.data, files)
+        pairs = nd.find_near_duplicates(files, hashes)
+    entries = nd.clean_unlabeled_pool(manifest, pairs)
+    images, kept, skipped = edata.load_file_arrays(manifest, config.data, entries, "unlabelled")
+    ctx.print(f"unlabelled pool: {len(kept)} images ({len(manifest.unused) - len(entries)} near-duplicates of val/test "
+              f"images left out, {len(skipped)} could not be decoded)")
+    return images, [f for f, _ in kept]
 
 
 # --- reporting --------------------------------------------------------------------------------------------
 
-HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "nfe_train", "nfe_val", "lr", "seconds"]
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "train_distill_loss", "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "nfe_train", "nfe_val", "lr", "seconds"]
 
 
 def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:

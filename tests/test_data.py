@@ -549,3 +549,24 @@ def test_synthetic_identities_are_learnable_but_not_trivial(synthetic_root, synt
     assert accuracy > 0.4
     pixel_std = train.astype(np.float32).std(axis=0).mean()
     assert pixel_std > 30  # pictures of one data set differ a lot pixel by pixel
+
+
+def test_pool_arrays_skip_undecodable_files_and_come_from_the_cache_next_time(synthetic_root, synthetic_manifest, tmp_path, monkeypatch):
+    import shutil
+
+    from edgenode.data import cache as cache_module
+    from edgenode.data import load_file_arrays
+
+    root = tmp_path / "copy"
+    shutil.copytree(synthetic_root, root)
+    entries = synthetic_manifest.splits["val"][:3]
+    (root / "images" / entries[1][0]).write_bytes(b"not an image")
+    images, kept, skipped = load_file_arrays(synthetic_manifest, root, entries, "pool")
+    assert kept == [entries[0], entries[2]]
+    assert [f for f, _ in skipped] == [entries[1][0]]
+    assert images.shape == (2, 64, 64, 3) and images.dtype == np.uint8
+
+    monkeypatch.setattr(cache_module.decode, "decode_many", lambda *a, **k: pytest.fail("decoded again"))
+    again, kept_again, skipped_again = load_file_arrays(synthetic_manifest, root, entries, "pool")
+    np.testing.assert_array_equal(again, images)
+    assert (kept_again, skipped_again) == (kept, skipped)

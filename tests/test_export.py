@@ -210,6 +210,21 @@ def test_fixed_euler_checkpoint_unrolls_with_its_own_discretisation(synthetic_ma
     assert ox.op_counts(onnx.load(str(result.artifacts["fp32"])))["Conv"] == 3 + 1 * 3 * 2
 
 
+def test_faceode_checkpoint_exports_its_cosine_head_to_onnx(synthetic_manifest, synthetic_root, tmp_path):
+    import onnxruntime as ort
+
+    path = _checkpoint(tmp_path, synthetic_manifest, "faceode", SolverConfig(method="rk4", n_steps=2))
+    result = export_model(ExportConfig(checkpoint=str(path), out=str(tmp_path / "out"), data=str(synthetic_root), check_ode=False))
+    assert (result.method, result.steps) == ("rk4", 2)
+    model = load_checkpoint(path).build_model().eval()
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    session = ort.InferenceSession(str(result.artifacts["fp32"]), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        want = model(x).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_auto_steps_refuses_when_no_n_qualifies(synthetic_manifest, synthetic_root, tmp_path):
     path = _checkpoint(tmp_path, synthetic_manifest, "odenet", SolverConfig(method="dopri5"))
     config = ExportConfig(checkpoint=str(path), out=str(tmp_path / "out"), data=str(synthetic_root), steps="auto",

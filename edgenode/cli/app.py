@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from edgenode.cli import bench, demo, export, infer, parity, split, train, verify
+from edgenode.cli import bench, demo, export, infer, parity, split, teacher, train, verify
 
 app = typer.Typer(
     name="edgenode",
@@ -23,6 +23,7 @@ for name, module in [
     ("parity", parity),
     ("verify", verify),
     ("bench", bench),
+    ("teacher", teacher),
 ]:
     app.command(name, help=(module.command.__doc__ or "").strip().splitlines()[0])(module.command)
 

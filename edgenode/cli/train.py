@@ -7,14 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgenode.cli.common import output_folder, user_errors
+from edgenode.cli.common import existing_path, output_folder, user_errors
 
 
 @user_errors
 def command(
     data: Annotated[Path, typer.Argument(help="Folder of identity sub-folders (images/<identity>/… or pins_<identity>/…).")],
     out: Annotated[Path, typer.Option(help="Run folder: manifest, checkpoints, metrics, plots.")] = Path("runs/train"),
-    arch: Annotated[str, typer.Option(help="Model preset: odenet (GroupNorm, dopri5) or paper (BatchNorm, Euler 20).")] = "odenet",
+    arch: Annotated[str, typer.Option(help="Model preset: odenet (GroupNorm, dopri5), paper (BatchNorm, Euler 20) or faceode (128-d embedding, RK4×2; distillable).")] = "odenet",
     width: Annotated[Optional[int], typer.Option(help="Channels of the ODE state (preset default if unset).")] = None,
     solver: Annotated[Optional[str], typer.Option(help="dopri5 | bosh3 | euler | midpoint | rk4 | rk4_38 (preset default if unset).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Steps of a fixed-step solver.")] = None,
@@ -40,17 +40,28 @@ def command(
     strict: Annotated[bool, typer.Option(help="Fail instead of excluding identities with too few images.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last.pt.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    teacher: Annotated[Optional[Path], typer.Option(help="Teacher descriptors (.npz from `edgenode teacher`) to distil; needs --arch faceode.")] = None,
+    distill_weight: Annotated[float, typer.Option(help="Weight of the 1 - cos(student, teacher descriptor) loss.")] = 1.0,
+    kd_weight: Annotated[float, typer.Option(help="Weight of the KL loss to the teacher's class probabilities.")] = 1.0,
+    unlabeled: Annotated[bool, typer.Option(help="Also train on the unused images (minus near-duplicates of val/test) with teacher targets.")] = False,
+    near_duplicates: Annotated[Optional[Path], typer.Option(help="TSV of near-duplicate pairs (file_a, file_b, hamming); computed with dHash if unset.")] = None,
+    amp: Annotated[bool, typer.Option(help="bfloat16 autocast for training passes on CUDA.")] = False,
 ) -> None:
     """Train a NeuralODECNN; writes best.pt, last.pt, metrics and curves into --out."""
     from edgenode.data import SplitConfig
     from edgenode.train import TrainConfig, train
 
     output_folder(out)
+    for path, option in ((teacher, "--teacher"), (near_duplicates, "--near-duplicates")):
+        if path is not None:
+            existing_path(path, option, folder=False)
     split = SplitConfig(per_class=per_class, train=train_per_class, val=val_per_class, test=test_per_class, image_size=image_size, seed=seed, strict=strict)
     config = TrainConfig(
         data=str(data), out=str(out), arch=arch, width=width, solver=solver, steps=steps, rtol=rtol, atol=atol,
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, augment=augment, dropout=dropout, seed=seed,
         device=device, split=split, manifest=str(manifest) if manifest else None, resume=resume, progress=progress,
+        teacher=str(teacher) if teacher else None, distill_weight=distill_weight, kd_weight=kd_weight,
+        unlabeled=unlabeled, near_duplicates=str(near_duplicates) if near_duplicates else None, amp=amp,
     )
     train(config)

@@ -101,3 +101,42 @@ def load_split_arrays(
     images = _decode_split(manifest, root, split, workers)
     store_split_arrays(manifest, root, split, images)
     return images, _labels(manifest, split)
+
+
+
+def load_file_arrays(
+    manifest: Manifest, root: str | os.PathLike, entries: list[tuple[str, int]], name: str, workers: int | None = None
+) -> tuple[np.ndarray, list[tuple[str, int]], list[tuple[str, str]]]:
+    """Images of arbitrary manifest entries (e.g. the unlabelled pool), cached under ``name`` and their list.
+
+    Returns (uint8 images, the entries that decoded, skipped (file, reason)): unlike a split, a pool may hold
+    files that never decoded during selection; those are left out rather than failing the run.
+    """
+    listing = sha256_bytes("\n".join(f"{f}\t{c}" for f, c in entries).encode("utf-8"))[:16]
+    folder_key = sha256_bytes(str(images_root(root).resolve()).encode("utf-8"))[:12]
+    path = cache_dir() / f"{manifest.sha256[:16]}-{folder_key}-{name}-{listing}-{CACHE_VERSION}.npz"
+    by_file = dict(entries)
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                kept_files = [str(f) for f in archive["files"]]
+                skipped = [tuple(str(s).split("\t", 1)) for s in archive["skipped"]]
+                images = archive["images"]
+            if len(images) == len(kept_files) and all(f in by_file for f in kept_files):
+                return images, [(f, by_file[f]) for f in kept_files], skipped
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            pass
+    base = images_root(root)
+    size = manifest.config.image_size
+    results = decode.decode_many([base / f for f, _ in entries], size, workers)
+    kept = [entry for r, entry in zip(results, entries) if not isinstance(r, ImageDecodeError)]
+    skipped = [(f, r.reason) for r, (f, _) in zip(results, entries) if isinstance(r, ImageDecodeError)]
+    arrays = [r for r in results if not isinstance(r, ImageDecodeError)]
+    images = np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, images=images, files=np.asarray([f for f, _ in kept], dtype=str),
+                     skipped=np.asarray([f"{f}\t{r}" for f, r in skipped], dtype=str))
+    except OSError as exc:
+        warnings.warn(f"could not write the image cache {path} ({exc})", DataWarning, stacklevel=2)
+    return images, kept, skipped

@@ -1,0 +1,78 @@
+"""`edgenode teacher`: recompute the pretrained dlib face descriptors that distillation learns from."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edgenode.cli.common import existing_path, output_file, user_errors
+from edgenode.console import console
+
+
+def _select_files(data: Path, manifest: Optional[Path], per_identity: int) -> list[str]:
+    """Every image under DATA, or the files a manifest names (splits + unused), optionally the first N per identity."""
+    from edgenode.data import SPLITS, Manifest, discover_images, images_root
+    from edgenode.errors import DataError
+
+    if manifest is None:
+        groups = list(discover_images(data).values())
+    else:
+        loaded = Manifest.load(existing_path(manifest, "--manifest", folder=False))
+        named = sorted({f for split in SPLITS for f in loaded.files(split)} | {f for f, _ in loaded.unused})
+        base = images_root(data)
+        missing = [f for f in named if not (base / f).is_file()]
+        if missing:
+            raise DataError(f"--manifest {manifest} names {len(missing)} file(s) not found under {base} "
+                            f"(first: {missing[0]})", "pass the data folder the manifest was built from")
+        by_identity: dict[str, list[str]] = {}
+        for f in named:
+            by_identity.setdefault(f.split("/", 1)[0], []).append(f)
+        groups = list(by_identity.values())
+    return [f for group in groups for f in (group[:per_identity] if per_identity else group)]
+
+
+@user_errors
+def command(
+    data: Annotated[Path, typer.Argument(help="Folder of identity sub-folders (images/<identity>/… or pins_<identity>/…).")],
+    out: Annotated[Path, typer.Option(help="Where to write the descriptors (.npz).")] = Path("teacher.npz"),
+    manifest: Annotated[Optional[Path], typer.Option(help="Only the files this split manifest names (splits + unused).")] = None,
+    check: Annotated[Optional[Path], typer.Option(help="A reference .npz to compare with (e.g. the data set's teacher_dlib128.npz).")] = None,
+    per_identity: Annotated[int, typer.Option(help="Only the first N files (sorted) of each identity; 0: all. For a quick --check.")] = 0,
+    workers: Annotated[int, typer.Option(help="Processes (dlib holds the GIL); 0: one per core.")] = 0,
+) -> None:
+    """Recompute the dlib face descriptors (128-d) of a data set for distillation; needs the teacher extra."""
+    from edgenode.errors import DataError, UsageError
+    from edgenode.teacher import compare_teachers, compute_descriptors, installed_provenance, load_teacher, model_files, save_teacher
+
+    if per_identity < 0 or workers < 0:
+        raise UsageError(f"--per-identity {per_identity} / --workers {workers}: must be 0 or more")
+    output_file(out)
+    reference = load_teacher(check) if check is not None else None  # a bad reference fails before the long run
+    installed_provenance(), model_files()  # so does a missing extra, before the file walk
+    files = _select_files(data, manifest, per_identity)
+    if not files:
+        raise DataError(f"no image files to describe in {data}", "pass the data set folder (images/<identity>/…)")
+    start = time.perf_counter()
+    result = compute_descriptors(data, files, workers=workers or None)
+    seconds = time.perf_counter() - start
+    if len(result.files) == 0:
+        raise DataError(f"none of the {len(files)} file(s) in {data} could be decoded", "see the warnings above")
+    save_teacher(out, result)
+    found = int(result.face_detected.sum())
+    console.print(
+        f"wrote {out}: {len(result.files)} descriptors ({result.dim}-d), a face detected in {found} "
+        f"({100 * found / len(result.files):.1f}%), {len(files) - len(result.files)} skipped; "
+        f"{seconds:.1f} s ({1000 * seconds / len(files):.1f} ms/image); dlib {result.provenance['dlib_version']}",
+        markup=False,
+    )
+    if reference is not None:
+        c = compare_teachers(result, reference)
+        console.print(
+            f"vs {check}: {c['count']} common files ({c['only_a']} only here); L2 median {c['l2_median']:.2e} "
+            f"max {c['l2_max']:.2e}; cosine min {c['cosine_min']:.6f} median {c['cosine_median']:.6f}; "
+            f"face_detected agree {100 * c['face_detected_agree']:.2f}% ({c['face_detected_disagree']} differ)",
+            markup=False,
+        )

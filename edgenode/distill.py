@@ -1,0 +1,155 @@
+"""Distillation from a pretrained face embedder: targets on the device and the loss.
+
+The student (a ``faceode`` NeuralODECNN, whose features are 128-d like dlib's descriptor) learns two things
+from the teacher, on labelled train images and on unlabelled pool images alike:
+
+- the teacher's descriptor direction: ``1 - cos(student features, teacher descriptor - centre)``, where the
+  centre is the mean train descriptor (dlib's descriptors share a large common component; without
+  centring, every cosine is close to 1 and carries little identity);
+- the teacher's class probabilities: KL divergence to the softmax of the teacher's nearest-class-mean
+  logits, ``scale · cos(descriptor, class mean)``, whose class means come from the train split only.
+
+No val or test label or image is used: class means and the temperature are fitted on the train split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgenode.errors import UsageError
+from edgenode.teacher import TeacherEmbeddings
+
+SCALE_GRID = tuple(float(s) for s in np.arange(2.0, 64.5, 0.5))
+
+
+@dataclass
+class DistillTargets:
+    """Teacher targets for the concatenated training images (train split first, then the pool)."""
+
+    embedding: torch.Tensor  # (N, D) unit vectors; zero rows where the teacher has no descriptor
+    has_target: torch.Tensor  # (N,) bool
+    class_means: torch.Tensor  # (C, D) unit vectors, from the train split
+    scale: float  # temperature of the teacher's class probabilities, fitted on the train split
+
+    def teacher_logits(self, index: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.embedding[index] @ self.class_means.t()
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def class_means(embedding: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Unit-length mean of each class's unit descriptors; a class without any keeps a zero row."""
+    means = np.zeros((num_classes, embedding.shape[1]), dtype=np.float64)
+    np.add.at(means, labels, unit(embedding))
+    return unit(means).astype(np.float32)
+
+
+def fit_scale(embedding: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+    """The logit scale that minimises the teacher's cross-entropy on the train split (a 1-d grid).
+
+    Each image is scored against its own class mean computed *without* it (leave-one-out): with itself
+    included every train image sits too close to its mean and the fitted probabilities come out overconfident.
+    """
+    vectors = unit(embedding).astype(np.float64)
+    sums = np.zeros((num_classes, vectors.shape[1]))
+    np.add.at(sums, labels, vectors)
+    cos = vectors @ unit(sums).T
+    own = sums[labels] - vectors
+    cos[np.arange(len(labels)), labels] = np.einsum("ij,ij->i", vectors, unit(own))
+    best, best_nll = SCALE_GRID[0], float("inf")
+    for scale in SCALE_GRID:
+        logits = scale * cos
+        logits -= logits.max(axis=1, keepdims=True)
+        nll = float(np.mean(np.log(np.exp(logits).sum(axis=1)) - logits[np.arange(len(labels)), labels]))
+        if nll < best_nll:
+            best, best_nll = scale, nll
+    return best
+
+
+def build_targets(
+    teacher: TeacherEmbeddings,
+    train_files: list[str],
+    train_labels: np.ndarray,
+    pool_files: list[str],
+    num_classes: int,
+    device: torch.device,
+) -> tuple[DistillTargets, dict]:
+    """Look the teacher up for every training image; fit class means and scale on the labelled ones."""
+    train_emb, train_found = teacher.lookup(train_files)
+    pool_emb, pool_found = teacher.lookup(pool_files)
+    if train_found.sum() < max(1, len(train_files) // 2):
+        raise UsageError(
+            f"{teacher.path}: holds descriptors for only {int(train_found.sum())} of {len(train_files)} train images",
+            "compute them for this data set with `edgenode teacher DATA --out teacher.npz`",
+        )
+    centre = train_emb[train_found].mean(axis=0)
+    train_emb, pool_emb = train_emb - centre, pool_emb - centre
+    means = class_means(train_emb[train_found], train_labels[train_found], num_classes)
+    scale = fit_scale(train_emb[train_found], train_labels[train_found], num_classes)
+    embedding = unit(np.concatenate([train_emb, pool_emb]).astype(np.float32))
+    found = np.concatenate([train_found, pool_found])
+    embedding[~found] = 0.0
+    targets = DistillTargets(
+        embedding=torch.from_numpy(embedding).to(device),
+        has_target=torch.from_numpy(found).to(device),
+        class_means=torch.from_numpy(means).to(device),
+        scale=scale,
+    )
+    pseudo = (unit(pool_emb[pool_found]) @ means.T).argmax(1) if pool_found.any() else np.zeros(0, int)
+    summary = {
+        "teacher": teacher.path,
+        "train_with_target": int(train_found.sum()),
+        "pool_with_target": int(pool_found.sum()),
+        "teacher_scale": scale,
+        "teacher_train_ncm_accuracy": float(((unit(train_emb[train_found]) @ means.T).argmax(1) == train_labels[train_found]).mean()),
+        "pool_classes_seen": int(len(np.unique(pseudo))),
+    }
+    return targets, summary
+
+
+def check_student(model, teacher: TeacherEmbeddings) -> None:
+    if model.feature_dim != teacher.dim:
+        raise UsageError(
+            f"--teacher: the {model.config.arch!r} preset has {model.feature_dim}-d features but the teacher's "
+            f"descriptors ({teacher.path}) are {teacher.dim}-d",
+            "use --arch faceode, whose features are a 128-d face embedding",
+        )
+
+
+def init_classifier(model, targets: DistillTargets) -> None:
+    """Start a cosine classifier at the teacher's class means and temperature (a head the teacher validated)."""
+    head = model.head[-1]
+    if hasattr(head, "log_scale"):
+        with torch.no_grad():
+            head.weight.copy_(targets.class_means.to(head.weight.dtype))
+            head.log_scale.fill_(float(np.log(targets.scale)))
+
+
+def distill_loss(
+    features: torch.Tensor,
+    logits: torch.Tensor,
+    index: torch.Tensor,
+    targets: DistillTargets,
+    embedding_weight: float,
+    kd_weight: float,
+) -> torch.Tensor:
+    """Mean over images with a teacher descriptor of ``embedding_weight·(1-cos) + kd_weight·KL``."""
+    mask = targets.has_target[index]
+    if not bool(mask.any()):
+        return features.sum() * 0.0
+    features, logits, index = features[mask].float(), logits[mask].float(), index[mask]
+    loss = features.new_zeros(())
+    if embedding_weight:
+        cos = F.cosine_similarity(features, targets.embedding[index], dim=1)
+        loss = loss + embedding_weight * (1.0 - cos).mean()
+    if kd_weight:
+        teacher_log_probs = F.log_softmax(targets.teacher_logits(index), dim=1)
+        kl = F.kl_div(F.log_softmax(logits, dim=1), teacher_log_probs, log_target=True, reduction="batchmean")
+        loss = loss + kd_weight * kl
+    return loss

@@ -1,0 +1,294 @@
+"""Teacher face descriptors for distillation: a cached, pure function of each image.
+
+A pretrained face embedder (dlib's ResNet, 128-d descriptors) is far stronger on Pins than anything trainable
+from 60 images per identity. It is an optional *training* extra: its descriptors are computed once, stored in
+an ``.npz`` (arrays ``files``, ``embedding``, ``face_detected`` plus provenance strings), and the student
+learns to reproduce them. The deployed student needs none of it.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgenode.artifacts import atomic_path, file_kind
+from edgenode.errors import ArtifactError, ArtifactPathError, DataError, EdgenodeError, ImageDecodeError, UsageError
+
+PROVENANCE_KEYS = ("dlib_version", "model", "method")
+_NOT_TEACHER = {"onnx": "an ONNX model", "image": "an image", "json": "a JSON file (a manifest or sidecar?)"}
+
+
+@dataclass(frozen=True)
+class TeacherEmbeddings:
+    """Descriptors keyed by file path relative to the images root (as in a split manifest)."""
+
+    files: np.ndarray  # str, (N,)
+    embedding: np.ndarray  # float32, (N, D)
+    face_detected: np.ndarray  # bool, (N,)
+    provenance: dict[str, str]
+    path: str = ""
+
+    @property
+    def dim(self) -> int:
+        return int(self.embedding.shape[1])
+
+    def lookup(self, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(float32 (len(files), D) descriptors, bool mask of the files that have one); missing rows are zero."""
+        index = {str(f): i for i, f in enumerate(self.files)}
+        rows = np.array([index.get(f, -1) for f in files], dtype=np.int64)
+        found = rows >= 0
+        out = np.zeros((len(files), self.dim), dtype=np.float32)
+        out[found] = self.embedding[rows[found]]
+        return out, found
+
+
+def load_teacher(path: str | os.PathLike) -> TeacherEmbeddings:
+    """Read and validate a teacher ``.npz``; never unpickles."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactPathError(f"teacher descriptors {path} not found",
+                                "pass the .npz written by `edgenode teacher` (or the data set's teacher_dlib128.npz)")
+    kind = file_kind(path)  # np.load would try to unpickle anything that is not an archive and say so, confusingly
+    if kind in _NOT_TEACHER:
+        raise ArtifactPathError(f"{path}: is {_NOT_TEACHER[kind]}, not a teacher descriptor .npz",
+                                "pass the .npz written by `edgenode teacher` (or the data set's teacher_dlib128.npz)")
+    if kind != "checkpoint":  # .npz, like torch.save, is a zip file
+        raise ArtifactError(f"{path}: not a teacher descriptor file (not an .npz archive)",
+                            "pass the .npz written by `edgenode teacher`, or recompute it")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            files = np.asarray(archive["files"]).astype(str)
+            embedding = np.asarray(archive["embedding"], dtype=np.float32)
+            detected = np.asarray(archive["face_detected"], dtype=bool) if "face_detected" in archive.files else np.ones(len(files), bool)
+            provenance = {k: str(archive[k]) for k in PROVENANCE_KEYS if k in archive.files}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # a truncated zip: BadZipFile
+        raise ArtifactError(f"{path}: not a teacher descriptor file ({exc})",
+                            "it needs arrays files (N,), embedding (N, D) and face_detected (N,)") from None
+    if embedding.ndim != 2 or len(files) != len(embedding) or len(detected) != len(files):
+        raise ArtifactError(f"{path}: files {files.shape}, embedding {embedding.shape} and face_detected "
+                            f"{detected.shape} do not line up", "recompute the descriptors")
+    if not np.isfinite(embedding).all():
+        raise ArtifactError(f"{path}: holds non-finite descriptors", "recompute the descriptors")
+    return TeacherEmbeddings(files, embedding, detected, provenance, str(path))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Recomputing the descriptors (needs the optional ``teacher`` extra: dlib + the face-recognition-models files)
+
+METHOD = ("HOG frontal detector (upsample 1) largest box, else whole image; 5-point shape predictor; "
+          "compute_face_descriptor(img, shape, num_jitters=1), 150x150 chip")
+"""What :func:`compute_descriptors` does, word for word as stored in the data set's ``teacher_dlib128.npz``."""
+
+INSTALL_HINT = 'pip install "edgenode[teacher]"'
+_MODELS_PACKAGE = "face_recognition_models"
+_PREDICTOR_FILE = "shape_predictor_5_face_landmarks.dat"
+_RECOGNIZER_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+
+
+def _import_dlib():
+    """dlib is a heavy optional extra: import it only when descriptors are computed, and say how to get it."""
+    try:
+        import dlib
+    except ImportError:
+        raise UsageError("dlib is not installed: computing teacher descriptors needs it", INSTALL_HINT) from None
+    return dlib
+
+
+def model_files() -> tuple[Path, Path]:
+    """(5-point shape predictor, ResNet descriptor model) paths inside the installed face-recognition-models.
+
+    Found with ``find_spec`` instead of importing the package: its ``__init__`` imports ``pkg_resources``,
+    which setuptools >= 81 no longer ships, while the ``.dat`` files themselves are fine.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec(_MODELS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UsageError("face-recognition-models is not installed: computing teacher descriptors needs its "
+                         "dlib model files", INSTALL_HINT)
+    folder = Path(next(iter(spec.submodule_search_locations))) / "models"
+    paths = (folder / _PREDICTOR_FILE, folder / _RECOGNIZER_FILE)
+    for path in paths:
+        if not path.is_file():
+            raise ArtifactError(f"dlib model file {path} is missing",
+                                'reinstall it: pip install --force-reinstall "face-recognition-models"')
+    return paths
+
+
+def installed_provenance() -> dict[str, str]:
+    """The provenance strings of descriptors computed now, from the installed dlib and model package versions."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    dlib = _import_dlib()
+    try:
+        models = version("face-recognition-models")
+    except PackageNotFoundError:
+        models = "unknown version"
+    return {"dlib_version": str(dlib.__version__),
+            "model": f"dlib_face_recognition_resnet_model_v1 (face-recognition-models {models})",
+            "method": METHOD}
+
+
+class _Describer:
+    """One detector + shape predictor + ResNet. Not thread-safe (sharing one between threads crashes dlib), and
+    dlib holds the GIL while it computes, so parallel work uses one of these per process."""
+
+    def __init__(self, predictor: str, recognizer: str):
+        self.dlib = _import_dlib()
+        self.detector = self.dlib.get_frontal_face_detector()
+        self.predictor = self.dlib.shape_predictor(predictor)
+        self.recognizer = self.dlib.face_recognition_model_v1(recognizer)
+
+    def __call__(self, path: str) -> tuple[np.ndarray | None, bool, str]:
+        """(128-d float32 descriptor or None, face detected, reason the file was skipped or "")."""
+        from edgenode.data.decode import load_rgb  # imports torch (edgenode.data): only where images are read
+
+        try:
+            img = np.ascontiguousarray(np.asarray(load_rgb(path), dtype=np.uint8))
+        except ImageDecodeError as exc:
+            return None, False, exc.reason
+        boxes = list(self.detector(img, 1))
+        found = bool(boxes)
+        # Largest detection (max() keeps the first of equal areas); no face: the whole picture, as Pins is crops.
+        box = max(boxes, key=lambda r: r.area()) if found else self.dlib.rectangle(0, 0, img.shape[1] - 1, img.shape[0] - 1)
+        shape = self.predictor(img, box)
+        vector = np.asarray(self.recognizer.compute_face_descriptor(img, shape, 1), dtype=np.float32)
+        return vector, found, ""
+
+
+_WORKER: _Describer | None = None
+
+
+def _worker_init(predictor: str, recognizer: str) -> None:
+    global _WORKER
+    _WORKER = _Describer(predictor, recognizer)
+
+
+def _worker_describe(path: str):
+    return _WORKER(path)
+
+
+def _default_workers(n_files: int) -> int:
+    """One process per core, but no pool for a handful of files (a worker's start-up costs ~1 s)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, n_files // 32))
+
+
+def compute_descriptors(root: str | os.PathLike, files: list[str], *, progress: bool = True,
+                        workers: int | None = None) -> TeacherEmbeddings:
+    """Descriptors of ``files`` (paths relative to the images folder of ``root``), computed as :data:`METHOD`.
+
+    Files that cannot be decoded are left out with one ``DataWarning`` each (``lookup`` then masks them);
+    the rest keep their order. dlib holds the GIL, so ``workers`` > 1 means processes (spawned: forking a
+    process that runs a progress-bar thread is unsafe), each loading its own models; about linear in cores.
+    Spawned workers re-import the main script, so a script calling this needs ``if __name__ == "__main__":``.
+    """
+    import multiprocessing
+    import warnings
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from edgenode.console import progress_bar
+    from edgenode.data import DataWarning, images_root
+    from edgenode.data.manifest import MAX_SKIP_WARNINGS
+
+    workers = _default_workers(len(files)) if workers is None else workers
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UsageError(f"workers={workers!r} is not a positive integer", "use 1 (in-process) or more processes")
+    base = images_root(root)
+    provenance = installed_provenance()
+    predictor, recognizer = (str(p) for p in model_files())
+    paths = [str(base / f) for f in files]
+    with progress_bar("teacher descriptors", len(paths), enabled=progress) as advance:
+        def each(results):
+            for result in results:
+                advance()
+                yield result
+
+        if workers == 1 or len(paths) <= 1:
+            describe = _Describer(predictor, recognizer)
+            results = list(each(map(describe, paths)))
+        else:
+            context = multiprocessing.get_context("spawn")
+            try:
+                with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+                                         initargs=(predictor, recognizer)) as pool:
+                    results = list(each(pool.map(_worker_describe, paths, chunksize=8)))
+            except BrokenProcessPool:
+                raise EdgenodeError(
+                    "a teacher descriptor worker process stopped abruptly (out of memory, or a script without an "
+                    "`if __name__ == '__main__':` guard, which spawned workers re-run)",
+                    "guard the script's entry point, or pass workers=1 to see the error in this process") from None
+    kept, vectors, detected, skipped = [], [], [], 0
+    for relpath, path, (vector, found, reason) in zip(files, paths, results, strict=True):
+        if vector is None:
+            skipped += 1
+            if skipped <= MAX_SKIP_WARNINGS:
+                warnings.warn(f"skipped {path}: {reason}", DataWarning, stacklevel=2)
+            continue
+        kept.append(relpath)
+        vectors.append(vector)
+        detected.append(found)
+    if skipped > MAX_SKIP_WARNINGS:
+        warnings.warn(f"skipped {skipped - MAX_SKIP_WARNINGS} more undecodable file(s) in {base}", DataWarning, stacklevel=2)
+    embedding = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, 128), np.float32)
+    return TeacherEmbeddings(np.asarray(kept, dtype=str), embedding, np.asarray(detected, dtype=bool), provenance)
+
+
+def save_teacher(path: str | os.PathLike, embeddings: TeacherEmbeddings) -> Path:
+    """Write ``embeddings`` in the data set's ``.npz`` layout (uncompressed, no pickles), atomically.
+
+    Written through a file handle: given a name, ``np.savez`` would append ``.npz`` to the temporary file.
+    """
+    files = np.asarray(embeddings.files, dtype=str)
+    embedding = np.asarray(embeddings.embedding, dtype=np.float32)
+    detected = np.asarray(embeddings.face_detected, dtype=bool)
+    if embedding.ndim != 2 or len(files) != len(embedding) or len(detected) != len(files):
+        raise ArtifactError(f"cannot save teacher descriptors to {path}: files {files.shape}, embedding "
+                            f"{embedding.shape} and face_detected {detected.shape} do not line up", "this is a bug")
+    if not np.isfinite(embedding).all():  # load_teacher refuses these: never write a file that cannot be read back
+        raise ArtifactError(f"cannot save teacher descriptors to {path}: they hold non-finite values", "this is a bug")
+    extra = {k: np.asarray(str(embeddings.provenance[k])) for k in PROVENANCE_KEYS if k in embeddings.provenance}
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, files=files, embedding=embedding, face_detected=detected, **extra)
+    return Path(path)
+
+
+def compare_teachers(a: TeacherEmbeddings, b: TeacherEmbeddings) -> dict[str, float | int]:
+    """How far two descriptor sets are apart over the files both hold (e.g. a recompute against the shipped file).
+
+    dlib calls two faces the same person below an L2 distance of 0.6, so differences far below that (1e-3)
+    are numerical noise; ``face_detected_agree`` catches a detector that behaves differently.
+    """
+    index = {str(f): i for i, f in enumerate(b.files)}
+    rows_a = [i for i, f in enumerate(a.files) if str(f) in index]
+    if not rows_a:
+        raise DataError(f"teacher descriptors {a.path or '(computed)'} and {b.path or '(computed)'} have no file in common",
+                        "compare descriptors of the same data set (paths relative to its images folder)")
+    rows_b = [index[str(a.files[i])] for i in rows_a]
+    if a.dim != b.dim:
+        raise DataError(f"teacher descriptors {a.path or '(computed)'} are {a.dim}-d and {b.path or '(computed)'} "
+                        f"{b.dim}-d", "compare descriptors of the same model")
+    x = a.embedding[rows_a].astype(np.float64)
+    y = b.embedding[rows_b].astype(np.float64)
+    l2 = np.linalg.norm(x - y, axis=1)
+    norms = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
+    cosine = np.sum(x * y, axis=1) / np.where(norms > 0, norms, 1.0)
+    agree = a.face_detected[rows_a] == b.face_detected[rows_b]
+    return {
+        "count": len(rows_a),
+        "only_a": len(a.files) - len(rows_a),
+        "only_b": len(b.files) - len(rows_b),
+        "l2_median": float(np.median(l2)),
+        "l2_mean": float(l2.mean()),
+        "l2_max": float(l2.max()),
+        "cosine_min": float(cosine.min()),
+        "cosine_median": float(np.median(cosine)),
+        "cosine_mean": float(cosine.mean()),
+        "face_detected_agree": float(agree.mean()),
+        "face_detected_disagree": int((~agree).sum()),
+    }

@@ -1,0 +1,175 @@
+"""The accuracy ablation (issue #6) as one time-boxed GPU job: every run shares one GPU, concurrently.
+
+    PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64.tgz $OUT --budget 480
+
+A session gets 15 minutes of GPU time, so the job sizes itself: it times a few training steps of each recipe,
+picks the number of epochs that fits all runs into ``--budget`` seconds, runs them side by side (small models
+leave most of an H100 idle), stops any run still going at the deadline (best.pt is written on every
+improvement, so nothing finished is lost), and packs each run's best checkpoint (optimizer state dropped),
+metrics and curves into ``<out>/<run>.tgz``. Accuracy is measured again on the original images afterwards:
+    examples/pins_pipeline.sh and examples/accuracy_report.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+# recipe name -> TrainConfig overrides (data, manifest and epochs are filled in below)
+COMMON = dict(arch="faceode", batch_size=256, lr=2e-3, weight_decay=0.05, schedule="cosine", warmup_epochs=2,
+              label_smoothing=0.1, augment=True, amp=True, progress=False, table_every=0)
+RECIPES = {
+    "ce": dict(seed=0),
+    "kd": dict(seed=0, teacher="{pack}/teacher.npz"),
+    "kd-pool-s0": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv"),
+    "kd-pool-s1": dict(seed=1, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv"),
+    "kd-pool-s2": dict(seed=2, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv"),
+    "kd-pool-w5": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
+                       distill_weight=5.0),
+}
+WORKER = (
+    "import json, sys, torch\n"
+    "torch.backends.cudnn.benchmark = True\n"
+    "from edgenode.train import TrainConfig, train\n"
+    "train(TrainConfig(**json.load(open(sys.argv[1]))))\n"
+)
+
+
+def config_for(name: str, pack: Path, runs: Path, epochs: int) -> dict:
+    values = {**COMMON, **RECIPES[name], "data": str(pack), "manifest": str(pack / "manifest.json"),
+              "out": str(runs / name), "epochs": epochs}
+    return {k: v.format(pack=pack) if isinstance(v, str) else v for k, v in values.items()}
+
+
+def images_per_epoch(config: dict) -> int:
+    """Training images one epoch sees (warms the pixel cache as a side effect)."""
+    from edgenode import data as edata
+    from edgenode.distributed import DistContext
+    from edgenode.train import TrainConfig, unlabeled_pool
+
+    cfg = TrainConfig(**config)
+    manifest = edata.Manifest.load(cfg.manifest)
+    for split in ("train", "val", "test"):
+        edata.load_split_arrays(manifest, cfg.data, split)
+    n = len(manifest.files("train"))
+    if cfg.unlabeled:
+        n += len(unlabeled_pool(cfg, manifest, DistContext())[1])
+    return n
+
+
+def seconds_per_image(config: dict, steps: int = 12) -> float:
+    """Wall time of one training image for this recipe's model at its batch size (bf16 autocast, like the runs)."""
+    from edgenode.model import build_model
+    from edgenode.train import TrainConfig
+
+    cfg = TrainConfig(**config)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a dry run of this script
+    model = build_model(cfg.model_config(105)).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(cfg.batch_size, 3, 64, 64, device=device)
+    y = torch.randint(0, 105, (cfg.batch_size,), device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for i in range(steps + 3):
+        if i == 3:
+            sync()
+            start = time.perf_counter()
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            features, logits = model(x, return_features=True)
+            loss = torch.nn.functional.cross_entropy(logits.float(), y) + features.float().square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    sync()
+    return (time.perf_counter() - start) / (steps * cfg.batch_size)
+
+
+def slim_and_pack(run_dir: Path, target: Path) -> None:
+    from edgenode.checkpoint import load_checkpoint, save_checkpoint
+
+    best = run_dir / "best.pt"
+    if best.exists():
+        ckpt = load_checkpoint(best)
+        save_checkpoint(run_dir / "best-slim.pt", replace(ckpt, optimizer=None, scheduler=None))
+    with tarfile.open(target, "w:gz") as tar:
+        for name in ("best-slim.pt", "metrics.csv", "metrics.json", "results.json", "curves.png", "train.log", "config.json", "manifest.json"):
+            if (run_dir / name).exists():
+                tar.add(run_dir / name, arcname=f"{run_dir.name}/{name}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("pack", type=Path, help="pins64.tgz from examples/gpu/pack_pins.py")
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--budget", type=float, default=480.0, help="seconds for training, all runs together")
+    parser.add_argument("--runs", default=",".join(RECIPES))
+    parser.add_argument("--max-epochs", type=int, default=120)
+    parser.add_argument("--probe-steps", type=int, default=12)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                        help="override a TrainConfig field of every run, e.g. --set width=16 (CPU dry runs)")
+    args = parser.parse_args()
+    for item in args.set:
+        key, _, value = item.partition("=")
+        COMMON[key] = json.loads(value)
+    t0 = time.time()
+    os.environ.setdefault("EDGENODE_CACHE", "/tmp/edgenode-cache")
+    work = Path("/tmp/edgenode-gpu")
+    work.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(args.pack) as tar:
+        tar.extractall(work, filter="data")
+    pack, runs = work / "pins64", work / "runs"
+    args.out.mkdir(parents=True, exist_ok=True)
+    names = args.runs.split(",")
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (dry run)"
+    info = {"device": gpu, "torch": torch.__version__, "cuda": torch.version.cuda, "runs": {}}
+    print(f"[{time.time() - t0:.0f}s] {info['device']}, torch {torch.__version__}", flush=True)
+
+    per_epoch = {}
+    for name in names:
+        config = config_for(name, pack, runs, 1)
+        n = images_per_epoch(config)
+        per_epoch[name] = n * seconds_per_image(config, args.probe_steps)
+        info["runs"][name] = {"images_per_epoch": n, "estimated_seconds_per_epoch_alone": per_epoch[name]}
+        print(f"[{time.time() - t0:.0f}s] {name}: {n} images/epoch, ~{per_epoch[name]:.2f} s/epoch alone", flush=True)
+    remaining = args.budget - (time.time() - t0)
+    # runs share the GPU: assume no overlap gain, plus ~25 % for evaluation, start-up and Python overhead
+    epochs = max(1, min(args.max_epochs, int(remaining / (1.25 * sum(per_epoch.values())))))
+    info["epochs"] = epochs
+    print(f"[{time.time() - t0:.0f}s] {remaining:.0f}s left: {epochs} epochs for each of {len(names)} runs", flush=True)
+
+    processes = {}
+    for name in names:
+        config = config_for(name, pack, runs, epochs)
+        run_dir = Path(config["out"])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(config, indent=1))
+        log = open(run_dir / "train.log", "w")
+        env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+        processes[name] = (subprocess.Popen([sys.executable, "-c", WORKER, str(run_dir / "config.json")], stdout=log, stderr=subprocess.STDOUT, env=env), time.time())
+    deadline = t0 + args.budget
+    while any(p.poll() is None for p, _ in processes.values()) and time.time() < deadline:
+        time.sleep(2)
+    for name, (p, started) in processes.items():
+        if p.poll() is None:
+            p.terminate()
+            p.wait(timeout=30)
+            info["runs"][name]["stopped_at_deadline"] = True
+        info["runs"][name].update(returncode=p.returncode, wall_seconds=time.time() - started)
+        print(f"[{time.time() - t0:.0f}s] {name}: rc {p.returncode}", flush=True)
+    for name in names:
+        slim_and_pack(runs / name, args.out / f"{name}.tgz")
+    info["total_seconds"] = time.time() - t0
+    (args.out / "gpu_runs.json").write_text(json.dumps(info, indent=1))
+    print(json.dumps(info, indent=1), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Pack what a remote GPU run needs into one small folder (the device machine gets ≤ 64 MiB and no ../shared).
+
+    python examples/gpu/pack_pins.py ../shared/data/pins runs/pins-manifest.json carry/pins64
+
+Writes ``<out>/images/<identity>/<file>`` — every train/val/test/unused image of the manifest, already resized
+to the manifest's input size (so decoding there is a no-op resize) and stored as JPEG —, ``manifest.json``
+(byte-identical, so checkpoints trained there name the same split sha256), the teacher descriptors of those
+files and the near-duplicate list. Real accuracy is always re-measured here on the original images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from edgenode import data as edata
+from edgenode.data import decode
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", type=Path)
+    parser.add_argument("manifest", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--quality", type=int, default=95)
+    args = parser.parse_args()
+
+    manifest = edata.Manifest.load(args.manifest)
+    size = manifest.config.image_size
+    entries: list[tuple[str, np.ndarray]] = []
+    for split in ("train", "val", "test"):
+        images, _ = edata.load_split_arrays(manifest, args.data, split)
+        entries += list(zip(manifest.files(split), images))
+    pool = [f for f, _ in manifest.unused]
+    base = edata.images_root(args.data)
+    for f, image in zip(pool, decode.decode_many([base / f for f in pool], size)):
+        if isinstance(image, np.ndarray):
+            entries.append((f, image))
+    total = 0
+    for f, image in entries:
+        target = args.out / "images" / f
+        target.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=args.quality)
+        target.write_bytes(buffer.getvalue())
+        total += len(buffer.getvalue())
+    shutil.copyfile(args.manifest, args.out / "manifest.json")
+    root = Path(args.data)
+    teacher = np.load(root / "teacher_dlib128.npz", allow_pickle=False)
+    wanted = {f for f, _ in entries}
+    keep = np.array([str(f) in wanted for f in teacher["files"]])
+    np.savez_compressed(args.out / "teacher.npz", files=teacher["files"][keep], embedding=teacher["embedding"][keep],
+                        face_detected=teacher["face_detected"][keep],
+                        **{k: teacher[k] for k in ("dlib_version", "model", "method") if k in teacher.files})
+    shutil.copyfile(root / "near_duplicates.tsv", args.out / "near_duplicates.tsv")
+    print(f"{len(entries)} images, {total / 2**20:.1f} MiB of JPEG (quality {args.quality}), teacher rows {int(keep.sum())}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Accuracy report: figures for tiny inputs, worst-class choice, and report.json against a hand computation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgenode.accuracy_report import accuracy_report, prediction_grid, select_examples, worst_class_confusion
+from edgenode.checkpoint import load_checkpoint
+from edgenode.data import load_split
+from edgenode.errors import ArtifactError
+
+PNG = b"\x89PNG\r\n\x1a\n"
+CLASSES = [f"Person {i}" for i in range(6)]
+
+
+def _is_png(path) -> bool:
+    data = path.read_bytes()
+    return len(data) > 1000 and data.startswith(PNG)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    rng = np.random.default_rng(0)
+    true = np.repeat(np.arange(6), 5)
+    return rng.integers(0, 256, (len(true), 16, 16, 3), dtype=np.uint8), true
+
+
+@pytest.mark.parametrize("case", ["some", "none", "all"])
+def test_prediction_grid_writes_png_and_shows_errors(tiny, tmp_path, case):
+    images, true = tiny
+    pred = {"some": np.where(np.arange(len(true)) % 7 == 0, (true + 1) % 6, true), "none": true.copy(),
+            "all": (true + 1) % 6}[case]
+    probs = np.linspace(0.2, 0.99, len(true))
+    shown = prediction_grid(images, true, pred, CLASSES, tmp_path / "grid.png", n=12, seed=3, probs=probs)
+    assert _is_png(tmp_path / "grid.png")
+    assert len(shown) == 12 and len(set(shown.tolist())) == 12
+    n_wrong = int((true[shown] != pred[shown]).sum())
+    assert n_wrong == {"some": int((true != pred).sum()), "none": 0, "all": 12}[case]  # every error fits in half
+    assert np.array_equal(shown, select_examples(true, pred, 12, seed=3))  # seeded: same selection again
+
+
+def test_select_examples_caps_errors_at_half_and_depends_on_seed():
+    true = np.arange(100) % 10
+    pred = np.where(np.arange(100) < 60, (true + 1) % 10, true)  # 60 wrong, 40 right
+    picked = select_examples(true, pred, 24, seed=0)
+    assert int((true[picked] != pred[picked]).sum()) == 12
+    assert not np.array_equal(picked, select_examples(true, pred, 24, seed=1))
+
+
+def test_worst_class_confusion_picks_lowest_recall(tmp_path):
+    true = np.repeat(np.arange(6), 4)
+    pred = true.copy()
+    pred[true == 3] = [0, 0, 5, 0]          # recall 0.00: mistaken for 0 three times, 5 once
+    pred[np.flatnonzero(true == 1)[:2]] = 2  # recall 0.50: mistaken for 2
+    pred[np.flatnonzero(true == 4)[0]] = 0   # recall 0.75
+    worst = worst_class_confusion(true, pred, CLASSES, tmp_path / "worst.png", k=3)
+    assert _is_png(tmp_path / "worst.png")
+    assert worst.rows == [3, 1, 4]
+    assert worst.recall == [0.0, 0.5, 0.75]
+    assert worst.columns == [0, 2, 5]  # ordered by errors received: 0 gets 4, 2 gets 2, 5 gets 1
+    none = worst_class_confusion(true, true, CLASSES, tmp_path / "none.png", k=2)
+    assert _is_png(tmp_path / "none.png") and none.columns == [] and none.recall == [1.0, 1.0]
+
+
+def test_worst_class_confusion_ignores_absent_classes(tmp_path):
+    true = np.array([0, 0, 1, 1, 2, 2])  # classes 3..5 absent: no recall, never "worst"
+    pred = np.array([0, 1, 1, 1, 2, 2])
+    assert worst_class_confusion(true, pred, CLASSES, tmp_path / "w.png", k=4).rows == [0, 1, 2]
+
+
+@pytest.fixture(scope="module")
+def hand_predictions(trained_run, synthetic_manifest, synthetic_root):
+    """The test split's argmax computed independently of the module: load_split + the checkpoint's model."""
+    model = load_checkpoint(trained_run.best_checkpoint).build_model()
+    x, y = load_split(synthetic_manifest, synthetic_root, "test")
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    return pred.numpy(), y.numpy()
+
+
+def test_accuracy_report_matches_hand_argmax(trained_run, synthetic_root, synthetic_manifest, hand_predictions, tmp_path,
+                                             one_thread):
+    pred, y = hand_predictions
+    files = synthetic_manifest.files("test")
+    correct = pred == y
+    # exclude every wrong image and the first two right ones, so the subset accuracy differs from the full one
+    right = [files[i] for i in np.flatnonzero(correct)[:2]]
+    excluded = set(right) | {files[i] for i in np.flatnonzero(~correct)} | {"not/in/the/split.png"}
+    keep = np.array([f not in excluded for f in files])
+    out = tmp_path / "report"
+    report = accuracy_report(trained_run.best_checkpoint, synthetic_root, trained_run.run_dir / "manifest.json", out,
+                             exclude_files=excluded, batch_size=7)
+    assert report["n"] == len(y) == 24
+    assert report["accuracy"] == pytest.approx(correct.mean())
+    lo, hi = report["accuracy_ci"]
+    assert lo <= report["accuracy"] <= hi and hi - lo > 0
+    sub = report["excluding_files"]
+    assert sub["n"] == int(keep.sum()) and sub["n_excluded"] == len(y) - int(keep.sum())
+    assert sub["accuracy"] == pytest.approx(correct[keep].mean()) == 1.0
+    assert sub["n_listed_not_in_split"] == 1
+    names = synthetic_manifest.classes
+    assert [(m["file"], m["true"], m["predicted"]) for m in report["misclassified"]] == [
+        (files[i], names[y[i]], names[pred[i]]) for i in np.flatnonzero(~correct)]
+    assert all(1 / len(names) <= m["probability"] <= 1 for m in report["misclassified"])  # the argmax's softmax
+    for c, name in enumerate(synthetic_manifest.classes):
+        assert report["per_class_recall"][name] == pytest.approx(correct[y == c].mean())
+    worst = [r["recall"] for r in report["worst_classes"]]
+    assert worst == sorted(worst) and worst[0] == pytest.approx(min(report["per_class_recall"].values()))
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
+    for name in ("predictions.png", "worst_classes.png", "per_class_recall.png"):
+        assert _is_png(out / name), name
+
+
+def test_accuracy_report_refuses_other_manifest(trained_run, synthetic_root, synthetic_manifest, tmp_path):
+    other = type(synthetic_manifest)(**{**vars(synthetic_manifest), "splits": {
+        **synthetic_manifest.splits, "test": synthetic_manifest.splits["test"][:-1]}})
+    other.save(tmp_path / "manifest.json")
+    with pytest.raises(ArtifactError) as info:
+        accuracy_report(trained_run.best_checkpoint, synthetic_root, tmp_path / "manifest.json", tmp_path / "out")
+    message = str(info.value)
+    assert other.sha256[:12] in message and synthetic_manifest.sha256[:12] in message and "\n" not in message
+    assert not (tmp_path / "out").exists()

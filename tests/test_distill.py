@@ -1,0 +1,195 @@
+"""Distillation from teacher descriptors: targets, temperature, loss, the faceode student, and a training run
+with an unlabelled pool cleaned of near-duplicates."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from edgenode import distill
+from edgenode.checkpoint import load_checkpoint
+from edgenode.data import SplitConfig, build_manifest, make_synthetic_faces
+from edgenode.data.near_duplicates import NearDuplicate, write_near_duplicates
+from edgenode.errors import UsageError
+from edgenode.model import build_model, preset_config
+from edgenode.teacher import TeacherEmbeddings
+from edgenode.train import TrainConfig, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+CPU = torch.device("cpu")
+
+
+def clusters(n_classes=5, per_class=20, dim=16, noise=0.3, seed=0, offset=0.0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_classes, dim))
+    labels = np.repeat(np.arange(n_classes), per_class)
+    embedding = centres[labels] + noise * rng.normal(size=(len(labels), dim)) + offset
+    return embedding.astype(np.float32), labels
+
+
+def test_class_means_are_unit_vectors_that_classify_their_own_cluster():
+    embedding, labels = clusters()
+    means = distill.class_means(embedding, labels, 5)
+    np.testing.assert_allclose(np.linalg.norm(means, axis=1), 1.0, atol=1e-6)
+    assert ((distill.unit(embedding) @ means.T).argmax(1) == labels).mean() > 0.95
+
+
+def test_fitted_scale_is_interior_and_more_confident_for_tighter_clusters():
+    tight = distill.fit_scale(*clusters(noise=1.0), 5)
+    loose = distill.fit_scale(*clusters(noise=2.0), 5)
+    grid = distill.SCALE_GRID
+    assert grid[0] < loose < tight < grid[-1]
+
+
+def test_fitted_scale_scores_each_image_without_itself():
+    """Two images per class: with itself in its class mean an image is always right (scale → grid maximum);
+    left out, its own mean is just the other image and the fit stays finite."""
+    embedding, labels = clusters(n_classes=4, per_class=2, noise=1.5, seed=3)
+    cos = distill.unit(embedding) @ distill.class_means(embedding, labels, 4).T
+    assert (cos.argmax(1) == labels).all(), "in-sample, every image is nearest its own mean: no finite best scale"
+    assert distill.fit_scale(embedding, labels, 4) < distill.SCALE_GRID[-1] / 4
+
+
+def _teacher(files, embedding):
+    return TeacherEmbeddings(np.array(files), embedding, np.ones(len(files), bool), {}, "teacher.npz")
+
+
+def test_targets_are_centred_on_the_train_mean_and_missing_files_are_masked():
+    embedding, labels = clusters(n_classes=3, per_class=10, offset=5.0)
+    files = [f"c{label}/{i}.jpg" for i, label in enumerate(labels)]
+    train_files, pool_files = files[:24], files[24:] + ["c9/missing.jpg"]
+    targets, summary = distill.build_targets(_teacher(files, embedding), train_files, labels[:24], pool_files, 3, CPU)
+
+    assert targets.embedding.shape == (31, 16)
+    assert targets.has_target.tolist() == [True] * 30 + [False]
+    assert torch.count_nonzero(targets.embedding[-1]) == 0
+    centre = embedding[:24].mean(axis=0)
+    np.testing.assert_allclose(targets.embedding[27].numpy(), distill.unit(embedding[27:28] - centre)[0], atol=1e-6)
+    assert (summary["train_with_target"], summary["pool_with_target"]) == (24, 6)
+    assert summary["teacher_train_ncm_accuracy"] > 0.9
+    assert targets.scale == summary["teacher_scale"]
+
+
+def test_a_teacher_of_another_data_set_is_refused():
+    embedding, labels = clusters(n_classes=2, per_class=4)
+    teacher = _teacher([f"x/{i}.jpg" for i in range(8)], embedding)
+    with pytest.raises(UsageError, match="only 0 of 8 train images"):
+        distill.build_targets(teacher, [f"y/{i}.jpg" for i in range(8)], labels, [], 2, CPU)
+
+
+def _targets(n=4, dim=8, classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    unit = lambda x: torch.nn.functional.normalize(x, dim=1)  # noqa: E731
+    return distill.DistillTargets(unit(torch.randn(n, dim, generator=g)), torch.ones(n, dtype=torch.bool),
+                                  unit(torch.randn(classes, dim, generator=g)), 10.0)
+
+
+def test_loss_vanishes_when_the_student_reproduces_the_teacher():
+    targets = _targets()
+    index = torch.arange(4)
+    features, logits = 3.0 * targets.embedding, targets.teacher_logits(index)  # the cosine ignores length
+    assert distill.distill_loss(features, logits, index, targets, 1.0, 1.0).abs() < 1e-6
+    assert distill.distill_loss(-features, logits.flip(1), index, targets, 1.0, 1.0) > 1.0
+
+
+def test_loss_weights_scale_their_own_term():
+    targets = _targets()
+    index = torch.arange(4)
+    features, logits = torch.randn(4, 8), torch.randn(4, 3)
+    cos_only = distill.distill_loss(features, logits, index, targets, 1.0, 0.0)
+    kd_only = distill.distill_loss(features, logits, index, targets, 0.0, 1.0)
+    both = distill.distill_loss(features, logits, index, targets, 2.0, 3.0)
+    torch.testing.assert_close(both, 2 * cos_only + 3 * kd_only)
+
+
+def test_images_without_a_target_do_not_count():
+    targets = _targets()
+    targets.has_target[1] = False
+    index = torch.tensor([0, 1])
+    features, logits = torch.randn(2, 8), torch.randn(2, 3)
+    changed = features.clone()
+    changed[1] = -100.0
+    a = distill.distill_loss(features, logits, index, targets, 1.0, 1.0)
+    b = distill.distill_loss(changed, logits, index, targets, 1.0, 1.0)
+    torch.testing.assert_close(a, b)
+    none = distill.distill_loss(features.requires_grad_(), logits, torch.tensor([1]), targets, 1.0, 1.0)
+    assert none.item() == 0.0
+    none.backward()  # still part of the graph: a batch of pool images without targets must not break the step
+
+
+def test_only_a_student_with_teacher_sized_features_can_be_distilled():
+    embedding, _ = clusters(dim=128)
+    teacher = _teacher([f"a/{i}.jpg" for i in range(len(embedding))], embedding)
+    distill.check_student(build_model(preset_config("faceode", num_classes=5, width=8)), teacher)
+    with pytest.raises(UsageError, match="--arch faceode"):
+        distill.check_student(build_model(preset_config("odenet", num_classes=5, width=8)), teacher)
+
+
+def test_classifier_starts_at_the_teachers_class_means():
+    model = build_model(preset_config("faceode", num_classes=3, width=8)).eval()
+    targets = _targets(dim=128)
+    distill.init_classifier(model, targets)
+    head = model.head[-1]
+    torch.testing.assert_close(head.weight.data, targets.class_means)
+    assert math.isclose(head.log_scale.exp().item(), 10.0, rel_tol=1e-6)
+    torch.testing.assert_close(head(targets.class_means * 2.0), targets.scale * targets.class_means @ targets.class_means.t())
+
+
+@pytest.mark.parametrize("overrides,fragment", [
+    ({"unlabeled": True}, "--unlabeled needs --teacher"),
+    ({"teacher": "t.npz", "distill_weight": -1.0}, "--distill-weight"),
+    ({"teacher": "t.npz", "kd_weight": float("nan")}, "--kd-weight"),
+    ({"teacher": "t.npz", "near_duplicates": "pairs.tsv"}, "--near-duplicates is only used"),
+])
+def test_bad_distillation_options_are_refused_up_front(overrides, fragment):
+    with pytest.raises(UsageError, match=fragment):
+        TrainConfig(data="d", **overrides)
+
+
+@pytest.fixture(scope="module")
+def pool_setup(tmp_path_factory):
+    """4 identities × 14 images, 10 selected (6/2/2): 16 unused images form the pool; a teacher whose
+    descriptors cluster by identity; one unused image declared a near-duplicate of a test image."""
+    tmp = tmp_path_factory.mktemp("distill")
+    root = make_synthetic_faces(tmp / "data", n_classes=4, per_class=14, size=32, seed=0)
+    manifest = build_manifest(root, SplitConfig(per_class=10, train=6, val=2, test=2, image_size=32, seed=0), progress=False)
+    manifest.save(tmp / "manifest.json")
+    entries = [e for name in ("train", "val", "test") for e in manifest.splits[name]] + list(manifest.unused)
+    embedding, _ = clusters(n_classes=4, per_class=1, dim=128, seed=1)
+    rng = np.random.default_rng(2)
+    vectors = np.stack([embedding[c] + 0.2 * rng.normal(size=128) for _, c in entries]).astype(np.float32)
+    np.savez(tmp / "teacher.npz", files=np.array([f for f, _ in entries]), embedding=vectors, face_detected=np.ones(len(entries), bool))
+    leak = NearDuplicate(manifest.unused[0][0], manifest.files("test")[0], 2)
+    write_near_duplicates(tmp / "pairs.tsv", [leak])
+    return tmp, root, manifest
+
+
+def _pool_config(tmp, root, out, **overrides):
+    values = dict(data=str(root), out=str(out), arch="faceode", width=8, epochs=2, batch_size=8, lr=3e-3,
+                  manifest=str(tmp / "manifest.json"), progress=False, table_every=0, teacher=str(tmp / "teacher.npz"),
+                  unlabeled=True, near_duplicates=str(tmp / "pairs.tsv"), augment=True)
+    return TrainConfig(**{**values, **overrides})
+
+
+def test_distillation_with_an_unlabelled_pool_trains_and_records_it(pool_setup, tmp_path):
+    tmp, root, manifest = pool_setup
+    result = train(_pool_config(tmp, root, tmp_path / "run"))
+    summary = json.loads((tmp_path / "run" / "results.json").read_text())
+    pool = len(manifest.unused) - 1  # the near-duplicate of a test image is left out
+    assert summary["train_images"] == {"labelled": 24, "unlabelled": pool}
+    assert summary["teacher"]["pool_with_target"] == pool
+    assert all(row["train_distill_loss"] > 0 for row in result.history)
+    assert load_checkpoint(result.best_checkpoint).model_config.arch == "faceode"
+
+
+def test_distilled_run_resumes_exactly(pool_setup, tmp_path):
+    tmp, root, _ = pool_setup
+    straight = train(_pool_config(tmp, root, tmp_path / "straight"))
+    train(_pool_config(tmp, root, tmp_path / "split", epochs=1))
+    resumed = train(_pool_config(tmp, root, tmp_path / "split", resume=True))
+    expected = load_checkpoint(straight.last_checkpoint).state_dict
+    actual = load_checkpoint(resumed.last_checkpoint).state_dict
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)

