@@ -35,3 +35,17 @@ def plot_training_curves(history: list[dict[str, Any]], path: str | Path, title:
     if title:
         fig.suptitle(title)
     return save_figure(fig, path)
+
+
+def plot_run_comparison(histories: dict[str, list[dict[str, Any]]], path: str | Path, title: str = "") -> Path:
+    """Val accuracy (solid) and train accuracy (dotted) of several runs on one axis: an ablation at a glance."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, (name, history) in enumerate(histories.items()):
+        color = f"C{i % 10}"
+        epochs = [row["epoch"] for row in history]
+        ax.plot(epochs, [row["val_accuracy"] for row in history], color=color, label=f"{name} (val)")
+        ax.plot(epochs, [row["train_accuracy"] for row in history], color=color, linestyle=":", alpha=0.7)
+    ax.set(xlabel="epoch", ylabel="accuracy (label-free argmax)", ylim=(0, 1), title=title or "val (solid) and train (dotted) accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)

@@ -121,3 +121,22 @@ def test_cli_trains(synthetic_root, tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert load_checkpoint(out / "best.pt").model_config.solver.n_steps == 2
+
+
+def test_run_comparison_plot_draws_every_run(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from edgenode import plots
+
+    histories = {name: [{"epoch": e, "val_accuracy": a * e / 3, "train_accuracy": a} for e in (1, 2, 3)] for name, a in (("a", 0.5), ("b", 0.9))}
+    drawn = []
+    original = plots.plt.Axes.plot
+
+    def spy(self, *args, **kwargs):
+        drawn.append(kwargs.get("label"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(plots.plt.Axes, "plot", spy)
+    path = plots.plot_run_comparison(histories, tmp_path / "runs.png")
+    assert drawn == ["a (val)", None, "b (val)", None]
+    assert Image.open(path).size[0] > 100
