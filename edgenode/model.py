@@ -19,7 +19,6 @@ import math
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from edgenode.errors import UsageError
@@ -196,7 +195,13 @@ class CosineClassifier(nn.Module):
         self.log_scale = nn.Parameter(torch.tensor(math.log(scale)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1).t() * self.log_scale.exp()
+        return unit_rows(x) @ unit_rows(self.weight).t() * self.log_scale.exp()
+
+
+def unit_rows(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """``F.normalize(x, dim=1)`` written with a broadcast multiply: F.normalize exports an ``Expand`` node with a
+    data-dependent shape that ONNX Runtime's symbolic shape inference (run before INT8 quantisation) rejects."""
+    return x * torch.rsqrt((x * x).sum(dim=1, keepdim=True).clamp_min(eps * eps))
 
 
 # --- registry -------------------------------------------------------------------------------------------

@@ -214,8 +214,10 @@ def test_faceode_checkpoint_exports_its_cosine_head_to_onnx(synthetic_manifest, 
     import onnxruntime as ort
 
     path = _checkpoint(tmp_path, synthetic_manifest, "faceode", SolverConfig(method="rk4", n_steps=2))
-    result = export_model(ExportConfig(checkpoint=str(path), out=str(tmp_path / "out"), data=str(synthetic_root), check_ode=False))
+    result = export_model(ExportConfig(checkpoint=str(path), out=str(tmp_path / "out"), data=str(synthetic_root), check_ode=False,
+                                       precisions=("fp32", "int8")))
     assert (result.method, result.steps) == ("rk4", 2)
+    assert {"fp32", "int8-ort", "int8-trt"} <= set(result.artifacts), "the cosine head must survive ORT's INT8 shape inference"
     model = load_checkpoint(path).build_model().eval()
     x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     session = ort.InferenceSession(str(result.artifacts["fp32"]), providers=["CPUExecutionProvider"])
