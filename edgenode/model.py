@@ -120,7 +120,10 @@ class NeuralODECNN(nn.Module):
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(32, channels), channels)
+    """32 groups where the channels allow (one per channel below 32), else the largest divisor below 32."""
+    if channels <= 32:
+        return nn.GroupNorm(channels, channels)
+    return nn.GroupNorm(max(g for g in range(1, 33) if channels % g == 0), channels)
 
 
 class ConcatConv2d(nn.Module):

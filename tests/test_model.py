@@ -14,6 +14,15 @@ def test_logits_shape_and_state_shape(arch):
     assert model(x).shape == (3, 7)
 
 
+@pytest.mark.parametrize("arch", ["odenet", "faceode"])
+@pytest.mark.parametrize("width", [24, 40, 160])
+def test_group_norm_presets_build_at_widths_that_are_not_multiples_of_32(arch, width):
+    model = build_model(preset_config(arch, num_classes=3, width=width)).eval()
+    groups = {m.num_groups for m in model.modules() if isinstance(m, torch.nn.GroupNorm)}
+    assert max(groups) <= 32
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+
+
 def test_paper_preset_matches_the_paper():
     config = preset_config("paper", num_classes=105)
     model = build_model(config)

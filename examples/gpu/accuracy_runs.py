@@ -1,6 +1,7 @@
 """The accuracy ablation (issue #6) as one time-boxed GPU job: every run shares one GPU, concurrently.
 
     PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64.tgz $OUT --budget 480
+    PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64.tgz $OUT --budget 500 --runs w5-long --max-epochs 400
 
 A session gets 15 minutes of GPU time, so the job sizes itself: it times a few training steps of each recipe,
 picks the number of epochs that fits all runs into ``--budget`` seconds, runs them side by side (small models
@@ -35,7 +36,15 @@ RECIPES = {
     "kd-pool-s2": dict(seed=2, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv"),
     "kd-pool-w5": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
                        distill_weight=5.0),
+    # next steps (RESULTS.md): the same recipe trained far longer, wider, and with a finer training solver
+    "w5-long": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
+                    distill_weight=5.0),
+    "w5-wide": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
+                    distill_weight=5.0, width=160),
+    "w5-rk4x4": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
+                     distill_weight=5.0, steps=4),
 }
+ABLATION = "ce,kd,kd-pool-s0,kd-pool-s1,kd-pool-s2,kd-pool-w5"  # what RESULTS.md's table ran
 WORKER = (
     "import json, sys, torch\n"
     "torch.backends.cudnn.benchmark = True\n"
@@ -110,7 +119,7 @@ def main() -> None:
     parser.add_argument("pack", type=Path, help="pins64.tgz from examples/gpu/pack_pins.py")
     parser.add_argument("out", type=Path)
     parser.add_argument("--budget", type=float, default=480.0, help="seconds for training, all runs together")
-    parser.add_argument("--runs", default=",".join(RECIPES))
+    parser.add_argument("--runs", default=ABLATION, help=f"comma-separated, from: {', '.join(RECIPES)}")
     parser.add_argument("--max-epochs", type=int, default=120)
     parser.add_argument("--probe-steps", type=int, default=12)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
@@ -154,15 +163,16 @@ def main() -> None:
         log = open(run_dir / "train.log", "w")
         env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
         processes[name] = (subprocess.Popen([sys.executable, "-c", WORKER, str(run_dir / "config.json")], stdout=log, stderr=subprocess.STDOUT, env=env), time.time())
-    deadline = t0 + args.budget
-    while any(p.poll() is None for p, _ in processes.values()) and time.time() < deadline:
+    deadline, ended = t0 + args.budget, {}
+    while len(ended) < len(processes) and time.time() < deadline:
+        ended.update({name: time.time() for name, (p, _) in processes.items() if name not in ended and p.poll() is not None})
         time.sleep(2)
     for name, (p, started) in processes.items():
         if p.poll() is None:
             p.terminate()
             p.wait(timeout=30)
             info["runs"][name]["stopped_at_deadline"] = True
-        info["runs"][name].update(returncode=p.returncode, wall_seconds=time.time() - started)
+        info["runs"][name].update(returncode=p.returncode, wall_seconds=ended.get(name, time.time()) - started)
         print(f"[{time.time() - t0:.0f}s] {name}: rc {p.returncode}", flush=True)
     for name in names:
         slim_and_pack(runs / name, args.out / f"{name}.tgz")
