@@ -73,6 +73,7 @@ class TrainConfig:
     unlabeled: bool = False  # also train on the manifest's unused images, teacher targets only
     near_duplicates: str | None = None  # tsv of near-duplicate pairs; None: computed with dHash
     amp: bool = False  # bfloat16 autocast for training passes on CUDA (evaluation stays float32)
+    init: str | None = None  # start from this checkpoint's weights (same preset, width, classes); fresh optimizer
 
     def __post_init__(self):
         for name in ("epochs", "batch_size"):
@@ -270,6 +271,8 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
         distill.check_student(model, teacher)
         targets, teacher_summary = distill.build_targets(teacher, manifest.files("train"), arrays["train"][1], pool_files, num_classes, device)
         distill.init_classifier(model, targets)
+    if config.init and not resume:
+        start_from(model, model_config, manifest, config.init)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     if len(splits["train"]) < config.batch_size:
         raise UsageError(f"--batch-size {config.batch_size} is larger than the train split ({len(splits['train'])} images)")
@@ -434,6 +437,18 @@ def run_epoch(train_model, model, split: DeviceSplit, optimizer, scheduler, crit
                            "lower --lr or check the data; this epoch was not saved, last.pt holds the one before")
     return {"loss": total_loss / max(1, seen), "accuracy": total_correct / max(1, labelled_seen),
             "distill_loss": total_distill / max(1, seen), "nfe": max_nfe}
+
+
+def start_from(model: NeuralODECNN, model_config: ModelConfig, manifest: edata.Manifest, path: str) -> None:
+    """Load ``path``'s weights to fine-tune them (e.g. with a finer solver); only the solver may differ."""
+    source = load_checkpoint(path)
+    mine, theirs = model_config.to_dict(), source.model_config.to_dict()
+    differs = [k for k in mine if k not in ("solver", "dropout") and mine[k] != theirs.get(k)]
+    if differs or source.classes != manifest.classes:
+        what = ", ".join(f"{k} {theirs.get(k)!r} vs {mine[k]!r}" for k in differs) or "its class list differs"
+        raise UsageError(f"--init {path}: not the same network as this run ({what})",
+                         "pass the same --arch and --width, and the manifest it was trained with")
+    model.load_state_dict(source.state_dict)
 
 
 def unlabeled_pool(config: TrainConfig, manifest: edata.Manifest, ctx: DistContext) -> tuple[np.ndarray, list[str]]:

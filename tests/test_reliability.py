@@ -823,6 +823,7 @@ BAD_ARGUMENTS = [
     ("train {data} --out {new} --teacher {nope}", "--teacher {nope}: file not found"),
     ("train {data} --out {new} --teacher {folder}", "is a folder, not a file"),
     ("train {data} --out {new} --unlabeled", "--unlabeled needs --teacher"),
+    ("train {data} --out {new} --init {nope}", "--init {nope}: file not found"),
     ("train {data} --out {new} --teacher {file} --distill-weight -1", "--distill-weight must be a finite number >= 0"),
     ("train {data} --out {new} --teacher {file} --kd-weight nan", "--kd-weight must be a finite number >= 0"),
     ("train {data} --out {new} --teacher {file} --near-duplicates {file}", "--near-duplicates is only used"),

@@ -140,3 +140,20 @@ def test_run_comparison_plot_draws_every_run(tmp_path, monkeypatch):
     path = plots.plot_run_comparison(histories, tmp_path / "runs.png")
     assert drawn == ["a (val)", None, "b (val)", None]
     assert Image.open(path).size[0] > 100
+
+
+def test_init_starts_from_a_checkpoints_weights(trained_run, synthetic_root, tmp_path):
+    source = load_checkpoint(trained_run.best_checkpoint)
+    assert source.metrics["val_accuracy"] > 0.5, "a trained source, so that matching it cannot be luck"
+    config = TrainConfig(data=str(synthetic_root), out=str(tmp_path / "tuned"), arch="odenet", width=16, epochs=1, batch_size=8,
+                         lr=1e-9, manifest=str(trained_run.run_dir / "manifest.json"), progress=False, table_every=0,
+                         init=str(trained_run.best_checkpoint))
+    tuned = train(config)
+    assert tuned.history[0]["val_accuracy"] == source.metrics["val_accuracy"]
+
+
+def test_init_refuses_another_network(trained_run, synthetic_root, tmp_path):
+    config = TrainConfig(data=str(synthetic_root), out=str(tmp_path / "other"), arch="odenet", width=8, epochs=1, batch_size=8,
+                         manifest=str(trained_run.run_dir / "manifest.json"), progress=False, init=str(trained_run.best_checkpoint))
+    with pytest.raises(UsageError, match="width 16 vs 8"):
+        train(config)

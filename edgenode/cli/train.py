@@ -46,13 +46,14 @@ def command(
     unlabeled: Annotated[bool, typer.Option(help="Also train on the unused images (minus near-duplicates of val/test) with teacher targets.")] = False,
     near_duplicates: Annotated[Optional[Path], typer.Option(help="TSV of near-duplicate pairs (file_a, file_b, hamming); computed with dHash if unset.")] = None,
     amp: Annotated[bool, typer.Option(help="bfloat16 autocast for training passes on CUDA.")] = False,
+    init: Annotated[Optional[Path], typer.Option(help="Start from this checkpoint's weights (fine-tune; the solver may differ).")] = None,
 ) -> None:
     """Train a NeuralODECNN; writes best.pt, last.pt, metrics and curves into --out."""
     from edgenode.data import SplitConfig
     from edgenode.train import TrainConfig, train
 
     output_folder(out)
-    for path, option in ((teacher, "--teacher"), (near_duplicates, "--near-duplicates")):
+    for path, option in ((teacher, "--teacher"), (near_duplicates, "--near-duplicates"), (init, "--init")):
         if path is not None:
             existing_path(path, option, folder=False)
     split = SplitConfig(per_class=per_class, train=train_per_class, val=val_per_class, test=test_per_class, image_size=image_size, seed=seed, strict=strict)
@@ -63,5 +64,6 @@ def command(
         device=device, split=split, manifest=str(manifest) if manifest else None, resume=resume, progress=progress,
         teacher=str(teacher) if teacher else None, distill_weight=distill_weight, kd_weight=kd_weight,
         unlabeled=unlabeled, near_duplicates=str(near_duplicates) if near_duplicates else None, amp=amp,
+        init=str(init) if init else None,
     )
     train(config)
