@@ -157,6 +157,26 @@ def test_validity_accepts_a_smooth_model_and_flags_a_stiff_one():
     assert "ODE validity" in bad.summary()
 
 
+def test_validity_names_the_finer_step_count_that_solves_the_ode(monkeypatch):
+    """N disagrees with the exact solve on 1 image in 20, 2N on none: the check says to deploy 2N."""
+    from edgenode.export import steps as steps_module
+
+    exact = np.tile(np.eye(4), (5, 1))  # 20 images, argmax cycling through 4 classes
+    coarse = exact.copy()
+    coarse[0] = [0.0, 2.0, 0.0, 0.0]  # one answer of 20 flips at N
+    labels = exact.argmax(1)
+
+    def fake_ladder(model, solvers, images, labels_):
+        logits = [coarse, exact, exact] if solvers[0].method == "rk4" else [exact, exact, exact]
+        return [steps_module.Rung(s.describe(), 1, steps_module.accuracy(l, labels_), None) for s, l in zip(solvers, logits)], logits
+
+    monkeypatch.setattr(steps_module, "_ladder", fake_ladder)
+    validity = check_ode_validity(None, None, labels, "rk4", 2, tolerances=(1e-3, 1e-5, 1e-7), max_accuracy_spread=1.0)
+    assert not validity.converged and validity.deployed_agreement == 0.95
+    assert (validity.suggested_steps, validity.suggested_agreement) == (4, 1.0)
+    assert validity.to_dict()["suggested_steps"] == 4
+
+
 def test_batchnorm_is_folded_once_so_every_step_shares_the_weights():
     torch.manual_seed(0)
     model = build_model(preset_config("paper", num_classes=5, width=8)).eval()

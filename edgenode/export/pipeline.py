@@ -136,6 +136,10 @@ def report_validity(validity: OdeValidity, report: dict) -> None:
             + "\n- ".join(validity.reasons)
             + f"\nThe artifacts reproduce {validity.method}×{validity.steps} exactly, but no other solver or step count "
             "will; retrain with a finer or adaptive solver if the ODE view matters.")
+    if validity.suggested_steps:
+        text += (f"\n{validity.method}×{validity.suggested_steps} agrees with the tightest dopri5 solve on "
+                 f"{validity.suggested_agreement:.1%}: export with --steps {validity.suggested_steps} to deploy a solve of "
+                 f"the ODE ({validity.suggested_steps // validity.steps}× the cost).")
     console.print(Panel(text, title="[bold red]warning: not a valid ODE[/]", border_style="red"), soft_wrap=False)
     report.setdefault("warnings", []).append("not a valid ODE: " + "; ".join(validity.reasons))
 

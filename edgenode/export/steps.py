@@ -230,10 +230,13 @@ class OdeValidity:
     deployed_agreement: float  # top-1 agreement of the deployed N with the tightest adaptive solve
     converged: bool
     reasons: tuple[str, ...] = field(default_factory=tuple)
+    suggested_steps: int | None = None  # the smallest of 2N, 4N that agrees well enough when N does not
+    suggested_agreement: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "steps": self.steps, "ode_valid": self.converged, "reasons": list(self.reasons),
                 "deployed_agreement_with_tightest": self.deployed_agreement,
+                "suggested_steps": self.suggested_steps, "suggested_agreement": self.suggested_agreement,
                 "fixed_ladder": [asdict(r) for r in self.fixed], "tolerance_ladder": [asdict(r) for r in self.adaptive]}
 
     def summary(self) -> str:
@@ -282,7 +285,15 @@ def check_ode_validity(model: NeuralODECNN, images: torch.Tensor, labels: np.nda
     if spread > max_accuracy_spread + 1e-12:
         reasons.append(f"accuracy moves by {spread * 100:.1f} pt across solvers (allowed {max_accuracy_spread * 100:.1f} pt)")
     deployed = agreement(fixed_logits[0], adaptive_logits[-1])
+    suggested = suggested_agreement = None
     if deployed < min_deployed_agreement:
         reasons.append(f"{method}×{n_steps} agrees with the tightest dopri5 solve on only {deployed:.1%} of images "
                        f"(want ≥ {min_deployed_agreement:.0%})")
-    return OdeValidity(method, n_steps, tuple(fixed), tuple(adaptive), deployed, not reasons, tuple(reasons))
+        # A network trained with few large steps can still be an ODE that a finer grid solves: say which N would do.
+        for solver, logits in zip(fixed_solvers[1:], fixed_logits[1:]):
+            finer = agreement(logits, adaptive_logits[-1])
+            if finer >= min_deployed_agreement:
+                suggested, suggested_agreement = solver.n_steps, finer
+                break
+    return OdeValidity(method, n_steps, tuple(fixed), tuple(adaptive), deployed, not reasons, tuple(reasons),
+                       suggested, suggested_agreement)
