@@ -304,6 +304,8 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
             f"train/val/test {len(splits['train'])}/{len(splits['val'])}/{len(splits['test'])}, device {device}"
             + (f", {ctx.world_size} processes" if ctx.world_size > 1 else "")
         )
+        if config.amp and device.type != "cuda":
+            ctx.print(f"--amp: bfloat16 autocast is used on CUDA only; training in float32 on {device}")
         if teacher_summary:
             ctx.print(
                 f"distilling {teacher_summary['teacher']}: targets for {teacher_summary['train_with_target']} train and "

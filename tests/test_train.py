@@ -157,3 +157,9 @@ def test_init_refuses_another_network(trained_run, synthetic_root, tmp_path):
                          manifest=str(trained_run.run_dir / "manifest.json"), progress=False, init=str(trained_run.best_checkpoint))
     with pytest.raises(UsageError, match="width 16 vs 8"):
         train(config)
+
+
+def test_amp_on_cpu_says_it_trains_in_float32(synthetic_root, tmp_path, capsys):
+    result = train(small_config(synthetic_root, tmp_path / "amp", epochs=1, amp=True))
+    assert "--amp: bfloat16 autocast is used on CUDA only; training in float32 on cpu" in capsys.readouterr().err
+    assert len(result.history) == 1
