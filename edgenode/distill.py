@@ -36,7 +36,9 @@ class DistillTargets:
     scale: float  # temperature of the teacher's class probabilities, fitted on the train split
 
     def teacher_logits(self, index: torch.Tensor) -> torch.Tensor:
-        return self.scale * self.embedding[index] @ self.class_means.t()
+        """Float32 even under autocast: these are targets, and bf16 would cost ~0.1 logit at these scales."""
+        with torch.autocast(self.embedding.device.type, enabled=False):
+            return self.scale * self.embedding[index].float() @ self.class_means.float().t()
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -113,13 +115,16 @@ def build_targets(
     return targets, summary
 
 
+DISTILLABLE_PRESETS = ("faceode",)  # their head is embedding → cosine classifier
+
+
 def check_student(model, teacher: TeacherEmbeddings) -> None:
+    if model.config.arch not in DISTILLABLE_PRESETS:
+        raise UsageError(f"--teacher: the {model.config.arch!r} preset has no embedding head to distil into",
+                         f"use --arch {' or '.join(DISTILLABLE_PRESETS)}")
     if model.feature_dim != teacher.dim:
-        raise UsageError(
-            f"--teacher: the {model.config.arch!r} preset has {model.feature_dim}-d features but the teacher's "
-            f"descriptors ({teacher.path}) are {teacher.dim}-d",
-            "use --arch faceode, whose features are a 128-d face embedding",
-        )
+        raise UsageError(f"--teacher: the student's embedding is {model.feature_dim}-d but the teacher's descriptors "
+                         f"({teacher.path}) are {teacher.dim}-d", "use 128-d descriptors (dlib's, `edgenode teacher`)")
 
 
 def init_classifier(model, targets: DistillTargets) -> None:
@@ -138,18 +143,21 @@ def distill_loss(
     targets: DistillTargets,
     embedding_weight: float,
     kd_weight: float,
+    count: float | None = None,
 ) -> torch.Tensor:
-    """Mean over images with a teacher descriptor of ``embedding_weight·(1-cos) + kd_weight·KL``."""
+    """``embedding_weight·(1-cos) + kd_weight·KL`` summed over the images with a teacher descriptor and divided by
+    ``count`` (default: their number, i.e. the mean; training under DDP passes the global count per rank)."""
     mask = targets.has_target[index]
     if not bool(mask.any()):
         return features.sum() * 0.0
     features, logits, index = features[mask].float(), logits[mask].float(), index[mask]
+    count = float(len(index)) if count is None else count
     loss = features.new_zeros(())
     if embedding_weight:
         cos = F.cosine_similarity(features, targets.embedding[index], dim=1)
-        loss = loss + embedding_weight * (1.0 - cos).mean()
+        loss = loss + embedding_weight * (1.0 - cos).sum() / count
     if kd_weight:
         teacher_log_probs = F.log_softmax(targets.teacher_logits(index), dim=1)
-        kl = F.kl_div(F.log_softmax(logits, dim=1), teacher_log_probs, log_target=True, reduction="batchmean")
-        loss = loss + kd_weight * kl
+        kl = F.kl_div(F.log_softmax(logits, dim=1), teacher_log_probs, log_target=True, reduction="sum")
+        loss = loss + kd_weight * kl / count
     return loss

@@ -91,6 +91,12 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+        if self.teacher:
+            from edgenode.distill import DISTILLABLE_PRESETS
+
+            if self.arch not in DISTILLABLE_PRESETS:
+                raise UsageError(f"--teacher: the {self.arch!r} preset has no embedding head to distil into",
+                                 f"use --arch {' or '.join(DISTILLABLE_PRESETS)}")
         if self.unlabeled and not self.teacher:
             raise UsageError("--unlabeled needs --teacher: unlabelled images can only learn from the teacher's targets",
                              "pass --teacher teacher.npz (see `edgenode teacher`)")
@@ -273,7 +279,7 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
         distill.init_classifier(model, targets)
     if config.init and not resume:
         start_from(model, model_config, manifest, config.init)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
     if len(splits["train"]) < config.batch_size:
         raise UsageError(f"--batch-size {config.batch_size} is larger than the train split ({len(splits['train'])} images)")
     if config.batch_size % ctx.world_size:
@@ -288,6 +294,7 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
         ckpt = load_checkpoint(last_path)
         if ckpt.manifest_sha256 != manifest.sha256:
             raise UsageError(f"{last_path} was trained on another split (manifest {ckpt.manifest_sha256[:12]}…)")
+        check_resume_settings(config, ckpt.train_config or {}, last_path)
         model.load_state_dict(ckpt.state_dict)
         optimizer.load_state_dict(ckpt.optimizer)
         scheduler.load_state_dict(ckpt.scheduler)
@@ -313,7 +320,7 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
                 f"teacher train accuracy {teacher_summary['teacher_train_ncm_accuracy']:.3f} (nearest class mean)"
             )
     train_model = ctx.wrap(model)
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing, reduction="sum")  # divided in run_epoch
 
     def snapshot(epoch: int, metrics: dict[str, Any]) -> Checkpoint:
         return Checkpoint(
@@ -412,15 +419,21 @@ def run_epoch(train_model, model, split: DeviceSplit, optimizer, scheduler, crit
             index = global_batch[ctx.rank * local : (ctx.rank + 1) * local].to(device)
             x, y = split.batch(index, aug)
             labelled = y != UNLABELLED
+            # Means over the *global* batch: DDP averages gradients over the ranks, so each rank divides its sum by
+            # the global count and multiplies by the world size; with one process this is the plain mean.
+            on_device = global_batch.to(device)
+            n_labelled = max(1, int((split.labels[on_device] != UNLABELLED).sum()))
             with autocast:
                 if targets is None:
                     logits = train_model(x)
                 else:
                     features, logits = train_model(x, return_features=True)
                 logits = logits.float()
-                loss = criterion(logits[labelled], y[labelled]) if bool(labelled.any()) else logits.sum() * 0.0
+                loss = criterion(logits[labelled], y[labelled]) * (ctx.world_size / n_labelled)
                 if targets is not None:
-                    extra = distill_loss(features, logits, index, targets, config.distill_weight, config.kd_weight)
+                    n_targets = max(1, int(targets.has_target[on_device].sum()))
+                    extra = distill_loss(features, logits, index, targets, config.distill_weight, config.kd_weight,
+                                         count=n_targets / ctx.world_size)
                     total_distill += extra.item() * len(y)
                     loss = loss + extra
             optimizer.zero_grad(set_to_none=True)
@@ -441,6 +454,25 @@ def run_epoch(train_model, model, split: DeviceSplit, optimizer, scheduler, crit
             "distill_loss": total_distill / max(1, seen), "nfe": max_nfe}
 
 
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on every weight but a learned logit scale: decaying log(scale) would pull it towards 1."""
+    decay = [p for n, p in model.named_parameters() if not n.endswith("log_scale")]
+    keep = [p for n, p in model.named_parameters() if n.endswith("log_scale")]
+    return [{"params": decay, "weight_decay": weight_decay}] + ([{"params": keep, "weight_decay": 0.0}] if keep else [])
+
+
+RESUME_FIXED = ("batch_size", "teacher", "distill_weight", "kd_weight", "unlabeled", "near_duplicates", "arch", "width")
+
+
+def check_resume_settings(config: TrainConfig, saved: dict, path: Path) -> None:
+    """A resumed run must see the same training set, batches and losses, or its schedule and shuffle diverge."""
+    now = config.to_dict()
+    changed = [f"--{k.replace('_', '-')} {saved.get(k)!r} → {now[k]!r}" for k in RESUME_FIXED if k in saved and saved[k] != now[k]]
+    if changed:
+        raise UsageError(f"--resume: {path} was trained with other settings ({', '.join(changed)})",
+                         "resume with the options it was started with, or train into another --out")
+
+
 def start_from(model: NeuralODECNN, model_config: ModelConfig, manifest: edata.Manifest, path: str) -> None:
     """Load ``path``'s weights to fine-tune them (e.g. with a finer solver); only the solver may differ."""
     source = load_checkpoint(path)
@@ -450,6 +482,9 @@ def start_from(model: NeuralODECNN, model_config: ModelConfig, manifest: edata.M
         what = ", ".join(f"{k} {theirs.get(k)!r} vs {mine[k]!r}" for k in differs) or "its class list differs"
         raise UsageError(f"--init {path}: not the same network as this run ({what})",
                          "pass the same --arch and --width, and the manifest it was trained with")
+    if source.manifest_sha256 != manifest.sha256:  # another split: its train images may be this run's val/test
+        raise UsageError(f"--init {path}: trained on another split (manifest {source.manifest_sha256[:12]}…, this run "
+                         f"{manifest.sha256[:12]}…)", "pass --manifest with the manifest.json of the run that trained it")
     model.load_state_dict(source.state_dict)
 
 
@@ -459,6 +494,11 @@ def unlabeled_pool(config: TrainConfig, manifest: edata.Manifest, ctx: DistConte
 
     if config.near_duplicates:
         pairs = nd.read_near_duplicates(config.near_duplicates)
+        known = set(manifest.files("val")) | set(manifest.files("test")) | {f for f, _ in manifest.unused}
+        if pairs and not any(p.file_a in known or p.file_b in known for p in pairs):
+            raise UsageError(f"--near-duplicates {config.near_duplicates}: none of its {len(pairs)} pairs names a file of this "
+                             f"split (e.g. {pairs[0].file_a!r}), so it would clean nothing",
+                             "use a table with paths relative to the images folder, as in the manifest")
     else:
         files = manifest.files("val") + manifest.files("test") + [f for f, _ in manifest.unused]
         hashes = nd.compute_hashes(config.data, files)

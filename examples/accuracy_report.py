@@ -33,6 +33,8 @@ def main() -> None:
     exclude = None
     if args.exclude:
         exclude = {line.strip() for line in args.exclude.read_text(encoding="utf-8").splitlines() if line.strip()}
+    if args.near_duplicates and args.split == "train":
+        parser.error("--near-duplicates compares the split with train: use it with --split val or test")
     if args.near_duplicates:
         from edgenode.data import Manifest
         from edgenode.data.near_duplicates import leaky_files, read_near_duplicates

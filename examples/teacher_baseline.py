@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--student", nargs="*", default=[], help="distilled checkpoints (faceode preset)")
     parser.add_argument("--data", help="data root, needed with --student")
     args = parser.parse_args()
+    if args.student and not args.data:
+        parser.error("--student needs --data (the images the student reads)")
     teacher, manifest = load_teacher(args.teacher), Manifest.load(args.manifest)
     train, found = teacher.lookup(manifest.files("train"))
     labels = np.asarray(manifest.labels("train"))

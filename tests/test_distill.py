@@ -123,8 +123,11 @@ def test_only_a_student_with_teacher_sized_features_can_be_distilled():
     embedding, _ = clusters(dim=128)
     teacher = _teacher([f"a/{i}.jpg" for i in range(len(embedding))], embedding)
     distill.check_student(build_model(preset_config("faceode", num_classes=5, width=8)), teacher)
-    with pytest.raises(UsageError, match="--arch faceode"):
-        distill.check_student(build_model(preset_config("odenet", num_classes=5, width=8)), teacher)
+    with pytest.raises(UsageError, match="--arch faceode"):  # 128-d pooled features, but no embedding head
+        distill.check_student(build_model(preset_config("odenet", num_classes=5, width=128)), teacher)
+    small = _teacher([f"a/{i}.jpg" for i in range(len(embedding))], embedding[:, :64])
+    with pytest.raises(UsageError, match="teacher's descriptors .* are 64-d"):
+        distill.check_student(build_model(preset_config("faceode", num_classes=5, width=8)), small)
 
 
 def test_classifier_starts_at_the_teachers_class_means():
@@ -142,10 +145,11 @@ def test_classifier_starts_at_the_teachers_class_means():
     ({"teacher": "t.npz", "distill_weight": -1.0}, "--distill-weight"),
     ({"teacher": "t.npz", "kd_weight": float("nan")}, "--kd-weight"),
     ({"teacher": "t.npz", "near_duplicates": "pairs.tsv"}, "--near-duplicates is only used"),
+    ({"teacher": "t.npz", "arch": "odenet"}, "'odenet' preset has no embedding head"),
 ])
 def test_bad_distillation_options_are_refused_up_front(overrides, fragment):
     with pytest.raises(UsageError, match=fragment):
-        TrainConfig(data="d", **overrides)
+        TrainConfig(data="d", **{"arch": "faceode", **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +197,36 @@ def test_distilled_run_resumes_exactly(pool_setup, tmp_path):
     actual = load_checkpoint(resumed.last_checkpoint).state_dict
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)
+
+
+def test_a_near_duplicate_table_of_another_layout_is_refused(pool_setup, tmp_path):
+    """Paths that name no file of the split (e.g. Kaggle's pins_ prefix against this layout) would clean nothing."""
+    tmp, root, manifest = pool_setup
+    foreign = NearDuplicate("pins_" + manifest.unused[0][0], "pins_" + manifest.files("test")[0], 0)
+    write_near_duplicates(tmp_path / "foreign.tsv", [foreign])
+    with pytest.raises(UsageError, match="none of its 1 pairs names a file of this split"):
+        train(_pool_config(tmp, root, tmp_path / "run", near_duplicates=str(tmp_path / "foreign.tsv")))
+
+
+def test_resume_refuses_other_distillation_settings(pool_setup, tmp_path):
+    tmp, root, _ = pool_setup
+    train(_pool_config(tmp, root, tmp_path / "run", epochs=1))
+    with pytest.raises(UsageError, match=r"--unlabeled True → False"):
+        train(_pool_config(tmp, root, tmp_path / "run", epochs=2, resume=True, unlabeled=False, near_duplicates=None))
+
+
+def test_the_learned_logit_scale_is_not_weight_decayed():
+    from edgenode.train import parameter_groups
+
+    model = build_model(preset_config("faceode", num_classes=3, width=8))
+    decayed, kept = parameter_groups(model, 0.05)
+    assert kept["weight_decay"] == 0.0 and kept["params"] == [model.head[-1].log_scale]
+    assert decayed["weight_decay"] == 0.05 and len(decayed["params"]) == len(list(model.parameters())) - 1
+    assert len(parameter_groups(build_model(preset_config("odenet", num_classes=3, width=8)), 0.05)) == 1
+
+
+def test_teacher_logits_stay_float32_under_autocast():
+    targets = _targets(dim=128)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = targets.teacher_logits(torch.arange(4))
+    assert logits.dtype == torch.float32

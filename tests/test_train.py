@@ -163,3 +163,18 @@ def test_amp_on_cpu_says_it_trains_in_float32(synthetic_root, tmp_path, capsys):
     result = train(small_config(synthetic_root, tmp_path / "amp", epochs=1, amp=True))
     assert "--amp: bfloat16 autocast is used on CUDA only; training in float32 on cpu" in capsys.readouterr().err
     assert len(result.history) == 1
+
+
+def test_init_refuses_a_checkpoint_of_another_split(trained_run, synthetic_root, tmp_path):
+    import dataclasses
+
+    from edgenode.data import Manifest
+
+    manifest = Manifest.load(trained_run.run_dir / "manifest.json")
+    reshuffled = dataclasses.replace(manifest, splits={"train": manifest.splits["val"], "val": manifest.splits["train"],
+                                                       "test": manifest.splits["test"]})
+    reshuffled.save(tmp_path / "other.json")
+    config = TrainConfig(data=str(synthetic_root), out=str(tmp_path / "run"), arch="odenet", width=16, epochs=1, batch_size=8,
+                         manifest=str(tmp_path / "other.json"), progress=False, init=str(trained_run.best_checkpoint))
+    with pytest.raises(UsageError, match="trained on another split"):
+        train(config)

@@ -175,6 +175,8 @@ def test_validity_names_the_finer_step_count_that_solves_the_ode(monkeypatch):
     assert not validity.converged and validity.deployed_agreement == 0.95
     assert (validity.suggested_steps, validity.suggested_agreement) == (4, 1.0)
     assert validity.to_dict()["suggested_steps"] == 4
+    strict = check_ode_validity(None, None, labels, "rk4", 2, tolerances=(1e-3, 1e-5, 1e-7), max_accuracy_spread=0.0)
+    assert len(strict.reasons) == 2 and strict.suggested_steps is None, "no advice when the ODE itself is in doubt"
 
 
 def test_batchnorm_is_folded_once_so_every_step_shares_the_weights():

@@ -134,12 +134,14 @@ def report_validity(validity: OdeValidity, report: dict) -> None:
         return
     text = ("This model does not behave as an ODE solved accurately (Ott et al. 2021, 'ResNet after all?'):\n- "
             + "\n- ".join(validity.reasons)
-            + f"\nThe artifacts reproduce {validity.method}×{validity.steps} exactly, but no other solver or step count "
-            "will; retrain with a finer or adaptive solver if the ODE view matters.")
+            + f"\nThe artifacts reproduce {validity.method}×{validity.steps} exactly (the network as trained), but an "
+            "accurate solve of its ODE answers differently on some images")
     if validity.suggested_steps:
-        text += (f"\n{validity.method}×{validity.suggested_steps} agrees with the tightest dopri5 solve on "
+        text += (f"; {validity.method}×{validity.suggested_steps} agrees with the tightest dopri5 solve on "
                  f"{validity.suggested_agreement:.1%}: export with --steps {validity.suggested_steps} to deploy a solve of "
-                 f"the ODE ({validity.suggested_steps // validity.steps}× the cost).")
+                 f"the ODE ({validity.suggested_steps // validity.steps}× the cost), or retrain with a finer or adaptive solver.")
+    else:
+        text += "; retrain with a finer or adaptive solver if the ODE view matters."
     console.print(Panel(text, title="[bold red]warning: not a valid ODE[/]", border_style="red"), soft_wrap=False)
     report.setdefault("warnings", []).append("not a valid ODE: " + "; ".join(validity.reasons))
 

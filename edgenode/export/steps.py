@@ -289,8 +289,9 @@ def check_ode_validity(model: NeuralODECNN, images: torch.Tensor, labels: np.nda
     if deployed < min_deployed_agreement:
         reasons.append(f"{method}×{n_steps} agrees with the tightest dopri5 solve on only {deployed:.1%} of images "
                        f"(want ≥ {min_deployed_agreement:.0%})")
-        # A network trained with few large steps can still be an ODE that a finer grid solves: say which N would do.
-        for solver, logits in zip(fixed_solvers[1:], fixed_logits[1:]):
+        # A network trained with few large steps can still be an ODE that a finer grid solves: say which N would do
+        # (only when everything else converged, so the suggestion is a solve of a well-behaved ODE).
+        for solver, logits in zip(fixed_solvers[1:] if len(reasons) == 1 else [], fixed_logits[1:]):
             finer = agreement(logits, adaptive_logits[-1])
             if finer >= min_deployed_agreement:
                 suggested, suggested_agreement = solver.n_steps, finer
