@@ -168,7 +168,7 @@ def test_validity_names_the_finer_step_count_that_solves_the_ode(monkeypatch):
 
     def fake_ladder(model, solvers, images, labels_):
         logits = [coarse, exact, exact] if solvers[0].method == "rk4" else [exact, exact, exact]
-        return [steps_module.Rung(s.describe(), 1, steps_module.accuracy(l, labels_), None) for s, l in zip(solvers, logits)], logits
+        return [steps_module.Rung(s.describe(), 1, steps_module.accuracy(x, labels_), None) for s, x in zip(solvers, logits)], logits
 
     monkeypatch.setattr(steps_module, "_ladder", fake_ladder)
     validity = check_ode_validity(None, None, labels, "rk4", 2, tolerances=(1e-3, 1e-5, 1e-7), max_accuracy_spread=1.0)
