@@ -230,3 +230,28 @@ def test_teacher_logits_stay_float32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = targets.teacher_logits(torch.arange(4))
     assert logits.dtype == torch.float32
+
+
+def test_two_process_ddp_distillation_matches_single_process(pool_setup, tmp_path):
+    """Labelled and pool images split unevenly over the ranks: losses must use the global counts."""
+    import os
+    import subprocess
+    import sys
+
+    tmp, root, manifest = pool_setup
+    args = ["--arch", "faceode", "--width", "8", "--epochs", "1", "--batch-size", "8", "--lr", "3e-3", "--manifest",
+            str(tmp / "manifest.json"), "--teacher", str(tmp / "teacher.npz"), "--unlabeled", "--near-duplicates",
+            str(tmp / "pairs.tsv"), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name, launcher in (("single", []), ("ddp", ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"])):
+        cmd = [sys.executable, *launcher, "-m", "edgenode", "train", str(root), "--out", str(tmp_path / name), *args]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+    single, ddp = load_checkpoint(tmp_path / "single" / "last.pt"), load_checkpoint(tmp_path / "ddp" / "last.pt")
+    assert ddp.history[0]["train_distill_loss"] == pytest.approx(single.history[0]["train_distill_loss"], abs=1e-4)
+    assert ddp.history[0]["train_loss"] == pytest.approx(single.history[0]["train_loss"], abs=1e-4)
+    from edgenode.data import load_split
+
+    x, _ = load_split(manifest, root, "val")
+    with torch.no_grad():
+        torch.testing.assert_close(ddp.build_model()(x), single.build_model()(x), rtol=0, atol=2e-3)
