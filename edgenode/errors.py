@@ -67,3 +67,9 @@ class NumericError(EdgenodeError):
 
 class ParityError(EdgenodeError):
     """A deployed artifact does not reproduce the reference model within the thresholds."""
+
+
+def is_whole_number(value: object, low: int = 1) -> bool:
+    """``value`` is an int (not a bool, which Python counts as one) and at least ``low``: the test behind every
+    count-like option; each caller keeps its own message."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low

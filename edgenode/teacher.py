@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgenode.artifacts import atomic_path, file_kind
-from edgenode.errors import ArtifactError, ArtifactPathError, DataError, EdgenodeError, ImageDecodeError, UsageError
+from edgenode.errors import ArtifactError, ArtifactPathError, DataError, EdgenodeError, ImageDecodeError, UsageError, is_whole_number
 
 PROVENANCE_KEYS = ("dlib_version", "model", "method")
 _NOT_TEACHER = {"onnx": "an ONNX model", "image": "an image", "json": "a JSON file (a manifest or sidecar?)"}
@@ -197,7 +197,7 @@ def compute_descriptors(root: str | os.PathLike, files: list[str], *, progress: 
     from edgenode.data.manifest import MAX_SKIP_WARNINGS
 
     workers = _default_workers(len(files)) if workers is None else workers
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+    if not is_whole_number(workers):
         raise UsageError(f"workers={workers!r} is not a positive integer", "use 1 (in-process) or more processes")
     base = images_root(root)
     provenance = installed_provenance()

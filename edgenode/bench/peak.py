@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from edgenode.bench.timing import measure, wall_ms
-from edgenode.errors import UsageError
+from edgenode.errors import UsageError, is_whole_number
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class PeakConfig:
     def __post_init__(self):
         for name in ("batch", "channels", "size", "depth", "matmul_size", "repeats"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_whole_number(value):
                 raise UsageError(f"peak measurement: {name} must be a positive whole number, got {value!r}")
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
             raise UsageError(f"peak measurement: warmup must be >= 0, got {self.warmup!r}")

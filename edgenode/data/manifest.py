@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from edgenode.artifacts import atomic_write_bytes, canonical_json, file_kind, read_json, sha256_bytes
 from edgenode.data import decode
 from edgenode.data.discover import discover_images, images_root
-from edgenode.errors import ArtifactError, ArtifactPathError, DataError, EdgenodeError, ImageDecodeError, UsageError
+from edgenode.errors import ArtifactError, ArtifactPathError, DataError, EdgenodeError, ImageDecodeError, UsageError, is_whole_number
 
 MANIFEST_FORMAT = "edgenode-manifest/1"
 SPLITS = ("train", "val", "test")
@@ -37,7 +37,7 @@ class DataWarning(UserWarning):
 
 
 def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if not is_whole_number(value):
         raise UsageError(f"{name}={value!r} is not a positive integer", f"set {name} to a whole number >= 1")
 
 

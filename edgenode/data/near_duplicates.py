@@ -31,7 +31,7 @@ from edgenode.artifacts import atomic_write_bytes
 from edgenode.data import decode
 from edgenode.data.discover import images_root
 from edgenode.data.manifest import DataWarning, Manifest
-from edgenode.errors import DataError, DataPathError, ImageDecodeError, UsageError
+from edgenode.errors import DataError, DataPathError, ImageDecodeError, UsageError, is_whole_number
 
 HASH_SIZE = (9, 8)
 """(width, height) of the greyscale thumbnail: 8 comparisons per row x 8 rows = 64 bits."""
@@ -94,7 +94,7 @@ def compute_hashes(
     ``(file, reason)`` is appended to ``skipped`` when a list is given, and one :class:`DataWarning` names
     the count. :func:`find_near_duplicates` leaves masked slots out; ``np.ma.getmaskarray(h)`` lists them.
     """
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers <= 0):
+    if workers is not None and not is_whole_number(workers):
         raise UsageError(f"workers={workers!r} is not a positive integer", "set workers to a whole number >= 1")
     base = images_root(root)
 
@@ -143,7 +143,7 @@ def find_near_duplicates(
     hashes (undecodable files from :func:`compute_hashes`) are skipped. Each pair is written with
     ``file_a < file_b`` and the list is sorted by (hamming, file_a, file_b), so the output is reproducible.
     """
-    if isinstance(max_distance, bool) or not isinstance(max_distance, int) or not 0 <= max_distance <= 64:
+    if not is_whole_number(max_distance, 0) or max_distance > 64:
         raise UsageError(f"max_distance={max_distance!r} is not a whole number of bits from 0 to 64",
                          f"use the Pins threshold {DEFAULT_MAX_DISTANCE}")
     files = list(files)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from edgenode.errors import UsageError
+from edgenode.errors import UsageError, is_whole_number
 
 _FORMATS = {
     "png": ("png", "PNG", {"optimize": False, "compress_level": 1}),
@@ -143,7 +143,7 @@ def _finish(img: Image.Image, rng: np.random.Generator, size: int) -> Image.Imag
 
 
 def _check(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    if not is_whole_number(value, low):
         raise UsageError(f"{name}={value!r} is not a whole number >= {low}", f"set {name} to at least {low}")
 
 

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from edgenode.calibration.table import CALIBRATION_METHODS, DEFAULT_TRT_VERSION, trt_version_code
-from edgenode.errors import UsageError
+from edgenode.errors import UsageError, is_whole_number
 from edgenode.export.golden import GOLDEN_COUNT
 from edgenode.export.int8 import INT8_TARGET_CHOICES
 from edgenode.export.metadata import PRECISIONS
@@ -92,7 +92,7 @@ class ExportConfig:
                              f"choose one of {', '.join(CALIBRATION_METHODS)}")
         for name in ("calibration_per_class", "golden_count"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_whole_number(value):
                 raise UsageError(f"--{name.replace('_', '-')} {value!r} must be a positive whole number")
         if isinstance(self.calibration_seed, bool) or not isinstance(self.calibration_seed, int):
             raise UsageError(f"--calibration-seed {self.calibration_seed!r} must be a whole number")

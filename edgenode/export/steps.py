@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from edgenode.artifacts import atomic_write_bytes, write_json
-from edgenode.errors import ParityError, UsageError
+from edgenode.errors import ParityError, UsageError, is_whole_number
 from edgenode.model import NeuralODECNN
 from edgenode.ode.solvers import EVALS_PER_STEP, SolverConfig
 
@@ -143,7 +143,7 @@ def sweep_steps(model: NeuralODECNN, images: torch.Tensor, labels: np.ndarray, m
                 candidates: Sequence[int] = SWEEP_STEPS, criteria: SweepCriteria = SweepCriteria(),
                 reference_tol: float = REFERENCE_TOL) -> StepSweep:
     """Compare ``method`` × N (float32) with dopri5 at ``reference_tol`` (float64) for each N of ``candidates``."""
-    if not candidates or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in candidates):
+    if not candidates or not all(is_whole_number(n) for n in candidates):
         raise UsageError(f"step candidates must be positive whole numbers, got {list(candidates)!r}")
     labels = np.asarray(labels)
     ref_solver = reference_solver(reference_tol)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edgenode.artifacts import atomic_path, atomic_write_bytes, write_sidecar
-from edgenode.errors import ArtifactError, EdgenodeError, UsageError
+from edgenode.errors import ArtifactError, EdgenodeError, UsageError, is_whole_number
 from edgenode.export.metadata import ArtifactMetadata
 from edgenode.export.onnx_export import INPUT_NAME
 
@@ -58,7 +58,7 @@ class EngineConfig:
     def __post_init__(self):
         for name in ("opt_batch", "max_batch", "workspace_mib"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_whole_number(value):
                 raise UsageError(f"--engine-{name.replace('_', '-')} {value!r} must be a positive whole number")
         if self.max_batch < self.opt_batch:
             raise UsageError(f"--engine-max-batch {self.max_batch} is below --engine-opt-batch {self.opt_batch}",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from edgenode.errors import UsageError
+from edgenode.errors import UsageError, is_whole_number
 from edgenode.model import NeuralODECNN
 from edgenode.ode.solvers import EVALS_PER_STEP, FIXED_STEP_METHODS, SolverConfig
 
@@ -37,7 +37,7 @@ def check_method(method: str) -> str:
 
 
 def check_steps(steps: int) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    if not is_whole_number(steps):
         raise UsageError(f"--steps {steps!r} is not a positive whole number", "pass --steps 4 (any N >= 1) or --steps auto")
     return steps
 
