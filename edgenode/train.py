@@ -415,14 +415,13 @@ def run_epoch(train_model, model, split: DeviceSplit, optimizer, scheduler, crit
     total_loss, total_distill, total_correct, seen, labelled_seen, max_nfe = 0.0, 0.0, 0, 0, 0, 0
     with progress_bar(f"epoch {epoch}", steps, enabled=config.progress and ctx.is_main) as advance:
         for step in range(steps):
-            global_batch = perm[step * config.batch_size : (step + 1) * config.batch_size]
-            index = global_batch[ctx.rank * local : (ctx.rank + 1) * local].to(device)
+            global_batch = perm[step * config.batch_size : (step + 1) * config.batch_size].to(device)
+            index = global_batch[ctx.rank * local : (ctx.rank + 1) * local]
             x, y = split.batch(index, aug)
             labelled = y != UNLABELLED
             # Means over the *global* batch: DDP averages gradients over the ranks, so each rank divides its sum by
             # the global count and multiplies by the world size; with one process this is the plain mean.
-            on_device = global_batch.to(device)
-            n_labelled = max(1, int((split.labels[on_device] != UNLABELLED).sum()))
+            n_labelled = max(1, int((split.labels[global_batch] != UNLABELLED).sum()))
             with autocast:
                 if targets is None:
                     logits = train_model(x)
@@ -431,7 +430,7 @@ def run_epoch(train_model, model, split: DeviceSplit, optimizer, scheduler, crit
                 logits = logits.float()
                 loss = criterion(logits[labelled], y[labelled]) * (ctx.world_size / n_labelled)
                 if targets is not None:
-                    n_targets = max(1, int(targets.has_target[on_device].sum()))
+                    n_targets = max(1, int(targets.has_target[global_batch].sum()))
                     extra = distill_loss(features, logits, index, targets, config.distill_weight, config.kd_weight,
                                          count=n_targets / ctx.world_size)
                     total_distill += extra.item() * len(y)

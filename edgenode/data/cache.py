@@ -32,8 +32,13 @@ def cache_dir() -> Path:
 
 def cache_path(manifest: Manifest, root: str | os.PathLike, split: str) -> Path:
     manifest.files(split)  # validates the split name
+    return _cache_file(manifest, root, split)
+
+
+def _cache_file(manifest: Manifest, root: str | os.PathLike, name: str) -> Path:
+    """``<manifest>-<images folder>-<name>-<version>.npz``: pixels are never served for another split or folder."""
     folder_key = sha256_bytes(str(images_root(root).resolve()).encode("utf-8"))[:12]
-    return cache_dir() / f"{manifest.sha256[:16]}-{folder_key}-{split}-{CACHE_VERSION}.npz"
+    return cache_dir() / f"{manifest.sha256[:16]}-{folder_key}-{name}-{CACHE_VERSION}.npz"
 
 
 def _labels(manifest: Manifest, split: str) -> np.ndarray:
@@ -113,8 +118,7 @@ def load_file_arrays(
     files that never decoded during selection; those are left out rather than failing the run.
     """
     listing = sha256_bytes("\n".join(f"{f}\t{c}" for f, c in entries).encode("utf-8"))[:16]
-    folder_key = sha256_bytes(str(images_root(root).resolve()).encode("utf-8"))[:12]
-    path = cache_dir() / f"{manifest.sha256[:16]}-{folder_key}-{name}-{listing}-{CACHE_VERSION}.npz"
+    path = _cache_file(manifest, root, f"{name}-{listing}")
     by_file = dict(entries)
     if path.is_file():
         try:
