@@ -168,6 +168,7 @@ def accuracy_report(checkpoint_path: str | os.PathLike, data_root: str | os.Path
     training images into the test set and report memorisation as accuracy. ``exclude_files`` (paths relative
     to the images root, e.g. test images with a near-duplicate in train) gives a second accuracy without them.
     """
+    from edgenode.align import check_data_alignment
     from edgenode.artifacts import write_json
     from edgenode.checkpoint import load_checkpoint
     from edgenode.console import console
@@ -181,6 +182,7 @@ def accuracy_report(checkpoint_path: str | os.PathLike, data_root: str | os.Path
         raise ArtifactError(
             f"{manifest_path}: split manifest {manifest.sha256[:12]}… is not the one {Path(checkpoint_path).name} was "
             f"trained on ({ckpt.manifest_sha256[:12]}…)", "pass the manifest.json from the checkpoint's run folder")
+    check_data_alignment(ckpt.input_spec, data_root)
     images, labels = load_split_arrays(manifest, data_root, split)
     if len(labels) == 0:
         raise UsageError(f"the {split} split of {manifest_path} is empty", "choose a split with images")

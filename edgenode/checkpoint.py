@@ -19,27 +19,45 @@ from typing import Any
 import torch
 
 from edgenode import __version__
+from edgenode.align import AlignSpec
 from edgenode.artifacts import atomic_path, file_kind, sha256_bytes
 from edgenode.errors import ArtifactError, ArtifactPathError, EdgenodeError
 from edgenode.model import ModelConfig, NeuralODECNN, build_model
 
 CHECKPOINT_FORMAT = "edgenode-checkpoint/1"
+# Written only for models trained on aligned faces: an older edgenode refuses the file instead of running the model
+# on unaligned pictures (it would ignore the unknown "align" key and answer confidently wrong).
+CHECKPOINT_FORMAT_ALIGNED = "edgenode-checkpoint/2"
+CHECKPOINT_FORMATS = (CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_ALIGNED)
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    """How raw pictures become model input: travels with every artifact so callers never repeat it."""
+    """How raw pictures become model input: travels with every artifact so callers never repeat it.
+
+    ``align`` is set for a model trained on aligned face chips (``edgenode align``): every runtime then aligns
+    its inputs the same way before resizing and normalising. Absent for models trained on plain crops.
+    """
 
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    align: AlignSpec | None = None
 
     def to_dict(self) -> dict:
-        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std)}
+        record = {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std)}
+        if self.align is not None:  # absent, not null: older readers and files stay as they were
+            record["align"] = self.align.to_dict()
+        return record
 
     @classmethod
     def from_dict(cls, data: dict) -> "InputSpec":
-        return cls(int(data["image_size"]), tuple(map(float, data["mean"])), tuple(map(float, data["std"])))
+        align = AlignSpec.from_dict(data["align"]) if data.get("align") else None
+        return cls(int(data["image_size"]), tuple(map(float, data["mean"])), tuple(map(float, data["std"])), align)
+
+    def describe(self) -> str:
+        """``64 px`` or ``64 px, aligned faces (dlib-5pt)``."""
+        return f"{self.image_size} px" + (f", aligned faces ({self.align.method})" if self.align else "")
 
 
 @dataclass
@@ -66,7 +84,7 @@ class Checkpoint:
 
 def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
     payload = {
-        "format": CHECKPOINT_FORMAT,
+        "format": CHECKPOINT_FORMAT_ALIGNED if ckpt.input_spec.align is not None else CHECKPOINT_FORMAT,
         "edgenode_version": __version__,
         "model": ckpt.model_config.to_dict(),
         "classes": list(ckpt.classes),
@@ -118,7 +136,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, ImportError, TypeError) as exc:
         raise _load_error(path, exc) from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") not in CHECKPOINT_FORMATS:
         raise ArtifactError(f"{path}: not an edgenode checkpoint (format {payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r})")
     try:
         return Checkpoint(

@@ -254,7 +254,7 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
 
     device = ctx.device if ctx.device is not None else resolve_device(config.device)
     manifest = prepare_manifest(config, run_dir, ctx)
-    spec = InputSpec(manifest.config.image_size, tuple(manifest.mean), tuple(manifest.std))
+    spec = InputSpec(manifest.config.image_size, tuple(manifest.mean), tuple(manifest.std), data_alignment(config.data, manifest.config.image_size))
     arrays = {name: edata.load_split_arrays(manifest, config.data, name) for name in ("train", "val", "test")}
     num_classes = len(manifest.classes)
     model_config = config.model_config(num_classes)
@@ -278,7 +278,8 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
         targets, teacher_summary = distill.build_targets(teacher, manifest.files("train"), arrays["train"][1], pool_files, num_classes, device)
         distill.init_classifier(model, targets)
     if config.init and not resume:
-        start_from(model, model_config, manifest, config.init)
+        source = start_from(model, model_config, manifest, config.init)
+        ctx.print(f"initialised from {config.init} (epoch {source.epoch}, sha256 {source.sha256[:12]}…)")
     optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
     if len(splits["train"]) < config.batch_size:
         raise UsageError(f"--batch-size {config.batch_size} is larger than the train split ({len(splits['train'])} images)")
@@ -295,6 +296,9 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
         if ckpt.manifest_sha256 != manifest.sha256:
             raise UsageError(f"{last_path} was trained on another split (manifest {ckpt.manifest_sha256[:12]}…)")
         check_resume_settings(config, ckpt.train_config or {}, last_path)
+        if ckpt.input_spec != spec:  # e.g. resumed on the aligned copy of a run started on plain crops
+            raise UsageError(f"{last_path} was trained on other input ({ckpt.input_spec.describe()}; this run: "
+                             f"{spec.describe()})", f"resume with the data folder the run started with ({config.data} is not)")
         model.load_state_dict(ckpt.state_dict)
         optimizer.load_state_dict(ckpt.optimizer)
         scheduler.load_state_dict(ckpt.scheduler)
@@ -472,7 +476,7 @@ def check_resume_settings(config: TrainConfig, saved: dict, path: Path) -> None:
                          "resume with the options it was started with, or train into another --out")
 
 
-def start_from(model: NeuralODECNN, model_config: ModelConfig, manifest: edata.Manifest, path: str) -> None:
+def start_from(model: NeuralODECNN, model_config: ModelConfig, manifest: edata.Manifest, path: str) -> Checkpoint:
     """Load ``path``'s weights to fine-tune them (e.g. with a finer solver); only the solver may differ."""
     source = load_checkpoint(path)
     mine, theirs = model_config.to_dict(), source.model_config.to_dict()
@@ -485,6 +489,26 @@ def start_from(model: NeuralODECNN, model_config: ModelConfig, manifest: edata.M
         raise UsageError(f"--init {path}: trained on another split (manifest {source.manifest_sha256[:12]}…, this run "
                          f"{manifest.sha256[:12]}…)", "pass --manifest with the manifest.json of the run that trained it")
     model.load_state_dict(source.state_dict)
+    return source
+
+
+def data_alignment(data: str, image_size: int):
+    """The AlignSpec of an aligned data folder (``edgenode align``), checked against the input size; else None.
+
+    The chips must already be the model's input size: the runtime aligns straight to that size, and a chip
+    aligned larger then resized would be a slightly different picture from the one deployment produces.
+    """
+    from edgenode.align import read_alignment
+
+    found = read_alignment(data)
+    if found is None:
+        return None
+    align, size = found
+    if size != image_size:
+        raise UsageError(f"{data} holds {size}-px aligned face chips but the split's image size is {image_size}",
+                         f"re-align into a new folder: edgenode align DATA --out NEW --size {image_size} "
+                         f"(or split with --image-size {size})")
+    return align
 
 
 def unlabeled_pool(config: TrainConfig, manifest: edata.Manifest, ctx: DistContext) -> tuple[np.ndarray, list[str]]:

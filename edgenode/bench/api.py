@@ -228,6 +228,7 @@ def expand_artifacts(items: Sequence[str], reference: Path) -> list[tuple[Path, 
 
 def load_inputs(config: BenchConfig, ckpt, reference: Path) -> _Inputs:
     """Timing images (the split's, or seeded random pixels without data) and the scored split, normalised."""
+    from edgenode.align import check_data_alignment
     from edgenode.data import Manifest, load_split_arrays, normalize_array
 
     spec = ckpt.input_spec
@@ -246,6 +247,7 @@ def load_inputs(config: BenchConfig, ckpt, reference: Path) -> _Inputs:
     root = Path(config.data)
     if not root.is_dir():
         raise UsageError(f"--data {root} is not a folder", "pass the data set root the reference was trained on")
+    check_data_alignment(spec, root)
     images, labels = load_split_arrays(manifest, root, config.split)
     if len(labels) == 0:
         raise UsageError(f"the {config.split} split of {manifest_path} is empty", "choose another --split")
@@ -411,6 +413,10 @@ def _check_row(info: RowInfo, session: _Session, name: str) -> tuple[list[str], 
     if info.input.image_size != spec.image_size:
         raise ArtifactError(f"{name}: takes {info.input.image_size} px input but the reference takes "
                             f"{spec.image_size} px", "bench artifacts exported from the reference's run")
+    if info.input.align != spec.align:
+        raise ArtifactError(f"{name}: {'expects aligned faces' if info.input.align else 'takes plain pictures'} but the "
+                            f"reference {'expects aligned faces' if spec.align else 'takes plain pictures'}",
+                            "bench artifacts exported from the reference's run")
     notes, comparable = [], True
     if list(info.classes) != list(session.classes):
         notes.append(f"its {len(info.classes)} classes are not the reference's {len(session.classes)}: no accuracy or agreement")

@@ -23,6 +23,7 @@ def command(
     provider: Annotated[str, typer.Option(help="auto | tensorrt | cuda | cpu (auto: fastest available).")] = "auto",
     workers: Annotated[int, typer.Option(help="Decoding threads (0: one per core + 2).")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout (JSON lines); messages go to stderr.")] = False,
+    pre_aligned: Annotated[bool, typer.Option("--pre-aligned", help="For a model trained on aligned faces: the images are already aligned chips (skip dlib).")] = False,
 ) -> None:
     """Classify images with an artifact; prints identity and confidence; exit 1 if any file failed."""
     from rich.markup import escape
@@ -41,7 +42,7 @@ def command(
     predictor = load_predictor(artifact, provider=provider)
     console.print(f"{predictor.describe()}; provider {predictor.provider}; {len(files)} image(s)", markup=False)
     failed = n = 0
-    for item in predictor.predict_files(files, batch_size=batch_size, k=top_k, workers=workers or None):
+    for item in predictor.predict_files(files, batch_size=batch_size, k=top_k, workers=workers or None, pre_aligned=pre_aligned):
         n += 1
         if not item.ok:
             failed += 1

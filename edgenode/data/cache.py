@@ -36,8 +36,18 @@ def cache_path(manifest: Manifest, root: str | os.PathLike, split: str) -> Path:
 
 
 def _cache_file(manifest: Manifest, root: str | os.PathLike, name: str) -> Path:
-    """``<manifest>-<images folder>-<name>-<version>.npz``: pixels are never served for another split or folder."""
-    folder_key = sha256_bytes(str(images_root(root).resolve()).encode("utf-8"))[:12]
+    """``<manifest>-<images folder>-<name>-<version>.npz``: pixels are never served for another split or folder.
+
+    An aligned copy's key also covers its alignment (spec and chip size), so a copy re-made at the same path
+    with other settings never gets the old chips' pixels.
+    """
+    from edgenode.align import read_alignment
+
+    folder = str(images_root(root).resolve())
+    alignment = read_alignment(root)
+    if alignment is not None:
+        folder += f"\0{alignment[0].method}\0{alignment[0].padding!r}\0{alignment[1]}"
+    folder_key = sha256_bytes(folder.encode("utf-8"))[:12]
     return cache_dir() / f"{manifest.sha256[:16]}-{folder_key}-{name}-{CACHE_VERSION}.npz"
 
 

@@ -15,6 +15,8 @@ from edgenode.checkpoint import InputSpec
 from edgenode.errors import ArtifactError
 
 ARTIFACT_FORMAT = "edgenode-artifact/1"
+ARTIFACT_FORMAT_ALIGNED = "edgenode-artifact/2"  # as CHECKPOINT_FORMAT_ALIGNED: older readers refuse, not misread
+ARTIFACT_FORMATS = (ARTIFACT_FORMAT, ARTIFACT_FORMAT_ALIGNED)
 PRECISIONS = ("fp32", "fp16", "int8")
 INT8_TARGETS = ("ort", "tensorrt")
 FULL_RECORD_KEY = "edgenode_metadata"
@@ -44,20 +46,20 @@ class ArtifactMetadata:
     def to_dict(self) -> dict[str, Any]:
         record = asdict(self)
         record["input"] = self.input.to_dict()
-        record["format"] = ARTIFACT_FORMAT
+        record["format"] = ARTIFACT_FORMAT_ALIGNED if self.input.align is not None else ARTIFACT_FORMAT
         return record
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> "ArtifactMetadata":
         record = dict(record)
-        if record.pop("format", None) != ARTIFACT_FORMAT:
+        if record.pop("format", None) not in ARTIFACT_FORMATS:
             raise ArtifactError("not edgenode artifact metadata (missing or unknown 'format')", "re-export with `edgenode export`")
         record.pop("sha256", None)
         record.pop("file", None)
         try:
             record["input"] = InputSpec.from_dict(record["input"])
             return cls(**record)
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"incomplete artifact metadata ({exc})", "re-export with `edgenode export`") from None
 
     def to_onnx_props(self) -> dict[str, str]:
@@ -67,6 +69,7 @@ class ArtifactMetadata:
             "input_size": str(self.input.image_size),
             "mean": json.dumps(list(self.input.mean)),
             "std": json.dumps(list(self.input.std)),
+            **({"align": json.dumps(self.input.align.to_dict())} if self.input.align is not None else {}),
             "steps": str(self.steps),
             "solver": json.dumps(self.model.get("solver", {})),
             "precision": self.precision,

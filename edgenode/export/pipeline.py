@@ -81,6 +81,7 @@ def _warn(report: dict, message: str) -> None:
 def load_inputs(config: ExportConfig) -> _Inputs:
     """Checkpoint, the split manifest it was trained on (verified by sha256), data root and val split."""
     from edgenode import data as edata
+    from edgenode.align import check_data_alignment
     from edgenode.runtime.artifact import expect_kind
 
     expect_kind(config.checkpoint, ("checkpoint",), "`edgenode export`")  # an ONNX file or engine: exit 2, one line
@@ -100,6 +101,7 @@ def load_inputs(config: ExportConfig) -> _Inputs:
     root = Path(data)
     if not root.is_dir():
         raise UsageError(f"--data {root} is not a folder", "pass the data folder the model was trained on")
+    check_data_alignment(ckpt.input_spec, root)
     images, labels = edata.load_split(manifest, root, "val")
     if len(labels) == 0:
         raise UsageError(f"the val split of {manifest_path} is empty", "rebuild the split with some validation images")

@@ -94,6 +94,10 @@ class ParityReport:
 
 
 
+def _align_name(spec) -> str:
+    return f"{spec.align.method} (padding {spec.align.padding})" if spec.align else "none"
+
+
 def check_compatible(info: ArtifactInfo, reference: ArtifactInfo) -> list[str]:
     """Refuse (ArtifactError) an artifact made for another split, class list or pre-processing; return notes."""
     differ = []
@@ -107,6 +111,8 @@ def check_compatible(info: ArtifactInfo, reference: ArtifactInfo) -> list[str]:
     if not (np.allclose(info.input.mean, reference.input.mean, atol=1e-7) and np.allclose(info.input.std, reference.input.std, atol=1e-7)):
         differ.append(f"normalisation mean/std {list(info.input.mean)}/{list(info.input.std)} vs. "
                       f"{list(reference.input.mean)}/{list(reference.input.std)}")
+    if info.input.align != reference.input.align:
+        differ.append(f"face alignment {_align_name(info.input)} vs. {_align_name(reference.input)}")
     if differ:
         raise ArtifactError(f"{info.path}: does not match the reference {reference.path.name}: {'; '.join(differ)}",
                             "compare artifacts exported from this checkpoint's run")
@@ -182,6 +188,7 @@ def load_candidates(candidates: list[tuple[Path, bool]], reference: ArtifactInfo
 
 def run_parity(config: ParityConfig) -> ParityReport:
     """Compare every artifact with the reference on the manifest's split; writes reports when ``config.out``."""
+    from edgenode.align import check_data_alignment
     from edgenode.data import load_split_arrays, normalize_array
 
     expect_kind(config.reference, ("checkpoint",), "--reference")
@@ -197,6 +204,7 @@ def run_parity(config: ParityConfig) -> ParityReport:
                             f"{ref_info.input.image_size} px")
     candidates = expand_artifacts(config.artifacts)
     loaded, skipped = load_candidates(candidates, ref_info, config.provider)
+    check_data_alignment(ref_info.input, config.data)
     images, labels = load_split_arrays(manifest, config.data, config.split)
     if len(labels) == 0:
         raise UsageError(f"the {config.split} split of {manifest_path} is empty", "choose another --split")

@@ -141,7 +141,7 @@ class ArtifactInfo:
         precision = self.precision + (f" ({self.int8_target})" if self.int8_target else "")
         unverified = "; unverified: no sidecar to check its sha256 against" if self.kind == "onnx" and not self.verified else ""
         return (f"{self.path.name}: {self.kind} {precision}, {self.solver.describe()}, "
-                f"{self.num_classes} classes, {self.input.image_size} px{unverified}")
+                f"{self.num_classes} classes, {self.input.describe()}{unverified}")
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -116,13 +116,25 @@ class Predictor:
                              f"({x.shape[0]}, {self.metadata.num_classes}) for its {self.metadata.num_classes} classes")
         return logits
 
-    def preprocess(self, images: Sequence) -> np.ndarray:
-        """Paths or uint8 HxWx3 arrays to the normalised batch this artifact expects (ImageDecodeError on a bad file)."""
+    def preprocess(self, images: Sequence, pre_aligned: bool = False) -> np.ndarray:
+        """Paths or uint8 HxWx3 arrays to the normalised batch this artifact expects (ImageDecodeError on a bad file).
+
+        A model trained on aligned faces gets its inputs aligned here, unless ``pre_aligned``.
+        """
         spec = self.metadata.input
+        self._check_aligner(pre_aligned)
         batch = np.empty((len(images), 3, spec.image_size, spec.image_size), dtype=np.float32)
         for i, image in enumerate(images):
-            batch[i] = preprocess_image(image, spec)
+            batch[i] = preprocess_image(image, spec, pre_aligned)
         return batch
+
+    def _check_aligner(self, pre_aligned: bool) -> None:
+        """Fail once, in the caller's thread, when this model needs the aligner and it is not installed."""
+        spec = self.metadata.input
+        if spec.align is not None and not pre_aligned:
+            from edgenode.align import thread_aligner
+
+            thread_aligner(spec.image_size, spec.align)
 
     def _predictions(self, logits: np.ndarray, paths: Sequence[str | None], k: int) -> list[Prediction]:
         probs = softmax(logits)
@@ -130,17 +142,19 @@ class Predictor:
         best = probs.argmax(axis=1)
         return [Prediction(path, rank, int(i)) for path, rank, i in zip(paths, ranked, best)]
 
-    def predict(self, images: Sequence, k: int = 5) -> list[Prediction]:
+    def predict(self, images: Sequence, k: int = 5, pre_aligned: bool = False) -> list[Prediction]:
         """Top-``k`` classes of each picture (paths or uint8 HxWx3 arrays); a bad file raises ImageDecodeError."""
         images = list(images)
-        logits = self.predict_logits(self.preprocess(images))
+        logits = self.predict_logits(self.preprocess(images, pre_aligned))
         names = [str(img) if isinstance(img, (str, os.PathLike)) else None for img in images]
         return self._predictions(logits, names, k)
 
     def predict_files(self, paths: Sequence[str | os.PathLike], batch_size: int = 32, k: int = 5,
-                      workers: int | None = None) -> Iterator[Prediction | FailedImage]:
+                      workers: int | None = None, pre_aligned: bool = False) -> Iterator[Prediction | FailedImage]:
         """One result per file, in order, decoding the next batches while this one runs; bad files don't stop it."""
-        for batch in BatchLoader(paths, self.metadata.input, batch_size=batch_size, workers=workers):
+        self._check_aligner(pre_aligned)
+        loader = BatchLoader(paths, self.metadata.input, batch_size=batch_size, workers=workers, pre_aligned=pre_aligned)
+        for batch in loader:
             names = [str(batch.paths[i]) for i in batch.ok]
             predictions = iter(self._predictions(self.predict_logits(batch.x), names, k) if names else [])
             for position, path in enumerate(batch.paths):

@@ -46,14 +46,28 @@ def collect_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return found
 
 
-def preprocess_image(image, spec: InputSpec) -> np.ndarray:
-    """One picture (a path, or a uint8 HxWx3 array) to float32 (3, S, S) normalised as in training."""
+def preprocess_image(image, spec: InputSpec, pre_aligned: bool = False) -> np.ndarray:
+    """One picture (a path, or a uint8 HxWx3 array) to float32 (3, S, S) normalised as in training.
+
+    For a model trained on aligned faces (``spec.align``) the picture is aligned first, by the same transform its
+    training copy was made with (``edgenode.align``), unless the caller says it already is (``pre_aligned``).
+    """
+    align = spec.align is not None and not pre_aligned
     if isinstance(image, (str, os.PathLike)):
-        pixels = load_resized(image, spec.image_size)
+        if align:
+            from edgenode.align import load_aligned
+
+            pixels = load_aligned(image, spec.image_size, spec.align)
+        else:
+            pixels = load_resized(image, spec.image_size)
     else:
         pixels = np.asarray(image)
         if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[-1] != 3:
             raise ValueError(f"expected a path or a uint8 (H, W, 3) array, got {pixels.dtype} {pixels.shape}")
+        if align:
+            from edgenode.align import thread_aligner
+
+            pixels = thread_aligner(spec.image_size, spec.align)(pixels)[0]
         if pixels.shape[:2] != (spec.image_size, spec.image_size):
             from PIL import Image
 
@@ -79,11 +93,12 @@ class BatchLoader:
     """Iterate :class:`Batch` es over ``paths``, decoding ``prefetch`` batches ahead in a thread pool."""
 
     def __init__(self, paths: Sequence[str | os.PathLike], spec: InputSpec, batch_size: int = 32,
-                 workers: int | None = None, prefetch: int = 2):
+                 workers: int | None = None, prefetch: int = 2, pre_aligned: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.paths = [Path(p) for p in paths]
         self.spec = spec
+        self.pre_aligned = pre_aligned
         self.batch_size = batch_size
         self.workers = workers or default_workers()
         self.prefetch = max(1, prefetch)
@@ -97,7 +112,7 @@ class BatchLoader:
 
     def _fill(self, buffer: np.ndarray, slot: int, path: Path) -> ImageDecodeError | None:
         try:
-            buffer[slot] = preprocess_image(path, self.spec)
+            buffer[slot] = preprocess_image(path, self.spec, self.pre_aligned)
         except ImageDecodeError as exc:
             return exc
         return None

@@ -2,6 +2,10 @@
 
     PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64.tgz $OUT --budget 480
     PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64.tgz $OUT --budget 500 --runs w5-long --max-epochs 400
+    PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 500 --runs kd-pool-w5,kd-pool-w5-s1,kd-pool-w5-s2
+
+The pack decides the input: ``pins64.tgz`` holds the plain crops, ``pins64a.tgz`` the aligned chips of
+``edgenode align`` (pack_pins.py on the aligned copy); runs trained on the latter record the alignment.
 
 A session gets 15 minutes of GPU time, so the job sizes itself: it times a few training steps of each recipe,
 picks the number of epochs that fits all runs into ``--budget`` seconds, runs them side by side (small models
@@ -43,6 +47,11 @@ RECIPES = {
                     distill_weight=5.0, width=160),
     "w5-rk4x4": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
                      distill_weight=5.0, steps=4),
+    # the final recipe's other two seeds (kd-pool-w5 is seed 0)
+    "kd-pool-w5-s1": dict(seed=1, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
+                          distill_weight=5.0),
+    "kd-pool-w5-s2": dict(seed=2, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
+                          distill_weight=5.0),
 }
 ABLATION = "ce,kd,kd-pool-s0,kd-pool-s1,kd-pool-s2,kd-pool-w5"  # what RESULTS.md's table ran
 WORKER = (
@@ -133,12 +142,16 @@ def main() -> None:
     work = Path("/tmp/edgenode-gpu")
     work.mkdir(parents=True, exist_ok=True)
     with tarfile.open(args.pack) as tar:
+        tops = {member.name.split("/", 1)[0] for member in tar.getmembers()}
+        if len(tops) != 1:
+            sys.exit(f"{args.pack}: expected one top-level folder (pack_pins.py's output), found {sorted(tops)}")
         tar.extractall(work, filter="data")
-    pack, runs = work / "pins64", work / "runs"
+    pack, runs = work / tops.pop(), work / "runs"  # pins64 (plain crops) or pins64a (aligned chips)
     args.out.mkdir(parents=True, exist_ok=True)
     names = args.runs.split(",")
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (dry run)"
-    info = {"device": gpu, "torch": torch.__version__, "cuda": torch.version.cuda, "runs": {}}
+    info = {"device": gpu, "torch": torch.__version__, "cuda": torch.version.cuda, "pack": pack.name,
+            "aligned": (pack / "alignment.json").is_file(), "runs": {}}
     print(f"[{time.time() - t0:.0f}s] {info['device']}, torch {torch.__version__}", flush=True)
 
     per_epoch = {}

@@ -1,11 +1,15 @@
 """Pack what a remote GPU run needs into one small folder (the device machine gets ≤ 64 MiB and no ../shared).
 
     python examples/gpu/pack_pins.py ../shared/data/pins runs/pins-manifest.json carry/pins64
+    python examples/gpu/pack_pins.py runs/pins-aligned64 runs/pins-manifest.json carry/pins64a --source ../shared/data/pins
 
 Writes ``<out>/images/<identity>/<file>`` — every train/val/test/unused image of the manifest, already resized
 to the manifest's input size (so decoding there is a no-op resize) and stored as JPEG —, ``manifest.json``
 (byte-identical, so checkpoints trained there name the same split sha256), the teacher descriptors of those
-files and the near-duplicate list. Real accuracy is always re-measured here on the original images.
+files and the near-duplicate list. An aligned copy (``edgenode align``) is packed with its ``alignment.json``, so
+the checkpoints trained there record the alignment; its teacher file and near-duplicate list come from
+``--source``, the original data set. Real accuracy is always re-measured here on the original images (or on their
+aligned copy, made from the originals).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ def main() -> None:
     parser.add_argument("manifest", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--quality", type=int, default=95)
+    parser.add_argument("--source", type=Path, help="folder with teacher_dlib128.npz and near_duplicates.tsv "
+                        "(default: DATA; pass the original data set when DATA is its aligned copy)")
     args = parser.parse_args()
 
     manifest = edata.Manifest.load(args.manifest)
@@ -50,7 +56,11 @@ def main() -> None:
         target.write_bytes(buffer.getvalue())
         total += len(buffer.getvalue())
     shutil.copyfile(args.manifest, args.out / "manifest.json")
-    root = Path(args.data)
+    root = args.source or Path(args.data)
+    from edgenode.align import ALIGN_FILE
+
+    if (Path(args.data) / ALIGN_FILE).is_file():
+        shutil.copyfile(Path(args.data) / ALIGN_FILE, args.out / ALIGN_FILE)
     teacher = np.load(root / "teacher_dlib128.npz", allow_pickle=False)
     wanted = {f for f, _ in entries}
     keep = np.array([str(f) in wanted for f in teacher["files"]])

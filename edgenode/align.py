@@ -1,0 +1,267 @@
+"""Face alignment: 5 landmarks to a canonical face chip, the pre-processing the teacher itself relies on.
+
+dlib's descriptor network only ever sees faces aligned by 5 landmarks (eyes' corners, nose) to a 150x150 chip
+with 25 % padding. Asked to describe the Pins crops *as they are* (resized, not aligned) its nearest-class-mean
+accuracy falls from 0.984 to 0.60; from an aligned 64x64 chip it keeps 0.970 (``examples/teacher_ceiling.py``,
+RESULTS.md). A student that sees unaligned crops must learn that alignment on top of the identity; one that
+sees aligned chips inherits it. So alignment is an input transform like resizing: a data set is aligned once
+(``edgenode align``, which writes an aligned copy with the same relative paths, so manifests and teacher
+descriptors keep working), the checkpoint trained on it records :class:`AlignSpec` in its input spec, export
+carries it into every artifact, and the runtime applies the same transform before the model.
+
+The aligner needs the optional dlib extra (``pip install "edgenode[align]"``) wherever it runs — at training
+time to make the copy, and at inference time for a model trained on aligned faces (or the caller passes
+chips it aligned itself). Models trained on unaligned crops need none of this.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgenode.artifacts import atomic_write_bytes
+from edgenode.errors import ArtifactError, DataError, EdgenodeError, UsageError, is_whole_number
+
+ALIGN_FILE = "alignment.json"
+METHOD = "dlib-5pt"
+_DETECTOR_UPSAMPLE = 1  # as edgenode.teacher: a face of Pins' 128-px crops reaches the HOG window after one upsampling
+
+
+@dataclass(frozen=True)
+class AlignSpec:
+    """How a picture becomes an aligned face chip; the chip side is the model's input size.
+
+    ``method`` "dlib-5pt": dlib's HOG frontal detector (upsample 1), the largest box (the whole picture when no
+    face is found: Pins pictures are face crops already), dlib's 5-point shape predictor, and ``get_face_chip``
+    with ``padding`` — the teacher's own recipe, at the student's resolution.
+    """
+
+    method: str = METHOD
+    padding: float = 0.25
+
+    def __post_init__(self):
+        if self.method != METHOD:
+            raise ArtifactError(f"face alignment method {self.method!r} is not known to this edgenode",
+                                f"the only method is {METHOD!r}; upgrade edgenode if the artifact is newer")
+        if not 0.0 <= float(self.padding) <= 2.0:
+            raise UsageError(f"alignment padding={self.padding!r} is out of range", "use 0.25 (dlib's default)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "AlignSpec":
+        """From a file's record: a bad value there is a damaged or foreign file (ArtifactError), not a usage error."""
+        try:
+            return cls(str(data["method"]), float(data["padding"]))
+        except UsageError as exc:
+            raise ArtifactError(f"face alignment record: {exc.message}", "re-export the model or re-align the data") from None
+
+
+class FaceAligner:
+    """``aligner(rgb) -> (chip, face_found)``: a uint8 HxWx3 picture to a uint8 size x size x 3 aligned chip.
+
+    Holds dlib objects, which must not be shared between threads: :func:`thread_aligner` keeps one per thread.
+    """
+
+    def __init__(self, size: int, spec: AlignSpec = AlignSpec()):
+        from edgenode.teacher import model_files
+
+        if not is_whole_number(size) or size < 8:
+            raise UsageError(f"face chip size={size!r} is not an integer of at least 8", "pass the model's input size")
+        self.size, self.spec = int(size), spec
+        try:
+            import dlib
+        except ImportError:
+            raise UsageError("aligning faces needs dlib, which is not installed",
+                             'pip install "edgenode[align]" (or align the pictures yourself and pass --pre-aligned '
+                             "to `edgenode infer`)") from None
+        self.dlib = dlib
+        try:
+            predictor = model_files()[0]
+        except EdgenodeError as exc:
+            raise type(exc)(f"aligning faces needs dlib's 5-point landmark model: {exc.message}",
+                            'pip install "edgenode[align]" (or align the pictures yourself and pass --pre-aligned '
+                            "to `edgenode infer`)") from None
+        self.detector = self.dlib.get_frontal_face_detector()
+        self.predictor = self.dlib.shape_predictor(str(predictor))
+
+    def __call__(self, rgb: np.ndarray) -> tuple[np.ndarray, bool]:
+        img = np.ascontiguousarray(rgb, dtype=np.uint8)
+        if img.ndim != 3 or img.shape[-1] != 3:
+            raise ValueError(f"expected a uint8 (H, W, 3) picture, got shape {img.shape}")
+        boxes = list(self.detector(img, _DETECTOR_UPSAMPLE))
+        found = bool(boxes)
+        box = max(boxes, key=lambda r: r.area()) if found else self.dlib.rectangle(0, 0, img.shape[1] - 1, img.shape[0] - 1)
+        shape = self.predictor(img, box)
+        chip = self.dlib.get_face_chip(img, shape, size=self.size, padding=self.spec.padding)
+        return np.asarray(chip, dtype=np.uint8), found
+
+
+_LOCAL = threading.local()
+
+
+def thread_aligner(size: int, spec: AlignSpec) -> FaceAligner:
+    """This thread's aligner for (size, spec), created on first use (dlib objects are not thread-safe)."""
+    cache = _LOCAL.__dict__.setdefault("aligners", {})
+    key = (int(size), spec)
+    if key not in cache:
+        cache[key] = FaceAligner(size, spec)
+    return cache[key]
+
+
+def load_aligned(path: str | os.PathLike, size: int, spec: AlignSpec) -> np.ndarray:
+    """A picture file as the aligned uint8 size x size x 3 chip a model trained on aligned faces expects."""
+    from edgenode.data.decode import load_rgb
+
+    return thread_aligner(size, spec)(np.asarray(load_rgb(path), dtype=np.uint8))[0]
+
+
+def read_alignment(root: str | os.PathLike) -> tuple[AlignSpec, int] | None:
+    """(spec, chip size) of a data folder written by :func:`align_dataset`, or None for an ordinary folder.
+
+    The record sits beside ``images/``, so a caller may name either the folder or its ``images/``.
+    """
+    root = Path(root).expanduser()
+    path = root / ALIGN_FILE
+    if not path.is_file() and root.name == "images":
+        path = root.parent / ALIGN_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        return AlignSpec.from_dict(record["align"]), int(record["size"])
+    except (OSError, ValueError, KeyError, TypeError, ArtifactError) as exc:
+        raise ArtifactError(f"{path}: unreadable alignment record ({exc})",
+                            "re-create the aligned copy with `edgenode align`") from None
+
+
+def check_data_alignment(spec, root: str | os.PathLike) -> None:
+    """Refuse to measure a model on pictures prepared differently from its training data (``spec``: InputSpec).
+
+    An aligned model on plain crops (or the reverse) still runs and returns confident, wrong answers; parity,
+    bench, calibration and reports would then record a loss that deployment would not have.
+    """
+    found = read_alignment(root)
+    if spec.align is None and found is None:
+        return
+    if found is None:
+        raise DataError(f"the model expects aligned faces ({spec.align.method}) but {root} holds plain pictures",
+                        "pass the aligned copy written by `edgenode align` for this data set")
+    if spec.align is None:
+        raise DataError(f"{root} holds aligned face chips ({ALIGN_FILE}) but the model was trained on plain crops",
+                        "pass the original data folder")
+    align, size = found
+    if align != spec.align or size != spec.image_size:
+        raise DataError(f"{root} holds {size}-px chips aligned with padding {align.padding}; the model expects "
+                        f"{spec.image_size} px with padding {spec.align.padding}",
+                        f"re-align into a new folder: edgenode align DATA --out NEW --size {spec.image_size} "
+                        f"--padding {spec.align.padding}")
+
+
+# --- an aligned copy of a data set ----------------------------------------------------------------------
+
+_WORKER: dict = {}
+
+
+def _worker_init(size: int, spec: dict) -> None:
+    _WORKER["aligner"] = FaceAligner(size, AlignSpec.from_dict(spec))
+
+
+def _worker_align(job: tuple[str, str]) -> tuple[bool, str]:
+    """Align ``src`` into ``dst``; (face found, "" or the reason it was skipped)."""
+    from PIL import Image
+
+    from edgenode.data.decode import load_rgb
+    from edgenode.errors import ImageDecodeError
+
+    src, dst = job
+    try:
+        rgb = np.asarray(load_rgb(src), dtype=np.uint8)
+    except ImageDecodeError as exc:
+        return False, exc.reason
+    chip, found = _WORKER["aligner"](rgb)
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    # Under the original name (manifests and teacher files still match), in that name's format, (near-)lossless:
+    # JPEG at quality 100 without chroma subsampling differs from the chip the runtime computes by at most 4/255
+    # (mean 0.4/255, 200 Pins test chips) — far below what the model can see.
+    fmt = Image.registered_extensions().get(Path(dst).suffix.lower(), "PNG")
+    options = {"JPEG": {"quality": 100, "subsampling": 0}, "WEBP": {"lossless": True}}.get(fmt, {})
+    tmp = f"{dst}.tmp"
+    Image.fromarray(chip, "RGB").save(tmp, format=fmt, **options)
+    os.replace(tmp, dst)
+    return found, ""
+
+
+def align_dataset(root: str | os.PathLike, out: str | os.PathLike, files: list[str], size: int,
+                  spec: AlignSpec = AlignSpec(), *, workers: int | None = None, progress: bool = True) -> dict:
+    """Write the aligned chip of each file (relative to the images folder of ``root``) to ``out/images/<file>``.
+
+    Returns the summary also written to ``out/alignment.json`` (the record that marks an aligned folder):
+    spec, chip size, counts, face-detection rate, skipped files. The record is written first, so a folder is
+    never holding chips without saying how they were made; files already there are not redone, so an
+    interrupted run continues where it stopped — with the same spec and size only (others are refused, they
+    would mix two kinds of chips under one record). dlib holds the GIL: ``workers`` > 1 are processes.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from edgenode.console import progress_bar
+    from edgenode.data import images_root
+
+    FaceAligner(size, spec)  # a missing extra or a bad size fails here, before any worker starts
+    source, target = images_root(root).resolve(), (Path(out) / "images").resolve()
+    if target == source or source in target.parents or target in source.parents:
+        raise UsageError(f"--out {out} is inside the data folder {root} (or holds it)",
+                         "write the aligned copy to a new folder beside the data set")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = workers or max(1, min(cores, len(files) // 32))
+    if not is_whole_number(workers):
+        raise UsageError(f"workers={workers!r} is not a positive integer", "use 1 or more processes")
+    record_path = Path(out) / ALIGN_FILE
+    existing = read_alignment(out) if record_path.is_file() else None
+    if existing is not None and existing != (spec, int(size)):
+        raise UsageError(f"{record_path}: {out} already holds {existing[1]}-px chips with padding {existing[0].padding}, "
+                         f"not {size} px with padding {spec.padding}", "pass a new --out (or delete that folder)")
+    if existing is None and target.is_dir() and any(target.iterdir()):
+        raise UsageError(f"{target} already holds pictures but no {ALIGN_FILE}", "pass a new --out")
+    record = {"align": spec.to_dict(), "size": int(size), "source": str(source)}
+    atomic_write_bytes(record_path, (json.dumps(record, indent=2) + "\n").encode("utf-8"))
+    todo = [(str(source / f), str(target / f)) for f in files if not (target / f).is_file()]
+    start = time.perf_counter()
+    results: list[tuple[bool, str]] = []
+    with progress_bar("aligning faces", len(todo), enabled=progress) as advance:
+        if len(todo) and workers == 1:
+            _worker_init(size, spec.to_dict())
+            for job in todo:
+                results.append(_worker_align(job))
+                advance()
+        elif todo:
+            context = multiprocessing.get_context("spawn")
+            try:
+                with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+                                         initargs=(size, spec.to_dict())) as pool:
+                    for result in pool.map(_worker_align, todo, chunksize=16):
+                        results.append(result)
+                        advance()
+            except BrokenProcessPool:
+                raise EdgenodeError(
+                    f"an alignment worker process stopped abruptly after {len(results)} of {len(todo)} pictures (out of "
+                    "memory, or a script without an `if __name__ == '__main__':` guard, which spawned workers re-run)",
+                    "run it again: finished chips are kept; workers=1 shows the error in this process") from None
+    skipped = [(src, reason) for (src, _), (_, reason) in zip(todo, results) if reason]
+    aligned = len(results) - len(skipped)
+    summary = {**record, "files": len(files), "aligned_now": aligned, "already_there": len(files) - len(todo),
+               "face_detected_now": sum(found for found, reason in results if not reason),
+               "skipped": [[s, r] for s, r in skipped], "seconds": round(time.perf_counter() - start, 1)}
+    if len(files) and not aligned and not (len(files) - len(todo)):
+        raise DataError(f"none of the {len(files)} file(s) in {source} could be aligned", "see the skipped reasons")
+    atomic_write_bytes(record_path, (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
+    return summary

@@ -1,0 +1,42 @@
+"""`edgenode align`: an aligned copy of a data set (5-point face chips at the model's input size)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edgenode.cli.common import user_errors
+from edgenode.console import console
+
+
+@user_errors
+def command(
+    data: Annotated[Path, typer.Argument(help="Folder of identity sub-folders (images/<identity>/… or pins_<identity>/…).")],
+    out: Annotated[Path, typer.Option(help="New data folder for the aligned copy (same relative paths).")] = Path("aligned"),
+    manifest: Annotated[Optional[Path], typer.Option(help="Only the files this split manifest names (splits + unused).")] = None,
+    size: Annotated[int, typer.Option(help="Side of the face chip, pixels: the model's --image-size.")] = 64,
+    padding: Annotated[float, typer.Option(help="Margin around the landmarks' box, as a fraction (dlib: 0.25).")] = 0.25,
+    workers: Annotated[int, typer.Option(help="Processes (dlib holds the GIL); 0: one per core.")] = 0,
+) -> None:
+    """Align every face to a canonical chip (dlib 5-point landmarks); needs the teacher extra. Train on the copy,
+    and the checkpoint, its exports and `edgenode infer` align their inputs the same way."""
+    from edgenode.align import AlignSpec, align_dataset
+    from edgenode.cli.teacher import _select_files
+    from edgenode.errors import DataError, UsageError
+
+    if workers < 0:
+        raise UsageError(f"--workers {workers}: must be 0 or more", "0 uses one process per core")
+    files = _select_files(data, manifest, 0)
+    if not files:
+        raise DataError(f"no image files to align in {data}", "pass the data set folder (images/<identity>/…)")
+    summary = align_dataset(data, out, files, size, AlignSpec(padding=padding), workers=workers or None)
+    done = summary["aligned_now"]
+    rate = f", a face detected in {100 * summary['face_detected_now'] / done:.1f}%" if done else ""
+    console.print(
+        f"wrote {out}: {done} chip(s) of {size}x{size} aligned now{rate}, {summary['already_there']} already there, "
+        f"{len(summary['skipped'])} skipped; {summary['seconds']:.1f} s. Train on it with: "
+        f"edgenode train {out}" + (f" --manifest {manifest}" if manifest else ""),
+        markup=False,
+    )

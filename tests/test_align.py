@@ -1,0 +1,306 @@
+"""Face alignment as an input transform: recorded by training, carried by artifacts, applied by every runtime.
+
+dlib itself is an optional extra (absent in CI); the plumbing is tested with a stand-in aligner, and the real
+aligner where dlib is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgenode.align as align
+from edgenode.align import ALIGN_FILE, AlignSpec, check_data_alignment, read_alignment
+from edgenode.checkpoint import InputSpec, load_checkpoint
+from edgenode.data import SplitConfig, load_resized, normalize_array
+from edgenode.data.decode import load_rgb
+from edgenode.errors import ArtifactError, DataError, UsageError
+
+MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.25, 0.25)
+SYNTHETIC_SPLIT = SplitConfig(per_class=24, train=16, val=4, test=4, image_size=64, seed=0)  # as conftest
+
+
+def _one_line(exc: pytest.ExceptionInfo, *words: str) -> None:
+    text = str(exc.value)
+    assert "\n" not in text
+    for word in words:
+        assert word in text, text
+
+
+def _mark_aligned(folder: Path, size: int, padding: float = 0.25) -> None:
+    (folder / ALIGN_FILE).write_text(json.dumps({"align": {"method": "dlib-5pt", "padding": padding}, "size": size}))
+
+
+class FakeAligner:
+    """Stands in for dlib: the central half of the picture, resized to the chip size (clearly not a plain resize)."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, rgb):
+        from PIL import Image
+
+        h, w = rgb.shape[:2]
+        crop = np.ascontiguousarray(rgb[h // 4 : h - h // 4, w // 4 : w - w // 4])
+        return np.asarray(Image.fromarray(crop).resize((self.size, self.size), Image.Resampling.BILINEAR)), True
+
+
+@pytest.fixture()
+def fake_aligner(monkeypatch):
+    monkeypatch.setattr(align, "thread_aligner", lambda size, spec: FakeAligner(size))
+
+
+# --- the spec ------------------------------------------------------------------------------------------------
+
+
+def test_input_spec_round_trips_alignment_and_plain_specs_stay_as_they_were():
+    plain = InputSpec(64, MEAN, STD)
+    assert "align" not in plain.to_dict()  # files written before alignment existed read back unchanged
+    assert InputSpec.from_dict(plain.to_dict()) == plain and plain.align is None
+    aligned = InputSpec(64, MEAN, STD, AlignSpec(padding=0.3))
+    assert InputSpec.from_dict(json.loads(json.dumps(aligned.to_dict()))) == aligned
+    assert aligned.describe() == "64 px, aligned faces (dlib-5pt)" and plain.describe() == "64 px"
+
+
+def test_unknown_alignment_method_or_padding_is_refused():
+    with pytest.raises(ArtifactError) as exc:
+        AlignSpec.from_dict({"method": "mtcnn", "padding": 0.25})
+    _one_line(exc, "'mtcnn'", "upgrade edgenode")
+    with pytest.raises(UsageError):
+        AlignSpec(padding=-1.0)
+
+
+def test_data_folder_must_be_prepared_as_the_model_was(tmp_path):
+    plain, aligned = InputSpec(64, MEAN, STD), InputSpec(64, MEAN, STD, AlignSpec())
+    (tmp_path / "images").mkdir()
+    check_data_alignment(plain, tmp_path)
+    with pytest.raises(DataError) as exc:
+        check_data_alignment(aligned, tmp_path)
+    _one_line(exc, "expects aligned faces", str(tmp_path), "edgenode align")
+    _mark_aligned(tmp_path, 64)
+    assert read_alignment(tmp_path) == (AlignSpec(), 64)
+    assert read_alignment(tmp_path / "images") == (AlignSpec(), 64)  # the images/ folder names the same data set
+    check_data_alignment(aligned, tmp_path / "images")
+    with pytest.raises(DataError) as exc:
+        check_data_alignment(plain, tmp_path)
+    _one_line(exc, "aligned face chips", "plain crops")
+    _mark_aligned(tmp_path, 96)
+    with pytest.raises(DataError) as exc:
+        check_data_alignment(aligned, tmp_path)
+    _one_line(exc, "96-px", "--size 64")
+    (tmp_path / ALIGN_FILE).write_text("{not json")
+    with pytest.raises(ArtifactError) as exc:
+        check_data_alignment(plain, tmp_path)
+    _one_line(exc, ALIGN_FILE, "edgenode align")
+
+
+# --- training records it, export carries it, runtimes apply it -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def aligned_run(synthetic_root, tmp_path_factory):
+    """A 2-epoch tiny model trained on a copy of the synthetic set marked as 64-px aligned chips, and its FP32 ONNX."""
+    from edgenode.export import ExportConfig, export_model
+    from edgenode.train import TrainConfig, train
+
+    base = tmp_path_factory.mktemp("aligned")
+    data = base / "data"
+    shutil.copytree(synthetic_root, data)
+    _mark_aligned(data, 64)
+    result = train(TrainConfig(data=str(data), out=str(base / "run"), arch="odenet", width=8, epochs=2, batch_size=16,
+                               lr=5e-3, split=SYNTHETIC_SPLIT, progress=False))
+    export_model(ExportConfig(checkpoint=str(result.best_checkpoint), out=str(base / "export"), precisions="fp32",
+                              steps=2, data=str(data), check_ode=False, opset=17))
+    return data, Path(result.best_checkpoint), base / "export" / "model-rk4x2-fp32.onnx"
+
+
+def test_training_on_an_aligned_copy_records_it_in_checkpoint_and_onnx(aligned_run, trained_run):
+    import onnx
+    import torch
+
+    _, ckpt_path, onnx_path = aligned_run
+    assert load_checkpoint(ckpt_path).input_spec.align == AlignSpec()
+    props = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    record = json.loads(props["edgenode_metadata"])
+    assert record["input"]["align"] == {"method": "dlib-5pt", "padding": 0.25}
+    assert json.loads(props["align"]) == {"method": "dlib-5pt", "padding": 0.25}  # readable by any ONNX viewer
+    # a newer format number, so that an edgenode that cannot align refuses these files instead of misreading them
+    assert record["format"] == "edgenode-artifact/2"
+    assert torch.load(ckpt_path, weights_only=True)["format"] == "edgenode-checkpoint/2"
+    assert torch.load(trained_run.best_checkpoint, weights_only=True)["format"] == "edgenode-checkpoint/1"
+
+
+def test_parity_and_bench_refuse_an_artifact_prepared_differently_from_the_reference(aligned_run):
+    from dataclasses import replace
+
+    from edgenode.bench import BenchConfig, run_bench
+    from edgenode.parity.run import check_compatible
+    from edgenode.runtime.artifact import checkpoint_info
+
+    data, ckpt_path, onnx_path = aligned_run
+    info = checkpoint_info(load_checkpoint(ckpt_path))
+    plain = replace(info, input=replace(info.input, align=None))
+    with pytest.raises(ArtifactError) as exc:
+        check_compatible(plain, info)
+    _one_line(exc, "face alignment none vs. dlib-5pt")
+    # a plain-crop copy of the ONNX file: same weights, same split, other pre-processing
+    import onnx
+
+    from edgenode.artifacts import write_sidecar
+    from edgenode.export.metadata import ArtifactMetadata
+
+    proto = onnx.load(str(onnx_path))
+    meta = ArtifactMetadata.from_onnx_props({p.key: p.value for p in proto.metadata_props})
+    meta = replace(meta, input=replace(meta.input, align=None))
+    del proto.metadata_props[:]
+    for key, value in meta.to_onnx_props().items():
+        prop = proto.metadata_props.add()
+        prop.key, prop.value = key, value
+    other = onnx_path.parent.parent / "plain-copy.onnx"
+    onnx.save(proto, str(other))
+    write_sidecar(other, meta.to_dict())
+    with pytest.raises(ArtifactError) as exc:
+        run_bench(BenchConfig(artifacts=(str(other),), reference=str(ckpt_path), data=str(data), batch_sizes=(1,),
+                              warmup=0, repeats=1, threads=1, quiet=True))
+    _one_line(exc, "takes plain pictures", "expects aligned faces")
+
+
+def test_resume_refuses_another_kind_of_picture(synthetic_root, tmp_path):
+    from edgenode.train import TrainConfig, train
+
+    aligned = tmp_path / "aligned"
+    shutil.copytree(synthetic_root, aligned)
+    _mark_aligned(aligned, 64)
+    common = dict(out=str(tmp_path / "run"), arch="odenet", width=8, batch_size=16, split=SYNTHETIC_SPLIT, progress=False)
+    train(TrainConfig(data=str(synthetic_root), epochs=1, **common))
+    with pytest.raises(UsageError) as exc:
+        train(TrainConfig(data=str(aligned), epochs=2, resume=True, **common))
+    _one_line(exc, "trained on other input", "aligned faces", "data folder the run started with")
+
+
+def test_export_and_accuracy_report_refuse_plain_pictures_for_an_aligned_model(aligned_run, synthetic_root, tmp_path):
+    from edgenode.accuracy_report import accuracy_report
+    from edgenode.export import ExportConfig, export_model
+
+    _, ckpt_path, _ = aligned_run
+    with pytest.raises(DataError) as exc:
+        export_model(ExportConfig(checkpoint=str(ckpt_path), out=str(tmp_path / "e"), precisions="fp32", steps=2,
+                                  data=str(synthetic_root), check_ode=False, opset=17))
+    _one_line(exc, "expects aligned faces")
+    with pytest.raises(DataError) as exc:
+        accuracy_report(ckpt_path, synthetic_root, ckpt_path.parent / "manifest.json", tmp_path / "r")
+    _one_line(exc, "expects aligned faces")
+    assert not (tmp_path / "e").exists() or not any((tmp_path / "e").glob("*.onnx"))
+
+
+def test_training_refuses_chips_of_another_size(synthetic_root, tmp_path):
+    from edgenode.train import TrainConfig, train
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_root, data)
+    _mark_aligned(data, 32)
+    with pytest.raises(UsageError) as exc:
+        train(TrainConfig(data=str(data), out=str(tmp_path / "run"), arch="odenet", width=8, epochs=1,
+                          split=SYNTHETIC_SPLIT, progress=False))
+    _one_line(exc, "32-px", "--size 64")
+
+
+def test_every_runtime_aligns_the_inputs_of_an_aligned_model(aligned_run, fake_aligner, tmp_path):
+    from edgenode.runtime import load_predictor
+    from edgenode.runtime.predictor import softmax
+
+    data, ckpt_path, onnx_path = aligned_run
+    files = sorted(data.glob("images/*/*.png"))[:5]
+    spec = load_checkpoint(ckpt_path).input_spec
+    aligned = np.stack([normalize_array(FakeAligner(64)(np.asarray(load_rgb(f)))[0], spec.mean, spec.std)[0] for f in files])
+    plain = np.stack([normalize_array(load_resized(f, 64), spec.mean, spec.std)[0] for f in files])
+    for path in (ckpt_path, onnx_path):
+        predictor = load_predictor(path)
+        assert "aligned faces" in predictor.describe()
+        np.testing.assert_array_equal(predictor.preprocess(files), aligned)
+        np.testing.assert_array_equal(predictor.preprocess([np.asarray(load_rgb(f)) for f in files]), aligned)
+        np.testing.assert_array_equal(predictor.preprocess(files, pre_aligned=True), plain)
+        # the streaming and list APIs score exactly the aligned inputs (probabilities, not just the argmax)
+        expected = softmax(predictor.predict_logits(aligned)).max(axis=1)
+        assert not np.allclose(expected, softmax(predictor.predict_logits(plain)).max(axis=1), atol=1e-4)
+        for predictions in (list(predictor.predict_files(files, batch_size=8, k=1)), predictor.predict(files, k=1)):
+            np.testing.assert_allclose([p.top_k[0][1] for p in predictions], expected, atol=1e-5)
+        pre = list(predictor.predict_files(files, batch_size=8, k=1, pre_aligned=True))  # one batch: dopri5 adapts to it
+        np.testing.assert_allclose([p.top_k[0][1] for p in pre], softmax(predictor.predict_logits(plain)).max(axis=1), atol=1e-5)
+
+
+def test_aligned_model_without_dlib_fails_in_one_line(aligned_run, monkeypatch):
+    from edgenode.runtime import load_predictor
+
+    data, ckpt_path, _ = aligned_run
+    monkeypatch.setitem(sys.modules, "dlib", None)  # `import dlib` raises ImportError
+    monkeypatch.setattr(align, "_LOCAL", align.threading.local())  # no aligner cached by an earlier test
+    predictor = load_predictor(ckpt_path)
+    files = sorted(data.glob("images/*/*.png"))[:2]
+    with pytest.raises(UsageError) as exc:
+        list(predictor.predict_files(files))
+    _one_line(exc, "needs dlib", "edgenode[align]", "--pre-aligned")
+    assert len(predictor.predict(files, pre_aligned=True)) == 2  # chips aligned elsewhere need no dlib
+
+
+def test_measuring_an_aligned_model_on_plain_pictures_is_refused(aligned_run, synthetic_root, tmp_path):
+    from edgenode.parity import ParityConfig, run_parity
+
+    _, ckpt_path, onnx_path = aligned_run
+    with pytest.raises(DataError) as exc:
+        run_parity(ParityConfig(artifacts=(str(onnx_path),), reference=str(ckpt_path), data=str(synthetic_root)))
+    _one_line(exc, "expects aligned faces", "edgenode align")
+
+
+# --- the real aligner (needs the dlib extra) -------------------------------------------------------------------
+
+
+def test_dlib_aligner_writes_an_aligned_copy_and_resumes(synthetic_root, tmp_path):
+    pytest.importorskip("dlib")
+    files = [str(p.relative_to(synthetic_root / "images")) for p in sorted(synthetic_root.glob("images/*/*.png"))[:6]]
+    chip, _ = align.FaceAligner(48)(np.asarray(load_rgb(synthetic_root / "images" / files[0])))
+    assert chip.shape == (48, 48, 3) and chip.dtype == np.uint8
+    summary = align.align_dataset(synthetic_root, tmp_path / "copy", files, 48, workers=1, progress=False)
+    assert summary["aligned_now"] == 6 and summary["skipped"] == []
+    assert read_alignment(tmp_path / "copy") == (AlignSpec(), 48)
+    written = tmp_path / "copy" / "images" / files[0]
+    assert load_resized(written, 48).shape == (48, 48, 3)
+    with open(written, "rb") as handle:
+        assert handle.read(8) == b"\x89PNG\r\n\x1a\n"  # a .png stays a PNG (lossless), under the same name
+    again = align.align_dataset(synthetic_root, tmp_path / "copy", files, 48, workers=1, progress=False)
+    assert again["aligned_now"] == 0 and again["already_there"] == 6
+    with pytest.raises(UsageError) as exc:  # the same folder with other chips would mix two kinds under one record
+        align.align_dataset(synthetic_root, tmp_path / "copy", files, 64, workers=1, progress=False)
+    _one_line(exc, "48-px chips", "new --out")
+    assert read_alignment(tmp_path / "copy") == (AlignSpec(), 48)
+    with pytest.raises(UsageError) as exc:  # a copy inside the data set would become one of its identities
+        align.align_dataset(synthetic_root, synthetic_root / "images" / "aligned", files, 48, workers=1, progress=False)
+    _one_line(exc, "inside the data folder")
+    assert not (synthetic_root / "images" / "aligned").exists()
+
+
+def test_align_cli_without_dlib_fails_in_one_line_and_writes_nothing(monkeypatch, synthetic_root, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgenode.cli.app import app
+
+    monkeypatch.setitem(sys.modules, "dlib", None)
+    result = CliRunner().invoke(app, ["align", str(synthetic_root), "--out", str(tmp_path / "copy")])
+    assert result.exit_code == 2 and "edgenode[align]" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "copy").exists()
+
+
+def test_align_cli_refuses_to_write_into_the_data_folder(synthetic_root):
+    pytest.importorskip("dlib")
+    from typer.testing import CliRunner
+
+    from edgenode.cli.app import app
+
+    result = CliRunner().invoke(app, ["align", str(synthetic_root), "--out", str(synthetic_root)])
+    assert result.exit_code == 2 and "new folder" in result.output
+    assert not (synthetic_root / ALIGN_FILE).exists()
