@@ -20,8 +20,10 @@ def command(
     padding: Annotated[float, typer.Option(help="Margin around the landmarks' box, as a fraction (dlib: 0.25).")] = 0.25,
     workers: Annotated[int, typer.Option(help="Processes (dlib holds the GIL); 0: one per core.")] = 0,
 ) -> None:
-    """Align every face to a canonical chip (dlib 5-point landmarks); needs the teacher extra. Train on the copy,
-    and the checkpoint, its exports and `edgenode infer` align their inputs the same way."""
+    """Write an aligned copy of a data set: 5-point face chips (dlib) at the model's input size; needs the align extra.
+
+    Train on the copy: the checkpoint, its exports and `edgenode infer` then align their inputs the same way.
+    """
     from edgenode.align import AlignSpec, align_dataset
     from edgenode.cli.teacher import _select_files
     from edgenode.errors import DataError, UsageError
