@@ -93,13 +93,12 @@ class FaceAligner:
         self.predictor = self.dlib.shape_predictor(str(predictor))
 
     def __call__(self, rgb: np.ndarray) -> tuple[np.ndarray, bool]:
+        from edgenode.teacher import face_landmarks
+
         img = np.ascontiguousarray(rgb, dtype=np.uint8)
         if img.ndim != 3 or img.shape[-1] != 3:
             raise ValueError(f"expected a uint8 (H, W, 3) picture, got shape {img.shape}")
-        boxes = list(self.detector(img, _DETECTOR_UPSAMPLE))
-        found = bool(boxes)
-        box = max(boxes, key=lambda r: r.area()) if found else self.dlib.rectangle(0, 0, img.shape[1] - 1, img.shape[0] - 1)
-        shape = self.predictor(img, box)
+        shape, found = face_landmarks(self.dlib, self.detector, self.predictor, img, _DETECTOR_UPSAMPLE)
         chip = self.dlib.get_face_chip(img, shape, size=self.size, padding=self.spec.padding)
         return np.asarray(chip, dtype=np.uint8), found
 
@@ -215,14 +214,14 @@ def align_dataset(root: str | os.PathLike, out: str | os.PathLike, files: list[s
 
     from edgenode.console import progress_bar
     from edgenode.data import images_root
+    from edgenode.teacher import _default_workers
 
     FaceAligner(size, spec)  # a missing extra or a bad size fails here, before any worker starts
     source, target = images_root(root).resolve(), (Path(out) / "images").resolve()
     if target == source or source in target.parents or target in source.parents:
         raise UsageError(f"--out {out} is inside the data folder {root} (or holds it)",
                          "write the aligned copy to a new folder beside the data set")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = workers or max(1, min(cores, len(files) // 32))
+    workers = workers or _default_workers(len(files))
     if not is_whole_number(workers):
         raise UsageError(f"workers={workers!r} is not a positive integer", "use 1 or more processes")
     record_path = Path(out) / ALIGN_FILE

@@ -133,6 +133,18 @@ def installed_provenance() -> dict[str, str]:
             "method": METHOD}
 
 
+def face_landmarks(dlib, detector, predictor, img: np.ndarray, upsample: int = 1):
+    """(dlib 5-point landmarks, face detected) of a uint8 HxWx3 picture: the teacher's way to find the face.
+
+    The largest detection (max() keeps the first of equal areas); no face: the whole picture, as Pins is crops.
+    Shared by the descriptors here and the face chips of :mod:`edgenode.align`, so both see the same face.
+    """
+    boxes = list(detector(img, upsample))
+    found = bool(boxes)
+    box = max(boxes, key=lambda r: r.area()) if found else dlib.rectangle(0, 0, img.shape[1] - 1, img.shape[0] - 1)
+    return predictor(img, box), found
+
+
 class _Describer:
     """One detector + shape predictor + ResNet. Not thread-safe (sharing one between threads crashes dlib), and
     dlib holds the GIL while it computes, so parallel work uses one of these per process."""
@@ -151,11 +163,7 @@ class _Describer:
             img = np.ascontiguousarray(np.asarray(load_rgb(path), dtype=np.uint8))
         except ImageDecodeError as exc:
             return None, False, exc.reason
-        boxes = list(self.detector(img, 1))
-        found = bool(boxes)
-        # Largest detection (max() keeps the first of equal areas); no face: the whole picture, as Pins is crops.
-        box = max(boxes, key=lambda r: r.area()) if found else self.dlib.rectangle(0, 0, img.shape[1] - 1, img.shape[0] - 1)
-        shape = self.predictor(img, box)
+        shape, found = face_landmarks(self.dlib, self.detector, self.predictor, img)
         vector = np.asarray(self.recognizer.compute_face_descriptor(img, shape, 1), dtype=np.float32)
         return vector, found, ""
 

@@ -48,11 +48,10 @@ def _init() -> None:
 
 def _aligned(img: np.ndarray, upsample: int) -> tuple[np.ndarray, bool]:
     """As edgenode.teacher describes an image: largest detection (or the whole picture), 5 landmarks, chip."""
-    dlib = _STATE["dlib"]
-    boxes = list(_STATE["detector"](img, upsample))
-    box = max(boxes, key=lambda r: r.area()) if boxes else dlib.rectangle(0, 0, img.shape[1] - 1, img.shape[0] - 1)
-    shape = _STATE["predictor"](img, box)
-    return np.asarray(_STATE["recognizer"].compute_face_descriptor(img, shape, 1), np.float32), bool(boxes)
+    from edgenode.teacher import face_landmarks
+
+    shape, found = face_landmarks(_STATE["dlib"], _STATE["detector"], _STATE["predictor"], img, upsample)
+    return np.asarray(_STATE["recognizer"].compute_face_descriptor(img, shape, 1), np.float32), found
 
 
 def _unaligned(img: np.ndarray) -> np.ndarray:
