@@ -30,6 +30,8 @@ from edgenode.errors import ArtifactError, DataError, EdgenodeError, UsageError,
 
 ALIGN_FILE = "alignment.json"
 METHOD = "dlib-5pt"
+ALIGN_INSTALL_HINT = ('pip install "edgenode[align]" (or align the pictures yourself and pass --pre-aligned '
+                      "to `edgenode infer`)")
 _DETECTOR_UPSAMPLE = 1  # as edgenode.teacher: a face of Pins' 128-px crops reaches the HOG window after one upsampling
 
 
@@ -79,16 +81,13 @@ class FaceAligner:
         try:
             import dlib
         except ImportError:
-            raise UsageError("aligning faces needs dlib, which is not installed",
-                             'pip install "edgenode[align]" (or align the pictures yourself and pass --pre-aligned '
-                             "to `edgenode infer`)") from None
+            raise UsageError("aligning faces needs dlib, which is not installed", ALIGN_INSTALL_HINT) from None
         self.dlib = dlib
         try:
             predictor = model_files()[0]
         except EdgenodeError as exc:
             raise type(exc)(f"aligning faces needs dlib's 5-point landmark model: {exc.message}",
-                            'pip install "edgenode[align]" (or align the pictures yourself and pass --pre-aligned '
-                            "to `edgenode infer`)") from None
+                            ALIGN_INSTALL_HINT) from None
         self.detector = self.dlib.get_frontal_face_detector()
         self.predictor = self.dlib.shape_predictor(str(predictor))
 
