@@ -145,8 +145,12 @@ def test_validity_accepts_a_smooth_model_and_flags_a_stiff_one():
     smooth = small_model()
     with torch.no_grad():
         labels = smooth(images).argmax(1).numpy()
-    ok = check_ode_validity(smooth, images, labels, "rk4", 2, tolerances=(1e-3, 1e-5))
+    heard = []  # export prints each solve as it finishes: the tight dopri5 rungs take minutes on a CPU
+    ok = check_ode_validity(smooth, images, labels, "rk4", 2, tolerances=(1e-3, 1e-5),
+                            on_rung=lambda rung, seconds: heard.append((rung, seconds)))
     assert ok.converged, ok.reasons
+    assert [rung for rung, _ in heard] == [*ok.fixed, *ok.adaptive] and len(heard) == 5
+    assert all(seconds >= 0 for _, seconds in heard)
 
     stiff = small_model(seed=1)
     with torch.no_grad():  # f with a huge Lipschitz constant: one Euler step is nowhere near the ODE's flow
@@ -166,7 +170,7 @@ def test_validity_names_the_finer_step_count_that_solves_the_ode(monkeypatch):
     coarse[0] = [0.0, 2.0, 0.0, 0.0]  # one answer of 20 flips at N
     labels = exact.argmax(1)
 
-    def fake_ladder(model, solvers, images, labels_):
+    def fake_ladder(model, solvers, images, labels_, on_rung=None):
         logits = [coarse, exact, exact] if solvers[0].method == "rk4" else [exact, exact, exact]
         return [steps_module.Rung(s.describe(), 1, steps_module.accuracy(x, labels_), None) for s, x in zip(solvers, logits)], logits
 

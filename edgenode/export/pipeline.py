@@ -38,7 +38,8 @@ from edgenode.export.golden import golden_path, write_golden
 from edgenode.export.metadata import ArtifactMetadata
 from edgenode.export.report import write_report
 from edgenode.export.steps import (
-    OdeValidity, accuracy, agreement, check_ode_validity, choose_steps, max_abs_diff, sweep_steps, write_sweep,
+    TOLERANCE_LADDER, OdeValidity, accuracy, agreement, check_ode_validity, choose_steps, max_abs_diff, sweep_steps,
+    write_sweep,
 )
 from edgenode.export.unroll import AUTO, describe, expected_conv_nodes, resolve_method, resolve_steps, unroll
 
@@ -125,6 +126,10 @@ def choose_discretisation(config: ExportConfig, inputs: _Inputs, model, report: 
     console.print(f"--steps auto: {method}×{steps} (NFE {row.nfe}) agrees with {sweep.reference['solver']} on "
                   f"{row.agreement:.1%} of {sweep.n_images} val images; table in {Path(config.out) / 'steps_sweep.md'}")
     return method, steps, "auto (validation sweep)"
+
+
+def _print_rung(rung, seconds: float) -> None:
+    console.print(f"  {rung.solver}: NFE {rung.nfe}, val accuracy {rung.accuracy:.3f} ({seconds:.1f} s)", soft_wrap=True)
 
 
 def report_validity(validity: OdeValidity, report: dict) -> None:
@@ -348,7 +353,10 @@ def export_model(config: ExportConfig) -> ExportResult:
     validity = None
     if config.check_ode:
         subset = golden_indices(len(inputs.val_labels), VALIDITY_MAX_IMAGES)
-        validity = check_ode_validity(model, inputs.val_images[subset], inputs.val_labels[subset], method, steps)
+        console.print(f"checking the ODE on {len(subset)} val images in float64 ({method}×{steps}, ×{2 * steps}, "
+                      f"×{4 * steps}, dopri5 down to rtol {min(TOLERANCE_LADDER):g}; minutes on a CPU, --no-check-ode skips it)", soft_wrap=True)
+        validity = check_ode_validity(model, inputs.val_images[subset], inputs.val_labels[subset], method, steps,
+                                      on_rung=_print_rung)
         report_validity(validity, report)
     with torch.no_grad():  # batched: a full split through 4N evaluations of f would hold every stage at once
         ref_logits = torch.cat([unrolled(inputs.val_images[i : i + 64]) for i in range(0, len(inputs.val_labels), 64)]).double().numpy()

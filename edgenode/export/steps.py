@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+import time
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -245,13 +246,20 @@ class OdeValidity:
         return f"ODE validity ({self.method}×{self.steps}): {verdict} [accuracy: {accs}]"
 
 
-def _ladder(model, solvers: Sequence[SolverConfig], images, labels) -> tuple[list[Rung], list[np.ndarray]]:
+RungCallback = Callable[[Rung, float], None]  # (the rung just solved, its seconds): progress for long checks
+
+
+def _ladder(model, solvers: Sequence[SolverConfig], images, labels,
+            on_rung: RungCallback | None = None) -> tuple[list[Rung], list[np.ndarray]]:
     rungs, logits_list = [], []
     for solver in solvers:
+        started = time.perf_counter()
         logits, nfe = solve_logits(model, solver, images, torch.float64)
         previous = max_abs_diff(logits, logits_list[-1]) if logits_list else None
         rungs.append(Rung(solver.describe(), nfe, accuracy(logits, labels), previous))
         logits_list.append(logits)
+        if on_rung is not None:
+            on_rung(rungs[-1], time.perf_counter() - started)
     return rungs, logits_list
 
 
@@ -265,13 +273,17 @@ def _contracts(rungs: list[Rung], scale: float, contraction: float) -> bool:
 
 def check_ode_validity(model: NeuralODECNN, images: torch.Tensor, labels: np.ndarray, method: str, n_steps: int,
                        tolerances: Sequence[float] = TOLERANCE_LADDER, max_accuracy_spread: float = 0.01,
-                       min_deployed_agreement: float = 0.99, contraction: float = 0.75) -> OdeValidity:
-    """Solve at N, 2N, 4N and on a dopri5 tolerance ladder (float64) and judge convergence (module docstring)."""
+                       min_deployed_agreement: float = 0.99, contraction: float = 0.75,
+                       on_rung: RungCallback | None = None) -> OdeValidity:
+    """Solve at N, 2N, 4N and on a dopri5 tolerance ladder (float64) and judge convergence (module docstring).
+
+    The tight float64 dopri5 solves take minutes on a CPU for a trained model: ``on_rung`` hears of each solve.
+    """
     labels = np.asarray(labels)
     fixed_solvers = [SolverConfig(method=method, n_steps=n_steps * k) for k in (1, 2, 4)]
     adaptive_solvers = [SolverConfig(method=REFERENCE_METHOD, rtol=t, atol=t) for t in tolerances]
-    fixed, fixed_logits = _ladder(model, fixed_solvers, images, labels)
-    adaptive, adaptive_logits = _ladder(model, adaptive_solvers, images, labels)
+    fixed, fixed_logits = _ladder(model, fixed_solvers, images, labels, on_rung)
+    adaptive, adaptive_logits = _ladder(model, adaptive_solvers, images, labels, on_rung)
     scale = float(np.max(np.abs(adaptive_logits[-1]))) if np.size(adaptive_logits[-1]) else 1.0
     reasons = []
     if not _contracts(fixed, scale, contraction):
