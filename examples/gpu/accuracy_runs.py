@@ -2,7 +2,8 @@
 
     PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64.tgz $OUT --budget 480
     PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64.tgz $OUT --budget 500 --runs w5-long --max-epochs 400
-    PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 500 --runs kd-pool-w5,kd-pool-w5-s1,kd-pool-w5-s2
+    PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 520 --runs kd-pool-w5,w5-rk4x4 --max-epochs 200 --overhead 1.35
+    PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 520 --runs w5-wide-rk4x4 --max-epochs 200 --overhead 1.35
 
 The pack decides the input: ``pins64.tgz`` holds the plain crops, ``pins64a.tgz`` the aligned chips of
 ``edgenode align`` (pack_pins.py on the aligned copy); runs trained on the latter record the alignment.
@@ -47,6 +48,10 @@ RECIPES = {
                     distill_weight=5.0, width=160),
     "w5-rk4x4": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
                      distill_weight=5.0, steps=4),
+    "w5-wide-rk4x4": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
+                          distill_weight=5.0, width=160, steps=4),
+    "w20-rk4x4": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
+                      distill_weight=20.0, steps=4),
     "w5-rk4x4-s1": dict(seed=1, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
                         distill_weight=5.0, steps=4),
     # the final recipe's other two seeds (kd-pool-w5 is seed 0)
