@@ -228,7 +228,7 @@ def test_every_runtime_aligns_the_inputs_of_an_aligned_model(aligned_run, fake_a
         np.testing.assert_allclose([p.top_k[0][1] for p in pre], softmax(predictor.predict_logits(plain)).max(axis=1), atol=1e-5)
 
 
-def test_aligned_model_without_dlib_fails_inone_line(aligned_run, monkeypatch):
+def test_aligned_model_without_dlib_fails_in_one_line(aligned_run, monkeypatch):
     from edgenode.runtime import load_predictor
 
     data, ckpt_path, _ = aligned_run

@@ -34,10 +34,10 @@ def test_shipped_checkpoint_is_small_and_names_its_split(name):
     manifest = Manifest.load(PRETRAINED / "manifest.json")
     assert ckpt.manifest_sha256 == manifest.sha256
     assert ckpt.classes == manifest.classes and len(ckpt.classes) == 105
-    solver, align = SHIPPED[name]
+    solver, expected_align = SHIPPED[name]
     assert ckpt.model_config.arch == "faceode" and ckpt.model_config.solver.describe() == solver
     assert (ckpt.input_spec.image_size, ckpt.input_spec.mean) == (64, tuple(manifest.mean))
-    assert (None if ckpt.input_spec.align is None else vars(ckpt.input_spec.align)) == align
+    assert (None if ckpt.input_spec.align is None else vars(ckpt.input_spec.align)) == expected_align
     assert ckpt.optimizer is None, "optimizer state is training baggage: it would triple the file"
 
 
@@ -64,3 +64,15 @@ def test_shipped_aligned_checkpoint_aligns_its_input_or_says_what_it_needs(monke
     with load_predictor(PRETRAINED / "faceode-pins-aligned.pt") as predictor, pytest.raises(UsageError) as exc:
         predictor.predict([picture])
     one_line(exc, "needs dlib", "edgenode[align]", "--pre-aligned")
+
+
+def test_shipped_aligned_checkpoint_aligns_a_picture_itself_where_dlib_is_installed(monkeypatch):
+    pytest.importorskip("dlib")
+    picture = np.random.default_rng(2).integers(0, 256, size=(90, 70, 3), dtype=np.uint8)
+    with load_predictor(PRETRAINED / "faceode-pins-aligned.pt") as predictor:
+        aligned = predictor.preprocess([picture])  # no face in noise: aligned from landmarks on the whole picture
+        as_chip = predictor.preprocess([picture], pre_aligned=True)  # a plain resize
+        (prediction,) = predictor.predict([picture])
+    assert aligned.shape == as_chip.shape == (1, 3, 64, 64) and np.isfinite(aligned).all()
+    assert np.abs(aligned - as_chip).mean() > 0.05, "the aligner did not change the picture"
+    assert prediction.top_k[0][0] == predictor.metadata.classes[prediction.index]

@@ -3,7 +3,7 @@
     PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64.tgz $OUT --budget 480
     PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64.tgz $OUT --budget 500 --runs w5-long --max-epochs 400
     PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 520 --runs kd-pool-w5,w5-rk4x4 --max-epochs 200 --overhead 1.35
-    PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 520 --runs w5-wide-rk4x4 --max-epochs 200 --overhead 1.35
+    PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 520 --runs w5-wide-rk4x4 --max-epochs 121 --overhead 1.35
 
 The pack decides the input: ``pins64.tgz`` holds the plain crops, ``pins64a.tgz`` the aligned chips of
 ``edgenode align`` (pack_pins.py on the aligned copy); runs trained on the latter record the alignment.
@@ -143,6 +143,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                         help="override a TrainConfig field of every run, e.g. --set width=16 (CPU dry runs)")
     args = parser.parse_args()
+    if args.overhead <= 0:
+        parser.error(f"--overhead {args.overhead}: must be > 0 (1.25 to 1.35 fitted the H100 runs)")
     for item in args.set:
         key, _, value = item.partition("=")
         COMMON[key] = json.loads(value)
