@@ -20,9 +20,9 @@ ODE validity (Ott et al., "ResNet after all? Neural ODEs and their numerical sol
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
