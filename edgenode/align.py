@@ -205,24 +205,18 @@ def align_dataset(root: str | os.PathLike, out: str | os.PathLike, files: list[s
     spec, chip size, counts, face-detection rate, skipped files. The record is written first, so a folder is
     never holding chips without saying how they were made; files already there are not redone, so an
     interrupted run continues where it stopped — with the same spec and size only (others are refused, they
-    would mix two kinds of chips under one record). dlib holds the GIL: ``workers`` > 1 are processes.
+    would mix two kinds of chips under one record). dlib holds the GIL: ``workers`` > 1 are processes
+    (:func:`edgenode.process_pool.process_map`).
     """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    from edgenode.console import progress_bar
     from edgenode.data import images_root
-    from edgenode.teacher import _default_workers
+    from edgenode.process_pool import process_map, resolve_workers
 
     FaceAligner(size, spec)  # a missing extra or a bad size fails here, before any worker starts
     source, target = images_root(root).resolve(), (Path(out) / "images").resolve()
     if target == source or source in target.parents or target in source.parents:
         raise UsageError(f"--out {out} is inside the data folder {root} (or holds it)",
                          "write the aligned copy to a new folder beside the data set")
-    workers = workers or _default_workers(len(files))
-    if not is_whole_number(workers):
-        raise UsageError(f"workers={workers!r} is not a positive integer", "use 1 or more processes")
+    workers = resolve_workers(workers or None, len(files))  # before the record is written
     record_path = Path(out) / ALIGN_FILE
     existing = read_alignment(out) if record_path.is_file() else None
     if existing is not None and existing != (spec, int(size)):
@@ -234,26 +228,9 @@ def align_dataset(root: str | os.PathLike, out: str | os.PathLike, files: list[s
     atomic_write_bytes(record_path, (json.dumps(record, indent=2) + "\n").encode("utf-8"))
     todo = [(str(source / f), str(target / f)) for f in files if not (target / f).is_file()]
     start = time.perf_counter()
-    results: list[tuple[bool, str]] = []
-    with progress_bar("aligning faces", len(todo), enabled=progress) as advance:
-        if len(todo) and workers == 1:
-            _worker_init(size, spec.to_dict())
-            for job in todo:
-                results.append(_worker_align(job))
-                advance()
-        elif todo:
-            context = multiprocessing.get_context("spawn")
-            try:
-                with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
-                                         initargs=(size, spec.to_dict())) as pool:
-                    for result in pool.map(_worker_align, todo, chunksize=16):
-                        results.append(result)
-                        advance()
-            except BrokenProcessPool:
-                raise EdgenodeError(
-                    f"an alignment worker process stopped abruptly after {len(results)} of {len(todo)} pictures (out of "
-                    "memory, or a script without an `if __name__ == '__main__':` guard, which spawned workers re-run)",
-                    "run it again: finished chips are kept; workers=1 shows the error in this process") from None
+    results: list[tuple[bool, str]] = process_map(
+        _worker_align, todo, initializer=_worker_init, initargs=(size, spec.to_dict()), workers=workers,
+        description="aligning faces", progress=progress, chunksize=16, rerun_hint="finished chips are kept: run it again, or ")
     skipped = [(src, reason) for (src, _), (_, reason) in zip(todo, results) if reason]
     aligned = len(results) - len(skipped)
     summary = {**record, "files": len(files), "aligned_now": aligned, "already_there": len(files) - len(todo),

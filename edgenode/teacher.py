@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgenode.artifacts import atomic_path, file_kind
-from edgenode.errors import ArtifactError, ArtifactPathError, DataError, EdgenodeError, ImageDecodeError, UsageError, is_whole_number
+from edgenode.errors import ArtifactError, ArtifactPathError, DataError, ImageDecodeError, UsageError
 
 PROVENANCE_KEYS = ("dlib_version", "model", "method")
 _NOT_TEACHER = {"onnx": "an ONNX model", "image": "an image", "json": "a JSON file (a manifest or sidecar?)"}
@@ -180,57 +180,28 @@ def _worker_describe(path: str):
     return _WORKER(path)
 
 
-def _default_workers(n_files: int) -> int:
-    """One process per core, but no pool for a handful of files (a worker's start-up costs ~1 s)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, n_files // 32))
-
-
 def compute_descriptors(root: str | os.PathLike, files: list[str], *, progress: bool = True,
                         workers: int | None = None) -> TeacherEmbeddings:
     """Descriptors of ``files`` (paths relative to the images folder of ``root``), computed as :data:`METHOD`.
 
     Files that cannot be decoded are left out with one ``DataWarning`` each (``lookup`` then masks them);
-    the rest keep their order. dlib holds the GIL, so ``workers`` > 1 means processes (spawned: forking a
-    process that runs a progress-bar thread is unsafe), each loading its own models; about linear in cores.
+    the rest keep their order. dlib holds the GIL, so ``workers`` > 1 means processes
+    (:func:`edgenode.process_pool.process_map`), each loading its own models; about linear in cores.
     Spawned workers re-import the main script, so a script calling this needs ``if __name__ == "__main__":``.
     """
-    import multiprocessing
     import warnings
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
 
-    from edgenode.console import progress_bar
     from edgenode.data import DataWarning, images_root
     from edgenode.data.manifest import MAX_SKIP_WARNINGS
+    from edgenode.process_pool import process_map, resolve_workers
 
-    workers = _default_workers(len(files)) if workers is None else workers
-    if not is_whole_number(workers):
-        raise UsageError(f"workers={workers!r} is not a positive integer", "use 1 (in-process) or more processes")
+    workers = resolve_workers(workers, len(files))
     base = images_root(root)
     provenance = installed_provenance()
     predictor, recognizer = (str(p) for p in model_files())
     paths = [str(base / f) for f in files]
-    with progress_bar("teacher descriptors", len(paths), enabled=progress) as advance:
-        def each(results):
-            for result in results:
-                advance()
-                yield result
-
-        if workers == 1 or len(paths) <= 1:
-            describe = _Describer(predictor, recognizer)
-            results = list(each(map(describe, paths)))
-        else:
-            context = multiprocessing.get_context("spawn")
-            try:
-                with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
-                                         initargs=(predictor, recognizer)) as pool:
-                    results = list(each(pool.map(_worker_describe, paths, chunksize=8)))
-            except BrokenProcessPool:
-                raise EdgenodeError(
-                    "a teacher descriptor worker process stopped abruptly (out of memory, or a script without an "
-                    "`if __name__ == '__main__':` guard, which spawned workers re-run)",
-                    "guard the script's entry point, or pass workers=1 to see the error in this process") from None
+    results = process_map(_worker_describe, paths, initializer=_worker_init, initargs=(predictor, recognizer),
+                          workers=workers, description="teacher descriptors", progress=progress, chunksize=8)
     kept, vectors, detected, skipped = [], [], [], 0
     for relpath, path, (vector, found, reason) in zip(files, paths, results, strict=True):
         if vector is None:

@@ -1,0 +1,69 @@
+"""One function over many files in worker processes, with a progress bar: how edgenode runs dlib.
+
+dlib holds the GIL while it computes and its objects must not be shared between threads, so parallel dlib work
+(teacher descriptors, face alignment) needs processes, each building its own dlib objects in an initializer.
+They are spawned, not forked: forking a process that runs a progress-bar thread is unsafe. Spawned workers
+re-import the main script, so a script that calls this needs an ``if __name__ == "__main__":`` guard.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from edgenode.errors import EdgenodeError, UsageError, is_whole_number
+
+
+def default_workers(n_items: int) -> int:
+    """One process per core, but no pool for a handful of items (a worker's start-up costs ~1 s)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, n_items // 32))
+
+
+def resolve_workers(workers: int | None, n_items: int) -> int:
+    """``workers`` as a process count: None picks :func:`default_workers`; anything but a positive integer fails."""
+    workers = default_workers(n_items) if workers is None else workers
+    if not is_whole_number(workers):
+        raise UsageError(f"workers={workers!r} is not a positive integer", "use 1 (in-process) or more processes")
+    return int(workers)
+
+
+def process_map(func: Callable[[Any], Any], items: Sequence, *, initializer: Callable[..., None], initargs: tuple,
+                workers: int | None, description: str, progress: bool = True, chunksize: int = 8,
+                rerun_hint: str = "") -> list:
+    """``[func(item) for item in items]``, in order, after ``initializer(*initargs)`` in each worker.
+
+    ``workers`` None picks :func:`default_workers`; 1 (or a single item) runs in this process, where an error
+    shows its own traceback. ``func``, ``initializer`` and ``initargs`` must be picklable (module-level).
+    ``rerun_hint`` says what running again keeps, for the error raised when a worker dies.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from edgenode.console import progress_bar
+
+    workers = resolve_workers(workers, len(items))
+    results: list = []
+    if not items:
+        return results
+    with progress_bar(description, len(items), enabled=progress) as advance:
+        if workers == 1 or len(items) <= 1:
+            initializer(*initargs)
+            for item in items:
+                results.append(func(item))
+                advance()
+            return results
+        context = multiprocessing.get_context("spawn")
+        try:
+            with ProcessPoolExecutor(workers, mp_context=context, initializer=initializer, initargs=initargs) as pool:
+                for result in pool.map(func, items, chunksize=chunksize):
+                    results.append(result)
+                    advance()
+        except BrokenProcessPool:
+            raise EdgenodeError(
+                f"a worker process ({description}) stopped abruptly after {len(results)} of {len(items)} items (out of "
+                "memory, or a script without an `if __name__ == '__main__':` guard, which spawned workers re-run)",
+                f"{rerun_hint}guard the script's entry point, or pass workers=1 to see the error in this process") from None
+    return results
