@@ -140,6 +140,11 @@ def read_alignment(root: str | os.PathLike) -> tuple[AlignSpec, int] | None:
                             "re-create the aligned copy with `edgenode align`") from None
 
 
+def alignment_name(align: AlignSpec | None) -> str:
+    """``none`` or ``dlib-5pt (padding 0.25)``: for messages that compare two models' pre-processing."""
+    return f"{align.method} (padding {align.padding})" if align else "none"
+
+
 def check_data_alignment(spec, root: str | os.PathLike) -> None:
     """Refuse to measure a model on pictures prepared differently from its training data (``spec``: InputSpec).
 

@@ -148,20 +148,25 @@ def test_parity_and_bench_refuse_an_artifact_prepared_differently_from_the_refer
     from edgenode.artifacts import write_sidecar
     from edgenode.export.metadata import ArtifactMetadata
 
-    proto = onnx.load(str(onnx_path))
-    meta = ArtifactMetadata.from_onnx_props({p.key: p.value for p in proto.metadata_props})
-    meta = replace(meta, input=replace(meta.input, align=None))
-    del proto.metadata_props[:]
-    for key, value in meta.to_onnx_props().items():
-        prop = proto.metadata_props.add()
-        prop.key, prop.value = key, value
-    other = onnx_path.parent.parent / "plain-copy.onnx"
-    onnx.save(proto, str(other))
-    write_sidecar(other, meta.to_dict())
-    with pytest.raises(ArtifactError) as exc:
-        run_bench(BenchConfig(artifacts=(str(other),), reference=str(ckpt_path), data=str(data), batch_sizes=(1,),
-                              warmup=0, repeats=1, threads=1, quiet=True))
-    one_line(exc, "takes plain pictures", "expects aligned faces")
+    def copy_with(align, name):
+        proto = onnx.load(str(onnx_path))
+        meta = ArtifactMetadata.from_onnx_props({p.key: p.value for p in proto.metadata_props})
+        meta = replace(meta, input=replace(meta.input, align=align))
+        del proto.metadata_props[:]
+        for key, value in meta.to_onnx_props().items():
+            prop = proto.metadata_props.add()
+            prop.key, prop.value = key, value
+        other = onnx_path.parent.parent / name
+        onnx.save(proto, str(other))
+        write_sidecar(other, meta.to_dict())
+        with pytest.raises(ArtifactError) as exc:
+            run_bench(BenchConfig(artifacts=(str(other),), reference=str(ckpt_path), data=str(data), batch_sizes=(1,),
+                                  warmup=0, repeats=1, threads=1, quiet=True))
+        return exc
+
+    one_line(copy_with(None, "plain-copy.onnx"), "takes plain pictures", "expects aligned faces")
+    # aligned both, with another padding: the message must say what differs
+    one_line(copy_with(AlignSpec(padding=0.5), "padding-copy.onnx"), "(dlib-5pt (padding 0.5))", "(dlib-5pt (padding 0.25))")
 
 
 def test_resume_refuses_another_kind_of_picture(synthetic_root, tmp_path):

@@ -413,9 +413,13 @@ def _check_row(info: RowInfo, session: _Session, name: str) -> tuple[list[str], 
     if info.input.image_size != spec.image_size:
         raise ArtifactError(f"{name}: takes {info.input.image_size} px input but the reference takes "
                             f"{spec.image_size} px", "bench artifacts exported from the reference's run")
-    if info.input.align != spec.align:
-        raise ArtifactError(f"{name}: {'expects aligned faces' if info.input.align else 'takes plain pictures'} but the "
-                            f"reference {'expects aligned faces' if spec.align else 'takes plain pictures'}",
+    if info.input.align != spec.align:  # also two alignments that differ only in padding
+        from edgenode.align import alignment_name
+
+        def takes(align) -> str:
+            return f"expects aligned faces ({alignment_name(align)})" if align else "takes plain pictures"
+
+        raise ArtifactError(f"{name}: {takes(info.input.align)} but the reference {takes(spec.align)}",
                             "bench artifacts exported from the reference's run")
     notes, comparable = [], True
     if list(info.classes) != list(session.classes):

@@ -92,12 +92,6 @@ class ParityReport:
         }
 
 
-
-
-def _align_name(spec) -> str:
-    return f"{spec.align.method} (padding {spec.align.padding})" if spec.align else "none"
-
-
 def check_compatible(info: ArtifactInfo, reference: ArtifactInfo) -> list[str]:
     """Refuse (ArtifactError) an artifact made for another split, class list or pre-processing; return notes."""
     differ = []
@@ -112,7 +106,9 @@ def check_compatible(info: ArtifactInfo, reference: ArtifactInfo) -> list[str]:
         differ.append(f"normalisation mean/std {list(info.input.mean)}/{list(info.input.std)} vs. "
                       f"{list(reference.input.mean)}/{list(reference.input.std)}")
     if info.input.align != reference.input.align:
-        differ.append(f"face alignment {_align_name(info.input)} vs. {_align_name(reference.input)}")
+        from edgenode.align import alignment_name
+
+        differ.append(f"face alignment {alignment_name(info.input.align)} vs. {alignment_name(reference.input.align)}")
     if differ:
         raise ArtifactError(f"{info.path}: does not match the reference {reference.path.name}: {'; '.join(differ)}",
                             "compare artifacts exported from this checkpoint's run")
