@@ -15,13 +15,14 @@ import argparse
 from itertools import combinations
 
 import numpy as np
-import torch
 
 from edgenode.align import check_data_alignment
 from edgenode.checkpoint import load_checkpoint
 from edgenode.data import Manifest, load_split_arrays, normalize
 from edgenode.errors import EdgenodeError
+from edgenode.export.steps import solve_logits
 from edgenode.metrics import wilson_interval
+from edgenode.runtime.predictor import softmax
 
 
 def main() -> None:
@@ -48,12 +49,10 @@ def main() -> None:
     for split in ("val", "test"):
         images, labels = load_split_arrays(manifest, args.data, split)
         probs = []
-        for ckpt in ckpts:
-            model = ckpt.build_model().eval()
+        for ckpt in ckpts:  # each with its trained solver, batched
             x = normalize(images, ckpt.input_spec.mean, ckpt.input_spec.std)
-            with torch.no_grad():
-                logits = torch.cat([model(x[i : i + args.batch_size]) for i in range(0, len(labels), args.batch_size)])
-            probs.append(logits.softmax(1).numpy())
+            logits, _ = solve_logits(ckpt.build_model(), ckpt.model_config.solver, x, batch_size=args.batch_size)
+            probs.append(softmax(logits))
         groups = [(i,) for i in range(len(ckpts))] + [g for k in range(2, len(ckpts) + 1) for g in combinations(range(len(ckpts)), k)]
         for group in groups:
             correct = int((np.mean([probs[i] for i in group], axis=0).argmax(1) == labels).sum())
