@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -92,10 +91,10 @@ def main() -> None:
     if args.only_chip and not (args.aligned and args.teacher):
         parser.error("--only-chip needs --aligned and --teacher")
 
-    from edgenode.console import progress_bar
     from edgenode.data import Manifest, images_root
     from edgenode.distill import class_means, unit
     from edgenode.metrics import wilson_interval
+    from edgenode.process_pool import process_map
     from edgenode.teacher import load_teacher
 
     manifest = Manifest.load(args.manifest)
@@ -105,12 +104,8 @@ def main() -> None:
     chips = images_root(args.aligned) if args.aligned else None
     jobs = [(str(root / f), str(chips / f) if chips else None, args.only_chip) for f in files]
     start = time.perf_counter()
-    with ProcessPoolExecutor(args.workers, initializer=_init) as pool, \
-            progress_bar("teacher variants", len(files)) as advance:
-        results = []
-        for result in pool.map(describe, jobs, chunksize=16):
-            results.append(result)
-            advance()
+    results = process_map(describe, jobs, initializer=_init, initargs=(), workers=args.workers,
+                          description="teacher variants", chunksize=16)
     seconds = time.perf_counter() - start
     computed = np.stack([r[0] for r in results])  # (N, variants, 128)
     names = ([] if args.only_chip else list(VARIANTS)) + (["64px-chip"] if args.aligned else [])
