@@ -8,19 +8,24 @@ from the teacher, on labelled train images and on unlabelled pool images alike:
   centring, every cosine is close to 1 and carries little identity);
 - the teacher's class probabilities: KL divergence to the softmax of the teacher's nearest-class-mean
   logits, ``scale · cos(descriptor, class mean)``, whose class means come from the train split only.
+  ``--kd-targets`` replaces these with class probabilities stored per file (e.g. an ensemble of trained
+  students, ``examples/ensemble_targets.py``): targets the student's own architecture can reach.
 
 No val or test label or image is used: class means and the temperature are fitted on the train split.
 """
 
 from __future__ import annotations
 
+import os
+import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgenode.errors import UsageError
+from edgenode.errors import ArtifactError, ArtifactPathError, UsageError
 from edgenode.teacher import TeacherEmbeddings
 
 SCALE_GRID = tuple(float(s) for s in np.arange(2.0, 64.5, 0.5))
@@ -34,11 +39,14 @@ class DistillTargets:
     has_target: torch.Tensor  # (N,) bool
     class_means: torch.Tensor  # (C, D) unit vectors, from the train split
     scale: float  # temperature of the teacher's class probabilities, fitted on the train split
+    log_probs: torch.Tensor | None = None  # (N, C) stored class log-probabilities (--kd-targets) instead of the teacher's
 
-    def teacher_logits(self, index: torch.Tensor) -> torch.Tensor:
+    def teacher_log_probs(self, index: torch.Tensor) -> torch.Tensor:
         """Float32 even under autocast: these are targets, and bf16 would cost ~0.1 logit at these scales."""
+        if self.log_probs is not None:
+            return self.log_probs[index]
         with torch.autocast(self.embedding.device.type, enabled=False):
-            return self.scale * self.embedding[index].float() @ self.class_means.float().t()
+            return F.log_softmax(self.scale * self.embedding[index].float() @ self.class_means.float().t(), dim=1)
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -110,9 +118,50 @@ def build_targets(
         "pool_with_target": int(pool_found.sum()),
         "teacher_scale": scale,
         "teacher_train_ncm_accuracy": float(((unit(train_emb[train_found]) @ means.T).argmax(1) == train_labels[train_found]).mean()),
-        "pool_classes_seen": int(len(np.unique(pseudo))),
+        "pool_classes_seen": len(np.unique(pseudo)),
     }
     return targets, summary
+
+
+def save_kd_targets(path: str | os.PathLike, files: list[str], classes: list[str], log_probs: np.ndarray,
+                    sources: list[str]) -> Path:
+    """Write the ``.npz`` that ``load_kd_targets`` reads; ``sources`` says where the probabilities came from."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, files=np.array(files), classes=np.array(classes),
+                        log_probs=np.asarray(log_probs, dtype=np.float32), sources=np.array(sources))
+    return path
+
+
+def load_kd_targets(path: str | os.PathLike, files: list[str], classes: list[str]) -> np.ndarray:
+    """Stored class log-probabilities ((len(files), C) float32) for these training files, in this class order.
+
+    The file is an ``.npz`` with ``files`` (paths relative to the images folder, as in the manifest),
+    ``classes`` and ``log_probs``; every training image must have a row (a silently missing target would
+    leave that image with the descriptor loss alone).
+    """
+    fix = "write it for this split and data folder with examples/ensemble_targets.py"
+    if not Path(path).is_file():
+        raise ArtifactPathError(f"--kd-targets {path}: not found", fix)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            stored_files = [str(f) for f in archive["files"]]
+            stored_classes = [str(c) for c in archive["classes"]]
+            log_probs = archive["log_probs"].astype(np.float32)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise ArtifactError(f"--kd-targets {path}: not a class-probability .npz (files, classes, log_probs): {exc}", fix) from None
+    if stored_classes != list(classes):
+        raise UsageError(f"--kd-targets {path}: its {len(stored_classes)} classes are not this split's {len(classes)} "
+                         "(or not in the same order)", fix)
+    if log_probs.shape != (len(stored_files), len(classes)) or not np.isfinite(log_probs).all():
+        raise ArtifactError(f"--kd-targets {path}: log_probs has shape {log_probs.shape} for {len(stored_files)} files "
+                            f"and {len(classes)} classes, or holds non-finite values", fix)
+    row = {f: i for i, f in enumerate(stored_files)}
+    missing = [f for f in files if f not in row]
+    if missing:
+        raise UsageError(f"--kd-targets {path}: no row for {len(missing)} of the {len(files)} training images "
+                         f"(e.g. {missing[0]!r})", fix)
+    return log_probs[[row[f] for f in files]]
 
 
 DISTILLABLE_PRESETS = ("faceode",)  # their head is embedding → cosine classifier
@@ -157,7 +206,6 @@ def distill_loss(
         cos = F.cosine_similarity(features, targets.embedding[index], dim=1)
         loss = loss + embedding_weight * (1.0 - cos).sum() / count
     if kd_weight:
-        teacher_log_probs = F.log_softmax(targets.teacher_logits(index), dim=1)
-        kl = F.kl_div(F.log_softmax(logits, dim=1), teacher_log_probs, log_target=True, reduction="sum")
+        kl = F.kl_div(F.log_softmax(logits, dim=1), targets.teacher_log_probs(index), log_target=True, reduction="sum")
         loss = loss + kd_weight * kl / count
     return loss

@@ -70,6 +70,7 @@ class TrainConfig:
     teacher: str | None = None  # .npz of teacher descriptors: distil them (see edgenode.distill)
     distill_weight: float = 1.0  # weight of 1 - cos(student features, teacher descriptor)
     kd_weight: float = 1.0  # weight of KL(teacher class probabilities || student's)
+    kd_targets: str | None = None  # .npz of class log-probabilities per file to use in that KL instead of the teacher's
     unlabeled: bool = False  # also train on the manifest's unused images, teacher targets only
     near_duplicates: str | None = None  # tsv of near-duplicate pairs; None: computed with dHash
     amp: bool = False  # bfloat16 autocast for training passes on CUDA (evaluation stays float32)
@@ -100,6 +101,9 @@ class TrainConfig:
         if self.unlabeled and not self.teacher:
             raise UsageError("--unlabeled needs --teacher: unlabelled images can only learn from the teacher's targets",
                              "pass --teacher teacher.npz (see `edgenode teacher`)")
+        if self.kd_targets and not self.teacher:
+            raise UsageError("--kd-targets needs --teacher: it replaces the class probabilities of the teacher's "
+                             "distillation, whose descriptors still train the features", "add --teacher teacher.npz")
         if self.near_duplicates and not self.unlabeled:
             raise UsageError("--near-duplicates is only used to clean the --unlabeled pool", "add --unlabeled or drop it")
         self.model_config(num_classes=2)  # fail on a bad preset or solver now, not after reading the data
@@ -276,6 +280,10 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
         teacher = load_teacher(config.teacher)
         distill.check_student(model, teacher)
         targets, teacher_summary = distill.build_targets(teacher, manifest.files("train"), arrays["train"][1], pool_files, num_classes, device)
+        if config.kd_targets:
+            stored = distill.load_kd_targets(config.kd_targets, manifest.files("train") + pool_files, manifest.classes)
+            targets.log_probs = torch.from_numpy(stored).to(device)
+            teacher_summary["kd_targets"] = config.kd_targets
         distill.init_classifier(model, targets)
     if config.init and not resume:
         source = start_from(model, model_config, manifest, config.init)
@@ -322,6 +330,7 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
                 f"distilling {teacher_summary['teacher']}: targets for {teacher_summary['train_with_target']} train and "
                 f"{teacher_summary['pool_with_target']} unlabelled images; teacher scale {teacher_summary['teacher_scale']}, "
                 f"teacher train accuracy {teacher_summary['teacher_train_ncm_accuracy']:.3f} (nearest class mean)"
+                + (f"; class probabilities from {config.kd_targets}" if config.kd_targets else "")
             )
     train_model = ctx.wrap(model)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing, reduction="sum")  # divided in run_epoch
@@ -464,7 +473,7 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}] + ([{"params": keep, "weight_decay": 0.0}] if keep else [])
 
 
-RESUME_FIXED = ("batch_size", "teacher", "distill_weight", "kd_weight", "unlabeled", "near_duplicates", "arch", "width")
+RESUME_FIXED = ("batch_size", "teacher", "distill_weight", "kd_weight", "kd_targets", "unlabeled", "near_duplicates", "arch", "width")
 
 
 def check_resume_settings(config: TrainConfig, saved: dict, path: Path) -> None:

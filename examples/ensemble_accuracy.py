@@ -16,13 +16,10 @@ from itertools import combinations
 
 import numpy as np
 
-from edgenode.align import check_data_alignment
-from edgenode.checkpoint import load_checkpoint
-from edgenode.data import Manifest, load_split_arrays, normalize
+from edgenode.data import Manifest, load_split_arrays
+from edgenode.ensemble import load_members, member_probabilities
 from edgenode.errors import EdgenodeError
-from edgenode.export.steps import solve_logits
 from edgenode.metrics import wilson_interval
-from edgenode.runtime.predictor import softmax
 
 
 def main() -> None:
@@ -34,26 +31,17 @@ def main() -> None:
     args = parser.parse_args()
 
     manifest = Manifest.load(args.manifest)
-    ckpts = [load_checkpoint(path) for path in args.checkpoints]
-    for path, ckpt in zip(args.checkpoints, ckpts):
-        if ckpt.manifest_sha256 != manifest.sha256:
-            raise SystemExit(f"{path}: trained on another split (manifest {ckpt.manifest_sha256[:12]}…, "
-                             f"not {manifest.sha256[:12]}…) — pass the manifest it was trained on")
-        try:
-            check_data_alignment(ckpt.input_spec, args.data)
-        except EdgenodeError as exc:
-            raise SystemExit(f"{path}: {exc}") from None
-    names = [f"#{i + 1}" for i in range(len(ckpts))]
+    try:
+        members = load_members(args.checkpoints, manifest, args.data)
+    except EdgenodeError as exc:
+        raise SystemExit(str(exc)) from None
+    names = [f"#{i + 1}" for i in range(len(members))]
     for name, path in zip(names, args.checkpoints):
         print(f"{name}: {path}")
     for split in ("val", "test"):
         images, labels = load_split_arrays(manifest, args.data, split)
-        probs = []
-        for ckpt in ckpts:  # each with its trained solver, batched
-            x = normalize(images, ckpt.input_spec.mean, ckpt.input_spec.std)
-            logits, _ = solve_logits(ckpt.build_model(), ckpt.model_config.solver, x, batch_size=args.batch_size)
-            probs.append(softmax(logits))
-        groups = [(i,) for i in range(len(ckpts))] + [g for k in range(2, len(ckpts) + 1) for g in combinations(range(len(ckpts)), k)]
+        probs = member_probabilities(members, images, args.batch_size)
+        groups = [(i,) for i in range(len(members))] + [g for k in range(2, len(members) + 1) for g in combinations(range(len(members)), k)]
         for group in groups:
             correct = int((np.mean([probs[i] for i in group], axis=0).argmax(1) == labels).sum())
             lo, hi = wilson_interval(correct, len(labels))

@@ -12,7 +12,7 @@ from edgenode import distill
 from edgenode.checkpoint import load_checkpoint
 from edgenode.data import SplitConfig, build_manifest, make_synthetic_faces
 from edgenode.data.near_duplicates import NearDuplicate, write_near_duplicates
-from edgenode.errors import UsageError
+from edgenode.errors import ArtifactError, UsageError
 from edgenode.model import build_model, preset_config
 from edgenode.teacher import TeacherEmbeddings
 from edgenode.train import TrainConfig, train
@@ -89,7 +89,7 @@ def _targets(n=4, dim=8, classes=3, seed=0):
 def test_loss_vanishes_when_the_student_reproduces_the_teacher():
     targets = _targets()
     index = torch.arange(4)
-    features, logits = 3.0 * targets.embedding, targets.teacher_logits(index)  # the cosine ignores length
+    features, logits = 3.0 * targets.embedding, targets.teacher_log_probs(index)  # the cosine ignores length
     assert distill.distill_loss(features, logits, index, targets, 1.0, 1.0).abs() < 1e-6
     assert distill.distill_loss(-features, logits.flip(1), index, targets, 1.0, 1.0) > 1.0
 
@@ -145,6 +145,7 @@ def test_classifier_starts_at_the_teachers_class_means():
     ({"teacher": "t.npz", "distill_weight": -1.0}, "--distill-weight"),
     ({"teacher": "t.npz", "kd_weight": float("nan")}, "--kd-weight"),
     ({"teacher": "t.npz", "near_duplicates": "pairs.tsv"}, "--near-duplicates is only used"),
+    ({"kd_targets": "t.npz"}, "--kd-targets needs --teacher"),
     ({"teacher": "t.npz", "arch": "odenet"}, "'odenet' preset has no embedding head"),
 ])
 def test_bad_distillation_options_are_refused_up_front(overrides, fragment):
@@ -225,10 +226,10 @@ def test_the_learned_logit_scale_is_not_weight_decayed():
     assert len(parameter_groups(build_model(preset_config("odenet", num_classes=3, width=8)), 0.05)) == 1
 
 
-def test_teacher_logits_stay_float32_under_autocast():
+def test_teacher_log_probs_stay_float32_under_autocast():
     targets = _targets(dim=128)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits = targets.teacher_logits(torch.arange(4))
+        logits = targets.teacher_log_probs(torch.arange(4))
     assert logits.dtype == torch.float32
 
 
@@ -255,3 +256,65 @@ def test_two_process_ddp_distillation_matches_single_process(pool_setup, tmp_pat
     x, _ = load_split(manifest, root, "val")
     with torch.no_grad():
         torch.testing.assert_close(ddp.build_model()(x), single.build_model()(x), rtol=0, atol=2e-3)
+
+
+# --- stored class probabilities (--kd-targets) ----------------------------------------------------------
+
+
+def test_stored_log_probs_replace_the_teachers_class_probabilities():
+    targets = _targets()
+    index = torch.arange(4)
+    teacher = targets.teacher_log_probs(index)
+    stored = torch.log_softmax(torch.randn(4, 3, generator=torch.Generator().manual_seed(5)), dim=1)
+    features = targets.embedding
+    assert distill.distill_loss(features, teacher, index, targets, 0.0, 1.0).abs() < 1e-6
+    targets.log_probs = stored
+    torch.testing.assert_close(targets.teacher_log_probs(index), stored)
+    assert distill.distill_loss(features, stored, index, targets, 0.0, 1.0).abs() < 1e-6
+    assert distill.distill_loss(features, teacher, index, targets, 0.0, 1.0) > 1e-3
+
+
+def test_kd_targets_are_read_in_the_runs_file_order_and_checked(tmp_path):
+    log_probs = np.log(np.array([[0.7, 0.3], [0.2, 0.8], [0.5, 0.5]], dtype=np.float32))
+    path = distill.save_kd_targets(tmp_path / "t.npz", ["a.jpg", "b.jpg", "c.jpg"], ["x", "y"], log_probs, ["m.pt"])
+    np.testing.assert_array_equal(distill.load_kd_targets(path, ["c.jpg", "a.jpg"], ["x", "y"]), log_probs[[2, 0]])
+    with pytest.raises(UsageError, match="classes are not this split's"):
+        distill.load_kd_targets(path, ["a.jpg"], ["y", "x"])
+    with pytest.raises(UsageError, match=r"no row for 1 of the 2 training images \(e.g. 'd.jpg'\)"):
+        distill.load_kd_targets(path, ["a.jpg", "d.jpg"], ["x", "y"])
+    with pytest.raises(ArtifactError, match="not found"):
+        distill.load_kd_targets(tmp_path / "none.npz", ["a.jpg"], ["x", "y"])
+    (tmp_path / "bad.npz").write_bytes(b"not an archive")
+    with pytest.raises(ArtifactError, match="not a class-probability .npz"):
+        distill.load_kd_targets(tmp_path / "bad.npz", ["a.jpg"], ["x", "y"])
+
+
+def test_an_ensembles_targets_train_a_student_end_to_end(pool_setup, tmp_path):
+    """Members trained on the pool set-up → their mean probabilities on train + cleaned pool → a student run."""
+    from edgenode.ensemble import load_members, training_targets
+
+    tmp, root, manifest = pool_setup
+    member_paths = [str(train(_pool_config(tmp, root, tmp_path / f"m{seed}", epochs=1, seed=seed)).best_checkpoint)
+                    for seed in (0, 1)]
+    members = load_members(member_paths, manifest, str(root))
+    files, log_probs, summary = training_targets(members, manifest, str(root), str(tmp / "pairs.tsv"))
+    pool = len(manifest.unused) - 1
+    assert summary["train"] == 24 and summary["pool"] == pool and len(files) == 24 + pool
+    assert manifest.files("test")[0] not in files and manifest.unused[0][0] not in files  # the leak stays out
+    np.testing.assert_allclose(np.exp(log_probs).sum(1), 1.0, atol=1e-5)
+    path = distill.save_kd_targets(tmp_path / "targets.npz", files, manifest.classes, log_probs, member_paths)
+
+    plain = train(_pool_config(tmp, root, tmp_path / "plain", epochs=1, seed=2))
+    kd = train(_pool_config(tmp, root, tmp_path / "kd", epochs=1, seed=2, kd_targets=str(path)))
+    assert json.loads((tmp_path / "kd" / "results.json").read_text())["teacher"]["kd_targets"] == str(path)
+    assert kd.history[0]["train_distill_loss"] != pytest.approx(plain.history[0]["train_distill_loss"])
+    with pytest.raises(UsageError, match="--kd-targets"):
+        train(_pool_config(tmp, root, tmp_path / "kd", epochs=2, resume=True))
+
+
+def test_ensemble_members_of_another_split_are_refused(pool_setup, trained_run):
+    from edgenode.ensemble import load_members
+
+    tmp, root, manifest = pool_setup
+    with pytest.raises(UsageError, match="trained on another split"):
+        load_members([str(trained_run.best_checkpoint)], manifest, str(root))

@@ -43,6 +43,7 @@ def command(
     teacher: Annotated[Optional[Path], typer.Option(help="Teacher descriptors (.npz from `edgenode teacher`) to distil; needs --arch faceode.")] = None,
     distill_weight: Annotated[float, typer.Option(help="Weight of the 1 - cos(student, teacher descriptor) loss.")] = 1.0,
     kd_weight: Annotated[float, typer.Option(help="Weight of the KL loss to the teacher's class probabilities.")] = 1.0,
+    kd_targets: Annotated[Optional[Path], typer.Option(help="Class log-probabilities per file (.npz, e.g. an ensemble's from examples/ensemble_targets.py) for that KL loss instead of the teacher's.")] = None,
     unlabeled: Annotated[bool, typer.Option(help="Also train on the unused images (minus near-duplicates of val/test) with teacher targets.")] = False,
     near_duplicates: Annotated[Optional[Path], typer.Option(help="TSV of near-duplicate pairs (file_a, file_b, hamming); computed with dHash if unset.")] = None,
     amp: Annotated[bool, typer.Option(help="bfloat16 autocast for training passes on CUDA.")] = False,
@@ -53,7 +54,7 @@ def command(
     from edgenode.train import TrainConfig, train
 
     output_folder(out)
-    for path, option in ((teacher, "--teacher"), (near_duplicates, "--near-duplicates"), (init, "--init")):
+    for path, option in ((teacher, "--teacher"), (near_duplicates, "--near-duplicates"), (init, "--init"), (kd_targets, "--kd-targets")):
         if path is not None:
             existing_path(path, option, folder=False)
     split = SplitConfig(per_class=per_class, train=train_per_class, val=val_per_class, test=test_per_class, image_size=image_size, seed=seed, strict=strict)
@@ -63,6 +64,7 @@ def command(
         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, augment=augment, dropout=dropout, seed=seed,
         device=device, split=split, manifest=str(manifest) if manifest else None, resume=resume, progress=progress,
         teacher=str(teacher) if teacher else None, distill_weight=distill_weight, kd_weight=kd_weight,
+        kd_targets=str(kd_targets) if kd_targets else None,
         unlabeled=unlabeled, near_duplicates=str(near_duplicates) if near_duplicates else None, amp=amp,
         init=str(init) if init else None,
     )
