@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgenode.cli.common import user_errors
+from edgenode.cli.common import manifest_files, user_errors
 from edgenode.console import console
 
 
@@ -25,12 +25,11 @@ def command(
     Train on the copy: the checkpoint, its exports and `edgenode infer` then align their inputs the same way.
     """
     from edgenode.align import AlignSpec, align_dataset
-    from edgenode.cli.teacher import _select_files
     from edgenode.errors import DataError, UsageError
 
     if workers < 0:
         raise UsageError(f"--workers {workers}: must be 0 or more", "0 uses one process per core")
-    files = _select_files(data, manifest, 0)
+    files = manifest_files(data, manifest, 0)
     if not files:
         raise DataError(f"no image files to align in {data}", "pass the data set folder (images/<identity>/…)")
     summary = align_dataset(data, out, files, size, AlignSpec(padding=padding), workers=workers or None)

@@ -12,7 +12,7 @@ import contextlib
 import functools
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import typer
 from rich.markup import escape
@@ -92,3 +92,28 @@ def output_file(path: Path, option: str = "--out") -> Path:
     if path.is_dir():
         raise PathArgumentError(f"{option} {path}: is a folder, not a file", "pass the file name to write")
     return path
+
+
+def manifest_files(data: Path, manifest: Optional[Path], per_identity: int) -> list[str]:
+    """Every image under DATA, or the files a manifest names (splits + unused), optionally the first N per identity.
+
+    What `edgenode teacher` describes and `edgenode align` aligns: both work on whole data sets, pool included.
+    """
+    from edgenode.data import SPLITS, Manifest, discover_images, images_root
+    from edgenode.errors import DataError
+
+    if manifest is None:
+        groups = list(discover_images(data).values())
+    else:
+        loaded = Manifest.load(existing_path(manifest, "--manifest", folder=False))
+        named = sorted({f for split in SPLITS for f in loaded.files(split)} | {f for f, _ in loaded.unused})
+        base = images_root(data)
+        missing = [f for f in named if not (base / f).is_file()]
+        if missing:
+            raise DataError(f"--manifest {manifest} names {len(missing)} file(s) not found under {base} "
+                            f"(first: {missing[0]})", "pass the data folder the manifest was built from")
+        by_identity: dict[str, list[str]] = {}
+        for f in named:
+            by_identity.setdefault(f.split("/", 1)[0], []).append(f)
+        groups = list(by_identity.values())
+    return [f for group in groups for f in (group[:per_identity] if per_identity else group)]

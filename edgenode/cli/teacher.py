@@ -8,30 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgenode.cli.common import existing_path, output_file, user_errors
+from edgenode.cli.common import manifest_files, output_file, user_errors
 from edgenode.console import console
-
-
-def _select_files(data: Path, manifest: Optional[Path], per_identity: int) -> list[str]:
-    """Every image under DATA, or the files a manifest names (splits + unused), optionally the first N per identity."""
-    from edgenode.data import SPLITS, Manifest, discover_images, images_root
-    from edgenode.errors import DataError
-
-    if manifest is None:
-        groups = list(discover_images(data).values())
-    else:
-        loaded = Manifest.load(existing_path(manifest, "--manifest", folder=False))
-        named = sorted({f for split in SPLITS for f in loaded.files(split)} | {f for f, _ in loaded.unused})
-        base = images_root(data)
-        missing = [f for f in named if not (base / f).is_file()]
-        if missing:
-            raise DataError(f"--manifest {manifest} names {len(missing)} file(s) not found under {base} "
-                            f"(first: {missing[0]})", "pass the data folder the manifest was built from")
-        by_identity: dict[str, list[str]] = {}
-        for f in named:
-            by_identity.setdefault(f.split("/", 1)[0], []).append(f)
-        groups = list(by_identity.values())
-    return [f for group in groups for f in (group[:per_identity] if per_identity else group)]
 
 
 @user_errors
@@ -52,7 +30,7 @@ def command(
     output_file(out)
     reference = load_teacher(check) if check is not None else None  # a bad reference fails before the long run
     installed_provenance(), model_files()  # so does a missing extra, before the file walk
-    files = _select_files(data, manifest, per_identity)
+    files = manifest_files(data, manifest, per_identity)
     if not files:
         raise DataError(f"no image files to describe in {data}", "pass the data set folder (images/<identity>/…)")
     start = time.perf_counter()
