@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgenode.artifacts import atomic_path
 from edgenode.errors import ArtifactError, ArtifactPathError, UsageError
 from edgenode.teacher import TeacherEmbeddings
 
@@ -125,12 +126,14 @@ def build_targets(
 
 def save_kd_targets(path: str | os.PathLike, files: list[str], classes: list[str], log_probs: np.ndarray,
                     sources: list[str]) -> Path:
-    """Write the ``.npz`` that ``load_kd_targets`` reads; ``sources`` says where the probabilities came from."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, files=np.array(files), classes=np.array(classes),
-                        log_probs=np.asarray(log_probs, dtype=np.float32), sources=np.array(sources))
-    return path
+    """Write the ``.npz`` that ``load_kd_targets`` reads, atomically; ``sources`` says where the probabilities came from.
+
+    Written through a file handle: given a name, ``np.savez`` would append ``.npz`` to the temporary file.
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, files=np.array(files, dtype=str), classes=np.array(classes, dtype=str),
+                            log_probs=np.asarray(log_probs, dtype=np.float32), sources=np.array(sources, dtype=str))
+    return Path(path)
 
 
 def load_kd_targets(path: str | os.PathLike, files: list[str], classes: list[str]) -> np.ndarray:
