@@ -54,6 +54,8 @@ RECIPES = {
                       distill_weight=20.0, steps=4),
     "w5-rk4x4-s1": dict(seed=1, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
                         distill_weight=5.0, steps=4),
+    "w5-rk4x4-s2": dict(seed=2, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
+                        distill_weight=5.0, steps=4),
     # the final recipe's other two seeds (kd-pool-w5 is seed 0)
     "kd-pool-w5-s1": dict(seed=1, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
                           distill_weight=5.0),
