@@ -21,6 +21,19 @@ def wilson_interval(correct: int, total: int, z: float = Z95) -> tuple[float, fl
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value for two classifiers on the same images.
+
+    ``only_a``/``only_b``: images that only A (only B) gets right. Overlapping intervals of two accuracies
+    on the same test set say little; whether their disagreements lean one way is the paired question.
+    """
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
     index = target.long() * num_classes + pred.long()
     return torch.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)

@@ -1,4 +1,5 @@
-"""Label-free accuracy of checkpoints alone and of their average (mean softmax), on val and test.
+"""Label-free accuracy of checkpoints alone and of their average (mean softmax), on val and test, with a paired
+McNemar test for each pair of single checkpoints (how to tell two recipes apart on the same images).
 
     OMP_NUM_THREADS=2 python examples/ensemble_accuracy.py runs/pins-aligned64 runs/pins-manifest.json \
         runs/gpu-aligned/w5-rk4x4/best-slim.pt runs/gpu-aligned/kd-pool-w5/best-slim.pt
@@ -19,7 +20,7 @@ import numpy as np
 from edgenode.data import Manifest, load_split_arrays
 from edgenode.ensemble import load_members, member_probabilities
 from edgenode.errors import EdgenodeError
-from edgenode.metrics import wilson_interval
+from edgenode.metrics import mcnemar_p, wilson_interval
 
 
 def main() -> None:
@@ -46,6 +47,11 @@ def main() -> None:
             correct = int((np.mean([probs[i] for i in group], axis=0).argmax(1) == labels).sum())
             lo, hi = wilson_interval(correct, len(labels))
             print(f"{split:4s} {' + '.join(names[i] for i in group):16s} {correct / len(labels):.3f} [{lo:.3f}, {hi:.3f}]")
+        right = [p.argmax(1) == labels for p in probs]
+        for a, b in combinations(range(len(members)), 2):
+            only_a, only_b = int((right[a] & ~right[b]).sum()), int((right[b] & ~right[a]).sum())
+            print(f"{split:4s} {names[a]} vs {names[b]}: only {names[a]} right {only_a}, only {names[b]} right {only_b}, "
+                  f"McNemar p = {mcnemar_p(only_a, only_b):.3g}")
 
 
 if __name__ == "__main__":

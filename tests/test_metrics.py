@@ -1,0 +1,33 @@
+"""Accuracy intervals and the paired test used to compare two recipes on the same images."""
+
+import pytest
+
+from edgenode.metrics import mcnemar_p, wilson_interval
+
+
+def test_wilson_interval_matches_the_published_figures():
+    lo, hi = wilson_interval(856, 945)  # the shipped aligned model's test accuracy in RESULTS.md
+    assert (round(lo, 3), round(hi, 3)) == (0.886, 0.923)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    lo, hi = wilson_interval(10, 10)
+    assert hi == pytest.approx(1.0) and 0.70 < lo < 0.74  # not the degenerate [1, 1] of the normal approximation
+
+
+@pytest.mark.parametrize("only_a,only_b,expected", [
+    (0, 0, 1.0),
+    (3, 3, 1.0),
+    (0, 5, 2 / 32),
+    (1, 10, 2 * (1 + 11) / 2**11),
+    (30, 10, None),  # checked for symmetry only
+])
+def test_mcnemar_p_is_the_exact_two_sided_binomial(only_a, only_b, expected):
+    p = mcnemar_p(only_a, only_b)
+    assert p == pytest.approx(mcnemar_p(only_b, only_a))
+    if expected is not None:
+        assert p == pytest.approx(expected)
+    assert 0.0 < p <= 1.0
+
+
+def test_mcnemar_p_falls_as_disagreements_lean_one_way():
+    assert mcnemar_p(20, 20) > mcnemar_p(25, 15) > mcnemar_p(30, 10) > mcnemar_p(35, 5)
+    assert mcnemar_p(30, 10) < 0.01
