@@ -119,7 +119,7 @@ def build_targets(
         "pool_with_target": int(pool_found.sum()),
         "teacher_scale": scale,
         "teacher_train_ncm_accuracy": float(((unit(train_emb[train_found]) @ means.T).argmax(1) == train_labels[train_found]).mean()),
-        "pool_classes_seen": len(np.unique(pseudo)),
+        "pool_classes_seen": int(len(np.unique(pseudo))),
     }
     return targets, summary
 
@@ -140,10 +140,11 @@ def load_kd_targets(path: str | os.PathLike, files: list[str], classes: list[str
     """Stored class log-probabilities ((len(files), C) float32) for these training files, in this class order.
 
     The file is an ``.npz`` with ``files`` (paths relative to the images folder, as in the manifest),
-    ``classes`` and ``log_probs``; every training image must have a row (a silently missing target would
-    leave that image with the descriptor loss alone).
+    ``classes`` and ``log_probs`` (each row a log-softmax). Every training image must have a row: one without
+    would silently fall back to no class target at all.
     """
-    fix = "write it for this split and data folder with examples/ensemble_targets.py"
+    fix = ("write it with examples/ensemble_targets.py for this split, data folder and the run's --near-duplicates "
+           "table (or none)")
     if not Path(path).is_file():
         raise ArtifactPathError(f"--kd-targets {path}: not found", fix)
     try:
@@ -156,15 +157,37 @@ def load_kd_targets(path: str | os.PathLike, files: list[str], classes: list[str
     if stored_classes != list(classes):
         raise UsageError(f"--kd-targets {path}: its {len(stored_classes)} classes are not this split's {len(classes)} "
                          "(or not in the same order)", fix)
-    if log_probs.shape != (len(stored_files), len(classes)) or not np.isfinite(log_probs).all():
-        raise ArtifactError(f"--kd-targets {path}: log_probs has shape {log_probs.shape} for {len(stored_files)} files "
-                            f"and {len(classes)} classes, or holds non-finite values", fix)
+    if log_probs.shape != (len(stored_files), len(classes)):
+        raise ArtifactError(f"--kd-targets {path}: log_probs has shape {log_probs.shape}, not ({len(stored_files)} files, "
+                            f"{len(classes)} classes)", fix)
+    with np.errstate(invalid="ignore"):  # a NaN row is reported below, by name
+        total = np.logaddexp.reduce(log_probs.astype(np.float64), axis=1) if len(log_probs) else np.zeros(0)
+    bad = np.flatnonzero(~np.isfinite(total) | (np.abs(total) > 1e-3))
+    if len(bad):
+        raise ArtifactError(f"--kd-targets {path}: row {bad[0]} ({stored_files[bad[0]]}) is not a log-probability "
+                            f"vector (its probabilities sum to {np.exp(total[bad[0]]):.4g}; {len(bad)} such rows)",
+                            "store log_softmax of the logits, not logits or probabilities")
     row = {f: i for i, f in enumerate(stored_files)}
     missing = [f for f in files if f not in row]
     if missing:
         raise UsageError(f"--kd-targets {path}: no row for {len(missing)} of the {len(files)} training images "
                          f"(e.g. {missing[0]!r})", fix)
     return log_probs[[row[f] for f in files]]
+
+
+def attach_kd_targets(targets: DistillTargets, path: str | os.PathLike, files: list[str], classes: list[str]) -> None:
+    """Use the stored class probabilities of ``path`` in the KL term of ``targets`` (rows in ``files`` order).
+
+    The loss counts only images with a teacher descriptor, so every training image must have one here: an image
+    without would lose its stored target without a word.
+    """
+    uncovered = int((~targets.has_target).sum())
+    if uncovered:
+        raise UsageError(f"--kd-targets {path}: the teacher has no descriptor for {uncovered} of the {len(files)} "
+                         "training images, which would then get no stored class target either",
+                         "compute descriptors for every training image (`edgenode teacher`) or drop --kd-targets")
+    stored = load_kd_targets(path, files, classes)
+    targets.log_probs = torch.from_numpy(stored).to(targets.embedding.device)
 
 
 DISTILLABLE_PRESETS = ("faceode",)  # their head is embedding → cosine classifier

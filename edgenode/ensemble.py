@@ -12,11 +12,11 @@ import numpy as np
 
 from edgenode.align import check_data_alignment
 from edgenode.checkpoint import Checkpoint, load_checkpoint
-from edgenode.data import Manifest, load_file_arrays, load_split_arrays, normalize
-from edgenode.data import near_duplicates as nd
-from edgenode.errors import EdgenodeError, UsageError
+from edgenode.data import Manifest, load_split_arrays, normalize
+from edgenode.errors import ArtifactError, EdgenodeError
 from edgenode.export.steps import solve_logits
 from edgenode.runtime.predictor import softmax
+from edgenode.train import load_unlabeled_pool
 
 
 def load_members(paths: list[str], manifest: Manifest, data: str) -> list[Checkpoint]:
@@ -25,20 +25,18 @@ def load_members(paths: list[str], manifest: Manifest, data: str) -> list[Checkp
     for path in paths:
         ckpt = load_checkpoint(path)
         if ckpt.manifest_sha256 != manifest.sha256:
-            raise UsageError(f"{path}: trained on another split (manifest {ckpt.manifest_sha256[:12]}…, "
-                             f"not {manifest.sha256[:12]}…)", "pass the manifest it was trained on")
-        if ckpt.classes != manifest.classes:
-            raise UsageError(f"{path}: its classes differ from the manifest's", "pass the manifest it was trained on")
+            raise ArtifactError(f"{path}: trained on another split (manifest {ckpt.manifest_sha256[:12]}…, "
+                                f"not {manifest.sha256[:12]}…)", "pass the manifest it was trained on")
         try:
             check_data_alignment(ckpt.input_spec, data)
         except EdgenodeError as exc:
-            raise UsageError(f"{path}: {exc}") from None
+            raise type(exc)(f"{path}: {exc.message}", exc.hint) from None
         members.append(ckpt)
     return members
 
 
 def member_probabilities(members: list[Checkpoint], images: np.ndarray, batch_size: int = 128) -> list[np.ndarray]:
-    """Class probabilities (float64, (N, C)) of each member on uint8 NHWC ``images``, each with its trained
+    """Class probabilities (float32, (N, C)) of each member on uint8 NHWC ``images``, each with its trained
     solver and normalisation."""
     probs = []
     for ckpt in members:
@@ -48,16 +46,16 @@ def member_probabilities(members: list[Checkpoint], images: np.ndarray, batch_si
     return probs
 
 
-def training_targets(members: list[Checkpoint], manifest: Manifest, data: str, near_duplicates: str,
+def training_targets(members: list[Checkpoint], manifest: Manifest, data: str, near_duplicates: str | None,
                      batch_size: int = 128) -> tuple[list[str], np.ndarray, dict]:
     """The members' mean class log-probabilities on every image ``edgenode train --unlabeled`` trains on.
 
-    Those are the train split and the unlabelled pool cleaned with the same ``near_duplicates`` table (no val or
-    test image is read). Returns (files, float32 (N, C) log-probabilities, a summary for the log).
+    Those are the train split and the unlabelled pool, cleaned as training cleans it: with the same
+    ``near_duplicates`` table, or with dHash when None. No val or test label is read. Returns (files in the
+    order training lists them, float32 (N, C) log-probabilities, a summary for the log).
     """
     train_images, train_labels = load_split_arrays(manifest, data, "train")
-    entries = nd.clean_unlabeled_pool(manifest, nd.read_near_duplicates(near_duplicates))
-    pool_images, kept, _ = load_file_arrays(manifest, data, entries, "unlabelled")
+    pool_images, kept, _, _ = load_unlabeled_pool(manifest, data, near_duplicates)
     mean = np.mean(member_probabilities(members, np.concatenate([train_images, pool_images]), batch_size), axis=0)
     n = len(train_labels)
     summary = {
@@ -66,5 +64,5 @@ def training_targets(members: list[Checkpoint], manifest: Manifest, data: str, n
         "mean_top1_probability_train": float(mean[:n].max(1).mean()) if n else 0.0,
         "mean_top1_probability_pool": float(mean[n:].max(1).mean()) if len(kept) else 0.0,
     }
-    files = manifest.files("train") + [f for f, _ in kept]
+    files = manifest.files("train") + kept
     return files, np.log(np.maximum(mean, 1e-12)).astype(np.float32), summary

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgenode import data as edata
-from edgenode.artifacts import atomic_write_bytes, write_json
+from edgenode.artifacts import atomic_write_bytes, sha256_file, write_json
 from edgenode.checkpoint import Checkpoint, InputSpec, load_checkpoint, save_checkpoint
 from edgenode.console import console, progress_bar
 from edgenode.distributed import DistContext, init_distributed
@@ -104,6 +104,9 @@ class TrainConfig:
         if self.kd_targets and not self.teacher:
             raise UsageError("--kd-targets needs --teacher: it replaces the class probabilities of the teacher's "
                              "distillation, whose descriptors still train the features", "add --teacher teacher.npz")
+        if self.kd_targets and not self.kd_weight:
+            raise UsageError("--kd-targets is only used by the KL term, which --kd-weight 0 switches off",
+                             "drop --kd-targets or set --kd-weight above 0")
         if self.near_duplicates and not self.unlabeled:
             raise UsageError("--near-duplicates is only used to clean the --unlabeled pool", "add --unlabeled or drop it")
         self.model_config(num_classes=2)  # fail on a bad preset or solver now, not after reading the data
@@ -281,9 +284,8 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
         distill.check_student(model, teacher)
         targets, teacher_summary = distill.build_targets(teacher, manifest.files("train"), arrays["train"][1], pool_files, num_classes, device)
         if config.kd_targets:
-            stored = distill.load_kd_targets(config.kd_targets, manifest.files("train") + pool_files, manifest.classes)
-            targets.log_probs = torch.from_numpy(stored).to(device)
-            teacher_summary["kd_targets"] = config.kd_targets
+            distill.attach_kd_targets(targets, config.kd_targets, manifest.files("train") + pool_files, manifest.classes)
+            teacher_summary.update(kd_targets=config.kd_targets, kd_targets_sha256=sha256_file(config.kd_targets))
         distill.init_classifier(model, targets)
     if config.init and not resume:
         source = start_from(model, model_config, manifest, config.init)
@@ -521,25 +523,37 @@ def data_alignment(data: str, image_size: int):
 
 
 def unlabeled_pool(config: TrainConfig, manifest: edata.Manifest, ctx: DistContext) -> tuple[np.ndarray, list[str]]:
-    """The manifest's unused images minus near-duplicates of any val or test image, decoded (and cached)."""
+    """The unlabelled pool of this run, decoded, with one line saying what was left out."""
+    images, kept, skipped, left_out = load_unlabeled_pool(manifest, config.data, config.near_duplicates)
+    ctx.print(f"unlabelled pool: {len(kept)} images ({left_out} near-duplicates of val/test images left out, "
+              f"{len(skipped)} could not be decoded)")
+    return images, kept
+
+
+def load_unlabeled_pool(manifest: edata.Manifest, data: str, near_duplicates: str | None
+                        ) -> tuple[np.ndarray, list[str], list[tuple[str, str]], int]:
+    """The manifest's unused images minus near-duplicates of any val or test image, decoded (and cached).
+
+    ``near_duplicates``: a table of pairs (``--near-duplicates``), or None to find them with dHash. Returns
+    (uint8 images, their files in manifest order, skipped (file, reason), how many were left out as duplicates);
+    anything that needs the run's training images (``examples/ensemble_targets.py``) lists them through here.
+    """
     from edgenode.data import near_duplicates as nd
 
-    if config.near_duplicates:
-        pairs = nd.read_near_duplicates(config.near_duplicates)
+    if near_duplicates:
+        pairs = nd.read_near_duplicates(near_duplicates)
         known = set(manifest.files("val")) | set(manifest.files("test")) | {f for f, _ in manifest.unused}
         if pairs and not any(p.file_a in known or p.file_b in known for p in pairs):
-            raise UsageError(f"--near-duplicates {config.near_duplicates}: none of its {len(pairs)} pairs names a file of this "
+            raise UsageError(f"--near-duplicates {near_duplicates}: none of its {len(pairs)} pairs names a file of this "
                              f"split (e.g. {pairs[0].file_a!r}), so it would clean nothing",
                              "use a table with paths relative to the images folder, as in the manifest")
     else:
         files = manifest.files("val") + manifest.files("test") + [f for f, _ in manifest.unused]
-        hashes = nd.compute_hashes(config.data, files)
+        hashes = nd.compute_hashes(data, files)
         pairs = nd.find_near_duplicates(files, hashes)
     entries = nd.clean_unlabeled_pool(manifest, pairs)
-    images, kept, skipped = edata.load_file_arrays(manifest, config.data, entries, "unlabelled")
-    ctx.print(f"unlabelled pool: {len(kept)} images ({len(manifest.unused) - len(entries)} near-duplicates of val/test "
-              f"images left out, {len(skipped)} could not be decoded)")
-    return images, [f for f, _ in kept]
+    images, kept, skipped = edata.load_file_arrays(manifest, data, entries, "unlabelled")
+    return images, [f for f, _ in kept], skipped, len(manifest.unused) - len(entries)
 
 
 # --- reporting --------------------------------------------------------------------------------------------

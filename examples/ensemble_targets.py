@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("data")
     parser.add_argument("manifest")
     parser.add_argument("checkpoints", nargs="+")
-    parser.add_argument("--near-duplicates", required=True, help="the table that training's --near-duplicates gets")
+    parser.add_argument("--near-duplicates", help="the table that training's --near-duplicates gets (none: dHash, as there)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--batch-size", type=int, default=128)
     args = parser.parse_args()

@@ -146,6 +146,7 @@ def test_classifier_starts_at_the_teachers_class_means():
     ({"teacher": "t.npz", "kd_weight": float("nan")}, "--kd-weight"),
     ({"teacher": "t.npz", "near_duplicates": "pairs.tsv"}, "--near-duplicates is only used"),
     ({"kd_targets": "t.npz"}, "--kd-targets needs --teacher"),
+    ({"teacher": "t.npz", "kd_targets": "t.npz", "kd_weight": 0.0}, "--kd-targets is only used by the KL term"),
     ({"teacher": "t.npz", "arch": "odenet"}, "'odenet' preset has no embedding head"),
 ])
 def test_bad_distillation_options_are_refused_up_front(overrides, fragment):
@@ -289,9 +290,63 @@ def test_kd_targets_are_read_in_the_runs_file_order_and_checked(tmp_path):
         distill.load_kd_targets(tmp_path / "bad.npz", ["a.jpg"], ["x", "y"])
 
 
+@pytest.mark.parametrize("rows,fragment", [
+    (np.array([[0.0, -1.0], [2.0, 1.0]]), r"row 0 \(a.jpg\) is not a log-probability vector \(its probabilities sum to 1.368; 2 such"),
+    (np.array([[0.7, 0.3], [0.5, 0.5]]), "row 0 .* is not a log-probability vector"),  # probabilities, not their logs
+    (np.array([[np.nan, 0.0], [np.log(0.5), np.log(0.5)]]), "row 0 .* is not a log-probability vector"),
+    (np.zeros((2, 3)), r"has shape \(2, 3\), not \(2 files, 2 classes\)"),
+])
+def test_kd_targets_that_are_not_log_probabilities_are_refused(tmp_path, rows, fragment):
+    path = distill.save_kd_targets(tmp_path / "t.npz", ["a.jpg", "b.jpg"], ["x", "y"], rows, [])
+    with pytest.raises(ArtifactError, match=fragment):
+        distill.load_kd_targets(path, ["a.jpg", "b.jpg"], ["x", "y"])
+
+
+def test_kd_targets_need_a_teacher_descriptor_for_every_training_image(tmp_path):
+    targets = _targets()
+    targets.has_target[2] = False
+    path = distill.save_kd_targets(tmp_path / "t.npz", list("abcd"), list("xyz"), np.full((4, 3), -np.log(3.0)), [])
+    with pytest.raises(UsageError, match="no descriptor for 1 of the 4 training images"):
+        distill.attach_kd_targets(targets, path, list("abcd"), list("xyz"))
+    targets.has_target[2] = True
+    distill.attach_kd_targets(targets, path, list("dcba"), list("xyz"))
+    torch.testing.assert_close(targets.teacher_log_probs(torch.arange(4)), torch.full((4, 3), -float(np.log(3.0))))
+
+
+def _teacher_targets_file(tmp, root, manifest, path):
+    """The teacher's own class log-probabilities for every training image, stored in shuffled file order."""
+    from edgenode.data import load_split_arrays
+    from edgenode.teacher import load_teacher
+    from edgenode.train import load_unlabeled_pool
+
+    _, pool_files, _, _ = load_unlabeled_pool(manifest, str(root), str(tmp / "pairs.tsv"))
+    files = manifest.files("train") + pool_files
+    _, labels = load_split_arrays(manifest, str(root), "train")
+    targets, _ = distill.build_targets(load_teacher(tmp / "teacher.npz"), manifest.files("train"), labels, pool_files,
+                                       len(manifest.classes), CPU)
+    log_probs = targets.teacher_log_probs(torch.arange(len(files))).numpy()
+    order = np.random.default_rng(0).permutation(len(files))
+    return distill.save_kd_targets(path, [files[i] for i in order], manifest.classes, log_probs[order], ["teacher"])
+
+
+def test_stored_teacher_probabilities_reproduce_the_teachers_run(pool_setup, tmp_path):
+    """Row alignment end to end: the teacher's own targets, stored shuffled, must train exactly like the teacher."""
+    tmp, root, manifest = pool_setup
+    path = _teacher_targets_file(tmp, root, manifest, tmp_path / "teacher-kd.npz")
+    plain = train(_pool_config(tmp, root, tmp_path / "plain", epochs=1, seed=2))
+    stored = train(_pool_config(tmp, root, tmp_path / "stored", epochs=1, seed=2, kd_targets=str(path)))
+    for key in ("train_loss", "train_distill_loss", "val_loss"):
+        assert stored.history[0][key] == pytest.approx(plain.history[0][key], rel=1e-4), key
+    summary = json.loads((tmp_path / "stored" / "results.json").read_text())["teacher"]
+    assert summary["kd_targets"] == str(path) and len(summary["kd_targets_sha256"]) == 64
+    with pytest.raises(UsageError, match="--kd-targets"):
+        train(_pool_config(tmp, root, tmp_path / "stored", epochs=2, resume=True))
+
+
 def test_an_ensembles_targets_train_a_student_end_to_end(pool_setup, tmp_path):
     """Members trained on the pool set-up → their mean probabilities on train + cleaned pool → a student run."""
-    from edgenode.ensemble import load_members, training_targets
+    from edgenode.data import load_file_arrays
+    from edgenode.ensemble import load_members, member_probabilities, training_targets
 
     tmp, root, manifest = pool_setup
     member_paths = [str(train(_pool_config(tmp, root, tmp_path / f"m{seed}", epochs=1, seed=seed)).best_checkpoint)
@@ -302,19 +357,18 @@ def test_an_ensembles_targets_train_a_student_end_to_end(pool_setup, tmp_path):
     assert summary["train"] == 24 and summary["pool"] == pool and len(files) == 24 + pool
     assert manifest.files("test")[0] not in files and manifest.unused[0][0] not in files  # the leak stays out
     np.testing.assert_allclose(np.exp(log_probs).sum(1), 1.0, atol=1e-5)
+    last = files[-1]  # a pool image, scored alone: its row must be its own
+    image, _, _ = load_file_arrays(manifest, root, [(last, 0)], "one")
+    alone = np.mean(member_probabilities(members, image), axis=0)
+    np.testing.assert_allclose(np.exp(log_probs[-1]), alone[0], atol=1e-5)
     path = distill.save_kd_targets(tmp_path / "targets.npz", files, manifest.classes, log_probs, member_paths)
-
-    plain = train(_pool_config(tmp, root, tmp_path / "plain", epochs=1, seed=2))
-    kd = train(_pool_config(tmp, root, tmp_path / "kd", epochs=1, seed=2, kd_targets=str(path)))
-    assert json.loads((tmp_path / "kd" / "results.json").read_text())["teacher"]["kd_targets"] == str(path)
-    assert kd.history[0]["train_distill_loss"] != pytest.approx(plain.history[0]["train_distill_loss"])
-    with pytest.raises(UsageError, match="--kd-targets"):
-        train(_pool_config(tmp, root, tmp_path / "kd", epochs=2, resume=True))
+    run = train(_pool_config(tmp, root, tmp_path / "kd", epochs=1, seed=2, kd_targets=str(path)))
+    assert run.history[0]["train_distill_loss"] > 0
 
 
 def test_ensemble_members_of_another_split_are_refused(pool_setup, trained_run):
     from edgenode.ensemble import load_members
 
     tmp, root, manifest = pool_setup
-    with pytest.raises(UsageError, match="trained on another split"):
+    with pytest.raises(ArtifactError, match="trained on another split"):
         load_members([str(trained_run.best_checkpoint)], manifest, str(root))
