@@ -56,6 +56,9 @@ RECIPES = {
                         distill_weight=5.0, steps=4),
     "w5-rk4x4-s2": dict(seed=2, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
                         distill_weight=5.0, steps=4),
+    # KL towards the mean probabilities of the three aligned runs (a pack made with pack_pins.py --kd-targets)
+    "ens-kd-rk4x4": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
+                         distill_weight=5.0, steps=4, kd_targets="{pack}/kd-targets.npz"),
     # the final recipe's other two seeds (kd-pool-w5 is seed 0)
     "kd-pool-w5-s1": dict(seed=1, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
                           distill_weight=5.0),

@@ -1,7 +1,8 @@
 """Pack what a remote GPU run needs into one small folder (the device machine gets ≤ 64 MiB and no ../shared).
 
     python examples/gpu/pack_pins.py ../shared/data/pins runs/pins-manifest.json carry/pins64
-    python examples/gpu/pack_pins.py runs/pins-aligned64 runs/pins-manifest.json carry/pins64a --source ../shared/data/pins
+    python examples/gpu/pack_pins.py runs/pins-aligned64 runs/pins-manifest.json carry/pins64a --source ../shared/data/pins \
+        --kd-targets runs/cpu-ens/ensemble-targets.npz      # optional: for the ens-kd recipes
 
 Writes ``<out>/images/<identity>/<file>`` — every train/val/test/unused image of the manifest, already resized
 to the manifest's input size (so decoding there is a no-op resize) and stored as JPEG —, ``manifest.json``
@@ -32,6 +33,8 @@ def main() -> None:
     parser.add_argument("manifest", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--quality", type=int, default=95)
+    parser.add_argument("--kd-targets", type=Path, help="stored class probabilities (examples/ensemble_targets.py) to "
+                        "pack as kd-targets.npz, for the recipes that train with --kd-targets")
     parser.add_argument("--source", type=Path, help="folder with teacher_dlib128.npz and near_duplicates.tsv "
                         "(default: DATA; pass the original data set when DATA is its aligned copy)")
     args = parser.parse_args()
@@ -68,6 +71,13 @@ def main() -> None:
                         face_detected=teacher["face_detected"][keep],
                         **{k: teacher[k] for k in ("dlib_version", "model", "method") if k in teacher.files})
     shutil.copyfile(root / "near_duplicates.tsv", args.out / "near_duplicates.tsv")
+    if args.kd_targets:
+        with np.load(args.kd_targets, allow_pickle=False) as stored:
+            absent = [str(f) for f in stored["files"] if str(f) not in wanted]
+        if absent:
+            raise SystemExit(f"--kd-targets {args.kd_targets}: {len(absent)} of its files are not in this pack "
+                             f"(e.g. {absent[0]}); write it for this manifest")
+        shutil.copyfile(args.kd_targets, args.out / "kd-targets.npz")
     print(f"{len(entries)} images, {total / 2**20:.1f} MiB of JPEG (quality {args.quality}), teacher rows {int(keep.sum())}")
 
 
