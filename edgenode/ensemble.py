@@ -13,7 +13,7 @@ import numpy as np
 from edgenode.align import check_data_alignment
 from edgenode.checkpoint import Checkpoint, load_checkpoint
 from edgenode.data import Manifest, load_split_arrays, normalize
-from edgenode.errors import ArtifactError, EdgenodeError
+from edgenode.errors import ArtifactError, DataError
 from edgenode.export.steps import solve_logits
 from edgenode.runtime.predictor import softmax
 from edgenode.train import load_unlabeled_pool
@@ -29,8 +29,8 @@ def load_members(paths: list[str], manifest: Manifest, data: str) -> list[Checkp
                                 f"not {manifest.sha256[:12]}…)", "pass the manifest it was trained on")
         try:
             check_data_alignment(ckpt.input_spec, data)
-        except EdgenodeError as exc:
-            raise type(exc)(f"{path}: {exc.message}", exc.hint) from None
+        except DataError as exc:  # name the member: with several, "the model" alone does not say which
+            raise DataError(f"{path}: {exc.message}", exc.hint) from None
         members.append(ckpt)
     return members
 
@@ -58,8 +58,10 @@ def training_targets(members: list[Checkpoint], manifest: Manifest, data: str, n
     pool_images, kept, _, _ = load_unlabeled_pool(manifest, data, near_duplicates)
     mean = np.mean(member_probabilities(members, np.concatenate([train_images, pool_images]), batch_size), axis=0)
     n = len(train_labels)
+    folder = dict(manifest.unused)  # the pool's identity folders: never a training label, only a check here
     summary = {
         "train": n, "pool": len(kept),
+        "pool_folder_agreement": float(np.mean(mean[n:].argmax(1) == [folder[f] for f in kept])) if len(kept) else 0.0,
         "train_accuracy": float(np.mean(mean[:n].argmax(1) == train_labels)),
         "mean_top1_probability_train": float(mean[:n].max(1).mean()) if n else 0.0,
         "mean_top1_probability_pool": float(mean[n:].max(1).mean()) if len(kept) else 0.0,

@@ -43,7 +43,8 @@ def main() -> None:
     print(f"wrote {args.out}: {summary['train']} train and {summary['pool']} pool images, {len(members)} members, "
           f"{time.perf_counter() - start:.0f} s")
     print(f"ensemble train accuracy {summary['train_accuracy']:.4f}; mean top-1 probability train "
-          f"{summary['mean_top1_probability_train']:.3f}, pool {summary['mean_top1_probability_pool']:.3f}")
+          f"{summary['mean_top1_probability_train']:.3f}, pool {summary['mean_top1_probability_pool']:.3f}; its pool "
+          f"top-1 agrees with the pool's identity folders (not used in training) on {summary['pool_folder_agreement']:.4f}")
 
 
 if __name__ == "__main__":

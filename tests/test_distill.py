@@ -355,6 +355,9 @@ def test_an_ensembles_targets_train_a_student_end_to_end(pool_setup, tmp_path):
     files, log_probs, summary = training_targets(members, manifest, str(root), str(tmp / "pairs.tsv"))
     pool = len(manifest.unused) - 1
     assert summary["train"] == 24 and summary["pool"] == pool and len(files) == 24 + pool
+    folder = dict(manifest.unused)
+    expected = np.mean(log_probs[24:].argmax(1) == [folder[f] for f in files[24:]])
+    assert summary["pool_folder_agreement"] == pytest.approx(expected)
     assert manifest.files("test")[0] not in files and manifest.unused[0][0] not in files  # the leak stays out
     np.testing.assert_allclose(np.exp(log_probs).sum(1), 1.0, atol=1e-5)
     last = files[-1]  # a pool image, scored alone: its row must be its own
