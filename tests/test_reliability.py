@@ -823,6 +823,7 @@ BAD_ARGUMENTS = [
     ("train {data} --out {new} --teacher {nope}", "--teacher {nope}: file not found"),
     ("train {data} --out {new} --teacher {folder}", "is a folder, not a file"),
     ("train {data} --out {new} --unlabeled", "--unlabeled needs --teacher"),
+    ("train {data} --out {new} --arch faceode --teacher {file} --kd-targets {nope}", "--kd-targets {nope}: file not found"),
     ("train {data} --out {new} --init {nope}", "--init {nope}: file not found"),
     ("train {data} --out {new} --teacher {file}", "the 'odenet' preset has no embedding head to distil into"),
     ("train {data} --out {new} --arch faceode --teacher {file} --distill-weight -1", "--distill-weight must be a finite number >= 0"),

@@ -42,7 +42,7 @@ def command(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     teacher: Annotated[Optional[Path], typer.Option(help="Teacher descriptors (.npz from `edgenode teacher`) to distil; needs --arch faceode.")] = None,
     distill_weight: Annotated[float, typer.Option(help="Weight of the 1 - cos(student, teacher descriptor) loss.")] = 1.0,
-    kd_weight: Annotated[float, typer.Option(help="Weight of the KL loss to the teacher's class probabilities.")] = 1.0,
+    kd_weight: Annotated[float, typer.Option(help="Weight of the KL loss to the teacher's class probabilities (or to --kd-targets).")] = 1.0,
     kd_targets: Annotated[Optional[Path], typer.Option(help="Class log-probabilities per file (.npz, e.g. an ensemble's from examples/ensemble_targets.py) for that KL loss instead of the teacher's.")] = None,
     unlabeled: Annotated[bool, typer.Option(help="Also train on the unused images (minus near-duplicates of val/test) with teacher targets.")] = False,
     near_duplicates: Annotated[Optional[Path], typer.Option(help="TSV of near-duplicate pairs (file_a, file_b, hamming); computed with dHash if unset.")] = None,
