@@ -3,12 +3,17 @@
 Averaging seeds removes the part of the error that is seed-to-seed variance (examples/ensemble_accuracy.py
 measures how much), and the averaged probabilities make distillation targets that one student of the same
 architecture can reach (``edgenode train --kd-targets``, written by examples/ensemble_targets.py). An ensemble
-itself is not exported: it costs one network per member at inference.
+itself is not exported: it costs one network per member at inference. Averaging the *weights* instead
+(``average_weights``) costs nothing at inference but only makes sense for checkpoints fine-tuned from one start,
+which share a basin (examples/weight_averaging.py measures it).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import torch
 
 from edgenode.align import check_data_alignment
 from edgenode.checkpoint import Checkpoint, load_checkpoint
@@ -68,3 +73,31 @@ def training_targets(members: list[Checkpoint], manifest: Manifest, data: str, n
     }
     files = manifest.files("train") + kept
     return files, np.log(np.maximum(mean, 1e-12)).astype(np.float32), summary
+
+
+def average_weights(members: list[Checkpoint]) -> Checkpoint:
+    """One checkpoint whose floating-point weights are the members' mean (integer buffers from the first member).
+
+    Meaningful only for members that share an architecture, input and classes — runs fine-tuned from one
+    checkpoint; the average of independently trained networks is no network at all. The result carries the first
+    member's metadata (its training config too, so export finds the data) but not its metrics or history, which
+    described another network, and no optimizer state: it can be evaluated and exported, not resumed.
+    """
+    if not members:
+        raise ValueError("average_weights needs at least one checkpoint")
+    first = members[0]
+    for ckpt in members[1:]:
+        for what, mine, theirs in (("architecture", first.model_config, ckpt.model_config),
+                                   ("classes", first.classes, ckpt.classes), ("input", first.input_spec, ckpt.input_spec),
+                                   ("split", first.manifest_sha256, ckpt.manifest_sha256)):
+            if mine != theirs:
+                raise ArtifactError(f"{ckpt.path}: its {what} differs from {first.path}'s; weights average only "
+                                    "across one architecture", "average checkpoints fine-tuned from one start")
+    state = {}
+    for key, value in first.state_dict.items():
+        if value.is_floating_point():
+            state[key] = torch.stack([m.state_dict[key].double() for m in members]).mean(0).to(value.dtype)
+        else:
+            state[key] = value.clone()
+    return dataclasses.replace(first, state_dict=state, metrics=None, history=None, optimizer=None, scheduler=None,
+                               path=None, sha256=None)

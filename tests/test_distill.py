@@ -375,3 +375,26 @@ def test_ensemble_members_of_another_split_are_refused(pool_setup, trained_run):
     tmp, root, manifest = pool_setup
     with pytest.raises(ArtifactError, match="trained on another split"):
         load_members([str(trained_run.best_checkpoint)], manifest, str(root))
+
+
+def test_weight_average_is_the_elementwise_mean_and_refuses_other_architectures(trained_run, tmp_path):
+    import dataclasses
+
+    from edgenode.checkpoint import load_checkpoint, save_checkpoint
+    from edgenode.ensemble import average_weights
+
+    first = load_checkpoint(trained_run.best_checkpoint)
+    shifted = dataclasses.replace(first, state_dict={k: v + 1.0 if v.is_floating_point() else v
+                                                     for k, v in first.state_dict.items()})
+    mean = average_weights([first, shifted])
+    for key, value in first.state_dict.items():
+        expected = value + 0.5 if value.is_floating_point() else value
+        torch.testing.assert_close(mean.state_dict[key], expected, msg=key)
+    assert mean.optimizer is None and mean.metrics is None and mean.model_config == first.model_config
+    mean.build_model()  # load_state_dict is strict: every averaged tensor fits its architecture
+    saved = load_checkpoint(save_checkpoint(tmp_path / "avg.pt", mean))
+    assert saved.metrics == {} and saved.optimizer is None
+
+    wider = dataclasses.replace(first, model_config=dataclasses.replace(first.model_config, width=first.model_config.width + 1))
+    with pytest.raises(ArtifactError, match="architecture differs"):
+        average_weights([first, wider])
