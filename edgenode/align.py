@@ -151,6 +151,9 @@ def check_data_alignment(spec, root: str | os.PathLike) -> None:
     An aligned model on plain crops (or the reverse) still runs and returns confident, wrong answers; parity,
     bench, calibration and reports would then record a loss that deployment would not have.
     """
+    from edgenode.data.discover import images_root
+
+    images_root(root)  # a missing folder is named as missing, not as "plain pictures"
     found = read_alignment(root)
     if spec.align is None and found is None:
         return

@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from edgenode.accuracy_report import accuracy_report
+from edgenode.errors import EdgenodeError
 
 
 def main() -> None:
@@ -35,15 +36,18 @@ def main() -> None:
         exclude = {line.strip() for line in args.exclude.read_text(encoding="utf-8").splitlines() if line.strip()}
     if args.near_duplicates and args.split == "train":
         parser.error("--near-duplicates compares the split with train: use it with --split val or test")
-    if args.near_duplicates:
-        from edgenode.data import Manifest
-        from edgenode.data.near_duplicates import leaky_files, read_near_duplicates
+    try:
+        if args.near_duplicates:
+            from edgenode.data import Manifest
+            from edgenode.data.near_duplicates import leaky_files, read_near_duplicates
 
-        manifest = Manifest.load(args.manifest or args.checkpoint.parent / "manifest.json")
-        exclude = (exclude or set()) | leaky_files(manifest, read_near_duplicates(args.near_duplicates), split=args.split)
-    accuracy_report(args.checkpoint, args.data, args.manifest or args.checkpoint.parent / "manifest.json",
-                    args.out or args.checkpoint.parent / "accuracy-report", split=args.split, exclude_files=exclude,
-                    batch_size=args.batch_size, device=args.device)
+            manifest = Manifest.load(args.manifest or args.checkpoint.parent / "manifest.json")
+            exclude = (exclude or set()) | leaky_files(manifest, read_near_duplicates(args.near_duplicates), split=args.split)
+        accuracy_report(args.checkpoint, args.data, args.manifest or args.checkpoint.parent / "manifest.json",
+                        args.out or args.checkpoint.parent / "accuracy-report", split=args.split, exclude_files=exclude,
+                        batch_size=args.batch_size, device=args.device)
+    except EdgenodeError as exc:  # a user error: one line, as the CLI prints it
+        raise SystemExit(f"error: {exc}") from None
 
 
 if __name__ == "__main__":

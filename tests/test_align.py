@@ -20,7 +20,7 @@ from edgenode.align import ALIGN_FILE, AlignSpec, check_data_alignment, read_ali
 from edgenode.checkpoint import InputSpec, load_checkpoint
 from edgenode.data import SplitConfig, load_resized, normalize_array
 from edgenode.data.decode import load_rgb
-from edgenode.errors import ArtifactError, DataError, UsageError
+from edgenode.errors import ArtifactError, DataError, DataPathError, UsageError
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.25, 0.25)
 SYNTHETIC_SPLIT = SplitConfig(per_class=24, train=16, val=4, test=4, image_size=64, seed=0)  # as conftest
@@ -91,6 +91,9 @@ def test_data_folder_must_be_prepared_as_the_model_was(tmp_path):
     with pytest.raises(ArtifactError) as exc:
         check_data_alignment(plain, tmp_path)
     one_line(exc, ALIGN_FILE, "edgenode align")
+    with pytest.raises(DataPathError) as exc:  # missing, not "plain pictures"
+        check_data_alignment(aligned, tmp_path / "gone")
+    one_line(exc, "gone", "does not exist")
 
 
 # --- training records it, export carries it, runtimes apply it -----------------------------------------------

@@ -32,7 +32,8 @@ def command(
     artifacts: Annotated[Optional[list[Path]], typer.Argument(
         help="ONNX files, TensorRT engines, export folders (every artifact inside) or checkpoints.")] = None,
     reference: Annotated[Optional[Path], typer.Option(
-        help="Training checkpoint: the baseline row (its training solver) and the source of --sweep-steps.")] = None,
+        help="Training checkpoint: the baseline row (its training solver) and the source of --sweep-steps; "
+        "required unless a checkpoint is among the artifacts.")] = None,
     data: Annotated[Optional[Path], typer.Option(help="Data set root: adds accuracy and agreement on --split.")] = None,
     manifest: Annotated[Optional[Path], typer.Option(help="Split manifest (default: manifest.json beside --reference).")] = None,
     split: Annotated[str, typer.Option(help="Split to score on: test | val | train.")] = "test",

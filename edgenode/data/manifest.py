@@ -60,7 +60,7 @@ class SplitConfig:
             raise UsageError(
                 f"train+val+test = {self.train}+{self.val}+{self.test} = {self.train + self.val + self.test} "
                 f"is more than per_class={self.per_class}",
-                "raise per_class or lower the split sizes",
+                "raise --per-class or lower the train/val/test counts per identity",
             )
         if not 8 <= self.image_size <= 1024:
             raise UsageError(f"image_size={self.image_size} is out of range", "use a size between 8 and 1024")
@@ -300,7 +300,7 @@ def build_manifest(
         raise DataError(
             f"only {len(kept)} identit{'y' if len(kept) == 1 else 'ies'} in {base} "
             f"with {config.per_class} decodable images; at least 2 are needed",
-            "lower per_class or add images",
+            "lower --per-class or add images",
         )
 
     splits, arrays, unused = _assign(kept, config)
