@@ -122,6 +122,17 @@ def _load_error(path: Path, exc: Exception) -> ArtifactError:
                          "the file is damaged or truncated; use the best.pt or last.pt that `edgenode train` wrote")
 
 
+def _foreign_error(path: Path, payload: Any) -> ArtifactError:
+    """A PyTorch file that is not an edgenode checkpoint: a newer edgenode's, or someone else's (a bare state_dict)."""
+    fmt = payload.get("format") if isinstance(payload, dict) else None
+    if isinstance(fmt, str) and fmt.startswith("edgenode-checkpoint/"):
+        return ArtifactError(f"{path}: checkpoint format {fmt!r} is newer than this edgenode reads "
+                             f"({', '.join(CHECKPOINT_FORMATS)})", "upgrade edgenode")
+    what = "a dict without edgenode's 'format' key" if isinstance(payload, dict) else f"a {type(payload).__name__}"
+    return ArtifactError(f"{path}: a PyTorch file but not an edgenode checkpoint ({what}, e.g. a bare state_dict)",
+                         "pass the best.pt or last.pt that `edgenode train` wrote")
+
+
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
@@ -137,7 +148,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, ImportError, TypeError) as exc:
         raise _load_error(path, exc) from None
     if not isinstance(payload, dict) or payload.get("format") not in CHECKPOINT_FORMATS:
-        raise ArtifactError(f"{path}: not an edgenode checkpoint (format {payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r})")
+        raise _foreign_error(path, payload)
     try:
         return Checkpoint(
             model_config=ModelConfig.from_dict(payload["model"]),

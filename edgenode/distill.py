@@ -99,6 +99,11 @@ def build_targets(
             f"{teacher.path}: holds descriptors for only {int(train_found.sum())} of {len(train_files)} train images",
             "compute them for this data set with `edgenode teacher DATA --out teacher.npz`",
         )
+    missing = sorted(set(range(num_classes)) - set(train_labels[train_found].tolist()))
+    if missing:  # its class mean would be undefined, and every KL target with it
+        raise UsageError(f"{teacher.path}: no descriptor for any train image of {len(missing)} class(es) "
+                         f"(class index {', '.join(map(str, missing[:5]))}{'…' if len(missing) > 5 else ''})",
+                         "compute the teacher for this data set with `edgenode teacher DATA --out teacher.npz`")
     centre = train_emb[train_found].mean(axis=0)
     train_emb, pool_emb = train_emb - centre, pool_emb - centre
     means = class_means(train_emb[train_found], train_labels[train_found], num_classes)
@@ -116,7 +121,9 @@ def build_targets(
     summary = {
         "teacher": teacher.path,
         "train_with_target": int(train_found.sum()),
+        "train_images": len(train_files),
         "pool_with_target": int(pool_found.sum()),
+        "pool_images": len(pool_files),
         "teacher_scale": scale,
         "teacher_train_ncm_accuracy": float(((unit(train_emb[train_found]) @ means.T).argmax(1) == train_labels[train_found]).mean()),
         "pool_classes_seen": int(len(np.unique(pseudo))),

@@ -62,6 +62,16 @@ def test_calibration_set_refuses_bad_requests(synthetic_manifest, synthetic_root
         foreign.load_images(synthetic_manifest, synthetic_root)
 
 
+def test_export_refuses_an_impossible_calibration_set_before_writing_anything(trained_run, tmp_path):
+    from edgenode.export import ExportConfig, export_model
+
+    out = tmp_path / "e"
+    with pytest.raises(DataError, match="fewer than the 1000 calibration images asked for"):
+        export_model(ExportConfig(checkpoint=str(trained_run.best_checkpoint), out=str(out), steps=2, method="rk4",
+                                  precisions="fp32,int8", calibration_per_class=1000, check_ode=False))
+    assert not list(out.glob("*.onnx")), "the FP32 model was written before the refusal"
+
+
 def test_reader_batches_then_stops_and_rewinds():
     images = np.zeros((5, 3, 8, 8), dtype=np.float32)
     reader = ArrayCalibrationReader(images, batch_size=2)

@@ -487,6 +487,15 @@ def test_changed_data_is_reported(tmp_path, monkeypatch):
     assert isinstance(info.value, EdgenodeError)
 
 
+def test_a_data_folder_that_holds_none_of_the_manifests_files_is_named_as_the_wrong_folder(tmp_path, synthetic_manifest):
+    other = tmp_path / "other"
+    (other / "images" / "Someone").mkdir(parents=True)
+    with pytest.raises(DataError, match="holds none of the manifest's .* val files") as info:
+        load_split_arrays(synthetic_manifest, other, "val")
+    assert str(other) in str(info.value) and "pass the data folder the manifest" in str(info.value)
+    assert "changed since" not in str(info.value)
+
+
 def test_load_split_normalises_with_manifest_stats(synthetic_root, synthetic_manifest):
     x, y = load_split(synthetic_manifest, synthetic_root, "train")
     assert x.shape == (96, 3, 64, 64) and x.dtype == torch.float32 and y.dtype == torch.int64

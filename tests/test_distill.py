@@ -68,6 +68,7 @@ def test_targets_are_centred_on_the_train_mean_and_missing_files_are_masked():
     centre = embedding[:24].mean(axis=0)
     np.testing.assert_allclose(targets.embedding[27].numpy(), distill.unit(embedding[27:28] - centre)[0], atol=1e-6)
     assert (summary["train_with_target"], summary["pool_with_target"]) == (24, 6)
+    assert (summary["train_images"], summary["pool_images"]) == (24, 7)
     assert summary["teacher_train_ncm_accuracy"] > 0.9
     assert targets.scale == summary["teacher_scale"]
 
@@ -77,6 +78,16 @@ def test_a_teacher_of_another_data_set_is_refused():
     teacher = _teacher([f"x/{i}.jpg" for i in range(8)], embedding)
     with pytest.raises(UsageError, match="only 0 of 8 train images"):
         distill.build_targets(teacher, [f"y/{i}.jpg" for i in range(8)], labels, [], 2, CPU)
+
+
+def test_a_teacher_that_misses_a_whole_class_is_refused():
+    """Most train images covered, but one class not at all: its class mean (and every KL target) would be NaN."""
+    embedding, labels = clusters(n_classes=3, per_class=10)
+    files = [f"c{label}/{i}.jpg" for i, label in enumerate(labels)]
+    covered = [i for i, label in enumerate(labels) if label != 2]
+    teacher = _teacher([files[i] for i in covered], embedding[covered])
+    with pytest.raises(UsageError, match=r"no descriptor for any train image of 1 class\(es\) \(class index 2\)"):
+        distill.build_targets(teacher, files, labels, [], 3, CPU)
 
 
 def _targets(n=4, dim=8, classes=3, seed=0):

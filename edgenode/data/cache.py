@@ -92,6 +92,10 @@ def _decode_split(manifest: Manifest, root: str | os.PathLike, split: str, worke
     size = manifest.config.image_size
     results = decode.decode_many([base / f for f in files], size, workers)
     failed = [(f, r.reason) for f, r in zip(files, results) if isinstance(r, ImageDecodeError)]
+    if files and len(failed) == len(files) and all(reason == "file not found" for _, reason in failed):
+        raise DataError(f"{base} holds none of the manifest's {len(files)} {split} files (e.g. {files[0]!r}): it is "
+                        "not the data folder this manifest was built from",
+                        "pass the data folder the manifest (and the model) were made from")
     if failed:
         listing = "; ".join(f"{f!r}: {reason}" for f, reason in failed[:5])
         more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""

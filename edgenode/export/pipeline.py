@@ -275,10 +275,8 @@ def export_int8(w: _Writer, target: str, calib_images: np.ndarray, calibration: 
                       f"(expected ≥ {INT8_MIN_AGREEMENT:.0%}); try --calibration-method entropy or more --calibration-per-class")
 
 
-def prepare_calibration(config: ExportConfig, inputs: _Inputs, result: ExportResult) -> tuple[np.ndarray, dict]:
-    from edgenode.calibration import select_calibration_set
-
-    cal = select_calibration_set(inputs.manifest, config.calibration_per_class, config.calibration_seed)
+def prepare_calibration(config: ExportConfig, cal, inputs: _Inputs, result: ExportResult) -> tuple[np.ndarray, dict]:
+    """Record the calibration set (``cal``: a CalibrationSet) beside the artifacts and decode its images."""
     path = cal.save(Path(config.out) / CALIBRATION_MANIFEST)
     result.files.append(path)
     info = {"manifest": path.name, "images": len(cal), "per_class": cal.per_class, "seed": cal.seed,
@@ -338,6 +336,11 @@ def export_model(config: ExportConfig) -> ExportResult:
 
         import_tensorrt()  # fail before any work when TensorRT is missing
     inputs = load_inputs(config)
+    calibration_set = None
+    if "fp16" in config.precisions or config.wants_int8:  # drawn first: a bad --calibration-per-class fails before work
+        from edgenode.calibration import select_calibration_set
+
+        calibration_set = select_calibration_set(inputs.manifest, config.calibration_per_class, config.calibration_seed)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     model = inputs.ckpt.build_model()
@@ -366,8 +369,8 @@ def export_model(config: ExportConfig) -> ExportResult:
     writer = _Writer(config, inputs, result, ref_logits, f"model-{method}x{steps}")
     export_fp32(writer, unrolled, meta, method, steps)
     report.update(exporter=writer.meta32.extra["exporter"], opset=writer.meta32.extra["opset"])
-    if "fp16" in config.precisions or config.wants_int8:
-        calib_images, calibration = prepare_calibration(config, inputs, result)
+    if calibration_set is not None:
+        calib_images, calibration = prepare_calibration(config, calibration_set, inputs, result)
         report["calibration"] = calibration
         if "fp16" in config.precisions:
             export_fp16(writer, calib_images, report)
