@@ -90,10 +90,51 @@ def test_existing_run_is_not_overwritten_without_resume(synthetic_root, tmp_path
         train(config)
 
 
+def test_a_manifest_left_by_a_failed_attempt_is_not_reused(synthetic_root, tmp_path):
+    """A run that stopped before its first checkpoint leaves manifest.json; the next fresh run asks for its own."""
+    from edgenode.data import build_manifest
+
+    other = SplitConfig(per_class=12, train=8, val=2, test=2)
+    run = tmp_path / "run"
+    run.mkdir()
+    build_manifest(str(synthetic_root), other, progress=False).save(run / "manifest.json")
+    result = train(small_config(synthetic_root, run, epochs=1))
+    assert Manifest.load(run / "manifest.json").config == SMALL_SPLIT
+    assert result.test["n"] == 6 * SMALL_SPLIT.test
+    with pytest.raises(UsageError, match=r"--resume: .*manifest.json was split with other settings \(per_class 24 → 12"):
+        train(small_config(synthetic_root, run, epochs=2, resume=True, split=other))
+
+
 def test_augmentation_and_cosine_schedule_run(synthetic_root, tmp_path):
     result = train(small_config(synthetic_root, tmp_path / "aug", epochs=2, augment=True, schedule="cosine", warmup_epochs=1, label_smoothing=0.1))
     assert len(result.history) == 2
     assert result.history[-1]["lr"] < 3e-3
+
+
+@pytest.mark.parametrize("shift, pad", [(0.125, 8), (0.03125, 2), (0.0, 0)])
+def test_augmentation_shifts_by_at_most_the_asked_fraction(shift, pad):
+    """Every view is the (possibly mirrored) picture moved by at most ``pad`` px: a crop of its reflect-padded self."""
+    x = torch.rand(16, 3, 64, 64)
+    views = train_module.augment(x, torch.Generator().manual_seed(0), shift)
+
+    def moved(image, dy, dx):
+        padded = torch.nn.functional.pad(image[None], (pad,) * 4, mode="reflect")[0] if pad else image
+        return padded[:, pad + dy : pad + dy + 64, pad + dx : pad + dx + 64]
+
+    offsets = set()
+    for view, original in zip(views, x):
+        matches = [(dy, dx) for image in (original, original.flip(2)) for dy in range(-pad, pad + 1)
+                   for dx in range(-pad, pad + 1) if torch.equal(view, moved(image, dy, dx))]
+        assert matches, "a view that is no shifted copy of its picture"
+        offsets.update(matches)
+    assert len(offsets) > (1 if pad else 0), "no shift was ever drawn"
+
+
+def test_augment_shift_is_checked():
+    with pytest.raises(UsageError, match="--augment-shift must be a fraction"):
+        small_config("data", "out", augment=True, augment_shift=0.8)
+    with pytest.raises(UsageError, match="--augment-shift sets the shift of --augment, which is off"):
+        small_config("data", "out", augment_shift=0.03)
 
 
 def test_garbage_checkpoint_is_refused(tmp_path):
@@ -101,6 +142,23 @@ def test_garbage_checkpoint_is_refused(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ArtifactError, match="model.pt"):
         load_checkpoint(bad)
+
+
+def test_a_run_folder_inside_the_images_is_refused(synthetic_root):
+    with pytest.raises(UsageError, match="inside the images of .*outside the data set"):
+        train(small_config(synthetic_root, synthetic_root / "images" / "run", epochs=1))
+    assert not (synthetic_root / "images" / "run").exists()
+
+
+def test_a_foreign_or_newer_pytorch_file_is_named_as_such(tmp_path):
+    bare = tmp_path / "weights.pt"
+    torch.save({"conv.weight": torch.zeros(1)}, bare)
+    with pytest.raises(ArtifactError, match=r"weights.pt: a PyTorch file but not an edgenode checkpoint .*best.pt"):
+        load_checkpoint(bare)
+    newer = tmp_path / "newer.pt"
+    torch.save({"format": "edgenode-checkpoint/9"}, newer)
+    with pytest.raises(ArtifactError, match=r"newer.pt: checkpoint format 'edgenode-checkpoint/9' is newer .*upgrade"):
+        load_checkpoint(newer)
 
 
 @pytest.mark.parametrize(

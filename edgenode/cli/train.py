@@ -28,6 +28,7 @@ def command(
     warmup_epochs: Annotated[int, typer.Option(help="Linear warm-up epochs.")] = 0,
     label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the cross-entropy.")] = 0.0,
     augment: Annotated[bool, typer.Option(help="Random flips and shifts.")] = False,
+    augment_shift: Annotated[float, typer.Option(help="Largest shift of --augment, a fraction of the side (0.125 = 8 px at 64; 0 = flips only).")] = 0.125,
     dropout: Annotated[float, typer.Option(help="Dropout before the linear head.")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the split, the initialisation and every epoch.")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
@@ -61,7 +62,8 @@ def command(
     config = TrainConfig(
         data=str(data), out=str(out), arch=arch, width=width, solver=solver, steps=steps, rtol=rtol, atol=atol,
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
-        warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, augment=augment, dropout=dropout, seed=seed,
+        warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, augment=augment, augment_shift=augment_shift,
+        dropout=dropout, seed=seed,
         device=device, split=split, manifest=str(manifest) if manifest else None, resume=resume, progress=progress,
         teacher=str(teacher) if teacher else None, distill_weight=distill_weight, kd_weight=kd_weight,
         kd_targets=str(kd_targets) if kd_targets else None,
