@@ -100,7 +100,7 @@ def build_targets(
             "compute them for this data set with `edgenode teacher DATA --out teacher.npz`",
         )
     missing = sorted(set(range(num_classes)) - set(train_labels[train_found].tolist()))
-    if missing:  # its class mean would be undefined, and every KL target with it
+    if missing:  # its class mean would be a zero row: no KL target would ever point to that class
         raise UsageError(f"{teacher.path}: no descriptor for any train image of {len(missing)} class(es) "
                          f"(class index {', '.join(map(str, missing[:5]))}{'…' if len(missing) > 5 else ''})",
                          "compute the teacher for this data set with `edgenode teacher DATA --out teacher.npz`")
