@@ -198,6 +198,104 @@ def test_user_errors_are_one_line(trained_run, exports, synthetic_root, tmp_path
     assert "Traceback" not in result.output
 
 
+def _copy_folder(exports, folder: Path) -> Path:
+    """A private copy of the export folder's artifacts and sidecars (the shared one is read-only)."""
+    import shutil
+
+    folder.mkdir(parents=True)
+    for path in exports.values():
+        for name in (path.name, path.name + ".json"):
+            shutil.copy(path.parent / name, folder / name)
+    return folder
+
+
+def _foreign_onnx(path: Path) -> Path:
+    """A valid ONNX graph that edgenode did not export: no metadata, nothing to check it against."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 64, 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 64, 64])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "foreign", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _bench_cli(*args):
+    return CliRunner().invoke(app, ["bench", *[str(a) for a in args], "--no-peak", "--repeats", "1", "--warmup", "0",
+                                    "--batch-sizes", "1", "--threads", "1"])
+
+
+def _error_line(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.output and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+def test_a_tampered_or_foreign_artifact_in_a_folder_fails_before_anything_is_timed(exports, trained_run, tmp_path):
+    folder = _copy_folder(exports, tmp_path / "exp")
+    fp32 = folder / exports["fp32"].name
+    data = bytearray(fp32.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    fp32.write_bytes(bytes(data))
+    out = tmp_path / "b"
+    result = _bench_cli(folder, "--reference", trained_run.best_checkpoint, "--out", out)
+    assert result.exit_code == 1
+    line = _error_line(result)  # one line and nothing else: no row was timed, not even the baseline
+    assert f"{fp32}: sha256" in line and "does not match its sidecar" in line
+    assert not out.exists()
+
+    _foreign_onnx(folder / "other-model.onnx")
+    result = _bench_cli(folder, "--reference", trained_run.best_checkpoint, "--out", out)
+    assert result.exit_code == 1
+    line = _error_line(result)  # every refused file is named, in the one line
+    assert line.startswith("error: 2 artifacts refused: ")
+    assert "does not match its sidecar" in line and "other-model.onnx: carries no edgenode metadata" in line
+
+
+def test_a_reference_of_another_input_size_refuses_every_artifact(exports, trained_run, tmp_path):
+    """The audit's `bench exp --reference other-model.pt`: a 32 px reference for 64 px exports is no baseline."""
+    import dataclasses
+
+    from edgenode.checkpoint import save_checkpoint
+
+    ckpt = load_checkpoint(trained_run.best_checkpoint)
+    ckpt.input_spec = dataclasses.replace(ckpt.input_spec, image_size=32)
+    other = save_checkpoint(tmp_path / "other.pt", ckpt)
+    with pytest.raises(ArtifactError) as info:
+        run_bench(BenchConfig(artifacts=(str(exports["fp32"].parent),), reference=str(other), peak=False, **TINY))
+    message = str(info.value)
+    assert message.startswith("3 artifacts refused: ")
+    for path in exports.values():
+        assert f"{path.name}: takes 64 px input but the reference takes 32 px" in message
+    assert message.count("(bench artifacts exported from the reference's run)") == 1  # the one fix, said once
+
+
+def test_a_bench_where_no_artifact_could_run_is_an_error(exports, trained_run, monkeypatch):
+    """Rows skipped because their runtime is missing are notes, but a table of the baseline alone is no bench."""
+    from edgenode.runtime import onnx_runner
+
+    monkeypatch.setattr(onnx_runner, "available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(ArtifactError, match="no artifact could be benched on this machine: skipped .*cuda") as info:
+        run_bench(BenchConfig(artifacts=(str(exports["fp32"].parent),), reference=str(trained_run.best_checkpoint),
+                              providers="cuda", peak=False, **TINY))
+    assert str(info.value).count("skipped ") == 3  # one reason per file of the folder
+
+
+def test_sizes_that_would_exhaust_the_machine_are_refused(trained_run):
+    ckpt = str(trained_run.best_checkpoint)
+    with pytest.raises(UsageError, match="--peak-matmul-size 100000000 is out of range: at most 8192"):
+        BenchConfig(reference=ckpt, peak_matmul_size=100_000_000)
+    assert BenchConfig(reference=ckpt, peak_matmul_size=8192).peak_matmul_size == 8192
+    with pytest.raises(UsageError, match="--sweep-steps 1000 is out of range: an unrolled model holds 1 to 256 steps"):
+        BenchConfig(reference=ckpt, sweep_steps="2,1000")
+    with pytest.raises(UsageError, match="--gpu-steps 257"):
+        BenchConfig(reference=ckpt, gpu_steps="257")
+    result = CliRunner().invoke(app, ["bench", "--reference", ckpt, "--peak-matmul-size", "100000000"])
+    assert result.exit_code == 2
+    assert "--peak-matmul-size 100000000 is out of range" in _error_line(result)
+
+
 def test_parsers():
     assert parse_int_list("1, 64,1", "--batch-sizes") == (1, 64)
     assert parse_int_list((8, 2), "--sweep-steps") == (8, 2)

@@ -251,6 +251,8 @@ def test_manifest_must_exist_and_be_the_checkpoints_split(synthetic_manifest, sy
 
 @pytest.mark.parametrize("overrides,fragment", [
     ({"steps": -3}, "-3"), ({"steps": "many"}, "'many'"), ({"precisions": "fp64"}, "'fp64'"),
+    ({"steps": "100000"}, "--steps 100000 is out of range: an unrolled graph holds 1 to 256 steps"),
+    ({"sweep_candidates": (4, 1000)}, "--steps 1000 is out of range"),
     ({"format": "tflite"}, "'tflite'"), ({"method": "dopri5"}, "'dopri5'"), ({"opset": 12}, "12"),
     ({"int8_target": "gpu"}, "'gpu'"), ({"calibration_method": "kl"}, "'kl'"), ({"calibration_per_class": 0}, "0"),
 ])
@@ -282,6 +284,13 @@ def test_cli_exports_and_rejects_bad_arguments(run, tmp_path):
     assert bad.exit_code == 2 and "--steps -3" in bad.output and "Traceback" not in bad.output
     bad = runner.invoke(app, ["export", str(run.best_checkpoint), "--precision", "fp64"])
     assert bad.exit_code == 2 and "fp64" in bad.output
+    # an unrolled graph of 100000 steps would run for many minutes and write nothing: refused at once
+    big = tmp_path / "big"
+    bad = runner.invoke(app, ["export", str(run.best_checkpoint), "--out", str(big), "--steps", "100000"])
+    lines = [line for line in bad.output.splitlines() if line.strip()]
+    assert bad.exit_code == 2 and len(lines) == 1, bad.output
+    assert lines[0].startswith("error: --steps 100000 is out of range: an unrolled graph holds 1 to 256 steps (pass --steps 4")
+    assert not big.exists()
 
 
 def test_cli_without_tensorrt_says_how_to_get_it(run, tmp_path, monkeypatch):

@@ -216,13 +216,43 @@ def test_fixed_step_checkpoint_is_compared_with_an_adaptive_reference(export_dir
     path = save_checkpoint(run / "best.pt", ckpt)
     artifact = copy_artifact(export_dir / EXPORT_FILES["fp32"], tmp_path / "exp")
     report = run_parity(ParityConfig(artifacts=(str(artifact),), reference=str(path), data=str(synthetic_root),
-                                     attribution=False))
+                                     attribution=False, allow_other_reference=True))  # the export came from best.pt
     assert report.reference["solver"].startswith("dopri5") and report.reference["trained_solver"] == "rk4 × 4 steps"
     assert any("trained with a fixed-step solver" in note for note in report.notes)
-    assert any("another checkpoint" in note for note in report.results[0].notes)  # the export came from best.pt
+    assert any("compared on purpose" in note for note in report.results[0].notes)
     kept = run_parity(ParityConfig(artifacts=(str(artifact),), reference=str(path), data=str(synthetic_root),
-                                   reference_solver=None, attribution=False))
+                                   reference_solver=None, attribution=False, allow_other_reference=True))
     assert kept.reference["solver"] == "rk4 × 4 steps" and kept.results[0].diff.max_abs_logit_error < 1e-4
+
+
+def test_an_export_of_another_checkpoint_fails_unless_allowed(export_dir, trained_run, synthetic_root, tmp_path):
+    """Same split, classes and weights, another file (here: another epoch number): every input check passes,
+    so only the source checkpoint's sha256 can tell. Without --allow-other-reference it fails, naming both."""
+    ckpt = load_checkpoint(trained_run.best_checkpoint)
+    ckpt.epoch += 1
+    run = tmp_path / "other-run"
+    run.mkdir()
+    shutil.copy(Path(trained_run.run_dir) / "manifest.json", run / "manifest.json")
+    other = save_checkpoint(run / "best.pt", ckpt)
+    other_sha, source_sha = load_checkpoint(other).sha256, load_checkpoint(trained_run.best_checkpoint).sha256
+    assert other_sha != source_sha
+    artifact = copy_artifact(export_dir / EXPORT_FILES["fp32"], tmp_path / "exp")
+    args = ["--reference", other, "--data", synthetic_root, "--reference-solver", "trained", "--no-attribution"]
+
+    refused = invoke(artifact, *args, "--out", tmp_path / "p1")
+    assert refused.exit_code == 1 and "Traceback" not in refused.output
+    (line,) = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert f"exported from checkpoint {source_sha[:12]}…, not from the reference best.pt ({other_sha[:12]}…)" in line
+    assert "pass the checkpoint the artifacts were exported from as --reference, or --allow-other-reference" in line
+    row = json.loads((tmp_path / "p1" / "parity.json").read_text())["results"][0]
+    assert not row["passed"] and row["agreement"] == 1.0  # the numbers alone would have passed: same weights
+    assert row["failures"] == [row["other_checkpoint"]]
+
+    allowed = invoke(artifact, *args, "--out", tmp_path / "p2", "--allow-other-reference")
+    assert allowed.exit_code == 0, allowed.output
+    warnings = [line for line in allowed.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and source_sha[:12] in warnings[0] and "--allow-other-reference" in warnings[0]
+    assert "Passed: 1/1" in allowed.stderr
 
 
 def test_attribution_on_a_gpu_provider_judges_precision_on_the_cpu(export_dir, trained_run, synthetic_root):

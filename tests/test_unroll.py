@@ -10,7 +10,7 @@ import torch
 from edgenode.errors import ParityError, UsageError
 from edgenode.export import onnx_export as ox
 from edgenode.export.steps import SweepCriteria, check_ode_validity, choose_steps, sweep_steps
-from edgenode.export.unroll import AUTO, expected_conv_nodes, resolve_method, resolve_steps, unroll
+from edgenode.export.unroll import AUTO, MAX_STEPS, expected_conv_nodes, resolve_method, resolve_steps, unroll
 from edgenode.model import ModelConfig, build_model, preset_config
 from edgenode.ode.solvers import SolverConfig
 
@@ -102,6 +102,21 @@ def test_default_discretisation():
         resolve_method(adaptive, "dopri5")
     with pytest.raises(UsageError, match="-2"):
         resolve_steps(adaptive, "rk4", -2)
+
+
+def test_steps_are_bounded_by_what_an_unrolled_graph_may_hold():
+    """N copies of the ODE function end up in the graph: 100000 steps ran for minutes and wrote nothing."""
+    adaptive = SolverConfig(method="dopri5")
+    assert resolve_steps(adaptive, "rk4", MAX_STEPS) == MAX_STEPS == 256
+    with pytest.raises(UsageError, match="--steps 257 is out of range: an unrolled graph holds 1 to 256 steps"):
+        resolve_steps(adaptive, "rk4", 257)
+    with pytest.raises(UsageError, match="--steps 100000"):
+        unroll(small_model(), "rk4", 100_000)
+    # a fixed-step checkpoint trained finer than that is named as the checkpoint's, not as a --steps never passed
+    fine = SolverConfig(method="euler", n_steps=300)
+    with pytest.raises(UsageError, match="the checkpoint was trained with euler × 300 steps: out of range for export, an unrolled graph holds 1 to 256"):
+        resolve_steps(fine, "euler", None)
+    assert resolve_steps(fine, "euler", 8) == 8 and resolve_steps(fine, "rk4", None) == AUTO
 
 
 def _images(n=12, size=32, seed=0):

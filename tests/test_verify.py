@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from edgenode.artifacts import read_sidecar, write_sidecar
 from edgenode.cli import app
-from edgenode.errors import EdgenodeError
+from edgenode.errors import EdgenodeError, UsageError
 from edgenode.runtime.verify import DEFAULT_TOLERANCES, GoldenTolerance, compare_golden, verify_folder
 
 EXPORT_FILES = {"fp32": "model-rk4x4-fp32.onnx", "fp16": "model-rk4x4-fp16.onnx", "int8": "model-rk4x4-int8-ort.onnx"}
@@ -137,3 +137,21 @@ def test_tolerances_per_precision_are_pure_and_documented():
     result = compare_golden(stored, flipped, GoldenTolerance(1.0, 0.0))
     assert not result["ok"] and "top-1 changed on 1 of 1 decisive" in result["reason"]
     assert not compare_golden(stored, np.full_like(stored, np.nan), int8)["ok"]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1e-3, "1e-3", None])
+def test_a_tolerance_must_be_a_finite_number_at_least_zero(value):
+    """NaN compares False with everything and inf allows anything: either would pass every artifact."""
+    for name in ("atol", "rtol"):
+        with pytest.raises(UsageError, match=f"--{name} .*: tolerances must be >= 0 and finite"):
+            GoldenTolerance(**{"atol": 1e-3, "rtol": 1e-3, name: value})
+    assert GoldenTolerance(0, 0.0) == GoldenTolerance(0.0, 0.0)  # zero is a (strict) tolerance
+
+
+@pytest.mark.parametrize("args", [("--atol", "nan"), ("--rtol", "inf"), ("--atol", "-inf")])
+def test_cli_refuses_a_tolerance_that_would_pass_anything(export_dir, args):
+    result = invoke(export_dir, *args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {args[0]} {args[1]}: tolerances must be >= 0 and finite"), result.output
+    assert "PASSED" not in result.output

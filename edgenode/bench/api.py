@@ -15,6 +15,10 @@ Per row: latency p50/p95 at each batch size (warm-up calls first), throughput at
 peak memory (:mod:`edgenode.bench.memory`), NFE and FLOPs per image (:mod:`edgenode.bench.flops`), the
 fraction of the peak measured in the same run (:mod:`edgenode.bench.peak`) and, with data, label-free
 accuracy on the manifest's split and top-1 agreement with the baseline.
+
+Every artifact is opened (sidecar sha256, metadata, input size and alignment against the reference) before
+the first row is timed: a tampered, foreign or mismatched file fails the bench (exit 1). Only a row whose
+runtime or provider is missing here is skipped with a note, and a bench where no artifact row could run fails.
 """
 
 from __future__ import annotations
@@ -36,10 +40,15 @@ from edgenode.bench.timing import measure
 from edgenode.checkpoint import InputSpec
 from edgenode.console import console
 from edgenode.errors import ArtifactError, UsageError
+from edgenode.export.unroll import MAX_STEPS
 from edgenode.ode.solvers import FIXED_STEP_METHODS, SolverConfig
 
 PROVIDER_ORDER = ("cpu", "cuda", "tensorrt")
 SPLITS = ("train", "val", "test")
+# The peak's n×n float32 matmul: BLAS reaches its peak rate well below n = 2048 (the GPU peak uses 4096), and
+# at 8192 the three matrices already take 768 MiB and one call 1.1 TFLOP (seconds on a CPU). Beyond it the
+# measurement only risks exhausting memory (n = 10^8 asks numpy for 71 PiB) or running for hours.
+MAX_PEAK_MATMUL_SIZE = 8192
 
 
 def parse_int_list(value: str | int | Sequence[int], option: str, example: str = "1,64") -> tuple[int, ...]:
@@ -127,6 +136,14 @@ class BenchConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise UsageError(f"--{name.replace('_', '-')} {value!r} must be a whole number >= {low}")
+        if self.peak_matmul_size > MAX_PEAK_MATMUL_SIZE:
+            raise UsageError(f"--peak-matmul-size {self.peak_matmul_size} is out of range: at most {MAX_PEAK_MATMUL_SIZE}",
+                             "the peak rate is reached well below that; leave the default 1024")
+        for option, steps in (("--sweep-steps", self.sweep_steps), ("--gpu-steps", self.gpu_steps)):
+            too_many = [n for n in steps if n > MAX_STEPS]
+            if too_many:
+                raise UsageError(f"{option} {too_many[0]} is out of range: an unrolled model holds 1 to {MAX_STEPS} steps",
+                                 f"pass e.g. {option} 1,2,4,8")
         if isinstance(self.sweep_opset, bool) or not isinstance(self.sweep_opset, int) or not 17 <= self.sweep_opset <= 20:
             raise UsageError(f"--opset {self.sweep_opset!r} is not supported", "use an opset from 17 to 20 (default 18)")
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1):
@@ -257,6 +274,42 @@ def load_inputs(config: BenchConfig, ckpt, reference: Path) -> _Inputs:
     data = {"manifest": str(manifest_path), "manifest_sha256": manifest.sha256, "split": config.split, "images": int(len(labels))}
     return _Inputs(spec, _batch(x, n_pool), f"the first {n_pool} {config.split} images (repeated if fewer)", x,
                    np.asarray(labels, dtype=np.int64), data)
+
+
+# --- artifacts are checked before anything is timed ----------------------------------------------------
+
+
+def artifact_info(path: Path, kind: str) -> RowInfo:
+    """What an artifact says it is, read and verified without running it (the sidecar's sha256 is checked)."""
+    from edgenode.checkpoint import load_checkpoint
+    from edgenode.runtime.artifact import checkpoint_info, engine_info, onnx_info
+
+    if kind == "onnx":
+        return RowInfo.from_artifact(onnx_info(path))
+    if kind == "engine":
+        return RowInfo.from_artifact(engine_info(path))
+    return RowInfo.from_artifact(checkpoint_info(load_checkpoint(path)))
+
+
+def refuse_unusable(entries: Sequence[tuple[Path, str, bool]], spec: InputSpec) -> None:
+    """Open every artifact's metadata before the first row is timed, as ``parity`` does: a tampered, foreign
+    or mismatched file (ArtifactError) fails the bench in seconds, naming every such file in one line, rather
+    than being left out of a table that then looks complete. Only a runtime missing here skips a row."""
+    refused: list[ArtifactError] = []
+    for path, kind, _ in entries:
+        try:
+            check_input(artifact_info(path, kind), spec, path.name)
+        except ArtifactError as exc:
+            if exc.exit_code != 1:  # a wrong command line (exit 2) is reported as it is
+                raise
+            refused.append(exc)
+    if len(refused) == 1:
+        raise refused[0]
+    if refused:
+        hints = {exc.hint for exc in refused}
+        shared = hints.pop() if len(hints) == 1 else None  # one fix for all: said once, at the end
+        raise ArtifactError(f"{len(refused)} artifacts refused: " + "; ".join(exc.message if shared else str(exc) for exc in refused),
+                            shared)
 
 
 # --- row loaders -----------------------------------------------------------------------------------------
@@ -407,9 +460,9 @@ class _Session:
             console.print(text, markup=False, soft_wrap=True)
 
 
-def _check_row(info: RowInfo, session: _Session, name: str) -> tuple[list[str], bool]:
-    """Refuse an artifact that cannot take the reference's images; (notes, can it be scored on the split)."""
-    spec = session.inputs.spec
+def check_input(info: RowInfo, spec: InputSpec, name: str) -> None:
+    """Refuse (ArtifactError) an artifact that cannot take the reference's images: timing it on them would
+    time a model fed the wrong pictures, and its accuracy would mean nothing."""
     if info.input.image_size != spec.image_size:
         raise ArtifactError(f"{name}: takes {info.input.image_size} px input but the reference takes "
                             f"{spec.image_size} px", "bench artifacts exported from the reference's run")
@@ -421,6 +474,11 @@ def _check_row(info: RowInfo, session: _Session, name: str) -> tuple[list[str], 
 
         raise ArtifactError(f"{name}: {takes(info.input.align)} but the reference {takes(spec.align)}",
                             "bench artifacts exported from the reference's run")
+
+
+def _check_row(info: RowInfo, session: _Session, name: str) -> tuple[list[str], bool]:
+    """Refuse an artifact that cannot take the reference's images; (notes, can it be scored on the split)."""
+    check_input(info, session.inputs.spec, name)
     notes, comparable = [], True
     if list(info.classes) != list(session.classes):
         notes.append(f"its {len(info.classes)} classes are not the reference's {len(session.classes)}: no accuracy or agreement")
@@ -512,25 +570,32 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
 
 
-def run_specs(specs: list[RowSpec], session: _Session) -> None:
-    """Measure ``specs`` in order into ``session.rows``; optional rows that cannot run here become notes."""
+def run_specs(specs: list[RowSpec], session: _Session) -> list[str]:
+    """Measure ``specs`` in order into ``session.rows``; optional rows whose runtime is missing here (or, for
+    GPU rows, fails here) become notes, returned as well. A damaged, foreign or mismatched artifact
+    (ArtifactError) is never skipped: it ends the bench (exit 1)."""
     from edgenode.runtime.providers import ProviderUnavailableError
 
     b1, bn = min(session.config.batch_sizes), max(session.config.batch_sizes)
+    skipped: list[str] = []
     for spec in specs:
         try:
             row, pred = measure_row(spec, session)
-        except (ProviderUnavailableError, ArtifactError) as exc:
+        except ProviderUnavailableError as exc:
             if not spec.optional:
                 raise
-            session.notes.append(f"skipped {spec.name}: {exc}")
-            session.say(session.notes[-1])
+            skipped.append(f"skipped {spec.name}: {exc}")
+            session.notes.append(skipped[-1])
+            session.say(skipped[-1])
             continue
+        except ArtifactError:
+            raise
         except Exception as exc:  # noqa: BLE001 - a compiled GPU mode failing (Triton, driver) must not lose the others
             if not (spec.optional and spec.group == "gpu"):
                 raise
-            session.notes.append(f"skipped {spec.name}: {_one_line(exc)}")
-            session.say(session.notes[-1])
+            skipped.append(f"skipped {spec.name}: {_one_line(exc)}")
+            session.notes.append(skipped[-1])
+            session.say(skipped[-1])
             continue
         if spec.group == "baseline":
             session.baseline_pred = pred
@@ -538,6 +603,14 @@ def run_specs(specs: list[RowSpec], session: _Session) -> None:
         session.say(f"✓ {row.name}: p50 {row.p50_ms(b1):.3g} ms at batch {b1}, {row.throughput_ips(bn):.4g} img/s at batch {bn}"
                     + (f", NFE {row.nfe[b1]}" if b1 in row.nfe else "")
                     + (f", accuracy {row.accuracy.accuracy:.3f}" if row.accuracy else ""))
+    return skipped
+
+
+def require_artifact_rows(entries: Sequence, session: _Session, skipped: Sequence[str]) -> None:
+    """Artifacts were asked for but none could run here: a table of the baseline alone is not a bench of them."""
+    if entries and not any(r.group == "artifact" for r in session.rows):
+        raise ArtifactError("no artifact could be benched on this machine: " + "; ".join(skipped),
+                            "install the runtime they need, or bench the .onnx files")
 
 
 def run_bench(config: BenchConfig) -> BenchReport:
@@ -549,6 +622,7 @@ def run_bench(config: BenchConfig) -> BenchReport:
     reference = resolve_reference(config)
     ckpt = load_checkpoint(reference)
     entries = expand_artifacts(config.artifacts, reference)
+    refuse_unusable(entries, ckpt.input_spec)
     threads = config.threads or physical_cores()
     inputs = load_inputs(config, ckpt, reference)
     batches = {b: _batch(inputs.pool, b) for b in config.batch_sizes}
@@ -591,7 +665,7 @@ def run_bench(config: BenchConfig) -> BenchReport:
         baseline_spec = RowSpec(f"{reference.name} (baseline)", "baseline",
                                 _predictor_loader(reference, "cpu", config.baseline_solver))
         specs = [baseline_spec, *artifact_specs(entries, config, threads)]
-        run_specs(specs, session)
+        require_artifact_rows(entries, session, run_specs(specs, session))
         run_specs(sweep_specs(config, ckpt, threads), session)
         if use_gpu:
             steps = config.gpu_steps or tuple(sorted({r.steps for r in session.rows if r.group == "artifact" and r.steps})) \

@@ -15,7 +15,7 @@ def command(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint written by `edgenode train` (best.pt).")],
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: export/ beside the checkpoint).")] = None,
     precision: Annotated[str, typer.Option(help="fp32 | fp16 | int8, or several comma-separated (fp32 is always written as the reference).")] = "fp32",
-    steps: Annotated[Optional[str], typer.Option(help="Unrolled steps N, or 'auto' (smallest N matching dopri5 on val). Default: the trained steps of a fixed-step checkpoint, else auto.")] = None,
+    steps: Annotated[Optional[str], typer.Option(help="Unrolled steps N (1 to 256), or 'auto' (smallest N matching dopri5 on val). Default: the trained steps of a fixed-step checkpoint, else auto.")] = None,
     method: Annotated[Optional[str], typer.Option(help="euler | midpoint | rk4 (classic) | rk4_38 (torchdiffeq's 3/8 'rk4'). Default: the trained fixed-step method, else rk4.")] = None,
     artifact_format: Annotated[str, typer.Option("--format", help="onnx, or engine (ONNX plus TensorRT engines; needs tensorrt).")] = "onnx",
     data: Annotated[Optional[Path], typer.Option(help="Data folder for val/calibration images (default: the one the checkpoint was trained on).")] = None,

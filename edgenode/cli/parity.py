@@ -43,6 +43,9 @@ def command(
     provider: Annotated[str, typer.Option(help="auto | tensorrt | cuda | cpu for the artifacts.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per inference call.")] = 64,
     attribution: Annotated[bool, typer.Option(help="Split the error into solver/export/precision/runtime stages.")] = True,
+    allow_other_reference: Annotated[bool, typer.Option(
+        "--allow-other-reference", help="Compare artifacts exported from another checkpoint than --reference "
+        "(a warning, not a failure): for comparing two models on purpose.")] = False,
 ) -> None:
     """Compare artifacts with the reference (adaptive solver) on a split; exit 1 if any artifact fails."""
     from edgenode.errors import ParityError
@@ -55,7 +58,7 @@ def command(
         manifest=str(manifest) if manifest else None, split=split, out=str(out),
         thresholds=ParityThresholds(max_drop, min_agreement, int8_max_drop, int8_min_agreement, max_logit_error),
         reference_solver=parse_reference_solver(reference_solver, reference_tol), provider=provider,
-        batch_size=batch_size, attribution=attribution,
+        batch_size=batch_size, attribution=attribution, allow_other_reference=allow_other_reference,
     )
     report = run_parity(config)
     for note in report.notes:
@@ -69,5 +72,14 @@ def command(
     failing = [r for r in report.results if not r]
     if failing:
         detail = "; ".join(f"{r.name}: {', '.join(r.failures())}" for r in failing)
-        raise ParityError(f"{len(failing)} of {len(report.results)} artifact(s) fail parity — {detail}",
-                          f"see {out / 'parity.md'}; thresholds: --max-drop, --min-agreement, --int8-max-drop, --int8-min-agreement, --max-logit-error")
+        raise ParityError(f"{len(failing)} of {len(report.results)} artifact(s) fail parity — {detail}", failure_hint(failing, out))
+
+
+def failure_hint(failing, out: Path) -> str:
+    """How to fix a failed parity run: the right --reference when an artifact comes from another checkpoint
+    (no threshold would make that comparison meaningful), else where the details are and which thresholds exist."""
+    report = out / "parity.md"
+    if any(r.other_checkpoint for r in failing):
+        return (f"pass the checkpoint the artifacts were exported from as --reference, or --allow-other-reference to "
+                f"compare with another model on purpose; see {report}")
+    return f"see {report}; thresholds: --max-drop, --min-agreement, --int8-max-drop, --int8-min-agreement, --max-logit-error"

@@ -21,6 +21,12 @@ from edgenode.ode.solvers import EVALS_PER_STEP, FIXED_STEP_METHODS, SolverConfi
 
 DEFAULT_METHOD = "rk4"
 AUTO = "auto"
+# The exported graph holds one copy of the ODE function per stage of every step, so export time and graph
+# size grow with N (an audit: 1000 steps took 10 s, 100000 ran for over 5 minutes and wrote nothing).
+# Unrolling exists to be cheaper than the adaptive solve it replaces: at 256 RK4 steps the graph already
+# evaluates f 1024 times, more than an adaptive solve of these models typically needs, while the automatic
+# sweep stops at 16 and training defaults to 20 steps.
+MAX_STEPS = 256
 
 METHOD_DESCRIPTIONS = {
     "euler": "explicit Euler (1 evaluation of f per step)",
@@ -37,8 +43,12 @@ def check_method(method: str) -> str:
 
 
 def check_steps(steps: int) -> int:
+    """A step count to unroll: a whole number from 1 to :data:`MAX_STEPS` (why the bound: see there)."""
     if not is_whole_number(steps):
-        raise UsageError(f"--steps {steps!r} is not a positive whole number", "pass --steps 4 (any N >= 1) or --steps auto")
+        raise UsageError(f"--steps {steps!r} is not a positive whole number", f"pass --steps 4 (1 to {MAX_STEPS}) or --steps auto")
+    if steps > MAX_STEPS:
+        raise UsageError(f"--steps {steps} is out of range: an unrolled graph holds 1 to {MAX_STEPS} steps",
+                         "pass --steps 4, or --steps auto to let the validation split choose")
     return steps
 
 
@@ -54,6 +64,9 @@ def resolve_steps(trained: SolverConfig, method: str, steps: int | str | None) -
     if steps is not None:
         return steps if steps == AUTO else check_steps(steps)
     if not trained.is_adaptive and method == trained.method:
+        if trained.n_steps > MAX_STEPS:  # named as the checkpoint's, not as a --steps the user never passed
+            raise UsageError(f"the checkpoint was trained with {trained.describe()}: out of range for export, an unrolled "
+                             f"graph holds 1 to {MAX_STEPS} steps", "pass --steps N to export a shorter discretisation, or --steps auto")
         return trained.n_steps
     return AUTO
 

@@ -165,6 +165,7 @@ class ParityResult:
     latency_ms_per_image: float | None = None
     notes: list[str] = field(default_factory=list)
     numeric: str | None = None  # inf/NaN or saturated logits, with the node where it starts (edgenode.export.numerics)
+    other_checkpoint: str | None = None  # exported from another checkpoint than the reference's, not allowed
     # per-sample arrays for the plots; not part of the JSON record
     reference_pred: np.ndarray | None = field(default=None, repr=False, compare=False)
     pred: np.ndarray | None = field(default=None, repr=False, compare=False)
@@ -197,7 +198,7 @@ class ParityResult:
 
     def failures(self) -> list[str]:
         """Why it fails, one phrase per criterion (empty when it passes)."""
-        reasons = []
+        reasons = [self.other_checkpoint] if self.other_checkpoint else []
         if self.numeric:
             reasons.append(self.numeric)
         elif self.diff.nonfinite:
@@ -241,6 +242,7 @@ class ParityResult:
             "class_changes": [c.to_dict() for c in self.class_changes],
             "attribution": [s.to_dict() for s in self.attribution],
             "latency_ms_per_image": self.latency_ms_per_image, "notes": list(self.notes), "numeric": self.numeric,
+            "other_checkpoint": self.other_checkpoint,
         }
 
 
@@ -262,7 +264,7 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray, labels: np.ndar
                    size_bytes: int = 0, runtime: str = "", thresholds: ParityThresholds = ParityThresholds(),
                    int8_target: str | None = None, attribution: Sequence[StageDiff] = (),
                    latency_ms_per_image: float | None = None, notes: Sequence[str] = (),
-                   numeric: str | None = None) -> ParityResult:
+                   numeric: str | None = None, other_checkpoint: str | None = None) -> ParityResult:
     """Judge ``candidate`` logits against ``reference`` logits on labelled samples (labels only score accuracy)."""
     labels = np.asarray(labels).reshape(-1)
     diff = diff_logits(reference, candidate)
@@ -278,5 +280,5 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray, labels: np.ndar
         n=diff.n, reference_correct=int((ref_pred == labels).sum()), correct=int((pred == labels).sum()), diff=diff,
         max_drop_pt=max_drop, min_agreement_pct=min_agreement, max_logit_error=thresholds.max_logit_error, class_changes=class_changes(ref_pred, pred, labels, classes),
         attribution=list(attribution), int8_target=int8_target, latency_ms_per_image=latency_ms_per_image,
-        notes=list(notes), numeric=numeric, reference_pred=ref_pred, pred=pred, abs_logit_error=err[np.isfinite(err)],
+        notes=list(notes), numeric=numeric, other_checkpoint=other_checkpoint, reference_pred=ref_pred, pred=pred, abs_logit_error=err[np.isfinite(err)],
     )

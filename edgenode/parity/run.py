@@ -5,7 +5,9 @@ rtol = atol = 1e-6 by default): that is the ODE the network defines, whatever so
 exported with, so every discretisation and precision error of a deployment is measured against it. The
 split comes from the run's manifest, whose sha256 must be the one the checkpoint was trained on; each
 artifact must carry the same manifest hash, classes and input pre-processing, or it is refused with what
-differs — comparing against another split or another pre-processing would measure nothing.
+differs — comparing against another split or another pre-processing would measure nothing. An artifact
+exported from another checkpoint (same split, another seed or epoch) fails parity, naming both sha256
+prefixes, unless ``allow_other_reference`` (``--allow-other-reference``) says the comparison is deliberate.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class ParityConfig:
     provider: str = "auto"
     batch_size: int = 64
     attribution: bool = True
+    allow_other_reference: bool = False  # compare artifacts exported from another checkpoint, on purpose
 
     def __post_init__(self):
         if not self.artifacts:
@@ -112,9 +115,32 @@ def check_compatible(info: ArtifactInfo, reference: ArtifactInfo) -> list[str]:
     if differ:
         raise ArtifactError(f"{info.path}: does not match the reference {reference.path.name}: {'; '.join(differ)}",
                             "compare artifacts exported from this checkpoint's run")
-    if info.source_checkpoint_sha256 != reference.sha256:
-        return [f"exported from another checkpoint ({info.source_checkpoint_sha256[:12]}…), same split and classes"]
     return []
+
+
+def other_checkpoint(info: ArtifactInfo, reference: ArtifactInfo) -> str | None:
+    """Why ``info`` is not an export of the reference checkpoint itself, or None when it is.
+
+    Another checkpoint of the same split and classes (another seed, another epoch) passes every input check
+    and its logits differ by a model's worth, not an export's: parity would measure two models against each
+    other and could even "pass". The sha256 prefixes let the user find the right file."""
+    if info.source_checkpoint_sha256 == reference.sha256:
+        return None
+    return (f"exported from checkpoint {info.source_checkpoint_sha256[:12]}…, not from the reference "
+            f"{reference.path.name} ({reference.sha256[:12]}…)")
+
+
+def provenance(info: ArtifactInfo, reference: ArtifactInfo, allow_other: bool) -> tuple[list[str], str | None]:
+    """(notes, failure) for where the artifact came from: an export of another checkpoint fails parity unless
+    ``allow_other`` (then one ``warning:`` line and a note), so comparing the wrong pair is never silent."""
+    other = other_checkpoint(info, reference)
+    if other is None:
+        return [], None
+    if not allow_other:
+        return [], other
+    console.print(f"[bold yellow]warning:[/] {escape(info.path.name)}: {escape(other)}; "
+                  "compared anyway (--allow-other-reference): the differences include the two models'", soft_wrap=True)
+    return [f"{other}; compared on purpose (--allow-other-reference)"], None
 
 
 def run_logits(predictor: Predictor, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, float]:
@@ -162,7 +188,8 @@ def load_manifest_for(reference: ArtifactInfo, manifest_path: str | None):
 def load_candidates(candidates: list[tuple[Path, bool]], reference: ArtifactInfo, provider: str
                     ) -> tuple[list[tuple[Predictor, list[str]]], list[tuple[str, str]]]:
     """Open every artifact and check it against the reference *before* any expensive solve, so a tampered
-    or mismatched file fails in a second. Engines from a folder that cannot run here are skipped."""
+    or mismatched file fails in a second. Engines from a folder that cannot run here are skipped.
+    (Another source checkpoint is judged later, by :func:`provenance`, so the numbers are still reported.)"""
     loaded, skipped = [], []
     for path, from_folder in candidates:
         try:
@@ -211,8 +238,11 @@ def run_parity(config: ParityConfig) -> ParityReport:
 
     attributor = Attributor(reference, ref_logits, x, config.batch_size) if config.attribution else None
     results: list[ParityResult] = []
-    for predictor, artifact_notes in loaded:
+    judged = [(predictor, notes_, provenance(predictor.metadata, ref_info, config.allow_other_reference))
+              for predictor, notes_ in loaded]  # warnings before the slow part
+    for predictor, artifact_notes, (source_notes, other) in judged:
         info = predictor.metadata
+        artifact_notes = [*artifact_notes, *source_notes]
         logits, ms_per_image = run_logits(predictor, x, config.batch_size)
         numeric = None
         if info.kind == "onnx":  # inf/NaN or saturated logits fail, named at the node where it starts
@@ -227,7 +257,7 @@ def run_parity(config: ParityConfig) -> ParityReport:
             ref_logits, logits, labels, ref_info.classes, name=info.path.name, path=str(info.path), kind=info.kind,
             precision=info.precision, steps=info.steps, size_bytes=info.size_bytes, runtime=predictor.runner.describe(),
             thresholds=config.thresholds, int8_target=info.int8_target, attribution=stages,
-            latency_ms_per_image=ms_per_image, notes=artifact_notes, numeric=numeric,
+            latency_ms_per_image=ms_per_image, notes=artifact_notes, numeric=numeric, other_checkpoint=other,
         )
         predictor.close()
         results.append(result)

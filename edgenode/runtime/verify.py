@@ -23,6 +23,7 @@ then is a flipped top-1 evidence of a fault rather than of a legitimate near-tie
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -42,8 +43,17 @@ class GoldenTolerance:
     rtol: float
 
     def __post_init__(self):
-        if self.atol < 0 or self.rtol < 0:
-            raise UsageError(f"tolerances must be >= 0, got atol={self.atol} rtol={self.rtol}")
+        """Each tolerance must be a finite number >= 0: with NaN every comparison is False, so no error ever
+        exceeds it, and with inf nothing can; either would pass any artifact, however wrong its logits."""
+        for name in ("atol", "rtol"):
+            value = getattr(self, name)
+            try:
+                usable = not isinstance(value, bool) and math.isfinite(value) and value >= 0
+            except TypeError:
+                usable = False
+            if not usable:
+                raise UsageError(f"--{name} {value!r}: tolerances must be >= 0 and finite",
+                                 f"pass e.g. --{name} 0.001, or leave it out for each precision's default")
 
 
 DEFAULT_TOLERANCES = {
