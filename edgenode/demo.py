@@ -3,15 +3,21 @@
 synthetic faces → split manifest → train (adaptive dopri5) → export FP32/FP16/INT8 (RK4, steps chosen on
 the validation split) → parity against the adaptive model on the test split → infer on a few images.
 Each stage is the same Python API the CLI commands call; re-running resumes training instead of restarting.
+The data set is drawn once per settings (recorded in ``data/synthetic.json``) and only ever appears complete.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgenode.artifacts import read_json, write_json
 from edgenode.console import console
 from edgenode.data import Manifest, SplitConfig, images_root, make_synthetic_faces
+from edgenode.errors import EdgenodeError, UsageError, is_whole_number
 from edgenode.export import ExportConfig, export_model
 from edgenode.metrics import format_accuracy
 from edgenode.parity import ParityConfig, run_parity
@@ -30,18 +36,107 @@ class DemoConfig:
     progress: bool = True
 
 
+DATA_RECORD = "synthetic.json"  # inside the data folder: it is renamed into place together with the images
+DATA_FORMAT = "edgenode-demo-data/1"
+IMAGE_SIZE = 64
+
+
 def demo_split(config: DemoConfig) -> SplitConfig:
     n_test = max(2, config.per_class // 8)
     n_val = max(2, config.per_class // 5)
     return SplitConfig(per_class=config.per_class, train=config.per_class - n_val - n_test, val=n_val, test=n_test, seed=config.seed)
 
 
-def run_demo(config: DemoConfig = DemoConfig()) -> dict:
+MIN_PER_CLASS = 5  # demo_split keeps at least 2 val + 2 test images per identity, and training needs one more
+
+
+def check_demo_config(config: DemoConfig) -> None:
+    """Refuse settings the demo cannot finish with, naming the demo's own flags, before anything is drawn.
+
+    Left to the later stages they fail after the drawing, in words of options the demo does not have
+    (``train=-1``) or of a data set it drew itself ("only 1 identity").
+    """
+    if not is_whole_number(config.n_classes, 2):
+        raise UsageError(f"--classes {config.n_classes}: the demo needs at least 2 identities to classify",
+                         "pass --classes 2 or more")
+    if not is_whole_number(config.per_class, MIN_PER_CLASS):
+        raise UsageError(f"--per-class {config.per_class}: too few images per identity: the demo's split keeps 2 "
+                         "for validation, 2 for test and at least 1 for training", f"pass --per-class {MIN_PER_CLASS} or more")
+    if not is_whole_number(config.epochs, 1):
+        raise UsageError(f"--epochs {config.epochs}: the demo needs at least 1 epoch", "pass --epochs 1 or more")
+
+
+def data_settings(config: DemoConfig) -> dict:
+    """What the synthetic data set was drawn with: a rerun that asks for other settings must not reuse it."""
+    return {"format": DATA_FORMAT, "classes": config.n_classes, "per_class": config.per_class,
+            "seed": config.seed, "size": IMAGE_SIZE, "image_format": "png"}
+
+
+def recorded_settings(data: Path) -> dict | None:
+    """The settings recorded beside a drawn data set; None for a folder without a readable record."""
+    try:
+        record = read_json(data / DATA_RECORD)
+    except (EdgenodeError, OSError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _describe(settings: dict | None) -> str:
+    if settings is None:
+        return f"unknown settings, no {DATA_RECORD}: an older or interrupted draw"
+    return f"--classes {settings.get('classes')} --per-class {settings.get('per_class')} and seed {settings.get('seed')}"
+
+
+def draw_data(data: Path, settings: dict) -> None:
+    """Draw into a hidden sibling folder and rename it into place once complete.
+
+    A draw killed half-way leaves only a hidden ``.data.*.tmp`` (removed by the next draw), never a folder
+    under the final name that a rerun would take for a finished data set and train on.
+    """
+    data.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in data.parent.glob(f".{data.name}.*.tmp"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{data.name}.", suffix=".tmp", dir=data.parent))
+    old = tmp.with_name(f"{tmp.stem}.old.tmp")
+    try:
+        make_synthetic_faces(tmp, n_classes=settings["classes"], per_class=settings["per_class"],
+                             size=settings["size"], seed=settings["seed"], image_format=settings["image_format"])
+        write_json(tmp / DATA_RECORD, settings)
+        os.chmod(tmp, 0o755)  # mkdtemp makes owner-only folders; the data set is meant to be shared like any other
+        if data.exists() or data.is_symlink():
+            os.rename(data, old)  # a folder cannot be replaced in one step: set the stale one aside first
+        os.rename(tmp, data)
+    finally:
+        for path in (tmp, old):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def prepare_data(config: DemoConfig) -> Path:
+    """The demo's data set with ``config``'s settings: reused when it has them, else drawn (or redrawn).
+
+    Redrawing under a run that already trained (``train/last.pt``) would resume that run on other data, so
+    that is refused instead.
+    """
     out = Path(config.out)
     data = out / "data"
-    if not (data / "images").is_dir():
-        console.print(f"[bold]1/5[/] drawing {config.n_classes} synthetic identities × {config.per_class} images into {data}")
-        make_synthetic_faces(data, n_classes=config.n_classes, per_class=config.per_class, seed=config.seed)
+    wanted, found = data_settings(config), recorded_settings(data)
+    if found == wanted:
+        console.print(f"[bold]1/5[/] reusing the synthetic data set in {data}")
+        return data
+    if data.exists() and (out / "train" / "last.pt").exists():
+        raise UsageError(f"--out {out}: holds a demo trained on synthetic data drawn with {_describe(found)}, "
+                         f"not {_describe(wanted)}",
+                         f"pass another --out, or delete {out} to start over")
+    redraw = f", replacing the one drawn with {_describe(found)}" if data.exists() else ""
+    console.print(f"[bold]1/5[/] drawing {config.n_classes} synthetic identities × {config.per_class} images into {data}{redraw}")
+    draw_data(data, wanted)
+    return data
+
+
+def run_demo(config: DemoConfig = DemoConfig()) -> dict:
+    check_demo_config(config)
+    out = Path(config.out)
+    data = prepare_data(config)
 
     run_dir = out / "train"
     resume = (run_dir / "last.pt").exists()

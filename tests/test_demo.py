@@ -18,4 +18,46 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
 
     again = CliRunner().invoke(app, args)  # a second run resumes instead of starting over
     assert again.exit_code == 0, again.output
-    assert "resuming" in again.output
+    assert "resuming" in again.output and "reusing the synthetic data set" in again.output
+
+
+def test_demo_data_is_drawn_once_per_settings_and_redrawn_when_they_change(tmp_path):
+    """A rerun with the same settings reuses the drawn data; other settings, or a folder without the record
+    (an older or interrupted draw), are drawn anew instead of trained on."""
+    import json
+
+    from edgenode.data import discover_images
+    from edgenode.demo import DATA_RECORD, DemoConfig, prepare_data
+
+    out = tmp_path / "demo"
+    data = prepare_data(DemoConfig(out=str(out), n_classes=2, per_class=5))
+    first = data / "images" / "Synthetic Person 00" / "Synthetic Person 00_000.png"
+    stamp = first.stat().st_mtime_ns
+    assert prepare_data(DemoConfig(out=str(out), n_classes=2, per_class=5)) == data
+    assert first.stat().st_mtime_ns == stamp  # reused, not redrawn
+
+    prepare_data(DemoConfig(out=str(out), n_classes=3, per_class=6))
+    assert {k: len(v) for k, v in discover_images(data).items()} == {f"Synthetic Person 0{c}": 6 for c in range(3)}
+    assert json.loads((data / DATA_RECORD).read_text())["per_class"] == 6
+
+    (data / DATA_RECORD).unlink()  # what a draw of an older version, or one killed half-way, left behind
+    prepare_data(DemoConfig(out=str(out), n_classes=3, per_class=6))
+    assert (data / DATA_RECORD).is_file() and sorted(p.name for p in out.iterdir()) == ["data"]
+
+
+def test_demo_refuses_to_redraw_under_a_run_trained_on_other_data(tmp_path):
+    """Redrawing would resume the trained run on another data set: one line naming both settings instead."""
+    import pytest
+
+    from edgenode.demo import DemoConfig, prepare_data
+    from edgenode.errors import UsageError
+
+    out = tmp_path / "demo"
+    data = prepare_data(DemoConfig(out=str(out), n_classes=2, per_class=5))
+    (out / "train").mkdir()
+    (out / "train" / "last.pt").write_bytes(b"stands for a checkpoint")
+    with pytest.raises(UsageError, match=r"holds a demo trained on synthetic data drawn with --classes 2 --per-class 5 "
+                                         r"and seed 0, not --classes 3 --per-class 5 and seed 0") as caught:
+        prepare_data(DemoConfig(out=str(out), n_classes=3, per_class=5))
+    assert caught.value.exit_code == 2 and f"delete {out} to start over" in str(caught.value)
+    assert len(list((data / "images").iterdir())) == 2

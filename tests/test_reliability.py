@@ -455,6 +455,30 @@ def test_training_whose_loss_becomes_nan_stops_loudly(synthetic_root, tmp_path, 
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
+def test_demo_killed_while_drawing_leaves_no_data_folder_and_the_rerun_draws_anew(tmp_path):
+    """The demo draws into a hidden sibling and renames it into place: a draw killed half-way leaves nothing
+    under data/ that a rerun could take for a finished data set (it used to train on the 35 identities drawn)."""
+    from edgenode.demo import DATA_RECORD, DemoConfig, prepare_data
+
+    out = tmp_path / "demo"
+    proc = subprocess.Popen(edgenode_cmd("demo", "--out", out, "--classes", 200, "--no-progress"), env=subprocess_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    try:
+        while not list(out.glob(".data.*.tmp/images/*/*.png")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "no image drawn"
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "data").exists() and all(p.name.startswith(".") for p in out.iterdir())
+
+    data = prepare_data(DemoConfig(out=str(out), n_classes=2, per_class=5, progress=False))
+    assert sorted(p.name for p in out.iterdir()) == ["data"]  # the killed draw's leftover is gone
+    assert len(discover_images(data)) == 2 and json.loads((data / DATA_RECORD).read_text())["classes"] == 2
+
+
 def test_export_killed_mid_run_leaves_only_complete_files(corpus_run, tmp_path):
     out = tmp_path / "export"
     proc = subprocess.Popen(edgenode_cmd("export", corpus_run[1] / "best.pt", "--out", out, "--precision", "fp32,fp16,int8",
@@ -905,6 +929,21 @@ BAD_ARGUMENTS = [
     ("split {data} --per-class 0", "per_class=0 is not a positive integer"),
     ("split {data} --train 90", "is more than per_class=86"),
     ("split {data} --out {folder}", "is a folder, not a file"),
+    # an output under a file: refused up front, naming the file in the way, not after the work
+    ("train {data} --out {file}/run", "--out {file}/run: {file} is a file, not a folder (pass a folder path)"),
+    ("export {ckpt} --out {file}/sub", "--out {file}/sub: {file} is a file, not a folder (pass a folder path)"),
+    ("parity {onnx} --reference {ckpt} --data {data} --out {file}/p", "--out {file}/p: {file} is a file, not a folder"),
+    ("bench {onnx} --out {file}/b", "--out {file}/b: {file} is a file, not a folder"),
+    ("align {data} --out {file}", "--out {file}: is a file, not a folder (pass a folder path)"),
+    ("align {data} --out {file}/aligned", "--out {file}/aligned: {file} is a file, not a folder"),
+    ("teacher {data} --out {file}/t.npz", "--out {file}/t.npz: {file} is a file, not a folder"),
+    ("split {data} --out {file}/m.json", "--out {file}/m.json: {file} is a file, not a folder"),
+    ("demo --out {file}", "--out {file}: is a file, not a folder (pass a folder path)"),
+    ("demo --out {file}/d", "--out {file}/d: {file} is a file, not a folder"),
+    ("demo --out {new} --classes 1", "--classes 1: the demo needs at least 2 identities to classify (pass --classes 2 or more)"),
+    ("demo --out {new} --per-class 3", "--per-class 3: too few images per identity"),
+    ("demo --out {new} --per-class 4", "(pass --per-class 5 or more)"),
+    ("demo --out {new} --epochs 0", "--epochs 0: the demo needs at least 1 epoch"),
 ]
 
 
@@ -950,6 +989,63 @@ def test_parser_errors_exit_2_without_traceback(argument_paths, args):
     result = invoke(*[a.format(**argument_paths) for a in args])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "Usage: " in result.output
+
+
+def test_split_and_teacher_replace_only_a_file_of_their_own_kind(synthetic_root, tmp_path):
+    """An existing --out of another kind (a checkpoint, a sidecar, another .npz) is refused and left as it was;
+    an earlier output of the same command, or an empty file, is replaced: re-running is normal."""
+    from edgenode.cli.common import output_file
+    from edgenode.cli.teacher import is_teacher_file
+    from edgenode.teacher import TeacherEmbeddings, save_teacher
+
+    others = {"ckpt.pt": "a training checkpoint", "model.onnx.json": "a JSON file", "targets.npz": "an .npz archive"}
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "ckpt.pt")
+    (tmp_path / "model.onnx.json").write_text('{"format": "edgenode-artifact/1"}\n')
+    np.savez(tmp_path / "targets.npz", files=np.array(["a.png"]), log_probs=np.zeros((1, 3)))
+    for name, described in others.items():
+        before = (tmp_path / name).read_bytes()
+        for command, kind in (("split", "a split manifest"), ("teacher", "teacher descriptors")):
+            result = invoke(command, synthetic_root, "--out", tmp_path / name)
+            line = assert_one_line_error(result, 2, f"--out {tmp_path / name}: already exists and is {described}, not {kind}")
+            assert f"(pass another --out, or delete {tmp_path / name} to replace it)" in line
+        assert (tmp_path / name).read_bytes() == before
+
+    manifest = tmp_path / "manifest.json"
+    manifest.touch()
+    split = ["split", synthetic_root, "--out", manifest, "--per-class", 24, "--train", 16, "--val", 4, "--test", 4]
+    for _ in range(2):  # over an empty file, then over its own manifest
+        result = invoke(*split)
+        assert result.exit_code == 0, result.output
+        assert Manifest.load(manifest).classes
+    teacher = save_teacher(tmp_path / "teacher.npz", TeacherEmbeddings(
+        files=np.array(["a.png"]), embedding=np.ones((1, 4), np.float32), face_detected=np.array([True]), provenance={}))
+    assert output_file(teacher, kind="teacher descriptors", is_kind=is_teacher_file) == teacher
+
+
+@pytest.mark.parametrize("make", ["folder", "file under it"])
+def test_a_file_where_a_late_write_needs_a_folder_is_one_line_naming_it(tmp_path, make):
+    """A write that meets a file where a folder must be, past the up-front checks, gives the same line: the file
+    in the way named (not "File exists" / "<path>: Not a directory"), exit 2."""
+    import typer
+
+    from edgenode.artifacts import atomic_write_bytes
+    from edgenode.cli.common import user_errors
+
+    blocker = tmp_path / "afile"
+    blocker.write_text("a plain file\n")
+    late = typer.Typer()
+
+    @late.command()
+    @user_errors
+    def write(target: Path) -> None:
+        if make == "folder":
+            target.mkdir(parents=True, exist_ok=True)  # FileExistsError naming the file itself
+        else:
+            atomic_write_bytes(target / "sub" / "report.json", b"{}")  # NotADirectoryError naming afile/sub
+
+    result = CliRunner().invoke(late, [str(blocker)])
+    assert_one_line_error(result, 2, f"error: {blocker} is a file, not a folder (pass a folder path)")
+    assert blocker.read_text() == "a plain file\n"
 
 
 def test_exit_codes_are_what_the_errors_say():

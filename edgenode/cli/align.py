@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgenode.cli.common import manifest_files, user_errors
+from edgenode.cli.common import manifest_files, output_folder, user_errors
 from edgenode.console import console
 
 
@@ -29,6 +29,7 @@ def command(
 
     if workers < 0:
         raise UsageError(f"--workers {workers}: must be 0 or more", "0 uses one process per core")
+    output_folder(out)
     files = manifest_files(data, manifest, 0)
     if not files:
         raise DataError(f"no image files to align in {data}", "pass the data set folder (images/<identity>/…)")

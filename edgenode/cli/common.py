@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import typer
 from rich.markup import escape
 
+from edgenode.artifacts import file_kind
 from edgenode.console import console
 from edgenode.errors import EdgenodeError, PathArgumentError
 
@@ -47,8 +50,8 @@ def _one_line_warnings() -> Iterator[None]:
 def user_errors(command: Callable) -> Callable:
     """Run ``command``; an :class:`EdgenodeError` becomes ``error: …`` on stderr and its exit code, no traceback.
 
-    A file-system error (disk full, permission denied, a file where a folder is needed) is the user's to fix
-    too: one line naming the path, exit 1.
+    A file-system error (disk full, permission denied) is the user's to fix too: one line naming the path,
+    exit 1; a file where a folder is needed is a path of the wrong kind, exit 2 (:func:`os_error_line`).
     """
 
     @functools.wraps(command)
@@ -62,11 +65,26 @@ def user_errors(command: Callable) -> Callable:
         except OSError as exc:
             if exc.filename is None:
                 raise  # not about a path the user gave: a bug, keep the traceback
-            where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
-            console.print(f"[bold red]error:[/] {escape(where)}: {escape(exc.strerror or str(exc))}", soft_wrap=True)
-            raise typer.Exit(code=1) from None
+            line, code = os_error_line(exc)
+            console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
+            raise typer.Exit(code=code) from None
 
     return wrapper
+
+
+def os_error_line(exc: OSError) -> tuple[str, int]:
+    """The one line (and exit code) for a file-system error that names a path.
+
+    A file standing where a folder must be (``mkdir`` says "File exists", ``open`` "Not a directory", naming
+    the path asked for rather than the file in the way) is a path of the wrong kind: exit 2, naming that file.
+    Anything else (disk full, permission denied) keeps the system's words: exit 1.
+    """
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) and isinstance(exc.filename, (str, bytes, os.PathLike)):
+        blocker = file_in_the_way(Path(os.fsdecode(exc.filename)))
+        if blocker is not None:
+            return f"{blocker} is a file, not a folder (pass a folder path)", 2
+    where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+    return f"{where}: {exc.strerror or exc}", 1
 
 
 def existing_path(path: Path, option: str, *, folder: bool | None = None) -> Path:
@@ -80,17 +98,64 @@ def existing_path(path: Path, option: str, *, folder: bool | None = None) -> Pat
     return path
 
 
+def file_in_the_way(path: Path) -> Optional[Path]:
+    """The file that stands where ``path`` or one of its parent folders must be, if any.
+
+    Writing under it fails only once the command gets there (often after all the work) and the system then
+    names the wrong path ("afile/sub: Not a directory"); looking up the nearest existing ancestor finds it first.
+    """
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
 def output_folder(path: Path, option: str = "--out") -> Path:
-    """An output folder may not exist yet, but must not be a file (exit 2 before any work is done)."""
-    if path.exists() and not path.is_dir():
-        raise PathArgumentError(f"{option} {path}: is a file, not a folder", "pass a folder to write into")
+    """An output folder may not exist yet, but neither it nor a parent may be a file (exit 2 before any work)."""
+    blocker = file_in_the_way(path)
+    if blocker is not None:
+        where = "is a file" if blocker == path else f"{blocker} is a file"
+        raise PathArgumentError(f"{option} {path}: {where}, not a folder", "pass a folder path")
     return path
 
 
-def output_file(path: Path, option: str = "--out") -> Path:
-    """An output file may not exist yet, but must not be a folder."""
+_KIND_WORDS = {"checkpoint": "a training checkpoint", "onnx": "an ONNX model", "image": "an image",
+               "json": "a JSON file", "text": "a text file", "binary": "a binary file"}
+
+
+def npz_members(path: Path) -> Optional[set[str]]:
+    """The array names of an ``.npz`` file, or None when ``path`` is not one (a checkpoint is a zip file too)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return None
+    return {n.removesuffix(".npy") for n in names} if names and all(n.endswith(".npy") for n in names) else None
+
+
+def describe_file(path: Path) -> str:
+    """What an existing file is, in the words of an error line: "a training checkpoint", "an .npz archive"…"""
+    kind = file_kind(path)
+    if kind == "checkpoint" and npz_members(path) is not None:
+        return "an .npz archive"
+    return _KIND_WORDS.get(kind, f"a {kind} file")
+
+
+def output_file(path: Path, option: str = "--out", *, kind: Optional[str] = None,
+                is_kind: Optional[Callable[[Path], bool]] = None) -> Path:
+    """An output file may not exist yet, but must not be a folder nor sit under a file.
+
+    With ``is_kind``, an existing file is replaced only when it is of that ``kind`` (re-running a command over
+    its own output is normal; turning a checkpoint into a manifest loses it) or empty (nothing to lose).
+    """
     if path.is_dir():
         raise PathArgumentError(f"{option} {path}: is a folder, not a file", "pass the file name to write")
+    blocker = file_in_the_way(path.parent)
+    if blocker is not None:
+        raise PathArgumentError(f"{option} {path}: {blocker} is a file, not a folder", "pass a path inside a folder")
+    if is_kind is not None and path.is_file() and file_kind(path) != "empty" and not is_kind(path):
+        raise PathArgumentError(f"{option} {path}: already exists and is {describe_file(path)}, not {kind}",
+                                f"pass another {option}, or delete {path} to replace it")
     return path
 
 

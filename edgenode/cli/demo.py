@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgenode.cli.common import user_errors
+from edgenode.cli.common import output_folder, user_errors
 
 
 @user_errors
@@ -19,6 +19,7 @@ def command(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run train → export → parity → infer on a generated synthetic face data set."""
+    output_folder(out)
     from edgenode.demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(out=str(out), n_classes=classes, per_class=per_class, epochs=epochs, progress=progress))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -9,6 +10,20 @@ import typer
 
 from edgenode.cli.common import output_file, user_errors
 from edgenode.console import console
+
+
+def is_manifest(path: Path) -> bool:
+    """``path`` holds a split manifest (of any split): the only kind of file `split` may write over."""
+    from edgenode.artifacts import file_kind
+    from edgenode.data.manifest import MANIFEST_FORMAT
+
+    if file_kind(path) != "json":  # never read a large checkpoint whole to find out
+        return False
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(record, dict) and record.get("format") == MANIFEST_FORMAT
 
 
 @user_errors
@@ -26,7 +41,7 @@ def command(
     """Select and split the data set (paper protocol by default) into a manifest file."""
     from edgenode.data import SplitConfig, build_manifest
 
-    output_file(out)
+    output_file(out, kind="a split manifest", is_kind=is_manifest)
     config = SplitConfig(per_class=per_class, train=train, val=val, test=test, image_size=image_size, seed=seed, strict=strict)
     manifest = build_manifest(data, config)
     manifest.save(out)

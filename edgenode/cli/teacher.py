@@ -8,8 +8,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgenode.cli.common import manifest_files, output_file, user_errors
+from edgenode.cli.common import manifest_files, npz_members, output_file, user_errors
 from edgenode.console import console
+
+
+def is_teacher_file(path: Path) -> bool:
+    """``path`` holds teacher descriptors (an .npz with files and embedding): the only kind `teacher` may write over.
+
+    A checkpoint is a zip file too, and another .npz (an ensemble's --kd-targets) is not this command's to replace.
+    """
+    return {"files", "embedding"} <= (npz_members(path) or set())
 
 
 @user_errors
@@ -27,7 +35,7 @@ def command(
 
     if per_identity < 0 or workers < 0:
         raise UsageError(f"--per-identity {per_identity} / --workers {workers}: must be 0 or more")
-    output_file(out)
+    output_file(out, kind="teacher descriptors (an .npz of files and embedding)", is_kind=is_teacher_file)
     reference = load_teacher(check) if check is not None else None  # a bad reference fails before the long run
     installed_provenance(), model_files()  # so does a missing extra, before the file walk
     files = manifest_files(data, manifest, per_identity)
