@@ -59,6 +59,10 @@ RECIPES = {
     # KL towards the mean probabilities of the three aligned runs (a pack made with pack_pins.py --kd-targets)
     "ens-kd-rk4x4": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
                          distill_weight=5.0, steps=4, kd_targets="{pack}/kd-targets.npz"),
+    # the shipped recipe with augmentation shifts of 2 px instead of 8: the teacher's targets stay valid for the views
+    # the student sees (examples/teacher_consistency.py)
+    "w5-rk4x4-shift2": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
+                            distill_weight=5.0, steps=4, augment_shift=0.03125),
     # the final recipe's other two seeds (kd-pool-w5 is seed 0)
     "kd-pool-w5-s1": dict(seed=1, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
                           distill_weight=5.0),
