@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -120,6 +121,30 @@ def file_kind(path: str | os.PathLike) -> str:
     """:func:`content_kind` of the file at ``path`` (which must exist)."""
     with open(path, "rb") as handle:
         return content_kind(handle.read(64))
+
+
+# How an error line names each kind: "<path>: is an ONNX model, not a split manifest".
+KIND_WORDS = {"checkpoint": "a training checkpoint", "onnx": "an ONNX model", "engine": "a TensorRT engine",
+              "image": "an image", "json": "a JSON file", "text": "a text file", "binary": "a binary file",
+              "empty": "an empty file"}
+
+
+def npz_members(path: str | os.PathLike) -> set[str] | None:
+    """The array names of an ``.npz`` file, or None when ``path`` is not one (a checkpoint is a zip file too)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return None
+    return {n.removesuffix(".npy") for n in names} if names and all(n.endswith(".npy") for n in names) else None
+
+
+def describe_file(path: str | os.PathLike) -> str:
+    """What an existing file is, in the words of an error line: "a training checkpoint", "an .npz archive"…"""
+    kind = file_kind(path)
+    if kind == "checkpoint" and npz_members(path) is not None:
+        return "an .npz archive"
+    return KIND_WORDS.get(kind, f"a {kind} file")
 
 
 def sidecar_path(artifact: str | os.PathLike) -> Path:

@@ -20,7 +20,7 @@ import torch
 
 from edgenode import __version__
 from edgenode.align import AlignSpec
-from edgenode.artifacts import atomic_path, file_kind, sha256_bytes
+from edgenode.artifacts import KIND_WORDS, atomic_path, file_kind, sha256_bytes
 from edgenode.errors import ArtifactError, ArtifactPathError, EdgenodeError
 from edgenode.model import ModelConfig, NeuralODECNN, build_model
 
@@ -103,7 +103,7 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
     return Path(path)
 
 
-_NOT_CHECKPOINTS = {"onnx": "an ONNX model", "image": "an image", "json": "a JSON file"}
+_NOT_CHECKPOINTS = ("onnx", "image", "json")  # kinds named in one line before torch.load could misread them
 
 
 def _load_error(path: Path, exc: Exception) -> ArtifactError:
@@ -140,7 +140,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise ArtifactPathError(f"{path}: {what}", "pass the best.pt or last.pt that `edgenode train` wrote")
     kind = file_kind(path)
     if kind in _NOT_CHECKPOINTS:
-        raise ArtifactPathError(f"{path}: is {_NOT_CHECKPOINTS[kind]}, not a training checkpoint",
+        raise ArtifactPathError(f"{path}: is {KIND_WORDS[kind]}, not a training checkpoint",
                                 "pass the best.pt or last.pt that `edgenode train` wrote")
     data = path.read_bytes()  # hashed and parsed from the same bytes, even if the file is replaced meanwhile
     try:

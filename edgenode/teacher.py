@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgenode.artifacts import atomic_path, file_kind
+from edgenode.artifacts import KIND_WORDS, atomic_path, file_kind
 from edgenode.errors import ArtifactError, ArtifactPathError, DataError, ImageDecodeError, UsageError
 
 PROVENANCE_KEYS = ("dlib_version", "model", "method")
-_NOT_TEACHER = {"onnx": "an ONNX model", "image": "an image", "json": "a JSON file (a manifest or sidecar?)"}
+_NOT_TEACHER = ("onnx", "image", "json")  # kinds named in one line before np.load could misread them
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def load_teacher(path: str | os.PathLike) -> TeacherEmbeddings:
                                 "pass the .npz written by `edgenode teacher` (or the data set's teacher_dlib128.npz)")
     kind = file_kind(path)  # np.load would try to unpickle anything that is not an archive and say so, confusingly
     if kind in _NOT_TEACHER:
-        raise ArtifactPathError(f"{path}: is {_NOT_TEACHER[kind]}, not a teacher descriptor .npz",
+        raise ArtifactPathError(f"{path}: is {KIND_WORDS[kind]}, not a teacher descriptor .npz",
                                 "pass the .npz written by `edgenode teacher` (or the data set's teacher_dlib128.npz)")
     if kind != "checkpoint":  # .npz, like torch.save, is a zip file
         raise ArtifactError(f"{path}: not a teacher descriptor file (not an .npz archive)",

@@ -194,7 +194,7 @@ def test_kind_is_detected_from_content_and_mismatches_are_one_line(trained_ckpt,
     assert detect_kind(trained_ckpt) == "checkpoint" and detect_kind(exports["fp32"]) == "onnx"
     cases = {
         "ckpt.onnx": (trained_ckpt.read_bytes(), "named like an ONNX model but is a training checkpoint"),
-        "graph.pt": (exports["fp32"].read_bytes(), "named like a training checkpoint (.pt) but is an ONNX model"),
+        "graph.pt": (exports["fp32"].read_bytes(), "named like a training checkpoint but is an ONNX model"),
         "graph.engine": (exports["fp32"].read_bytes(), "named like a TensorRT engine but is an ONNX model"),
         "empty.onnx": (b"", "empty file"),
         "notes.onnx": (b"hello, this is text\n", "text file"),

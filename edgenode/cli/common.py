@@ -12,14 +12,13 @@ import contextlib
 import functools
 import os
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import typer
 from rich.markup import escape
 
-from edgenode.artifacts import file_kind
+from edgenode.artifacts import describe_file, file_kind
 from edgenode.console import console
 from edgenode.errors import EdgenodeError, PathArgumentError
 
@@ -117,28 +116,6 @@ def output_folder(path: Path, option: str = "--out") -> Path:
         where = "is a file" if blocker == path else f"{blocker} is a file"
         raise PathArgumentError(f"{option} {path}: {where}, not a folder", "pass a folder path")
     return path
-
-
-_KIND_WORDS = {"checkpoint": "a training checkpoint", "onnx": "an ONNX model", "image": "an image",
-               "json": "a JSON file", "text": "a text file", "binary": "a binary file"}
-
-
-def npz_members(path: Path) -> Optional[set[str]]:
-    """The array names of an ``.npz`` file, or None when ``path`` is not one (a checkpoint is a zip file too)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (OSError, zipfile.BadZipFile):
-        return None
-    return {n.removesuffix(".npy") for n in names} if names and all(n.endswith(".npy") for n in names) else None
-
-
-def describe_file(path: Path) -> str:
-    """What an existing file is, in the words of an error line: "a training checkpoint", "an .npz archive"…"""
-    kind = file_kind(path)
-    if kind == "checkpoint" and npz_members(path) is not None:
-        return "an .npz archive"
-    return _KIND_WORDS.get(kind, f"a {kind} file")
 
 
 def output_file(path: Path, option: str = "--out", *, kind: Optional[str] = None,

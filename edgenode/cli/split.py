@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -14,16 +13,14 @@ from edgenode.console import console
 
 def is_manifest(path: Path) -> bool:
     """``path`` holds a split manifest (of any split): the only kind of file `split` may write over."""
-    from edgenode.artifacts import file_kind
-    from edgenode.data.manifest import MANIFEST_FORMAT
+    from edgenode.data import Manifest
+    from edgenode.errors import EdgenodeError
 
-    if file_kind(path) != "json":  # never read a large checkpoint whole to find out
-        return False
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        Manifest.load(path)  # refuses a checkpoint, ONNX file or image by its first bytes, without reading it whole
+    except EdgenodeError:
         return False
-    return isinstance(record, dict) and record.get("format") == MANIFEST_FORMAT
+    return True
 
 
 @user_errors

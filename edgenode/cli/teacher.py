@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgenode.cli.common import manifest_files, npz_members, output_file, user_errors
+from edgenode.artifacts import npz_members
+from edgenode.cli.common import manifest_files, output_file, user_errors
 from edgenode.console import console
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from edgenode.artifacts import atomic_write_bytes, canonical_json, file_kind, read_json, sha256_bytes
+from edgenode.artifacts import KIND_WORDS, atomic_write_bytes, canonical_json, file_kind, read_json, sha256_bytes
 from edgenode.data import decode
 from edgenode.data.discover import discover_images, images_root
 from edgenode.errors import ArtifactError, ArtifactPathError, DataError, EdgenodeError, ImageDecodeError, UsageError, is_whole_number
@@ -28,7 +28,7 @@ MANIFEST_FORMAT = "edgenode-manifest/1"
 SPLITS = ("train", "val", "test")
 
 
-_NOT_MANIFESTS = {"checkpoint": "a training checkpoint", "onnx": "an ONNX model", "image": "an image"}
+_NOT_MANIFESTS = ("checkpoint", "onnx", "image")  # kinds named in one line before the JSON parser could misread them
 MAX_SKIP_WARNINGS = 20  # one line per skipped file up to this many; the manifest lists every one
 
 
@@ -130,7 +130,7 @@ class Manifest:
     def load(cls, path: str | os.PathLike) -> Manifest:
         kind = file_kind(path) if Path(path).is_file() else None
         if kind in _NOT_MANIFESTS:
-            raise ArtifactPathError(f"{path}: is {_NOT_MANIFESTS[kind]}, not a split manifest",
+            raise ArtifactPathError(f"{path}: is {KIND_WORDS[kind]}, not a split manifest",
                                     "pass the manifest.json of the training run")
         record = read_json(path)
         if not isinstance(record, dict) or record.get("format") != MANIFEST_FORMAT:

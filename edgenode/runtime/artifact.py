@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from edgenode.artifacts import content_kind, read_sidecar, sha256_bytes, sha256_file, sidecar_path
+from edgenode.artifacts import KIND_WORDS, content_kind, read_sidecar, sha256_bytes, sha256_file, sidecar_path
 from edgenode.checkpoint import InputSpec
 from edgenode.errors import ArtifactError, ArtifactPathError
 from edgenode.export.golden import golden_path  # noqa: F401 - re-exported: one naming rule for golden files
@@ -38,11 +38,6 @@ CHECKPOINT_EXTENSIONS = frozenset({".pt", ".pth", ".ckpt"})
 ONNX_EXTENSIONS = frozenset({".onnx"})
 ENGINE_EXTENSIONS = frozenset({".engine", ".plan", ".trt"})
 
-_KIND_WORDS = {
-    "checkpoint": "a training checkpoint (.pt)",
-    "onnx": "an ONNX model",
-    "engine": "a TensorRT engine",
-}
 
 
 def _extension_kind(path: Path) -> str | None:
@@ -79,12 +74,12 @@ def detect_kind(path: str | os.PathLike) -> str:
         raise ArtifactError(f"{path}: is a text file, not a model", "pass a .pt checkpoint, an .onnx file or a TensorRT .engine")
     if by_name == "engine":
         if by_content in ("checkpoint", "onnx"):
-            raise ArtifactError(f"{path}: is named like a TensorRT engine but is {_KIND_WORDS[by_content]}",
+            raise ArtifactError(f"{path}: is named like a TensorRT engine but is {KIND_WORDS[by_content]}",
                                 "rename it, or build an engine with `edgenode export --precision ... --int8-target tensorrt`")
         return "engine"
     if by_content in ("checkpoint", "onnx"):
         if by_name is not None and by_name != by_content:
-            raise ArtifactError(f"{path}: is named like {_KIND_WORDS[by_name]} but is {_KIND_WORDS[by_content]}",
+            raise ArtifactError(f"{path}: is named like {KIND_WORDS[by_name]} but is {KIND_WORDS[by_content]}",
                                 "rename it to match what it is")
         return by_content
     raise ArtifactError(f"{path}: unrecognised file (not a checkpoint, ONNX model or TensorRT engine)",
@@ -95,8 +90,8 @@ def expect_kind(path: str | os.PathLike, allowed: tuple[str, ...], role: str) ->
     """:func:`detect_kind`, refusing kinds this ``role`` (e.g. ``--reference``) cannot use, in one line."""
     kind = detect_kind(path)
     if kind not in allowed:
-        wanted = " or ".join(_KIND_WORDS[k] for k in allowed)
-        raise ArtifactPathError(f"{path}: is {_KIND_WORDS[kind]}, but {role} needs {wanted}")
+        wanted = " or ".join(KIND_WORDS[k] for k in allowed)
+        raise ArtifactPathError(f"{path}: is {KIND_WORDS[kind]}, but {role} needs {wanted}")
     return kind
 
 
