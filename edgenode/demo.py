@@ -143,7 +143,8 @@ def run_demo(config: DemoConfig = DemoConfig()) -> dict:
     console.print(f"[bold]2/5[/] training the default NeuralODECNN (dopri5){' — resuming' if resume else ''} → {run_dir}")
     trained = train(
         TrainConfig(
-            data=str(data), out=str(run_dir), arch="odenet", width=config.width, epochs=config.epochs, batch_size=16,
+            data=str(data), out=str(run_dir), arch="odenet", width=config.width, epochs=config.epochs,
+            batch_size=min(16, config.n_classes * demo_split(config).train),  # a tiny demo still takes steps
             lr=3e-3, schedule="cosine", split=demo_split(config), seed=config.seed, progress=config.progress,
             resume=resume, table_every=0,
         )

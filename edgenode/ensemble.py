@@ -79,7 +79,8 @@ def average_weights(members: list[Checkpoint]) -> Checkpoint:
     """One checkpoint whose floating-point weights are the members' mean (integer buffers from the first member).
 
     Meaningful only for members that share an architecture, input and classes — runs fine-tuned from one
-    checkpoint; the average of independently trained networks is no network at all. The result carries the first
+    checkpoint (their solver and dropout may differ, as ``train --init`` allows; the first member's are kept);
+    the average of independently trained networks is no network at all. The result carries the first
     member's metadata (its training config too, so export finds the data) but not its metrics or history, which
     described another network, and no optimizer state: it can be evaluated and exported, not resumed.
     """
@@ -87,7 +88,9 @@ def average_weights(members: list[Checkpoint]) -> Checkpoint:
         raise ValueError("average_weights needs at least one checkpoint")
     first = members[0]
     for ckpt in members[1:]:
-        for what, mine, theirs in (("architecture", first.model_config, ckpt.model_config),
+        network = dataclasses.replace(ckpt.model_config, solver=first.model_config.solver,
+                                      dropout=first.model_config.dropout)
+        for what, mine, theirs in (("architecture", first.model_config, network),
                                    ("classes", first.classes, ckpt.classes), ("input", first.input_spec, ckpt.input_spec),
                                    ("split", first.manifest_sha256, ckpt.manifest_sha256)):
             if mine != theirs:

@@ -21,6 +21,8 @@ import time
 import numpy as np
 import torch
 
+from edgenode.errors import EdgenodeError
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -33,6 +35,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
+    try:
+        run(args)
+    except EdgenodeError as exc:  # a user error: one line, as the CLI prints it
+        raise SystemExit(f"error: {exc}") from None
+
+
+def run(args: argparse.Namespace) -> None:
     import dlib
     from PIL import Image
 

@@ -31,19 +31,21 @@ def main() -> None:
     parser.add_argument("--save", help="write the average of all the checkpoints here")
     args = parser.parse_args()
 
-    manifest = Manifest.load(args.manifest)
+    if args.save and len(args.checkpoints) < 2:
+        parser.error("--save writes an average: pass two or more checkpoints")
     try:
+        manifest = Manifest.load(args.manifest)
         members = load_members(args.checkpoints, manifest, args.data)
         groups = [(i,) for i in range(len(members))]
         groups += [g for k in range(2, len(members) + 1) for g in combinations(range(len(members)), k)]
         networks = [members[g[0]] if len(g) == 1 else average_weights([members[i] for i in g]) for g in groups]
+        data = {split: load_split_arrays(manifest, args.data, split) for split in ("val", "test")}
     except EdgenodeError as exc:
-        raise SystemExit(str(exc)) from None
+        raise SystemExit(f"error: {exc}") from None
     names = [f"#{i + 1}" for i in range(len(members))]
     for name, path in zip(names, args.checkpoints):
         print(f"{name}: {path}")
-    for split in ("val", "test"):
-        images, labels = load_split_arrays(manifest, args.data, split)
+    for split, (images, labels) in data.items():
         right = [p.argmax(1) == labels for p in member_probabilities(networks, images, args.batch_size)]
         for group, ok in zip(groups, right):
             lo, hi = wilson_interval(int(ok.sum()), len(labels))

@@ -101,8 +101,20 @@ def test_a_manifest_left_by_a_failed_attempt_is_not_reused(synthetic_root, tmp_p
     result = train(small_config(synthetic_root, run, epochs=1))
     assert Manifest.load(run / "manifest.json").config == SMALL_SPLIT
     assert result.test["n"] == 6 * SMALL_SPLIT.test
-    with pytest.raises(UsageError, match=r"--resume: .*manifest.json was split with other settings \(per_class 24 → 12"):
+    with pytest.raises(UsageError, match=r"--resume: .*last.pt was trained with other settings \(split per_class 24 → 12"):
         train(small_config(synthetic_root, run, epochs=2, resume=True, split=other))
+
+
+def test_a_run_given_a_manifest_resumes_without_it(synthetic_root, tmp_path):
+    """Its split options come from the manifest, not from the command line: nothing there to compare."""
+    from edgenode.data import build_manifest
+
+    manifest = build_manifest(str(synthetic_root), SMALL_SPLIT, progress=False).save(tmp_path / "split.json")
+    train(small_config(synthetic_root, tmp_path / "run", epochs=1, seed=1, manifest=str(manifest)))
+    resumed = train(small_config(synthetic_root, tmp_path / "run", epochs=2, seed=1, resume=True))
+    assert len(resumed.history) == 2
+    with pytest.raises(UsageError, match=r"--seed 1 → 0"):
+        train(small_config(synthetic_root, tmp_path / "run", epochs=3, seed=0, resume=True))
 
 
 def test_augmentation_and_cosine_schedule_run(synthetic_root, tmp_path):

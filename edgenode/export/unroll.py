@@ -25,7 +25,7 @@ AUTO = "auto"
 # size grow with N (an audit: 1000 steps took 10 s, 100000 ran for over 5 minutes and wrote nothing).
 # Unrolling exists to be cheaper than the adaptive solve it replaces: at 256 RK4 steps the graph already
 # evaluates f 1024 times, more than an adaptive solve of these models typically needs, while the automatic
-# sweep stops at 16 and training defaults to 20 steps.
+# sweep stops at 16 and the paper preset trains with 20 Euler steps.
 MAX_STEPS = 256
 
 METHOD_DESCRIPTIONS = {

@@ -96,7 +96,8 @@ class ParityReport:
 
 
 def check_compatible(info: ArtifactInfo, reference: ArtifactInfo) -> list[str]:
-    """Refuse (ArtifactError) an artifact made for another split, class list or pre-processing; return notes."""
+    """Refuse (ArtifactError) an artifact made for another split, class list or pre-processing; return notes
+    (none at present: where it came from is :func:`provenance`'s to judge)."""
     differ = []
     if info.manifest_sha256 != reference.manifest_sha256:
         differ.append(f"manifest {info.manifest_sha256[:12]}… vs. {reference.manifest_sha256[:12]}…")
@@ -234,12 +235,12 @@ def run_parity(config: ParityConfig) -> ParityReport:
     x = normalize_array(images, ref_info.input.mean, ref_info.input.std)
     console.print(f"reference {ref_info.path.name}: {ref_info.solver.describe()} on {reference.runner.describe()}; "
                   f"{config.split} split, {len(labels)} images", markup=False)
+    judged = [(predictor, notes_, provenance(predictor.metadata, ref_info, config.allow_other_reference))
+              for predictor, notes_ in loaded]  # every warning before the slow reference solve
     ref_logits = reference_logits(reference, x, config, manifest.sha256)
 
     attributor = Attributor(reference, ref_logits, x, config.batch_size) if config.attribution else None
     results: list[ParityResult] = []
-    judged = [(predictor, notes_, provenance(predictor.metadata, ref_info, config.allow_other_reference))
-              for predictor, notes_ in loaded]  # warnings before the slow part
     for predictor, artifact_notes, (source_notes, other) in judged:
         info = predictor.metadata
         artifact_notes = [*artifact_notes, *source_notes]
