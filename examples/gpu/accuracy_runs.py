@@ -63,6 +63,8 @@ RECIPES = {
     # the student sees (examples/teacher_consistency.py)
     "w5-rk4x4-shift2": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
                             distill_weight=5.0, steps=4, augment_shift=0.03125),
+    "w5-wide-rk4x4-shift2": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
+                                 distill_weight=5.0, width=160, steps=4, augment_shift=0.03125),
     # the final recipe's other two seeds (kd-pool-w5 is seed 0)
     "kd-pool-w5-s1": dict(seed=1, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
                           distill_weight=5.0),
