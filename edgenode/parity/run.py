@@ -95,9 +95,9 @@ class ParityReport:
         }
 
 
-def check_compatible(info: ArtifactInfo, reference: ArtifactInfo) -> list[str]:
-    """Refuse (ArtifactError) an artifact made for another split, class list or pre-processing; return notes
-    (none at present: where it came from is :func:`provenance`'s to judge)."""
+def check_compatible(info: ArtifactInfo, reference: ArtifactInfo) -> None:
+    """Refuse (ArtifactError) an artifact made for another split, class list or pre-processing (where it came
+    from is :func:`provenance`'s to judge)."""
     differ = []
     if info.manifest_sha256 != reference.manifest_sha256:
         differ.append(f"manifest {info.manifest_sha256[:12]}… vs. {reference.manifest_sha256[:12]}…")
@@ -116,7 +116,6 @@ def check_compatible(info: ArtifactInfo, reference: ArtifactInfo) -> list[str]:
     if differ:
         raise ArtifactError(f"{info.path}: does not match the reference {reference.path.name}: {'; '.join(differ)}",
                             "compare artifacts exported from this checkpoint's run")
-    return []
 
 
 def other_checkpoint(info: ArtifactInfo, reference: ArtifactInfo) -> str | None:
@@ -187,7 +186,7 @@ def load_manifest_for(reference: ArtifactInfo, manifest_path: str | None):
 
 
 def load_candidates(candidates: list[tuple[Path, bool]], reference: ArtifactInfo, provider: str
-                    ) -> tuple[list[tuple[Predictor, list[str]]], list[tuple[str, str]]]:
+                    ) -> tuple[list[Predictor], list[tuple[str, str]]]:
     """Open every artifact and check it against the reference *before* any expensive solve, so a tampered
     or mismatched file fails in a second. Engines from a folder that cannot run here are skipped.
     (Another source checkpoint is judged later, by :func:`provenance`, so the numbers are still reported.)"""
@@ -203,7 +202,8 @@ def load_candidates(candidates: list[tuple[Path, bool]], reference: ArtifactInfo
             continue
         if predictor.metadata.kind == "checkpoint":
             raise UsageError(f"{path}: is a checkpoint; parity compares exported artifacts with the --reference checkpoint")
-        loaded.append((predictor, check_compatible(predictor.metadata, reference)))
+        check_compatible(predictor.metadata, reference)
+        loaded.append(predictor)
     if not loaded:
         raise ArtifactError("no artifact can be compared on this machine: "
                             + "; ".join(f"{Path(a).name}: {why}" for a, why in skipped))
@@ -235,15 +235,14 @@ def run_parity(config: ParityConfig) -> ParityReport:
     x = normalize_array(images, ref_info.input.mean, ref_info.input.std)
     console.print(f"reference {ref_info.path.name}: {ref_info.solver.describe()} on {reference.runner.describe()}; "
                   f"{config.split} split, {len(labels)} images", markup=False)
-    judged = [(predictor, notes_, provenance(predictor.metadata, ref_info, config.allow_other_reference))
-              for predictor, notes_ in loaded]  # every warning before the slow reference solve
+    judged = [(predictor, provenance(predictor.metadata, ref_info, config.allow_other_reference))
+              for predictor in loaded]  # every warning before the slow reference solve
     ref_logits = reference_logits(reference, x, config, manifest.sha256)
 
     attributor = Attributor(reference, ref_logits, x, config.batch_size) if config.attribution else None
     results: list[ParityResult] = []
-    for predictor, artifact_notes, (source_notes, other) in judged:
+    for predictor, (artifact_notes, other) in judged:
         info = predictor.metadata
-        artifact_notes = [*artifact_notes, *source_notes]
         logits, ms_per_image = run_logits(predictor, x, config.batch_size)
         numeric = None
         if info.kind == "onnx":  # inf/NaN or saturated logits fail, named at the node where it starts
