@@ -2,9 +2,12 @@
 
     OMP_NUM_THREADS=1 python examples/teacher_consistency.py runs/pins-aligned64 runs/pins-manifest.json \
         ../shared/data/pins/teacher_dlib128.npz --images 300
+    OMP_NUM_THREADS=1 python examples/teacher_consistency.py runs/pins-aligned64 runs/pins-manifest.json \
+        ../shared/data/pins/teacher_dlib128.npz --images 300 --shifts "" --colors 0.2,0.4
 
 Distillation targets are computed once, on each picture as it is (``edgenode teacher``), but the student sees
-an augmented view (``edgenode train --augment``: a mirror image and a shift). On face chips aligned by
+an augmented view (``edgenode train --augment``: a mirror image, a shift and, with ``--augment-color``, a change of
+light). On face chips aligned by
 ``edgenode align`` a shift undoes part of the alignment that the teacher's accuracy rests on, so the stored target
 may no longer be what the teacher itself would say about the view. This script asks the teacher (dlib's ResNet,
 the ``teacher`` extra) about random train chips, resized to its 150x150 input as examples/teacher_ceiling.py's
@@ -31,7 +34,9 @@ def main() -> None:
     parser.add_argument("teacher", help="the teacher .npz the student is distilled from")
     parser.add_argument("--images", type=int, default=300, help="random train images to describe")
     parser.add_argument("--views", type=int, default=2, help="augmented views per image and shift")
-    parser.add_argument("--shifts", default="0.03125,0.0625,0.125", help="--augment-shift values to try")
+    parser.add_argument("--shifts", default="0.03125,0.0625,0.125", help="--augment-shift values to try (\"\": none)")
+    parser.add_argument("--colors", default="", help="--augment-color strengths to try, alone and with --color-shift")
+    parser.add_argument("--color-shift", type=float, default=0.125, help="the --augment-shift tried with each colour strength")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -50,7 +55,7 @@ def run(args: argparse.Namespace) -> None:
     from edgenode.data.decode import load_rgb
     from edgenode.distill import class_means, fit_scale, unit
     from edgenode.teacher import load_teacher, model_files
-    from edgenode.train import augment
+    from edgenode.train import augment, jitter_colors
 
     if read_alignment(args.aligned) is None:
         raise SystemExit(f"error: {args.aligned} is not an aligned copy (pass the folder `edgenode align` wrote)")
@@ -62,7 +67,8 @@ def run(args: argparse.Namespace) -> None:
     means = class_means(stored[found] - centre, labels[found], len(manifest.classes))
     scale = fit_scale(stored[found] - centre, labels[found], len(manifest.classes))
     pick = np.random.default_rng(args.seed).choice(np.flatnonzero(found), min(args.images, int(found.sum())), replace=False)
-    shifts = [float(s) for s in args.shifts.split(",")]
+    shifts = [float(s) for s in args.shifts.split(",") if s.strip()]
+    colors = [float(c) for c in args.colors.split(",") if c.strip()]
     generator = torch.Generator().manual_seed(args.seed)
 
     def describe(view: torch.Tensor) -> np.ndarray:
@@ -71,12 +77,18 @@ def run(args: argparse.Namespace) -> None:
         return np.asarray(recognizer.compute_face_descriptor(np.ascontiguousarray(big)), np.float32)
 
     names = ["the chip as stored", "its mirror image"] + [f"--augment-shift {s:g} ({int(64 * s)} px at 64)" for s in shifts]
+    # each colour strength alone (mirror, no shift) and with the shift training would use beside it
+    color_views = [(f"--augment-color {c:g}, no shift", c, 0.0) for c in colors]
+    color_views += [(f"--augment-color {c:g}, shift {args.color_shift:g}", c, args.color_shift) for c in colors]
+    names += [name for name, _, _ in color_views]
     rows: dict[str, list[tuple[int, np.ndarray]]] = {name: [] for name in names}
     root, start = images_root(args.aligned), time.perf_counter()
     for i in pick:
         x = torch.from_numpy(np.array(load_rgb(root / files[i]), dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255
         views = {names[0]: x, names[1]: x.flip(3)}
         views.update({name: augment(x.repeat(args.views, 1, 1, 1), generator, s) for name, s in zip(names[2:], shifts)})
+        views.update({name: jitter_colors(augment(x.repeat(args.views, 1, 1, 1), generator, s), generator, c)
+                      for name, c, s in color_views})
         for name, batch in views.items():
             rows[name] += [(i, describe(v)) for v in batch]
     print(f"{len(pick)} train images, {sum(len(r) for r in rows.values())} descriptors in {time.perf_counter() - start:.0f} s")
@@ -85,14 +97,14 @@ def run(args: argparse.Namespace) -> None:
         z = z - z.max(axis=1, keepdims=True)
         return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
-    print(f"{'view':36s} {'cos to target':>13s} {'teacher acc':>11s} {'top-1 = target':>14s} {'KL(target||view)':>16s}")
+    print(f"{'view':40s} {'cos to target':>13s} {'teacher acc':>11s} {'top-1 = target':>14s} {'KL(target||view)':>16s}")
     for name, described in rows.items():
         index = np.array([i for i, _ in described])
         view = unit(np.stack([d for _, d in described]) - centre)
         target = unit(stored[index] - centre)
         view_lp, target_lp = log_softmax(scale * view @ means.T), log_softmax(scale * target @ means.T)
         kl = float(np.mean(np.sum(np.exp(target_lp) * (target_lp - view_lp), axis=1)))
-        print(f"{name:36s} {np.mean(np.sum(view * target, axis=1)):13.3f} {np.mean(view_lp.argmax(1) == labels[index]):11.3f} "
+        print(f"{name:40s} {np.mean(np.sum(view * target, axis=1)):13.3f} {np.mean(view_lp.argmax(1) == labels[index]):11.3f} "
               f"{np.mean(view_lp.argmax(1) == target_lp.argmax(1)):14.3f} {kl:16.3f}")
 
 

@@ -149,6 +149,35 @@ def test_augment_shift_is_checked():
         small_config("data", "out", augment_shift=0.03)
 
 
+def test_colour_jitter_stays_in_range_and_changes_light_not_layout():
+    """Views keep pixels in [0, 1] and the picture's layout; each view's light changes, and at strength s about s / 2
+    of the views are grayscale."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(400, 3, 8, 8) * 0.6 + 0.2
+    views = train_module.jitter_colors(x.clone(), g, 0.4)
+    assert views.min() >= 0 and views.max() <= 1 and views.shape == x.shape
+    gray = (views[:, 0] == views[:, 1]) & (views[:, 1] == views[:, 2])
+    grayscale_fraction = gray.flatten(1).all(1).float().mean().item()
+    assert 0.12 < grayscale_fraction < 0.28  # 0.2 expected; the random colour pictures are never gray by chance
+    assert (views - x).abs().flatten(1).amax(1).min() > 1e-3  # every view's light changed
+    def luma(images):
+        return (0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]).flatten(1)
+
+    # brightness and contrast map luma affinely, saturation and grayscale keep it: the same layout, up to clamping
+    correlation = [torch.corrcoef(torch.stack([v, o]))[0, 1] for v, o in zip(luma(views), luma(x))]
+    assert min(correlation) > 0.95
+    with pytest.raises(UsageError, match="--augment-color must be a strength"):
+        small_config("data", "out", augment=True, augment_color=1.5)
+    with pytest.raises(UsageError, match="--augment-color sets the colour jitter of --augment, which is off"):
+        small_config("data", "out", augment_color=0.4)
+
+
+def test_colour_jitter_trains_and_is_fixed_on_resume(synthetic_root, tmp_path):
+    train(small_config(synthetic_root, tmp_path / "run", epochs=1, augment=True, augment_color=0.4))
+    with pytest.raises(UsageError, match=r"--augment-color 0.4 → 0.2"):
+        train(small_config(synthetic_root, tmp_path / "run", epochs=2, augment=True, augment_color=0.2, resume=True))
+
+
 def test_garbage_checkpoint_is_refused(tmp_path):
     bad = tmp_path / "model.pt"
     bad.write_bytes(b"not a checkpoint")

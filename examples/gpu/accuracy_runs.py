@@ -4,6 +4,7 @@
     PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64.tgz $OUT --budget 500 --runs w5-long --max-epochs 400
     PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 520 --runs kd-pool-w5,w5-rk4x4 --max-epochs 200 --overhead 1.35
     PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 520 --runs w5-wide-rk4x4 --max-epochs 121 --overhead 1.35
+    PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 545 --runs w5-rk4x4-color4,w5-rk4x4-color4-s1 --max-epochs 99 --overhead 1.35
 
 The pack decides the input: ``pins64.tgz`` holds the plain crops, ``pins64a.tgz`` the aligned chips of
 ``edgenode align`` (pack_pins.py on the aligned copy); runs trained on the latter record the alignment.
@@ -63,6 +64,16 @@ RECIPES = {
     # the student sees (examples/teacher_consistency.py)
     "w5-rk4x4-shift2": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
                             distill_weight=5.0, steps=4, augment_shift=0.03125),
+    "w5-rk4x4-shift2-s1": dict(seed=1, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
+                               distill_weight=5.0, steps=4, augment_shift=0.03125),
+    # the shipped recipe plus colour jitter (brightness, contrast, saturation ±40 %, grayscale 1 in 5): a regulariser
+    # the teacher agrees with (its descriptors keep a cosine of 0.93 to the stored targets: teacher_consistency.py)
+    "w5-rk4x4-color4": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
+                            distill_weight=5.0, steps=4, augment_color=0.4),
+    "w5-rk4x4-color4-s1": dict(seed=1, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
+                               distill_weight=5.0, steps=4, augment_color=0.4),
+    "w5-wide-rk4x4-color4": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
+                                 distill_weight=5.0, width=160, steps=4, augment_color=0.4),
     "w5-wide-rk4x4-shift2": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
                                  distill_weight=5.0, width=160, steps=4, augment_shift=0.03125),
     # the final recipe's other two seeds (kd-pool-w5 is seed 0)
