@@ -3,8 +3,8 @@
     PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64.tgz $OUT --budget 480
     PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64.tgz $OUT --budget 500 --runs w5-long --max-epochs 400
     PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 520 --runs kd-pool-w5,w5-rk4x4 --max-epochs 200 --overhead 1.35
-    PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 520 --runs w5-wide-rk4x4 --max-epochs 121 --overhead 1.35
-    PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 545 --runs w5-rk4x4-color4,w5-rk4x4-color4-s1 --max-epochs 99 --overhead 1.35
+    PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 430 --runs w5-wide-rk4x4 --max-epochs 99 --overhead 1.35
+    PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 272 --runs w5-rk4x4-color4 --max-epochs 99 --overhead 1.2
 
 The pack decides the input: ``pins64.tgz`` holds the plain crops, ``pins64a.tgz`` the aligned chips of
 ``edgenode align`` (pack_pins.py on the aligned copy); runs trained on the latter record the alignment.
