@@ -16,7 +16,7 @@ import csv
 import io
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -210,10 +210,11 @@ def jitter_colors(x: torch.Tensor, generator: torch.Generator, strength: float) 
     """Random brightness, contrast and saturation, each scaled by a factor in [1 - s, 1 + s], then grayscale with
     probability s / 2; ``x`` holds pixels in [0, 1].
 
-    Why: the aligned model's test errors are mostly hard light (shadows, grayscale photographs, sunglasses), and once
-    it fits its train labels it is regularised by its augmentation (RESULTS.md: 2-px shifts, which keep the
-    teacher's targets valid, generalise worse than 8-px ones). A face embedder barely changes its descriptor under
-    such colour changes, so the stored targets stay valid for these views (examples/teacher_consistency.py).
+    Why: the aligned model's test errors are hard pictures, several of them hard light (shadows, grayscale
+    photographs, sunglasses), and once it fits its train labels its augmentation is what regularises it (RESULTS.md:
+    2-px shifts, which keep the teacher's targets valid, did no better than 8-px ones). A face embedder barely
+    changes its descriptor under such colour changes, so the stored targets stay valid for these views
+    (examples/teacher_consistency.py).
     """
     n = x.shape[0]
 
@@ -548,7 +549,10 @@ def check_resume_settings(config: TrainConfig, saved: dict, path: Path) -> None:
     the checkpoint's manifest hash is checked either way.)
     """
     now = config.to_dict()
-    changed = [f"--{k.replace('_', '-')} {saved.get(k)!r} → {now[k]!r}" for k in RESUME_FIXED if k in saved and saved[k] != now[k]]
+    # a setting the checkpoint predates was trained with the default that reproduces the old behaviour
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    then = {k: saved.get(k, defaults[k]) for k in RESUME_FIXED}
+    changed = [f"--{k.replace('_', '-')} {then[k]!r} → {now[k]!r}" for k in RESUME_FIXED if then[k] != now[k]]
     if saved.get("manifest") is None and config.manifest is None and isinstance(saved.get("split"), dict):
         ignore = ("strict",)  # --strict changes no split
         changed += [f"split {k} {saved['split'][k]!r} → {now['split'][k]!r}" for k in now["split"]

@@ -2,12 +2,13 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
 import edgenode.train as train_module
-from edgenode.checkpoint import load_checkpoint
+from edgenode.checkpoint import InputSpec, load_checkpoint
 from edgenode.cli import app
 from edgenode.data import Manifest, SplitConfig
 from edgenode.errors import ArtifactError, UsageError
@@ -172,10 +173,66 @@ def test_colour_jitter_stays_in_range_and_changes_light_not_layout():
         small_config("data", "out", augment_color=0.4)
 
 
+def test_each_colour_step_scales_by_a_factor_within_the_strength():
+    """Recover the three factors from what each step does to a picture (no clamping at these values): brightness
+    scales the mean luma, contrast the luma's spread around it, saturation the chroma (pixel minus its luma)."""
+    s, n = 0.4, 600
+    x = torch.full((n, 3, 4, 4), 0.4)
+    x[:, :, :2] += 0.05  # two luma levels
+    x[:, 0] += 0.03  # a colour cast: chroma
+    x[:, 2] -= 0.03
+    views = train_module.jitter_colors(x.clone(), torch.Generator().manual_seed(0), s)
+
+    def luma(images):
+        return 0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]
+
+    def spread(images):
+        return (luma(images) - luma(images).mean(dim=(1, 2), keepdim=True)).abs().mean(dim=(1, 2))
+
+    def chroma(images):
+        return (images - luma(images).unsqueeze(1)).abs().mean(dim=(1, 2, 3))
+
+    brightness = luma(views).mean(dim=(1, 2)) / luma(x).mean(dim=(1, 2))
+    contrast = spread(views) / spread(x) / brightness
+    colour = chroma(views) > 1e-6  # grayscale views have none left
+    saturation = chroma(views)[colour] / chroma(x)[colour] / (brightness * contrast)[colour]
+    for name, factor in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
+        assert factor.min() >= 1 - s - 1e-4 and factor.max() <= 1 + s + 1e-4, name
+        assert factor.min() < 1 - 0.8 * s and factor.max() > 1 + 0.8 * s, f"{name}: the range is not used"
+    assert 0.12 < 1 - colour.float().mean().item() < 0.28  # grayscale with probability s / 2
+
+
+def test_no_colour_jitter_leaves_batches_and_random_draws_as_they_were():
+    """Strength 0 must not call the jitter: it is no exact identity, and its draws would move every later shift,
+    so runs trained before the option existed would no longer resume bit for bit."""
+    spec = InputSpec(image_size=8, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    images = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+    split = train_module.DeviceSplit(images, np.zeros(6, dtype=np.int64), spec, torch.device("cpu"), 0.125, 0.0)
+    mine, reference = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    index = torch.arange(6)
+    x, _ = split.batch(index, mine)
+    expected = train_module.augment(split.images[index].float().div_(255), reference, 0.125)
+    assert torch.equal(x, (expected - split.mean) / split.std)
+    assert torch.equal(mine.get_state(), reference.get_state())
+    jittered, _ = train_module.DeviceSplit(images, np.zeros(6, dtype=np.int64), spec, torch.device("cpu"), 0.125, 0.4).batch(
+        index, torch.Generator().manual_seed(3))
+    assert not torch.equal(jittered, x)
+
+
 def test_colour_jitter_trains_and_is_fixed_on_resume(synthetic_root, tmp_path):
     train(small_config(synthetic_root, tmp_path / "run", epochs=1, augment=True, augment_color=0.4))
     with pytest.raises(UsageError, match=r"--augment-color 0.4 → 0.2"):
         train(small_config(synthetic_root, tmp_path / "run", epochs=2, augment=True, augment_color=0.2, resume=True))
+
+
+def test_a_checkpoint_older_than_a_setting_resumes_only_with_its_default(tmp_path):
+    """A run saved before --augment-color existed trained without it: resuming with it on would change the run."""
+    config = small_config("data", tmp_path / "run", augment=True)
+    saved = {k: v for k, v in config.to_dict().items() if k not in ("augment_color", "augment_shift")}
+    train_module.check_resume_settings(config, saved, tmp_path / "last.pt")
+    for changed, message in ((dict(augment_color=0.4), r"--augment-color 0.0 → 0.4"), (dict(augment_shift=0.03), r"--augment-shift 0.125 → 0.03")):
+        with pytest.raises(UsageError, match=message):
+            train_module.check_resume_settings(small_config("data", tmp_path / "run", augment=True, **changed), saved, tmp_path / "last.pt")
 
 
 def test_garbage_checkpoint_is_refused(tmp_path):

@@ -3,7 +3,7 @@
     PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64.tgz $OUT --budget 480
     PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64.tgz $OUT --budget 500 --runs w5-long --max-epochs 400
     PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 520 --runs kd-pool-w5,w5-rk4x4 --max-epochs 200 --overhead 1.35
-    PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 430 --runs w5-wide-rk4x4 --max-epochs 99 --overhead 1.35
+    PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 450 --runs w5-wide-rk4x4 --max-epochs 99 --overhead 1.35
     PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 272 --runs w5-rk4x4-color4 --max-epochs 99 --overhead 1.2
 
 The pack decides the input: ``pins64.tgz`` holds the plain crops, ``pins64a.tgz`` the aligned chips of
@@ -72,6 +72,8 @@ RECIPES = {
                             distill_weight=5.0, steps=4, augment_color=0.4),
     "w5-rk4x4-color4-s1": dict(seed=1, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
                                distill_weight=5.0, steps=4, augment_color=0.4),
+    "w5-wide-rk4x4-s1": dict(seed=1, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
+                             distill_weight=5.0, width=160, steps=4),
     "w5-wide-rk4x4-color4": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
                                  distill_weight=5.0, width=160, steps=4, augment_color=0.4),
     "w5-wide-rk4x4-shift2": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
