@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from edgenode import __version__
-from edgenode.align import AlignSpec
+from edgenode.align import AlignSpec, alignment_name
 from edgenode.artifacts import KIND_WORDS, atomic_path, file_kind, sha256_bytes
 from edgenode.errors import ArtifactError, ArtifactPathError, EdgenodeError
 from edgenode.model import ModelConfig, NeuralODECNN, build_model
@@ -58,6 +59,19 @@ class InputSpec:
     def describe(self) -> str:
         """``64 px`` or ``64 px, aligned faces (dlib-5pt)``."""
         return f"{self.image_size} px" + (f", aligned faces ({self.align.method})" if self.align else "")
+
+    def mismatches(self, reference: "InputSpec", normalisation: bool = True) -> list[str]:
+        """How this input differs from ``reference``'s, one fragment each (``input size 48 vs. 64 px``, this one
+        first): a model fed the other's pictures would run and answer wrongly. ``normalisation=False`` leaves out
+        mean/std, for a caller that re-expresses normalised pixels (bench); parity refuses those too."""
+        differ = []
+        if self.image_size != reference.image_size:
+            differ.append(f"input size {self.image_size} vs. {reference.image_size} px")
+        if normalisation and not (np.allclose(self.mean, reference.mean, atol=1e-7) and np.allclose(self.std, reference.std, atol=1e-7)):
+            differ.append(f"normalisation mean/std {list(self.mean)}/{list(self.std)} vs. {list(reference.mean)}/{list(reference.std)}")
+        if self.align != reference.align:  # also two alignments that differ only in padding
+            differ.append(f"face alignment {alignment_name(self.align)} vs. {alignment_name(reference.align)}")
+        return differ
 
 
 @dataclass

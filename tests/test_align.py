@@ -167,9 +167,9 @@ def test_parity_and_bench_refuse_an_artifact_prepared_differently_from_the_refer
                                   warmup=0, repeats=1, threads=1, quiet=True))
         return exc
 
-    one_line(copy_with(None, "plain-copy.onnx"), "takes plain pictures", "expects aligned faces")
+    one_line(copy_with(None, "plain-copy.onnx"), "does not take the reference's pictures: face alignment none vs. dlib-5pt")
     # aligned both, with another padding: the message must say what differs
-    one_line(copy_with(AlignSpec(padding=0.5), "padding-copy.onnx"), "(dlib-5pt (padding 0.5))", "(dlib-5pt (padding 0.25))")
+    one_line(copy_with(AlignSpec(padding=0.5), "padding-copy.onnx"), "face alignment dlib-5pt (padding 0.5) vs. dlib-5pt (padding 0.25)")
 
 
 def test_resume_refuses_another_kind_of_picture(synthetic_root, tmp_path):

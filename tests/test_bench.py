@@ -267,7 +267,7 @@ def test_a_reference_of_another_input_size_refuses_every_artifact(exports, train
     message = str(info.value)
     assert message.startswith("3 artifacts refused: ")
     for path in exports.values():
-        assert f"{path.name}: takes 64 px input but the reference takes 32 px" in message
+        assert f"{path.name}: does not take the reference's pictures: input size 64 vs. 32 px" in message
     assert message.count("(bench artifacts exported from the reference's run)") == 1  # the one fix, said once
 
 
@@ -319,3 +319,24 @@ def test_peak_memory_sees_a_native_allocation():
         time.sleep(0.05)  # held long enough for the sampling fallback, where VmHWM is unavailable
         del block
     assert mem.usage.peak_delta_bytes >= 48 * 2**20
+
+
+def test_input_mismatches_name_each_difference_and_bench_re_expresses_normalisation():
+    """Bench and parity share one comparison of pre-processing; bench alone tolerates another mean/std, because it
+    re-expresses the normalised pixels for the artifact (the same pictures reach both models)."""
+    from edgenode.align import AlignSpec
+    from edgenode.bench.api import _normalised_for
+    from edgenode.checkpoint import InputSpec
+
+    ref = InputSpec(64, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    other = InputSpec(48, (0.6, 0.4, 0.3), (0.2, 0.25, 0.3), AlignSpec())
+    assert other.mismatches(ref) == ["input size 48 vs. 64 px",
+                                     "normalisation mean/std [0.6, 0.4, 0.3]/[0.2, 0.25, 0.3] vs. [0.5, 0.4, 0.3]/[0.2, 0.25, 0.3]",
+                                     "face alignment dlib-5pt (padding 0.25) vs. none"]
+    assert other.mismatches(ref, normalisation=False) == ["input size 48 vs. 64 px", "face alignment dlib-5pt (padding 0.25) vs. none"]
+    assert ref.mismatches(ref) == []
+    pixels = np.random.default_rng(0).random((2, 3, 4, 4), dtype=np.float32)
+    shape = (1, 3, 1, 1)
+    as_ref = (pixels - np.reshape(ref.mean, shape)) / np.reshape(ref.std, shape)
+    as_other = (pixels - np.reshape(other.mean, shape)) / np.reshape(other.std, shape)
+    np.testing.assert_allclose(_normalised_for(as_ref.astype(np.float32), ref, other), as_other, atol=1e-5)

@@ -463,16 +463,9 @@ class _Session:
 def check_input(info: RowInfo, spec: InputSpec, name: str) -> None:
     """Refuse (ArtifactError) an artifact that cannot take the reference's images: timing it on them would
     time a model fed the wrong pictures, and its accuracy would mean nothing."""
-    if info.input.image_size != spec.image_size:
-        raise ArtifactError(f"{name}: takes {info.input.image_size} px input but the reference takes "
-                            f"{spec.image_size} px", "bench artifacts exported from the reference's run")
-    if info.input.align != spec.align:  # also two alignments that differ only in padding
-        from edgenode.align import alignment_name
-
-        def takes(align) -> str:
-            return f"expects aligned faces ({alignment_name(align)})" if align else "takes plain pictures"
-
-        raise ArtifactError(f"{name}: {takes(info.input.align)} but the reference {takes(spec.align)}",
+    differ = info.input.mismatches(spec, normalisation=False)  # other mean/std: re-expressed by _normalised_for
+    if differ:
+        raise ArtifactError(f"{name}: does not take the reference's pictures: {'; '.join(differ)}",
                             "bench artifacts exported from the reference's run")
 
 

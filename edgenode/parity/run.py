@@ -104,15 +104,7 @@ def check_compatible(info: ArtifactInfo, reference: ArtifactInfo) -> None:
     if list(info.classes) != list(reference.classes):
         differ.append(f"classes ({len(info.classes)} vs. {len(reference.classes)}"
                       + (", same number but other names/order)" if len(info.classes) == len(reference.classes) else ")"))
-    if info.input.image_size != reference.input.image_size:
-        differ.append(f"input size {info.input.image_size} vs. {reference.input.image_size} px")
-    if not (np.allclose(info.input.mean, reference.input.mean, atol=1e-7) and np.allclose(info.input.std, reference.input.std, atol=1e-7)):
-        differ.append(f"normalisation mean/std {list(info.input.mean)}/{list(info.input.std)} vs. "
-                      f"{list(reference.input.mean)}/{list(reference.input.std)}")
-    if info.input.align != reference.input.align:
-        from edgenode.align import alignment_name
-
-        differ.append(f"face alignment {alignment_name(info.input.align)} vs. {alignment_name(reference.input.align)}")
+    differ += info.input.mismatches(reference.input)
     if differ:
         raise ArtifactError(f"{info.path}: does not match the reference {reference.path.name}: {'; '.join(differ)}",
                             "compare artifacts exported from this checkpoint's run")
