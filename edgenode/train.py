@@ -549,9 +549,10 @@ def check_resume_settings(config: TrainConfig, saved: dict, path: Path) -> None:
     the checkpoint's manifest hash is checked either way.)
     """
     now = config.to_dict()
-    # a setting the checkpoint predates was trained with the default that reproduces the old behaviour
+    # a setting the checkpoint's recorded config predates was trained with the default that reproduces the old
+    # behaviour; a checkpoint that records no config at all has nothing to compare
     defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
-    then = {k: saved.get(k, defaults[k]) for k in RESUME_FIXED}
+    then = {k: saved.get(k, defaults[k]) for k in RESUME_FIXED} if saved else now
     changed = [f"--{k.replace('_', '-')} {then[k]!r} → {now[k]!r}" for k in RESUME_FIXED if then[k] != now[k]]
     if saved.get("manifest") is None and config.manifest is None and isinstance(saved.get("split"), dict):
         ignore = ("strict",)  # --strict changes no split

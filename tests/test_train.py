@@ -233,6 +233,8 @@ def test_a_checkpoint_older_than_a_setting_resumes_only_with_its_default(tmp_pat
     for changed, message in ((dict(augment_color=0.4), r"--augment-color 0.0 → 0.4"), (dict(augment_shift=0.03), r"--augment-shift 0.125 → 0.03")):
         with pytest.raises(UsageError, match=message):
             train_module.check_resume_settings(small_config("data", tmp_path / "run", augment=True, **changed), saved, tmp_path / "last.pt")
+    # no recorded config at all: nothing to compare (not "every setting at its default")
+    train_module.check_resume_settings(small_config("data", tmp_path / "run", augment=True, batch_size=8, augment_color=0.4), {}, tmp_path / "last.pt")
 
 
 def test_garbage_checkpoint_is_refused(tmp_path):
