@@ -115,16 +115,21 @@ def images_per_epoch(config: dict) -> int:
     return n
 
 
-def seconds_per_image(config: dict, steps: int = 12) -> float:
-    """Wall time of one training image for this recipe's model at its batch size (bf16 autocast, like the runs)."""
+def seconds_per_image(config: dict, steps: int = 12, channels_last: bool = False) -> float:
+    """Wall time of one training image for this recipe's model at its batch size (bf16 autocast, like the runs).
+
+    ``channels_last`` times the same steps with NHWC weights and input, which cuDNN's tensor-core kernels prefer:
+    measured only (training stays NCHW), so a later session knows whether switching would buy more epochs."""
     from edgenode.model import build_model
     from edgenode.train import TrainConfig
 
     cfg = TrainConfig(**config)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a dry run of this script
     model = build_model(cfg.model_config(105)).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(cfg.batch_size, 3, 64, 64, device=device)
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     y = torch.randint(0, 105, (cfg.batch_size,), device=device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for i in range(steps + 3):
@@ -196,6 +201,17 @@ def main() -> None:
         per_epoch[name] = n * seconds_per_image(config, args.probe_steps)
         info["runs"][name] = {"images_per_epoch": n, "estimated_seconds_per_epoch_alone": per_epoch[name]}
         print(f"[{time.time() - t0:.0f}s] {name}: {n} images/epoch, ~{per_epoch[name]:.2f} s/epoch alone", flush=True)
+    try:  # a measurement for later sessions (a few seconds of this one), with cuDNN autotuning as the workers run
+        torch.backends.cudnn.benchmark = True
+        first, n = config_for(names[0], pack, runs, 1), info["runs"][names[0]]["images_per_epoch"]
+        nchw, nhwc = (n * seconds_per_image(first, args.probe_steps, channels_last=layout) for layout in (False, True))
+        info["probe_channels_last"] = {"run": names[0], "seconds_per_epoch_nchw": nchw, "seconds_per_epoch_channels_last": nhwc}
+        print(f"[{time.time() - t0:.0f}s] {names[0]}, autotuned (measured only): ~{nchw:.2f} s/epoch NCHW, "
+              f"~{nhwc:.2f} channels_last", flush=True)
+    except Exception as exc:  # noqa: BLE001 - a failed side measurement must not cost the session its runs
+        info["probe_channels_last"] = {"run": names[0], "error": repr(exc)}
+    finally:
+        torch.backends.cudnn.benchmark = False
     remaining = args.budget - (time.time() - t0)
     # runs share the GPU: assume no overlap gain, plus --overhead for evaluation, start-up and Python
     # (1.25 left six runs 2-3 epochs short of their schedule on an H100; a run cut short keeps its best.pt)
