@@ -27,13 +27,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from edgenode.data import Manifest, images_root
     from edgenode.data.decode import load_rgb
+    from edgenode.plots import plt, save_figure
     from edgenode.train import augment, jitter_colors
 
     files = Manifest.load(args.manifest).files("train")
@@ -53,9 +49,7 @@ def main() -> None:
         axes[0, c].set_title(title, fontsize=7)
     fig.suptitle("training views of train chips (edgenode.train.augment + jitter_colors)", fontsize=9)
     fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=70)
-    print(f"wrote {args.out}")
+    print(f"wrote {save_figure(fig, args.out, dpi=70)}")  # photographs: a low dpi keeps the PNG small
 
 
 if __name__ == "__main__":
