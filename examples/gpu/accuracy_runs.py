@@ -34,55 +34,40 @@ import torch
 # recipe name -> TrainConfig overrides (data, manifest and epochs are filled in below)
 COMMON = dict(arch="faceode", batch_size=256, lr=2e-3, weight_decay=0.05, schedule="cosine", warmup_epochs=2,
               label_smoothing=0.1, augment=True, amp=True, progress=False, table_every=0)
+KD_POOL = dict(teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv")  # + the pool
+W5 = dict(KD_POOL, distill_weight=5.0)  # the final recipe of the ablation
+W5_RK4X4 = dict(W5, steps=4)  # the shipped aligned model's recipe
 RECIPES = {
     "ce": dict(seed=0),
     "kd": dict(seed=0, teacher="{pack}/teacher.npz"),
-    "kd-pool-s0": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv"),
-    "kd-pool-s1": dict(seed=1, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv"),
-    "kd-pool-s2": dict(seed=2, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv"),
-    "kd-pool-w5": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
-                       distill_weight=5.0),
+    "kd-pool-s0": dict(KD_POOL, seed=0),
+    "kd-pool-s1": dict(KD_POOL, seed=1),
+    "kd-pool-s2": dict(KD_POOL, seed=2),
+    "kd-pool-w5": dict(W5, seed=0),
     # next steps (RESULTS.md): the same recipe trained far longer, wider, and with a finer training solver
-    "w5-long": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
-                    distill_weight=5.0),
-    "w5-wide": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
-                    distill_weight=5.0, width=160),
-    "w5-rk4x4": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
-                     distill_weight=5.0, steps=4),
-    "w5-wide-rk4x4": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
-                          distill_weight=5.0, width=160, steps=4),
-    "w20-rk4x4": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
-                      distill_weight=20.0, steps=4),
-    "w5-rk4x4-s1": dict(seed=1, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
-                        distill_weight=5.0, steps=4),
-    "w5-rk4x4-s2": dict(seed=2, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
-                        distill_weight=5.0, steps=4),
+    "w5-long": dict(W5, seed=0),
+    "w5-wide": dict(W5, seed=0, width=160),
+    "w5-rk4x4": dict(W5_RK4X4, seed=0),
+    "w5-wide-rk4x4": dict(W5_RK4X4, seed=0, width=160),
+    "w20-rk4x4": dict(W5_RK4X4, seed=0, distill_weight=20.0),
+    "w5-rk4x4-s1": dict(W5_RK4X4, seed=1),
+    "w5-rk4x4-s2": dict(W5_RK4X4, seed=2),
     # KL towards the mean probabilities of the three aligned runs (a pack made with pack_pins.py --kd-targets)
-    "ens-kd-rk4x4": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
-                         distill_weight=5.0, steps=4, kd_targets="{pack}/kd-targets.npz"),
+    "ens-kd-rk4x4": dict(W5_RK4X4, seed=0, kd_targets="{pack}/kd-targets.npz"),
     # the shipped recipe with augmentation shifts of 2 px instead of 8: the teacher's targets stay valid for the views
     # the student sees (examples/teacher_consistency.py)
-    "w5-rk4x4-shift2": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
-                            distill_weight=5.0, steps=4, augment_shift=0.03125),
-    "w5-rk4x4-shift2-s1": dict(seed=1, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
-                               distill_weight=5.0, steps=4, augment_shift=0.03125),
+    "w5-rk4x4-shift2": dict(W5_RK4X4, seed=0, augment_shift=0.03125),
+    "w5-rk4x4-shift2-s1": dict(W5_RK4X4, seed=1, augment_shift=0.03125),
     # the shipped recipe plus colour jitter (brightness, contrast, saturation ±40 %, grayscale 1 in 5): a regulariser
     # the teacher agrees with (its descriptors keep a cosine of 0.93 to the stored targets: teacher_consistency.py)
-    "w5-rk4x4-color4": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
-                            distill_weight=5.0, steps=4, augment_color=0.4),
-    "w5-rk4x4-color4-s1": dict(seed=1, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
-                               distill_weight=5.0, steps=4, augment_color=0.4),
-    "w5-wide-rk4x4-s1": dict(seed=1, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
-                             distill_weight=5.0, width=160, steps=4),
-    "w5-wide-rk4x4-color4": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
-                                 distill_weight=5.0, width=160, steps=4, augment_color=0.4),
-    "w5-wide-rk4x4-shift2": dict(seed=0, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
-                                 distill_weight=5.0, width=160, steps=4, augment_shift=0.03125),
+    "w5-rk4x4-color4": dict(W5_RK4X4, seed=0, augment_color=0.4),
+    "w5-rk4x4-color4-s1": dict(W5_RK4X4, seed=1, augment_color=0.4),
+    "w5-wide-rk4x4-s1": dict(W5_RK4X4, seed=1, width=160),
+    "w5-wide-rk4x4-color4": dict(W5_RK4X4, seed=0, width=160, augment_color=0.4),
+    "w5-wide-rk4x4-shift2": dict(W5_RK4X4, seed=0, width=160, augment_shift=0.03125),
     # the final recipe's other two seeds (kd-pool-w5 is seed 0)
-    "kd-pool-w5-s1": dict(seed=1, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
-                          distill_weight=5.0),
-    "kd-pool-w5-s2": dict(seed=2, teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv",
-                          distill_weight=5.0),
+    "kd-pool-w5-s1": dict(W5, seed=1),
+    "kd-pool-w5-s2": dict(W5, seed=2),
 }
 ABLATION = "ce,kd,kd-pool-s0,kd-pool-s1,kd-pool-s2,kd-pool-w5"  # what RESULTS.md's table ran
 WORKER = (
