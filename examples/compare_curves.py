@@ -29,10 +29,7 @@ def main() -> None:
     parser.add_argument("--title", default="")
     args = parser.parse_args()
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from edgenode.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for i, item in enumerate(args.runs):
@@ -54,9 +51,7 @@ def main() -> None:
     if args.title:
         ax.set_title(args.title)
     fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=110)
-    print(f"wrote {args.out}")
+    print(f"wrote {save_figure(fig, args.out, dpi=110)}")
 
 
 if __name__ == "__main__":
