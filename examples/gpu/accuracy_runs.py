@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -164,8 +165,8 @@ def main() -> None:
         COMMON[key] = json.loads(value)
     t0 = time.time()
     os.environ.setdefault("EDGENODE_CACHE", "/tmp/edgenode-cache")
-    work = Path("/tmp/edgenode-gpu")
-    work.mkdir(parents=True, exist_ok=True)
+    # a fresh folder per call: a run left by an earlier call on a still-warm machine would refuse to start
+    work = Path(tempfile.mkdtemp(prefix="edgenode-gpu-"))
     with tarfile.open(args.pack) as tar:
         tops = {member.name.split("/", 1)[0] for member in tar.getmembers()}
         if len(tops) != 1:
