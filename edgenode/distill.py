@@ -197,7 +197,7 @@ def attach_kd_targets(targets: DistillTargets, path: str | os.PathLike, files: l
     targets.log_probs = torch.from_numpy(stored).to(targets.embedding.device)
 
 
-DISTILLABLE_PRESETS = ("faceode",)  # their head is embedding → cosine classifier
+DISTILLABLE_PRESETS = ("faceode", "faceode-res")  # their head is embedding → cosine classifier
 
 
 def check_student(model, teacher: TeacherEmbeddings) -> None:

@@ -210,10 +210,11 @@ def test_fixed_euler_checkpoint_unrolls_with_its_own_discretisation(synthetic_ma
     assert ox.op_counts(onnx.load(str(result.artifacts["fp32"])))["Conv"] == 3 + 1 * 3 * 2
 
 
-def test_faceode_checkpoint_exports_its_cosine_head_to_onnx(synthetic_manifest, synthetic_root, tmp_path):
+@pytest.mark.parametrize("arch", ["faceode", "faceode-res"])
+def test_faceode_checkpoint_exports_its_cosine_head_to_onnx(arch, synthetic_manifest, synthetic_root, tmp_path):
     import onnxruntime as ort
 
-    path = _checkpoint(tmp_path, synthetic_manifest, "faceode", SolverConfig(method="rk4", n_steps=2))
+    path = _checkpoint(tmp_path, synthetic_manifest, arch, SolverConfig(method="rk4", n_steps=2))
     result = export_model(ExportConfig(checkpoint=str(path), out=str(tmp_path / "out"), data=str(synthetic_root), check_ode=False,
                                        precisions=("fp32", "int8")))
     assert (result.method, result.steps) == ("rk4", 2)

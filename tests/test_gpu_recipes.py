@@ -32,12 +32,13 @@ def test_every_recipe_is_a_valid_train_config(name, tmp_path):
 
 
 def test_recipe_names_state_what_differs():
-    """A -sN suffix is the seed, -shift2 a 2-px shift, -color4 colour jitter 0.4, -wide width 160: RESULTS reads the
-    names as the recipes."""
+    """A -sN suffix is the seed, -shift2 a 2-px shift, -color4 colour jitter 0.4, -wide width 160, -res the residual
+    preset: RESULTS reads the names as the recipes."""
     for name, recipe in RUNS.RECIPES.items():
         seed = int(name.rsplit("-s", 1)[1]) if name.rsplit("-s", 1)[-1].isdigit() else 0
         assert recipe["seed"] == seed, name
         assert (recipe.get("augment_shift") == 0.03125) == ("shift2" in name), name
         assert (recipe.get("width") == 160) == ("wide" in name), name
         assert (recipe.get("augment_color") == 0.4) == ("color4" in name), name
+        assert (recipe.get("arch") == "faceode-res") == ("-res" in name), name
     assert set(RUNS.ABLATION.split(",")) <= set(RUNS.RECIPES)

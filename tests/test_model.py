@@ -14,13 +14,46 @@ def test_logits_shape_and_state_shape(arch):
     assert model(x).shape == (3, 7)
 
 
-@pytest.mark.parametrize("arch", ["odenet", "faceode"])
+@pytest.mark.parametrize("arch", ["odenet", "faceode", "faceode-res"])
 @pytest.mark.parametrize("width", [24, 40, 160])
 def test_group_norm_presets_build_at_widths_that_are_not_multiples_of_32(arch, width):
     model = build_model(preset_config(arch, num_classes=3, width=width)).eval()
     groups = {m.num_groups for m in model.modules() if isinstance(m, torch.nn.GroupNorm)}
     assert max(groups) <= 32
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_faceode_res_is_faceode_plus_residual_blocks_at_64_32_and_16_px():
+    """Same stem, ODE block and head as faceode (the plain preset's state dict must load unchanged into it, block
+    weights aside), with one residual block at each of 64×64, 32×32 and 16×16 (after the ODE block)."""
+    from edgenode.model import ResidualBlock
+
+    plain = build_model(preset_config("faceode", num_classes=7, width=32)).eval()
+    res = build_model(preset_config("faceode-res", num_classes=7, width=32)).eval()
+    assert not any(isinstance(m, ResidualBlock) for m in plain.modules())
+    sizes = []
+    for block in (m for m in res.modules() if isinstance(m, ResidualBlock)):
+        block.register_forward_hook(lambda module, inputs, output: sizes.append(tuple(output.shape[1:])))
+    res(torch.randn(2, 3, 64, 64))
+    assert sizes == [(8, 64, 64), (16, 32, 32), (32, 16, 16)]
+    plain_shapes = sorted(tuple(p.shape) for p in plain.parameters())
+    block_shapes = [tuple(p.shape) for m in res.modules() if isinstance(m, ResidualBlock) for p in m.parameters()]
+    assert sorted(plain_shapes + block_shapes) == sorted(tuple(p.shape) for p in res.parameters())
+    # with each block's last conv zeroed a block is the identity, and faceode's weights (in the same order once the
+    # blocks' are left out) make faceode-res compute exactly what faceode does
+    blocks = [name + "." for name, m in res.named_modules() if isinstance(m, ResidualBlock)]
+    state = res.state_dict()
+    for prefix in blocks:
+        last = max(k for k in state if k.startswith(prefix + "body.")).rsplit(".", 1)[0]  # body.5, the second conv
+        state[last + ".weight"].zero_()
+        state[last + ".bias"].zero_()
+    shared = [k for k in state if not any(k.startswith(prefix) for prefix in blocks)]
+    assert len(shared) == len(plain.state_dict())
+    state.update({k: v for k, v in zip(shared, plain.state_dict().values())})
+    res.load_state_dict(state)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(res(x), plain(x))
 
 
 def test_paper_preset_matches_the_paper():

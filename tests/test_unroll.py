@@ -48,7 +48,7 @@ def small_model(arch="odenet", seed=0, width=8):
     return build_model(ModelConfig(arch=arch, num_classes=5, width=width)).eval()
 
 
-@pytest.mark.parametrize("arch", ["odenet", "paper", "faceode"])
+@pytest.mark.parametrize("arch", ["odenet", "paper", "faceode", "faceode-res"])
 @pytest.mark.parametrize("method,n_steps", [("rk4", 1), ("rk4", 3), ("rk4_38", 2), ("euler", 4), ("midpoint", 2)])
 def test_unrolled_model_equals_independent_float64_integration(arch, method, n_steps):
     model = small_model(arch)

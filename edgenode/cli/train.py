@@ -14,7 +14,7 @@ from edgenode.cli.common import existing_path, output_folder, user_errors
 def command(
     data: Annotated[Path, typer.Argument(help="Folder of identity sub-folders (images/<identity>/… or pins_<identity>/…).")],
     out: Annotated[Path, typer.Option(help="Run folder: manifest, checkpoints, metrics, plots.")] = Path("runs/train"),
-    arch: Annotated[str, typer.Option(help="Model preset: odenet (GroupNorm, dopri5), paper (BatchNorm, Euler 20) or faceode (128-d embedding, RK4×2; distillable).")] = "odenet",
+    arch: Annotated[str, typer.Option(help="Model preset: odenet (GroupNorm, dopri5), paper (BatchNorm, Euler 20) faceode (128-d embedding, RK4×2; distillable) or faceode-res (faceode with three residual blocks).")] = "odenet",
     width: Annotated[Optional[int], typer.Option(help="Channels of the ODE state (preset default if unset).")] = None,
     solver: Annotated[Optional[str], typer.Option(help="dopri5 | bosh3 | euler | midpoint | rk4 | rk4_38 (preset default if unset).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Steps of a fixed-step solver.")] = None,
@@ -42,7 +42,7 @@ def command(
     strict: Annotated[bool, typer.Option(help="Fail instead of excluding identities with too few images.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last.pt.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-    teacher: Annotated[Optional[Path], typer.Option(help="Teacher descriptors (.npz from `edgenode teacher`) to distil; needs --arch faceode.")] = None,
+    teacher: Annotated[Optional[Path], typer.Option(help="Teacher descriptors (.npz from `edgenode teacher`) to distil; needs --arch faceode or faceode-res.")] = None,
     distill_weight: Annotated[float, typer.Option(help="Weight of the 1 - cos(student, teacher descriptor) loss.")] = 1.0,
     kd_weight: Annotated[float, typer.Option(help="Weight of the KL loss to the teacher's class probabilities (or to --kd-targets).")] = 1.0,
     kd_targets: Annotated[Optional[Path], typer.Option(help="Class log-probabilities per file (.npz, e.g. an ensemble's from examples/ensemble_targets.py) for that KL loss instead of the teacher's.")] = None,
