@@ -75,5 +75,6 @@ def main() -> None:
             print(f"{split:4s} {names[a]} vs {names[b]}: only {names[a]} right {only_a}, only {names[b]} right {only_b}, "
                   f"McNemar p = {mcnemar_p(only_a, only_b):.3g}")
 
+
 if __name__ == "__main__":
     main()

@@ -24,8 +24,8 @@ def test_group_norm_presets_build_at_widths_that_are_not_multiples_of_32(arch, w
 
 
 def test_faceode_res_is_faceode_plus_residual_blocks_at_64_32_and_16_px():
-    """Same stem, ODE block and head as faceode (the plain preset's state dict must load unchanged into it, block
-    weights aside), with one residual block at each of 64×64, 32×32 and 16×16 (after the ODE block)."""
+    """Same stem, ODE block and head as faceode (the same weights in the same order, the blocks' aside), with one
+    residual block at each of 64×64, 32×32 and 16×16, the last one after the ODE block."""
     from edgenode.model import ResidualBlock
 
     plain = build_model(preset_config("faceode", num_classes=7, width=32)).eval()
@@ -36,6 +36,7 @@ def test_faceode_res_is_faceode_plus_residual_blocks_at_64_32_and_16_px():
         block.register_forward_hook(lambda module, inputs, output: sizes.append(tuple(output.shape[1:])))
     res(torch.randn(2, 3, 64, 64))
     assert sizes == [(8, 64, 64), (16, 32, 32), (32, 16, 16)]
+    assert isinstance(res.head[0], ResidualBlock), "the 16×16 block works on the ODE block's output, not the stem's"
     plain_shapes = sorted(tuple(p.shape) for p in plain.parameters())
     block_shapes = [tuple(p.shape) for m in res.modules() if isinstance(m, ResidualBlock) for p in m.parameters()]
     assert sorted(plain_shapes + block_shapes) == sorted(tuple(p.shape) for p in res.parameters())

@@ -5,6 +5,7 @@
     PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 520 --runs kd-pool-w5,w5-rk4x4 --max-epochs 200 --overhead 1.35
     PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 450 --runs w5-wide-rk4x4 --max-epochs 99 --overhead 1.35
     PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 272 --runs w5-rk4x4-color4 --max-epochs 99 --overhead 1.2   # 86 of 96 epochs: 1.2 was too low
+    PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 345 --runs w5-res-rk4x4 --max-epochs 99
 
 The pack decides the input: ``pins64.tgz`` holds the plain crops, ``pins64a.tgz`` the aligned chips of
 ``edgenode align`` (pack_pins.py on the aligned copy); runs trained on the latter record the alignment.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -106,11 +108,11 @@ def images_per_epoch(config: dict) -> int:
     return n
 
 
-def seconds_per_image(config: dict, steps: int = 12, channels_last: bool = False) -> float:
+def seconds_per_image(config: dict, steps: int = 12) -> float:
     """Wall time of one training image for this recipe's model at its batch size (bf16 autocast, like the runs).
 
-    ``channels_last`` times the same steps with NHWC weights and input, which cuDNN's tensor-core kernels prefer:
-    measured only (training stays NCHW), so a later session knows whether switching would buy more epochs."""
+    NCHW, as training runs: channels_last, timed by this job's earlier probe (autotuned, on an H100), was 17-25 %
+    slower for these GroupNorm networks (RESULTS.md, "Width 160 and colour jitter on the GPU")."""
     from edgenode.model import build_model
     from edgenode.train import TrainConfig
 
@@ -118,8 +120,6 @@ def seconds_per_image(config: dict, steps: int = 12, channels_last: bool = False
     device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a dry run of this script
     model = build_model(cfg.model_config(105)).to(device).train()
     x = torch.randn(cfg.batch_size, 3, 64, 64, device=device)
-    if channels_last:
-        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     y = torch.randint(0, 105, (cfg.batch_size,), device=device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -193,20 +193,10 @@ def main() -> None:
         per_epoch[name] = n * seconds_per_image(config, args.probe_steps)
         info["runs"][name] = {"images_per_epoch": n, "estimated_seconds_per_epoch_alone": per_epoch[name]}
         print(f"[{time.time() - t0:.0f}s] {name}: {n} images/epoch, ~{per_epoch[name]:.2f} s/epoch alone", flush=True)
-    try:  # a measurement for later sessions (a few seconds of this one), with cuDNN autotuning as the workers run
-        torch.backends.cudnn.benchmark = True
-        first, n = config_for(names[0], pack, runs, 1), info["runs"][names[0]]["images_per_epoch"]
-        nchw, nhwc = (n * seconds_per_image(first, args.probe_steps, channels_last=layout) for layout in (False, True))
-        info["probe_channels_last"] = {"run": names[0], "seconds_per_epoch_nchw": nchw, "seconds_per_epoch_channels_last": nhwc}
-        print(f"[{time.time() - t0:.0f}s] {names[0]}, autotuned (measured only): ~{nchw:.2f} s/epoch NCHW, "
-              f"~{nhwc:.2f} channels_last", flush=True)
-    except Exception as exc:  # noqa: BLE001 - a failed side measurement must not cost the session its runs
-        info["probe_channels_last"] = {"run": names[0], "error": repr(exc)}
-    finally:
-        torch.backends.cudnn.benchmark = False
     remaining = args.budget - (time.time() - t0)
     # runs share the GPU: assume no overlap gain, plus --overhead for evaluation, start-up and Python
-    # (1.25 left six runs 2-3 epochs short of their schedule on an H100; a run cut short keeps its best.pt)
+    # (1.25 and 1.2 left runs short of their schedule on an H100, and the calls measured 1.35-1.39; a run cut
+    # short keeps its best.pt)
     epochs = max(1, min(args.max_epochs, int(remaining / (args.overhead * sum(per_epoch.values())))))
     info["epochs"] = epochs
     print(f"[{time.time() - t0:.0f}s] {remaining:.0f}s left: {epochs} epochs for each of {len(names)} runs", flush=True)
@@ -233,6 +223,7 @@ def main() -> None:
         print(f"[{time.time() - t0:.0f}s] {name}: rc {p.returncode}", flush=True)
     for name in names:
         slim_and_pack(runs / name, args.out / f"{name}.tgz")
+    shutil.rmtree(work, ignore_errors=True)  # the pack and full checkpoints: a warm machine's next call starts clean
     info["total_seconds"] = time.time() - t0
     (args.out / "gpu_runs.json").write_text(json.dumps(info, indent=1))
     print(json.dumps(info, indent=1), flush=True)
