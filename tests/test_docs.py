@@ -26,9 +26,10 @@ def anchors(path: Path) -> set[str]:
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.startswith("```"):
             in_code = not in_code
-        if in_code or not line.startswith("#"):
+        heading = re.match(r"#{1,6} (.*)", line)
+        if in_code or not heading:
             continue
-        base = github_anchor(line.lstrip("#"))
+        base = github_anchor(heading.group(1))
         count = seen.get(base, 0)
         seen[base] = count + 1
         result.add(base if count == 0 else f"{base}-{count}")  # GitHub numbers repeated headings
