@@ -55,7 +55,8 @@ RECIPES = {
     "w20-rk4x4": dict(W5_RK4X4, seed=0, distill_weight=20.0),
     "w5-rk4x4-s1": dict(W5_RK4X4, seed=1),
     "w5-rk4x4-s2": dict(W5_RK4X4, seed=2),
-    # KL towards the mean probabilities of the three aligned runs (a pack made with pack_pins.py --kd-targets)
+    # KL towards the mean probabilities of aligned runs (a pack made with pack_pins.py --kd-targets: three runs until
+    # the eight-run targets of RESULTS.md's GPU plan)
     "ens-kd-rk4x4": dict(W5_RK4X4, seed=0, kd_targets="{pack}/kd-targets.npz"),
     # the shipped recipe with augmentation shifts of 2 px instead of 8: the teacher's targets stay valid for the views
     # the student sees (examples/teacher_consistency.py)
