@@ -39,7 +39,6 @@ ONNX_EXTENSIONS = frozenset({".onnx"})
 ENGINE_EXTENSIONS = frozenset({".engine", ".plan", ".trt"})
 
 
-
 def _extension_kind(path: Path) -> str | None:
     suffix = path.suffix.lower()
     if suffix in CHECKPOINT_EXTENSIONS:
