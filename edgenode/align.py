@@ -30,6 +30,8 @@ from edgenode.errors import ArtifactError, DataError, EdgenodeError, UsageError,
 
 ALIGN_FILE = "alignment.json"
 METHOD = "dlib-5pt"
+METHOD_CNN_FALLBACK = "dlib-5pt+cnn"
+METHODS = (METHOD, METHOD_CNN_FALLBACK)
 ALIGN_INSTALL_HINT = ('pip install "edgenode[align]" (or align the pictures yourself and pass --pre-aligned '
                       "to `edgenode infer`)")
 _DETECTOR_UPSAMPLE = 1  # as edgenode.teacher: a face of Pins' 128-px crops reaches the HOG window after one upsampling
@@ -41,18 +43,25 @@ class AlignSpec:
 
     ``method`` "dlib-5pt": dlib's HOG frontal detector (upsample 1), the largest box (the whole picture when no
     face is found: Pins pictures are face crops already), dlib's 5-point shape predictor, and ``get_face_chip``
-    with ``padding`` — the teacher's own recipe, at the student's resolution.
+    with ``padding`` — the teacher's own recipe, at the student's resolution. "dlib-5pt+cnn": the same, but
+    where HOG finds no face dlib's CNN detector (MMOD) is asked before the whole picture is taken
+    (``edgenode align --cnn-fallback``). It is a method of its own, not a flag beside it, so that an edgenode
+    that predates it refuses such a model instead of cutting its chips the old way.
     """
 
     method: str = METHOD
     padding: float = 0.25
 
     def __post_init__(self):
-        if self.method != METHOD:
+        if self.method not in METHODS:
             raise ArtifactError(f"face alignment method {self.method!r} is not known to this edgenode",
-                                f"the only method is {METHOD!r}; upgrade edgenode if the artifact is newer")
+                                f"the methods are {', '.join(METHODS)}; upgrade edgenode if the artifact is newer")
         if not 0.0 <= float(self.padding) <= 2.0:
             raise UsageError(f"alignment padding={self.padding!r} is out of range", "use 0.25 (dlib's default)")
+
+    @property
+    def cnn_fallback(self) -> bool:
+        return self.method == METHOD_CNN_FALLBACK
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,7 +82,7 @@ class FaceAligner:
     """
 
     def __init__(self, size: int, spec: AlignSpec = AlignSpec()):
-        from edgenode.teacher import model_files
+        from edgenode.teacher import load_cnn_detector, model_files
 
         if not is_whole_number(size) or size < 8:
             raise UsageError(f"face chip size={size!r} is not an integer of at least 8", "pass the model's input size")
@@ -89,6 +98,7 @@ class FaceAligner:
             raise type(exc)(f"aligning faces needs dlib's 5-point landmark model: {exc.message}",
                             ALIGN_INSTALL_HINT) from None
         self.detector = self.dlib.get_frontal_face_detector()
+        self.fallback = load_cnn_detector(dlib) if spec.cnn_fallback else None
         self.predictor = self.dlib.shape_predictor(str(predictor))
 
     def __call__(self, rgb: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -97,7 +107,7 @@ class FaceAligner:
         img = np.ascontiguousarray(rgb, dtype=np.uint8)
         if img.ndim != 3 or img.shape[-1] != 3:
             raise ValueError(f"expected a uint8 (H, W, 3) picture, got shape {img.shape}")
-        shape, found = face_landmarks(self.dlib, self.detector, self.predictor, img, _DETECTOR_UPSAMPLE)
+        shape, found = face_landmarks(self.dlib, self.detector, self.predictor, img, _DETECTOR_UPSAMPLE, self.fallback)
         chip = self.dlib.get_face_chip(img, shape, size=self.size, padding=self.spec.padding)
         return np.asarray(chip, dtype=np.uint8), found
 
@@ -145,6 +155,12 @@ def alignment_name(align: AlignSpec | None) -> str:
     return f"{align.method} (padding {align.padding})" if align else "none"
 
 
+def align_command(align: AlignSpec, size: int, data: str = "DATA", out: str = "NEW") -> str:
+    """The `edgenode align` command line that makes chips of ``align`` at ``size`` px."""
+    return (f"edgenode align {data} --out {out} --size {size} --padding {align.padding}"
+            + (" --cnn-fallback" if align.cnn_fallback else ""))
+
+
 def check_data_alignment(spec, root: str | os.PathLike) -> None:
     """Refuse to measure a model on pictures prepared differently from its training data (``spec``: InputSpec).
 
@@ -165,10 +181,9 @@ def check_data_alignment(spec, root: str | os.PathLike) -> None:
                         "pass the original data folder")
     align, size = found
     if align != spec.align or size != spec.image_size:
-        raise DataError(f"{root} holds {size}-px chips aligned with padding {align.padding}; the model expects "
-                        f"{spec.image_size} px with padding {spec.align.padding}",
-                        f"re-align into a new folder: edgenode align DATA --out NEW --size {spec.image_size} "
-                        f"--padding {spec.align.padding}")
+        raise DataError(f"{root} holds {size}-px chips aligned {alignment_name(align)}; the model expects "
+                        f"{spec.image_size} px aligned {alignment_name(spec.align)}",
+                        f"re-align into a new folder: {align_command(spec.align, spec.image_size)}")
 
 
 # --- an aligned copy of a data set ----------------------------------------------------------------------
@@ -228,8 +243,8 @@ def align_dataset(root: str | os.PathLike, out: str | os.PathLike, files: list[s
     record_path = Path(out) / ALIGN_FILE
     existing = read_alignment(out) if record_path.is_file() else None
     if existing is not None and existing != (spec, int(size)):
-        raise UsageError(f"{record_path}: {out} already holds {existing[1]}-px chips with padding {existing[0].padding}, "
-                         f"not {size} px with padding {spec.padding}", "pass a new --out (or delete that folder)")
+        raise UsageError(f"{record_path}: {out} already holds {existing[1]}-px chips aligned {alignment_name(existing[0])}, "
+                         f"not {size} px aligned {alignment_name(spec)}", "pass a new --out (or delete that folder)")
     if existing is None and target.is_dir() and any(target.iterdir()):
         raise UsageError(f"{target} already holds pictures but no {ALIGN_FILE}", "pass a new --out")
     record = {"align": spec.to_dict(), "size": int(size), "source": str(source)}

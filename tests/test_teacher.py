@@ -15,9 +15,11 @@ from edgenode.data import make_synthetic_faces
 from edgenode.errors import ArtifactError, ArtifactPathError, DataError, UsageError
 from edgenode.teacher import (
     METHOD,
+    METHOD_CNN_FALLBACK,
     TeacherEmbeddings,
     compare_teachers,
     compute_descriptors,
+    face_landmarks,
     load_teacher,
     model_files,
     save_teacher,
@@ -148,6 +150,50 @@ def test_compare_teachers_refuses_disjoint_or_mismatched_sets():
     one_line(exc, "128-d", "64-d")
 
 
+# ------------------------------------------------------------------------------------------- finding the face
+
+
+class _Box:
+    def __init__(self, *corners):
+        self.corners = corners
+
+    def area(self):
+        left, top, right, bottom = self.corners
+        return (right - left) * (bottom - top)
+
+
+class _FakeDlib:
+    rectangle = _Box
+
+
+class _Detector:
+    """Records each call; answers with fixed boxes."""
+
+    def __init__(self, *boxes):
+        self.boxes, self.calls = list(boxes), 0
+
+    def __call__(self, img, upsample):
+        self.calls += 1
+        return self.boxes
+
+
+def _box_given(img, box):  # stands in for the shape predictor: returns the box it was handed
+    return box.corners
+
+
+def test_the_cnn_fallback_is_asked_only_where_hog_finds_no_face():
+    img = np.zeros((40, 50, 3), np.uint8)
+    small, large, cnn_box = _Box(0, 0, 10, 10), _Box(5, 5, 30, 30), _Box(2, 3, 20, 25)
+    fallback = _Detector(cnn_box)
+    assert face_landmarks(_FakeDlib, _Detector(small, large), _box_given, img, 1, fallback) == ((5, 5, 30, 30), True)
+    assert fallback.calls == 0  # HOG found a face: the costly detector never runs
+    assert face_landmarks(_FakeDlib, _Detector(), _box_given, img, 1, fallback) == ((2, 3, 20, 25), True)
+    assert fallback.calls == 1
+    assert face_landmarks(_FakeDlib, _Detector(), _box_given, img, 1, _Detector()) == ((0, 0, 49, 39), False)
+    assert face_landmarks(_FakeDlib, _Detector(), _box_given, img, 1) == ((0, 0, 49, 39), False)  # no fallback: whole picture
+    assert METHOD_CNN_FALLBACK != METHOD and "CNN (MMOD)" in METHOD_CNN_FALLBACK
+
+
 # ------------------------------------------------------------------------------------- missing optional extra
 
 
@@ -200,6 +246,8 @@ def test_recompute_is_finite_and_deterministic(tmp_path):
     assert first.provenance["method"] == METHOD and first.provenance["dlib_version"]
     again = compute_descriptors(root, files[::-1], progress=False, workers=1)
     np.testing.assert_array_equal(again.embedding[::-1], first.embedding)
+    cnn = compute_descriptors(root, files, progress=False, workers=1, cnn_fallback=True)
+    assert cnn.provenance["method"] == METHOD_CNN_FALLBACK and cnn.embedding.shape == (3, 128)
 
 
 def test_cli_recompute_writes_and_checks(tmp_path):

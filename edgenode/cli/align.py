@@ -18,13 +18,14 @@ def command(
     manifest: Annotated[Optional[Path], typer.Option(help="Only the files this split manifest names (splits + unused).")] = None,
     size: Annotated[int, typer.Option(help="Side of the face chip, pixels: the model's --image-size.")] = 64,
     padding: Annotated[float, typer.Option(help="Margin around the landmarks' box, as a fraction (dlib: 0.25).")] = 0.25,
+    cnn_fallback: Annotated[bool, typer.Option("--cnn-fallback", help="Where the HOG detector finds no face, ask dlib's CNN detector before taking the whole picture (method dlib-5pt+cnn; describe the teacher with `edgenode teacher --cnn-fallback` to match).")] = False,
     workers: Annotated[int, typer.Option(help="Processes (dlib holds the GIL); 0: one per core.")] = 0,
 ) -> None:
     """Write an aligned copy of a data set: 5-point face chips (dlib) at the model's input size; needs the align extra.
 
     Train on the copy: the checkpoint, its exports and `edgenode infer` then align their inputs the same way.
     """
-    from edgenode.align import AlignSpec, align_dataset
+    from edgenode.align import METHOD, METHOD_CNN_FALLBACK, AlignSpec, align_dataset
     from edgenode.errors import DataError, UsageError
 
     if workers < 0:
@@ -33,7 +34,7 @@ def command(
     files = manifest_files(data, manifest, 0)
     if not files:
         raise DataError(f"no image files to align in {data}", "pass the data set folder (images/<identity>/…)")
-    summary = align_dataset(data, out, files, size, AlignSpec(padding=padding), workers=workers or None)
+    summary = align_dataset(data, out, files, size, AlignSpec(METHOD_CNN_FALLBACK if cnn_fallback else METHOD, padding), workers=workers or None)
     done = summary["aligned_now"]
     rate = f", a face detected in {100 * summary['face_detected_now'] / done:.1f}%" if done else ""
     console.print(

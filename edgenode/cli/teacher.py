@@ -28,22 +28,26 @@ def command(
     manifest: Annotated[Optional[Path], typer.Option(help="Only the files this split manifest names (splits + unused).")] = None,
     check: Annotated[Optional[Path], typer.Option(help="A reference .npz to compare with (e.g. the data set's teacher_dlib128.npz).")] = None,
     per_identity: Annotated[int, typer.Option(help="Only the first N files (sorted) of each identity; 0: all. For a quick --check.")] = 0,
+    cnn_fallback: Annotated[bool, typer.Option("--cnn-fallback", help="Where the HOG detector finds no face, ask dlib's CNN detector before taking the whole picture: the faces of `edgenode align --cnn-fallback`.")] = False,
     workers: Annotated[int, typer.Option(help="Processes (dlib holds the GIL); 0: one per core.")] = 0,
 ) -> None:
     """Recompute the dlib face descriptors (128-d) of a data set for distillation; needs the teacher extra."""
     from edgenode.errors import DataError, UsageError
-    from edgenode.teacher import compare_teachers, compute_descriptors, installed_provenance, load_teacher, model_files, save_teacher
+    from edgenode.teacher import (cnn_detector_file, compare_teachers, compute_descriptors, installed_provenance, load_teacher,
+                                  model_files, save_teacher)
 
     if per_identity < 0 or workers < 0:
         raise UsageError(f"--per-identity {per_identity} / --workers {workers}: must be 0 or more")
     output_file(out, kind="teacher descriptors (an .npz of files and embedding)", is_kind=is_teacher_file)
     reference = load_teacher(check) if check is not None else None  # a bad reference fails before the long run
     installed_provenance(), model_files()  # so does a missing extra, before the file walk
+    if cnn_fallback:
+        cnn_detector_file()
     files = manifest_files(data, manifest, per_identity)
     if not files:
         raise DataError(f"no image files to describe in {data}", "pass the data set folder (images/<identity>/…)")
     start = time.perf_counter()
-    result = compute_descriptors(data, files, workers=workers or None)
+    result = compute_descriptors(data, files, workers=workers or None, cnn_fallback=cnn_fallback)
     seconds = time.perf_counter() - start
     if len(result.files) == 0:
         raise DataError(f"none of the {len(files)} file(s) in {data} could be decoded", "see the warnings above")

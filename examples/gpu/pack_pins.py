@@ -3,6 +3,8 @@
     python examples/gpu/pack_pins.py ../shared/data/pins runs/pins-manifest.json carry/pins64
     python examples/gpu/pack_pins.py runs/pins-aligned64 runs/pins-manifest.json carry/pins64a --source ../shared/data/pins \
         --kd-targets runs/cpu-ens/ensemble-targets.npz      # optional: for the ens-kd recipes
+    python examples/gpu/pack_pins.py runs/pins-aligned64c runs/pins-manifest.json carry/pins64c --source ../shared/data/pins \
+        --teacher runs/teacher-cnn/teacher_dlib128_cnn.npz  # chips and descriptors with the CNN fallback detector
 
 Writes ``<out>/images/<identity>/<file>`` — every train/val/test/unused image of the manifest, already resized
 to the manifest's input size (so decoding there is a no-op resize) and stored as JPEG —, ``manifest.json``
@@ -35,6 +37,8 @@ def main() -> None:
     parser.add_argument("--quality", type=int, default=95)
     parser.add_argument("--kd-targets", type=Path, help="stored class probabilities (examples/ensemble_targets.py) to "
                         "pack as kd-targets.npz, for the recipes that train with --kd-targets")
+    parser.add_argument("--teacher", type=Path, help="teacher descriptors to pack (default: SOURCE/teacher_dlib128.npz); "
+                        "for chips of `edgenode align --cnn-fallback`, those of `edgenode teacher --cnn-fallback`")
     parser.add_argument("--source", type=Path, help="folder with teacher_dlib128.npz and near_duplicates.tsv "
                         "(default: DATA; pass the original data set when DATA is its aligned copy)")
     args = parser.parse_args()
@@ -60,11 +64,18 @@ def main() -> None:
         total += len(buffer.getvalue())
     shutil.copyfile(args.manifest, args.out / "manifest.json")
     root = args.source or Path(args.data)
-    from edgenode.align import ALIGN_FILE
+    from edgenode.align import ALIGN_FILE, read_alignment
+    from edgenode.teacher import METHOD_CNN_FALLBACK
 
     if (Path(args.data) / ALIGN_FILE).is_file():
         shutil.copyfile(Path(args.data) / ALIGN_FILE, args.out / ALIGN_FILE)
-    teacher = np.load(root / "teacher_dlib128.npz", allow_pickle=False)
+    teacher = np.load(args.teacher or root / "teacher_dlib128.npz", allow_pickle=False)
+    alignment = read_alignment(args.data)
+    cnn_chips, cnn_teacher = alignment is not None and alignment[0].cnn_fallback, str(teacher.get("method", "")) == METHOD_CNN_FALLBACK
+    if cnn_chips != cnn_teacher:  # the 2 % of faces HOG misses would be described from another box than the chip's
+        raise SystemExit(f"the chips of {args.data} were cut {'with' if cnn_chips else 'without'} the CNN fallback detector, "
+                         f"the teacher descriptors {'without' if cnn_chips else 'with'} it; pass --teacher "
+                         f"{'(the file of `edgenode teacher --cnn-fallback`)' if cnn_chips else '../shared/data/pins/teacher_dlib128.npz'}")
     wanted = {f for f, _ in entries}
     keep = np.array([str(f) in wanted for f in teacher["files"]])
     np.savez_compressed(args.out / "teacher.npz", files=teacher["files"][keep], embedding=teacher["embedding"][keep],
