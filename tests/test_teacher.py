@@ -18,6 +18,7 @@ from edgenode.teacher import (
     METHOD_CNN_FALLBACK,
     TeacherEmbeddings,
     compare_teachers,
+    bounded_detector,
     compute_descriptors,
     face_landmarks,
     load_teacher,
@@ -192,6 +193,43 @@ def test_the_cnn_fallback_is_asked_only_where_hog_finds_no_face():
     assert face_landmarks(_FakeDlib, _Detector(), _box_given, img, 1, _Detector()) == ((0, 0, 49, 39), False)
     assert face_landmarks(_FakeDlib, _Detector(), _box_given, img, 1) == ((0, 0, 49, 39), False)  # no fallback: whole picture
     assert METHOD_CNN_FALLBACK != METHOD and "CNN (MMOD)" in METHOD_CNN_FALLBACK
+
+
+class _Rect:
+    def __init__(self, left, top, right, bottom):
+        self.box = (left, top, right, bottom)
+
+    def left(self):
+        return self.box[0]
+
+    def top(self):
+        return self.box[1]
+
+    def right(self):
+        return self.box[2]
+
+    def bottom(self):
+        return self.box[3]
+
+
+def test_the_cnn_detector_never_scans_more_than_its_budget():
+    seen = []
+
+    def detect(img, upsample):  # finds a "face" in the middle of whatever it is given
+        seen.append((img.shape, upsample))
+        h, w = img.shape[:2]
+        return [_Rect(w // 4, h // 4, 3 * w // 4, 3 * h // 4)]
+
+    bounded = bounded_detector(detect, _Rect, max_side=256)
+    small = np.zeros((100, 128, 3), np.uint8)  # a Pins-sized picture: scanned as asked
+    assert [r.box for r in bounded(small, 1)] == [(32, 25, 96, 75)] and seen[-1] == ((100, 128, 3), 1)
+    photo = np.zeros((600, 1024, 3), np.uint8)  # upsampled it would be 2048 px: 256 px, not upsampled
+    (box,) = bounded(photo, 1)
+    assert seen[-1] == ((150, 256, 3), 0)
+    assert box.box == (256, 148, 768, 448)  # (64, 37, 192, 112) at 256 px, in the photo's coordinates
+    middle = np.zeros((200, 180, 3), np.uint8)  # small enough to scan whole, too large to upsample
+    bounded(middle, 1)
+    assert seen[-1] == ((200, 180, 3), 0)
 
 
 # ------------------------------------------------------------------------------------- missing optional extra
