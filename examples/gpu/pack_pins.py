@@ -43,6 +43,17 @@ def main() -> None:
                         "(default: DATA; pass the original data set when DATA is its aligned copy)")
     args = parser.parse_args()
 
+    from edgenode.align import read_alignment
+    from edgenode.teacher import METHOD_CNN_FALLBACK
+
+    root = args.source or Path(args.data)
+    teacher = np.load(args.teacher or root / "teacher_dlib128.npz", allow_pickle=False)
+    alignment = read_alignment(args.data)
+    cnn_chips, cnn_teacher = alignment is not None and alignment[0].cnn_fallback, str(teacher.get("method", "")) == METHOD_CNN_FALLBACK
+    if cnn_chips != cnn_teacher:  # the 2 % of faces HOG misses would be described from another box than the chip's
+        raise SystemExit(f"the chips of {args.data} were cut {'with' if cnn_chips else 'without'} the CNN fallback detector, "
+                         f"the teacher descriptors {'without' if cnn_chips else 'with'} it; pass --teacher "
+                         f"{'(the file of `edgenode teacher --cnn-fallback`)' if cnn_chips else '../shared/data/pins/teacher_dlib128.npz'}")
     manifest = edata.Manifest.load(args.manifest)
     size = manifest.config.image_size
     entries: list[tuple[str, np.ndarray]] = []
@@ -63,19 +74,10 @@ def main() -> None:
         target.write_bytes(buffer.getvalue())
         total += len(buffer.getvalue())
     shutil.copyfile(args.manifest, args.out / "manifest.json")
-    root = args.source or Path(args.data)
-    from edgenode.align import ALIGN_FILE, read_alignment
-    from edgenode.teacher import METHOD_CNN_FALLBACK
+    from edgenode.align import ALIGN_FILE
 
     if (Path(args.data) / ALIGN_FILE).is_file():
         shutil.copyfile(Path(args.data) / ALIGN_FILE, args.out / ALIGN_FILE)
-    teacher = np.load(args.teacher or root / "teacher_dlib128.npz", allow_pickle=False)
-    alignment = read_alignment(args.data)
-    cnn_chips, cnn_teacher = alignment is not None and alignment[0].cnn_fallback, str(teacher.get("method", "")) == METHOD_CNN_FALLBACK
-    if cnn_chips != cnn_teacher:  # the 2 % of faces HOG misses would be described from another box than the chip's
-        raise SystemExit(f"the chips of {args.data} were cut {'with' if cnn_chips else 'without'} the CNN fallback detector, "
-                         f"the teacher descriptors {'without' if cnn_chips else 'with'} it; pass --teacher "
-                         f"{'(the file of `edgenode teacher --cnn-fallback`)' if cnn_chips else '../shared/data/pins/teacher_dlib128.npz'}")
     wanted = {f for f, _ in entries}
     keep = np.array([str(f) in wanted for f in teacher["files"]])
     np.savez_compressed(args.out / "teacher.npz", files=teacher["files"][keep], embedding=teacher["embedding"][keep],
