@@ -70,6 +70,7 @@ class TrainConfig:
     table_every: int = 5
     progress: bool = True
     teacher: str | None = None  # .npz of teacher descriptors: distil them (see edgenode.distill)
+    label_weight: float = 1.0  # weight of the cross-entropy on the labels; 0 with --teacher: learn from the teacher alone
     distill_weight: float = 1.0  # weight of 1 - cos(student features, teacher descriptor)
     kd_weight: float = 1.0  # weight of KL(teacher class probabilities || student's)
     kd_targets: str | None = None  # .npz of class log-probabilities per file to use in that KL instead of the teacher's
@@ -100,7 +101,7 @@ class TrainConfig:
             raise UsageError("--augment-color sets the colour jitter of --augment, which is off", "add --augment or drop it")
         if not 0 <= self.label_smoothing < 1:
             raise UsageError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
-        for name in ("distill_weight", "kd_weight"):
+        for name in ("label_weight", "distill_weight", "kd_weight"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
@@ -110,6 +111,9 @@ class TrainConfig:
             if self.arch not in DISTILLABLE_PRESETS:
                 raise UsageError(f"--teacher: the {self.arch!r} preset has no embedding head to distil into",
                                  f"use --arch {' or '.join(DISTILLABLE_PRESETS)}")
+        if not self.label_weight and not self.teacher:
+            raise UsageError("--label-weight 0 leaves nothing to learn from without a teacher",
+                             "pass --teacher teacher.npz, or keep the labels' weight above 0")
         if self.unlabeled and not self.teacher:
             raise UsageError("--unlabeled needs --teacher: unlabelled images can only learn from the teacher's targets",
                              "pass --teacher teacher.npz (see `edgenode teacher`)")
@@ -505,7 +509,7 @@ def run_epoch(train_model, model, split: DeviceSplit, optimizer, scheduler, crit
                 else:
                     features, logits = train_model(x, return_features=True)
                 logits = logits.float()
-                loss = criterion(logits[labelled], y[labelled]) * (ctx.world_size / n_labelled)
+                loss = criterion(logits[labelled], y[labelled]) * (config.label_weight * ctx.world_size / n_labelled)
                 if targets is not None:
                     n_targets = max(1, int(targets.has_target[global_batch].sum()))
                     extra = distill_loss(features, logits, index, targets, config.distill_weight, config.kd_weight,
@@ -537,7 +541,7 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}] + ([{"params": keep, "weight_decay": 0.0}] if keep else [])
 
 
-RESUME_FIXED = ("batch_size", "seed", "augment", "augment_shift", "augment_color", "teacher", "distill_weight", "kd_weight", "kd_targets",
+RESUME_FIXED = ("batch_size", "seed", "augment", "augment_shift", "augment_color", "teacher", "label_weight", "distill_weight", "kd_weight", "kd_targets",
                 "unlabeled", "near_duplicates", "arch", "width")
 
 

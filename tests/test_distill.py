@@ -154,6 +154,8 @@ def test_classifier_starts_at_the_teachers_class_means():
 @pytest.mark.parametrize("overrides,fragment", [
     ({"unlabeled": True}, "--unlabeled needs --teacher"),
     ({"teacher": "t.npz", "distill_weight": -1.0}, "--distill-weight"),
+    ({"teacher": "t.npz", "label_weight": -1.0}, "--label-weight"),
+    ({"label_weight": 0.0}, "--label-weight 0 leaves nothing to learn from"),
     ({"teacher": "t.npz", "kd_weight": float("nan")}, "--kd-weight"),
     ({"teacher": "t.npz", "near_duplicates": "pairs.tsv"}, "--near-duplicates is only used"),
     ({"kd_targets": "t.npz"}, "--kd-targets needs --teacher"),
@@ -201,6 +203,16 @@ def test_distillation_with_an_unlabelled_pool_trains_and_records_it(pool_setup, 
     assert load_checkpoint(result.best_checkpoint).model_config.arch == "faceode"
 
 
+def test_label_weight_zero_learns_from_the_teacher_alone(pool_setup, tmp_path):
+    tmp, root, _ = pool_setup
+    alone = train(_pool_config(tmp, root, tmp_path / "alone", label_weight=0.0))
+    both = train(_pool_config(tmp, root, tmp_path / "both")).history
+    for row in alone.history:  # the whole loss is the teacher's terms: no cross-entropy on the labels is added
+        assert math.isclose(row["train_loss"], row["train_distill_loss"], rel_tol=1e-6)
+    assert all(row["train_loss"] > row["train_distill_loss"] + 0.1 for row in both)
+    assert load_checkpoint(alone.best_checkpoint).train_config["label_weight"] == 0.0
+
+
 def test_distilled_run_resumes_exactly(pool_setup, tmp_path):
     tmp, root, _ = pool_setup
     straight = train(_pool_config(tmp, root, tmp_path / "straight"))
@@ -226,6 +238,8 @@ def test_resume_refuses_other_distillation_settings(pool_setup, tmp_path):
     train(_pool_config(tmp, root, tmp_path / "run", epochs=1))
     with pytest.raises(UsageError, match=r"--unlabeled True → False"):
         train(_pool_config(tmp, root, tmp_path / "run", epochs=2, resume=True, unlabeled=False, near_duplicates=None))
+    with pytest.raises(UsageError, match=r"--label-weight 1.0 → 0.0"):
+        train(_pool_config(tmp, root, tmp_path / "run", epochs=2, resume=True, label_weight=0.0))
 
 
 def test_the_learned_logit_scale_is_not_weight_decayed():
