@@ -44,8 +44,8 @@ class AlignSpec:
     ``method`` "dlib-5pt": dlib's HOG frontal detector (upsample 1), the largest box (the whole picture when no
     face is found: Pins pictures are face crops already), dlib's 5-point shape predictor, and ``get_face_chip``
     with ``padding`` — the teacher's own recipe, at the student's resolution. "dlib-5pt+cnn": the same, but
-    where HOG finds no face dlib's CNN detector (MMOD) is asked before the whole picture is taken
-    (``edgenode align --cnn-fallback``). It is a method of its own, not a flag beside it, so that an edgenode
+    where HOG finds no face dlib's CNN detector (MMOD, scanning at most 256 px: ``teacher.bounded_detector``) is
+    asked before the whole picture is taken (``edgenode align --cnn-fallback``). It is a method of its own, not a flag beside it, so that an edgenode
     that predates it refuses such a model instead of cutting its chips the old way.
     """
 
@@ -175,7 +175,7 @@ def check_data_alignment(spec, root: str | os.PathLike) -> None:
         return
     if found is None:
         raise DataError(f"the model expects aligned faces ({spec.align.method}) but {root} holds plain pictures",
-                        "pass the aligned copy written by `edgenode align` for this data set")
+                        f"pass the aligned copy of this data set, made by: {align_command(spec.align, spec.image_size)}")
     if spec.align is None:
         raise DataError(f"{root} holds aligned face chips ({ALIGN_FILE}) but the model was trained on plain crops",
                         "pass the original data folder")

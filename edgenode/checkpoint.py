@@ -179,5 +179,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             path=path,
             sha256=sha256_bytes(data),
         )
+    except ArtifactError as exc:  # a record this edgenode cannot honour (e.g. a newer alignment method): its own hint
+        raise ArtifactError(f"{path}: {exc.message}", exc.hint) from None
     except (EdgenodeError, KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"{path}: damaged edgenode checkpoint ({exc})", "use the best.pt or last.pt that `edgenode train` wrote") from None

@@ -133,7 +133,8 @@ def cnn_detector_file() -> Path:
 
 
 CNN_MAX_SIDE = 256
-"""The most pixels, on the longer side after its own upsampling, that the CNN detector is given (see below)."""
+"""The longer side, in pixels, at which the CNN detector scans a picture at most. Part of the method
+``dlib-5pt+cnn``: changing it would change that method's chips, so it would need a new method name."""
 
 
 def load_cnn_detector(dlib):
@@ -143,14 +144,14 @@ def load_cnn_detector(dlib):
 
 
 def bounded_detector(detect, rectangle, max_side: int = CNN_MAX_SIDE):
-    """``detect`` limited to pictures of ``max_side`` px after upsampling; boxes in the caller's coordinates.
+    """``detect`` on at most ``max_side`` px (longer side, after upsampling); boxes in the caller's coordinates.
 
-    dlib's CNN detector costs time and memory in proportion to the pixels it scans: 0.24 s and 130 MB for a
-    128-px picture upsampled once, 4 s and 1 GB at 512 px (one core). Asked about a large photo in which HOG
-    found no face (a picture of no face at all, say) it would take minutes and gigabytes. So a picture that
-    upsampling would take past ``max_side`` is scanned at most ``max_side`` px on its longer side, without
-    upsampling; the face it can then find is at least ~80 px of those, a third of the picture. Pins pictures
-    (at most 128 px, upsampled once to 256) are scanned exactly as asked.
+    dlib's CNN detector costs time and memory in proportion to the pixels it scans (one core: 0.24 s and 130 MB
+    for a 128-px picture upsampled once, 4 s and 1 GB for a 512-px one). Asked about a large photo in which HOG
+    found no face (a photo of no face at all, say) it would take minutes and gigabytes. So a picture that
+    ``upsample`` doublings would take past ``max_side`` is resized to ``max_side`` px on its longer side (up or
+    down) and scanned without upsampling: the smallest face it then finds, ~80 px of those, is a third of the
+    picture. Pins pictures (at most 128 px, upsampled once to 256) are scanned exactly as asked.
     """
 
     def bounded(img: np.ndarray, upsample: int):
@@ -159,13 +160,33 @@ def bounded_detector(detect, rectangle, max_side: int = CNN_MAX_SIDE):
             return detect(img, upsample)
         from PIL import Image
 
-        scale = min(1.0, max_side / max(height, width))
+        scale = max_side / max(height, width)
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        small = np.ascontiguousarray(np.asarray(Image.fromarray(img).resize(size, Image.Resampling.BILINEAR)))
-        return [rectangle(round(box.left() / scale), round(box.top() / scale), round(box.right() / scale),
-                          round(box.bottom() / scale)) for box in detect(small, 0)]
+        resized = np.ascontiguousarray(np.asarray(Image.fromarray(img).resize(size, Image.Resampling.BILINEAR)))
+        # dlib's right and bottom are inclusive pixel indices: map the pixel edges, not the indices
+        return [rectangle(round(box.left() / scale), round(box.top() / scale), round((box.right() + 1) / scale) - 1,
+                          round((box.bottom() + 1) / scale) - 1) for box in detect(resized, 0)]
 
     return bounded
+
+
+def check_teacher_matches_chips(teacher: "TeacherEmbeddings", align, data: str) -> None:
+    """Refuse descriptors that found the faces otherwise than the aligned chips ``data`` holds (``align``).
+
+    Where HOG finds no face (2 % of Pins) a HOG-only teacher describes the whole picture and a chip cut with the
+    CNN fallback a face in it, or the reverse: the student would learn those targets from other pictures than
+    the teacher saw. Plain (unaligned) data and descriptors that do not record their method are not checked.
+    """
+    method = teacher.provenance.get("method")
+    if align is None or method not in (METHOD, METHOD_CNN_FALLBACK):
+        return
+    teacher_cnn = method == METHOD_CNN_FALLBACK
+    if teacher_cnn != align.cnn_fallback:
+        fix = ("describe them as the chips were cut: edgenode teacher DATA --cnn-fallback --out NEW.npz"
+               if align.cnn_fallback else "pass descriptors computed without --cnn-fallback (e.g. the data set's teacher_dlib128.npz)")
+        raise DataError(f"{teacher.path or 'the teacher descriptors'} found the faces {'with' if teacher_cnn else 'without'} "
+                        f"the CNN fallback detector, but the chips of {data} were cut {'with' if align.cnn_fallback else 'without'} "
+                        f"it ({align.method})", fix)
 
 
 def installed_provenance(cnn_fallback: bool = False) -> dict[str, str]:

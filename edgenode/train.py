@@ -111,9 +111,9 @@ class TrainConfig:
             if self.arch not in DISTILLABLE_PRESETS:
                 raise UsageError(f"--teacher: the {self.arch!r} preset has no embedding head to distil into",
                                  f"use --arch {' or '.join(DISTILLABLE_PRESETS)}")
-        if not self.label_weight and not self.teacher:
-            raise UsageError("--label-weight 0 leaves nothing to learn from without a teacher",
-                             "pass --teacher teacher.npz, or keep the labels' weight above 0")
+        if not self.label_weight and not (self.teacher and (self.distill_weight or self.kd_weight)):
+            raise UsageError("--label-weight 0 leaves nothing to learn from: no teacher, or its weights are 0 too",
+                             "pass --teacher teacher.npz with --distill-weight or --kd-weight above 0, or keep the labels' weight")
         if self.unlabeled and not self.teacher:
             raise UsageError("--unlabeled needs --teacher: unlabelled images can only learn from the teacher's targets",
                              "pass --teacher teacher.npz (see `edgenode teacher`)")
@@ -343,9 +343,10 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
     targets, teacher_summary = None, {}
     if config.teacher:
         from edgenode import distill
-        from edgenode.teacher import load_teacher
+        from edgenode.teacher import check_teacher_matches_chips, load_teacher
 
         teacher = load_teacher(config.teacher)
+        check_teacher_matches_chips(teacher, spec.align, config.data)
         distill.check_student(model, teacher)
         targets, teacher_summary = distill.build_targets(teacher, manifest.files("train"), arrays["train"][1], pool_files, num_classes, device)
         if config.kd_targets:
@@ -589,7 +590,7 @@ def data_alignment(data: str, image_size: int):
     The chips must already be the model's input size: the runtime aligns straight to that size, and a chip
     aligned larger then resized would be a slightly different picture from the one deployment produces.
     """
-    from edgenode.align import read_alignment
+    from edgenode.align import align_command, read_alignment
 
     found = read_alignment(data)
     if found is None:
@@ -597,8 +598,7 @@ def data_alignment(data: str, image_size: int):
     align, size = found
     if size != image_size:
         raise UsageError(f"{data} holds {size}-px aligned face chips but the split's image size is {image_size}",
-                         f"re-align into a new folder: edgenode align DATA --out NEW --size {image_size} "
-                         f"(or split with --image-size {size})")
+                         f"re-align into a new folder: {align_command(align, image_size)} (or split with --image-size {size})")
     return align
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from edgenode.align import METHODS, AlignSpec
 from edgenode.checkpoint import load_checkpoint, save_checkpoint
+from edgenode.errors import EdgenodeError
 
 
 def main() -> None:
@@ -28,7 +29,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.out.resolve() == args.checkpoint.resolve():
         raise SystemExit(f"error: {args.out} is the input checkpoint; write the copy elsewhere")
-    ckpt = load_checkpoint(args.checkpoint)
+    try:
+        ckpt = load_checkpoint(args.checkpoint)
+    except EdgenodeError as exc:  # a user error: one line, as the CLI prints it
+        raise SystemExit(f"error: {exc}") from None
     if ckpt.input_spec.align is None:
         raise SystemExit(f"error: {args.checkpoint} was trained on plain crops, not aligned chips; there is nothing to relabel")
     align = AlignSpec(args.method, ckpt.input_spec.align.padding)

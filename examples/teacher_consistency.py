@@ -19,7 +19,7 @@ and the KL divergence of the view's class probabilities from the stored target's
 
 ``--mix`` asks the same of mixup and CutMix, which need no teacher at training time only if the teacher's answer
 on two pictures mixed with weight λ is the λ-mix of its answers on each: each row compares the teacher's
-descriptor of the mixed chip (each image with another random train image; CutMix pastes a square of area 1 − λ)
+descriptor of the mixed chip (each image with a random one of another identity; CutMix pastes a square of area 1 − λ)
 with the λ-mixed stored descriptors (renormalised) and the λ-mixed class probabilities a training step would use.
 """
 
@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> None:
     names += [name for name, _, _ in color_views]
     rows: dict[str, list[tuple[int, np.ndarray]]] = {name: [] for name in names}
     root, start = images_root(args.aligned), time.perf_counter()
+
     def chip(i: int) -> torch.Tensor:
         return torch.from_numpy(np.array(load_rgb(root / files[i]), dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255
 
@@ -103,9 +104,6 @@ def run(args: argparse.Namespace) -> None:
         for name, batch in views.items():
             rows[name] += [(i, describe(v)) for v in batch]
     print(f"{len(pick)} train images, {sum(len(r) for r in rows.values())} descriptors in {time.perf_counter() - start:.0f} s")
-    mixes = [float(m) for m in args.mix.split(",") if m.strip()]
-    if mixes:
-        mix_rows(describe, chip, pick, np.random.default_rng(args.seed + 1), mixes, stored, centre, means, scale, labels)
 
     def log_softmax(z: np.ndarray) -> np.ndarray:
         z = z - z.max(axis=1, keepdims=True)
@@ -120,6 +118,9 @@ def run(args: argparse.Namespace) -> None:
         kl = float(np.mean(np.sum(np.exp(target_lp) * (target_lp - view_lp), axis=1)))
         print(f"{name:40s} {np.mean(np.sum(view * target, axis=1)):13.3f} {np.mean(view_lp.argmax(1) == labels[index]):11.3f} "
               f"{np.mean(view_lp.argmax(1) == target_lp.argmax(1)):14.3f} {kl:16.3f}")
+    mixes = [float(m) for m in args.mix.split(",") if m.strip()]
+    if mixes:
+        mix_rows(describe, chip, pick, np.random.default_rng(args.seed + 1), mixes, stored, centre, means, scale, labels)
 
 
 def mix_rows(describe, chip, pick, rng, mixes, stored, centre, means, scale, labels) -> None:
@@ -130,7 +131,9 @@ def mix_rows(describe, chip, pick, rng, mixes, stored, centre, means, scale, lab
         z = z - z.max(axis=1, keepdims=True)
         return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
-    partner = rng.permutation(pick)
+    # each image's partner: a random train image of another identity (an image mixed with itself or its own
+    # person would flatter the mixed target)
+    partner = np.array([rng.choice(pick[labels[pick] != labels[i]]) for i in pick])
     target = unit(stored - centre)
     probs = np.exp(log_softmax(scale * target @ means.T))
     print(f"{'mixed view (λ of the first image)':40s} {'cos to mixed target':>19s} {'top-1 = first':>13s} "

@@ -2,7 +2,10 @@
 first checkpoint, on val and test, with a paired McNemar test.
 
     OMP_NUM_THREADS=2 python examples/weight_averaging.py runs/pins-aligned64 runs/pins-manifest.json \
-        examples/pretrained/faceode-pins-aligned.pt runs/cpu-ens/control/last.pt runs/cpu-ens/ens-kd/last.pt
+        <faceode-pins-aligned.pt of commit 5d6df05> runs/cpu-ens/control/last.pt runs/cpu-ens/ens-kd/last.pt
+
+(The shipped file now records the CNN-fallback alignment and refuses the HOG-only chips of runs/pins-aligned64;
+the measurement in RESULTS.md used it as it was: ``git show 5d6df05:examples/pretrained/faceode-pins-aligned.pt``.)
 
 Averaging the weights only makes sense for checkpoints fine-tuned from one start (examples/ensemble_accuracy.py
 averages the predictions of independent networks instead, at one network's cost per member). Every subset of

@@ -26,8 +26,8 @@ MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.25, 0.25)
 SYNTHETIC_SPLIT = SplitConfig(per_class=24, train=16, val=4, test=4, image_size=64, seed=0)  # as conftest
 
 
-def _mark_aligned(folder: Path, size: int, padding: float = 0.25) -> None:
-    (folder / ALIGN_FILE).write_text(json.dumps({"align": {"method": "dlib-5pt", "padding": padding}, "size": size}))
+def _mark_aligned(folder: Path, size: int, padding: float = 0.25, method: str = "dlib-5pt") -> None:
+    (folder / ALIGN_FILE).write_text(json.dumps({"align": {"method": method, "padding": padding}, "size": size}))
 
 
 class FakeAligner:
@@ -196,6 +196,37 @@ def test_resume_refuses_another_kind_of_picture(synthetic_root, tmp_path):
     with pytest.raises(UsageError) as exc:
         train(TrainConfig(data=str(aligned), epochs=2, resume=True, **common))
     one_line(exc, "trained on other input", "aligned faces", "data folder the run started with")
+
+
+def test_a_checkpoint_of_an_unknown_alignment_method_asks_for_a_newer_edgenode(aligned_run, tmp_path):
+    import torch
+
+    _, ckpt_path, _ = aligned_run
+    payload = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    payload["input"]["align"]["method"] = "dlib-68pt"  # what a later edgenode might write
+    torch.save(payload, tmp_path / "newer.pt")
+    with pytest.raises(ArtifactError) as exc:
+        load_checkpoint(tmp_path / "newer.pt")
+    one_line(exc, "newer.pt", "'dlib-68pt' is not known", "upgrade edgenode")
+    assert "damaged" not in str(exc.value)
+
+
+def test_training_refuses_teacher_descriptors_that_found_the_faces_otherwise(synthetic_root, synthetic_manifest, tmp_path):
+    from edgenode.teacher import METHOD as HOG_DESCRIPTORS
+    from edgenode.train import TrainConfig, train
+
+    data = tmp_path / "chips"
+    shutil.copytree(synthetic_root, data)
+    _mark_aligned(data, 64, method=align.METHOD_CNN_FALLBACK)
+    files = [f for split in ("train", "val", "test") for f in synthetic_manifest.files(split)]
+    np.savez(tmp_path / "t.npz", files=np.array(files), embedding=np.ones((len(files), 128), np.float32),
+             face_detected=np.ones(len(files), bool), method=np.asarray(HOG_DESCRIPTORS))
+    manifest = synthetic_manifest.save(tmp_path / "manifest.json")
+    with pytest.raises(DataError) as exc:
+        train(TrainConfig(data=str(data), out=str(tmp_path / "run"), arch="faceode", width=8, epochs=1, batch_size=16,
+                          manifest=str(manifest), teacher=str(tmp_path / "t.npz"), progress=False))
+    one_line(exc, "t.npz", "without the CNN fallback", "dlib-5pt+cnn", "edgenode teacher DATA --cnn-fallback")
+    assert not (tmp_path / "run" / "last.pt").exists()
 
 
 def test_export_and_accuracy_report_refuse_plain_pictures_for_an_aligned_model(aligned_run, synthetic_root, tmp_path):

@@ -156,6 +156,7 @@ def test_classifier_starts_at_the_teachers_class_means():
     ({"teacher": "t.npz", "distill_weight": -1.0}, "--distill-weight"),
     ({"teacher": "t.npz", "label_weight": -1.0}, "--label-weight"),
     ({"label_weight": 0.0}, "--label-weight 0 leaves nothing to learn from"),
+    ({"teacher": "t.npz", "label_weight": 0.0, "distill_weight": 0.0, "kd_weight": 0.0}, "--label-weight 0 leaves nothing"),
     ({"teacher": "t.npz", "kd_weight": float("nan")}, "--kd-weight"),
     ({"teacher": "t.npz", "near_duplicates": "pairs.tsv"}, "--near-duplicates is only used"),
     ({"kd_targets": "t.npz"}, "--kd-targets needs --teacher"),

@@ -226,10 +226,90 @@ def test_the_cnn_detector_never_scans_more_than_its_budget():
     photo = np.zeros((600, 1024, 3), np.uint8)  # upsampled it would be 2048 px: 256 px, not upsampled
     (box,) = bounded(photo, 1)
     assert seen[-1] == ((150, 256, 3), 0)
-    assert box.box == (256, 148, 768, 448)  # (64, 37, 192, 112) at 256 px, in the photo's coordinates
-    middle = np.zeros((200, 180, 3), np.uint8)  # small enough to scan whole, too large to upsample
-    bounded(middle, 1)
-    assert seen[-1] == ((200, 180, 3), 0)
+    # (64, 37, 192, 112) at 256 px, in the photo's coordinates: right and bottom are inclusive pixel indices
+    assert box.box == (256, 148, 771, 451)
+    middle = np.zeros((200, 180, 3), np.uint8)  # upsampled once it would be 400 px: enlarged to 256 instead
+    (box,) = bounded(middle, 1)
+    assert seen[-1] == ((256, 230, 3), 0) and box.box == (45, 50, 134, 150)
+
+
+class _FakeDlibModule:
+    """Stands in for the dlib module: HOG finds no face, the shape predictor returns its box, a chip records it."""
+
+    __version__ = "fake"
+    rectangle = _Box
+
+    def __init__(self):
+        self.chips_from, self.described_from = [], []
+
+    def get_frontal_face_detector(self):
+        return _Detector()
+
+    def shape_predictor(self, path):
+        return _box_given
+
+    def get_face_chip(self, img, shape, size, padding):
+        self.chips_from.append(shape)
+        return np.zeros((size, size, 3), np.uint8)
+
+    def face_recognition_model_v1(self, path):
+        fake = self
+
+        class Recognizer:
+            def compute_face_descriptor(self, img, shape, jitters):
+                fake.described_from.append(shape)
+                return np.ones(128, np.float32)
+
+        return Recognizer()
+
+
+@pytest.fixture()
+def fake_dlib(monkeypatch, tmp_path):
+    module = _FakeDlibModule()
+    monkeypatch.setitem(sys.modules, "dlib", module)
+    monkeypatch.setattr("edgenode.teacher.model_files", lambda: (tmp_path / "p.dat", tmp_path / "r.dat"))
+    fallback = _Detector(_Box(3, 4, 20, 22))
+    monkeypatch.setattr("edgenode.teacher.load_cnn_detector", lambda dlib: fallback)
+    return module, fallback
+
+
+def test_aligner_and_teacher_use_the_cnn_fallback_only_when_their_method_says_so(fake_dlib, tmp_path):
+    from edgenode.align import METHOD_CNN_FALLBACK as ALIGN_CNN
+    from edgenode.align import AlignSpec, FaceAligner
+    from edgenode.teacher import _Describer
+
+    module, fallback = fake_dlib
+    picture = np.zeros((30, 40, 3), np.uint8)
+    assert FaceAligner(16, AlignSpec())(picture)[1] is False and fallback.calls == 0
+    assert module.chips_from[-1] == (0, 0, 39, 29)  # HOG only: the whole picture
+    assert FaceAligner(16, AlignSpec(ALIGN_CNN))(picture)[1] is True and fallback.calls == 1
+    assert module.chips_from[-1] == (3, 4, 20, 22)
+    path = tmp_path / "face.png"
+    from PIL import Image
+
+    Image.fromarray(picture).save(path)
+    assert _Describer("p", "r")(str(path))[1] is False and module.described_from[-1] == (0, 0, 39, 29)
+    assert _Describer("p", "r", cnn_fallback=True)(str(path))[1] is True and module.described_from[-1] == (3, 4, 20, 22)
+
+
+def test_descriptors_must_have_found_the_faces_as_the_chips_were_cut():
+    from edgenode.align import AlignSpec
+    from edgenode.align import METHOD_CNN_FALLBACK as ALIGN_CNN  # the alignment method, not the teacher's description
+    from edgenode.teacher import check_teacher_matches_chips
+
+    def teacher(method):
+        return TeacherEmbeddings(np.array(["a"]), np.ones((1, 128), np.float32), np.ones(1, bool),
+                                 dict(PROVENANCE, method=method), "t.npz")
+
+    hog, cnn = AlignSpec(), AlignSpec(ALIGN_CNN)
+    for method, align in ((METHOD, hog), (METHOD_CNN_FALLBACK, cnn), (METHOD, None), ("a method of its own", cnn)):
+        check_teacher_matches_chips(teacher(method), align, "chips")  # consistent, plain data, or unknown: not refused
+    with pytest.raises(DataError) as exc:
+        check_teacher_matches_chips(teacher(METHOD), cnn, "chips")
+    one_line(exc, "t.npz", "without the CNN fallback", "chips of chips were cut with it", "edgenode teacher DATA --cnn-fallback")
+    with pytest.raises(DataError) as exc:
+        check_teacher_matches_chips(teacher(METHOD_CNN_FALLBACK), hog, "chips")
+    one_line(exc, "with the CNN fallback", "cut without it", "teacher_dlib128.npz")
 
 
 # ------------------------------------------------------------------------------------- missing optional extra

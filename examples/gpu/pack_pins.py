@@ -53,7 +53,7 @@ def main() -> None:
     if cnn_chips != cnn_teacher:  # the 2 % of faces HOG misses would be described from another box than the chip's
         raise SystemExit(f"the chips of {args.data} were cut {'with' if cnn_chips else 'without'} the CNN fallback detector, "
                          f"the teacher descriptors {'without' if cnn_chips else 'with'} it; pass --teacher "
-                         f"{'(the file of `edgenode teacher --cnn-fallback`)' if cnn_chips else '../shared/data/pins/teacher_dlib128.npz'}")
+                         f"{'(the file of `edgenode teacher --cnn-fallback`)' if cnn_chips else root / 'teacher_dlib128.npz'}")
     manifest = edata.Manifest.load(args.manifest)
     size = manifest.config.image_size
     entries: list[tuple[str, np.ndarray]] = []
