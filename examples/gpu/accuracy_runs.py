@@ -78,6 +78,7 @@ RECIPES = {
     # the teacher's probabilities, right on 98 % of them). The students fit their labels (train 0.998) and the
     # teacher's descriptors only to a cosine of 0.72; this asks whether the labels' pull is what stops them
     "w5-rk4x4-nolabel": dict(W5_RK4X4, seed=0, label_weight=0.0),
+    "w5-rk4x4-nolabel-s1": dict(W5_RK4X4, seed=1, label_weight=0.0),
     # the final recipe's other two seeds (kd-pool-w5 is seed 0)
     "kd-pool-w5-s1": dict(W5, seed=1),
     "kd-pool-w5-s2": dict(W5, seed=2),
