@@ -45,8 +45,9 @@ class AlignSpec:
     face is found: Pins pictures are face crops already), dlib's 5-point shape predictor, and ``get_face_chip``
     with ``padding`` — the teacher's own recipe, at the student's resolution. "dlib-5pt+cnn": the same, but
     where HOG finds no face dlib's CNN detector (MMOD, scanning at most 256 px: ``teacher.bounded_detector``) is
-    asked before the whole picture is taken (``edgenode align --cnn-fallback``). It is a method of its own, not a flag beside it, so that an edgenode
-    that predates it refuses such a model instead of cutting its chips the old way.
+    asked before the whole picture is taken (``edgenode align --cnn-fallback``). It is a method of its own, not a
+    flag beside it, so that an edgenode that predates it refuses such a model instead of cutting its chips the
+    old way.
     """
 
     method: str = METHOD
