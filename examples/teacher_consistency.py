@@ -54,6 +54,11 @@ def main() -> None:
         raise SystemExit(f"error: {exc}") from None
 
 
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
 def run(args: argparse.Namespace) -> None:
     import dlib
     from PIL import Image
@@ -105,10 +110,6 @@ def run(args: argparse.Namespace) -> None:
             rows[name] += [(i, describe(v)) for v in batch]
     print(f"{len(pick)} train images, {sum(len(r) for r in rows.values())} descriptors in {time.perf_counter() - start:.0f} s")
 
-    def log_softmax(z: np.ndarray) -> np.ndarray:
-        z = z - z.max(axis=1, keepdims=True)
-        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-
     print(f"{'view':40s} {'cos to target':>13s} {'teacher acc':>11s} {'top-1 = target':>14s} {'KL(target||view)':>16s}")
     for name, described in rows.items():
         index = np.array([i for i, _ in described])
@@ -127,10 +128,6 @@ def mix_rows(describe, chip, pick, rng, mixes, stored, centre, means, scale, lab
     """The teacher on mixed chips against the mixed targets a teacher-free mixup/CutMix step would train towards."""
     from edgenode.distill import unit
 
-    def log_softmax(z: np.ndarray) -> np.ndarray:
-        z = z - z.max(axis=1, keepdims=True)
-        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-
     # each image's partner: a random train image of another identity (an image mixed with itself or its own
     # person would flatter the mixed target)
     partner = np.array([rng.choice(pick[labels[pick] != labels[i]]) for i in pick])
@@ -139,11 +136,11 @@ def mix_rows(describe, chip, pick, rng, mixes, stored, centre, means, scale, lab
     print(f"{'mixed view (λ of the first image)':40s} {'cos to mixed target':>19s} {'top-1 = first':>13s} "
           f"{'top-1 = second':>14s} {'p(first) teacher/target':>23s} {'KL(target||view)':>16s}")
     start = time.perf_counter()
+    pairs = [(chip(i)[0], chip(j)[0]) for i, j in zip(pick, partner)]
     for kind in ("mixup", "CutMix"):
         for lam in mixes:
             views, weights = [], []
-            for i, j in zip(pick, partner):
-                a, b = chip(i)[0], chip(j)[0]
+            for a, b in pairs:
                 if kind == "mixup":
                     view, weight = lam * a + (1 - lam) * b, lam
                 else:  # a square of the second image, area 1 - lam, at a random place
@@ -157,9 +154,10 @@ def mix_rows(describe, chip, pick, rng, mixes, stored, centre, means, scale, lab
             w = np.asarray(weights)[:, None]
             mixed_target = unit(w * target[pick] + (1 - w) * target[partner])
             mixed_probs = w * probs[pick] + (1 - w) * probs[partner]
-            view_lp = log_softmax(scale * unit(np.stack(views) - centre) @ means.T)
+            described = unit(np.stack(views) - centre)
+            view_lp = log_softmax(scale * described @ means.T)
             kl = float(np.mean(np.sum(mixed_probs * (np.log(mixed_probs) - view_lp), axis=1)))
-            cos = float(np.mean(np.sum(unit(np.stack(views) - centre) * mixed_target, axis=1)))
+            cos = float(np.mean(np.sum(described * mixed_target, axis=1)))
             rows = np.arange(len(pick))
             print(f"{f'{kind}, λ = {lam:g}':40s} {cos:19.3f} {np.mean(view_lp.argmax(1) == labels[pick]):13.3f} "
                   f"{np.mean(view_lp.argmax(1) == labels[partner]):14.3f} "

@@ -155,8 +155,22 @@ def test_compare_teachers_refuses_disjoint_or_mismatched_sets():
 
 
 class _Box:
+    """Stands in for dlib.rectangle: corners (left, top, right, bottom), with dlib's accessors."""
+
     def __init__(self, *corners):
         self.corners = corners
+
+    def left(self):
+        return self.corners[0]
+
+    def top(self):
+        return self.corners[1]
+
+    def right(self):
+        return self.corners[2]
+
+    def bottom(self):
+        return self.corners[3]
 
     def area(self):
         left, top, right, bottom = self.corners
@@ -195,42 +209,25 @@ def test_the_cnn_fallback_is_asked_only_where_hog_finds_no_face():
     assert METHOD_CNN_FALLBACK != METHOD and "CNN (MMOD)" in METHOD_CNN_FALLBACK
 
 
-class _Rect:
-    def __init__(self, left, top, right, bottom):
-        self.box = (left, top, right, bottom)
-
-    def left(self):
-        return self.box[0]
-
-    def top(self):
-        return self.box[1]
-
-    def right(self):
-        return self.box[2]
-
-    def bottom(self):
-        return self.box[3]
-
-
 def test_the_cnn_detector_never_scans_more_than_its_budget():
     seen = []
 
     def detect(img, upsample):  # finds a "face" in the middle of whatever it is given
         seen.append((img.shape, upsample))
         h, w = img.shape[:2]
-        return [_Rect(w // 4, h // 4, 3 * w // 4, 3 * h // 4)]
+        return [_Box(w // 4, h // 4, 3 * w // 4, 3 * h // 4)]
 
-    bounded = bounded_detector(detect, _Rect, max_side=256)
+    bounded = bounded_detector(detect, _Box, max_side=256)
     small = np.zeros((100, 128, 3), np.uint8)  # a Pins-sized picture: scanned as asked
-    assert [r.box for r in bounded(small, 1)] == [(32, 25, 96, 75)] and seen[-1] == ((100, 128, 3), 1)
+    assert [r.corners for r in bounded(small, 1)] == [(32, 25, 96, 75)] and seen[-1] == ((100, 128, 3), 1)
     photo = np.zeros((600, 1024, 3), np.uint8)  # upsampled it would be 2048 px: 256 px, not upsampled
     (box,) = bounded(photo, 1)
     assert seen[-1] == ((150, 256, 3), 0)
     # (64, 37, 192, 112) at 256 px, in the photo's coordinates: right and bottom are inclusive pixel indices
-    assert box.box == (256, 148, 771, 451)
+    assert box.corners == (256, 148, 771, 451)
     middle = np.zeros((200, 180, 3), np.uint8)  # upsampled once it would be 400 px: enlarged to 256 instead
     (box,) = bounded(middle, 1)
-    assert seen[-1] == ((256, 230, 3), 0) and box.box == (45, 50, 134, 150)
+    assert seen[-1] == ((256, 230, 3), 0) and box.corners == (45, 50, 134, 150)
 
 
 class _FakeDlibModule:

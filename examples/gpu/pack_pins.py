@@ -44,16 +44,16 @@ def main() -> None:
     args = parser.parse_args()
 
     from edgenode.align import read_alignment
-    from edgenode.teacher import METHOD_CNN_FALLBACK
+    from edgenode.errors import EdgenodeError
+    from edgenode.teacher import check_teacher_matches_chips, load_teacher
 
     root = args.source or Path(args.data)
-    teacher = np.load(args.teacher or root / "teacher_dlib128.npz", allow_pickle=False)
     alignment = read_alignment(args.data)
-    cnn_chips, cnn_teacher = alignment is not None and alignment[0].cnn_fallback, str(teacher.get("method", "")) == METHOD_CNN_FALLBACK
-    if cnn_chips != cnn_teacher:  # the 2 % of faces HOG misses would be described from another box than the chip's
-        raise SystemExit(f"the chips of {args.data} were cut {'with' if cnn_chips else 'without'} the CNN fallback detector, "
-                         f"the teacher descriptors {'without' if cnn_chips else 'with'} it; pass --teacher "
-                         f"{'(the file of `edgenode teacher --cnn-fallback`)' if cnn_chips else root / 'teacher_dlib128.npz'}")
+    try:  # the check `edgenode train` makes on the GPU machine, made here before anything is written
+        teacher = load_teacher(args.teacher or root / "teacher_dlib128.npz")
+        check_teacher_matches_chips(teacher, alignment[0] if alignment else None, str(args.data))
+    except EdgenodeError as exc:
+        raise SystemExit(f"error: {exc}") from None
     manifest = edata.Manifest.load(args.manifest)
     size = manifest.config.image_size
     entries: list[tuple[str, np.ndarray]] = []
@@ -79,10 +79,10 @@ def main() -> None:
     if (Path(args.data) / ALIGN_FILE).is_file():
         shutil.copyfile(Path(args.data) / ALIGN_FILE, args.out / ALIGN_FILE)
     wanted = {f for f, _ in entries}
-    keep = np.array([str(f) in wanted for f in teacher["files"]])
-    np.savez_compressed(args.out / "teacher.npz", files=teacher["files"][keep], embedding=teacher["embedding"][keep],
-                        face_detected=teacher["face_detected"][keep],
-                        **{k: teacher[k] for k in ("dlib_version", "model", "method") if k in teacher.files})
+    keep = np.array([str(f) in wanted for f in teacher.files])
+    np.savez_compressed(args.out / "teacher.npz", files=teacher.files[keep], embedding=teacher.embedding[keep],
+                        face_detected=teacher.face_detected[keep],
+                        **{k: np.asarray(v) for k, v in teacher.provenance.items()})
     shutil.copyfile(root / "near_duplicates.tsv", args.out / "near_duplicates.tsv")
     if args.kd_targets:
         with np.load(args.kd_targets, allow_pickle=False) as stored:
