@@ -41,13 +41,19 @@ class DistillTargets:
     class_means: torch.Tensor  # (C, D) unit vectors, from the train split
     scale: float  # temperature of the teacher's class probabilities, fitted on the train split
     log_probs: torch.Tensor | None = None  # (N, C) stored class log-probabilities (--kd-targets) instead of the teacher's
+    centre: np.ndarray | None = None  # (D,) the mean train descriptor subtracted from every target
+    view_embedding: torch.Tensor | None = None  # (K, N, D) unit targets of K augmented views (--teacher-views)
 
-    def teacher_log_probs(self, index: torch.Tensor) -> torch.Tensor:
+    def target_embedding(self, index: torch.Tensor, view: torch.Tensor | None = None) -> torch.Tensor:
+        """The descriptors to match: of the pictures, or with ``view`` of those augmented views of them."""
+        return self.embedding[index] if view is None else self.view_embedding[view.to(index.device), index]
+
+    def teacher_log_probs(self, index: torch.Tensor, view: torch.Tensor | None = None) -> torch.Tensor:
         """Float32 even under autocast: these are targets, and bf16 would cost ~0.1 logit at these scales."""
         if self.log_probs is not None:
             return self.log_probs[index]
         with torch.autocast(self.embedding.device.type, enabled=False):
-            return F.log_softmax(self.scale * self.embedding[index].float() @ self.class_means.float().t(), dim=1)
+            return F.log_softmax(self.scale * self.target_embedding(index, view).float() @ self.class_means.float().t(), dim=1)
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -116,6 +122,7 @@ def build_targets(
         has_target=torch.from_numpy(found).to(device),
         class_means=torch.from_numpy(means).to(device),
         scale=scale,
+        centre=centre,
     )
     pseudo = (unit(pool_emb[pool_found]) @ means.T).argmax(1) if pool_found.any() else np.zeros(0, int)
     summary = {
@@ -197,6 +204,20 @@ def attach_kd_targets(targets: DistillTargets, path: str | os.PathLike, files: l
     targets.log_probs = torch.from_numpy(stored).to(targets.embedding.device)
 
 
+def attach_view_bank(targets: DistillTargets, bank, rows: np.ndarray, n_train: int) -> None:
+    """Give ``targets`` the teacher's descriptors of the bank's views of the training images (``rows``: each one's
+    row in the bank; the first ``n_train`` are the labelled train split).
+
+    The views are centred on their own mean over the train split, as the stored descriptors are on theirs: the
+    teacher describes a view from the 64-px chip, the stored descriptor from the original picture, and a shift
+    common to all views (blur) is no identity.
+    """
+    views = bank.embedding[:, rows].astype(np.float32)  # (K, N, D)
+    centre = views[:, :n_train].reshape(-1, views.shape[-1]).mean(axis=0)
+    views = unit((views - centre).reshape(-1, views.shape[-1])).reshape(views.shape)
+    targets.view_embedding = torch.from_numpy(views).to(targets.embedding.device)
+
+
 DISTILLABLE_PRESETS = ("faceode", "faceode-res")  # their head is embedding → cosine classifier
 
 
@@ -226,19 +247,24 @@ def distill_loss(
     embedding_weight: float,
     kd_weight: float,
     count: float | None = None,
+    view: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``embedding_weight·(1-cos) + kd_weight·KL`` summed over the images with a teacher descriptor and divided by
-    ``count`` (default: their number, i.e. the mean; training under DDP passes the global count per rank)."""
+    ``count`` (default: their number, i.e. the mean; training under DDP passes the global count per rank).
+
+    ``view`` (one per image, with ``--teacher-views``): the images are those augmented views, and the targets the
+    teacher's descriptors of them."""
     mask = targets.has_target[index]
     if not bool(mask.any()):
         return features.sum() * 0.0
     features, logits, index = features[mask].float(), logits[mask].float(), index[mask]
+    view = None if view is None else view[mask.cpu()]
     count = float(len(index)) if count is None else count
     loss = features.new_zeros(())
     if embedding_weight:
-        cos = F.cosine_similarity(features, targets.embedding[index], dim=1)
+        cos = F.cosine_similarity(features, targets.target_embedding(index, view), dim=1)
         loss = loss + embedding_weight * (1.0 - cos).sum() / count
     if kd_weight:
-        kl = F.kl_div(F.log_softmax(logits, dim=1), targets.teacher_log_probs(index), log_target=True, reduction="sum")
+        kl = F.kl_div(F.log_softmax(logits, dim=1), targets.teacher_log_probs(index, view), log_target=True, reduction="sum")
         loss = loss + kd_weight * kl / count
     return loss

@@ -27,6 +27,7 @@ from torch import nn
 
 from edgenode import data as edata
 from edgenode.artifacts import atomic_write_bytes, sha256_file, write_json
+from edgenode.augment import apply_view, augment, jitter_colors
 from edgenode.checkpoint import Checkpoint, InputSpec, load_checkpoint, save_checkpoint
 from edgenode.console import console, progress_bar
 from edgenode.distributed import DistContext, init_distributed
@@ -74,6 +75,7 @@ class TrainConfig:
     distill_weight: float = 1.0  # weight of 1 - cos(student features, teacher descriptor)
     kd_weight: float = 1.0  # weight of KL(teacher class probabilities || student's)
     kd_targets: str | None = None  # .npz of class log-probabilities per file to use in that KL instead of the teacher's
+    teacher_views: str | None = None  # .npz of `edgenode teacher-views`: train on its views, towards their own descriptors
     unlabeled: bool = False  # also train on the manifest's unused images, teacher targets only
     near_duplicates: str | None = None  # tsv of near-duplicate pairs; None: computed with dHash
     amp: bool = False  # bfloat16 autocast for training passes on CUDA (evaluation stays float32)
@@ -123,6 +125,13 @@ class TrainConfig:
         if self.kd_targets and not self.kd_weight:
             raise UsageError("--kd-targets is only used by the KL term, which --kd-weight 0 switches off",
                              "drop --kd-targets or set --kd-weight above 0")
+        if self.teacher_views and not (self.teacher and self.augment):
+            raise UsageError("--teacher-views replaces the targets of --augment's views with the teacher's descriptors of "
+                             "them: it needs --teacher (class means, centre, temperature) and --augment",
+                             "add --teacher teacher.npz --augment, with the bank's --augment-shift/--augment-color")
+        if self.teacher_views and self.kd_targets:
+            raise UsageError("--teacher-views and --kd-targets: stored class probabilities describe the unaugmented "
+                             "pictures, not the bank's views", "drop one of them")
         if self.near_duplicates and not self.unlabeled:
             raise UsageError("--near-duplicates is only used to clean the --unlabeled pool", "add --unlabeled or drop it")
         self.model_config(num_classes=2)  # fail on a bad preset or solver now, not after reading the data
@@ -173,6 +182,7 @@ class DeviceSplit:
     def __init__(self, images_nhwc, labels, spec: InputSpec, device: torch.device, augment_shift: float = 0.125,
                  augment_color: float = 0.0):
         self.augment_shift, self.augment_color = augment_shift, augment_color
+        self.bank, self.bank_rows = None, None  # --teacher-views: augmented views replayed from a view bank
         self.images = torch.from_numpy(images_nhwc).permute(0, 3, 1, 2).contiguous().to(device)
         self.labels = torch.from_numpy(labels).long().to(device)
         self.mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
@@ -181,61 +191,21 @@ class DeviceSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def batch(self, index: torch.Tensor, augment_generator: torch.Generator | None = None):
+    def draw_bank_views(self, index: torch.Tensor, augment_generator: torch.Generator | None) -> torch.Tensor | None:
+        """Which of the bank's views each image of the batch is shown (None: no bank, or no augmentation)."""
+        if self.bank is None or augment_generator is None:
+            return None
+        return torch.randint(self.bank.views, (len(index),), generator=augment_generator)
+
+    def batch(self, index: torch.Tensor, augment_generator: torch.Generator | None = None, view: torch.Tensor | None = None):
         x = self.images[index].float().div_(255)
-        if augment_generator is not None:
+        if view is not None:
+            x = apply_view(x, self.bank.gather(view, self.bank_rows[index.cpu()]))
+        elif augment_generator is not None:
             x = augment(x, augment_generator, self.augment_shift)
             if self.augment_color:
                 x = jitter_colors(x, augment_generator, self.augment_color)
         return (x - self.mean) / self.std, self.labels[index]
-
-
-def augment(x: torch.Tensor, generator: torch.Generator, shift: float = 0.125) -> torch.Tensor:
-    """Random horizontal flip and a random shift of up to ``shift`` of the side (reflect-padded crop).
-
-    The shift matters for distillation: the teacher's targets are computed on the unshifted picture, and on aligned
-    face chips a shift of up to 1/8 moves the teacher's own descriptor to a mean cosine of 0.72 from that target
-    (its accuracy on the shifted views falls from 0.98 to 0.82), while 2 px keep it at 0.92 (RESULTS.md,
-    examples/teacher_consistency.py).
-    """
-    n, _, h, w = x.shape
-    flip = torch.rand(n, generator=generator) < 0.5
-    x = torch.where(flip.to(x.device).view(n, 1, 1, 1), x.flip(3), x)
-    if shift == 0:
-        return x
-    pad = max(1, int(h * shift))
-    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).tolist()
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).tolist()
-    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
-
-
-def jitter_colors(x: torch.Tensor, generator: torch.Generator, strength: float) -> torch.Tensor:
-    """Random brightness, contrast and saturation, each scaled by a factor in [1 - s, 1 + s], then grayscale with
-    probability s / 2; ``x`` holds pixels in [0, 1].
-
-    Why: the aligned model's test errors are hard pictures, several of them hard light (shadows, grayscale
-    photographs, sunglasses), and once it fits its train labels its augmentation is what regularises it (RESULTS.md:
-    2-px shifts, which keep the teacher's targets valid, did no better than 8-px ones). A face embedder barely
-    changes its descriptor under such colour changes, so the stored targets stay valid for these views
-    (examples/teacher_consistency.py).
-    """
-    n = x.shape[0]
-
-    def factors() -> torch.Tensor:
-        return (1 + strength * (2 * torch.rand(n, generator=generator) - 1)).to(x.device).view(n, 1, 1, 1)
-
-    def luma(images: torch.Tensor) -> torch.Tensor:  # ITU-R BT.601, as PIL's convert("L")
-        return (0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]).unsqueeze(1)
-
-    x = x * factors()
-    mean = luma(x).mean(dim=(2, 3), keepdim=True)
-    x = (x - mean) * factors() + mean
-    gray = luma(x)
-    x = (x - gray) * factors() + gray
-    to_gray = (torch.rand(n, generator=generator) < strength / 2).to(x.device).view(n, 1, 1, 1)
-    x = torch.where(to_gray, luma(x).expand_as(x), x)
-    return x.clamp_(0, 1)
 
 
 @torch.no_grad()
@@ -352,6 +322,15 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
         if config.kd_targets:
             distill.attach_kd_targets(targets, config.kd_targets, manifest.files("train") + pool_files, manifest.classes)
             teacher_summary.update(kd_targets=config.kd_targets, kd_targets_sha256=sha256_file(config.kd_targets))
+        if config.teacher_views:
+            from edgenode.view_bank import bank_rows_for
+
+            bank = check_view_bank(config, spec)
+            rows = bank_rows_for(bank, manifest.files("train") + pool_files, train_images)
+            distill.attach_view_bank(targets, bank, rows, len(arrays["train"][1]))
+            splits["train"].bank, splits["train"].bank_rows = bank, torch.from_numpy(rows)
+            teacher_summary.update(teacher_views=config.teacher_views, teacher_views_sha256=sha256_file(config.teacher_views),
+                                   teacher_views_count=bank.views)
         distill.init_classifier(model, targets)
     if config.init and not resume:
         source = start_from(model, model_config, manifest, config.init)
@@ -499,7 +478,8 @@ def run_epoch(train_model, model, split: DeviceSplit, optimizer, scheduler, crit
         for step in range(steps):
             global_batch = perm[step * config.batch_size : (step + 1) * config.batch_size].to(device)
             index = global_batch[ctx.rank * local : (ctx.rank + 1) * local]
-            x, y = split.batch(index, aug)
+            view = split.draw_bank_views(index, aug)
+            x, y = split.batch(index, aug, view)
             labelled = y != UNLABELLED
             # Means over the *global* batch: DDP averages gradients over the ranks, so each rank divides its sum by
             # the global count and multiplies by the world size; with one process this is the plain mean.
@@ -514,7 +494,7 @@ def run_epoch(train_model, model, split: DeviceSplit, optimizer, scheduler, crit
                 if targets is not None:
                     n_targets = max(1, int(targets.has_target[global_batch].sum()))
                     extra = distill_loss(features, logits, index, targets, config.distill_weight, config.kd_weight,
-                                         count=n_targets / ctx.world_size)
+                                         count=n_targets / ctx.world_size, view=view)
                     total_distill += extra.item() * len(y)
                     loss = loss + extra
             optimizer.zero_grad(set_to_none=True)
@@ -542,7 +522,7 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}] + ([{"params": keep, "weight_decay": 0.0}] if keep else [])
 
 
-RESUME_FIXED = ("batch_size", "seed", "augment", "augment_shift", "augment_color", "teacher", "label_weight", "distill_weight", "kd_weight", "kd_targets",
+RESUME_FIXED = ("batch_size", "seed", "augment", "augment_shift", "augment_color", "teacher", "teacher_views", "label_weight", "distill_weight", "kd_weight", "kd_targets",
                 "unlabeled", "near_duplicates", "arch", "width")
 
 
@@ -582,6 +562,27 @@ def start_from(model: NeuralODECNN, model_config: ModelConfig, manifest: edata.M
                          f"{manifest.sha256[:12]}…)", "pass --manifest with the manifest.json of the run that trained it")
     model.load_state_dict(source.state_dict)
     return source
+
+
+def check_view_bank(config: TrainConfig, spec: InputSpec):
+    """The bank of ``--teacher-views``, refused unless its views are the ones this run's augmentation would draw
+    (shift, colour, chip size) on chips aligned the same way."""
+    from edgenode.view_bank import load_view_bank
+
+    bank = load_view_bank(config.teacher_views)
+    drawn = (bank.shift, bank.color, bank.side)
+    wanted = (config.augment_shift, config.augment_color, spec.image_size)
+    if drawn != wanted:
+        raise UsageError(f"--teacher-views {bank.path}: its views were drawn with --augment-shift {bank.shift:g} "
+                         f"--augment-color {bank.color:g} on {bank.side}-px chips; this run uses --augment-shift "
+                         f"{config.augment_shift:g} --augment-color {config.augment_color:g} on {spec.image_size}-px images",
+                         "train with the bank's settings, or compute a bank with this run's (edgenode teacher-views)")
+    chips = spec.align.method if spec.align is not None else None
+    if bank.provenance.get("alignment") != chips:
+        raise UsageError(f"--teacher-views {bank.path}: describes chips aligned with {bank.provenance.get('alignment')!r}, "
+                         f"but {config.data} holds {'chips aligned with ' + repr(chips) if chips else 'unaligned pictures'}",
+                         "train on the aligned copy the bank was computed from")
+    return bank
 
 
 def data_alignment(data: str, image_size: int):

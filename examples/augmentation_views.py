@@ -4,7 +4,7 @@
         --color 0.4 --out docs/figures/augment_color_views.png
 
 Columns: the chip as stored, four views with ``--augment-color`` and no shift (mirror or not), and one with the
-default 8-px shift as well; the same functions as ``edgenode train --augment`` (``augment``, ``jitter_colors``).
+default 8-px shift as well; the same functions as ``edgenode train --augment`` (``edgenode.augment``: ``augment``, ``jitter_colors``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def main() -> None:
     from edgenode.data import Manifest, images_root
     from edgenode.data.decode import load_rgb
     from edgenode.plots import plt, save_figure
-    from edgenode.train import augment, jitter_colors
+    from edgenode.augment import augment, jitter_colors
 
     files = Manifest.load(args.manifest).files("train")
     pick = np.random.default_rng(args.seed).choice(len(files), args.images, replace=False)
@@ -47,7 +47,7 @@ def main() -> None:
             axes[r, c].imshow(views[r].permute(1, 2, 0).numpy())
             axes[r, c].axis("off")
         axes[0, c].set_title(title, fontsize=7)
-    fig.suptitle("training views of train chips (edgenode.train.augment + jitter_colors)", fontsize=9)
+    fig.suptitle("training views of train chips (edgenode.augment: augment + jitter_colors)", fontsize=9)
     fig.tight_layout()
     print(f"wrote {save_figure(fig, args.out, dpi=70)}")  # photographs: a low dpi keeps the PNG small
 

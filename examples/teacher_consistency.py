@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> None:
     from edgenode.data.decode import load_rgb
     from edgenode.distill import class_means, fit_scale, unit
     from edgenode.teacher import load_teacher, model_files
-    from edgenode.train import augment, jitter_colors
+    from edgenode.augment import augment, jitter_colors
 
     if read_alignment(args.aligned) is None:
         raise SystemExit(f"error: {args.aligned} is not an aligned copy (pass the folder `edgenode align` wrote)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from edgenode.cli import align, bench, demo, export, infer, parity, split, teacher, train, verify
+from edgenode.cli import align, bench, demo, export, infer, parity, split, teacher, teacher_views, train, verify
 
 app = typer.Typer(
     name="edgenode",
@@ -24,6 +24,7 @@ for name, module in [
     ("verify", verify),
     ("bench", bench),
     ("teacher", teacher),
+    ("teacher-views", teacher_views),
     ("align", align),
 ]:
     app.command(name, help=(module.command.__doc__ or "").strip().splitlines()[0])(module.command)

@@ -47,6 +47,7 @@ def command(
     distill_weight: Annotated[float, typer.Option(help="Weight of the 1 - cos(student, teacher descriptor) loss.")] = 1.0,
     kd_weight: Annotated[float, typer.Option(help="Weight of the KL loss to the teacher's class probabilities (or to --kd-targets).")] = 1.0,
     kd_targets: Annotated[Optional[Path], typer.Option(help="Class log-probabilities per file (.npz, e.g. an ensemble's from examples/ensemble_targets.py) for that KL loss instead of the teacher's.")] = None,
+    teacher_views: Annotated[Optional[Path], typer.Option(help="A bank of the teacher's descriptors of augmented views (.npz from `edgenode teacher-views`): each epoch shows one of its views of each picture and distils that view's own descriptor; needs --teacher and --augment with the bank's shift and colour.")] = None,
     unlabeled: Annotated[bool, typer.Option(help="Also train on the unused images (minus near-duplicates of val/test) with teacher targets.")] = False,
     near_duplicates: Annotated[Optional[Path], typer.Option(help="TSV of near-duplicate pairs (file_a, file_b, hamming); computed with dHash if unset.")] = None,
     amp: Annotated[bool, typer.Option(help="bfloat16 autocast for training passes on CUDA.")] = False,
@@ -57,7 +58,8 @@ def command(
     from edgenode.train import TrainConfig, train
 
     output_folder(out)
-    for path, option in ((teacher, "--teacher"), (near_duplicates, "--near-duplicates"), (init, "--init"), (kd_targets, "--kd-targets")):
+    for path, option in ((teacher, "--teacher"), (near_duplicates, "--near-duplicates"), (init, "--init"), (kd_targets, "--kd-targets"),
+                         (teacher_views, "--teacher-views")):
         if path is not None:
             existing_path(path, option, folder=False)
     split = SplitConfig(per_class=per_class, train=train_per_class, val=val_per_class, test=test_per_class, image_size=image_size, seed=seed, strict=strict)
@@ -69,7 +71,7 @@ def command(
         dropout=dropout, seed=seed,
         device=device, split=split, manifest=str(manifest) if manifest else None, resume=resume, progress=progress,
         teacher=str(teacher) if teacher else None, label_weight=label_weight, distill_weight=distill_weight, kd_weight=kd_weight,
-        kd_targets=str(kd_targets) if kd_targets else None,
+        kd_targets=str(kd_targets) if kd_targets else None, teacher_views=str(teacher_views) if teacher_views else None,
         unlabeled=unlabeled, near_duplicates=str(near_duplicates) if near_duplicates else None, amp=amp,
         init=str(init) if init else None,
     )

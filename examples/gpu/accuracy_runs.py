@@ -79,6 +79,13 @@ RECIPES = {
     # teacher's descriptors only to a cosine of 0.72; this asks whether the labels' pull is what stops them
     "w5-rk4x4-nolabel": dict(W5_RK4X4, seed=0, label_weight=0.0),
     "w5-rk4x4-nolabel-s1": dict(W5_RK4X4, seed=1, label_weight=0.0),
+    # the shipped recipe, each view of the student's augmentation distilled towards the teacher's own descriptor of
+    # that view instead of the unaugmented picture's, which an 8-px shift moves to a cosine of 0.72. The bank is
+    # computed on the pack's own chips (JPEG re-encoded: other pixels than the aligned copy's), after packing:
+    #   edgenode teacher-views carry/pins64a --manifest carry/pins64a/manifest.json --unlabeled \
+    #       --near-duplicates carry/pins64a/near_duplicates.tsv --views 4 --out carry/pins64a/teacher-views.npz
+    "w5-rk4x4-views": dict(W5_RK4X4, seed=0, teacher_views="{pack}/teacher-views.npz"),
+    "w5-rk4x4-views-s1": dict(W5_RK4X4, seed=1, teacher_views="{pack}/teacher-views.npz"),
     # the final recipe's other two seeds (kd-pool-w5 is seed 0)
     "kd-pool-w5-s1": dict(W5, seed=1),
     "kd-pool-w5-s2": dict(W5, seed=2),

@@ -1,0 +1,115 @@
+"""Training's augmentation, drawn and applied in two steps, so that a view can be replayed exactly.
+
+``edgenode train --augment`` draws a random view of each picture every epoch (:func:`augment`,
+:func:`jitter_colors`). A bank of teacher descriptors of augmented views (``edgenode.view_bank``) needs the same
+views again at training time: it stores the drawn parameters (:class:`ViewParams`) and the training step rebuilds
+each view with :func:`apply_view`. Both paths run the same code, and drawing a view uses the random generator
+exactly as the one-step functions always have, so seeded runs are unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class ViewParams:
+    """The random choices of one augmented view per picture (all tensors of length n, on the CPU).
+
+    ``dy``/``dx`` are the crop's offsets into the picture reflect-padded by ``pad`` pixels (``pad`` 0: no shift);
+    ``colors`` holds brightness, contrast and saturation factors (n, 3) and ``gray`` whether the view is turned to
+    grayscale, or both are None without colour jitter.
+    """
+
+    flip: torch.Tensor
+    pad: int
+    dy: torch.Tensor
+    dx: torch.Tensor
+    colors: torch.Tensor | None = None
+    gray: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.flip)
+
+
+def shift_pad(side: int, shift: float) -> int:
+    """The reflect padding (= the largest shift, in pixels) of ``--augment-shift shift`` on a ``side``-px picture."""
+    return 0 if shift == 0 else max(1, int(side * shift))
+
+
+def draw_view(n: int, side: int, generator: torch.Generator, shift: float = 0.125, color: float = 0.0) -> ViewParams:
+    """Random view parameters for n pictures of ``side`` px, drawn in the order :func:`augment` then
+    :func:`jitter_colors` always drew them (flip, dy, dx; brightness, contrast, saturation, grayscale)."""
+    flip = torch.rand(n, generator=generator) < 0.5
+    pad = shift_pad(side, shift)
+    if pad:
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    else:
+        dy = dx = torch.zeros(n, dtype=torch.int64)
+    colors = gray = None
+    if color:
+        colors = torch.stack([1 + color * (2 * torch.rand(n, generator=generator) - 1) for _ in range(3)], dim=1)
+        gray = torch.rand(n, generator=generator) < color / 2
+    return ViewParams(flip, pad, dy, dx, colors, gray)
+
+
+def apply_view(x: torch.Tensor, params: ViewParams) -> torch.Tensor:
+    """The views ``params`` describes of the pictures ``x`` (n, 3, h, w), pixels in [0, 1]."""
+    n = x.shape[0]
+    x = torch.where(params.flip.to(x.device).view(n, 1, 1, 1), x.flip(3), x)
+    if params.pad:
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (params.pad,) * 4, mode="reflect")
+        dy, dx = params.dy.tolist(), params.dx.tolist()
+        x = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+    if params.colors is not None:
+        x = _apply_colors(x, params.colors.to(x.device), params.gray.to(x.device))
+    return x
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, shift: float = 0.125) -> torch.Tensor:
+    """Random horizontal flip and a random shift of up to ``shift`` of the side (reflect-padded crop).
+
+    The shift matters for distillation: the teacher's targets are computed on the unshifted picture, and on aligned
+    face chips a shift of up to 1/8 moves the teacher's own descriptor to a mean cosine of 0.72 from that target
+    (its accuracy on the shifted views falls from 0.98 to 0.82), while 2 px keep it at 0.92 (RESULTS.md,
+    examples/teacher_consistency.py). A bank of the teacher's descriptors of the views themselves
+    (``edgenode teacher-views``) gives targets that match.
+    """
+    return apply_view(x, draw_view(x.shape[0], x.shape[-2], generator, shift))
+
+
+def jitter_colors(x: torch.Tensor, generator: torch.Generator, strength: float) -> torch.Tensor:
+    """Random brightness, contrast and saturation, each scaled by a factor in [1 - s, 1 + s], then grayscale with
+    probability s / 2; ``x`` holds pixels in [0, 1].
+
+    Why: the aligned model's test errors are hard pictures, several of them hard light (shadows, grayscale
+    photographs, sunglasses), and once it fits its train labels its augmentation is what regularises it (RESULTS.md:
+    2-px shifts, which keep the teacher's targets valid, did no better than 8-px ones). A face embedder barely
+    changes its descriptor under such colour changes, so the stored targets stay valid for these views
+    (examples/teacher_consistency.py).
+    """
+    n = x.shape[0]
+    colors = torch.stack([1 + strength * (2 * torch.rand(n, generator=generator) - 1) for _ in range(3)], dim=1)
+    gray = torch.rand(n, generator=generator) < strength / 2
+    return _apply_colors(x, colors.to(x.device), gray.to(x.device))
+
+
+def _apply_colors(x: torch.Tensor, colors: torch.Tensor, gray: torch.Tensor) -> torch.Tensor:
+    n = x.shape[0]
+
+    def luma(images: torch.Tensor) -> torch.Tensor:  # ITU-R BT.601, as PIL's convert("L")
+        return (0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]).unsqueeze(1)
+
+    brightness, contrast, saturation = (colors[:, k].view(n, 1, 1, 1) for k in range(3))
+    x = x * brightness
+    mean = luma(x).mean(dim=(2, 3), keepdim=True)
+    x = (x - mean) * contrast + mean
+    grayscale = luma(x)
+    x = (x - grayscale) * saturation + grayscale
+    x = torch.where(gray.view(n, 1, 1, 1), luma(x).expand_as(x), x)
+    return x.clamp_(0, 1)
