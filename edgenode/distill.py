@@ -41,7 +41,6 @@ class DistillTargets:
     class_means: torch.Tensor  # (C, D) unit vectors, from the train split
     scale: float  # temperature of the teacher's class probabilities, fitted on the train split
     log_probs: torch.Tensor | None = None  # (N, C) stored class log-probabilities (--kd-targets) instead of the teacher's
-    centre: np.ndarray | None = None  # (D,) the mean train descriptor subtracted from every target
     view_embedding: torch.Tensor | None = None  # (K, N, D) unit targets of K augmented views (--teacher-views)
 
     def target_embedding(self, index: torch.Tensor, view: torch.Tensor | None = None) -> torch.Tensor:
@@ -122,7 +121,6 @@ def build_targets(
         has_target=torch.from_numpy(found).to(device),
         class_means=torch.from_numpy(means).to(device),
         scale=scale,
-        centre=centre,
     )
     pseudo = (unit(pool_emb[pool_found]) @ means.T).argmax(1) if pool_found.any() else np.zeros(0, int)
     summary = {
