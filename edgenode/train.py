@@ -346,11 +346,13 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
 
     history: list[dict[str, Any]] = []
     start_epoch, best_val, best_epoch = 1, -1.0, 0
+    inputs = {name: sha256_file(getattr(config, name)) for name in HASHED_INPUTS if getattr(config, name)}
     if resume:
         ckpt = load_checkpoint(last_path)
         if ckpt.manifest_sha256 != manifest.sha256:
             raise UsageError(f"{last_path} was trained on another split (manifest {ckpt.manifest_sha256[:12]}…)")
         check_resume_settings(config, ckpt.train_config or {}, last_path)
+        check_resume_inputs(config, (ckpt.train_config or {}).get("input_sha256") or {}, inputs, last_path)
         if ckpt.input_spec != spec:  # e.g. resumed on the aligned copy of a run started on plain crops
             raise UsageError(f"{last_path} was trained on other input ({ckpt.input_spec.describe()}; this run: "
                              f"{spec.describe()})", f"resume with the data folder the run started with ({config.data} is not)")
@@ -393,7 +395,7 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
             epoch=epoch,
             metrics=metrics,
             history=history,
-            train_config=config.to_dict(),
+            train_config={**config.to_dict(), "input_sha256": inputs},
             optimizer=optimizer.state_dict(),
             scheduler=scheduler.state_dict(),
         )
@@ -546,6 +548,19 @@ def check_resume_settings(config: TrainConfig, saved: dict, path: Path) -> None:
     if changed:
         raise UsageError(f"--resume: {path} was trained with other settings ({', '.join(changed)})",
                          "resume with the options it was started with, or train into another --out")
+
+
+HASHED_INPUTS = ("teacher", "kd_targets", "teacher_views", "near_duplicates")  # files whose content sets the targets
+
+
+def check_resume_inputs(config: TrainConfig, saved: dict[str, str], now: dict[str, str], path: Path) -> None:
+    """A resumed run must learn from the same teacher files, not ones recomputed under the same name since it started
+    (checkpoints that predate this record are not checked)."""
+    changed = [f"--{k.replace('_', '-')} {getattr(config, k)} (sha256 {saved[k][:12]}… → {now[k][:12]}…)"
+               for k in now if k in saved and saved[k] != now[k]]
+    if changed:
+        raise UsageError(f"--resume: {path} was trained with other contents of {', '.join(changed)}",
+                         "restore the files the run started with, or train into another --out")
 
 
 def start_from(model: NeuralODECNN, model_config: ModelConfig, manifest: edata.Manifest, path: str) -> Checkpoint:

@@ -257,3 +257,16 @@ def test_teacher_views_cli_writes_a_bank_and_will_not_overwrite_another_file(fak
     assert result.exit_code != 0 and "teacher.npz" in result.output
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "x.npz"), "--near-duplicates", str(manifest_path)])
     assert result.exit_code == 2 and "--near-duplicates is only used" in result.output
+
+
+def test_resume_refuses_a_teacher_file_rewritten_since_the_run_started(chips, tmp_path):
+    data, manifest_path, _ = chips
+    config = dict(data=str(data), out=str(tmp_path / "run"), arch="faceode", width=8, batch_size=16, progress=False,
+                  manifest=str(manifest_path), teacher=str(tmp_path / "teacher.npz"), table_every=0)
+    train(TrainConfig(epochs=1, **config))
+    with np.load(tmp_path / "teacher.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    np.savez(tmp_path / "teacher.npz", **{**arrays, "embedding": arrays["embedding"] * 1.01})  # same name, new targets
+    with pytest.raises(UsageError) as exc:
+        train(TrainConfig(epochs=2, resume=True, **config))
+    one_line(exc, "--resume", "run/last.pt", "--teacher", "teacher.npz", "sha256", "restore the files")
