@@ -321,7 +321,7 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
         targets, teacher_summary = distill.build_targets(teacher, manifest.files("train"), arrays["train"][1], pool_files, num_classes, device)
         if config.kd_targets:
             distill.attach_kd_targets(targets, config.kd_targets, manifest.files("train") + pool_files, manifest.classes)
-            teacher_summary.update(kd_targets=config.kd_targets, kd_targets_sha256=sha256_file(config.kd_targets))
+            teacher_summary.update(kd_targets=config.kd_targets)
         if config.teacher_views:
             from edgenode.view_bank import bank_rows_for
 
@@ -329,9 +329,11 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
             rows = bank_rows_for(bank, manifest.files("train") + pool_files, train_images)
             distill.attach_view_bank(targets, bank, rows, len(arrays["train"][1]))
             splits["train"].bank, splits["train"].bank_rows = bank, torch.from_numpy(rows)
-            teacher_summary.update(teacher_views=config.teacher_views, teacher_views_sha256=sha256_file(config.teacher_views),
-                                   teacher_views_count=bank.views)
+            teacher_summary.update(teacher_views=config.teacher_views, teacher_views_count=bank.views)
         distill.init_classifier(model, targets)
+    # read by now (their loaders name a missing or foreign file); hashed for --resume and the run's record
+    inputs = {name: sha256_file(getattr(config, name)) for name in HASHED_INPUTS if getattr(config, name)}
+    teacher_summary.update({f"{name}_sha256": inputs[name] for name in ("kd_targets", "teacher_views") if name in inputs})
     if config.init and not resume:
         source = start_from(model, model_config, manifest, config.init)
         ctx.print(f"initialised from {config.init} (epoch {source.epoch}, sha256 {source.sha256[:12]}…)")
@@ -346,7 +348,6 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
 
     history: list[dict[str, Any]] = []
     start_epoch, best_val, best_epoch = 1, -1.0, 0
-    inputs = {name: sha256_file(getattr(config, name)) for name in HASHED_INPUTS if getattr(config, name)}
     if resume:
         ckpt = load_checkpoint(last_path)
         if ckpt.manifest_sha256 != manifest.sha256:

@@ -270,3 +270,22 @@ def test_resume_refuses_a_teacher_file_rewritten_since_the_run_started(chips, tm
     with pytest.raises(UsageError) as exc:
         train(TrainConfig(epochs=2, resume=True, **config))
     one_line(exc, "--resume", "run/last.pt", "--teacher", "teacher.npz", "sha256", "restore the files")
+
+
+def test_a_run_with_a_view_bank_resumes_exactly(fake_teacher, chips, tmp_path):
+    """The views each epoch shows come from the (seed, epoch) generator: two epochs in one go or with a stop between
+    them end at the same weights."""
+    from edgenode.checkpoint import load_checkpoint
+
+    data, manifest_path, manifest = chips
+    bank = view_bank.compute_view_bank(data, manifest.files("train"), views=3, shift=0.125, color=0.0, workers=1, progress=False)
+    view_bank.save_view_bank(tmp_path / "bank.npz", bank)
+    config = dict(data=str(data), arch="faceode", width=8, batch_size=16, progress=False, table_every=0,
+                  manifest=str(manifest_path), teacher=str(tmp_path / "teacher.npz"), augment=True,
+                  teacher_views=str(tmp_path / "bank.npz"))
+    straight = train(TrainConfig(out=str(tmp_path / "straight"), epochs=2, **config))
+    train(TrainConfig(out=str(tmp_path / "split"), epochs=1, **config))
+    resumed = train(TrainConfig(out=str(tmp_path / "split"), epochs=2, resume=True, **config))
+    expected, actual = (load_checkpoint(r.last_checkpoint).state_dict for r in (straight, resumed))
+    for name, tensor in expected.items():
+        torch.testing.assert_close(actual[name], tensor, rtol=0, atol=0, msg=name)

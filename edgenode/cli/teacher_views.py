@@ -38,6 +38,7 @@ def command(
     """
     from edgenode.data import Manifest
     from edgenode.errors import UsageError
+    from edgenode.process_pool import resolve_workers
     from edgenode.train import TrainConfig, load_unlabeled_pool
     from edgenode.view_bank import compute_view_bank, save_view_bank
 
@@ -51,9 +52,10 @@ def command(
     files = split.files("train")
     if unlabeled:
         files = files + load_unlabeled_pool(split, str(data), str(near_duplicates) if near_duplicates else None)[1]
+    processes = resolve_workers(workers or None, len(files))
     start = time.perf_counter()
-    bank = compute_view_bank(data, files, views=views, shift=augment_shift, color=augment_color, seed=seed, workers=workers or None)
+    bank = compute_view_bank(data, files, views=views, shift=augment_shift, color=augment_color, seed=seed, workers=processes)
     save_view_bank(out, bank)
     seconds = time.perf_counter() - start
-    console.print(f"wrote {out}: {bank.describe()}; {seconds:.0f} s ({1000 * seconds / (views * len(files)):.0f} ms per view)",
-                  markup=False)
+    console.print(f"wrote {out}: {bank.describe()}; {seconds:.0f} s with {processes} process(es), "
+                  f"{1000 * seconds * processes / (views * len(files)):.0f} ms per view and process", markup=False)
