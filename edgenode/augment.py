@@ -31,9 +31,6 @@ class ViewParams:
     colors: torch.Tensor | None = None
     gray: torch.Tensor | None = None
 
-    def __len__(self) -> int:
-        return len(self.flip)
-
 
 def shift_pad(side: int, shift: float) -> int:
     """The reflect padding (= the largest shift, in pixels) of ``--augment-shift shift`` on a ``side``-px picture."""
@@ -50,11 +47,14 @@ def draw_view(n: int, side: int, generator: torch.Generator, shift: float = 0.12
         dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
     else:
         dy = dx = torch.zeros(n, dtype=torch.int64)
-    colors = gray = None
-    if color:
-        colors = torch.stack([1 + color * (2 * torch.rand(n, generator=generator) - 1) for _ in range(3)], dim=1)
-        gray = torch.rand(n, generator=generator) < color / 2
+    colors, gray = _draw_colors(n, generator, color) if color else (None, None)
     return ViewParams(flip, pad, dy, dx, colors, gray)
+
+
+def _draw_colors(n: int, generator: torch.Generator, strength: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(brightness, contrast, saturation factors (n, 3), grayscale (n,)) of :func:`jitter_colors`."""
+    colors = torch.stack([1 + strength * (2 * torch.rand(n, generator=generator) - 1) for _ in range(3)], dim=1)
+    return colors, torch.rand(n, generator=generator) < strength / 2
 
 
 def apply_view(x: torch.Tensor, params: ViewParams) -> torch.Tensor:
@@ -93,9 +93,7 @@ def jitter_colors(x: torch.Tensor, generator: torch.Generator, strength: float) 
     changes its descriptor under such colour changes, so the stored targets stay valid for these views
     (examples/teacher_consistency.py).
     """
-    n = x.shape[0]
-    colors = torch.stack([1 + strength * (2 * torch.rand(n, generator=generator) - 1) for _ in range(3)], dim=1)
-    gray = torch.rand(n, generator=generator) < strength / 2
+    colors, gray = _draw_colors(x.shape[0], generator, strength)
     return _apply_colors(x, colors.to(x.device), gray.to(x.device))
 
 

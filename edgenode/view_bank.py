@@ -60,10 +60,7 @@ class ViewBank:
     def gather(self, view: torch.Tensor, rows: torch.Tensor) -> ViewParams:
         """The parameters of view ``view[i]`` of picture ``rows[i]``, for each i."""
         v, r = view.cpu().numpy(), rows.cpu().numpy()
-        return ViewParams(torch.from_numpy(self.flip[v, r]), self.pad, torch.from_numpy(self.dy[v, r].astype(np.int64)),
-                          torch.from_numpy(self.dx[v, r].astype(np.int64)),
-                          None if self.colors is None else torch.from_numpy(self.colors[v, r]),
-                          None if self.gray is None else torch.from_numpy(self.gray[v, r]))
+        return view_params(self.pad, *(None if a is None else a[v, r] for a in (self.flip, self.dy, self.dx, self.colors, self.gray)))
 
     def rows(self, files: list[str]) -> np.ndarray:
         """Each file's row in the bank, -1 where it has none."""
@@ -73,6 +70,18 @@ class ViewBank:
     def describe(self) -> str:
         color = f", --augment-color {self.color:g}" if self.color else ""
         return f"{self.views} views of {len(self.files)} pictures ({self.side} px, --augment-shift {self.shift:g}{color})"
+
+
+VIEW_FIELDS = ("flip", "dy", "dx", "colors", "gray")  # ViewParams' per-picture arrays, in its order
+
+
+def view_params(pad: int, flip: np.ndarray, dy: np.ndarray, dx: np.ndarray, colors: np.ndarray | None,
+                gray: np.ndarray | None) -> ViewParams:
+    """ViewParams from the numpy arrays a bank stores them in (and worker processes receive them in)."""
+    def tensor(a: np.ndarray | None) -> torch.Tensor | None:
+        return None if a is None else torch.from_numpy(np.ascontiguousarray(a))
+
+    return ViewParams(tensor(flip), pad, tensor(dy.astype(np.int64)), tensor(dx.astype(np.int64)), tensor(colors), tensor(gray))
 
 
 def pixels_crc32(image: np.ndarray) -> int:
@@ -130,11 +139,8 @@ def _worker_describe(item: tuple[str, dict[str, np.ndarray | int | None]]) -> tu
 
     path, arrays = item
 
-    def view(v: int) -> ViewParams:
-        def column(name: str) -> torch.Tensor | None:
-            return None if arrays[name] is None else torch.from_numpy(arrays[name][[v]])
-
-        return ViewParams(column("flip"), arrays["pad"], column("dy"), column("dx"), column("colors"), column("gray"))
+    def view(v: int) -> ViewParams:  # view v of this one picture
+        return view_params(arrays["pad"], *(None if arrays[k] is None else arrays[k][[v]] for k in VIEW_FIELDS))
 
     try:
         chip = load_resized(path, arrays["side"])
@@ -176,10 +182,7 @@ def compute_view_bank(data: str | os.PathLike, files: list[str], *, views: int, 
                       "(bilinear), compute_face_descriptor(chip)")
     root = images_root(data)
     params = draw_bank_views(len(files), views, side, shift, color, seed)
-    stacked = {"flip": np.stack([p.flip.numpy() for p in params]), "dy": np.stack([p.dy.numpy() for p in params]),
-               "dx": np.stack([p.dx.numpy() for p in params]),
-               "colors": np.stack([p.colors.numpy() for p in params]).astype(np.float32) if color else None,
-               "gray": np.stack([p.gray.numpy() for p in params]) if color else None}
+    stacked = {k: None if getattr(params[0], k) is None else np.stack([getattr(p, k).numpy() for p in params]) for k in VIEW_FIELDS}
     items = [(str(root / f), {"side": side, "pad": params[0].pad, **{k: None if a is None else a[:, i] for k, a in stacked.items()}})
              for i, f in enumerate(files)]
     results = process_map(_worker_describe, items, initializer=_worker_init, initargs=(str(model_files()[1]),),
