@@ -22,6 +22,7 @@ import torch
 from edgenode.checkpoint import load_checkpoint
 from edgenode.data import Manifest, load_split_arrays, normalize
 from edgenode.distill import class_means, unit
+from edgenode.metrics import wilson_interval
 from edgenode.teacher import load_teacher
 
 SPLITS = ("train", "val", "test")
@@ -73,12 +74,13 @@ def main() -> None:
             scores = {}
             for s in SPLITS:
                 pred = unit((x[s] @ x["train"].T @ alpha).numpy())
-                scores[s] = (float((pred * targets[s]).sum(1).mean()), float(((pred @ means.T).argmax(1) == labels[s]).mean()))
+                right = int(((pred @ means.T).argmax(1) == labels[s]).sum())
+                scores[s] = (float((pred * targets[s]).sum(1).mean()), right / len(labels[s]), wilson_interval(right, len(labels[s])))
             if best is None or scores["val"][1] > best[1]["val"][1]:
                 best = (lam, scores)
         lam, scores = best
         print(f"{grid}x{grid} ({x['train'].shape[1]:5d} features, ridge {lam:g}): "
-              + "  ".join(f"{s} cos {c:.3f} acc {a:.3f}" for s, (c, a) in scores.items()), flush=True)
+              + "  ".join(f"{s} cos {c:.3f} acc {a:.3f} [{lo:.3f}, {hi:.3f}]" for s, (c, a, (lo, hi)) in scores.items()), flush=True)
 
 
 if __name__ == "__main__":
