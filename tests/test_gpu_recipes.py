@@ -42,3 +42,10 @@ def test_recipe_names_state_what_differs():
         assert (recipe.get("augment_color") == 0.4) == ("color4" in name), name
         assert (recipe.get("arch") == "faceode-res") == ("-res" in name), name
     assert set(RUNS.ABLATION.split(",")) <= set(RUNS.RECIPES)
+
+
+def test_set_overrides_win_over_the_recipe(tmp_path):
+    """--set width=16 makes a CPU dry run small even for a recipe that sets its own width (160 here)."""
+    config = RUNS.config_for("w5-wide-rk4x4-color4", tmp_path, tmp_path / "runs", 1, {"width": 16, "steps": 1})
+    assert (config["width"], config["steps"], config["augment_color"]) == (16, 1, 0.4)
+    assert RUNS.config_for("w5-wide-rk4x4-color4", tmp_path, tmp_path / "runs", 1)["width"] == 160

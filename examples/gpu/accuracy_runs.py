@@ -105,8 +105,9 @@ WORKER = (
 )
 
 
-def config_for(name: str, pack: Path, runs: Path, epochs: int) -> dict:
-    values = {**COMMON, **RECIPES[name], "data": str(pack), "manifest": str(pack / "manifest.json"),
+def config_for(name: str, pack: Path, runs: Path, epochs: int, overrides: dict | None = None) -> dict:
+    """The run's TrainConfig fields: common settings, then the recipe, then ``overrides`` (--set), which win over both."""
+    values = {**COMMON, **RECIPES[name], **(overrides or {}), "data": str(pack), "manifest": str(pack / "manifest.json"),
               "out": str(runs / name), "epochs": epochs}
     return {k: v.format(pack=pack) if isinstance(v, str) else v for k, v in values.items()}
 
@@ -186,9 +187,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.overhead <= 0:
         parser.error(f"--overhead {args.overhead}: must be > 0 (the H100 runs measured 1.26 to 1.48)")
+    overrides = {}
     for item in args.set:
         key, _, value = item.partition("=")
-        COMMON[key] = json.loads(value)
+        overrides[key] = json.loads(value)
     t0 = time.time()
     os.environ.setdefault("EDGENODE_CACHE", "/tmp/edgenode-cache")
     # a fresh folder per call: a run left by an earlier call on a still-warm machine would refuse to start
@@ -208,7 +210,7 @@ def main() -> None:
 
     per_epoch = {}
     for name in names:
-        config = config_for(name, pack, runs, 1)
+        config = config_for(name, pack, runs, 1, overrides)
         n = images_per_epoch(config)
         per_epoch[name] = n * seconds_per_image(config, args.probe_steps)
         info["runs"][name] = {"images_per_epoch": n, "estimated_seconds_per_epoch_alone": per_epoch[name]}
@@ -223,7 +225,7 @@ def main() -> None:
 
     processes = {}
     for name in names:
-        config = config_for(name, pack, runs, epochs)
+        config = config_for(name, pack, runs, epochs, overrides)
         run_dir = Path(config["out"])
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config, indent=1))
