@@ -106,9 +106,9 @@ WORKER = (
 
 
 def config_for(name: str, pack: Path, runs: Path, epochs: int, overrides: dict | None = None) -> dict:
-    """The run's TrainConfig fields: common settings, then the recipe, then ``overrides`` (--set), which win over both."""
-    values = {**COMMON, **RECIPES[name], **(overrides or {}), "data": str(pack), "manifest": str(pack / "manifest.json"),
-              "out": str(runs / name), "epochs": epochs}
+    """The run's TrainConfig fields: common settings, then the recipe, then ``overrides`` (--set), winning over both."""
+    values = {**COMMON, **RECIPES[name], **(overrides or {}), "data": str(pack),
+              "manifest": str(pack / "manifest.json"), "out": str(runs / name), "epochs": epochs}
     return {k: v.format(pack=pack) if isinstance(v, str) else v for k, v in values.items()}
 
 
