@@ -3,13 +3,17 @@
     OMP_NUM_THREADS=2 python examples/pooling_probe.py examples/pretrained/faceode-pins-aligned.pt runs/pins-aligned64c \
         runs/pins-manifest.json runs/teacher-cnn/teacher_dlib128_cnn.npz
 
-The ``faceode`` head averages its 256×8×8 map over all positions before the embedding. On aligned chips the eyes,
-nose and mouth sit at fixed places, and face networks for aligned faces often weigh positions instead (MobileFaceNet's
-global depthwise convolution). Before building such a head, this asks the trained network, frozen: ridge regressions
-from its map, pooled to 1×1 (what the head does), 2×2, 4×4 or not at all (8×8, 16,384 features), to the teacher's
-centred unit descriptors, fitted on train, regularisation chosen by val accuracy. Each probe's output is scored by its
-cosine to the teacher and by the teacher's nearest class mean (train class means). If the finer grids fit val much
-better than 1×1, position carries identity the average throws away.
+(RESULTS.md's figures come from the width-128 model shipped before: ``git show
+e65ba70:examples/pretrained/faceode-pins-aligned.pt``; the file there now is the width-160 one.)
+
+The ``faceode`` head averages its (2·width)×8×8 map (256×8×8 at width 128) over all positions before the embedding.
+On aligned chips the eyes, nose and mouth sit at fixed places, and face networks for aligned faces often weigh
+positions instead (MobileFaceNet's global depthwise convolution). Before building such a head, this asks the trained
+network, frozen: ridge regressions from its map, pooled to 1×1 (what the head does), 2×2, 4×4 or not at all (8×8,
+16,384 features at width 128), to the teacher's centred unit descriptors, fitted on train, regularisation chosen
+by val accuracy. Each probe's output is scored by its cosine to the teacher and by the teacher's nearest class mean
+(train class means). If the finer grids fit val much better than 1×1, position carries identity the average throws
+away.
 """
 
 from __future__ import annotations
