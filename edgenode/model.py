@@ -39,6 +39,9 @@ class ModelConfig:
     width: int = 64
     solver: SolverConfig = field(default_factory=SolverConfig)
     dropout: float = 0.0
+    # Inference only (export --mirror-average): classify the picture and its mirror image together. Training never
+    # sets it; the flip is part of the deployed function, so it travels with the model like the solver does.
+    mirror_average: bool = False
 
     def __post_init__(self):
         if self.arch not in MODEL_REGISTRY:
@@ -49,6 +52,8 @@ class ModelConfig:
             raise UsageError(f"model width must be at least 4 channels, got {self.width}")
         if not 0.0 <= self.dropout < 1.0:
             raise UsageError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not isinstance(self.mirror_average, bool):
+            raise UsageError(f"mirror_average must be true or false, got {self.mirror_average!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,10 +104,34 @@ class NeuralODECNN(nn.Module):
 
         One ``forward`` for both, so DistributedDataParallel sees every training pass.
         """
+        if self.config.mirror_average:
+            return self._mirror_averaged(x, return_features)
         if not return_features:
             return self.head(self.ode(self.stem(x)))
         features = self.head[:-1](self.ode(self.stem(x)))
         return features, self.head[-1](features)
+
+    def _mirror_averaged(self, x: torch.Tensor, return_features: bool):
+        """The picture and its left-right mirror image through the network as one batch of 2N, their features
+        merged before the classifier: the output is exactly invariant to flipping the input, for twice the work.
+
+        Faces are roughly left-right symmetric and training augments with flips, so the two views err differently
+        and the merge corrects some errors (RESULTS.md: +1.0 pt test on the shipped model). One batch, not two
+        passes, so an exported graph keeps one copy of every weight and its Conv count, and batch-1 inference runs
+        as batch 2. A cosine classifier compares directions, so each view's feature is made unit length before the
+        sum (the two views weigh the same); a linear classifier gets their mean, which averages the logits.
+        """
+        features = self.head[:-1](self.ode(self.stem(torch.cat([x, torch.flip(x, dims=[3])]))))
+        # (2N, D) -> (2, N, D) with a constant target shape: shape inference (ONNX Runtime's INT8 pre-processing,
+        # FLOP counts, TensorRT) follows a Reshape to [2, -1, D], where a Slice at a batch-dependent N is opaque
+        views = features.reshape(2, -1, features.shape[1])
+        plain, mirrored = views[0], views[1]
+        if isinstance(self.head[-1], CosineClassifier):
+            merged = unit_rows(plain) + unit_rows(mirrored)
+        else:
+            merged = (plain + mirrored) * 0.5
+        logits = self.head[-1](merged)
+        return (merged, logits) if return_features else logits
 
     @property
     def feature_dim(self) -> int:
@@ -118,6 +147,13 @@ class NeuralODECNN(nn.Module):
         clone = copy.deepcopy(self)
         clone.ode.solver = solver
         clone.config = replace(self.config, solver=solver)
+        return clone
+
+    def with_mirror_average(self, enabled: bool = True) -> "NeuralODECNN":
+        """A copy sharing nothing mutable with ``self`` that classifies each picture together with its mirror
+        image (``enabled``) or alone; see :meth:`_mirror_averaged`."""
+        clone = copy.deepcopy(self)
+        clone.config = replace(self.config, mirror_average=bool(enabled))
         return clone
 
 

@@ -17,6 +17,9 @@ A fixed-step solve makes ``evals_per_step · n_steps`` evaluations (RK4: 4 per s
 
     total = stem + nfe · f + head        per RK4 step = 4 · f
 
+A mirror-averaged model (``export --mirror-average``) runs each picture twice, as itself and mirrored, and
+classifies the merged feature once: ``views = 2`` and everything but the final classifier layer doubles.
+
 Layers are found by forward hooks on a batch-of-one pass, so any preset (and its ConcatConv2d time channel,
 ``C_in = width + 1``) is counted from what actually runs. :func:`onnx_graph_flops` counts the same way from an
 ONNX graph (Conv, Gemm, MatMul nodes after shape inference at batch 1), as a cross-check of an artifact.
@@ -106,10 +109,12 @@ class ModelFlops:
     f_eval: int
     head: int
     layers: dict[str, list[LayerFlops]] = field(default_factory=dict)
+    views: int = 1  # passes of the network per picture: 2 when mirror-averaged
+    classifier: int = 0  # of ``head``: the final layer, which a mirror-averaged model runs once on the merged feature
 
     def total(self, nfe: int) -> int:
         """Per image for a solve with ``nfe`` evaluations of f."""
-        return self.stem + nfe * self.f_eval + self.head
+        return self.views * (self.stem + nfe * self.f_eval + self.head - self.classifier) + self.classifier
 
     def per_step(self, method: str = "rk4") -> int:
         return EVALS_PER_STEP[method] * self.f_eval
@@ -123,6 +128,7 @@ class ModelFlops:
         return {
             "image_size": self.image_size, "state_shape": list(self.state_shape),
             "stem": self.stem, "f_eval": self.f_eval, "head": self.head, "per_rk4_step": self.per_step("rk4"),
+            "views": self.views, "classifier": self.classifier,
             "counted": "conv and linear layers: 2 x MACs + bias adds; norms, activations, pooling and solver "
                        "arithmetic are not counted",
             "layers": {part: [layer.to_dict() for layer in rows] for part, rows in self.layers.items()},
@@ -147,6 +153,8 @@ def model_flops(model: NeuralODECNN, image_size: int) -> ModelFlops:
         stem=sum(layer.flops for layer in stem_layers), f_eval=sum(layer.flops for layer in f_layers),
         head=sum(layer.flops for layer in head_layers),
         layers={"stem": stem_layers, "f": f_layers, "head": head_layers},
+        views=2 if getattr(model.config, "mirror_average", False) else 1,
+        classifier=sum(layer.flops for layer in head_layers if layer.name == str(len(model.head) - 1)),
     )
 
 
@@ -157,7 +165,7 @@ def config_flops(config: ModelConfig | dict, image_size: int) -> ModelFlops:
     """:func:`model_flops` of a fresh model built from ``config`` (weights do not change FLOPs); cached."""
     if isinstance(config, dict):
         config = ModelConfig.from_dict(config)
-    key = (config.arch, config.num_classes, config.width, config.dropout, image_size)
+    key = (config.arch, config.num_classes, config.width, config.dropout, config.mirror_average, image_size)
     if key not in _CACHE:
         _CACHE[key] = model_flops(build_model(config), image_size)
     return _CACHE[key]

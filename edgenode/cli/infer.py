@@ -24,6 +24,7 @@ def command(
     workers: Annotated[int, typer.Option(help="Decoding threads (0: one per core + 2).")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout (JSON lines); messages go to stderr.")] = False,
     pre_aligned: Annotated[bool, typer.Option("--pre-aligned", help="For a model trained on aligned faces: the images are already aligned chips (skip dlib).")] = False,
+    mirror_average: Annotated[bool, typer.Option("--mirror-average", help="For a checkpoint: classify each picture with its mirror image, as `export --mirror-average` does (an export has it baked in).")] = False,
 ) -> None:
     """Classify images with an artifact; prints identity and confidence; exit 1 if any file failed."""
     from rich.markup import escape
@@ -39,7 +40,7 @@ def command(
     files = collect_images(paths)
     if not files:
         raise UsageError(f"no image files found in {', '.join(map(str, paths))}", "pass image files or folders of .jpg/.png/.webp")
-    predictor = load_predictor(artifact, provider=provider)
+    predictor = load_predictor(artifact, provider=provider, mirror_average=True if mirror_average else None)
     console.print(f"{predictor.describe()}; provider {predictor.provider}; {len(files)} image(s)", markup=False)
     failed = n = 0
     for item in predictor.predict_files(files, batch_size=batch_size, k=top_k, workers=workers or None, pre_aligned=pre_aligned):

@@ -65,6 +65,7 @@ class ExportConfig:
     calibration_method: str = "minmax"
     opset: int = DEFAULT_OPSET
     check_ode: bool = True
+    mirror_average: bool = False  # classify each picture with its mirror image in the graph (twice the work)
     sweep_candidates: tuple[int, ...] = SWEEP_STEPS
     sweep_criteria: SweepCriteria = field(default_factory=SweepCriteria)
     reference_tol: float = REFERENCE_TOL
@@ -100,6 +101,8 @@ class ExportConfig:
             raise UsageError("--format engine with --int8-target ort: TensorRT cannot run the asymmetric uint8 (U8S8) file",
                              "use --int8-target tensorrt or both")
         check_opset(self.opset)
+        if not isinstance(self.mirror_average, bool):
+            raise UsageError(f"--mirror-average must be true or false, got {self.mirror_average!r}")
         set_("sweep_candidates", tuple(check_steps(n) for n in self.sweep_candidates))
         if not self.sweep_candidates:
             raise UsageError("the step sweep needs at least one candidate N")

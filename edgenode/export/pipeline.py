@@ -344,6 +344,8 @@ def export_model(config: ExportConfig) -> ExportResult:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     model = inputs.ckpt.build_model()
+    if config.mirror_average:  # before everything that runs the model: sweep, ODE check, references, graph
+        model = model.with_mirror_average(True)
     report: dict[str, Any] = {"config": config.to_dict(), "artifacts": [], "warnings": [],
                               "checkpoint": {"path": str(config.checkpoint), "sha256": inputs.ckpt.sha256,
                                              "solver": inputs.ckpt.model_config.solver.describe(), "epoch": inputs.ckpt.epoch},
@@ -364,9 +366,9 @@ def export_model(config: ExportConfig) -> ExportResult:
     with torch.no_grad():  # batched: a full split through 4N evaluations of f would hold every stage at once
         ref_logits = torch.cat([unrolled(inputs.val_images[i : i + 64]) for i in range(0, len(inputs.val_labels), 64)]).double().numpy()
     report["deployed"] = {"method": method, "steps": steps, "description": describe(method, steps), "steps_source": steps_source,
-                          "torch_val_accuracy": accuracy(ref_logits, inputs.val_labels)}
+                          "mirror_average": config.mirror_average, "torch_val_accuracy": accuracy(ref_logits, inputs.val_labels)}
     meta = base_metadata(inputs, unrolled, method, steps, steps_source, validity)
-    writer = _Writer(config, inputs, result, ref_logits, f"model-{method}x{steps}")
+    writer = _Writer(config, inputs, result, ref_logits, f"model-{method}x{steps}" + ("-mirror" if config.mirror_average else ""))
     export_fp32(writer, unrolled, meta, method, steps)
     report.update(exporter=writer.meta32.extra["exporter"], opset=writer.meta32.extra["opset"])
     if calibration_set is not None:
@@ -386,6 +388,6 @@ def export_model(config: ExportConfig) -> ExportResult:
         build_engines(config, result)
     report["elapsed_s"] = time.perf_counter() - started
     result.files += write_report(out, report)
-    console.print(f"[bold]edgenode export[/] {method}×{steps}: {len(result.artifacts)} artifact(s) in {out} "
+    console.print(f"[bold]edgenode export[/] {method}×{steps}{' mirror-averaged' if config.mirror_average else ''}: {len(result.artifacts)} artifact(s) in {out} "
                   f"in {report['elapsed_s']:.1f} s; report {out / 'export_report.md'}")
     return result

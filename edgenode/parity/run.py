@@ -150,7 +150,7 @@ def reference_logits(reference: Predictor, x: np.ndarray, config: ParityConfig, 
     sha256, solver, split, data folder, batch size, device) so repeated parity runs in one process — a
     demo, a notebook, a test suite — solve the tight adaptive ODE once."""
     info = reference.metadata
-    key = (info.sha256, info.solver, manifest_sha256, config.split, str(Path(config.data).resolve()),
+    key = (info.sha256, info.solver, info.mirror_average, manifest_sha256, config.split, str(Path(config.data).resolve()),
            config.batch_size, reference.runner.describe(), x.shape)
     if key not in _REFERENCE_CACHE:
         logits, _ = run_logits(reference, x, config.batch_size)
@@ -202,6 +202,17 @@ def load_candidates(candidates: list[tuple[Path, bool]], reference: ArtifactInfo
     return loaded, skipped
 
 
+def mirror_of(loaded: list[Predictor]) -> bool:
+    """Whether the artifacts are mirror-averaged; one reference serves one kind, so a mix is refused."""
+    flags = {p.metadata.mirror_average for p in loaded}
+    if len(flags) > 1:
+        mirrored = [p.metadata.path.name for p in loaded if p.metadata.mirror_average]
+        plain = [p.metadata.path.name for p in loaded if not p.metadata.mirror_average]
+        raise UsageError(f"{mirrored[0]} averages each picture with its mirror image but {plain[0]} does not; "
+                         "one parity run compares artifacts of one kind", "run parity once per export folder")
+    return flags == {True}
+
+
 def run_parity(config: ParityConfig) -> ParityReport:
     """Compare every artifact with the reference on the manifest's split; writes reports when ``config.out``."""
     from edgenode.align import check_data_alignment
@@ -220,6 +231,13 @@ def run_parity(config: ParityConfig) -> ParityReport:
                             f"{ref_info.input.image_size} px")
     candidates = expand_artifacts(config.artifacts)
     loaded, skipped = load_candidates(candidates, ref_info, config.provider)
+    if mirror_of(loaded):  # compare like with like: the reference sees each picture with its mirror image too
+        reference.close()
+        reference = load_predictor(config.reference, provider=_torch_provider(config.provider),
+                                   reference_solver=config.reference_solver, mirror_average=True)
+        ref_info = reference.metadata
+        notes.append("the artifacts average each picture with its mirror image (export --mirror-average); "
+                     "so does the reference")
     check_data_alignment(ref_info.input, config.data)
     images, labels = load_split_arrays(manifest, config.data, config.split)
     if len(labels) == 0:

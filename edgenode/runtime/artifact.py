@@ -127,6 +127,11 @@ class ArtifactInfo:
         return len(self.classes)
 
     @property
+    def mirror_average(self) -> bool:
+        """Whether each picture is classified together with its mirror image (``export --mirror-average``)."""
+        return bool(self.model.get("mirror_average", False))
+
+    @property
     def size_bytes(self) -> int:
         return self.path.stat().st_size
 
@@ -134,7 +139,8 @@ class ArtifactInfo:
         """One line: ``model-rk4x4-int8.onnx: onnx int8 (ort), rk4 × 4 steps, 6 classes, 64 px``."""
         precision = self.precision + (f" ({self.int8_target})" if self.int8_target else "")
         unverified = "; unverified: no sidecar to check its sha256 against" if self.kind == "onnx" and not self.verified else ""
-        return (f"{self.path.name}: {self.kind} {precision}, {self.solver.describe()}, "
+        mirror = ", mirror-averaged" if self.mirror_average else ""
+        return (f"{self.path.name}: {self.kind} {precision}, {self.solver.describe()}{mirror}, "
                 f"{self.num_classes} classes, {self.input.describe()}{unverified}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -151,13 +157,18 @@ class ArtifactInfo:
             "manifest_sha256": self.manifest_sha256,
             "source_checkpoint_sha256": self.source_checkpoint_sha256,
             "int8_target": self.int8_target,
+            "mirror_average": self.mirror_average,
             "verified": self.verified,
         }
 
 
-def checkpoint_info(ckpt, solver: SolverConfig | None = None) -> ArtifactInfo:
-    """ArtifactInfo of a loaded :class:`~edgenode.checkpoint.Checkpoint`, optionally with another solver."""
+def checkpoint_info(ckpt, solver: SolverConfig | None = None, mirror_average: bool = False) -> ArtifactInfo:
+    """ArtifactInfo of a loaded :class:`~edgenode.checkpoint.Checkpoint`, optionally with another solver and
+    with mirror averaging switched on."""
     trained = ckpt.model_config.solver
+    model = ckpt.model_config.to_dict()
+    if mirror_average:
+        model["mirror_average"] = True
     return ArtifactInfo(
         path=Path(ckpt.path),
         kind="checkpoint",
@@ -169,7 +180,7 @@ def checkpoint_info(ckpt, solver: SolverConfig | None = None) -> ArtifactInfo:
         source_solver=trained,
         manifest_sha256=ckpt.manifest_sha256,
         source_checkpoint_sha256=ckpt.sha256,
-        model=ckpt.model_config.to_dict(),
+        model=model,
         verified=True,  # hashed on load; a checkpoint has no sidecar to disagree with
     )
 

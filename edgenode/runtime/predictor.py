@@ -184,13 +184,23 @@ def _ort_runner(path: Path, provider: str, device: str | None, model_bytes: byte
     return runner
 
 
+def _check_baked_mirror(info: ArtifactInfo, wanted: bool | None) -> None:
+    """An export computes what it was exported to compute: asking it for the other thing is a one-line error."""
+    if wanted is not None and info.mirror_average != wanted:
+        state = "averages each picture with its mirror image" if info.mirror_average else "classifies each picture alone"
+        raise UsageError(f"{info.path}: this {info.kind} {state}; that is baked into it",
+                         "drop --mirror-average, or re-export the checkpoint " + ("without" if info.mirror_average else "with") + " --mirror-average")
+
+
 def load_predictor(path: str | os.PathLike, provider: str = "auto", device: str | None = None,
-                   reference_solver: SolverConfig | None = None) -> Predictor:
+                   reference_solver: SolverConfig | None = None, mirror_average: bool | None = None) -> Predictor:
     """Load a checkpoint (.pt), ONNX file or TensorRT engine behind one :class:`Predictor` interface.
 
     ``provider`` is auto|tensorrt|cuda|cpu (ONNX Runtime providers; for a checkpoint, the torch device).
     ``reference_solver`` replaces a checkpoint's solver, e.g. ``SolverConfig("dopri5", rtol=1e-6, atol=1e-6)``
     for the reference of a parity check; exports have their steps baked in and refuse it.
+    ``mirror_average=True`` makes a checkpoint classify each picture with its mirror image, as an export made
+    with ``--mirror-average`` does; an export has its choice baked in and refuses the other one.
     """
     path = Path(path)
     kind = detect_kind(path)
@@ -205,18 +215,22 @@ def load_predictor(path: str | os.PathLike, provider: str = "auto", device: str 
         ckpt = load_checkpoint(path)
         model = ckpt.build_model()
         notes = []
+        if mirror_average:
+            model = model.with_mirror_average(True)
         if reference_solver is not None:
             model = model.with_solver(reference_solver)
             trained = ckpt.model_config.solver
             if trained != reference_solver:
                 notes.append(f"solver {reference_solver.describe()} replaces the trained {trained.describe()}")
         runner = TorchRunner(model, device or torch_device_for(provider, torch.cuda.is_available()))
-        return Predictor(checkpoint_info(ckpt, reference_solver), runner, notes)
+        return Predictor(checkpoint_info(ckpt, reference_solver, bool(mirror_average)), runner, notes)
     if kind == "onnx":
         data = path.read_bytes()  # read once: the bytes whose sha256 is verified are the bytes that run
         info = onnx_info(path, data)
+        _check_baked_mirror(info, mirror_average)
         return Predictor(info, _ort_runner(path, provider, device, data))
     info = engine_info(path)
+    _check_baked_mirror(info, mirror_average)
     if (provider or "auto") not in ("auto", "tensorrt"):
         raise UsageError(f"{path}: a TensorRT engine runs only on TensorRT, not on provider {provider!r}",
                          "use --provider auto, or run the matching .onnx file on that provider")

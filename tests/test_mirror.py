@@ -1,0 +1,138 @@
+"""Mirror averaging (`export --mirror-average`, `infer --mirror-average`): each picture is classified together
+with its left-right mirror image, inside the model, so every stage (torch, ONNX, INT8, parity) computes it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from edgenode.bench.flops import config_flops, onnx_graph_flops
+from edgenode.checkpoint import load_checkpoint
+from edgenode.cli import app
+from edgenode.errors import UsageError
+from edgenode.export import ExportConfig, export_model
+from edgenode.export.unroll import unroll
+from edgenode.model import ModelConfig, build_model, preset_config, unit_rows
+from edgenode.parity import ParityConfig, run_parity
+from edgenode.runtime import load_predictor
+
+
+def flip(x: torch.Tensor) -> torch.Tensor:
+    return torch.flip(x, dims=[3])
+
+
+@pytest.mark.parametrize("arch", ["faceode", "odenet"])
+def test_mirror_averaged_model_is_flip_invariant_and_merges_the_two_views(arch):
+    torch.manual_seed(0)
+    plain = build_model(preset_config(arch, 5, width=8)).eval()
+    mirrored = plain.with_mirror_average(True)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        got = mirrored(x)
+        np.testing.assert_allclose(mirrored(flip(x)).numpy(), got.numpy(), atol=1e-5)
+        features_a, logits_a = plain(x, return_features=True)
+        features_b, logits_b = plain(flip(x), return_features=True)
+        if arch == "faceode":  # cosine head: unit features of both views summed, then classified
+            want = plain.head[-1](unit_rows(features_a) + unit_rows(features_b))
+        else:  # linear head: the mean feature, i.e. the mean of the two views' logits
+            want = (logits_a + logits_b) / 2
+        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5)
+        merged, logits = mirrored(x, return_features=True)
+        assert merged.shape == features_a.shape and torch.allclose(logits, got)
+        assert not torch.allclose(plain(x), got, atol=1e-4), "the plain model must stay plain"
+    assert plain.config.mirror_average is False and mirrored.config.mirror_average is True
+    assert mirrored.with_solver(preset_config(arch, 5).solver).config.mirror_average is True
+
+
+def test_model_config_reads_old_records_and_refuses_a_non_boolean():
+    record = preset_config("faceode", 5).to_dict()
+    record.pop("mirror_average")  # a checkpoint written before the option existed
+    assert ModelConfig.from_dict(record).mirror_average is False
+    with pytest.raises(UsageError, match="mirror_average must be true or false"):
+        ModelConfig.from_dict({**record, "mirror_average": "yes"})
+    with pytest.raises(UsageError, match="--mirror-average must be true or false"):
+        ExportConfig(checkpoint="best.pt", out="out", mirror_average=1)
+
+
+@pytest.fixture(scope="module")
+def mirror_exports(trained_run, synthetic_root, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("mirror-exports")
+    result = export_model(ExportConfig(checkpoint=str(trained_run.best_checkpoint), out=str(out), precisions="fp32,int8",
+                                       steps=4, data=str(synthetic_root), int8_target="ort", check_ode=False, opset=17,
+                                       mirror_average=True))
+    return result.artifacts
+
+
+def test_export_bakes_the_mirror_into_the_graph(mirror_exports, trained_run, shared_exports):
+    fp32 = mirror_exports["fp32"]
+    assert fp32.name == "model-rk4x4-mirror-fp32.onnx" and mirror_exports["int8-ort"].name == "model-rk4x4-mirror-int8-ort.onnx"
+    info = load_predictor(fp32, provider="cpu").metadata
+    assert info.mirror_average and "mirror-averaged" in info.describe() and info.to_dict()["mirror_average"] is True
+    assert not load_predictor(shared_exports["fp32"], provider="cpu").metadata.mirror_average
+    model = unroll(load_checkpoint(trained_run.best_checkpoint).build_model().with_mirror_average(True), "rk4", 4)
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    for path in mirror_exports.values():
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for batch in (x[:1], x):  # batch 1 runs as batch 2 inside the graph
+            plain, flipped = (session.run(None, {"images": b.numpy()})[0] for b in (batch, flip(batch)))
+            np.testing.assert_allclose(flipped, plain, atol=1e-4)
+    session = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        np.testing.assert_allclose(session.run(None, {"images": x.numpy()})[0], model(x).numpy(), atol=1e-4)
+    # twice the arithmetic but the final classifier layer (once, on the merged feature): counted from the model
+    # config and, independently, from the graph's shapes
+    counted = config_flops(info.model, 64)
+    plain_flops = config_flops({**info.model, "mirror_average": False}, 64)
+    assert counted.views == 2 and counted.classifier == plain_flops.classifier > 0
+    assert counted.total(16) == 2 * plain_flops.total(16) - counted.classifier == onnx_graph_flops(fp32)["flops"]
+
+
+def test_parity_compares_mirror_exports_with_a_mirror_averaged_reference(mirror_exports, trained_run, synthetic_root,
+                                                                        shared_exports, tmp_path):
+    report = run_parity(ParityConfig(artifacts=(str(mirror_exports["fp32"].parent),), reference=str(trained_run.best_checkpoint),
+                                     data=str(synthetic_root), attribution=False))
+    assert report.passed and report.reference["mirror_average"] is True
+    assert any("mirror image" in note for note in report.notes)
+    fp32 = next(r for r in report.results if r.precision == "fp32")
+    assert fp32.diff.agreement_pct == 100.0 and fp32.diff.max_abs_logit_error < 1e-2
+    # a mixed set has no single reference: refused in one line before the slow solve
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for src in (mirror_exports["fp32"], shared_exports["fp32"]):
+        for name in (src.name, src.name + ".json"):
+            shutil.copy(src.parent / name, mixed / name)
+    with pytest.raises(UsageError, match="one parity run compares artifacts of one kind"):
+        run_parity(ParityConfig(artifacts=(str(mixed),), reference=str(trained_run.best_checkpoint), data=str(synthetic_root)))
+
+
+def test_predictor_mirrors_a_checkpoint_and_refuses_to_change_an_export(trained_run, mirror_exports, shared_exports):
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    predictor = load_predictor(trained_run.best_checkpoint, provider="cpu", mirror_average=True)
+    assert predictor.metadata.mirror_average
+    np.testing.assert_allclose(predictor.predict_logits(x[..., ::-1].copy()), predictor.predict_logits(x), atol=1e-4)
+    plain = load_predictor(trained_run.best_checkpoint, provider="cpu")
+    assert not plain.metadata.mirror_average
+    assert not np.allclose(plain.predict_logits(x[..., ::-1].copy()), plain.predict_logits(x), atol=1e-4)
+    assert load_predictor(mirror_exports["fp32"], provider="cpu", mirror_average=True).metadata.mirror_average
+    with pytest.raises(UsageError, match="classifies each picture alone; that is baked into it"):
+        load_predictor(shared_exports["fp32"], provider="cpu", mirror_average=True)
+    with pytest.raises(UsageError, match="averages each picture with its mirror image; that is baked into it"):
+        load_predictor(mirror_exports["fp32"], provider="cpu", mirror_average=False)
+
+
+def test_cli_infer_mirror_average(trained_run, shared_exports, synthetic_root):
+    pictures = sorted(synthetic_root.glob("images/*/*_000.png"))[:2]
+    runner = CliRunner()
+    result = runner.invoke(app, ["infer", str(trained_run.best_checkpoint), *map(str, pictures), "--json", "--mirror-average"])
+    assert result.exit_code == 0, result.output
+    assert "mirror-averaged" in result.stderr
+    assert len([json.loads(line) for line in result.stdout.splitlines() if line.strip()]) == 2
+    result = runner.invoke(app, ["infer", str(shared_exports["fp32"]), *map(str, pictures), "--mirror-average"])
+    assert result.exit_code == 2 and "re-export the checkpoint with --mirror-average" in result.stderr
