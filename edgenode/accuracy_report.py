@@ -161,12 +161,13 @@ def _subset_accuracy(correct: np.ndarray) -> dict:
 
 def accuracy_report(checkpoint_path: str | os.PathLike, data_root: str | os.PathLike, manifest_path: str | os.PathLike,
                     out_dir: str | os.PathLike, *, split: str = "test", exclude_files: Iterable[str] | None = None,
-                    batch_size: int = 256, device: str = "cpu") -> dict:
+                    batch_size: int = 256, device: str = "cpu", mirror_average: bool = False) -> dict:
     """Evaluate a checkpoint on one split of its own manifest and write report.json plus three PNGs.
 
     The manifest must be the one the checkpoint was trained on (same sha256): another split could put
     training images into the test set and report memorisation as accuracy. ``exclude_files`` (paths relative
     to the images root, e.g. test images with a near-duplicate in train) gives a second accuracy without them.
+    ``mirror_average`` classifies each picture with its mirror image, as ``export --mirror-average`` deploys it.
     """
     from edgenode.align import check_data_alignment
     from edgenode.artifacts import write_json
@@ -187,7 +188,8 @@ def accuracy_report(checkpoint_path: str | os.PathLike, data_root: str | os.Path
     if len(labels) == 0:
         raise UsageError(f"the {split} split of {manifest_path} is empty", "choose a split with images")
     classes = list(ckpt.classes)
-    pred, prob = predict(ckpt.build_model(), images, ckpt.input_spec.mean, ckpt.input_spec.std, batch_size,
+    model = ckpt.build_model().with_mirror_average(mirror_average)
+    pred, prob = predict(model, images, ckpt.input_spec.mean, ckpt.input_spec.std, batch_size,
                          resolve_device(device))
     metrics = ClassificationMetrics.from_predictions(torch.from_numpy(pred), torch.from_numpy(labels), len(classes))
     recall, n_class = per_class_recall(labels, pred, len(classes))
@@ -209,7 +211,7 @@ def accuracy_report(checkpoint_path: str | os.PathLike, data_root: str | os.Path
     report = {
         "checkpoint": str(checkpoint_path), "checkpoint_sha256": ckpt.sha256,
         "manifest": str(manifest_path), "manifest_sha256": manifest.sha256, "split": split,
-        "evaluation": "label-free argmax of the logits",
+        "evaluation": "label-free argmax of the logits", "mirror_average": mirror_average,
         "n": metrics.n, "accuracy": metrics.accuracy, "accuracy_ci": list(metrics.accuracy_ci),
         "macro_f1": metrics.macro_f1, "macro_precision": metrics.macro_precision, "macro_recall": metrics.macro_recall,
         "per_class_recall": {classes[c]: (None if np.isnan(recall[c]) else float(recall[c])) for c in range(len(classes))},

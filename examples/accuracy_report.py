@@ -29,6 +29,8 @@ def main() -> None:
                         "writes it): exclude the split's images that have a near-duplicate in train")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--mirror-average", action="store_true",
+                        help="classify each picture with its mirror image (as `edgenode export --mirror-average` deploys it)")
     args = parser.parse_args()
 
     exclude = None
@@ -45,7 +47,7 @@ def main() -> None:
             exclude = (exclude or set()) | leaky_files(manifest, read_near_duplicates(args.near_duplicates), split=args.split)
         accuracy_report(args.checkpoint, args.data, args.manifest or args.checkpoint.parent / "manifest.json",
                         args.out or args.checkpoint.parent / "accuracy-report", split=args.split, exclude_files=exclude,
-                        batch_size=args.batch_size, device=args.device)
+                        batch_size=args.batch_size, device=args.device, mirror_average=args.mirror_average)
     except EdgenodeError as exc:  # a user error: one line, as the CLI prints it
         raise SystemExit(f"error: {exc}") from None
 

@@ -115,6 +115,23 @@ def test_accuracy_report_matches_hand_argmax(trained_run, synthetic_root, synthe
         assert _is_png(out / name), name
 
 
+def test_accuracy_report_mirror_average_is_the_mean_of_both_views(trained_run, synthetic_root, synthetic_manifest, tmp_path,
+                                                                  one_thread):
+    model = load_checkpoint(trained_run.best_checkpoint).build_model()
+    x, y = load_split(synthetic_manifest, synthetic_root, "test")
+    with torch.no_grad():  # odenet's linear head: the mirrored model's logits are the two views' mean
+        prob = torch.softmax((model(x) + model(torch.flip(x, dims=[3]))) / 2, dim=1).numpy()
+    pred = prob.argmax(1)
+    report = accuracy_report(trained_run.best_checkpoint, synthetic_root, trained_run.run_dir / "manifest.json",
+                             tmp_path / "report", mirror_average=True)
+    assert report["mirror_average"] is True and report["accuracy"] == pytest.approx((pred == y.numpy()).mean())
+    names = synthetic_manifest.classes
+    wrong = pred != y.numpy()
+    assert wrong.any(), "the tiny model errs on some test images, so the probabilities below are compared"
+    assert [m["predicted"] for m in report["misclassified"]] == [names[p] for p in pred[wrong]]
+    np.testing.assert_allclose([m["probability"] for m in report["misclassified"]], prob.max(1)[wrong], atol=1e-5)
+
+
 def test_accuracy_report_refuses_other_manifest(trained_run, synthetic_root, synthetic_manifest, tmp_path):
     other = type(synthetic_manifest)(**{**vars(synthetic_manifest), "splits": {
         **synthetic_manifest.splits, "test": synthetic_manifest.splits["test"][:-1]}})

@@ -136,3 +136,14 @@ def test_cli_infer_mirror_average(trained_run, shared_exports, synthetic_root):
     assert len([json.loads(line) for line in result.stdout.splitlines() if line.strip()]) == 2
     result = runner.invoke(app, ["infer", str(shared_exports["fp32"]), *map(str, pictures), "--mirror-average"])
     assert result.exit_code == 2 and "re-export the checkpoint with --mirror-average" in result.stderr
+
+
+def test_bench_counts_two_views_for_a_mirror_export(mirror_exports, trained_run):
+    from edgenode.bench import BenchConfig, run_bench
+
+    report = run_bench(BenchConfig(artifacts=(str(mirror_exports["fp32"]),), reference=str(trained_run.best_checkpoint),
+                                   peak=False, providers="cpu", batch_sizes=(1, 2), repeats=2, warmup=1, threads=1, quiet=True))
+    row = next(r for r in report.rows if r.group == "artifact")
+    assert row.flops_per_image[2] == onnx_graph_flops(mirror_exports["fp32"])["flops"]
+    assert any(note.startswith("mirror-averaged: each picture runs as itself and mirrored") for note in row.notes)
+    assert not any("mirror" in note for note in report.rows[0].notes)

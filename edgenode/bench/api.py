@@ -478,6 +478,9 @@ def _check_row(info: RowInfo, session: _Session, name: str) -> tuple[list[str], 
         comparable = False
     if info.manifest_sha256 and session.reference_sha and info.manifest_sha256 != session.reference_sha:
         notes.append("exported from another split than the reference's; scored on the reference's split")
+    if info.model.get("mirror_average"):
+        notes.append("mirror-averaged: each picture runs as itself and mirrored (2× the FLOPs but the final classifier "
+                     "layer); its agreement is with the plain baseline")
     return notes, comparable
 
 
