@@ -53,10 +53,16 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise UsageError(f"dropout must be in [0, 1), got {self.dropout}")
         if not isinstance(self.mirror_average, bool):
-            raise UsageError(f"mirror_average must be true or false, got {self.mirror_average!r}")
+            raise UsageError(f"mirror_average must be true or false, got {self.mirror_average!r}",
+                             "re-export the artifact (export --mirror-average sets it)")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The record stored in checkpoints and artifacts. ``mirror_average`` is written only when on, so that a
+        plain model's record is what edgenode versions without the option wrote and can still read."""
+        record = asdict(self)
+        if not self.mirror_average:
+            del record["mirror_average"]
+        return record
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":

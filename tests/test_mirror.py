@@ -51,10 +51,13 @@ def test_mirror_averaged_model_is_flip_invariant_and_merges_the_two_views(arch):
     assert mirrored.with_solver(preset_config(arch, 5).solver).config.mirror_average is True
 
 
-def test_model_config_reads_old_records_and_refuses_a_non_boolean():
-    record = preset_config("faceode", 5).to_dict()
-    record.pop("mirror_average")  # a checkpoint written before the option existed
-    assert ModelConfig.from_dict(record).mirror_average is False
+def test_model_config_record_keeps_the_old_format_unless_mirrored():
+    config = preset_config("faceode", 5)
+    record = config.to_dict()
+    assert "mirror_average" not in record, "a plain model's record must stay readable by edgenode without the option"
+    assert ModelConfig.from_dict(record) == config
+    mirrored = ModelConfig.from_dict({**record, "mirror_average": True})
+    assert mirrored.to_dict()["mirror_average"] is True and ModelConfig.from_dict(mirrored.to_dict()) == mirrored
     with pytest.raises(UsageError, match="mirror_average must be true or false"):
         ModelConfig.from_dict({**record, "mirror_average": "yes"})
     with pytest.raises(UsageError, match="--mirror-average must be true or false"):
@@ -94,6 +97,18 @@ def test_export_bakes_the_mirror_into_the_graph(mirror_exports, trained_run, sha
     assert counted.total(16) == 2 * plain_flops.total(16) - counted.classifier == onnx_graph_flops(fp32)["flops"]
 
 
+@pytest.mark.parametrize("arch", ["faceode", "odenet"])
+def test_flop_count_of_two_views_matches_the_graph(arch):
+    from edgenode.export import onnx_export as ox
+
+    model = build_model(preset_config(arch, 5, width=8))
+    for mirror in (False, True):
+        graph = ox.torch_to_onnx(unroll(model.with_mirror_average(mirror), "rk4", 2), 64, opset=17)
+        counted = config_flops(model.with_mirror_average(mirror).config, 64)
+        assert counted.classifier > 0 and counted.views == (2 if mirror else 1)
+        assert counted.total(8) == onnx_graph_flops(graph.proto)["flops"], (arch, mirror)
+
+
 def test_parity_compares_mirror_exports_with_a_mirror_averaged_reference(mirror_exports, trained_run, synthetic_root,
                                                                         shared_exports, tmp_path):
     report = run_parity(ParityConfig(artifacts=(str(mirror_exports["fp32"].parent),), reference=str(trained_run.best_checkpoint),
@@ -102,6 +117,14 @@ def test_parity_compares_mirror_exports_with_a_mirror_averaged_reference(mirror_
     assert any("mirror image" in note for note in report.notes)
     fp32 = next(r for r in report.results if r.precision == "fp32")
     assert fp32.diff.agreement_pct == 100.0 and fp32.diff.max_abs_logit_error < 1e-2
+    # the reference's logits are memoised per mirror choice: a plain parity run in the same process gets its own
+    from edgenode.parity.run import _REFERENCE_CACHE
+
+    plain = run_parity(ParityConfig(artifacts=(str(shared_exports["fp32"]),), reference=str(trained_run.best_checkpoint),
+                                    data=str(synthetic_root), attribution=False))
+    assert plain.passed and plain.reference["mirror_average"] is False
+    sha = plain.reference["sha256"]
+    assert {key[2] for key in _REFERENCE_CACHE if key[0] == sha} == {False, True}
     # a mixed set has no single reference: refused in one line before the slow solve
     mixed = tmp_path / "mixed"
     mixed.mkdir()
@@ -110,6 +133,21 @@ def test_parity_compares_mirror_exports_with_a_mirror_averaged_reference(mirror_
             shutil.copy(src.parent / name, mixed / name)
     with pytest.raises(UsageError, match="one parity run compares artifacts of one kind"):
         run_parity(ParityConfig(artifacts=(str(mixed),), reference=str(trained_run.best_checkpoint), data=str(synthetic_root)))
+
+
+def test_attribution_finds_the_fp32_twin_of_the_same_kind(mirror_exports, trained_run, synthetic_root, shared_exports,
+                                                           tmp_path):
+    """A mirror INT8 file beside a one-view FP32 file: the export and precision stages must not use the latter."""
+    folder = tmp_path / "beside"
+    folder.mkdir()
+    for src in (mirror_exports["int8-ort"], shared_exports["fp32"]):
+        for name in (src.name, src.name + ".json"):
+            shutil.copy(src.parent / name, folder / name)
+    report = run_parity(ParityConfig(artifacts=(str(folder / mirror_exports["int8-ort"].name),),
+                                     reference=str(trained_run.best_checkpoint), data=str(synthetic_root)))
+    stages = {s.stage: s for s in report.results[0].attribution}
+    assert shared_exports["fp32"].name not in stages["export"].b and "rebuilt in memory" in stages["export"].b
+    assert stages["export"].diff.max_abs_logit_error < 1e-4  # the mirror twin in torch vs the mirror graph
 
 
 def test_predictor_mirrors_a_checkpoint_and_refuses_to_change_an_export(trained_run, mirror_exports, shared_exports):
@@ -123,17 +161,32 @@ def test_predictor_mirrors_a_checkpoint_and_refuses_to_change_an_export(trained_
     assert load_predictor(mirror_exports["fp32"], provider="cpu", mirror_average=True).metadata.mirror_average
     with pytest.raises(UsageError, match="classifies each picture alone; that is baked into it"):
         load_predictor(shared_exports["fp32"], provider="cpu", mirror_average=True)
-    with pytest.raises(UsageError, match="averages each picture with its mirror image; that is baked into it"):
+    with pytest.raises(UsageError, match="averages each picture with its mirror image; that is baked into it") as info:
         load_predictor(mirror_exports["fp32"], provider="cpu", mirror_average=False)
+    assert "re-export the checkpoint without --mirror-average" in str(info.value.hint)
 
 
-def test_cli_infer_mirror_average(trained_run, shared_exports, synthetic_root):
+def test_cli_infer_mirror_average(trained_run, shared_exports, synthetic_root, tmp_path):
+    from PIL import Image
+
     pictures = sorted(synthetic_root.glob("images/*/*_000.png"))[:2]
+    mirrored = [tmp_path / f"mirrored-{p.name}" for p in pictures]
+    for src, dst in zip(pictures, mirrored):
+        Image.open(src).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(dst)
     runner = CliRunner()
-    result = runner.invoke(app, ["infer", str(trained_run.best_checkpoint), *map(str, pictures), "--json", "--mirror-average"])
-    assert result.exit_code == 0, result.output
-    assert "mirror-averaged" in result.stderr
-    assert len([json.loads(line) for line in result.stdout.splitlines() if line.strip()]) == 2
+
+    def probabilities(*flags) -> np.ndarray:
+        result = runner.invoke(app, ["infer", str(trained_run.best_checkpoint), *map(str, pictures + mirrored), "--json",
+                                     "--top-k", "6", *flags])
+        assert result.exit_code == 0, result.output
+        rows = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+        assert len(rows) == 4 and ("mirror-averaged" in result.stderr) == bool(flags)
+        return np.array([[p["probability"] for p in sorted(r["top_k"], key=lambda t: t["class"])] for r in rows])
+
+    mirror = probabilities("--mirror-average")  # a picture and its mirror image: the same answer
+    np.testing.assert_allclose(mirror[:2], mirror[2:], atol=1e-5)
+    plain = probabilities()
+    assert not np.allclose(plain[:2], plain[2:], atol=1e-5)
     result = runner.invoke(app, ["infer", str(shared_exports["fp32"]), *map(str, pictures), "--mirror-average"])
     assert result.exit_code == 2 and "re-export the checkpoint with --mirror-average" in result.stderr
 

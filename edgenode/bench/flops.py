@@ -4,9 +4,10 @@ Counted (per image, i.e. for a batch of one):
 
 * every ``nn.Conv2d`` (any ``_ConvNd``): ``2 · C_out · (C_in / groups) · k_h · k_w · H_out · W_out`` — one
   multiply and one add per multiply-accumulate (MAC) — plus ``C_out · H_out · W_out`` adds for the bias;
-* every ``nn.Linear``: ``2 · in · out`` plus ``out`` bias adds.
+* every ``nn.Linear``: ``2 · in · out`` plus ``out`` bias adds;
+* a cosine classifier: ``2 · in · classes`` (the product of the unit feature with the unit class vectors).
 
-Not counted: normalisation (GroupNorm/BatchNorm), ReLU, pooling, the time channel's fill and concat, padding,
+Not counted: normalisation (GroupNorm/BatchNorm, and the cosine classifier's unit lengths), ReLU, pooling, the time channel's fill and concat, padding,
 and the solver's own arithmetic (an RK4 step's stage inputs and weighted sum: about 10 element-wise
 operations on the state, < 1 % of a 3×3 conv on it). These are memory-bound element-wise work that a
 "fraction of peak" should not be credited with; conv and linear layers are where the arithmetic is.
@@ -36,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgenode.model import ModelConfig, NeuralODECNN, build_model
+from edgenode.model import CosineClassifier, ModelConfig, NeuralODECNN, build_model
 from edgenode.ode.solvers import EVALS_PER_STEP, SolverConfig
 
 
@@ -45,7 +46,7 @@ class LayerFlops:
     """One conv or linear layer of one pass, per image."""
 
     name: str
-    kind: str  # conv | linear
+    kind: str  # conv | linear | cosine
     macs: int
     bias_adds: int
     output_shape: tuple[int, ...]  # without the batch dimension
@@ -74,8 +75,13 @@ def linear_flops(module: nn.Linear, output_shape: tuple[int, ...], name: str = "
                       tuple(output_shape))
 
 
+def cosine_flops(module: CosineClassifier, output_shape: tuple[int, ...], name: str = "cosine") -> LayerFlops:
+    """A cosine classifier: one matrix product of the unit feature with the unit class vectors, per image."""
+    return LayerFlops(name, "cosine", math.prod(output_shape) * module.in_features, 0, tuple(output_shape))
+
+
 def count_layers(module: nn.Module, run) -> tuple[list[LayerFlops], Any]:
-    """Run ``run()`` (a batch-of-one pass through ``module``) and count every conv/linear call it makes."""
+    """Run ``run()`` (a batch-of-one pass through ``module``) and count every conv/linear/cosine call it makes."""
     records: list[LayerFlops] = []
     names = {m: n or type(m).__name__ for n, m in module.named_modules()}
 
@@ -85,11 +91,13 @@ def count_layers(module: nn.Module, run) -> tuple[list[LayerFlops], Any]:
             raise ValueError(f"FLOPs are counted on a batch of one, got a batch of {output.shape[0]}")
         if isinstance(mod, nn.Linear):
             records.append(linear_flops(mod, shape, names.get(mod, "linear")))
+        elif isinstance(mod, CosineClassifier):
+            records.append(cosine_flops(mod, shape, names.get(mod, "cosine")))
         else:
             records.append(conv_flops(mod, shape, names.get(mod, "conv")))
 
     handles = [m.register_forward_hook(hook) for m in module.modules()
-               if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+               if isinstance(m, (nn.Linear, CosineClassifier, nn.modules.conv._ConvNd))]
     try:
         with torch.no_grad():
             output = run()

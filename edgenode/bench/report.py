@@ -257,7 +257,8 @@ def markdown(report: BenchReport) -> str:
                   ["head (once)", f"{f.head:,}", _gflop(f.head)],
               ]),
               "", "Total per image = stem + NFE · f + head (NFE = evaluations of f: 4·N for RK4 × N, measured for an "
-              "adaptive solver).", "", "## Peak", "",
+              "adaptive solver); a mirror-averaged artifact runs all of it twice but the final classifier layer.",
+              "", "## Peak", "",
               "Measured in the same run with the same thread count; each kernel's figure is its fastest repeat; "
               "a row's fraction of peak = FLOPs per image × images/s at the throughput batch / the largest peak of "
               "its device and dtype (CPU rows of every precision are compared with the CPU FP32 peak).", ""]

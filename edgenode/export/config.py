@@ -102,7 +102,8 @@ class ExportConfig:
                              "use --int8-target tensorrt or both")
         check_opset(self.opset)
         if not isinstance(self.mirror_average, bool):
-            raise UsageError(f"--mirror-average must be true or false, got {self.mirror_average!r}")
+            raise UsageError(f"--mirror-average must be true or false, got {self.mirror_average!r}",
+                             "pass mirror_average=True or False (on the command line: --mirror-average or nothing)")
         set_("sweep_candidates", tuple(check_steps(n) for n in self.sweep_candidates))
         if not self.sweep_candidates:
             raise UsageError("the step sweep needs at least one candidate N")

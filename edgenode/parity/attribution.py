@@ -19,8 +19,8 @@ Everything but the runtime stage runs on the CPU, so each stage isolates one cau
 from the reference to the deployed output; ``total`` is the reference vs. what was deployed.
 
 The FP32 ONNX for the export/precision stages is, in order: the artifact itself when it is FP32 ONNX, an
-artifact passed alongside it (or in its folder) whose metadata says FP32, same solver and steps, same source
-checkpoint; else a graph rebuilt in memory from the checkpoint (noted as such, since it was not the file
+artifact passed alongside it (or in its folder) whose metadata says FP32, same solver and steps, same mirror
+averaging, same source checkpoint; else a graph rebuilt in memory from the checkpoint (noted as such, since it was not the file
 that was shipped). Results are cached, so a folder of FP32/FP16/INT8 exports of one step count costs one
 torch twin and one FP32 ONNX run.
 """
@@ -85,14 +85,14 @@ class Attributor:
                 other = onnx_info(path)
             except EdgenodeError:
                 continue
-            if (other.precision == "fp32" and other.solver == info.solver
+            if (other.precision == "fp32" and other.solver == info.solver and other.mirror_average == info.mirror_average
                     and other.source_checkpoint_sha256 == info.source_checkpoint_sha256):
                 return path
         return None
 
     def fp32_logits(self, info: ArtifactInfo, candidates: Sequence[Path]) -> tuple[str, np.ndarray] | str:
         """(name, logits) of the FP32 ONNX of ``info``'s solver, or the reason there is none."""
-        key = (info.solver, info.source_checkpoint_sha256)
+        key = (info.solver, info.mirror_average, info.source_checkpoint_sha256)
         if key in self._fp32:
             return self._fp32[key]
         from edgenode.runtime.onnx_runner import OnnxRuntimeRunner

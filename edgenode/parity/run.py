@@ -209,7 +209,8 @@ def mirror_of(loaded: list[Predictor]) -> bool:
         mirrored = [p.metadata.path.name for p in loaded if p.metadata.mirror_average]
         plain = [p.metadata.path.name for p in loaded if not p.metadata.mirror_average]
         raise UsageError(f"{mirrored[0]} averages each picture with its mirror image but {plain[0]} does not; "
-                         "one parity run compares artifacts of one kind", "run parity once per export folder")
+                         "one parity run compares artifacts of one kind",
+                         "pass the *-mirror-* files and the others in separate parity runs")
     return flags == {True}
 
 

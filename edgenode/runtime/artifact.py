@@ -197,6 +197,9 @@ def _info_from_metadata(meta, path: Path, kind: str, sha256: str, verified: bool
     source = _solver_of(meta.source_solver or meta.model.get("solver", {}), "source solver", path)
     if meta.steps != solver.n_steps and not solver.is_adaptive:
         raise ArtifactError(f"{path}: metadata says {meta.steps} steps but its solver has {solver.n_steps}", "re-export the artifact")
+    if not isinstance(meta.model.get("mirror_average", False), bool):
+        raise ArtifactError(f"{path}: metadata says mirror_average = {meta.model['mirror_average']!r}, not true or false",
+                            "re-export the artifact")
     return ArtifactInfo(
         path=path,
         kind=kind,

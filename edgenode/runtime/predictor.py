@@ -188,8 +188,9 @@ def _check_baked_mirror(info: ArtifactInfo, wanted: bool | None) -> None:
     """An export computes what it was exported to compute: asking it for the other thing is a one-line error."""
     if wanted is not None and info.mirror_average != wanted:
         state = "averages each picture with its mirror image" if info.mirror_average else "classifies each picture alone"
-        raise UsageError(f"{info.path}: this {info.kind} {state}; that is baked into it",
-                         "drop --mirror-average, or re-export the checkpoint " + ("without" if info.mirror_average else "with") + " --mirror-average")
+        fix = ("run it as it is (do not ask for one view), or re-export the checkpoint without --mirror-average"
+               if info.mirror_average else "drop --mirror-average, or re-export the checkpoint with --mirror-average")
+        raise UsageError(f"{info.path}: this {info.kind} {state}; that is baked into it", fix)
 
 
 def load_predictor(path: str | os.PathLike, provider: str = "auto", device: str | None = None,
