@@ -20,9 +20,9 @@ from the reference to the deployed output; ``total`` is the reference vs. what w
 
 The FP32 ONNX for the export/precision stages is, in order: the artifact itself when it is FP32 ONNX, an
 artifact passed alongside it (or in its folder) whose metadata says FP32, same solver and steps, same mirror
-averaging, same source checkpoint; else a graph rebuilt in memory from the checkpoint (noted as such, since it was not the file
-that was shipped). Results are cached, so a folder of FP32/FP16/INT8 exports of one step count costs one
-torch twin and one FP32 ONNX run.
+averaging, same source checkpoint; else a graph rebuilt in memory from the checkpoint (noted as such, since it
+was not the file that was shipped). Results are cached, so a folder of FP32/FP16/INT8 exports of one step count
+costs one torch twin and one FP32 ONNX run.
 """
 
 from __future__ import annotations
