@@ -50,8 +50,12 @@ def main() -> None:
     parser.add_argument("data")
     parser.add_argument("manifest")
     parser.add_argument("--shift", type=int, default=2, help="pixels of each shifted view (default 2)")
+    parser.add_argument("--max-views", type=int, default=10, help="only the view sets of at most this many views "
+                        "(2: the chip and its mirror image, with no shifted pass)")
     parser.add_argument("--out", help="JSON of the results")
     args = parser.parse_args()
+    if args.max_views < 2:
+        parser.error("--max-views must be at least 2: every set is paired with the 2-view (mirror) set")
     ckpt = load_checkpoint(args.checkpoint)
     model = ckpt.build_model().eval()
     manifest = Manifest.load(args.manifest)
@@ -63,6 +67,8 @@ def main() -> None:
         f"6 views (± {s} px across, each mirrored)": [(dx, 0, m) for dx in (0, s, -s) for m in (False, True)],
         f"10 views (± {s} px across and down, each mirrored)": [(dx, dy, m) for dx, dy in offsets for m in (False, True)],
     }
+    sets = {name: views for name, views in sets.items() if len(views) <= args.max_views}
+    offsets = sorted({(dx, dy) for views in sets.values() for dx, dy, _ in views}, key=offsets.index)  # only what is used
     classes = unit(model.head[-1].weight.detach().numpy())
     results, correct = {}, {}
     for split in ("val", "test"):
