@@ -97,13 +97,20 @@ def test_export_bakes_the_mirror_into_the_graph(mirror_exports, trained_run, sha
     assert counted.total(16) == 2 * plain_flops.total(16) - counted.classifier == onnx_graph_flops(fp32)["flops"]
 
 
-@pytest.mark.parametrize("arch", ["faceode", "odenet"])
-def test_flop_count_of_two_views_matches_the_graph(arch):
+@pytest.mark.parametrize("arch, opset", [("faceode", 18), ("odenet", 17)])  # both exporters: dynamo, TorchScript
+def test_two_view_graph_runs_at_any_batch_and_its_flop_count_matches(arch, opset):
     from edgenode.export import onnx_export as ox
 
     model = build_model(preset_config(arch, 5, width=8))
     for mirror in (False, True):
-        graph = ox.torch_to_onnx(unroll(model.with_mirror_average(mirror), "rk4", 2), 64, opset=17)
+        graph = ox.torch_to_onnx(unroll(model.with_mirror_average(mirror), "rk4", 2), 64, opset=opset)
+        assert graph.exporter.startswith("torch.onnx " + ("dynamo" if opset == 18 else "torchscript"))
+        session = ort.InferenceSession(graph.proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            want = unroll(model.with_mirror_average(mirror), "rk4", 2)(x).numpy()
+        for batch in (1, 3):  # the dynamic batch survives the (2, -1, D) reshape
+            np.testing.assert_allclose(session.run(None, {"images": x[:batch].numpy()})[0], want[:batch], atol=1e-4)
         counted = config_flops(model.with_mirror_average(mirror).config, 64)
         assert counted.classifier > 0 and counted.views == (2 if mirror else 1)
         assert counted.total(8) == onnx_graph_flops(graph.proto)["flops"], (arch, mirror)
