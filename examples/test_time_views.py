@@ -18,10 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgenode.align import check_data_alignment
 from edgenode.checkpoint import load_checkpoint
 from edgenode.data import Manifest, load_split_arrays, normalize
 from edgenode.distill import unit
 from edgenode.metrics import mcnemar_p, wilson_interval
+from edgenode.model import CosineClassifier
 
 
 def shifted(x: torch.Tensor, dx: int, dy: int, pad: int) -> torch.Tensor:
@@ -58,8 +60,15 @@ def main() -> None:
         parser.error("--max-views must be at least 2: every set is paired with the 2-view (mirror) set")
     ckpt = load_checkpoint(args.checkpoint)
     model = ckpt.build_model().eval()
+    if not isinstance(model.head[-1], CosineClassifier):
+        parser.error(f"{args.checkpoint}: views are merged as unit features for a cosine head; this is a {ckpt.model_config.arch} model")
     manifest = Manifest.load(args.manifest)
+    if manifest.sha256 != ckpt.manifest_sha256:
+        parser.error(f"{args.manifest}: not the split {args.checkpoint} was trained on; pass its run's manifest.json")
+    check_data_alignment(ckpt.input_spec, args.data)
     s = args.shift
+    if not 1 <= s < ckpt.input_spec.image_size // 2:
+        parser.error(f"--shift {s} must be from 1 to {ckpt.input_spec.image_size // 2 - 1} pixels")
     offsets = [(0, 0), (s, 0), (-s, 0), (0, s), (0, -s)]
     sets = {
         "1 view (the chip)": [(0, 0, False)],

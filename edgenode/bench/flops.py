@@ -137,7 +137,7 @@ class ModelFlops:
             "image_size": self.image_size, "state_shape": list(self.state_shape),
             "stem": self.stem, "f_eval": self.f_eval, "head": self.head, "per_rk4_step": self.per_step("rk4"),
             "views": self.views, "classifier": self.classifier,
-            "counted": "conv and linear layers: 2 x MACs + bias adds; norms, activations, pooling and solver "
+            "counted": "conv, linear and cosine-classifier layers: 2 x MACs + bias adds; norms, activations, pooling and solver "
                        "arithmetic are not counted",
             "layers": {part: [layer.to_dict() for layer in rows] for part, rows in self.layers.items()},
         }

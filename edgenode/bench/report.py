@@ -247,7 +247,7 @@ def markdown(report: BenchReport) -> str:
                      f"{report.data['split']} split: {report.data['images']} images ({report.data['manifest']}).")
     lines += ["", *_md_table(columns(report), [row_cells(report, r) for r in report.rows]), "",
               "## FLOPs per image", "",
-              f"Counted: conv and linear layers, 2 × multiply-accumulates + bias adds; norms, activations, pooling, "
+              f"Counted: conv, linear and cosine-classifier layers, 2 × multiply-accumulates + bias adds; norms, activations, pooling, "
               f"the time channel and the solver's own arithmetic are not counted. State {list(f.state_shape)} at "
               f"{f.image_size} px.", "",
               *_md_table(["Part", "FLOPs", "GFLOP"], [
