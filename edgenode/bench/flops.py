@@ -7,10 +7,11 @@ Counted (per image, i.e. for a batch of one):
 * every ``nn.Linear``: ``2 · in · out`` plus ``out`` bias adds;
 * a cosine classifier: ``2 · in · classes`` (the product of the unit feature with the unit class vectors).
 
-Not counted: normalisation (GroupNorm/BatchNorm, and the cosine classifier's unit lengths), ReLU, pooling, the time channel's fill and concat, padding,
-and the solver's own arithmetic (an RK4 step's stage inputs and weighted sum: about 10 element-wise
-operations on the state, < 1 % of a 3×3 conv on it). These are memory-bound element-wise work that a
-"fraction of peak" should not be credited with; conv and linear layers are where the arithmetic is.
+Not counted: normalisation (GroupNorm/BatchNorm, and the cosine classifier's unit lengths), ReLU, pooling,
+the time channel's fill and concat, padding, and the solver's own arithmetic (an RK4 step's stage inputs and
+weighted sum: about 10 element-wise operations on the state, < 1 % of a 3×3 conv on it). These are
+memory-bound element-wise work that a "fraction of peak" should not be credited with; conv and linear layers
+are where the arithmetic is.
 
 The model is split the way it runs: ``stem`` once, the ODE function ``f`` once per evaluation, ``head`` once.
 A fixed-step solve makes ``evals_per_step · n_steps`` evaluations (RK4: 4 per step); an adaptive solve makes

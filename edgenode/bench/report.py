@@ -247,8 +247,8 @@ def markdown(report: BenchReport) -> str:
                      f"{report.data['split']} split: {report.data['images']} images ({report.data['manifest']}).")
     lines += ["", *_md_table(columns(report), [row_cells(report, r) for r in report.rows]), "",
               "## FLOPs per image", "",
-              f"Counted: conv, linear and cosine-classifier layers, 2 × multiply-accumulates + bias adds; norms, activations, pooling, "
-              f"the time channel and the solver's own arithmetic are not counted. State {list(f.state_shape)} at "
+              "Counted: conv, linear and cosine-classifier layers, 2 × multiply-accumulates + bias adds; norms, "
+              f"activations, pooling, the time channel and the solver's own arithmetic are not counted. State {list(f.state_shape)} at "
               f"{f.image_size} px.", "",
               *_md_table(["Part", "FLOPs", "GFLOP"], [
                   ["stem (once)", f"{f.stem:,}", _gflop(f.stem)],
