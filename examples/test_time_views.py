@@ -16,9 +16,9 @@ import json
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from edgenode.align import check_data_alignment
+from edgenode.augment import ViewParams, apply_view
 from edgenode.checkpoint import load_checkpoint
 from edgenode.data import Manifest, load_split_arrays, normalize
 from edgenode.distill import unit
@@ -26,11 +26,13 @@ from edgenode.metrics import mcnemar_p, wilson_interval
 from edgenode.model import CosineClassifier
 
 
-def shifted(x: torch.Tensor, dx: int, dy: int, pad: int) -> torch.Tensor:
-    """``x`` moved by (dx, dy) pixels, the uncovered border filled by reflection."""
-    size = x.shape[-1]
-    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    return padded[..., pad - dy : pad - dy + size, pad - dx : pad - dx + size]
+def view(x: torch.Tensor, dx: int, dy: int, mirrored: bool, pad: int) -> torch.Tensor:
+    """``x`` (mirrored first if asked) moved by (dx, dy) pixels, the uncovered border filled by reflection: built
+    by training's own :func:`edgenode.augment.apply_view`, whose crop offset into the padded picture is pad − shift.
+    (Flip and reflect padding commute with the per-channel normalisation, so it may run on normalised input.)"""
+    n = x.shape[0]
+    params = ViewParams(torch.full((n,), mirrored), pad, torch.full((n,), pad - dy), torch.full((n,), pad - dx))
+    return apply_view(x, params)
 
 
 def view_features(model, images: np.ndarray, mean, std, offsets, pad: int) -> dict[tuple, np.ndarray]:
@@ -41,8 +43,8 @@ def view_features(model, images: np.ndarray, mean, std, offsets, pad: int) -> di
             x = normalize(images[start : start + 128], mean, std)
             for dx, dy in offsets:
                 for mirrored in (False, True):
-                    view = shifted(torch.flip(x, dims=[3]) if mirrored else x, dx, dy, pad)
-                    out.setdefault((dx, dy, mirrored), []).append(unit(model(view, return_features=True)[0].numpy()))
+                    features = model(view(x, dx, dy, mirrored, pad), return_features=True)[0]
+                    out.setdefault((dx, dy, mirrored), []).append(unit(features.numpy()))
     return {key: np.concatenate(parts) for key, parts in out.items()}
 
 

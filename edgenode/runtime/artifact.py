@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -166,9 +166,7 @@ def checkpoint_info(ckpt, solver: SolverConfig | None = None, mirror_average: bo
     """ArtifactInfo of a loaded :class:`~edgenode.checkpoint.Checkpoint`, optionally with another solver and
     with mirror averaging switched on."""
     trained = ckpt.model_config.solver
-    model = ckpt.model_config.to_dict()
-    if mirror_average:
-        model["mirror_average"] = True
+    model = replace(ckpt.model_config, mirror_average=True).to_dict() if mirror_average else ckpt.model_config.to_dict()
     return ArtifactInfo(
         path=Path(ckpt.path),
         kind="checkpoint",
