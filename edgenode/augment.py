@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from edgenode.transfer import to_device
+
 
 @dataclass
 class ViewParams:
@@ -58,16 +60,21 @@ def _draw_colors(n: int, generator: torch.Generator, strength: float) -> tuple[t
 
 
 def apply_view(x: torch.Tensor, params: ViewParams) -> torch.Tensor:
-    """The views ``params`` describes of the pictures ``x`` (n, 3, h, w), pixels in [0, 1]."""
-    n = x.shape[0]
-    x = torch.where(params.flip.to(x.device).view(n, 1, 1, 1), x.flip(3), x)
+    """The views ``params`` describes of the pictures ``x`` (n, 3, h, w), pixels in [0, 1].
+
+    The parameters travel to ``x``'s device without a wait (:func:`edgenode.transfer.to_device`), and each picture's
+    crop is one gather for the whole batch: a GPU training step never stops here for the CPU."""
+    n, device = x.shape[0], x.device
+    x = torch.where(to_device(params.flip, device).view(n, 1, 1, 1), x.flip(3), x)
     if params.pad:
-        h, w = x.shape[-2:]
+        c, h, w = x.shape[1:]
         padded = F.pad(x, (params.pad,) * 4, mode="reflect")
-        dy, dx = params.dy.tolist(), params.dx.tolist()
-        x = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+        dy, dx = to_device(params.dy, device), to_device(params.dx, device)
+        rows = (dy.view(n, 1) + torch.arange(h, device=device)).view(n, 1, h, 1)
+        cols = (dx.view(n, 1) + torch.arange(w, device=device)).view(n, 1, 1, w)
+        x = padded[torch.arange(n, device=device).view(n, 1, 1, 1), torch.arange(c, device=device).view(1, c, 1, 1), rows, cols]
     if params.colors is not None:
-        x = _apply_colors(x, params.colors.to(x.device), params.gray.to(x.device))
+        x = _apply_colors(x, to_device(params.colors, device), to_device(params.gray, device))
     return x
 
 

@@ -246,18 +246,23 @@ def distill_loss(
     kd_weight: float,
     count: float | None = None,
     view: torch.Tensor | None = None,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``embedding_weight·(1-cos) + kd_weight·KL`` summed over the images with a teacher descriptor and divided by
     ``count`` (default: their number, i.e. the mean; training under DDP passes the global count per rank).
 
     ``view`` (one per image, with ``--teacher-views``): the images are those augmented views, and the targets the
-    teacher's descriptors of them."""
-    mask = targets.has_target[index]
-    if not bool(mask.any()):
-        return features.sum() * 0.0
-    features, logits, index = features[mask].float(), logits[mask].float(), index[mask]
-    view = None if view is None else view[mask.cpu()]
-    count = float(len(index)) if count is None else count
+    teacher's descriptors of them. ``rows``: the positions in the batch of the images with a descriptor, when the
+    caller knows them (training does, on the CPU); then ``view`` holds those rows' views only, and nothing here
+    waits for the GPU to say which images have a target."""
+    if rows is None:
+        mask = targets.has_target[index]
+        if not bool(mask.any()):
+            return features.sum() * 0.0
+        rows = mask.nonzero().squeeze(1)
+        view = None if view is None else view[mask.cpu()]
+    features, logits, index = features.index_select(0, rows).float(), logits.index_select(0, rows).float(), index.index_select(0, rows)
+    count = float(len(rows)) if count is None else count
     loss = features.new_zeros(())
     if embedding_weight:
         cos = F.cosine_similarity(features, targets.target_embedding(index, view), dim=1)

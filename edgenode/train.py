@@ -35,6 +35,7 @@ from edgenode.errors import NumericError, UsageError
 from edgenode.metrics import ClassificationMetrics, format_accuracy
 from edgenode.model import ModelConfig, NeuralODECNN, build_model, count_parameters, preset_config
 from edgenode.ode.solvers import SolverConfig
+from edgenode.transfer import to_device
 
 SCHEDULES = ("constant", "cosine")
 UNLABELLED = -1  # label of pool images: they learn from the teacher's targets only
@@ -184,7 +185,8 @@ class DeviceSplit:
         self.augment_shift, self.augment_color = augment_shift, augment_color
         self.bank, self.bank_rows = None, None  # --teacher-views: augmented views replayed from a view bank
         self.images = torch.from_numpy(images_nhwc).permute(0, 3, 1, 2).contiguous().to(device)
-        self.labels = torch.from_numpy(labels).long().to(device)
+        self.labels_cpu = torch.from_numpy(labels).long()  # counts and masks of a batch, without asking the GPU
+        self.labels = self.labels_cpu.to(device)
         self.mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
 
@@ -198,9 +200,11 @@ class DeviceSplit:
         return torch.randint(self.bank.views, (len(index),), generator=augment_generator)
 
     def batch(self, index: torch.Tensor, augment_generator: torch.Generator | None = None, view: torch.Tensor | None = None):
+        """The pictures ``index`` (a CPU tensor), normalised, augmented when given a generator, and their labels."""
+        rows, index = index, to_device(index, self.images.device)
         x = self.images[index].float().div_(255)
         if view is not None:
-            x = apply_view(x, self.bank.gather(view, self.bank_rows[index.cpu()]))
+            x = apply_view(x, self.bank.gather(view, self.bank_rows[rows]))
         elif augment_generator is not None:
             x = augment(x, augment_generator, self.augment_shift)
             if self.augment_color:
@@ -214,8 +218,7 @@ def evaluate(model: NeuralODECNN, split: DeviceSplit, num_classes: int, batch_si
     model.eval()
     losses, preds, nfes = [], [], []
     for start in range(0, len(split), batch_size):
-        index = torch.arange(start, min(start + batch_size, len(split)), device=split.labels.device)
-        x, y = split.batch(index)
+        x, y = split.batch(torch.arange(start, min(start + batch_size, len(split))))
         logits = model(x)
         nfes.append(model.nfe)
         losses.append(F.cross_entropy(logits, y, reduction="sum").item())
@@ -465,7 +468,13 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
 
 def run_epoch(train_model, model, split: DeviceSplit, optimizer, scheduler, criterion, config: TrainConfig, epoch: int, steps: int,
               ctx: DistContext, targets=None):
-    """One pass over the train split (and pool); everything random is seeded from (seed, epoch) alone."""
+    """One pass over the train split (and pool); everything random is seeded from (seed, epoch) alone.
+
+    No step waits for the GPU: the shuffle, the masks of labelled images and of images with a teacher target,
+    their counts and the augmentation's random views are all known on the CPU and travel with
+    :func:`edgenode.transfer.to_device`, and the running sums stay on the device until the epoch ends. A step
+    that read one number back (``loss.item()``, a boolean mask's size) would stop the CPU until the GPU had
+    caught up, and the next step's kernels could not be queued while this one's run."""
     from edgenode.distill import distill_loss
 
     model.train()
@@ -475,41 +484,51 @@ def run_epoch(train_model, model, split: DeviceSplit, optimizer, scheduler, crit
     perm = torch.randperm(len(split), generator=order)
     local = config.batch_size // ctx.world_size
     device = split.labels.device
+    has_target = targets.has_target.cpu() if targets is not None else None
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
-    total_loss, total_distill, total_correct, seen, labelled_seen, max_nfe = 0.0, 0.0, 0, 0, 0, 0
+    # float64 sums of what loss.item() * len(y) gave, in the same order: the history is the same to the last bit
+    total_loss, total_distill = (torch.zeros((), dtype=torch.float64, device=device) for _ in range(2))
+    total_correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen, labelled_seen, max_nfe = 0, 0, 0
     with progress_bar(f"epoch {epoch}", steps, enabled=config.progress and ctx.is_main) as advance:
         for step in range(steps):
-            global_batch = perm[step * config.batch_size : (step + 1) * config.batch_size].to(device)
+            global_batch = perm[step * config.batch_size : (step + 1) * config.batch_size]
             index = global_batch[ctx.rank * local : (ctx.rank + 1) * local]
             view = split.draw_bank_views(index, aug)
             x, y = split.batch(index, aug, view)
-            labelled = y != UNLABELLED
+            labelled = split.labels_cpu[index] != UNLABELLED
+            labelled_rows = to_device(labelled.nonzero().squeeze(1), device)
             # Means over the *global* batch: DDP averages gradients over the ranks, so each rank divides its sum by
             # the global count and multiplies by the world size; with one process this is the plain mean.
-            n_labelled = max(1, int((split.labels[global_batch] != UNLABELLED).sum()))
+            n_labelled = max(1, int((split.labels_cpu[global_batch] != UNLABELLED).sum()))
             with autocast:
                 if targets is None:
                     logits = train_model(x)
                 else:
                     features, logits = train_model(x, return_features=True)
                 logits = logits.float()
-                loss = criterion(logits[labelled], y[labelled]) * (config.label_weight * ctx.world_size / n_labelled)
+                loss = criterion(logits.index_select(0, labelled_rows), y.index_select(0, labelled_rows)) * (
+                    config.label_weight * ctx.world_size / n_labelled)
                 if targets is not None:
-                    n_targets = max(1, int(targets.has_target[global_batch].sum()))
-                    extra = distill_loss(features, logits, index, targets, config.distill_weight, config.kd_weight,
-                                         count=n_targets / ctx.world_size, view=view)
-                    total_distill += extra.item() * len(y)
+                    n_targets = max(1, int(has_target[global_batch].sum()))
+                    target_rows = has_target[index].nonzero().squeeze(1)
+                    extra = distill_loss(features, logits, to_device(index, device), targets, config.distill_weight,
+                                         config.kd_weight, count=n_targets / ctx.world_size,
+                                         view=None if view is None else to_device(view[target_rows], device),
+                                         rows=to_device(target_rows, device))
+                    total_distill += extra.detach().double() * len(y)
                     loss = loss + extra
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             max_nfe = max(max_nfe, model.nfe)
-            total_loss += loss.item() * len(y)
-            total_correct += int((logits.argmax(1) == y)[labelled].sum())
+            total_loss += loss.detach().double() * len(y)
+            total_correct += (logits.argmax(1) == y).index_select(0, labelled_rows).sum()
             seen += len(y)
             labelled_seen += int(labelled.sum())
             advance()
+    total_loss, total_distill, total_correct = total_loss.item(), total_distill.item(), int(total_correct)  # the epoch's one wait
     total_loss, total_distill, total_correct, seen, labelled_seen = ctx.sum_across_ranks(total_loss, total_distill, total_correct, seen, labelled_seen)
     if not math.isfinite(total_loss):  # summed over the ranks: every rank stops together
         raise NumericError(f"epoch {epoch}: the training loss is {total_loss / max(1, seen)}",

@@ -130,6 +130,31 @@ def test_images_without_a_target_do_not_count():
     none.backward()  # still part of the graph: a batch of pool images without targets must not break the step
 
 
+
+def test_rows_known_on_the_cpu_give_the_masked_loss_exactly():
+    """Training passes the rows with a target (computed on the CPU, so the GPU is never asked); the loss, its
+    gradient and the views' targets must be those of the mask path, and a batch with no target still backpropagates."""
+    targets = _targets(n=6)
+    targets.has_target[[1, 4]] = False
+    targets.view_embedding = torch.nn.functional.normalize(torch.randn(2, 6, 8, generator=torch.Generator().manual_seed(5)), dim=2)
+    index, view = torch.tensor([4, 0, 1, 3, 5]), torch.tensor([1, 0, 1, 1, 0])
+    rows = targets.has_target[index].nonzero().squeeze(1)
+    for v, v_rows in ((None, None), (view, view[rows])):
+        grads = []
+        for kwargs in ({"view": v}, {"view": v_rows, "rows": rows}):
+            features = torch.randn(5, 8, generator=torch.Generator().manual_seed(1)).requires_grad_()
+            logits = torch.randn(5, 3, generator=torch.Generator().manual_seed(2))
+            loss = distill.distill_loss(features, logits, index, targets, 2.0, 3.0, count=4.0, **kwargs)
+            loss.backward()
+            grads.append((loss.detach(), features.grad))
+        torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
+        assert grads[0][1][0].abs().sum() == 0 and grads[0][1][1].abs().sum() > 0  # image 4 has no target, 0 has
+    features = torch.randn(2, 8).requires_grad_()
+    none = distill.distill_loss(features, torch.randn(2, 3), torch.tensor([1, 4]), targets, 1.0, 1.0, count=1.0,
+                                rows=torch.zeros(0, dtype=torch.int64))
+    none.backward()
+    assert none.item() == 0.0 and features.grad.abs().sum() == 0
+
 def test_only_a_student_with_teacher_sized_features_can_be_distilled():
     embedding, _ = clusters(dim=128)
     teacher = _teacher([f"a/{i}.jpg" for i in range(len(embedding))], embedding)

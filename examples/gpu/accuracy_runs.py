@@ -97,9 +97,12 @@ RECIPES = {
     "kd-pool-w5-s2": dict(W5, seed=2),
 }
 ABLATION = "ce,kd,kd-pool-s0,kd-pool-s1,kd-pool-s2,kd-pool-w5"  # what RESULTS.md's table ran
+# The training step queues its work without waiting for the GPU (edgenode.transfer); "warn" names, once each in
+# train.log, any place that still makes the CPU wait (evaluation and checkpoints do, once an epoch).
 WORKER = (
     "import json, sys, torch\n"
     "torch.backends.cudnn.benchmark = True\n"
+    "torch.cuda.is_available() and torch.cuda.set_sync_debug_mode('warn')\n"
     "from edgenode.train import TrainConfig, train\n"
     "train(TrainConfig(**json.load(open(sys.argv[1]))))\n"
 )
