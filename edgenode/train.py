@@ -81,6 +81,7 @@ class TrainConfig:
     near_duplicates: str | None = None  # tsv of near-duplicate pairs; None: computed with dHash
     amp: bool = False  # bfloat16 autocast for training passes on CUDA (evaluation stays float32)
     init: str | None = None  # start from this checkpoint's weights (same preset, width, classes); fresh optimizer
+    stop_after: int | None = None  # end this call after that epoch of the --epochs schedule; --resume continues it
 
     def __post_init__(self):
         for name in ("epochs", "batch_size"):
@@ -135,6 +136,9 @@ class TrainConfig:
                              "pictures, not the bank's views", "drop one of them")
         if self.near_duplicates and not self.unlabeled:
             raise UsageError("--near-duplicates is only used to clean the --unlabeled pool", "add --unlabeled or drop it")
+        if self.stop_after is not None and not 1 <= self.stop_after <= self.epochs:
+            raise UsageError(f"--stop-after {self.stop_after}: must be an epoch of the schedule, 1 to --epochs {self.epochs}",
+                             "e.g. --epochs 200 --stop-after 120 now, and the same command with --resume later")
         self.model_config(num_classes=2)  # fail on a bad preset or solver now, not after reading the data
 
     def model_config(self, num_classes: int) -> ModelConfig:
@@ -404,7 +408,8 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
             scheduler=scheduler.state_dict(),
         )
 
-    for epoch in range(start_epoch, config.epochs + 1):
+    last_epoch = config.epochs if config.stop_after is None else config.stop_after
+    for epoch in range(start_epoch, last_epoch + 1):
         t0 = time.perf_counter()
         train_stats = run_epoch(train_model, model, splits["train"], optimizer, scheduler, criterion, config, epoch, steps_per_epoch, ctx, targets)
         train_seconds = time.perf_counter() - t0
@@ -445,6 +450,15 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
         ctx.barrier()
 
     test = {}
+    if last_epoch < config.epochs:  # paused (--stop-after): no test figure for a run that has not finished
+        if ctx.is_main:
+            write_history(run_dir, history)
+            from edgenode.plots import plot_training_curves
+
+            plot_training_curves(history, run_dir / "curves.png", title=f"{model_config.arch} — {model_config.solver.describe()}")
+            ctx.print(f"stopped after epoch {len(history)} of {config.epochs} (--stop-after {config.stop_after}): "
+                      f"the same command with --resume and without --stop-after continues it")
+        return TrainResult(run_dir, best_path, last_path, best_epoch, best_val, test, history)
     if ctx.is_main:
         write_history(run_dir, history)  # a run killed between last.pt and the metrics of its final epoch
         best = load_checkpoint(best_path)

@@ -49,3 +49,109 @@ def test_set_overrides_win_over_the_recipe(tmp_path):
     config = RUNS.config_for("w5-wide-rk4x4-color4", tmp_path, tmp_path / "runs", 1, {"width": 16, "steps": 1})
     assert (config["width"], config["steps"], config["augment_color"]) == (16, 1, 0.4)
     assert RUNS.config_for("w5-wide-rk4x4-color4", tmp_path, tmp_path / "runs", 1)["width"] == 160
+
+
+@pytest.fixture(scope="module")
+def tiny_pack(tmp_path_factory):
+    """A pack as pack_pins.py writes it, of 4 synthetic identities: images, manifest, teacher, near-duplicates."""
+    import tarfile
+
+    import numpy as np
+
+    from edgenode.data import SplitConfig, build_manifest, make_synthetic_faces
+
+    tmp = tmp_path_factory.mktemp("pack")
+    root = make_synthetic_faces(tmp / "tiny", n_classes=4, per_class=12, size=32, seed=0)
+    manifest = build_manifest(root, SplitConfig(per_class=10, train=6, val=2, test=2, image_size=32, seed=0), progress=False)
+    manifest.save(root / "manifest.json")
+    entries = [e for name in ("train", "val", "test") for e in manifest.splits[name]] + list(manifest.unused)
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(4, 128))
+    np.savez(root / "teacher.npz", files=np.array([f for f, _ in entries]), face_detected=np.ones(len(entries), bool),
+             embedding=np.stack([centres[c] + 0.2 * rng.normal(size=128) for _, c in entries]).astype(np.float32))
+    (root / "near_duplicates.tsv").write_text("file_a\tfile_b\thamming\n")
+    with tarfile.open(tmp / "tiny.tgz", "w:gz") as tar:
+        tar.add(root, arcname="tiny")
+    return tmp / "tiny.tgz"
+
+
+def _job(pack, out, work, *extra):
+    import subprocess
+    import sys
+
+    small = ["--set", "width=8", "--set", "steps=1", "--set", "batch_size=8", "--set", "warmup_epochs=1"]
+    done = subprocess.run([sys.executable, str(SCRIPT), str(pack), str(out), "--runs", "w5-rk4x4", "--budget", "300",
+                           "--work", str(work), *small, *extra], capture_output=True, text=True, cwd=SCRIPT.parents[2],
+                          env={**__import__("os").environ, "PYTHONPATH": str(SCRIPT.parents[2])})
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def _weights(out):
+    import io
+    import tarfile
+
+    from edgenode.checkpoint import load_checkpoint
+
+    with tarfile.open(out / "w5-rk4x4.tgz") as tar:
+        data = tar.extractfile("w5-rk4x4/best-slim.pt").read()
+    path = out / "best.pt"
+    path.write_bytes(io.BytesIO(data).getvalue())
+    return load_checkpoint(path)
+
+
+def test_a_run_paused_by_one_call_finishes_in_the_next_as_if_never_paused(tiny_pack, tmp_path):
+    """A fixed --epochs schedule spans two calls on a warm machine: a call that ends early leaves the run in --work,
+    and the next call continues it to the same weights and figures as one call."""
+    import tarfile
+
+    import torch
+
+    work = tmp_path / "work"
+    straight = _job(tiny_pack, tmp_path / "straight", work, "--epochs", "3")
+    assert not work.exists() and not (tmp_path / "straight" / "w5-rk4x4-last.pt").exists()  # finished: nothing to resume
+    first = _job(tiny_pack, tmp_path / "first", work, "--epochs", "3", "--set", "stop_after=1")
+    assert "w5-rk4x4: paused; the next call" in first and '"paused": [\n  "w5-rk4x4"\n ]' in first
+    second = _job(tiny_pack, tmp_path / "second", work, "--epochs", "3", "--resume")
+    assert '"paused": []' in second and '"paused": []' in straight and not work.exists()
+    expected, actual = _weights(tmp_path / "straight"), _weights(tmp_path / "second")
+    assert actual.epoch == expected.epoch
+    for name, tensor in expected.state_dict.items():
+        torch.testing.assert_close(actual.state_dict[name], tensor, rtol=0, atol=0, msg=name)
+    # every epoch's figures, the two resumed ones included (the seconds aside)
+    history = [[{k: v for k, v in row.items() if k != "seconds"} for row in _metrics(tmp_path / out)] for out in ("straight", "second")]
+    assert [row["epoch"] for row in history[1]] == [1, 2, 3] and history[1] == history[0]
+    with tarfile.open(tmp_path / "second" / "w5-rk4x4.tgz") as tar:  # both calls' log: epoch 1, a pause, epochs 2 and 3
+        log = tar.extractfile("w5-rk4x4/train.log").read().decode()
+    assert [log.count(f"epoch   {k}/3") for k in (1, 2, 3)] == [1, 1, 1]
+    assert log.index("stopped after epoch 1 of 3") < log.index("last.pt after epoch 1") < log.index("epoch   2/3")
+
+
+def _metrics(out):
+    import json
+    import tarfile
+
+    with tarfile.open(out / "w5-rk4x4.tgz") as tar:
+        return json.load(tar.extractfile("w5-rk4x4/metrics.json"))
+
+
+def test_resume_on_a_machine_that_lost_the_run_says_so():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(SCRIPT), "missing.tgz", "out", "--runs", "w5-rk4x4", "--resume"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "--resume continues a fixed schedule: pass the --epochs" in done.stderr
+    done = subprocess.run([sys.executable, str(SCRIPT), "missing.tgz", "out", "--runs", "w5-wide-rk4x4-color4-e200", "--epochs", "99"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "is a 200-epoch schedule: pass --epochs 200" in done.stderr
+
+
+def test_resume_without_the_paused_run_says_the_machine_was_given_back(tiny_pack, tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(SCRIPT), str(tiny_pack), str(tmp_path / "out"), "--runs", "w5-rk4x4",
+                           "--epochs", "3", "--resume", "--work", str(tmp_path / "work")],
+                          capture_output=True, text=True, env={**__import__("os").environ, "PYTHONPATH": str(SCRIPT.parents[2])})
+    assert done.returncode != 0 and "--resume: no paused w5-rk4x4 in" in done.stderr and "drop --resume" in done.stderr

@@ -84,6 +84,29 @@ def test_resume_after_interruption_gives_the_same_weights(synthetic_root, tmp_pa
     assert [r["val_accuracy"] for r in resumed.history] == [r["val_accuracy"] for r in reference.history]
 
 
+
+def test_a_run_stopped_after_an_epoch_resumes_to_the_same_weights(synthetic_root, tmp_path, capsys):
+    """--stop-after ends a call mid-schedule (a time-boxed GPU); --resume continues the same cosine schedule exactly,
+    and a paused run reports no test figure."""
+    config = dict(schedule="cosine", warmup_epochs=1, epochs=3)
+    reference = train(small_config(synthetic_root, tmp_path / "straight", **config))
+    paused = train(small_config(synthetic_root, tmp_path / "paused", stop_after=1, **config))
+    assert [row["epoch"] for row in paused.history] == [1] and paused.test == {}
+    assert not (tmp_path / "paused" / "results.json").exists() and (tmp_path / "paused" / "metrics.csv").exists()
+    assert "stopped after epoch 1 of 3" in capsys.readouterr().err
+    resumed = train(small_config(synthetic_root, tmp_path / "paused", resume=True, **config))
+    expected, actual = (load_checkpoint(r.last_checkpoint).state_dict for r in (reference, resumed))
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)
+    assert [r["lr"] for r in resumed.history] == [r["lr"] for r in reference.history]
+    assert resumed.test["accuracy"] == reference.test["accuracy"]
+
+
+@pytest.mark.parametrize("stop_after", [0, 4])
+def test_stop_after_must_be_an_epoch_of_the_schedule(stop_after):
+    with pytest.raises(UsageError, match=f"--stop-after {stop_after}: must be an epoch of the schedule, 1 to --epochs 3"):
+        TrainConfig(data="d", epochs=3, stop_after=stop_after)
+
 def test_existing_run_is_not_overwritten_without_resume(synthetic_root, tmp_path):
     config = small_config(synthetic_root, tmp_path / "run", epochs=1)
     train(config)

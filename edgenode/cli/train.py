@@ -52,6 +52,7 @@ def command(
     near_duplicates: Annotated[Optional[Path], typer.Option(help="TSV of near-duplicate pairs (file_a, file_b, hamming); computed with dHash if unset.")] = None,
     amp: Annotated[bool, typer.Option(help="bfloat16 autocast for training passes on CUDA.")] = False,
     init: Annotated[Optional[Path], typer.Option(help="Start from this checkpoint's weights (fine-tune; the solver may differ).")] = None,
+    stop_after: Annotated[Optional[int], typer.Option(help="End this call after that epoch of the --epochs schedule (a time-boxed machine); the same command with --resume continues the run exactly.")] = None,
 ) -> None:
     """Train a NeuralODECNN; writes best.pt, last.pt, metrics and curves into --out."""
     from edgenode.data import SplitConfig
@@ -73,6 +74,6 @@ def command(
         teacher=str(teacher) if teacher else None, label_weight=label_weight, distill_weight=distill_weight, kd_weight=kd_weight,
         kd_targets=str(kd_targets) if kd_targets else None, teacher_views=str(teacher_views) if teacher_views else None,
         unlabeled=unlabeled, near_duplicates=str(near_duplicates) if near_duplicates else None, amp=amp,
-        init=str(init) if init else None,
+        init=str(init) if init else None, stop_after=stop_after,
     )
     train(config)

@@ -9,6 +9,13 @@
     PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 390 --runs w5-wide-rk4x4-color4 --max-epochs 99    # 362 s
     PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 300 --runs w5-rk4x4-nolabel --max-epochs 99     # 81 epochs fit
 
+One run longer than a call (a call runs at most 10 minutes) takes a fixed schedule and spans two calls of one
+session: the second follows at once, while the machine is still warm (it goes back after 30 s idle), and the run
+continues in place from its last.pt. A fresh machine cannot take it over: a call carries at most 64 MiB, and the
+pack (51 MB) with the working tree (13 MB) leaves no room for a last.pt with its optimizer state (13 MiB at width 160).
+    PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 540 --runs w5-wide-rk4x4-color4-e200 --epochs 200
+    PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 300 --runs w5-wide-rk4x4-color4-e200 --epochs 200 --resume
+
 The pack decides the input: ``pins64.tgz`` holds the plain crops, ``pins64a.tgz`` the aligned chips of
 ``edgenode align`` (pack_pins.py on the aligned copy); runs trained on the latter record the alignment.
 
@@ -75,6 +82,13 @@ RECIPES = {
     "w5-wide-rk4x4-color4-s1": dict(W5_RK4X4, seed=1, width=160, augment_color=0.4),
     "w5-wide-rk4x4-color4-s2": dict(W5_RK4X4, seed=2, width=160, augment_color=0.4),
     "w5-wide-rk4x4-shift2": dict(W5_RK4X4, seed=0, width=160, augment_shift=0.03125),
+    # the leader on a schedule twice as long, one run over two calls (--epochs 200, then --resume): at 99 epochs its
+    # teacher loss was still falling (1.50 at epoch 80, 1.43 at 99), and the one longer run there is, width 128
+    # for 121 epochs, ended 1.9 pt higher on val than 99 epochs of the same seed (level on test)
+    "w5-wide-rk4x4-color4-e200": dict(W5_RK4X4, seed=0, width=160, augment_color=0.4, epochs=200),
+    # capacity again with colour jitter: width 192 (1.61 M parameters, 5.73 GFLOP per image at RK4 x 4, 1.44x width 160); its
+    # last.pt (18 MiB) is over what a call brings back, so a run over two calls must find the machine warm
+    "w5-w192-rk4x4-color4": dict(W5_RK4X4, seed=0, width=192, augment_color=0.4),
     # depth beside the ODE block: three residual blocks (edgenode.model.build_faceode_res), +18 % multiply-adds at
     # width 128 against width 160's +56 %; width 160 fitted the teacher's descriptors closer (cosine +0.03)
     "w5-res-rk4x4": dict(W5_RK4X4, seed=0, arch="faceode-res"),
@@ -173,6 +187,24 @@ def slim_and_pack(run_dir: Path, target: Path) -> None:
                 tar.add(run_dir / name, arcname=f"{run_dir.name}/{name}")
 
 
+def unpack(pack_tgz: Path, work: Path, keep: bool) -> Path:
+    """The pack extracted under ``work`` (kept from an earlier call on a warm machine when ``keep``); its folder."""
+    with tarfile.open(pack_tgz) as tar:
+        tops = {member.name.split("/", 1)[0] for member in tar.getmembers()}
+        if len(tops) != 1:
+            sys.exit(f"{pack_tgz}: expected one top-level folder (pack_pins.py's output), found {sorted(tops)}")
+        pack = work / tops.pop()
+        if not (keep and (pack / "manifest.json").is_file()):
+            tar.extractall(work, filter="data")
+    return pack
+
+
+def finished(run_dir: Path, epochs: int) -> bool:
+    from edgenode.checkpoint import load_checkpoint
+
+    return (run_dir / "last.pt").is_file() and load_checkpoint(run_dir / "last.pt").epoch >= epochs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pack", type=Path, help="pins64.tgz from examples/gpu/pack_pins.py")
@@ -180,6 +212,14 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=480.0, help="seconds for training, all runs together")
     parser.add_argument("--runs", default=ABLATION, help=f"comma-separated, from: {', '.join(RECIPES)}")
     parser.add_argument("--max-epochs", type=int, default=120)
+    parser.add_argument("--epochs", type=int, help="a fixed schedule instead of the epochs that fit the budget: "
+                        "each run trains until it ends or the budget does, and a run cut short stays on this "
+                        "machine for --resume")
+    parser.add_argument("--resume", action="store_true", help="continue the runs an earlier call on this still-warm "
+                        "machine left paused (same --runs and --epochs)")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "edgenode-gpu",
+                        help="where the pack and runs live; the same path in every call, since a resumed run "
+                             "must name the same teacher file")
     parser.add_argument("--probe-steps", type=int, default=12)
     parser.add_argument("--overhead", type=float, default=1.4,
                         help="wall time per epoch over the probe's estimate (evaluation, start-up, sharing the GPU, "
@@ -190,20 +230,24 @@ def main() -> None:
     args = parser.parse_args()
     if args.overhead <= 0:
         parser.error(f"--overhead {args.overhead}: must be > 0 (the H100 runs measured 1.26 to 1.48)")
+    if args.resume and not args.epochs:
+        parser.error("--resume continues a fixed schedule: pass the --epochs the runs started with")
+    unknown = [name for name in args.runs.split(",") if name not in RECIPES]
+    if unknown:
+        parser.error(f"--runs: no recipe {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
+    for name in args.runs.split(","):
+        if RECIPES[name].get("epochs", args.epochs) != args.epochs:
+            parser.error(f"--runs {name} is a {RECIPES[name]['epochs']}-epoch schedule: pass --epochs {RECIPES[name]['epochs']}")
     overrides = {}
     for item in args.set:
         key, _, value = item.partition("=")
         overrides[key] = json.loads(value)
     t0 = time.time()
     os.environ.setdefault("EDGENODE_CACHE", "/tmp/edgenode-cache")
-    # a fresh folder per call: a run left by an earlier call on a still-warm machine would refuse to start
-    work = Path(tempfile.mkdtemp(prefix="edgenode-gpu-"))
-    with tarfile.open(args.pack) as tar:
-        tops = {member.name.split("/", 1)[0] for member in tar.getmembers()}
-        if len(tops) != 1:
-            sys.exit(f"{args.pack}: expected one top-level folder (pack_pins.py's output), found {sorted(tops)}")
-        tar.extractall(work, filter="data")
-    pack, runs = work / tops.pop(), work / "runs"  # pins64 (plain crops) or pins64a (aligned chips)
+    if not args.resume:  # a run left by an earlier call on a still-warm machine would refuse to start
+        shutil.rmtree(args.work, ignore_errors=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    pack, runs = unpack(args.pack, args.work, keep=args.resume), args.work / "runs"  # pins64 (plain) or pins64a (aligned)
     args.out.mkdir(parents=True, exist_ok=True)
     names = args.runs.split(",")
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (dry run)"
@@ -215,14 +259,20 @@ def main() -> None:
     for name in names:
         config = config_for(name, pack, runs, 1, overrides)
         n = images_per_epoch(config)
+        info["runs"][name] = {"images_per_epoch": n}
+        if args.epochs:  # no probe: the schedule is given, and each epoch's time is in metrics.csv
+            continue
         per_epoch[name] = n * seconds_per_image(config, args.probe_steps)
-        info["runs"][name] = {"images_per_epoch": n, "estimated_seconds_per_epoch_alone": per_epoch[name]}
+        info["runs"][name]["estimated_seconds_per_epoch_alone"] = per_epoch[name]
         print(f"[{time.time() - t0:.0f}s] {name}: {n} images/epoch, ~{per_epoch[name]:.2f} s/epoch alone", flush=True)
     remaining = args.budget - (time.time() - t0)
-    # runs share the GPU: assume no overlap gain, plus --overhead for evaluation, start-up and Python
-    # (1.25 and 1.2 left runs short of their schedule on an H100, and the calls measured 1.26-1.48; a run cut
-    # short keeps its best.pt)
-    epochs = max(1, min(args.max_epochs, int(remaining / (args.overhead * sum(per_epoch.values())))))
+    if args.epochs:
+        epochs = args.epochs
+    else:
+        # runs share the GPU: assume no overlap gain, plus --overhead for evaluation, start-up and Python
+        # (1.25 and 1.2 left runs short of their schedule on an H100, and the calls measured 1.26-1.48; a run cut
+        # short keeps its best.pt)
+        epochs = max(1, min(args.max_epochs, int(remaining / (args.overhead * sum(per_epoch.values())))))
     info["epochs"] = epochs
     print(f"[{time.time() - t0:.0f}s] {remaining:.0f}s left: {epochs} epochs for each of {len(names)} runs", flush=True)
 
@@ -230,15 +280,20 @@ def main() -> None:
     for name in names:
         config = config_for(name, pack, runs, epochs, overrides)
         run_dir = Path(config["out"])
+        if args.resume:
+            if not (run_dir / "last.pt").is_file():
+                sys.exit(f"--resume: no paused {name} in {args.work}: the machine was given back since the last call "
+                         "(it keeps a run for 30 s idle), so the run starts over: drop --resume")
+            config["resume"] = True
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config, indent=1))
-        log = open(run_dir / "train.log", "w")
+        log = open(run_dir / "train.log", "a" if args.resume else "w")
         env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
         processes[name] = (subprocess.Popen([sys.executable, "-c", WORKER, str(run_dir / "config.json")], stdout=log, stderr=subprocess.STDOUT, env=env), time.time())
     deadline, ended = t0 + args.budget, {}
     while len(ended) < len(processes) and time.time() < deadline:
         ended.update({name: time.time() for name, (p, _) in processes.items() if name not in ended and p.poll() is not None})
-        time.sleep(2)
+        time.sleep(0.5)
     for name, (p, started) in processes.items():
         if p.poll() is None:
             p.terminate()
@@ -246,9 +301,14 @@ def main() -> None:
             info["runs"][name]["stopped_at_deadline"] = True
         info["runs"][name].update(returncode=p.returncode, wall_seconds=ended.get(name, time.time()) - started)
         print(f"[{time.time() - t0:.0f}s] {name}: rc {p.returncode}", flush=True)
+    paused = [name for name in names if args.epochs and (runs / name / "last.pt").is_file() and not finished(runs / name, epochs)]
     for name in names:
         slim_and_pack(runs / name, args.out / f"{name}.tgz")
-    shutil.rmtree(work, ignore_errors=True)  # the pack and full checkpoints: a warm machine's next call starts clean
+        if name in paused:
+            print(f"[{time.time() - t0:.0f}s] {name}: paused; the next call, at once, continues it with --resume", flush=True)
+    info["paused"] = paused
+    if not paused:  # the pack and full checkpoints: a warm machine's next call starts clean
+        shutil.rmtree(args.work, ignore_errors=True)
     info["total_seconds"] = time.time() - t0
     (args.out / "gpu_runs.json").write_text(json.dumps(info, indent=1))
     print(json.dumps(info, indent=1), flush=True)
