@@ -142,9 +142,9 @@ def test_resume_on_a_machine_that_lost_the_run_says_so():
     done = subprocess.run([sys.executable, str(SCRIPT), "missing.tgz", "out", "--runs", "w5-rk4x4", "--resume"],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "--resume continues a fixed schedule: pass the --epochs" in done.stderr
-    done = subprocess.run([sys.executable, str(SCRIPT), "missing.tgz", "out", "--runs", "w5-wide-rk4x4-color4-e200", "--epochs", "99"],
+    done = subprocess.run([sys.executable, str(SCRIPT), "missing.tgz", "out", "--runs", "w5-wide-rk4x4-color4-e180", "--epochs", "99"],
                           capture_output=True, text=True)
-    assert done.returncode == 2 and "is a 200-epoch schedule: pass --epochs 200" in done.stderr
+    assert done.returncode == 2 and "is a 180-epoch schedule: pass --epochs 180" in done.stderr
 
 
 def test_resume_without_the_paused_run_says_the_machine_was_given_back(tiny_pack, tmp_path):
