@@ -101,7 +101,7 @@ def jitter_colors(x: torch.Tensor, generator: torch.Generator, strength: float) 
     (examples/teacher_consistency.py).
     """
     colors, gray = _draw_colors(x.shape[0], generator, strength)
-    return _apply_colors(x, colors.to(x.device), gray.to(x.device))
+    return _apply_colors(x, to_device(colors, x.device), to_device(gray, x.device))
 
 
 def _apply_colors(x: torch.Tensor, colors: torch.Tensor, gray: torch.Tensor) -> torch.Tensor:

@@ -138,7 +138,7 @@ class TrainConfig:
             raise UsageError("--near-duplicates is only used to clean the --unlabeled pool", "add --unlabeled or drop it")
         if self.stop_after is not None and not 1 <= self.stop_after <= self.epochs:
             raise UsageError(f"--stop-after {self.stop_after}: must be an epoch of the schedule, 1 to --epochs {self.epochs}",
-                             "e.g. --epochs 200 --stop-after 120 now, and the same command with --resume later")
+                             "e.g. --epochs 200 --stop-after 120 now, then the same command with --resume instead of --stop-after")
         self.model_config(num_classes=2)  # fail on a bad preset or solver now, not after reading the data
 
     def model_config(self, num_classes: int) -> ModelConfig:
@@ -450,13 +450,15 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
         ctx.barrier()
 
     test = {}
-    if last_epoch < config.epochs:  # paused (--stop-after): no test figure for a run that has not finished
+    reached = history[-1]["epoch"] if history else 0
+    if reached < config.epochs:  # paused (--stop-after): no test figure for a run that has not finished
         if ctx.is_main:
             write_history(run_dir, history)
             from edgenode.plots import plot_training_curves
 
             plot_training_curves(history, run_dir / "curves.png", title=f"{model_config.arch} — {model_config.solver.describe()}")
-            ctx.print(f"stopped after epoch {len(history)} of {config.epochs} (--stop-after {config.stop_after}): "
+            done = "nothing trained: it had already" if start_epoch > last_epoch else "stopped after"
+            ctx.print(f"{done} epoch {reached} of {config.epochs} (--stop-after {config.stop_after}): "
                       f"the same command with --resume and without --stop-after continues it")
         return TrainResult(run_dir, best_path, last_path, best_epoch, best_val, test, history)
     if ctx.is_main:
@@ -484,11 +486,12 @@ def run_epoch(train_model, model, split: DeviceSplit, optimizer, scheduler, crit
               ctx: DistContext, targets=None):
     """One pass over the train split (and pool); everything random is seeded from (seed, epoch) alone.
 
-    No step waits for the GPU: the shuffle, the masks of labelled images and of images with a teacher target,
-    their counts and the augmentation's random views are all known on the CPU and travel with
-    :func:`edgenode.transfer.to_device`, and the running sums stay on the device until the epoch ends. A step
-    that read one number back (``loss.item()``, a boolean mask's size) would stop the CPU until the GPU had
-    caught up, and the next step's kernels could not be queued while this one's run."""
+    With a fixed-step solver no step waits for the GPU (an adaptive one reads its error estimates back by design):
+    the shuffle, the masks of labelled images and of images with a teacher target, their counts and the
+    augmentation's random views are all known on the CPU and travel with :func:`edgenode.transfer.to_device`, and
+    the running sums stay on the device until the epoch ends. A step that read one number back (``loss.item()``, a
+    boolean mask's size) would stop the CPU until the GPU had caught up, and the next step's kernels could not be
+    queued while this one's run."""
     from edgenode.distill import distill_loss
 
     model.train()
@@ -559,7 +562,7 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 RESUME_FIXED = ("batch_size", "seed", "augment", "augment_shift", "augment_color", "teacher", "teacher_views", "label_weight", "distill_weight", "kd_weight", "kd_targets",
-                "unlabeled", "near_duplicates", "arch", "width")
+                "unlabeled", "near_duplicates", "arch", "width", "schedule", "warmup_epochs")
 
 
 def check_resume_settings(config: TrainConfig, saved: dict, path: Path) -> None:
@@ -575,6 +578,8 @@ def check_resume_settings(config: TrainConfig, saved: dict, path: Path) -> None:
     defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
     then = {k: saved.get(k, defaults[k]) for k in RESUME_FIXED} if saved else now
     changed = [f"--{k.replace('_', '-')} {then[k]!r} → {now[k]!r}" for k in RESUME_FIXED if then[k] != now[k]]
+    if then["schedule"] == "cosine" and saved.get("epochs", now["epochs"]) != now["epochs"]:  # it sets the decay
+        changed.append(f"--epochs {saved['epochs']} → {now['epochs']} (a cosine schedule decays over --epochs)")
     if saved.get("manifest") is None and config.manifest is None and isinstance(saved.get("split"), dict):
         ignore = ("strict",)  # --strict changes no split
         changed += [f"split {k} {saved['split'][k]!r} → {now['split'][k]!r}" for k in now["split"]

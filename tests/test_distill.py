@@ -130,7 +130,6 @@ def test_images_without_a_target_do_not_count():
     none.backward()  # still part of the graph: a batch of pool images without targets must not break the step
 
 
-
 def test_rows_known_on_the_cpu_give_the_masked_loss_exactly():
     """Training passes the rows with a target (computed on the CPU, so the GPU is never asked); the loss, its
     gradient and the views' targets must be those of the mask path, and a batch with no target still backpropagates."""
@@ -149,11 +148,13 @@ def test_rows_known_on_the_cpu_give_the_masked_loss_exactly():
             grads.append((loss.detach(), features.grad))
         torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
         assert grads[0][1][0].abs().sum() == 0 and grads[0][1][1].abs().sum() > 0  # image 4 has no target, 0 has
-    features = torch.randn(2, 8).requires_grad_()
-    none = distill.distill_loss(features, torch.randn(2, 3), torch.tensor([1, 4]), targets, 1.0, 1.0, count=1.0,
-                                rows=torch.zeros(0, dtype=torch.int64))
-    none.backward()
-    assert none.item() == 0.0 and features.grad.abs().sum() == 0
+    for v in (None, torch.zeros(0, dtype=torch.int64)):  # no image of the batch has a target, with or without views
+        features = torch.randn(2, 8).requires_grad_()
+        none = distill.distill_loss(features, torch.randn(2, 3), torch.tensor([1, 4]), targets, 1.0, 1.0, count=1.0,
+                                    view=v, rows=torch.zeros(0, dtype=torch.int64))
+        none.backward()
+        assert none.item() == 0.0 and features.grad.abs().sum() == 0
+
 
 def test_only_a_student_with_teacher_sized_features_can_be_distilled():
     embedding, _ = clusters(dim=128)

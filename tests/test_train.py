@@ -84,7 +84,6 @@ def test_resume_after_interruption_gives_the_same_weights(synthetic_root, tmp_pa
     assert [r["val_accuracy"] for r in resumed.history] == [r["val_accuracy"] for r in reference.history]
 
 
-
 def test_a_run_stopped_after_an_epoch_resumes_to_the_same_weights(synthetic_root, tmp_path, capsys):
     """--stop-after ends a call mid-schedule (a time-boxed GPU); --resume continues the same cosine schedule exactly,
     and a paused run reports no test figure."""
@@ -94,6 +93,10 @@ def test_a_run_stopped_after_an_epoch_resumes_to_the_same_weights(synthetic_root
     assert [row["epoch"] for row in paused.history] == [1] and paused.test == {}
     assert not (tmp_path / "paused" / "results.json").exists() and (tmp_path / "paused" / "metrics.csv").exists()
     assert "stopped after epoch 1 of 3" in capsys.readouterr().err
+    train(small_config(synthetic_root, tmp_path / "paused", resume=True, stop_after=1, **config))
+    assert "nothing trained: it had already epoch 1 of 3" in capsys.readouterr().err
+    with pytest.raises(UsageError, match=r"--epochs 3 → 4 \(a cosine schedule decays over --epochs\)"):
+        train(small_config(synthetic_root, tmp_path / "paused", resume=True, **{**config, "epochs": 4}))
     resumed = train(small_config(synthetic_root, tmp_path / "paused", resume=True, **config))
     expected, actual = (load_checkpoint(r.last_checkpoint).state_dict for r in (reference, resumed))
     for name in expected:
@@ -106,6 +109,7 @@ def test_a_run_stopped_after_an_epoch_resumes_to_the_same_weights(synthetic_root
 def test_stop_after_must_be_an_epoch_of_the_schedule(stop_after):
     with pytest.raises(UsageError, match=f"--stop-after {stop_after}: must be an epoch of the schedule, 1 to --epochs 3"):
         TrainConfig(data="d", epochs=3, stop_after=stop_after)
+
 
 def test_existing_run_is_not_overwritten_without_resume(synthetic_root, tmp_path):
     config = small_config(synthetic_root, tmp_path / "run", epochs=1)

@@ -13,8 +13,8 @@ One run longer than a call (a call runs at most 10 minutes) takes a fixed schedu
 session: the second follows at once, while the machine is still warm (it goes back after 30 s idle), and the run
 continues in place from its last.pt. A fresh machine cannot take it over: a call carries at most 64 MiB, and the
 pack (51 MB) with the working tree (13 MB) leaves no room for a last.pt with its optimizer state (13 MiB at width 160).
-    PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 520 --runs w5-wide-rk4x4-color4-e180 --epochs 180
-    PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 270 --runs w5-wide-rk4x4-color4-e180 --epochs 180 --resume
+    PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 500 --runs w5-wide-rk4x4-color4-e180 --epochs 180
+    PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 250 --runs w5-wide-rk4x4-color4-e180 --epochs 180 --resume
 
 The pack decides the input: ``pins64.tgz`` holds the plain crops, ``pins64a.tgz`` the aligned chips of
 ``edgenode align`` (pack_pins.py on the aligned copy); runs trained on the latter record the alignment.
@@ -83,8 +83,9 @@ RECIPES = {
     "w5-wide-rk4x4-color4-s2": dict(W5_RK4X4, seed=2, width=160, augment_color=0.4),
     "w5-wide-rk4x4-shift2": dict(W5_RK4X4, seed=0, width=160, augment_shift=0.03125),
     # the leader on a schedule 1.8x as long, one run over two calls of a session (--epochs 180, then --resume): at
-    # 99 epochs its teacher loss was still falling (1.50 at epoch 80, 1.43 at 99), and the one longer run there is,
-    # width 128 for 121 epochs, ended 1.9 pt higher on val than 99 epochs of the same seed (level on test)
+    # 99 epochs its teacher loss was still falling (1.50 at epoch 80, 1.43 at 99); at width 128 without colour
+    # jitter, 121 epochs fitted the teacher closer than 99 (cosine 0.756 / 0.729 against 0.723 / 0.703, train / test)
+    # but bought no test accuracy (RESULTS.md, "121 epochs buy nothing over 99")
     "w5-wide-rk4x4-color4-e180": dict(W5_RK4X4, seed=0, width=160, augment_color=0.4, epochs=180),
     # capacity again with colour jitter: width 192 (1.61 M parameters, 5.73 GFLOP per image at RK4 x 4, 1.44x width 160); its
     # last.pt (18 MiB) is over what a call brings back, so a run over two calls must find the machine warm
@@ -187,16 +188,19 @@ def slim_and_pack(run_dir: Path, target: Path) -> None:
                 tar.add(run_dir / name, arcname=f"{run_dir.name}/{name}")
 
 
-def unpack(pack_tgz: Path, work: Path, keep: bool) -> Path:
-    """The pack extracted under ``work`` (kept from an earlier call on a warm machine when ``keep``); its folder."""
+def pack_folder(pack_tgz: Path, work: Path) -> Path:
+    """Where the pack's one top-level folder is extracted under ``work``."""
     with tarfile.open(pack_tgz) as tar:
         tops = {member.name.split("/", 1)[0] for member in tar.getmembers()}
-        if len(tops) != 1:
-            sys.exit(f"{pack_tgz}: expected one top-level folder (pack_pins.py's output), found {sorted(tops)}")
-        pack = work / tops.pop()
-        if not (keep and (pack / "manifest.json").is_file()):
-            tar.extractall(work, filter="data")
-    return pack
+    if len(tops) != 1:
+        sys.exit(f"{pack_tgz}: expected one top-level folder (pack_pins.py's output), found {sorted(tops)}")
+    return work / tops.pop()
+
+
+def clean(pack: Path, runs: Path) -> None:
+    """Remove what the job put under --work (the pack and the runs), and nothing else there."""
+    for folder in (pack, runs):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def finished(run_dir: Path, epochs: int) -> bool:
@@ -230,6 +234,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.overhead <= 0:
         parser.error(f"--overhead {args.overhead}: must be > 0 (the H100 runs measured 1.26 to 1.48)")
+    if args.epochs is not None and args.epochs < 1:
+        parser.error(f"--epochs {args.epochs}: must be at least 1")
     if args.resume and not args.epochs:
         parser.error("--resume continues a fixed schedule: pass the --epochs the runs started with")
     unknown = [name for name in args.runs.split(",") if name not in RECIPES]
@@ -244,12 +250,19 @@ def main() -> None:
         overrides[key] = json.loads(value)
     t0 = time.time()
     os.environ.setdefault("EDGENODE_CACHE", "/tmp/edgenode-cache")
-    if not args.resume:  # a run left by an earlier call on a still-warm machine would refuse to start
-        shutil.rmtree(args.work, ignore_errors=True)
-    args.work.mkdir(parents=True, exist_ok=True)
-    pack, runs = unpack(args.pack, args.work, keep=args.resume), args.work / "runs"  # pins64 (plain) or pins64a (aligned)
-    args.out.mkdir(parents=True, exist_ok=True)
     names = args.runs.split(",")
+    pack, runs = pack_folder(args.pack, args.work), args.work / "runs"  # pins64 (plain crops) or pins64a (aligned chips)
+    if args.resume:  # before any set-up: a machine given back since the last call holds nothing to continue
+        for name in names:
+            if not (runs / name / "last.pt").is_file():
+                sys.exit(f"--resume: no paused {name} in {args.work}: the machine was given back since the last call "
+                         "(it keeps a run for 30 s idle), so the run starts over: drop --resume")
+    else:  # a run left by an earlier call on a still-warm machine would refuse to start
+        clean(pack, runs)
+    if not (pack / "manifest.json").is_file():
+        with tarfile.open(args.pack) as tar:
+            tar.extractall(args.work, filter="data")
+    args.out.mkdir(parents=True, exist_ok=True)
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (dry run)"
     info = {"device": gpu, "torch": torch.__version__, "cuda": torch.version.cuda, "pack": pack.name,
             "aligned": (pack / "alignment.json").is_file(), "runs": {}}
@@ -281,9 +294,6 @@ def main() -> None:
         config = config_for(name, pack, runs, epochs, overrides)
         run_dir = Path(config["out"])
         if args.resume:
-            if not (run_dir / "last.pt").is_file():
-                sys.exit(f"--resume: no paused {name} in {args.work}: the machine was given back since the last call "
-                         "(it keeps a run for 30 s idle), so the run starts over: drop --resume")
             config["resume"] = True
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config, indent=1))
@@ -301,14 +311,16 @@ def main() -> None:
             info["runs"][name]["stopped_at_deadline"] = True
         info["runs"][name].update(returncode=p.returncode, wall_seconds=ended.get(name, time.time()) - started)
         print(f"[{time.time() - t0:.0f}s] {name}: rc {p.returncode}", flush=True)
-    paused = [name for name in names if args.epochs and (runs / name / "last.pt").is_file() and not finished(runs / name, epochs)]
+    # paused: cut by the deadline (or by --set stop_after) mid-schedule; a run that failed would only fail again
+    paused = [name for name in names if args.epochs and (runs / name / "last.pt").is_file() and not finished(runs / name, epochs)
+              and (info["runs"][name].get("stopped_at_deadline") or info["runs"][name]["returncode"] == 0)]
     for name in names:
         slim_and_pack(runs / name, args.out / f"{name}.tgz")
         if name in paused:
             print(f"[{time.time() - t0:.0f}s] {name}: paused; the next call, at once, continues it with --resume", flush=True)
     info["paused"] = paused
     if not paused:  # the pack and full checkpoints: a warm machine's next call starts clean
-        shutil.rmtree(args.work, ignore_errors=True)
+        clean(pack, runs)
     info["total_seconds"] = time.time() - t0
     (args.out / "gpu_runs.json").write_text(json.dumps(info, indent=1))
     print(json.dumps(info, indent=1), flush=True)
