@@ -5,6 +5,8 @@
 For a distilled (``faceode``) checkpoint, on val and test, label-free:
   trained head   the checkpoint's own cosine classifier (what export deploys)
   ncm-train      class means of the student's train features instead of the trained class vectors
+  blend          the trained class vectors plus alpha times those class means (unit vectors; alpha in 0.1..1 chosen on
+                 val): a head of the same shape, so free at inference, if it paid
 each on the plain picture and with flip averaging ("tta": the unit features of the picture and its mirror image,
 averaged, then classified — twice the network's work). Neither is in the deployed graph; this measures whether
 either would be worth building into export.
@@ -53,8 +55,11 @@ def main() -> None:
     trained = unit(model.head[-1].weight.detach().numpy())
     results = {}
     for view in ("plain", "tta"):
-        heads = {"trained head": trained,
-                 "ncm-train": class_means(views["train"][view], labels["train"], len(manifest.classes))}
+        means = class_means(views["train"][view], labels["train"], len(manifest.classes))
+        heads = {"trained head": trained, "ncm-train": means}
+        blends = {a: unit(trained + a * means) for a in (0.1, 0.2, 0.3, 0.5, 0.75, 1.0)}
+        alpha = max(blends, key=lambda a: ((views["val"][view] @ blends[a].T).argmax(axis=1) == labels["val"]).sum())
+        heads[f"blend a={alpha:g}"] = blends[alpha]
         for head, weights in heads.items():
             for split in ("val", "test"):
                 correct = int(((views[split][view] @ weights.T).argmax(axis=1) == labels[split]).sum())
