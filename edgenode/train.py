@@ -579,7 +579,7 @@ def check_resume_settings(config: TrainConfig, saved: dict, path: Path) -> None:
     then = {k: saved.get(k, defaults[k]) for k in RESUME_FIXED} if saved else now
     changed = [f"--{k.replace('_', '-')} {then[k]!r} → {now[k]!r}" for k in RESUME_FIXED if then[k] != now[k]]
     if then["schedule"] == "cosine" and saved.get("epochs", now["epochs"]) != now["epochs"]:  # it sets the decay
-        changed.append(f"--epochs {saved['epochs']} → {now['epochs']} (a cosine schedule decays over --epochs)")
+        changed.append(f"--epochs {saved['epochs']} → {now['epochs']}: the cosine schedule decays over --epochs")
     if saved.get("manifest") is None and config.manifest is None and isinstance(saved.get("split"), dict):
         ignore = ("strict",)  # --strict changes no split
         changed += [f"split {k} {saved['split'][k]!r} → {now['split'][k]!r}" for k in now["split"]

@@ -95,7 +95,7 @@ def test_a_run_stopped_after_an_epoch_resumes_to_the_same_weights(synthetic_root
     assert "stopped after epoch 1 of 3" in capsys.readouterr().err
     train(small_config(synthetic_root, tmp_path / "paused", resume=True, stop_after=1, **config))
     assert "nothing trained: it had already epoch 1 of 3" in capsys.readouterr().err
-    with pytest.raises(UsageError, match=r"--epochs 3 → 4 \(a cosine schedule decays over --epochs\)"):
+    with pytest.raises(UsageError, match=r"--epochs 3 → 4: the cosine schedule decays over --epochs"):
         train(small_config(synthetic_root, tmp_path / "paused", resume=True, **{**config, "epochs": 4}))
     resumed = train(small_config(synthetic_root, tmp_path / "paused", resume=True, **config))
     expected, actual = (load_checkpoint(r.last_checkpoint).state_dict for r in (reference, resumed))
