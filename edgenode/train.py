@@ -451,18 +451,17 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
 
     test = {}
     reached = history[-1]["epoch"] if history else 0
-    if reached < config.epochs:  # paused (--stop-after): no test figure for a run that has not finished
-        if ctx.is_main:
-            write_history(run_dir, history)
-            from edgenode.plots import plot_training_curves
+    if ctx.is_main:
+        from edgenode.plots import plot_training_curves
 
-            plot_training_curves(history, run_dir / "curves.png", title=f"{model_config.arch} — {model_config.solver.describe()}")
-            done = "nothing trained: it had already" if start_epoch > last_epoch else "stopped after"
-            ctx.print(f"{done} epoch {reached} of {config.epochs} (--stop-after {config.stop_after}): "
-                      f"the same command with --resume and without --stop-after continues it")
+        write_history(run_dir, history)  # a run killed between last.pt and the metrics of its final epoch
+        plot_training_curves(history, run_dir / "curves.png", title=f"{model_config.arch} — {model_config.solver.describe()}")
+    if reached < config.epochs:  # paused (--stop-after): no test figure for a run that has not finished
+        done = "nothing trained: it had already" if start_epoch > last_epoch else "stopped after"
+        ctx.print(f"{done} epoch {reached} of {config.epochs} (--stop-after {config.stop_after}): "
+                  f"the same command with --resume and without --stop-after continues it")
         return TrainResult(run_dir, best_path, last_path, best_epoch, best_val, test, history)
     if ctx.is_main:
-        write_history(run_dir, history)  # a run killed between last.pt and the metrics of its final epoch
         best = load_checkpoint(best_path)
         best_model = best.build_model().to(device)
         result = evaluate(best_model, splits["test"], num_classes)
@@ -471,9 +470,6 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
         write_json(run_dir / "results.json", {"test": test, "best_epoch": best_epoch, "best_val_accuracy": best_val,
                                                "config": config.to_dict(), "teacher": teacher_summary,
                                                "train_images": {"labelled": len(manifest.files("train")), "unlabelled": len(pool_files)}})
-        from edgenode.plots import plot_training_curves
-
-        plot_training_curves(history, run_dir / "curves.png", title=f"{model_config.arch} — {model_config.solver.describe()}")
         ctx.print(
             f"[bold]test accuracy[/] (best-by-val checkpoint, epoch {best.epoch}, label-free): "
             f"{format_accuracy(test['accuracy'], test['accuracy_ci'])} on {test['n']} images; NFE {test['nfe']}"

@@ -39,18 +39,20 @@ RUNS = {
 }
 
 
-def synthetic_setup(tmp: Path) -> tuple[Path, Path, Path]:
-    """4 identities × 14 images (6/2/2 selected, 16 unused for the pool) and a teacher clustered by identity."""
-    root = make_synthetic_faces(tmp / "data", n_classes=4, per_class=14, size=32, seed=0)
+def synthetic_setup(root: Path, per_class: int = 14) -> Path:
+    """A small data set laid out as examples/gpu/pack_pins.py packs one: ``root/images``, ``manifest.json`` (4
+    identities, 6/2/2 of 10 selected, the rest unused for the pool), ``teacher.npz`` (descriptors clustered by
+    identity) and an empty ``near_duplicates.tsv``. The GPU job's tests pack it as their tiny pack."""
+    make_synthetic_faces(root, n_classes=4, per_class=per_class, size=32, seed=0)
     manifest = build_manifest(root, SplitConfig(per_class=10, train=6, val=2, test=2, image_size=32, seed=0), progress=False)
-    manifest.save(tmp / "manifest.json")
+    manifest.save(root / "manifest.json")
     entries = [e for name in ("train", "val", "test") for e in manifest.splits[name]] + list(manifest.unused)
     rng = np.random.default_rng(1)
     centres = rng.normal(size=(4, 128))
-    np.savez(tmp / "teacher.npz", files=np.array([f for f, _ in entries]), face_detected=np.ones(len(entries), bool),
+    np.savez(root / "teacher.npz", files=np.array([f for f, _ in entries]), face_detected=np.ones(len(entries), bool),
              embedding=np.stack([centres[c] + 0.2 * rng.normal(size=128) for _, c in entries]).astype(np.float32))
-    (tmp / "pairs.tsv").write_text("file_a\tfile_b\thamming\n")
-    return root, tmp / "manifest.json", tmp / "teacher.npz"
+    (root / "near_duplicates.tsv").write_text("file_a\tfile_b\thamming\n")
+    return root
 
 
 def weights_sha256(path: Path) -> str:
@@ -70,11 +72,12 @@ def main() -> None:
     result = {"torch": torch.__version__}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        root, manifest, teacher = synthetic_setup(tmp)
+        root = synthetic_setup(tmp / "data")
         for name, overrides in RUNS.items():
             values = dict(data=str(root), out=str(tmp / "runs" / name), arch="faceode", width=8, epochs=2, batch_size=8,
-                          lr=3e-3, manifest=str(manifest), progress=False, table_every=0, teacher=str(teacher),
-                          unlabeled=True, near_duplicates=str(tmp / "pairs.tsv"), augment=True)
+                          lr=3e-3, manifest=str(root / "manifest.json"), progress=False, table_every=0,
+                          teacher=str(root / "teacher.npz"), unlabeled=True, near_duplicates=str(root / "near_duplicates.tsv"),
+                          augment=True)
             values.update(overrides)
             if not values["unlabeled"]:
                 values["near_duplicates"] = None

@@ -10,11 +10,12 @@ import pytest
 
 from edgenode.train import TrainConfig
 
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "gpu" / "accuracy_runs.py"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+SCRIPT = EXAMPLES / "gpu" / "accuracy_runs.py"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("accuracy_runs", SCRIPT)
+def load_script(path=SCRIPT):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -57,20 +58,8 @@ def tiny_pack(tmp_path_factory):
     """A pack as pack_pins.py writes it, of 4 synthetic identities: images, manifest, teacher, near-duplicates."""
     import tarfile
 
-    import numpy as np
-
-    from edgenode.data import SplitConfig, build_manifest, make_synthetic_faces
-
     tmp = tmp_path_factory.mktemp("pack")
-    root = make_synthetic_faces(tmp / "tiny", n_classes=4, per_class=12, size=32, seed=0)
-    manifest = build_manifest(root, SplitConfig(per_class=10, train=6, val=2, test=2, image_size=32, seed=0), progress=False)
-    manifest.save(root / "manifest.json")
-    entries = [e for name in ("train", "val", "test") for e in manifest.splits[name]] + list(manifest.unused)
-    rng = np.random.default_rng(1)
-    centres = rng.normal(size=(4, 128))
-    np.savez(root / "teacher.npz", files=np.array([f for f, _ in entries]), face_detected=np.ones(len(entries), bool),
-             embedding=np.stack([centres[c] + 0.2 * rng.normal(size=128) for _, c in entries]).astype(np.float32))
-    (root / "near_duplicates.tsv").write_text("file_a\tfile_b\thamming\n")
+    root = load_script(EXAMPLES / "training_fingerprint.py").synthetic_setup(tmp / "tiny", per_class=12)
     with tarfile.open(tmp / "tiny.tgz", "w:gz") as tar:
         tar.add(root, arcname="tiny")
     return tmp / "tiny.tgz"
