@@ -87,6 +87,7 @@ class Checkpoint:
     train_config: dict[str, Any] | None = None
     optimizer: dict[str, Any] | None = None
     scheduler: dict[str, Any] | None = None
+    ema_state_dict: dict[str, torch.Tensor] | None = None  # last.pt of a run with --ema-decay: its weight average
     path: Path | None = None
     sha256: str | None = None
 
@@ -112,6 +113,8 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
         "optimizer": ckpt.optimizer,
         "scheduler": ckpt.scheduler,
     }
+    if ckpt.ema_state_dict is not None:  # absent otherwise: files of runs without it stay as they were
+        payload["ema_state_dict"] = {k: v.detach().cpu() for k, v in ckpt.ema_state_dict.items()}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)
@@ -176,6 +179,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             train_config=payload.get("train_config"),
             optimizer=payload.get("optimizer"),
             scheduler=payload.get("scheduler"),
+            ema_state_dict=payload.get("ema_state_dict"),
             path=path,
             sha256=sha256_bytes(data),
         )

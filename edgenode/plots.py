@@ -28,6 +28,8 @@ def plot_training_curves(history: list[dict[str, Any]], path: str | Path, title:
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
     ax_acc.plot(epochs, [r["train_accuracy"] for r in history], label="train")
     ax_acc.plot(epochs, [r["val_accuracy"] for r in history], label="val")
+    if history and "val_accuracy_ema" in history[0]:  # a run with --ema-decay: its weight average, same colour
+        ax_acc.plot(epochs, [r["val_accuracy_ema"] for r in history], color="C1", linestyle="--", label="val, weight average")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (label-free argmax)", title="accuracy", ylim=(0, 1))
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)

@@ -16,7 +16,7 @@ import csv
 import io
 import math
 import time
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,7 @@ class TrainConfig:
     amp: bool = False  # bfloat16 autocast for training passes on CUDA (evaluation stays float32)
     init: str | None = None  # start from this checkpoint's weights (same preset, width, classes); fresh optimizer
     stop_after: int | None = None  # end this call after that epoch of the --epochs schedule; --resume continues it
+    ema_decay: float = 0.0  # also keep a moving average of the weights (edgenode.ema), scored on val beside them; 0: none
 
     def __post_init__(self):
         for name in ("epochs", "batch_size"):
@@ -136,6 +137,9 @@ class TrainConfig:
                              "pictures, not the bank's views", "drop one of them")
         if self.near_duplicates and not self.unlabeled:
             raise UsageError("--near-duplicates is only used to clean the --unlabeled pool", "add --unlabeled or drop it")
+        if not 0 <= self.ema_decay < 1:  # a NaN fails here too
+            raise UsageError(f"--ema-decay must be in [0, 1), got {self.ema_decay}",
+                             "e.g. 0.998: an average over about the last 500 steps; 0 keeps no average")
         if self.stop_after is not None and not 1 <= self.stop_after <= self.epochs:
             raise UsageError(f"--stop-after {self.stop_after}: must be an epoch of the schedule, 1 to --epochs {self.epochs}",
                              "e.g. --epochs 200 --stop-after 120 now, then the same command with --resume instead of --stop-after")
@@ -285,7 +289,7 @@ def train(config: TrainConfig) -> TrainResult:
 
 def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
     run_dir = Path(config.out)
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    last_path, best_path, best_ema_path = run_dir / "last.pt", run_dir / "best.pt", run_dir / "best-ema.pt"
     images = edata.images_root(config.data).resolve()
     if run_dir.resolve() == images or images in run_dir.resolve().parents:  # its curves.png would join the data set
         raise UsageError(f"--out {run_dir} is inside the images of {config.data}: the run folder would be read as an "
@@ -372,6 +376,18 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
         best_val = float(ckpt.metrics.get("best_val_accuracy", -1.0))
         best_epoch = int(ckpt.metrics.get("best_epoch", 0))
         ctx.print(f"resuming {last_path} after epoch {ckpt.epoch}")
+    ema, best_val_ema, best_epoch_ema = None, -1.0, 0
+    if config.ema_decay:
+        from edgenode.ema import WeightAverage
+
+        ema = WeightAverage(model, config.ema_decay)
+        if resume:
+            if ckpt.ema_state_dict is None:
+                raise UsageError(f"--resume: {last_path} holds no weight average (its run had no --ema-decay)",
+                                 "resume without --ema-decay, or train into another --out")
+            ema.load_state_dict(ckpt.ema_state_dict)
+            best_val_ema = float(ckpt.metrics.get("best_val_accuracy_ema", -1.0))
+            best_epoch_ema = int(ckpt.metrics.get("best_epoch_ema", 0))
 
     if ctx.is_main:
         ctx.print(
@@ -406,12 +422,13 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
             train_config={**config.to_dict(), "input_sha256": inputs},
             optimizer=optimizer.state_dict(),
             scheduler=scheduler.state_dict(),
+            ema_state_dict=ema.state_dict() if ema is not None else None,
         )
 
     last_epoch = config.epochs if config.stop_after is None else config.stop_after
     for epoch in range(start_epoch, last_epoch + 1):
         t0 = time.perf_counter()
-        train_stats = run_epoch(train_model, model, splits["train"], optimizer, scheduler, criterion, config, epoch, steps_per_epoch, ctx, targets)
+        train_stats = run_epoch(train_model, model, splits["train"], optimizer, scheduler, criterion, config, epoch, steps_per_epoch, ctx, targets, ema)
         train_seconds = time.perf_counter() - t0
         val = evaluate(model, splits["val"], num_classes)
         row = {
@@ -429,21 +446,33 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": train_seconds,
         }
+        improved_ema = False
+        if ema is not None:  # keys only with an average: the metrics files of other runs stay as they were
+            val_ema = evaluate(ema.model, splits["val"], num_classes)
+            row.update(val_loss_ema=val_ema["loss"], val_accuracy_ema=val_ema["accuracy"])
+            improved_ema = val_ema["accuracy"] > best_val_ema
+            if improved_ema:
+                best_val_ema, best_epoch_ema = val_ema["accuracy"], epoch
         history.append(row)
         improved = val["accuracy"] > best_val
         if improved:
             best_val, best_epoch = val["accuracy"], epoch
         if ctx.is_main:
             metrics = {"best_val_accuracy": best_val, "best_epoch": best_epoch, **{k: v for k, v in row.items()}}
+            if ema is not None:
+                metrics.update(best_val_accuracy_ema=best_val_ema, best_epoch_ema=best_epoch_ema)
             ckpt = snapshot(epoch, metrics)
             if improved:
-                save_checkpoint(best_path, ckpt)
+                save_checkpoint(best_path, replace(ckpt, ema_state_dict=None))
+            if improved_ema:
+                save_checkpoint(best_ema_path, average_checkpoint(ckpt, config.ema_decay))
             save_checkpoint(last_path, ckpt)
             write_history(run_dir, history)
             ctx.print(
                 f"epoch {epoch:3d}/{config.epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}  "
                 f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f} f1 {row['val_f1']:.3f}  "
                 f"NFE {row['nfe_train']}/{row['nfe_val']}  {train_seconds:.1f}s" + ("  *best*" if improved else "")
+                + (f"  (average: val acc {row['val_accuracy_ema']:.3f}{'  *best*' if improved_ema else ''})" if ema is not None else "")
             )
             if config.table_every and (epoch % config.table_every == 0 or epoch == config.epochs):
                 console.print(table_one(history, config.table_every))
@@ -467,19 +496,30 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
         result = evaluate(best_model, splits["test"], num_classes)
         test = {k: v for k, v in result.items() if k != "predictions"}
         test.update(epoch=best.epoch, checkpoint=str(best_path), parameters=count_parameters(best_model), solver=model_config.solver.describe())
-        write_json(run_dir / "results.json", {"test": test, "best_epoch": best_epoch, "best_val_accuracy": best_val,
-                                               "config": config.to_dict(), "teacher": teacher_summary,
+        results = {"test": test, "best_epoch": best_epoch, "best_val_accuracy": best_val}
+        if ema is not None:  # the weight average's own best-by-val checkpoint, measured the same way
+            average = load_checkpoint(best_ema_path)
+            scored = evaluate(average.build_model().to(device), splits["test"], num_classes)
+            results.update(best_epoch_ema=best_epoch_ema, best_val_accuracy_ema=best_val_ema,
+                           test_ema={**{k: v for k, v in scored.items() if k != "predictions"}, "epoch": average.epoch,
+                                     "checkpoint": str(best_ema_path)})
+        write_json(run_dir / "results.json", {**results, "config": config.to_dict(), "teacher": teacher_summary,
                                                "train_images": {"labelled": len(manifest.files("train")), "unlabelled": len(pool_files)}})
         ctx.print(
             f"[bold]test accuracy[/] (best-by-val checkpoint, epoch {best.epoch}, label-free): "
             f"{format_accuracy(test['accuracy'], test['accuracy_ci'])} on {test['n']} images; NFE {test['nfe']}"
         )
-        ctx.print(f"wrote {best_path}, {last_path}, metrics.csv, metrics.json, results.json, curves.png in {run_dir}")
+        if ema is not None:
+            scored = results["test_ema"]
+            ctx.print(f"[bold]test accuracy of the weight average[/] (decay {config.ema_decay}, best by val at epoch "
+                      f"{scored['epoch']}): {format_accuracy(scored['accuracy'], scored['accuracy_ci'])}")
+        ctx.print(f"wrote {best_path}, {last_path}{', ' + best_ema_path.name if ema is not None else ''}, "
+                  f"metrics.csv, metrics.json, results.json, curves.png in {run_dir}")
     return TrainResult(run_dir, best_path, last_path, best_epoch, best_val, test, history)
 
 
 def run_epoch(train_model, model, split: DeviceSplit, optimizer, scheduler, criterion, config: TrainConfig, epoch: int, steps: int,
-              ctx: DistContext, targets=None):
+              ctx: DistContext, targets=None, ema=None):
     """One pass over the train split (and pool); everything random is seeded from (seed, epoch) alone.
 
     With a fixed-step solver no step waits for the GPU (an adaptive one reads its error estimates back by design):
@@ -535,6 +575,8 @@ def run_epoch(train_model, model, split: DeviceSplit, optimizer, scheduler, crit
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update((epoch - 1) * steps + step)
             max_nfe = max(max_nfe, model.nfe)
             total_loss += loss.detach().double() * len(y)
             total_correct += (logits.argmax(1) == y).index_select(0, labelled_rows).sum()
@@ -550,6 +592,15 @@ def run_epoch(train_model, model, split: DeviceSplit, optimizer, scheduler, crit
             "distill_loss": total_distill / max(1, seen), "nfe": max_nfe}
 
 
+def average_checkpoint(ckpt: Checkpoint, decay: float) -> Checkpoint:
+    """``best-ema.pt``: the weight average as an ordinary checkpoint (export, infer and parity take it like best.pt),
+    its val figures in the usual keys; it cannot be resumed, so it carries no optimizer state."""
+    m = ckpt.metrics
+    metrics = {**m, "weights": f"moving average, decay {decay}", "best_val_accuracy": m["best_val_accuracy_ema"],
+               "best_epoch": m["best_epoch_ema"], "val_accuracy": m["val_accuracy_ema"], "val_loss": m["val_loss_ema"]}
+    return replace(ckpt, state_dict=ckpt.ema_state_dict, ema_state_dict=None, optimizer=None, scheduler=None, metrics=metrics)
+
+
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on every weight but a learned logit scale: decaying log(scale) would pull it towards 1."""
     decay = [p for n, p in model.named_parameters() if not n.endswith("log_scale")]
@@ -558,7 +609,7 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 RESUME_FIXED = ("batch_size", "seed", "augment", "augment_shift", "augment_color", "teacher", "teacher_views", "label_weight", "distill_weight", "kd_weight", "kd_targets",
-                "unlabeled", "near_duplicates", "arch", "width", "schedule", "warmup_epochs")
+                "unlabeled", "near_duplicates", "arch", "width", "schedule", "warmup_epochs", "ema_decay")
 
 
 def check_resume_settings(config: TrainConfig, saved: dict, path: Path) -> None:
@@ -690,11 +741,13 @@ def load_unlabeled_pool(manifest: edata.Manifest, data: str, near_duplicates: st
 # --- reporting --------------------------------------------------------------------------------------------
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "train_distill_loss", "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "nfe_train", "nfe_val", "lr", "seconds"]
+EMA_COLUMNS = ["val_loss_ema", "val_accuracy_ema"]
 
 
 def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+    extra = [k for k in EMA_COLUMNS if history and k in history[0]]  # a run with --ema-decay only
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS + extra, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(history)
     atomic_write_bytes(run_dir / "metrics.csv", buffer.getvalue().encode())

@@ -96,8 +96,10 @@ def test_a_run_paused_by_one_call_finishes_in_the_next_as_if_never_paused(tiny_p
     # function of the weights after it, so equal figures mean the resumed run ended where the straight one did
     history = [[{k: v for k, v in row.items() if k != "seconds"} for row in _metrics(tmp_path / out)] for out in ("straight", "second")]
     assert [row["epoch"] for row in history[1]] == [1, 2, 3] and history[1] == history[0]
+    assert "val_accuracy_ema" in history[1][0]  # every recipe scores its weight average too, resumed exactly
     with tarfile.open(tmp_path / "second" / "w5-rk4x4.tgz") as tar:  # both calls' log: epoch 1, a pause, epochs 2 and 3
         log = tar.extractfile("w5-rk4x4/train.log").read().decode()
+        assert {"w5-rk4x4/best-slim.pt", "w5-rk4x4/best-ema.pt"} <= set(tar.getnames())
     assert [log.count(f"epoch   {k}/3") for k in (1, 2, 3)] == [1, 1, 1]
     assert log.index("stopped after epoch 1 of 3") < log.index("last.pt after epoch 1") < log.index("epoch   2/3")
 

@@ -290,7 +290,7 @@ def test_a_foreign_or_newer_pytorch_file_is_named_as_such(tmp_path):
 
 @pytest.mark.parametrize(
     "args",
-    [["--epochs", "0"], ["--batch-size", "-1"], ["--arch", "resnet"], ["--solver", "rk9"], ["--schedule", "steps"]],
+    [["--epochs", "0"], ["--batch-size", "-1"], ["--arch", "resnet"], ["--solver", "rk9"], ["--schedule", "steps"], ["--ema-decay", "1"]],
 )
 def test_cli_rejects_bad_arguments_with_exit_code_2(synthetic_root, tmp_path, args):
     result = CliRunner().invoke(app, ["train", str(synthetic_root), "--out", str(tmp_path / "r"), *args])
@@ -302,10 +302,11 @@ def test_cli_trains(synthetic_root, tmp_path):
     out = tmp_path / "cli"
     args = ["train", str(synthetic_root), "--out", str(out), "--arch", "paper", "--width", "8", "--solver", "euler", "--steps", "2",
             "--epochs", "1", "--batch-size", "16", "--per-class", "24", "--train-per-class", "16", "--val-per-class", "4",
-            "--test-per-class", "4", "--no-progress"]
+            "--test-per-class", "4", "--no-progress", "--ema-decay", "0.9"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert load_checkpoint(out / "best.pt").model_config.solver.n_steps == 2
+    assert load_checkpoint(out / "best-ema.pt").train_config["ema_decay"] == 0.9
 
 
 def test_run_comparison_plot_draws_every_run(tmp_path, monkeypatch):

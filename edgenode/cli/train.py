@@ -53,6 +53,7 @@ def command(
     amp: Annotated[bool, typer.Option(help="bfloat16 autocast for training passes on CUDA.")] = False,
     init: Annotated[Optional[Path], typer.Option(help="Start from this checkpoint's weights (fine-tune; the solver may differ).")] = None,
     stop_after: Annotated[Optional[int], typer.Option(help="End this call after that epoch of the --epochs schedule (a time-boxed machine); the same command with --resume continues the run exactly.")] = None,
+    ema_decay: Annotated[float, typer.Option(help="Also keep a moving average of the weights with this decay per step (e.g. 0.998), scored on val every epoch beside the trained weights and saved as best-ema.pt; training itself is unchanged. 0: none.")] = 0.0,
 ) -> None:
     """Train a NeuralODECNN; writes best.pt, last.pt, metrics and curves into --out."""
     from edgenode.data import SplitConfig
@@ -74,6 +75,6 @@ def command(
         teacher=str(teacher) if teacher else None, label_weight=label_weight, distill_weight=distill_weight, kd_weight=kd_weight,
         kd_targets=str(kd_targets) if kd_targets else None, teacher_views=str(teacher_views) if teacher_views else None,
         unlabeled=unlabeled, near_duplicates=str(near_duplicates) if near_duplicates else None, amp=amp,
-        init=str(init) if init else None, stop_after=stop_after,
+        init=str(init) if init else None, stop_after=stop_after, ema_decay=ema_decay,
     )
     train(config)

@@ -1,0 +1,92 @@
+"""The weight average of --ema-decay: its update rule, and that it watches training without changing it."""
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from edgenode.checkpoint import load_checkpoint
+from edgenode.ema import WeightAverage
+from edgenode.errors import UsageError
+from edgenode.train import TrainConfig, train
+from test_train import small_config
+
+
+def test_the_average_follows_its_update_rule_and_copies_integer_buffers():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    average = WeightAverage(model, decay=0.9)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    for updates in range(30):  # the ramp (1 + t) / (10 + t) passes 0.9 at t = 80: every update here is on it
+        with torch.no_grad():
+            model[0].weight.add_(torch.randn_like(model[0].weight))
+        model(torch.randn(8, 3))  # moves the BatchNorm statistics and its integer step counter
+        decay = average.decay_at(updates)
+        assert decay == pytest.approx(min(0.9, (1 + updates) / (10 + updates)))
+        average.update(updates)
+        for name, value in model.state_dict().items():
+            expected[name] = decay * expected[name] + (1 - decay) * value if value.is_floating_point() else value.clone()
+    for name, value in average.state_dict().items():
+        torch.testing.assert_close(value, expected[name], rtol=1e-6, atol=1e-6, msg=name)
+    assert int(average.state_dict()["1.num_batches_tracked"]) == 30
+    assert not torch.allclose(average.state_dict()["0.weight"], model.state_dict()["0.weight"])
+    assert not any(p.requires_grad for p in average.model.parameters()) and not average.model.training
+    assert average.decay_at(10_000) == 0.9
+
+
+@pytest.mark.parametrize("decay", [1.0, -0.1, math.nan])
+def test_ema_decay_must_be_a_fraction(decay):
+    with pytest.raises(UsageError, match="--ema-decay must be in"):
+        TrainConfig(data="d", ema_decay=decay)
+
+
+def test_the_average_is_scored_beside_the_same_training(synthetic_root, tmp_path):
+    """Training with an average ends with the very weights and figures of training without one, bit for bit; the
+    average has its own val column, best-ema.pt and test figure."""
+    config = dict(schedule="cosine", warmup_epochs=1, epochs=3)
+    plain = train(small_config(synthetic_root, tmp_path / "plain", **config))
+    watched = train(small_config(synthetic_root, tmp_path / "ema", ema_decay=0.9, **config))
+    for row_plain, row_watched in zip(plain.history, watched.history, strict=True):
+        assert {k: v for k, v in row_watched.items() if not k.endswith("_ema")} == {**row_plain, "seconds": row_watched["seconds"]}
+        assert 0 <= row_watched["val_accuracy_ema"] <= 1 and math.isfinite(row_watched["val_loss_ema"])
+    last_plain, last_watched = load_checkpoint(plain.last_checkpoint), load_checkpoint(watched.last_checkpoint)
+    for name, value in last_plain.state_dict.items():
+        torch.testing.assert_close(last_watched.state_dict[name], value, rtol=0, atol=0, msg=name)
+    assert last_plain.ema_state_dict is None and last_watched.ema_state_dict.keys() == last_plain.state_dict.keys()
+    assert load_checkpoint(watched.best_checkpoint).ema_state_dict is None  # best.pt stays the size it was
+
+    average = load_checkpoint(tmp_path / "ema" / "best-ema.pt")
+    best_epoch = average.metrics["best_epoch"]
+    assert average.optimizer is None and average.metrics["weights"] == "moving average, decay 0.9"
+    assert average.metrics["val_accuracy"] == max(r["val_accuracy_ema"] for r in watched.history)
+    assert watched.history[best_epoch - 1]["val_accuracy_ema"] == average.metrics["val_accuracy"]
+    if best_epoch == 3:  # the last epoch's average is the one last.pt holds
+        for name, value in last_watched.ema_state_dict.items():
+            torch.testing.assert_close(average.state_dict[name], value, rtol=0, atol=0, msg=name)
+    moved = [name for name, value in last_watched.state_dict.items()
+             if value.is_floating_point() and not torch.equal(value, last_watched.ema_state_dict[name])]
+    assert moved, "the average should lag the trained weights"
+    results = json.loads((tmp_path / "ema" / "results.json").read_text())
+    assert results["test_ema"]["n"] == results["test"]["n"] and results["best_epoch_ema"] == best_epoch
+    assert results["test"]["accuracy"] == plain.test["accuracy"]
+    assert "test_ema" not in json.loads((tmp_path / "plain" / "results.json").read_text())
+    assert "val_accuracy_ema" in (tmp_path / "ema" / "metrics.csv").read_text().splitlines()[0]
+    assert "ema" not in (tmp_path / "plain" / "metrics.csv").read_text()
+
+
+def test_a_paused_run_resumes_its_average_exactly(synthetic_root, tmp_path):
+    config = dict(schedule="cosine", warmup_epochs=1, epochs=3, ema_decay=0.9)
+    straight = train(small_config(synthetic_root, tmp_path / "straight", **config))
+    train(small_config(synthetic_root, tmp_path / "paused", stop_after=2, **config))
+    with pytest.raises(UsageError, match=r"other settings \(--ema-decay 0.9 → 0.99\)"):
+        train(small_config(synthetic_root, tmp_path / "paused", resume=True, **{**config, "ema_decay": 0.99}))
+    resumed = train(small_config(synthetic_root, tmp_path / "paused", resume=True, **config))
+    expected, actual = (load_checkpoint(r.last_checkpoint).ema_state_dict for r in (straight, resumed))
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)
+    assert [r["val_accuracy_ema"] for r in resumed.history] == [r["val_accuracy_ema"] for r in straight.history]
+    assert json.loads((tmp_path / "paused" / "results.json").read_text())["test_ema"] == \
+        json.loads((tmp_path / "straight" / "results.json").read_text())["test_ema"] | {"checkpoint": str(tmp_path / "paused" / "best-ema.pt")}
