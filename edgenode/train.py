@@ -497,23 +497,25 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
         test = {k: v for k, v in result.items() if k != "predictions"}
         test.update(epoch=best.epoch, checkpoint=str(best_path), parameters=count_parameters(best_model), solver=model_config.solver.describe())
         results = {"test": test, "best_epoch": best_epoch, "best_val_accuracy": best_val}
-        if ema is not None:  # the weight average's own best-by-val checkpoint, measured the same way
+        if ema is not None and best_ema_path.is_file():  # the weight average's own best-by-val checkpoint, measured alike
             average = load_checkpoint(best_ema_path)
             scored = evaluate(average.build_model().to(device), splits["test"], num_classes)
             results.update(best_epoch_ema=best_epoch_ema, best_val_accuracy_ema=best_val_ema,
                            test_ema={**{k: v for k, v in scored.items() if k != "predictions"}, "epoch": average.epoch,
-                                     "checkpoint": str(best_ema_path)})
+                                     "checkpoint": str(best_ema_path), "parameters": test["parameters"], "solver": test["solver"]})
+        elif ema is not None:
+            ctx.print(f"no {best_ema_path}: the weight average has no test figure (was the file removed?)")
         write_json(run_dir / "results.json", {**results, "config": config.to_dict(), "teacher": teacher_summary,
                                                "train_images": {"labelled": len(manifest.files("train")), "unlabelled": len(pool_files)}})
         ctx.print(
             f"[bold]test accuracy[/] (best-by-val checkpoint, epoch {best.epoch}, label-free): "
             f"{format_accuracy(test['accuracy'], test['accuracy_ci'])} on {test['n']} images; NFE {test['nfe']}"
         )
-        if ema is not None:
+        if "test_ema" in results:
             scored = results["test_ema"]
             ctx.print(f"[bold]test accuracy of the weight average[/] (decay {config.ema_decay}, best by val at epoch "
                       f"{scored['epoch']}): {format_accuracy(scored['accuracy'], scored['accuracy_ci'])}")
-        ctx.print(f"wrote {best_path}, {last_path}{', ' + best_ema_path.name if ema is not None else ''}, "
+        ctx.print(f"wrote {best_path}, {last_path}{', ' + best_ema_path.name if 'test_ema' in results else ''}, "
                   f"metrics.csv, metrics.json, results.json, curves.png in {run_dir}")
     return TrainResult(run_dir, best_path, last_path, best_epoch, best_val, test, history)
 
@@ -595,9 +597,10 @@ def run_epoch(train_model, model, split: DeviceSplit, optimizer, scheduler, crit
 def average_checkpoint(ckpt: Checkpoint, decay: float) -> Checkpoint:
     """``best-ema.pt``: the weight average as an ordinary checkpoint (export, infer and parity take it like best.pt),
     its val figures in the usual keys; it cannot be resumed, so it carries no optimizer state."""
-    m = ckpt.metrics
-    metrics = {**m, "weights": f"moving average, decay {decay}", "best_val_accuracy": m["best_val_accuracy_ema"],
-               "best_epoch": m["best_epoch_ema"], "val_accuracy": m["val_accuracy_ema"], "val_loss": m["val_loss_ema"]}
+    m = {k: v for k, v in ckpt.metrics.items() if k not in ("val_precision", "val_recall", "val_f1")}  # the trained weights'
+    metrics = {**m, "weights": f"moving average, decay {decay} (ramped: min(decay, (1 + t) / (10 + t)) at step t)",
+               "best_val_accuracy": m["best_val_accuracy_ema"], "best_epoch": m["best_epoch_ema"],
+               "val_accuracy": m["val_accuracy_ema"], "val_loss": m["val_loss_ema"]}
     return replace(ckpt, state_dict=ckpt.ema_state_dict, ema_state_dict=None, optimizer=None, scheduler=None, metrics=metrics)
 
 

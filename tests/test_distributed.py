@@ -8,6 +8,7 @@ raw weight-by-weight comparison would test Adam's sign of noise, not the distrib
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from edgenode.model import build_model
 
 ARGS = ["--arch", "odenet", "--width", "8", "--solver", "rk4", "--steps", "2", "--epochs", "1", "--batch-size", "16",
         "--lr", "3e-3", "--per-class", "24", "--train-per-class", "16", "--val-per-class", "4", "--test-per-class", "4",
-        "--no-progress"]
+        "--no-progress", "--ema-decay", "0.9"]
 
 
 def run(cmd, env):
@@ -38,7 +39,8 @@ def test_two_process_ddp_matches_single_process(synthetic_root, tmp_path):
         env,
     )
     assert "2 processes" in done.stderr + done.stdout
-    assert done.stderr.count("test accuracy") + done.stdout.count("test accuracy") == 1  # rank 0 alone reports
+    output = done.stderr + done.stdout
+    assert output.count("test accuracy (best-by-val") == 1 and output.count("of the weight average") == 1  # rank 0 alone
 
     expected, actual = load_checkpoint(single / "last.pt"), load_checkpoint(ddp / "last.pt")
     for mine, theirs in zip(expected.history, actual.history):  # global train loss, logged by rank 0
@@ -47,6 +49,9 @@ def test_two_process_ddp_matches_single_process(synthetic_root, tmp_path):
     with torch.no_grad():
         trained = expected.build_model()(x)
         torch.testing.assert_close(actual.build_model()(x), trained, rtol=0, atol=2e-3)
+        averages = [replace(ckpt, state_dict=ckpt.ema_state_dict).build_model()(x) for ckpt in (expected, actual)]
+        torch.testing.assert_close(averages[1], averages[0], rtol=0, atol=2e-3)  # the weight average, kept alike
+        assert (averages[0] - trained).abs().max() > 1e-3  # and not the trained weights under another name
         torch.manual_seed(0)
         initial = build_model(expected.model_config).eval()(x)
     assert (trained - initial).abs().max() > 0.05  # the comparison is not between two untrained models

@@ -2,14 +2,17 @@
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 from torch import nn
 
-from edgenode.checkpoint import load_checkpoint
+from edgenode.checkpoint import load_checkpoint, save_checkpoint
+from edgenode.data import Manifest, load_split
 from edgenode.ema import WeightAverage
 from edgenode.errors import UsageError
+from edgenode.model import build_model
 from edgenode.train import TrainConfig, train
 from test_train import small_config
 
@@ -58,19 +61,26 @@ def test_the_average_is_scored_beside_the_same_training(synthetic_root, tmp_path
     assert last_plain.ema_state_dict is None and last_watched.ema_state_dict.keys() == last_plain.state_dict.keys()
     assert load_checkpoint(watched.best_checkpoint).ema_state_dict is None  # best.pt stays the size it was
 
+    # the average moved with training: a BatchNorm step counter is copied at each update, the weights averaged
+    counters = [name for name in last_plain.state_dict if name.endswith("num_batches_tracked")]
+    assert counters and all(int(last_watched.ema_state_dict[n]) == int(last_plain.state_dict[n]) > 0 for n in counters)
+    torch.manual_seed(0)  # the run's seed: its initial weights
+    initial = build_model(last_plain.model_config).state_dict()
+    lagging = [n for n, v in last_watched.state_dict.items() if v.is_floating_point()
+               and not torch.equal(v, last_watched.ema_state_dict[n]) and not torch.equal(initial[n], last_watched.ema_state_dict[n])]
+    assert lagging, "the average should lie between the initial and the trained weights, equal to neither"
+
     average = load_checkpoint(tmp_path / "ema" / "best-ema.pt")
     best_epoch = average.metrics["best_epoch"]
-    assert average.optimizer is None and average.metrics["weights"] == "moving average, decay 0.9"
+    assert average.optimizer is None and average.metrics["weights"].startswith("moving average, decay 0.9 ")
     assert average.metrics["val_accuracy"] == max(r["val_accuracy_ema"] for r in watched.history)
-    assert watched.history[best_epoch - 1]["val_accuracy_ema"] == average.metrics["val_accuracy"]
-    if best_epoch == 3:  # the last epoch's average is the one last.pt holds
-        for name, value in last_watched.ema_state_dict.items():
-            torch.testing.assert_close(average.state_dict[name], value, rtol=0, atol=0, msg=name)
-    moved = [name for name, value in last_watched.state_dict.items()
-             if value.is_floating_point() and not torch.equal(value, last_watched.ema_state_dict[name])]
-    assert moved, "the average should lag the trained weights"
+    assert watched.history[best_epoch - 1]["val_accuracy_ema"] == average.metrics["val_accuracy"] and average.epoch == best_epoch
+    x, y = load_split(Manifest.load(tmp_path / "ema" / "manifest.json"), synthetic_root, "val")
+    with torch.no_grad():  # the file holds the weights that scored it
+        assert (average.build_model()(x).argmax(1) == y).double().mean().item() == pytest.approx(average.metrics["val_accuracy"], abs=1e-12)
     results = json.loads((tmp_path / "ema" / "results.json").read_text())
-    assert results["test_ema"]["n"] == results["test"]["n"] and results["best_epoch_ema"] == best_epoch
+    assert results["best_epoch_ema"] == results["test_ema"]["epoch"] == best_epoch
+    assert 0 <= results["test_ema"]["accuracy"] <= 1 and results["test_ema"]["parameters"] == results["test"]["parameters"]
     assert results["test"]["accuracy"] == plain.test["accuracy"]
     assert "test_ema" not in json.loads((tmp_path / "plain" / "results.json").read_text())
     assert "val_accuracy_ema" in (tmp_path / "ema" / "metrics.csv").read_text().splitlines()[0]
@@ -83,6 +93,14 @@ def test_a_paused_run_resumes_its_average_exactly(synthetic_root, tmp_path):
     train(small_config(synthetic_root, tmp_path / "paused", stop_after=2, **config))
     with pytest.raises(UsageError, match=r"other settings \(--ema-decay 0.9 → 0.99\)"):
         train(small_config(synthetic_root, tmp_path / "paused", resume=True, **{**config, "ema_decay": 0.99}))
+    # a resumed run keeps the best average it had: with a record no epoch can beat, best-ema.pt stays as it was
+    train(small_config(synthetic_root, tmp_path / "held", stop_after=2, **config))
+    held = load_checkpoint(tmp_path / "held" / "last.pt")
+    save_checkpoint(tmp_path / "held" / "last.pt", replace(held, metrics={**held.metrics, "best_val_accuracy_ema": 1.01}))
+    before = (tmp_path / "held" / "best-ema.pt").read_bytes()
+    train(small_config(synthetic_root, tmp_path / "held", resume=True, **config))
+    assert (tmp_path / "held" / "best-ema.pt").read_bytes() == before
+
     resumed = train(small_config(synthetic_root, tmp_path / "paused", resume=True, **config))
     expected, actual = (load_checkpoint(r.last_checkpoint).ema_state_dict for r in (straight, resumed))
     for name in expected:

@@ -53,7 +53,7 @@ def command(
     amp: Annotated[bool, typer.Option(help="bfloat16 autocast for training passes on CUDA.")] = False,
     init: Annotated[Optional[Path], typer.Option(help="Start from this checkpoint's weights (fine-tune; the solver may differ).")] = None,
     stop_after: Annotated[Optional[int], typer.Option(help="End this call after that epoch of the --epochs schedule (a time-boxed machine); the same command with --resume continues the run exactly.")] = None,
-    ema_decay: Annotated[float, typer.Option(help="Also keep a moving average of the weights with this decay per step (e.g. 0.998), scored on val every epoch beside the trained weights and saved as best-ema.pt; training itself is unchanged. 0: none.")] = 0.0,
+    ema_decay: Annotated[float, typer.Option(help="Also keep a moving average of the weights with this decay per step (e.g. 0.998; ramped up as min(decay, (1+t)/(10+t)) at step t), scored on val every epoch beside the trained weights and saved as best-ema.pt; the trained weights are unchanged, and each epoch costs one more val pass. 0: none.")] = 0.0,
 ) -> None:
     """Train a NeuralODECNN; writes best.pt, last.pt, metrics and curves into --out."""
     from edgenode.data import SplitConfig

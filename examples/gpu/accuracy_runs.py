@@ -12,7 +12,7 @@
 One run longer than a call (a call runs at most 10 minutes) takes a fixed schedule and spans two calls of one
 session: the second follows at once, while the machine is still warm (it goes back after 30 s idle), and the run
 continues in place from its last.pt. A fresh machine cannot take it over: a call carries at most 64 MiB, and the
-pack (51 MB) with the working tree (13 MB) leaves no room for a last.pt with its optimizer state (13 MiB at width 160).
+pack (46 MB) with the working tree (13 MB) leaves no room for a last.pt with its optimizer state (13 MiB at width 160, about 17 with the weight average).
     PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 500 --runs w5-wide-rk4x4-color4-e180 --epochs 180
     PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 250 --runs w5-wide-rk4x4-color4-e180 --epochs 180 --resume
 
