@@ -23,7 +23,7 @@ class WeightAverage:
 
     The ramp (``t`` counts the updates) keeps the first steps' average from clinging to the random initialisation:
     at ``decay = 0.998`` the full decay is reached after about 4,500 steps, and until then the average spans
-    roughly the steps trained so far divided by ten. Integer buffers (e.g. a BatchNorm's step counter) are copied.
+    roughly the steps trained so far divided by nine. Integer buffers (e.g. a BatchNorm's step counter) are copied.
     """
 
     def __init__(self, model: nn.Module, decay: float):

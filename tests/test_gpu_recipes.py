@@ -69,7 +69,7 @@ def _job(pack, out, work, *extra):
     import subprocess
     import sys
 
-    small = ["--set", "width=8", "--set", "steps=1", "--set", "batch_size=8", "--set", "warmup_epochs=1"]
+    small = ["--set", "width=8", "--set", "steps=1", "--set", "batch_size=8", "--set", "warmup_epochs=1", "--set", "ema_decay=0.998"]
     done = subprocess.run([sys.executable, str(SCRIPT), str(pack), str(out), "--runs", "w5-rk4x4", "--budget", "300",
                            "--work", str(work), *small, *extra], capture_output=True, text=True, cwd=SCRIPT.parents[2],
                           env={**os.environ, "PYTHONPATH": str(SCRIPT.parents[2])})
@@ -96,7 +96,7 @@ def test_a_run_paused_by_one_call_finishes_in_the_next_as_if_never_paused(tiny_p
     # function of the weights after it, so equal figures mean the resumed run ended where the straight one did
     history = [[{k: v for k, v in row.items() if k != "seconds"} for row in _metrics(tmp_path / out)] for out in ("straight", "second")]
     assert [row["epoch"] for row in history[1]] == [1, 2, 3] and history[1] == history[0]
-    assert "val_accuracy_ema" in history[1][0]  # every recipe scores its weight average too, resumed exactly
+    assert "val_accuracy_ema" in history[1][0]  # the weight average of --set ema_decay, resumed exactly too
     with tarfile.open(tmp_path / "second" / "w5-rk4x4.tgz") as tar:  # both calls' log: epoch 1, a pause, epochs 2 and 3
         log = tar.extractfile("w5-rk4x4/train.log").read().decode()
         assert {"w5-rk4x4/best-slim.pt", "w5-rk4x4/best-ema.pt"} <= set(tar.getnames())

@@ -12,7 +12,7 @@
 One run longer than a call (a call runs at most 10 minutes) takes a fixed schedule and spans two calls of one
 session: the second follows at once, while the machine is still warm (it goes back after 30 s idle), and the run
 continues in place from its last.pt. A fresh machine cannot take it over: a call carries at most 64 MiB, and the
-pack (46 MB) with the working tree (13 MB) leaves no room for a last.pt with its optimizer state (13 MiB at width 160, about 17 with the weight average).
+pack (46 MB) with the working tree (13 MB) leaves no room for a last.pt with its optimizer state (13 MiB at width 160; about 17 with a weight average).
     PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 500 --runs w5-wide-rk4x4-color4-e180 --epochs 180
     PYTHONPATH=. python examples/gpu/accuracy_runs.py carry/pins64a.tgz $OUT --budget 250 --runs w5-wide-rk4x4-color4-e180 --epochs 180 --resume
 
@@ -23,7 +23,8 @@ A session gets 15 minutes of GPU time, so the job sizes itself: it times a few t
 picks the number of epochs that fits all runs into ``--budget`` seconds, runs them side by side (small models
 leave most of an H100 idle), stops any run still going at the deadline (best.pt is written on every
 improvement, so nothing finished is lost), and packs each run's best checkpoint (optimizer state dropped), the
-best checkpoint of its weight average (``best-ema.pt``), metrics and curves into ``<out>/<run>.tgz``. Accuracy is measured again on the original images afterwards:
+best checkpoint of its weight average (``best-ema.pt``, with ``--set ema_decay=…``), metrics and curves into
+``<out>/<run>.tgz``. Accuracy is measured again on the original images afterwards:
     examples/pins_pipeline.sh and examples/accuracy_report.py.
 """
 
@@ -44,10 +45,11 @@ from pathlib import Path
 import torch
 
 # recipe name -> TrainConfig overrides (data, manifest and epochs are filled in below)
-# ema_decay: every run also scores a moving average of its weights on val (edgenode.ema); the trained weights, best.pt
-# and every figure of the run are those it would have without it, so the average is a lever measured at no run's cost
+# A call with time to spare adds --set ema_decay=0.998: its runs also score a moving average of their weights on val
+# (edgenode.ema), a lever measured without a run of its own. The trained weights, best.pt and every training and val
+# figure are those the run would have without it; only the time grows, by one val pass an epoch.
 COMMON = dict(arch="faceode", batch_size=256, lr=2e-3, weight_decay=0.05, schedule="cosine", warmup_epochs=2,
-              label_smoothing=0.1, augment=True, amp=True, progress=False, table_every=0, ema_decay=0.998)
+              label_smoothing=0.1, augment=True, amp=True, progress=False, table_every=0)
 KD_POOL = dict(teacher="{pack}/teacher.npz", unlabeled=True, near_duplicates="{pack}/near_duplicates.tsv")  # + the pool
 W5 = dict(KD_POOL, distill_weight=5.0)  # the final recipe of the ablation
 W5_RK4X4 = dict(W5, steps=4)  # the shipped aligned model's recipe
