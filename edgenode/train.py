@@ -139,7 +139,7 @@ class TrainConfig:
             raise UsageError("--near-duplicates is only used to clean the --unlabeled pool", "add --unlabeled or drop it")
         if not 0 <= self.ema_decay < 1:  # a NaN fails here too
             raise UsageError(f"--ema-decay must be in [0, 1), got {self.ema_decay}",
-                             "e.g. 0.998: an average over about the last 500 steps; 0 keeps no average")
+                             "e.g. 0.998: an average over about the last 500 steps once its ramp is done; 0 keeps no average")
         if self.stop_after is not None and not 1 <= self.stop_after <= self.epochs:
             raise UsageError(f"--stop-after {self.stop_after}: must be an epoch of the schedule, 1 to --epochs {self.epochs}",
                              "e.g. --epochs 200 --stop-after 120 now, then the same command with --resume instead of --stop-after")
