@@ -491,24 +491,24 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
                   f"the same command with --resume and without --stop-after continues it")
         return TrainResult(run_dir, best_path, last_path, best_epoch, best_val, test, history)
     if ctx.is_main:
-        best = load_checkpoint(best_path)
-        best_model = best.build_model().to(device)
-        result = evaluate(best_model, splits["test"], num_classes)
-        test = {k: v for k, v in result.items() if k != "predictions"}
-        test.update(epoch=best.epoch, checkpoint=str(best_path), parameters=count_parameters(best_model), solver=model_config.solver.describe())
+        def on_test(path: Path) -> dict[str, Any]:
+            """A best-by-val checkpoint's label-free test figures, with where they come from."""
+            ckpt = load_checkpoint(path)
+            network = ckpt.build_model().to(device)
+            scored = {k: v for k, v in evaluate(network, splits["test"], num_classes).items() if k != "predictions"}
+            return {**scored, "epoch": ckpt.epoch, "checkpoint": str(path), "parameters": count_parameters(network),
+                    "solver": model_config.solver.describe()}
+
+        test = on_test(best_path)
         results = {"test": test, "best_epoch": best_epoch, "best_val_accuracy": best_val}
         if ema is not None and best_ema_path.is_file():  # the weight average's own best-by-val checkpoint, measured alike
-            average = load_checkpoint(best_ema_path)
-            scored = evaluate(average.build_model().to(device), splits["test"], num_classes)
-            results.update(best_epoch_ema=best_epoch_ema, best_val_accuracy_ema=best_val_ema,
-                           test_ema={**{k: v for k, v in scored.items() if k != "predictions"}, "epoch": average.epoch,
-                                     "checkpoint": str(best_ema_path), "parameters": test["parameters"], "solver": test["solver"]})
+            results.update(best_epoch_ema=best_epoch_ema, best_val_accuracy_ema=best_val_ema, test_ema=on_test(best_ema_path))
         elif ema is not None:
             ctx.print(f"no {best_ema_path}: the weight average has no test figure (was the file removed?)")
         write_json(run_dir / "results.json", {**results, "config": config.to_dict(), "teacher": teacher_summary,
                                                "train_images": {"labelled": len(manifest.files("train")), "unlabelled": len(pool_files)}})
         ctx.print(
-            f"[bold]test accuracy[/] (best-by-val checkpoint, epoch {best.epoch}, label-free): "
+            f"[bold]test accuracy[/] (best-by-val checkpoint, epoch {test['epoch']}, label-free): "
             f"{format_accuracy(test['accuracy'], test['accuracy_ci'])} on {test['n']} images; NFE {test['nfe']}"
         )
         if "test_ema" in results:
@@ -595,7 +595,7 @@ def run_epoch(train_model, model, split: DeviceSplit, optimizer, scheduler, crit
 
 
 def average_checkpoint(ckpt: Checkpoint, decay: float) -> Checkpoint:
-    """``best-ema.pt``: the weight average as an ordinary checkpoint (export, infer and parity take it like best.pt),
+    """``best-ema.pt``: the weight average as an ordinary checkpoint (export and infer take it like best.pt),
     its val figures in the usual keys; it cannot be resumed, so it carries no optimizer state."""
     m = {k: v for k, v in ckpt.metrics.items() if k not in ("val_precision", "val_recall", "val_f1")}  # the trained weights'
     metrics = {**m, "weights": f"moving average, decay {decay} (ramped: min(decay, (1 + t) / (10 + t)) at step t)",

@@ -185,7 +185,7 @@ def slim_and_pack(run_dir: Path, target: Path) -> None:
     best = run_dir / "best.pt"
     if best.exists():
         ckpt = load_checkpoint(best)
-        save_checkpoint(run_dir / "best-slim.pt", replace(ckpt, optimizer=None, scheduler=None, ema_state_dict=None))
+        save_checkpoint(run_dir / "best-slim.pt", replace(ckpt, optimizer=None, scheduler=None))  # best.pt holds no average
     with tarfile.open(target, "w:gz") as tar:
         for name in ("best-slim.pt", "best-ema.pt", "metrics.csv", "metrics.json", "results.json", "curves.png", "train.log", "config.json", "manifest.json"):
             if (run_dir / name).exists():
