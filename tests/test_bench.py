@@ -88,11 +88,19 @@ def test_rows_baseline_artifacts_and_sweep(cli_report, exports, trained_run):
             assert t["throughput_ips"] == pytest.approx(int(b) / (t["p50_ms"] / 1000))
             assert row["speedup_vs_baseline"][b] == pytest.approx(base["timings"][b]["p50_ms"] / t["p50_ms"])
             assert row["fraction_of_peak"][b] > 0 and row["peak"] == "cpu/fp32"
-        assert row["memory"]["peak_delta_bytes"] >= 0 and row["memory"]["method"] in ("VmHWM", "sampled RSS")
-        assert row["accuracy"]["n"] == 24 and 0 <= row["accuracy"]["accuracy"] <= 1
+        memory = row["memory"]
+        assert memory["baseline_bytes"] > 0 and memory["method"] in ("VmHWM", "sampled RSS")
+        assert memory["peak_delta_bytes"] == max(0, memory["peak_bytes"] - memory["baseline_bytes"])
+        right = row["accuracy"]["accuracy"] * 24  # a count of images, as a fraction of the 24
+        assert row["accuracy"]["n"] == 24 and right == pytest.approx(round(right))
         if row["group"] != "baseline":
-            assert 0 <= row["agreement"] <= 1
+            assert row["agreement"] * 24 == pytest.approx(round(row["agreement"] * 24))
+    assert any(r["memory"]["peak_delta_bytes"] > 0 for r in rows)  # loading and running a model costs memory
     by_name = {r["name"]: r for r in rows}
+    for steps in (1, 2):  # one graph, two runtimes: the same answers
+        onnx_row, torch_row = by_name[f"rk4×{steps} onnx fp32 (sweep)"], by_name[f"rk4×{steps} torch fp32 (sweep)"]
+        assert abs(onnx_row["accuracy"]["accuracy"] - torch_row["accuracy"]["accuracy"]) <= 1 / 24
+        assert abs(onnx_row["agreement"] - torch_row["agreement"]) <= 1 / 24
     fp32 = by_name[exports["fp32"].name]
     assert fp32["precision"] == "fp32" and fp32["steps"] == 4 and fp32["nfe"] == {"1": 16, "4": 16}
     assert fp32["size_bytes"] == exports["fp32"].stat().st_size

@@ -48,8 +48,10 @@ def test_calibration_images_are_the_normalised_train_pixels(synthetic_manifest, 
     size = synthetic_manifest.config.image_size
     assert images.shape == (len(cal), 3, size, size) and images.dtype == np.float32
     raw, _ = load_split_arrays(synthetic_manifest, synthetic_root, "train")
-    index = synthetic_manifest.files("train").index(cal.files[0])
-    np.testing.assert_array_equal(images[0], normalize_array(raw[index], synthetic_manifest.mean, synthetic_manifest.std)[0])
+    train_files = synthetic_manifest.files("train")
+    for i, name in enumerate(cal.files):  # every row, in the order of the calibration set's files
+        index = train_files.index(name)
+        np.testing.assert_array_equal(images[i], normalize_array(raw[index], synthetic_manifest.mean, synthetic_manifest.std)[0])
 
 
 def test_calibration_set_refuses_bad_requests(synthetic_manifest, synthetic_root):

@@ -165,7 +165,6 @@ def test_validity_accepts_a_smooth_model_and_flags_a_stiff_one():
                             on_rung=lambda rung, seconds: heard.append((rung, seconds)))
     assert ok.converged, ok.reasons
     assert [rung for rung, _ in heard] == [*ok.fixed, *ok.adaptive] and len(heard) == 5
-    assert all(seconds >= 0 for _, seconds in heard)
 
     stiff = small_model(seed=1)
     with torch.no_grad():  # f with a huge Lipschitz constant: one Euler step is nowhere near the ODE's flow
