@@ -134,8 +134,12 @@ def _load_error(path: Path, exc: Exception) -> ArtifactError:
             f"with torch.load(weights_only=True), which accepts plain tensors and values only",
             "use a checkpoint written by `edgenode train`; never load this file with weights_only=False",
         )
-    first_line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return ArtifactError(f"{path}: not a readable edgenode checkpoint ({first_line[:160]})",
+    if "zip archive" in text or "miniz" in text:  # torch's reader names its zip library: say what it means
+        detail = "its zip archive is incomplete or damaged"
+    else:  # the first sentence of the loader's message, whole
+        first = text.strip().splitlines()[0].split(". ")[0] if text.strip() else type(exc).__name__
+        detail = first if len(first) <= 160 else first[:159] + "…"
+    return ArtifactError(f"{path}: not a readable edgenode checkpoint ({detail})",
                          "the file is damaged or truncated; use the best.pt or last.pt that `edgenode train` wrote")
 
 

@@ -14,10 +14,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.markup import escape
+
 from edgenode.artifacts import read_json, write_json
 from edgenode.console import console
 from edgenode.data import Manifest, SplitConfig, images_root, make_synthetic_faces
-from edgenode.errors import EdgenodeError, UsageError, is_whole_number
+from edgenode.errors import EdgenodeError, ParityError, UsageError, is_whole_number
 from edgenode.export import ExportConfig, export_model
 from edgenode.metrics import format_accuracy
 from edgenode.parity import ParityConfig, run_parity
@@ -39,6 +41,10 @@ class DemoConfig:
 DATA_RECORD = "synthetic.json"  # inside the data folder: it is renamed into place together with the images
 DATA_FORMAT = "edgenode-demo-data/1"
 IMAGE_SIZE = 64
+# The default preset pools group-normalised maps, so its logits grow slowly: at 3e-3 the 12-epoch demo ended with
+# a train loss of 2.12 (chance: ln 10 = 2.30), margins so thin that ONNX Runtime's INT8 file flipped 6 of 50 test
+# answers and failed parity. At 1e-2 the drawings of seeds 0, 1 and 2 all pass parity with all four files.
+DEMO_LR = 1e-2
 
 
 def demo_split(config: DemoConfig) -> SplitConfig:
@@ -145,7 +151,7 @@ def run_demo(config: DemoConfig = DemoConfig()) -> dict:
         TrainConfig(
             data=str(data), out=str(run_dir), arch="odenet", width=config.width, epochs=config.epochs,
             batch_size=min(16, config.n_classes * demo_split(config).train),  # a tiny demo still takes steps
-            lr=3e-3, schedule="cosine", split=demo_split(config), seed=config.seed, progress=config.progress,
+            lr=DEMO_LR, schedule="cosine", split=demo_split(config), seed=config.seed, progress=config.progress,
             resume=resume, table_every=0,
         )
     )
@@ -168,9 +174,15 @@ def run_demo(config: DemoConfig = DemoConfig()) -> dict:
         if isinstance(result, Prediction):
             console.print(f"  {Path(result.path).parent.name}/{Path(result.path).name} → {result.label} ({result.confidence:.2f})")
 
+    failing = [result for result in parity.results if not result]
     console.print(
-        f"\n[bold]done.[/] test accuracy of the trained model (label-free): "
+        f"\n[bold]{'done, but parity FAILED' if failing else 'done.'}[/] test accuracy of the trained model (label-free): "
         f"{format_accuracy(trained.test['accuracy'], trained.test['accuracy_ci'])}; "
-        f"{parity.summary_line()}; everything is in {out}/"
+        f"{escape(parity.summary_line())}; everything is in {escape(str(out))}/"
     )
+    if failing:  # as `edgenode parity` does: an artifact that does not hold its accuracy is never a quiet success
+        detail = "; ".join(f"{r.name}: {', '.join(r.failures())}" for r in failing)
+        raise ParityError(f"{len(failing)} of {len(parity.results)} exported artifact(s) fail parity — {detail}",
+                          f"see {out / 'parity' / 'parity.md'}; a longer training (--epochs) widens the "
+                          "margins that quantisation must not cross")
     return {"train": trained, "export": exported, "parity": parity}

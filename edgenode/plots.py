@@ -22,15 +22,22 @@ def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
 
 def plot_training_curves(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     epochs = [row["epoch"] for row in history]
+    # a short run's few epochs as dots (a single epoch is otherwise a line of length zero: an empty plot)
+    style = {"marker": "o", "markersize": 4} if len(epochs) <= 20 else {}
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [r["train_loss"] for r in history], label="train")
-    ax_loss.plot(epochs, [r["val_loss"] for r in history], label="val")
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], label="train", **style)
+    ax_loss.plot(epochs, [r["val_loss"] for r in history], label="val", **style)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
-    ax_acc.plot(epochs, [r["train_accuracy"] for r in history], label="train")
-    ax_acc.plot(epochs, [r["val_accuracy"] for r in history], label="val")
+    ax_acc.plot(epochs, [r["train_accuracy"] for r in history], label="train", **style)
+    ax_acc.plot(epochs, [r["val_accuracy"] for r in history], label="val", **style)
     if history and "val_accuracy_ema" in history[0]:  # a run with --ema-decay: its weight average, same colour
-        ax_acc.plot(epochs, [r["val_accuracy_ema"] for r in history], color="C1", linestyle="--", label="val, weight average")
+        ax_acc.plot(epochs, [r["val_accuracy_ema"] for r in history], color="C1", linestyle="--", label="val, weight average", **style)
     ax_acc.set(xlabel="epoch", ylabel="accuracy (label-free argmax)", title="accuracy", ylim=(0, 1))
+    for ax in (ax_loss, ax_acc):  # epochs are whole numbers: ticks never at 0.96 … 1.04
+        if len(epochs) <= 12:
+            ax.set_xticks(epochs)
+        else:
+            ax.xaxis.get_major_locator().set_params(integer=True)
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()

@@ -294,6 +294,7 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
     if run_dir.resolve() == images or images in run_dir.resolve().parents:  # its curves.png would join the data set
         raise UsageError(f"--out {run_dir} is inside the images of {config.data}: the run folder would be read as an "
                          "identity next time", "train into a folder outside the data set, e.g. runs/<name>")
+    had_folder = run_dir.is_dir()
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if last_path.exists() and not config.resume:
@@ -303,7 +304,8 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
     ctx.barrier()
     resume = config.resume and last_path.exists()
     if config.resume and not resume:
-        ctx.print(f"--resume: no {last_path} yet (the run stopped during its first epoch); starting from epoch 1")
+        why = "the run stopped during its first epoch" if had_folder else "the folder did not exist: nothing to resume"
+        ctx.print(f"--resume: no {last_path} yet ({why}); starting from epoch 1")
 
     device = ctx.device if ctx.device is not None else resolve_device(config.device)
     manifest = prepare_manifest(config, run_dir, ctx, fresh=not resume)

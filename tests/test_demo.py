@@ -1,5 +1,8 @@
 """`edgenode demo`, the README's first command, runs the whole path end to end (tiny settings)."""
 
+import functools
+import json
+
 from typer.testing import CliRunner
 
 from edgenode.cli import app
@@ -10,6 +13,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     args = ["demo", "--out", str(out), "--classes", "4", "--per-class", "16", "--epochs", "2", "--no-progress"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert json.loads((out / "parity" / "parity.json").read_text())["passed"] is True  # exit 0 means parity held
     assert (out / "train" / "best.pt").is_file() and (out / "train" / "curves.png").is_file()
     assert sorted(p.name for p in (out / "export").glob("*.onnx"))[0].startswith("model-rk4x")
     assert len(list((out / "export").glob("*.onnx"))) == 4  # fp32, fp16, int8 for ORT and for TensorRT
@@ -21,11 +25,25 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     assert "resuming" in again.output and "reusing the synthetic data set" in again.output
 
 
+def test_a_demo_whose_artifacts_fail_parity_exits_1_after_every_stage(tmp_path, monkeypatch):
+    """Parity held to a bound no artifact meets (|Δlogit| = 0): the demo still runs infer and writes everything,
+    then ends on one `error:` line naming the failed files, with exit 1, as `edgenode parity` does."""
+    import edgenode.demo as demo
+    from edgenode.parity import ParityThresholds
+
+    monkeypatch.setattr(demo, "ParityConfig", functools.partial(demo.ParityConfig, thresholds=ParityThresholds(max_logit_error=0.0)))
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--classes", "3", "--per-class", "8", "--epochs", "1", "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert json.loads((out / "parity" / "parity.json").read_text())["passed"] is False
+    assert "5/5" in result.output and "done, but parity FAILED" in result.output and "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "fail parity" in errors[0] and "model-rk4x" in errors[0] and "parity.md" in errors[0]
+
+
 def test_demo_data_is_drawn_once_per_settings_and_redrawn_when_they_change(tmp_path):
     """A rerun with the same settings reuses the drawn data; other settings, or a folder without the record
     (an older or interrupted draw), are drawn anew instead of trained on."""
-    import json
-
     from edgenode.data import discover_images
     from edgenode.demo import DATA_RECORD, DemoConfig, prepare_data
 

@@ -94,6 +94,8 @@ def test_a_run_stopped_after_an_epoch_resumes_to_the_same_weights(synthetic_root
     assert [row["epoch"] for row in paused.history] == [1] and paused.test == {}
     assert not (tmp_path / "paused" / "results.json").exists() and (tmp_path / "paused" / "metrics.csv").exists()
     assert "stopped after epoch 1 of 3" in capsys.readouterr().err
+    train(small_config(synthetic_root, tmp_path / "never", resume=True, stop_after=1, **config))
+    assert "no " in (said := capsys.readouterr().err) and "(the folder did not exist: nothing to resume); starting from epoch 1" in said
     train(small_config(synthetic_root, tmp_path / "paused", resume=True, stop_after=1, **config))
     assert "nothing trained: it had already epoch 1 of 3" in capsys.readouterr().err
     with pytest.raises(UsageError, match=r"--epochs 3 → 4: the cosine schedule decays over --epochs"):

@@ -32,8 +32,10 @@ def command(
     from edgenode.errors import PathArgumentError, UsageError
     from edgenode.runtime import collect_images, load_predictor
 
-    if top_k < 1 or batch_size < 1 or workers < 0:
-        raise UsageError("--top-k and --batch-size must be at least 1 and --workers at least 0")
+    for flag, value, low in (("--top-k", top_k, 1), ("--batch-size", batch_size, 1), ("--workers", workers, 0)):
+        if value < low:
+            raise UsageError(f"{flag} {value}: must be at least {low}", f"pass {flag} {low} or more"
+                             + (" (0: one thread per core + 2)" if flag == "--workers" else ""))
     missing = [p for p in paths if not os.path.lexists(p)]  # a typo on the command line; a dangling link is a bad file
     if missing:
         raise PathArgumentError(f"{missing[0]}: no such file or folder" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
@@ -58,7 +60,9 @@ def command(
             typer.echo(f"{item.path}\t{ranked}")
     sys.stdout.flush()
     ok = n - failed
-    rate = f", {predictor.runner.total_inference_ms / ok:.2f} ms/image inference" if ok else ""
+    # the model's time only (no decoding), first call included: a few images mostly time the runtime's warm-up
+    rate = (f", {predictor.runner.total_inference_ms / ok:.2f} ms/image inference (warm-up included; "
+            "`edgenode bench` measures latency)") if ok else ""
     console.print(f"{ok}/{n} image(s) classified" + (f", [red]{failed} failed[/]" if failed else "") + rate)
     predictor.close()
     if failed:

@@ -36,9 +36,14 @@ class DataWarning(UserWarning):
     """Something was left out of the data set (an identity or a file); the build goes on."""
 
 
+# the command-line options behind each setting: `edgenode split` and `edgenode train` name the counts differently
+_OPTIONS = {"per_class": "--per-class", "image_size": "--image-size",
+            **{k: f"--{k} (train: --{k}-per-class)" for k in ("train", "val", "test")}}
+
+
 def _positive_int(name: str, value: Any) -> None:
     if not is_whole_number(value):
-        raise UsageError(f"{name}={value!r} is not a positive integer", f"set {name} to a whole number >= 1")
+        raise UsageError(f"{_OPTIONS[name]} {value!r} is not a positive integer", "pass a whole number >= 1")
 
 
 @dataclass(frozen=True)
@@ -59,11 +64,12 @@ class SplitConfig:
         if self.train + self.val + self.test > self.per_class:
             raise UsageError(
                 f"train+val+test = {self.train}+{self.val}+{self.test} = {self.train + self.val + self.test} "
-                f"is more than per_class={self.per_class}",
-                "raise --per-class or lower the train/val/test counts per identity",
+                f"is more than --per-class {self.per_class}",
+                "raise --per-class or lower the train/val/test counts per identity (split: --train/--val/--test; "
+                "train: --train-per-class/--val-per-class/--test-per-class)",
             )
         if not 8 <= self.image_size <= 1024:
-            raise UsageError(f"image_size={self.image_size} is out of range", "use a size between 8 and 1024")
+            raise UsageError(f"--image-size {self.image_size} is out of range", "pass a size between 8 and 1024")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise UsageError(f"seed={self.seed!r} is not an integer", "use a whole number such as 0")
         if not isinstance(self.strict, bool):
