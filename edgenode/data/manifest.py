@@ -37,7 +37,7 @@ class DataWarning(UserWarning):
 
 
 # the command-line options behind each setting: `edgenode split` and `edgenode train` name the counts differently
-_OPTIONS = {"per_class": "--per-class", "image_size": "--image-size",
+_OPTIONS = {"per_class": "--per-class", "image_size": "--image-size", "workers": "--workers",
             **{k: f"--{k} (train: --{k}-per-class)" for k in ("train", "val", "test")}}
 
 
