@@ -143,6 +143,39 @@ def test_without_data_no_accuracy_and_random_inputs(exports, trained_run, tmp_pa
     assert sorted(p.name for p in files) == ["bench.json", "bench.md"]  # no accuracy: no latency/accuracy plot
 
 
+def test_an_interrupted_bench_keeps_the_rows_it_measured(exports, trained_run, tmp_path, monkeypatch):
+    """Ctrl-C (or a kill, or a time limit) during the second artifact: bench.json and bench.md already hold the
+    baseline and the first artifact, marked incomplete, and no figure of an earlier bench is left beside them."""
+    import edgenode.bench.api as api
+
+    out = tmp_path / "bench"
+    out.mkdir()
+    (out / "bench.png").write_bytes(b"an earlier bench's figure")
+    measure = api.measure_row
+
+    def interrupted(spec, session):
+        if spec.name == exports["int8"].name:
+            raise KeyboardInterrupt
+        return measure(spec, session)
+
+    monkeypatch.setattr(api, "measure_row", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(BenchConfig(artifacts=(str(exports["fp32"]), str(exports["int8"])), reference=str(trained_run.best_checkpoint),
+                              peak=False, providers="cpu", out=str(out), **TINY))
+    saved = json.loads((out / "bench.json").read_text())
+    assert [r["group"] for r in saved["rows"]] == ["baseline", "artifact"] and saved["rows"][1]["name"] == exports["fp32"].name
+    assert saved["rows"][1]["speedup_vs_baseline"]["4"] > 0  # the derived columns are filled in as well
+    assert any(n.startswith("incomplete: 2 rows measured") for n in saved["notes"])
+    assert "incomplete: 2 rows measured" in (out / "bench.md").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.md"]
+
+    monkeypatch.setattr(api, "measure_row", measure)  # the same bench, finished: the whole report, no such note
+    run_bench(BenchConfig(artifacts=(str(exports["fp32"]), str(exports["int8"])), reference=str(trained_run.best_checkpoint),
+                          peak=False, providers="cpu", out=str(out), **TINY))
+    saved = json.loads((out / "bench.json").read_text())
+    assert len(saved["rows"]) == 3 and not any(n.startswith("incomplete") for n in saved["notes"])
+
+
 def test_checkpoint_artifact_is_the_reference_when_none_is_given(trained_run):
     """A checkpoint among the artifacts becomes the baseline; --baseline-solver overrides its solver."""
     report = run_bench(BenchConfig(artifacts=(str(trained_run.best_checkpoint),), peak=False,

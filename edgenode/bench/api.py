@@ -454,6 +454,7 @@ class _Session:
     rows: list[BenchRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     baseline_pred: np.ndarray | None = None
+    on_row: Callable[[], None] | None = None  # called after each measured row (run_bench: write what is measured)
 
     def say(self, text: str) -> None:
         if not self.config.quiet:
@@ -596,6 +597,8 @@ def run_specs(specs: list[RowSpec], session: _Session) -> list[str]:
         if spec.group == "baseline":
             session.baseline_pred = pred
         session.rows.append(row)
+        if session.on_row is not None:
+            session.on_row()
         session.say(f"✓ {row.name}: p50 {row.p50_ms(b1):.3g} ms at batch {b1}, {row.throughput_ips(bn):.4g} img/s at batch {bn}"
                     + (f", NFE {row.nfe[b1]}" if b1 in row.nfe else "")
                     + (f", accuracy {row.accuracy.accuracy:.3f}" if row.accuracy else ""))
@@ -642,9 +645,23 @@ def run_bench(config: BenchConfig) -> BenchReport:
     if baseline_solver.is_adaptive:
         import torchdiffeq  # noqa: F401
 
+    machine = {**machine_info(threads), "load_average_1min_at_start": load_at_start}
+    peak = None
+
+    def write_so_far() -> None:
+        """bench.json and bench.md after every row, marked incomplete: a bench killed, timed out or interrupted
+        keeps the rows it measured. The figures come with the complete report only."""
+        if not config.out or not any(r.group == "baseline" for r in session.rows):
+            return
+        _finish(session.rows, peak, config.batch_sizes)
+        incomplete = (f"incomplete: {plural(len(session.rows), 'row')} measured when this file was written; the "
+                      "bench had not finished (a finished bench rewrites this file and adds its figures)")
+        write_report(BenchReport(machine, config.to_dict(), config.batch_sizes, flops, list(session.rows), peak,
+                                 inputs.data, [*notes, incomplete]), config.out, figures=False)
+
+    session.on_row = write_so_far
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
-    peak = None
     try:
         if config.peak:
             from edgenode.bench.peak import measure_cpu_peak, measure_cuda_peak
@@ -672,7 +689,6 @@ def run_bench(config: BenchConfig) -> BenchReport:
     finally:
         torch.set_num_threads(previous_threads)
     _finish(session.rows, peak, config.batch_sizes)
-    machine = {**machine_info(threads), "load_average_1min_at_start": load_at_start}
     report = BenchReport(machine, config.to_dict(), config.batch_sizes, flops, session.rows, peak, inputs.data, notes)
     if config.out:
         write_report(report, config.out)

@@ -282,6 +282,8 @@ def plot_latency_accuracy(report: BenchReport, path: Path) -> Path | None:
     rows = [r for r in report.rows if r.accuracy is not None and r.p50_ms(report.latency_batch) is not None]
     if not rows:
         return None
+    import matplotlib.ticker
+
     from edgenode.plots import plt, save_figure
 
     b1 = report.latency_batch
@@ -295,13 +297,16 @@ def plot_latency_accuracy(report: BenchReport, path: Path) -> Path | None:
     for row in rows:
         if row.group == "sweep":
             sweep.setdefault(row.runtime, []).append(row)
-    for runtime, points in sweep.items():
+    for k, (runtime, points) in enumerate(sweep.items()):
         points.sort(key=lambda r: r.steps or 0)
-        ax.plot([r.p50_ms(b1) for r in points], [r.accuracy.accuracy for r in points], "-o", alpha=0.7,
-                label=f"steps sweep ({runtime})")
-        for r in points:
-            ax.annotate(f"N={r.steps}", (r.p50_ms(b1), r.accuracy.accuracy), textcoords="offset points", xytext=(3, -10), fontsize=7)
+        line, = ax.plot([r.p50_ms(b1) for r in points], [r.accuracy.accuracy for r in points], "-o", alpha=0.7,
+                        label=f"steps sweep ({runtime})")
+        for r in points:  # one runtime's labels below its line, the next one's above: overlapping lines stay legible
+            ax.annotate(f"N={r.steps}", (r.p50_ms(b1), r.accuracy.accuracy), textcoords="offset points",
+                        xytext=(3, -10 if k % 2 == 0 else 5), fontsize=7, color=line.get_color())
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))  # 2, not 2×10⁰
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set(xlabel=f"latency p50 at batch {b1} (ms, log scale)", ylabel="accuracy (label-free top-1)",
            title=f"latency vs accuracy ({report.machine.get('cpu')}, {plural(report.machine.get('threads', 0), 'thread')})")
     ax.grid(alpha=0.3, which="both")
@@ -340,7 +345,12 @@ def plot_steps_sweep(report: BenchReport, path: Path) -> Path | None:
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted({r.steps for r in rows}))
     ax.set_xticklabels([str(s) for s in sorted({r.steps for r in rows})])
-    ax.set(xlabel="RK4 steps N", ylabel=f"latency p50 at batch {b1} (ms)", title="steps sweep")
+    latencies = [r.p50_ms(b1) for r in rows if r.p50_ms(b1)]
+    log_latency = bool(latencies) and max(latencies) > 20 * min(latencies)  # runtimes far apart: both readable
+    if log_latency:
+        ax.set_yscale("log")
+    ax.set(xlabel="RK4 steps N", ylabel=f"latency p50 at batch {b1} (ms{', log scale' if log_latency else ''})",
+           title="steps sweep")
     right.set_ylabel("accuracy / agreement")
     right.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
@@ -348,13 +358,22 @@ def plot_steps_sweep(report: BenchReport, path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
-def write_report(report: BenchReport, out: str | Path) -> list[Path]:
-    """bench.json, bench.md, bench.png (latency vs accuracy, with data) and steps_sweep.png (with a sweep)."""
+FIGURES = {"bench.png": plot_latency_accuracy, "steps_sweep.png": plot_steps_sweep}
+
+
+def write_report(report: BenchReport, out: str | Path, figures: bool = True) -> list[Path]:
+    """bench.json, bench.md, bench.png (latency vs accuracy, with data) and steps_sweep.png (with a sweep).
+
+    Without ``figures`` (a report still being measured) the folder's figures are removed instead: an older bench's
+    figures must not sit beside this one's numbers."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = [write_json(out / "bench.json", report.to_dict()),
              atomic_write_bytes(out / "bench.md", markdown(report).encode("utf-8"))]
-    for plot, name in ((plot_latency_accuracy, "bench.png"), (plot_steps_sweep, "steps_sweep.png")):
+    for name, plot in FIGURES.items():
+        if not figures:
+            (out / name).unlink(missing_ok=True)
+            continue
         written = plot(report, out / name)
         if written is not None:
             files.append(written)

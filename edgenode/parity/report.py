@@ -163,7 +163,7 @@ def plot_disagreements(report, path: Path) -> Path:
     k = len(classes)
     cols = min(3, len(results))
     rows = -(-len(results) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.3 * rows), squeeze=False, layout="constrained")
     for ax, r in zip(axes.flat, results):
         matrix = np.zeros((k, k), dtype=int)
         if r.reference_pred is not None and r.pred is not None:
@@ -175,7 +175,8 @@ def plot_disagreements(report, path: Path) -> Path:
         ax.set_xticks(list(ticks))
         ax.set_yticks(list(ticks))
         for i, j in zip(*np.nonzero(matrix)):
-            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7)
+            dark = matrix[i, j] > 0.5 * matrix.max()
+            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7, color="white" if dark else "black")
     for ax in list(axes.flat)[len(results):]:
         ax.axis("off")
     fig.suptitle("Confusion of disagreements (reference vs. artifact top-1)")
