@@ -88,8 +88,11 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not (math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise UsageError(f"learning rate must be > 0 and weight decay >= 0 (both finite), got lr={self.lr} wd={self.weight_decay}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UsageError(f"--lr {self.lr}: the learning rate must be a finite number > 0", "pass e.g. --lr 5e-4 (the paper's)")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise UsageError(f"--weight-decay {self.weight_decay}: must be a finite number >= 0",
+                             "pass e.g. --weight-decay 0.05 (the paper's), or 0 for none")
         if self.warmup_epochs < 0:
             raise UsageError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
         if self.schedule not in SCHEDULES:

@@ -985,9 +985,10 @@ def test_bad_argument_is_one_line_and_exit_2(argument_paths, command, fragment):
 
 
 @pytest.mark.parametrize(("command", "fragment"), [
-    ("train {data} --out {new} --lr nan", "learning rate must be > 0 and weight decay >= 0 (both finite)"),
-    ("train {data} --out {new} --lr inf", "learning rate must be > 0 and weight decay >= 0 (both finite)"),
-    ("train {data} --out {new} --weight-decay nan", "learning rate must be > 0 and weight decay >= 0 (both finite)"),
+    ("train {data} --out {new} --lr nan", "--lr nan: the learning rate must be a finite number > 0 (pass e.g. --lr 5e-4"),
+    ("train {data} --out {new} --lr inf", "--lr inf: the learning rate must be a finite number > 0"),
+    ("train {data} --out {new} --lr -1", "--lr -1.0: the learning rate must be a finite number > 0"),
+    ("train {data} --out {new} --weight-decay nan", "--weight-decay nan: must be a finite number >= 0 (pass e.g."),
     ("train {data} --out {new} --warmup-epochs -1", "--warmup-epochs must be >= 0"),
     ("train {data} --out {file}", "--out {file}: is a file, not a folder"),
 ])

@@ -38,7 +38,8 @@ def command(
                              + (" (0: one thread per core + 2)" if flag == "--workers" else ""))
     missing = [p for p in paths if not os.path.lexists(p)]  # a typo on the command line; a dangling link is a bad file
     if missing:
-        raise PathArgumentError(f"{missing[0]}: no such file or folder" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        raise PathArgumentError(f"{missing[0]}: no such file or folder" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+                                "check the path; pass image files or folders of them")
     files = collect_images(paths)
     if not files:
         raise UsageError(f"no image files found in {', '.join(map(str, paths))}", "pass image files or folders of .jpg/.png/.webp")

@@ -94,7 +94,7 @@ class ExportConfig:
         for name in ("calibration_per_class", "golden_count"):
             value = getattr(self, name)
             if not is_whole_number(value):
-                raise UsageError(f"--{name.replace('_', '-')} {value!r} must be a positive whole number")
+                raise UsageError(f"--{name.replace('_', '-')} {value!r} must be a positive whole number", "pass 1 or more")
         if isinstance(self.calibration_seed, bool) or not isinstance(self.calibration_seed, int):
             raise UsageError(f"--calibration-seed {self.calibration_seed!r} must be a whole number")
         if self.format == "engine" and self.wants_int8 and self.int8_target == "ort":

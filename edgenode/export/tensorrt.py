@@ -59,7 +59,7 @@ class EngineConfig:
         for name in ("opt_batch", "max_batch", "workspace_mib"):
             value = getattr(self, name)
             if not is_whole_number(value):
-                raise UsageError(f"--engine-{name.replace('_', '-')} {value!r} must be a positive whole number")
+                raise UsageError(f"--engine-{name.replace('_', '-')} {value!r} must be a positive whole number", "pass 1 or more")
         if self.max_batch < self.opt_batch:
             raise UsageError(f"--engine-max-batch {self.max_batch} is below --engine-opt-batch {self.opt_batch}",
                              "the profile needs 1 <= opt <= max")

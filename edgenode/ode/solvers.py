@@ -104,7 +104,8 @@ class SolverConfig:
         if not isinstance(self.n_steps, int) or self.n_steps < 1:
             raise UsageError(f"solver steps must be a positive integer, got {self.n_steps!r}")
         if not (self.rtol > 0 and self.atol > 0):
-            raise UsageError(f"solver tolerances must be positive, got rtol={self.rtol} atol={self.atol}")
+            raise UsageError(f"solver tolerances must be positive, got rtol={self.rtol} atol={self.atol}",
+                             "use positive tolerances such as 1e-3")
 
     @property
     def is_adaptive(self) -> bool:
