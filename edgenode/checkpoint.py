@@ -123,7 +123,7 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
 _NOT_CHECKPOINTS = ("onnx", "image", "json")  # kinds named in one line before torch.load could misread them
 
 
-def _load_error(path: Path, exc: Exception) -> ArtifactError:
+def _load_error(path: Path, exc: Exception, data: bytes = b"") -> ArtifactError:
     """One line for a file ``torch.load(weights_only=True)`` refused; a pickle that would run code says so."""
     text = str(exc)
     code = re.search(r"GLOBAL ([\w.]+)", text)
@@ -134,7 +134,8 @@ def _load_error(path: Path, exc: Exception) -> ArtifactError:
             f"with torch.load(weights_only=True), which accepts plain tensors and values only",
             "use a checkpoint written by `edgenode train`; never load this file with weights_only=False",
         )
-    if "zip archive" in text or "miniz" in text:  # torch's reader names its zip library: say what it means
+    # torch saves a zip archive: one that fails to load was cut short or damaged, whatever the reader's words
+    if data.startswith(b"PK\x03\x04") or "zip archive" in text or "miniz" in text:
         detail = "its zip archive is incomplete or damaged"
     else:  # the first sentence of the loader's message, whole
         first = text.strip().splitlines()[0].split(". ")[0] if text.strip() else type(exc).__name__
@@ -167,7 +168,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, ImportError, TypeError) as exc:
-        raise _load_error(path, exc) from None
+        raise _load_error(path, exc, data) from None
     if not isinstance(payload, dict) or payload.get("format") not in CHECKPOINT_FORMATS:
         raise _foreign_error(path, payload)
     try:

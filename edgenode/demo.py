@@ -183,6 +183,6 @@ def run_demo(config: DemoConfig = DemoConfig()) -> dict:
     if failing:  # as `edgenode parity` does: an artifact that does not hold its accuracy is never a quiet success
         detail = "; ".join(f"{r.name}: {', '.join(r.failures())}" for r in failing)
         raise ParityError(f"{len(failing)} of {len(parity.results)} exported artifact(s) fail parity — {detail}",
-                          f"see {out / 'parity' / 'parity.md'}; a longer training (--epochs) widens the "
-                          "margins that quantisation must not cross")
+                          f"see {out / 'parity' / 'parity.md'}; more --epochs widen the margins that quantisation "
+                          f"must not cross: rerun with them into a new --out (or delete {out / 'train'} first)")
     return {"train": trained, "export": exported, "parity": parity}

@@ -904,7 +904,7 @@ BAD_ARGUMENTS = [
     ("parity {onnx} --reference {ckpt} --data {data} --max-logit-error -1", "--max-logit-error must be >= 0"),
     ("parity {onnx} --reference {ckpt} --data {data} --reference-solver rk4", "is a fixed-step method"),
     ("parity {onnx} --reference {ckpt} --data {data} --reference-solver magic", "unknown ODE solver 'magic'"),
-    ("parity {onnx} --reference {ckpt} --data {data} --reference-tol -1", "solver tolerances must be positive"),
+    ("parity {onnx} --reference {ckpt} --data {data} --reference-tol -1", "--reference-tol -1.0: must be a finite number > 0"),
     ("parity {onnx} --reference {ckpt} --data {data} --provider gpu", "unknown provider 'gpu'"),
     ("parity {onnx} --reference {ckpt} --data {data} --batch-size 0", "--batch-size must be at least 1"),
     ("parity {onnx} --reference {ckpt} --data {data} --out {file}", "is a file, not a folder"),

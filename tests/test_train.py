@@ -289,6 +289,16 @@ def test_a_run_folder_inside_the_images_is_refused(synthetic_root):
     assert not (synthetic_root / "images" / "run").exists()
 
 
+def test_a_truncated_checkpoint_is_named_as_such(trained_run, tmp_path):
+    cut = tmp_path / "cut.pt"
+    whole = trained_run.best_checkpoint.read_bytes()
+    for size in (5000, len(whole) // 2, len(whole) - 10):  # copies that stopped early, half-way, at the very end
+        cut.write_bytes(whole[:size])
+        with pytest.raises(ArtifactError) as caught:
+            load_checkpoint(cut)
+        assert str(caught.value).startswith(f"{cut}: not a readable edgenode checkpoint (its zip archive is incomplete or damaged)")
+
+
 def test_a_foreign_or_newer_pytorch_file_is_named_as_such(tmp_path):
     bare = tmp_path / "weights.pt"
     torch.save({"conv.weight": torch.zeros(1)}, bare)

@@ -645,7 +645,6 @@ def run_bench(config: BenchConfig) -> BenchReport:
     if baseline_solver.is_adaptive:
         import torchdiffeq  # noqa: F401
 
-    machine = {**machine_info(threads), "load_average_1min_at_start": load_at_start}
     peak = None
 
     def write_so_far() -> None:
@@ -656,6 +655,7 @@ def run_bench(config: BenchConfig) -> BenchReport:
         _finish(session.rows, peak, config.batch_sizes)
         incomplete = (f"incomplete: {plural(len(session.rows), 'row')} measured when this file was written; the "
                       "bench had not finished (a finished bench rewrites this file and adds its figures)")
+        machine = {**machine_info(threads, gpu=False), "load_average_1min_at_start": load_at_start}
         write_report(BenchReport(machine, config.to_dict(), config.batch_sizes, flops, list(session.rows), peak,
                                  inputs.data, [*notes, incomplete]), config.out, figures=False)
 
@@ -689,6 +689,7 @@ def run_bench(config: BenchConfig) -> BenchReport:
     finally:
         torch.set_num_threads(previous_threads)
     _finish(session.rows, peak, config.batch_sizes)
+    machine = {**machine_info(threads), "load_average_1min_at_start": load_at_start}
     report = BenchReport(machine, config.to_dict(), config.batch_sizes, flops, session.rows, peak, inputs.data, notes)
     if config.out:
         write_report(report, config.out)

@@ -54,8 +54,11 @@ def load_average() -> float | None:
         return None
 
 
-def machine_info(threads: int) -> dict[str, Any]:
-    """CPU, threads, library versions, and the GPU when torch sees one (without initialising CUDA otherwise)."""
+def machine_info(threads: int, gpu: bool = True) -> dict[str, Any]:
+    """CPU, threads, library versions, and the GPU when torch sees one (without initialising CUDA otherwise).
+
+    ``gpu=False`` leaves the GPU's name out, which would initialise CUDA: for a record written while CPU rows are
+    still being timed."""
     import torch
 
     info: dict[str, Any] = {
@@ -77,7 +80,7 @@ def machine_info(threads: int) -> dict[str, Any]:
         info["onnxruntime_providers"] = list(onnxruntime.get_available_providers())
     except ImportError:
         info["onnxruntime"] = None
-    if info["cuda"]:
+    if info["cuda"] and gpu:
         info["gpu"] = torch.cuda.get_device_name()
         info["tf32"] = {"matmul": bool(torch.backends.cuda.matmul.allow_tf32), "cudnn": bool(torch.backends.cudnn.allow_tf32)}
     return info

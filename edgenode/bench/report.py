@@ -277,13 +277,28 @@ def markdown(report: BenchReport) -> str:
 # --- plots -----------------------------------------------------------------------------------------------
 
 
+def plain_log_labels(axis) -> None:
+    """Label a log axis with plain numbers (2 rather than 2×10⁰): at 1, 2 and 5 of each decade when it spans at most
+    two decades, so latencies that all sit within one decade still get labels; at powers of ten beyond that."""
+    import matplotlib.ticker
+
+    def label(value: float, _position) -> str:
+        low, high = sorted(axis.get_view_interval())
+        if value <= 0 or low <= 0:
+            return ""
+        shown = (1, 2, 5) if math.log10(high / low) <= 2 else (1,)
+        mantissa = value / 10 ** math.floor(math.log10(value) + 1e-9)
+        return f"{value:g}" if min(abs(mantissa - m) for m in shown) < 1e-6 else ""
+
+    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(label))
+    axis.set_minor_formatter(matplotlib.ticker.FuncFormatter(label))
+
+
 def plot_latency_accuracy(report: BenchReport, path: Path) -> Path | None:
     """Batch-1 p50 latency (log x) vs. accuracy, one point per row; sweep rows joined as a line per runtime."""
     rows = [r for r in report.rows if r.accuracy is not None and r.p50_ms(report.latency_batch) is not None]
     if not rows:
         return None
-    import matplotlib.ticker
-
     from edgenode.plots import plt, save_figure
 
     b1 = report.latency_batch
@@ -305,8 +320,7 @@ def plot_latency_accuracy(report: BenchReport, path: Path) -> Path | None:
             ax.annotate(f"N={r.steps}", (r.p50_ms(b1), r.accuracy.accuracy), textcoords="offset points",
                         xytext=(3, -10 if k % 2 == 0 else 5), fontsize=7, color=line.get_color())
     ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))  # 2, not 2×10⁰
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    plain_log_labels(ax.xaxis)
     ax.set(xlabel=f"latency p50 at batch {b1} (ms, log scale)", ylabel="accuracy (label-free top-1)",
            title=f"latency vs accuracy ({report.machine.get('cpu')}, {plural(report.machine.get('threads', 0), 'thread')})")
     ax.grid(alpha=0.3, which="both")
@@ -349,6 +363,7 @@ def plot_steps_sweep(report: BenchReport, path: Path) -> Path | None:
     log_latency = bool(latencies) and max(latencies) > 20 * min(latencies)  # runtimes far apart: both readable
     if log_latency:
         ax.set_yscale("log")
+        plain_log_labels(ax.yaxis)
     ax.set(xlabel="RK4 steps N", ylabel=f"latency p50 at batch {b1} (ms{', log scale' if log_latency else ''})",
            title="steps sweep")
     right.set_ylabel("accuracy / agreement")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -18,6 +19,9 @@ def parse_reference_solver(spec: str, tol: float):
 
     if spec == "trained":
         return None
+    if not (math.isfinite(tol) and tol > 0):  # named here: SolverConfig's own message speaks of rtol and atol
+        raise UsageError(f"--reference-tol {tol}: must be a finite number > 0",
+                         "pass e.g. --reference-tol 1e-6 (the default: a reference far tighter than any deployed solve)")
     solver = SolverConfig(spec, rtol=tol, atol=tol)
     if not solver.is_adaptive:
         raise UsageError(f"--reference-solver {spec!r} is a fixed-step method",

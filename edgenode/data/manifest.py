@@ -36,14 +36,15 @@ class DataWarning(UserWarning):
     """Something was left out of the data set (an identity or a file); the build goes on."""
 
 
-# the command-line options behind each setting: `edgenode split` and `edgenode train` name the counts differently
-_OPTIONS = {"per_class": "--per-class", "image_size": "--image-size", "workers": "--workers",
-            **{k: f"--{k} (train: --{k}-per-class)" for k in ("train", "val", "test")}}
+# how a message names each setting with its value: `edgenode split` and `edgenode train` name the counts
+# differently, and ``workers`` is an argument of the Python API only
+_NAMED = {"per_class": "--per-class {!r}", "image_size": "--image-size {!r}", "workers": "workers={!r}",
+          **{k: f"--{k} {{!r}} (`edgenode train`: --{k}-per-class {{!r}})" for k in ("train", "val", "test")}}
 
 
 def _positive_int(name: str, value: Any) -> None:
     if not is_whole_number(value):
-        raise UsageError(f"{_OPTIONS[name]} {value!r} is not a positive integer", "pass a whole number >= 1")
+        raise UsageError(f"{_NAMED[name].format(value, value)} is not a positive integer", "pass a whole number >= 1")
 
 
 @dataclass(frozen=True)

@@ -91,10 +91,10 @@ class ExportConfig:
         if self.calibration_method not in CALIBRATION_METHODS:
             raise UsageError(f"--calibration-method {self.calibration_method!r} is not known",
                              f"choose one of {', '.join(CALIBRATION_METHODS)}")
-        for name in ("calibration_per_class", "golden_count"):
-            value = getattr(self, name)
+        for name, named in (("calibration_per_class", "--calibration-per-class {!r}"), ("golden_count", "golden_count={!r}")):
+            value = getattr(self, name)  # golden_count is an argument of the Python API only
             if not is_whole_number(value):
-                raise UsageError(f"--{name.replace('_', '-')} {value!r} must be a positive whole number", "pass 1 or more")
+                raise UsageError(f"{named.format(value)} must be a positive whole number", "pass 1 or more")
         if isinstance(self.calibration_seed, bool) or not isinstance(self.calibration_seed, int):
             raise UsageError(f"--calibration-seed {self.calibration_seed!r} must be a whole number")
         if self.format == "engine" and self.wants_int8 and self.int8_target == "ort":
