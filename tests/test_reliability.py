@@ -999,9 +999,23 @@ def test_bad_train_argument_is_one_line_and_exit_2_once_train_is_fixed(argument_
 @pytest.mark.parametrize("args", [["train"], ["train", "{data}", "--steps", "many"], ["infer", "{onnx}"],
                                   ["export", "{ckpt}", "--opset", "x"], ["parity", "{onnx}", "--data", "{data}"]])
 def test_parser_errors_exit_2_without_traceback(argument_paths, args):
+    """The app called as a library (typer's runner): its own usage message. The script says one line (below)."""
     result = invoke(*[a.format(**argument_paths) for a in args])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "Usage: " in result.output
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["train", "--bogus"], "error: No such option: --bogus"),
+    (["train"], "error: Missing argument 'data'. (see `edgenode train --help`)"),
+    (["train", "d", "--epochs", "abc"], "error: Invalid value for '--epochs': "),
+    (["nosuch"], "error: No such command 'nosuch'. (see `edgenode --help`)"),
+])
+def test_the_script_says_parser_errors_in_one_line(args, line):
+    result = subprocess.run(edgenode_cmd(*args), env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(line), result.stderr
+    assert "Traceback" not in result.stderr and "Usage:" not in result.stderr
 
 
 def test_split_and_teacher_replace_only_a_file_of_their_own_kind(synthetic_root, tmp_path):

@@ -30,5 +30,25 @@ for name, module in [
     app.command(name, help=(module.command.__doc__ or "").strip().splitlines()[0])(module.command)
 
 
-def main() -> None:
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """The ``edgenode`` script: the app, with the parser's own errors (a missing argument, an unknown option, ``--steps
+    many``) said in one ``error:`` line like every other error, exit 2, instead of a boxed usage message."""
+    import sys
+
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="edgenode", standalone_mode=False)
+    except typer.Abort:  # Ctrl-C outside a command's own handling
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:
+        # click's UsageError and ClickException (typer vendors click in its newer releases, so matched by shape)
+        if not (hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int)):
+            raise
+        message = " ".join(exc.format_message().split())  # the parser wraps its text over lines
+        context = getattr(exc, "ctx", None)
+        where = f" (see `{context.command_path} --help`)" if context is not None and exc.exit_code == 2 else ""
+        if message:  # empty: `edgenode` alone, which has printed the help instead
+            print(f"error: {message}{where}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
