@@ -108,11 +108,12 @@ class TrainConfig:
         if self.augment_color and not self.augment:
             raise UsageError("--augment-color sets the colour jitter of --augment, which is off", "add --augment or drop it")
         if not 0 <= self.label_smoothing < 1:
-            raise UsageError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+            raise UsageError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}", "pass e.g. 0.1, or 0 for none")
         for name in ("label_weight", "distill_weight", "kd_weight"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
-                raise UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+                raise UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}",
+                                 "pass 0 to switch the term off, or a positive weight")
         if self.teacher:
             from edgenode.distill import DISTILLABLE_PRESETS
 

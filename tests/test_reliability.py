@@ -836,7 +836,6 @@ BAD_ARGUMENTS = [
     ("train {data} --out {new} --batch-size -1", "--batch-size must be at least 1"),
     ("train {data} --out {new} --rtol -1", "solver tolerances must be positive"),
     ("train {data} --out {new} --dropout 2", "dropout must be in [0, 1)"),
-    ("train {data} --out {new} --label-smoothing 1", "label smoothing must be in [0, 1)"),
     ("train {data} --out {new} --augment --augment-shift 0.8", "--augment-shift must be a fraction of the image side in [0, 0.5]"),
     ("train {data} --out {new} --augment --augment-color nan", "--augment-color must be a strength in [0, 1], got nan"),
     ("train {data} --out {new} --augment-color 0.4", "--augment-color sets the colour jitter of --augment, which is off"),
@@ -956,6 +955,16 @@ BAD_ARGUMENTS = [
     ("demo --out {new} --per-class 3", "--per-class 3: too few images per identity"),
     ("demo --out {new} --per-class 4", "(pass --per-class 5 or more)"),
     ("demo --out {new} --epochs 0", "--epochs 0: the demo needs at least 1 epoch"),
+    ("train {data} --out {new} --ema-decay 2", "--ema-decay must be in [0, 1), got 2.0"),
+    ("train {data} --out {new} --stop-after 0", "--stop-after 0: must be an epoch of the schedule"),
+    ("train {data} --out {new} --label-weight -1", "--label-weight must be a finite number >= 0, got -1.0 (pass 0"),
+    ("train {data} --out {new} --label-smoothing 1", "--label-smoothing must be in [0, 1), got 1.0 (pass e.g. 0.1"),
+    ("train {data} --out {new} --atol -1", "solver tolerances must be positive, got rtol=0.001 atol=-1.0"),
+    ("train {data} --out {new} --val-per-class 0", "--val 0 (`edgenode train`: --val-per-class 0) is not a positive integer"),
+    ("split {data} --test 0", "--test 0 (`edgenode train`: --test-per-class 0) is not a positive integer"),
+    ("split {data} --image-size 0", "--image-size 0 is not a positive integer"),
+    ("export {ckpt} --out {new} --opset 21", "--opset 21 is not supported"),
+    ("parity {onnx} --reference {ckpt} --data {data} --int8-max-drop -1", "--int8-max-drop must be >= 0 percentage points"),
 ]
 
 

@@ -42,7 +42,7 @@ class ParityThresholds:
             raise UsageError(f"--max-logit-error must be >= 0, got {self.max_logit_error}")
         for name, flag in (("max_drop_pt", "--max-drop"), ("int8_max_drop_pt", "--int8-max-drop")):
             if not getattr(self, name) >= 0:
-                raise UsageError(f"{flag} must be >= 0 percentage points, got {getattr(self, name)}")
+                raise UsageError(f"{flag} must be >= 0 percentage points, got {getattr(self, name)}", f"pass e.g. {flag} 1")
         for name, flag in (("min_agreement_pct", "--min-agreement"), ("int8_min_agreement_pct", "--int8-min-agreement")):
             if not 0 <= getattr(self, name) <= 100:
                 raise UsageError(f"{flag} must be a percentage in [0, 100], got {getattr(self, name)}")
