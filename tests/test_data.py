@@ -380,6 +380,20 @@ def test_identity_with_too_few_images_is_excluded_with_warning(tmp_path):
     assert "Nobody" in str(info.value)
 
 
+def test_a_long_exclusion_list_is_one_readable_line(tmp_path):
+    """Eight identities too small: the warning names five and counts the rest; the manifest names all eight."""
+    make_synthetic_faces(tmp_path / "small", n_classes=8, per_class=4, size=16)
+    make_synthetic_faces(tmp_path / "big", n_classes=2, per_class=10, size=16)
+    for folder in (tmp_path / "big" / "images").iterdir():
+        folder.rename(tmp_path / "small" / "images" / f"Big {folder.name}")
+    with pytest.warns(DataWarning) as record:
+        m = build_manifest(tmp_path / "small", SMALL, progress=False)
+    (line,) = [str(w.message) for w in record if "excluded" in str(w.message)]
+    assert line.startswith("excluded 8 identities (fewer than 10 decodable images): ")
+    assert line.count("only 4 decodable images") == 5 and line.endswith("; and 3 more (the manifest's 'excluded' names each)")
+    assert len(m.excluded) == 8 and len(m.classes) == 2
+
+
 def test_fewer_than_two_identities_is_an_error(tmp_path):
     make_synthetic_faces(tmp_path, n_classes=2, per_class=10, size=16)
     with warnings.catch_warnings():

@@ -361,13 +361,19 @@ def _report_skipped(base: Path, skipped: list[tuple[str, str]]) -> None:
                       f"the manifest's 'skipped' list names every one with its reason", DataWarning, stacklevel=3)
 
 
+MAX_EXCLUDED_LISTED = 5
+
+
 def _report_excluded(excluded: dict[str, str], config: SplitConfig) -> None:
     if not excluded:
         return
-    listing = "; ".join(f"{name!r}: {reason}" for name, reason in excluded.items())
+    shown = list(excluded.items())[:MAX_EXCLUDED_LISTED]  # one line stays readable; the manifest lists them all
+    listing = "; ".join(f"{name!r}: {reason}" for name, reason in shown)
+    if len(excluded) > len(shown):  # a strict split writes no manifest
+        listing += f"; and {len(excluded) - len(shown)} more" + ("" if config.strict else " (the manifest's 'excluded' names each)")
     if config.strict:
         raise DataError(f"{len(excluded)} identit{'y has' if len(excluded) == 1 else 'ies have'} too few "
-                        f"images for per_class={config.per_class}: {listing}",
-                        "lower per_class, add images, or drop strict to exclude them")
+                        f"images for --per-class {config.per_class}: {listing}",
+                        "lower --per-class, add images, or drop --strict to exclude them")
     warnings.warn(f"excluded {len(excluded)} identit{'y' if len(excluded) == 1 else 'ies'} "
                   f"(fewer than {config.per_class} decodable images): {listing}", DataWarning, stacklevel=3)
