@@ -134,8 +134,11 @@ def _load_error(path: Path, exc: Exception, data: bytes = b"") -> ArtifactError:
             f"with torch.load(weights_only=True), which accepts plain tensors and values only",
             "use a checkpoint written by `edgenode train`; never load this file with weights_only=False",
         )
-    # torch saves a zip archive: one that fails to load was cut short or damaged, whatever the reader's words
-    if data.startswith(b"PK\x03\x04") or "zip archive" in text or "miniz" in text:
+    # torch saves a zip archive with one top folder holding data.pkl: another archive (an .npz) is not one of
+    # its files; one of its archives that fails to load was cut short or damaged, whatever the reader's words
+    if "not in a subdirectory" in text or "data.pkl" in text:
+        detail = "a zip archive, but not one that torch.save wrote (an .npz or another archive?)"
+    elif data.startswith(b"PK\x03\x04") or "zip archive" in text or "miniz" in text:
         detail = "its zip archive is incomplete or damaged"
     else:  # the first sentence of the loader's message, whole
         first = text.strip().splitlines()[0].split(". ")[0] if text.strip() else type(exc).__name__

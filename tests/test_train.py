@@ -297,6 +297,9 @@ def test_a_truncated_checkpoint_is_named_as_such(trained_run, tmp_path):
         with pytest.raises(ArtifactError) as caught:
             load_checkpoint(cut)
         assert str(caught.value).startswith(f"{cut}: not a readable edgenode checkpoint (its zip archive is incomplete or damaged)")
+    np.savez(tmp_path / "arrays.npz", x=np.zeros(3))  # a zip too, but no checkpoint
+    with pytest.raises(ArtifactError, match=r"arrays.npz: not a readable edgenode checkpoint \(a zip archive, but not one that torch.save wrote"):
+        load_checkpoint(tmp_path / "arrays.npz")
 
 
 def test_a_foreign_or_newer_pytorch_file_is_named_as_such(tmp_path):
