@@ -123,7 +123,7 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
 _NOT_CHECKPOINTS = ("onnx", "image", "json")  # kinds named in one line before torch.load could misread them
 
 
-def _load_error(path: Path, exc: Exception, data: bytes = b"") -> ArtifactError:
+def _load_error(path: Path, exc: Exception, data: bytes) -> ArtifactError:
     """One line for a file ``torch.load(weights_only=True)`` refused; a pickle that would run code says so."""
     text = str(exc)
     code = re.search(r"GLOBAL ([\w.]+)", text)

@@ -174,15 +174,13 @@ def run_demo(config: DemoConfig = DemoConfig()) -> dict:
         if isinstance(result, Prediction):
             console.print(f"  {Path(result.path).parent.name}/{Path(result.path).name} → {result.label} ({result.confidence:.2f})")
 
-    failing = [result for result in parity.results if not result]
     console.print(
-        f"\n[bold]{'done, but parity FAILED' if failing else 'done.'}[/] test accuracy of the trained model (label-free): "
+        f"\n[bold]{'done, but parity FAILED' if parity.failing else 'done.'}[/] test accuracy of the trained model (label-free): "
         f"{format_accuracy(trained.test['accuracy'], trained.test['accuracy_ci'])}; "
         f"{escape(parity.summary_line())}; everything is in {escape(str(out))}/"
     )
-    if failing:  # as `edgenode parity` does: an artifact that does not hold its accuracy is never a quiet success
-        detail = "; ".join(f"{r.name}: {', '.join(r.failures())}" for r in failing)
-        raise ParityError(f"{len(failing)} of {len(parity.results)} exported artifact(s) fail parity — {detail}",
+    if parity.failing:  # as `edgenode parity` does: an artifact that does not hold its accuracy is never a quiet success
+        raise ParityError(parity.failure_line(),
                           f"see {out / 'parity' / 'parity.md'}; more --epochs widen the margins that quantisation "
                           f"must not cross: rerun with them into a new --out (or delete {out / 'train'} first)")
     return {"train": trained, "export": exported, "parity": parity}

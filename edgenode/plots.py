@@ -38,7 +38,6 @@ def plot_training_curves(history: list[dict[str, Any]], path: str | Path, title:
             ax.set_xticks(epochs)
         else:
             ax.xaxis.get_major_locator().set_params(integer=True)
-    for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
     if title:

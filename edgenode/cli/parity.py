@@ -73,10 +73,8 @@ def command(
             console.print(attribution_table(result))
     console.print(f"wrote {', '.join(p.name for p in report.files)} in {out}", markup=False)
     console.print(report.summary_line(), markup=False)
-    failing = [r for r in report.results if not r]
-    if failing:
-        detail = "; ".join(f"{r.name}: {', '.join(r.failures())}" for r in failing)
-        raise ParityError(f"{len(failing)} of {len(report.results)} artifact(s) fail parity — {detail}", failure_hint(failing, out))
+    if report.failing:
+        raise ParityError(report.failure_line(), failure_hint(report.failing, out))
 
 
 def failure_hint(failing, out: Path) -> str:

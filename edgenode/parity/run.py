@@ -80,6 +80,15 @@ class ParityReport:
     def __bool__(self) -> bool:
         return self.passed
 
+    @property
+    def failing(self) -> list[ParityResult]:
+        return [r for r in self.results if not r]
+
+    def failure_line(self) -> str:
+        """Which artifacts fail and why, in one line: the message of the error `parity` and `demo` end with."""
+        detail = "; ".join(f"{r.name}: {', '.join(r.failures())}" for r in self.failing)
+        return f"{len(self.failing)} of {len(self.results)} artifact(s) fail parity — {detail}"
+
     def summary_line(self) -> str:
         """Polygraphy's one-liner: ``best.pt [dopri5 …] vs. 3 artifacts | Passed: 2/3``."""
         what = self.results[0].name if len(self.results) == 1 else f"{len(self.results)} artifacts"
