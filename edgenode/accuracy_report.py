@@ -138,20 +138,23 @@ def recall_bars(true, pred, classes: Sequence[str], path: str | os.PathLike) -> 
     return save_figure(fig, path)
 
 
-@torch.no_grad()
-def predict(model, images_uint8_nhwc: np.ndarray, mean, std, batch_size: int = 256,
-            device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """(argmax class, softmax probability of that class) per image; only pixels enter the model."""
+def predict(predictor, images_uint8_nhwc: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(argmax class, softmax probability of that class) per image; only pixels enter the artifact."""
     from edgenode.data import normalize
+    from edgenode.runtime.predictor import softmax
 
-    model = model.to(device).eval()
+    from edgenode.console import progress_bar
+
+    spec = predictor.metadata.input
     preds, probs = [], []
-    for start in range(0, len(images_uint8_nhwc), batch_size):
-        x = normalize(images_uint8_nhwc[start:start + batch_size], mean, std).to(device)
-        p, c = model(x).float().softmax(1).max(1)
-        preds.append(c.cpu())
-        probs.append(p.cpu())
-    return torch.cat(preds).numpy(), torch.cat(probs).numpy()
+    with progress_bar(f"scoring {predictor.metadata.path.name}", len(images_uint8_nhwc)) as advance:
+        for start in range(0, len(images_uint8_nhwc), batch_size):
+            x = normalize(images_uint8_nhwc[start:start + batch_size], spec.mean, spec.std).numpy()
+            p = softmax(predictor.predict_logits(x))
+            preds.append(p.argmax(1))
+            probs.append(p.max(1))
+            advance(len(x))
+    return np.concatenate(preds), np.concatenate(probs)
 
 
 def _subset_accuracy(correct: np.ndarray) -> dict:
@@ -159,38 +162,51 @@ def _subset_accuracy(correct: np.ndarray) -> dict:
     return {"accuracy": k / n if n else 0.0, "accuracy_ci": list(wilson_interval(k, n)), "n": n}
 
 
-def accuracy_report(checkpoint_path: str | os.PathLike, data_root: str | os.PathLike, manifest_path: str | os.PathLike,
-                    out_dir: str | os.PathLike, *, split: str = "test", exclude_files: Iterable[str] | None = None,
-                    batch_size: int = 256, device: str = "cpu", mirror_average: bool = False) -> dict:
-    """Evaluate a checkpoint on one split of its own manifest and write report.json plus three PNGs.
+def accuracy_report(artifact_path: str | os.PathLike, data_root: str | os.PathLike,
+                    manifest_path: str | os.PathLike | None, out_dir: str | os.PathLike, *, split: str = "test",
+                    exclude_files: Iterable[str] | None = None, near_duplicates: str | os.PathLike | None = None,
+                    batch_size: int = 256, provider: str = "auto", mirror_average: bool = False) -> dict:
+    """Evaluate a checkpoint, ONNX file or TensorRT engine on one split of its manifest; write report.json and three PNGs.
 
-    The manifest must be the one the checkpoint was trained on (same sha256): another split could put
-    training images into the test set and report memorisation as accuracy. ``exclude_files`` (paths relative
-    to the images root, e.g. test images with a near-duplicate in train) gives a second accuracy without them.
-    ``mirror_average`` classifies each picture with its mirror image, as ``export --mirror-average`` deploys it.
+    The manifest (default: ``manifest.json`` beside the artifact) must be the one the model was trained on
+    (same sha256): another split could put training images into the test set and report memorisation as
+    accuracy. An export is scored as deployed, through the runtime ``edgenode infer`` uses (``provider``:
+    auto | tensorrt | cuda | cpu; for a checkpoint, the torch device), so the report of an INT8 file is the
+    INT8 file's. ``exclude_files`` (paths relative to the images root) and ``near_duplicates`` (the pairs'
+    tsv: the split's images with a near-duplicate in train) give a second accuracy without those images.
+    ``mirror_average`` makes a checkpoint classify each picture with its mirror image, as
+    ``export --mirror-average`` deploys it; an export has that choice baked in and is scored as it is.
     """
     from edgenode.align import check_data_alignment
     from edgenode.artifacts import write_json
-    from edgenode.checkpoint import load_checkpoint
     from edgenode.console import console
-    from edgenode.data import Manifest, load_split_arrays
-    from edgenode.errors import ArtifactError, UsageError
-    from edgenode.train import resolve_device
+    from edgenode.data import load_split_arrays
+    from edgenode.errors import UsageError
+    from edgenode.parity.run import load_manifest_for
+    from edgenode.runtime import load_predictor
+    from rich.markup import escape
 
-    ckpt = load_checkpoint(checkpoint_path)
-    manifest = Manifest.load(manifest_path)
-    if manifest.sha256 != ckpt.manifest_sha256:
-        raise ArtifactError(
-            f"{manifest_path}: split manifest {manifest.sha256[:12]}… is not the one {Path(checkpoint_path).name} was "
-            f"trained on ({ckpt.manifest_sha256[:12]}…)", "pass the manifest.json from the checkpoint's run folder")
-    check_data_alignment(ckpt.input_spec, data_root)
-    images, labels = load_split_arrays(manifest, data_root, split)
-    if len(labels) == 0:
-        raise UsageError(f"the {split} split of {manifest_path} is empty", "choose a split with images")
-    classes = list(ckpt.classes)
-    model = ckpt.build_model().with_mirror_average(mirror_average)
-    pred, prob = predict(model, images, ckpt.input_spec.mean, ckpt.input_spec.std, batch_size,
-                         resolve_device(device))
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    if split not in ("train", "val", "test"):
+        raise UsageError(f"--split {split!r} is not known", "choose one of train, val, test")
+    if near_duplicates is not None and split == "train":
+        raise UsageError("--near-duplicates compares the split with train", "use it with --split val or test")
+    with load_predictor(artifact_path, provider=provider, mirror_average=True if mirror_average else None) as predictor:
+        info = predictor.metadata
+        manifest_path, manifest = load_manifest_for(info, manifest_path)
+        check_data_alignment(info.input, data_root)
+        if near_duplicates is not None:
+            from edgenode.data.near_duplicates import leaky_files, read_near_duplicates
+
+            leaky = leaky_files(manifest, read_near_duplicates(near_duplicates), split=split)
+            exclude_files = set(exclude_files or ()) | set(leaky)
+        images, labels = load_split_arrays(manifest, data_root, split)
+        if len(labels) == 0:
+            raise UsageError(f"the {split} split of {manifest_path} is empty", "choose a split with images")
+        pred, prob = predict(predictor, images, batch_size)
+        runtime = predictor.runner.describe()
+    classes = list(info.classes)
     metrics = ClassificationMetrics.from_predictions(torch.from_numpy(pred), torch.from_numpy(labels), len(classes))
     recall, n_class = per_class_recall(labels, pred, len(classes))
 
@@ -209,9 +225,11 @@ def accuracy_report(checkpoint_path: str | os.PathLike, data_root: str | os.Path
         worst_rows.append({"class": classes[c], "index": c, "n": int(n_class[c]), "recall": float(recall[c]),
                            "most_confused_with": classes[top] if errs[top] else None})
     report = {
-        "checkpoint": str(checkpoint_path), "checkpoint_sha256": ckpt.sha256,
+        "artifact": info.to_dict(), "runtime": runtime,
+        "checkpoint": str(artifact_path) if info.kind == "checkpoint" else None,
+        "checkpoint_sha256": info.source_checkpoint_sha256,
         "manifest": str(manifest_path), "manifest_sha256": manifest.sha256, "split": split,
-        "evaluation": "label-free argmax of the logits", "mirror_average": mirror_average,
+        "evaluation": "label-free argmax of the logits", "mirror_average": info.mirror_average,
         "n": metrics.n, "accuracy": metrics.accuracy, "accuracy_ci": list(metrics.accuracy_ci),
         "macro_f1": metrics.macro_f1, "macro_precision": metrics.macro_precision, "macro_recall": metrics.macro_recall,
         "per_class_recall": {classes[c]: (None if np.isnan(recall[c]) else float(recall[c])) for c in range(len(classes))},
@@ -230,6 +248,7 @@ def accuracy_report(checkpoint_path: str | os.PathLike, data_root: str | os.Path
                                      "n_listed_not_in_split": len(excluded - set(manifest.files(split)))}
     write_json(out / "report.json", report)
 
+    console.print(f"{escape(info.describe())} on {escape(runtime)}")
     console.print(f"[bold]{split}[/] accuracy {format_accuracy(metrics.accuracy, metrics.accuracy_ci)} "
                   f"(n={metrics.n}, macro F1 {metrics.macro_f1:.3f})")
     if report["excluding_files"] is not None:

@@ -13,6 +13,7 @@ from edgenode.checkpoint import load_checkpoint
 from edgenode.data import load_split
 from edgenode.errors import ArtifactError
 from edgenode.metrics import wilson_interval
+from helpers import one_line
 
 PNG = b"\x89PNG\r\n\x1a\n"
 CLASSES = [f"Person {i}" for i in range(6)]
@@ -143,3 +144,65 @@ def test_accuracy_report_refuses_other_manifest(trained_run, synthetic_root, syn
     message = str(info.value)
     assert other.sha256[:12] in message and synthetic_manifest.sha256[:12] in message and "\n" not in message
     assert not (tmp_path / "out").exists()
+
+
+def _onnx_argmax(path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {session.get_inputs()[0].name: x})[0].astype(np.float64)
+    prob = np.exp(logits - logits.max(1, keepdims=True))
+    prob /= prob.sum(1, keepdims=True)
+    return prob.argmax(1), prob.max(1)
+
+
+def test_evaluate_scores_an_export_as_deployed(trained_run, shared_exports, synthetic_root, synthetic_manifest, tmp_path):
+    """`edgenode evaluate` of the INT8 file is that file's own argmax (ONNX Runtime by hand), and the near-duplicate
+    option scores the split without the test picture paired with a train picture of its identity."""
+    from typer.testing import CliRunner
+
+    from edgenode.cli.app import app
+    from edgenode.data.near_duplicates import NearDuplicate, write_near_duplicates
+
+    x, y = load_split(synthetic_manifest, synthetic_root, "test")
+    pred, top_probability = _onnx_argmax(shared_exports["int8"], x.numpy())
+    files = synthetic_manifest.files("test")
+    leaked = next(i for i, f in enumerate(files) if pred[i] != y[i])  # an error, so the subset's accuracy differs
+    same_person = next(f for f, c in zip(synthetic_manifest.files("train"), synthetic_manifest.labels("train"))
+                       if c == y[leaked])
+    write_near_duplicates(tmp_path / "pairs.tsv", [NearDuplicate(same_person, files[leaked], 1)])
+    out = tmp_path / "int8-report"
+    result = CliRunner().invoke(app, ["evaluate", str(shared_exports["int8"]), str(synthetic_root), "--manifest",
+                                      str(trained_run.run_dir / "manifest.json"), "--near-duplicates",
+                                      str(tmp_path / "pairs.tsv"), "--out", str(out), "--json", "--batch-size", "5"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report == json.loads((out / "report.json").read_text())
+    assert report["artifact"]["precision"] == "int8" and report["artifact"]["int8_target"] == "ort"
+    assert report["runtime"].startswith("onnxruntime") and report["checkpoint"] is None
+    assert report["checkpoint_sha256"] == load_checkpoint(trained_run.best_checkpoint).sha256
+    correct = pred == y.numpy()
+    assert report["accuracy"] == pytest.approx(correct.mean()) and report["n"] == len(y)
+    names = synthetic_manifest.classes
+    assert [m["predicted"] for m in report["misclassified"]] == [names[p] for p in pred[~correct]]
+    np.testing.assert_allclose([m["probability"] for m in report["misclassified"]], top_probability[~correct], atol=1e-5)
+    keep = np.arange(len(files)) != leaked
+    assert report["excluding_files"]["n_excluded"] == 1
+    assert report["excluding_files"]["accuracy"] == pytest.approx(correct[keep].mean()) != report["accuracy"]
+    assert "accuracy" in result.stderr and "model-rk4x4-int8-ort.onnx" in result.stderr
+
+
+def test_evaluate_default_folder_and_an_export_without_its_manifest(trained_run, shared_exports, synthetic_root):
+    from edgenode.cli.evaluate import default_out
+    from edgenode.errors import ArtifactPathError, UsageError
+
+    assert default_out(trained_run.best_checkpoint) == trained_run.run_dir / "accuracy-report"
+    assert default_out(shared_exports["fp32"]) == shared_exports["fp32"].parent / "accuracy-report-model-rk4x4-fp32"
+    with pytest.raises(ArtifactPathError) as exc:  # the export folder holds no manifest.json
+        accuracy_report(shared_exports["fp32"], synthetic_root, None, shared_exports["fp32"].parent / "never")
+    one_line(exc, "manifest.json: split manifest not found", "--manifest")
+    with pytest.raises(UsageError) as exc:  # one view is baked into this file
+        accuracy_report(shared_exports["fp32"], synthetic_root, trained_run.run_dir / "manifest.json",
+                        shared_exports["fp32"].parent / "never", mirror_average=True)
+    one_line(exc, "classifies each picture alone", "re-export the checkpoint with --mirror-average")
+    assert not (shared_exports["fp32"].parent / "never").exists()

@@ -965,6 +965,15 @@ BAD_ARGUMENTS = [
     ("split {data} --image-size 0", "--image-size 0 is not a positive integer"),
     ("export {ckpt} --out {new} --opset 21", "--opset 21 is not supported"),
     ("parity {onnx} --reference {ckpt} --data {data} --int8-max-drop -1", "--int8-max-drop must be >= 0 percentage points"),
+    ("evaluate {nope} {data}", "ARTIFACT {nope}: file not found"),
+    ("evaluate {ckpt} {file}", "DATA {file}: is a file, not a folder"),
+    ("evaluate {ckpt} {data} --split nope", "--split 'nope' is not known (choose one of train, val, test)"),
+    ("evaluate {ckpt} {data} --batch-size 0", "--batch-size must be at least 1, got 0"),
+    ("evaluate {ckpt} {data} --out {file}/r", "--out {file}/r: {file} is a file, not a folder"),
+    ("evaluate {ckpt} {data} --manifest {folder}", "--manifest {folder}: is a folder, not a file"),
+    ("evaluate {ckpt} {data} --split train --near-duplicates {file}", "--near-duplicates compares the split with train"),
+    ("evaluate {onnx} {data} --mirror-average", "classifies each picture alone; that is baked into it"),
+    ("evaluate {ckpt} {data} --exclude {ckpt}", "--exclude {ckpt}: not a text file"),
 ]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from edgenode.cli import align, bench, demo, export, infer, parity, split, teacher, teacher_views, train, verify
+from edgenode.cli import align, bench, demo, evaluate, export, infer, parity, split, teacher, teacher_views, train, verify
 
 app = typer.Typer(
     name="edgenode",
@@ -21,6 +21,7 @@ for name, module in [
     ("export", export),
     ("infer", infer),
     ("parity", parity),
+    ("evaluate", evaluate),
     ("verify", verify),
     ("bench", bench),
     ("teacher", teacher),
