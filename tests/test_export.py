@@ -145,7 +145,7 @@ def test_int8_files_hold_the_qdq_each_target_needs(exported):
     assert exported.metadata["int8-trt"].int8_target == "tensorrt"
 
 
-def test_metadata_round_trips_through_props_and_sidecar(exported):
+def test_metadata_round_trips_through_props_and_sidecar(exported, tmp_path):
     for key, path in exported.artifacts.items():
         props = ox.read_metadata(path)
         from_props = ArtifactMetadata.from_onnx_props(props, str(path))
@@ -158,7 +158,7 @@ def test_metadata_round_trips_through_props_and_sidecar(exported):
         assert from_props.extra["golden"] == path.name + ".golden.npz"
         assert isinstance(from_props.extra["ode_valid"], bool)
     path = exported.artifacts["fp32"]
-    tampered = path.with_name("tampered.onnx")
+    tampered = tmp_path / "tampered.onnx"  # not beside the export: the module's tests share its folder
     tampered.write_bytes(path.read_bytes() + b"\0")
     sidecar_path(tampered).write_text(sidecar_path(path).read_text())
     with pytest.raises(ArtifactError, match="sha256"):
@@ -315,7 +315,7 @@ def test_build_plan_uses_strong_typing_and_flags_only_as_fallback():
     assert trt_mod.plan_build("10.3.0", True, "fp16").strongly_typed
     old = trt_mod.plan_build("8.6.1", False, "fp16")
     assert not old.strongly_typed and old.builder_flags == ("FP16",) and old.explicit_batch_flag
-    assert "INT8" in trt_mod.plan_build("8.6.1", False, "int8").builder_flags
+    assert trt_mod.plan_build("8.6.1", False, "int8").builder_flags == ("INT8",)  # no FP16: float layers stay float
 
 
 def test_engine_config_is_validated():
@@ -350,6 +350,9 @@ class _FakeTensorRT(types.ModuleType):
                 return True
 
         class Cache:
+            def __init__(self, data=b""):
+                self.data = data
+
             def serialize(self):
                 return b"timing"
 
@@ -368,13 +371,14 @@ class _FakeTensorRT(types.ModuleType):
                 pass
 
             def create_timing_cache(self, data):
-                return Cache()
+                return Cache(data)
 
             def set_timing_cache(self, cache, ignore_mismatch):
-                pass
+                fake.calls.append(("timing_cache", cache.data))
+                return cache.data != b"another GPU's"  # TensorRT refuses a cache of another device
 
             def get_timing_cache(self):
-                return Cache()
+                return fake.timing_cache
 
         class Builder:
             def __init__(self, logger):
@@ -391,7 +395,7 @@ class _FakeTensorRT(types.ModuleType):
                 return Profile()
 
             def build_serialized_network(self, network, config):
-                return b"PLAN"
+                return b"\x00\x01PLAN"  # binary, as a real plan: text would be taken for a text file
 
         class Logger:
             WARNING = 2
@@ -399,6 +403,7 @@ class _FakeTensorRT(types.ModuleType):
             def __init__(self, level):
                 pass
 
+        self.timing_cache = Cache()
         self.NetworkDefinitionCreationFlag = Flag
         self.OnnxParser, self.Builder, self.Logger = Parser, Builder, Logger
         self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
@@ -411,7 +416,7 @@ def test_build_engine_writes_a_plain_engine_and_a_sidecar(exported, tmp_path, mo
     onnx_path = tmp_path / exported.artifacts["int8-trt"].name
     onnx_path.write_bytes(exported.artifacts["int8-trt"].read_bytes())
     engine, meta = trt_mod.build_engine(onnx_path, exported.metadata["int8-trt"], EngineConfig(opt_batch=4, max_batch=8))
-    assert engine.name == onnx_path.stem + ".engine" and engine.read_bytes() == b"PLAN", "no metadata glued on"
+    assert engine.name == onnx_path.stem + ".engine" and engine.read_bytes() == b"\x00\x01PLAN", "no metadata glued on"
     assert ("network_flags", 1 << 1) in fake.calls and not [c for c in fake.calls if c[0] == "flag"]
     assert ("profile", "images", (1, 3, 64, 64), (4, 3, 64, 64), (8, 3, 64, 64)) in fake.calls
     assert (tmp_path / "tensorrt-timing.cache").read_bytes() == b"timing"
@@ -420,3 +425,76 @@ def test_build_engine_writes_a_plain_engine_and_a_sidecar(exported, tmp_path, mo
     assert meta.kind == "engine" and meta.precision == "int8" and meta.int8_target == "tensorrt"
     assert meta.extra["tensorrt_version"] == "10.3.0" and "compute_capability" in meta.extra
     assert meta.extra["built_from_sha256"] == sha256_file(onnx_path)
+
+
+def test_a_foreign_timing_cache_is_replaced_and_never_costs_the_sidecar(exported, tmp_path, monkeypatch):
+    """An export folder copied to a Jetson brings the x86 GPU's timing cache: TensorRT refuses it, the build starts
+    from an empty one, and the engine still gets its sidecar (written before the cache, which may be absent)."""
+    fake = _FakeTensorRT()
+    fake.timing_cache = None  # get_timing_cache() returns None when no cache is set
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    onnx_path = tmp_path / exported.artifacts["fp32"].name
+    onnx_path.write_bytes(exported.artifacts["fp32"].read_bytes())
+    (tmp_path / "tensorrt-timing.cache").write_bytes(b"another GPU's")
+    engine, meta = trt_mod.build_engine(onnx_path, exported.metadata["fp32"])
+    assert [c for c in fake.calls if c[0] == "timing_cache"] == [("timing_cache", b"another GPU's"), ("timing_cache", b"")]
+    assert ArtifactMetadata.from_dict(read_sidecar(engine)) == meta
+    assert (tmp_path / "tensorrt-timing.cache").read_bytes() == b"another GPU's"  # nothing to replace it with
+
+
+def test_engine_command_builds_from_copied_onnx_files_and_verify_checks_them(exported, tmp_path, monkeypatch):
+    """On a Jetson: ONNX files exported elsewhere are built into engines there (`edgenode engine FOLDER`), skipping
+    ONNX Runtime's INT8 file; `verify` then replays each engine against its source ONNX file's golden file, and
+    refuses that golden file once the ONNX file is no longer the one the engine was built from."""
+    import shutil
+
+    from edgenode.export.golden import golden_path
+    from edgenode.runtime.verify import verify_folder
+
+    folder = tmp_path / "on-device"
+    folder.mkdir()
+    for key in ("fp32", "fp16", "int8-trt", "int8-ort"):  # what was copied to the device: files, sidecars, golden files
+        onnx_file = exported.artifacts[key]
+        for path in (onnx_file, sidecar_path(onnx_file), golden_path(onnx_file)):
+            shutil.copy(path, folder / path.name)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    result = CliRunner().invoke(app, ["engine", str(folder)])
+    assert result.exit_code == 1 and "needs TensorRT" in result.stderr and "JetPack" in result.stderr
+    assert not list(folder.glob("*.engine"))
+
+    fake = _FakeTensorRT()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    result = CliRunner().invoke(app, ["engine", str(folder), "--engine-max-batch", "16"])
+    assert result.exit_code == 0, result.output
+    engines = sorted(p.name for p in folder.glob("*.engine"))
+    names = {key: exported.artifacts[key].name for key in ("fp32", "fp16", "int8-trt", "int8-ort")}
+    assert engines == sorted(Path(names[k]).stem + ".engine" for k in ("fp32", "fp16", "int8-trt"))
+    assert sorted(c[1] for c in fake.calls if c[0] == "parse") == sorted(names[k] for k in ("fp32", "fp16", "int8-trt"))
+    int8 = folder / (Path(names["int8-trt"]).stem + ".engine")
+    meta = ArtifactMetadata.from_dict(read_sidecar(int8))
+    source = exported.metadata["int8-trt"]
+    assert meta.kind == "engine" and (meta.classes, meta.input, meta.precision, meta.int8_target, meta.model) == (
+        source.classes, source.input, "int8", "tensorrt", source.model)
+    assert meta.extra["built_from_sha256"] == sha256_file(folder / names["int8-trt"])
+    assert meta.extra["optimization_profile"]["max"][0] == 16
+
+    opaque = tmp_path / "other.engine"
+    opaque.write_bytes(b"\x00\x01opaque-plan" * 100)
+    for bad, fragment in ((folder / names["int8-ort"], "TensorRT cannot build"), (opaque, "is a TensorRT engine, not an ONNX file")):
+        result = CliRunner().invoke(app, ["engine", str(bad)])
+        assert result.exit_code == 2 and fragment in result.stderr and "\n" not in result.stderr.strip(), result.stderr
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    report = verify_folder(folder)
+    by_name = {c.artifact: c for c in report.checks}
+    assert by_name[int8.name].status == "skipped" and "TensorRT" in by_name[int8.name].reason, by_name[int8.name]  # no GPU here
+    assert not golden_path(int8).exists() and int8.name not in report.without_golden
+    on_cpu = {c.artifact: c for c in verify_folder(folder, provider="cpu").checks}
+    assert on_cpu[int8.name].status == "skipped" and on_cpu[names["int8-trt"]].status == "passed"
+
+    data = bytearray((folder / names["int8-trt"]).read_bytes())
+    data[-1] ^= 1  # the ONNX file changed after the engine was built
+    (folder / names["int8-trt"]).write_bytes(bytes(data))
+    by_name = {c.artifact: c for c in verify_folder(folder).checks}
+    assert by_name[int8.name].status == "failed" and f"built from another {names['int8-trt']}" in by_name[int8.name].reason
+    assert f"edgenode engine {folder / names['int8-trt']}" in by_name[int8.name].reason

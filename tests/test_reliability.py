@@ -965,6 +965,9 @@ BAD_ARGUMENTS = [
     ("split {data} --image-size 0", "--image-size 0 is not a positive integer"),
     ("export {ckpt} --out {new} --opset 21", "--opset 21 is not supported"),
     ("parity {onnx} --reference {ckpt} --data {data} --int8-max-drop -1", "--int8-max-drop must be >= 0 percentage points"),
+    ("engine {nope}", "ONNX {nope}: path not found"),
+    ("engine {folder} --engine-opt-batch 0", "--engine-opt-batch 0 must be a positive whole number"),
+    ("engine {folder} --engine-opt-batch 8 --engine-max-batch 4", "--engine-max-batch 4 is below --engine-opt-batch 8"),
     ("evaluate {nope} {data}", "ARTIFACT {nope}: file not found"),
     ("evaluate {ckpt} {file}", "DATA {file}: is a file, not a folder"),
     ("evaluate {ckpt} {data} --split nope", "--split 'nope' is not known (choose one of train, val, test)"),
@@ -1034,6 +1037,18 @@ def test_the_script_says_parser_errors_in_one_line(args, line):
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and result.stderr.startswith(line), result.stderr
     assert "Traceback" not in result.stderr and "Usage:" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [["infer", "{onnx}", "{image}"], ["export", "{ckpt}", "--out", "{new}", "--steps", "1",
+                                                                   "--no-check-ode", "--precision", "fp32"]])
+def test_without_onnxruntime_a_command_says_how_to_install_it(argument_paths, monkeypatch, args):
+    """ONNX Runtime is an extra (its CPU and GPU builds cannot be installed together): its absence is one line."""
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now fails as if not installed
+    try:
+        result = invoke(*[a.format(**argument_paths) for a in args])
+        assert_one_line_error(result, 1, "ONNX Runtime is not installed (pip install 'edgenode[cpu]', or 'edgenode[gpu]'")
+    finally:
+        shutil.rmtree(argument_paths["new"], ignore_errors=True)
 
 
 def test_split_and_teacher_replace_only_a_file_of_their_own_kind(synthetic_root, tmp_path):

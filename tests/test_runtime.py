@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import sys
@@ -22,6 +23,7 @@ from edgenode.ode.solvers import SolverConfig
 from edgenode.runtime import ProviderUnavailableError, detect_kind, load_predictor, select_providers
 from edgenode.runtime.providers import install_hint
 from edgenode.runtime.tensorrt_runner import engine_mismatches, import_tensorrt
+from helpers import one_line
 
 # --- artifacts for the tests --------------------------------------------------------------------------------
 
@@ -263,6 +265,9 @@ def test_auto_provider_prefers_tensorrt_then_cuda_then_cpu(available, expected):
 def test_explicit_provider_is_exact_or_a_clear_error():
     assert select_providers("cuda", [TRT, CUDA, CPU]) == [CUDA, CPU]
     assert select_providers("cpu", [TRT, CUDA, CPU]) == [CPU]
+    # TensorRT first, with CUDA under it for the nodes TensorRT rejects (ONNX Runtime's advice), then the CPU
+    assert select_providers("tensorrt", [TRT, CUDA, CPU]) == [TRT, CUDA, CPU]
+    assert select_providers("tensorrt", [TRT, CPU]) == [TRT, CPU]
     with pytest.raises(ProviderUnavailableError, match=r"'cuda'.*not available.*available: cpu") as info:
         select_providers("cuda", ["AzureExecutionProvider", CPU], machine="x86_64")
     assert "edgenode[gpu]" in str(info.value) and "\n" not in str(info.value)
@@ -271,6 +276,52 @@ def test_explicit_provider_is_exact_or_a_clear_error():
     with pytest.raises(UsageError, match="unknown provider 'gpu'"):
         select_providers("gpu", [CPU])
     assert "pypi" in install_hint("cuda", "aarch64").lower() or "jetson" in install_hint("cuda", "aarch64").lower()
+
+
+def test_tensorrt_gets_its_caches_and_the_files_precision_flag(exports, tmp_path, monkeypatch):
+    from edgenode.runtime.artifact import onnx_info
+    from edgenode.runtime.predictor import ort_providers
+
+    monkeypatch.setenv("EDGENODE_CACHE", str(tmp_path / "cache"))
+    cache = str(tmp_path / "cache" / "onnxruntime-tensorrt")
+    caches = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": cache,
+              "trt_timing_cache_enable": "True", "trt_timing_cache_path": cache}
+    fp16 = onnx_info(exports["fp16"])
+    assert ort_providers(fp16, "auto", [TRT, CUDA, CPU], device="cuda:1") == [
+        (TRT, {"device_id": "1", **caches, "trt_fp16_enable": "True"}), (CUDA, {"device_id": "1"}), CPU]
+    assert (tmp_path / "cache" / "onnxruntime-tensorrt").is_dir()
+    assert ort_providers(fp16, "cuda", [TRT, CUDA, CPU]) == [CUDA, CPU]  # no options to give
+    trt_int8 = dataclasses.replace(onnx_info(exports["int8"]), int8_target="tensorrt")
+    assert ort_providers(trt_int8, "tensorrt", [TRT, CPU]) == [(TRT, {**caches, "trt_int8_enable": "True"}), CPU]
+
+
+def test_onnx_runtimes_int8_file_never_goes_to_tensorrt(exports):
+    """uint8 activations with zero points: TensorRT takes symmetric signed Q/DQ only."""
+    from edgenode.runtime.artifact import onnx_info
+    from edgenode.runtime.predictor import ort_providers
+
+    ort_int8 = onnx_info(exports["int8"])
+    assert ort_int8.int8_target == "ort"
+    assert ort_providers(ort_int8, "auto", [TRT, CUDA, CPU]) == [CUDA, CPU]
+    with pytest.raises(UsageError) as exc:
+        ort_providers(ort_int8, "tensorrt", [TRT, CUDA, CPU])
+    one_line(exc, str(exports["int8"]), "TensorRT cannot run", "--int8-target tensorrt", "--provider cuda|cpu")
+
+
+def test_onnx_runtimes_fallback_banner_stays_off_stdout(exports, monkeypatch, capsys):
+    """A GPU provider that fails to start makes onnxruntime print() a banner; `infer --json` owns stdout."""
+    import onnxruntime
+
+    real = onnxruntime.InferenceSession
+
+    def noisy(*args, **kwargs):
+        print("EP Error: TensorRT failed. Falling back to ['CPUExecutionProvider'] and retrying.")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", noisy)
+    load_predictor(exports["fp32"], provider="cpu").close()
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Falling back" in captured.err
 
 
 def test_unavailable_provider_through_load_predictor(exports):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from edgenode.cli import align, bench, demo, evaluate, export, infer, parity, split, teacher, teacher_views, train, verify
+from edgenode.cli import align, bench, demo, engine, evaluate, export, infer, parity, split, teacher, teacher_views, train, verify
 
 app = typer.Typer(
     name="edgenode",
@@ -19,6 +19,7 @@ for name, module in [
     ("split", split),
     ("train", train),
     ("export", export),
+    ("engine", engine),
     ("infer", infer),
     ("parity", parity),
     ("evaluate", evaluate),

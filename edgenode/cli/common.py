@@ -46,11 +46,17 @@ def _one_line_warnings() -> Iterator[None]:
         yield
 
 
+ONNXRUNTIME_MISSING = ("ONNX Runtime is not installed (pip install 'edgenode[cpu]', or 'edgenode[gpu]' on an x86_64 "
+                       "NVIDIA machine; on a Jetson NVIDIA's onnxruntime-gpu wheel)")
+
+
 def user_errors(command: Callable) -> Callable:
     """Run ``command``; an :class:`EdgenodeError` becomes ``error: …`` on stderr and its exit code, no traceback.
 
-    A file-system error (disk full, permission denied) is the user's to fix too: one line naming the path,
-    exit 1; a file where a folder is needed is a path of the wrong kind, exit 2 (:func:`os_error_line`).
+    ONNX Runtime is an extra (its CPU and GPU builds cannot be installed together), so its absence is a
+    one-line install hint, exit 1. A file-system error (disk full, permission denied) is the user's to fix
+    too: one line naming the path, exit 1; a file where a folder is needed is a path of the wrong kind,
+    exit 2 (:func:`os_error_line`).
     """
 
     @functools.wraps(command)
@@ -61,6 +67,11 @@ def user_errors(command: Callable) -> Callable:
         except EdgenodeError as exc:
             console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
             raise typer.Exit(code=exc.exit_code) from None
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] != "onnxruntime":
+                raise  # any other missing module is a broken install or a bug: keep the traceback
+            console.print(f"[bold red]error:[/] {escape(ONNXRUNTIME_MISSING)}", soft_wrap=True)
+            raise typer.Exit(code=1) from None
         except OSError as exc:
             if exc.filename is None:
                 raise  # not about a path the user gave: a bug, keep the traceback

@@ -2,9 +2,10 @@
 
 Precision lives in the ONNX file, not in builder flags: FP16 files carry half types, INT8 files explicit Q/DQ.
 TensorRT 11 removed the FP16/INT8 builder flags and the INT8 calibrators; networks are always strongly typed
-there. TensorRT 9–10 (JetPack 6 ships 10.3) build them strongly typed with
+there. TensorRT 9–10 (JetPack 6.1 and 6.2 ship 10.3) build them strongly typed with
 ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``, so the engine's precision is exactly the file's. Only a
-TensorRT without strong typing (8.x) falls back to weak typing plus the ``FP16``/``INT8`` builder flags.
+TensorRT without strong typing (8.x: JetPack 5, and 6.0's 8.6) falls back to weak typing plus the ``FP16`` or
+``INT8`` builder flag, which lets TensorRT choose a lower precision per layer where the file does not fix it.
 :func:`plan_build` makes that choice as a pure function, testable without TensorRT.
 
 An engine is specific to the TensorRT version and the GPU (compute capability) that built it. Both are
@@ -95,7 +96,9 @@ def plan_build(version: str, has_strongly_typed: bool, precision: str) -> BuildP
         return BuildPlan(strongly_typed=True, explicit_batch_flag=False, builder_flags=())
     if has_strongly_typed:
         return BuildPlan(strongly_typed=True, explicit_batch_flag=False, builder_flags=())
-    flags = {"fp32": (), "fp16": ("FP16",), "int8": ("INT8", "FP16")}[precision]
+    # INT8 alone for a Q/DQ file: with FP16 too, TensorRT may run the layers the file keeps in float (the norms,
+    # the RK4 sums) in half precision, which the ONNX Runtime file that parity measured does not.
+    flags = {"fp32": (), "fp16": ("FP16",), "int8": ("INT8",)}[precision]
     return BuildPlan(strongly_typed=False, explicit_batch_flag=major < 10, builder_flags=flags)
 
 
@@ -163,7 +166,9 @@ def build_engine(onnx_path: str | os.PathLike, source: ArtifactMetadata, config:
     profile.set_shape(INPUT_NAME, shapes["min"], shapes["opt"], shapes["max"])
     builder_config.add_optimization_profile(profile)
     cache = builder_config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file() else b"")
-    builder_config.set_timing_cache(cache, False)
+    if not builder_config.set_timing_cache(cache, False):
+        # a cache from another GPU or TensorRT (an export folder copied to a Jetson) is refused: start afresh
+        builder_config.set_timing_cache(builder_config.create_timing_cache(b""), False)
 
     serialized = builder.build_serialized_network(network, builder_config)
     if serialized is None:
@@ -171,7 +176,47 @@ def build_engine(onnx_path: str | os.PathLike, source: ArtifactMetadata, config:
                             "lower --engine-max-batch or raise --engine-workspace-mib")
     with atomic_path(engine_path) as tmp, open(tmp, "wb") as handle:
         handle.write(memoryview(serialized))
-    atomic_write_bytes(timing_path, bytes(memoryview(builder_config.get_timing_cache().serialize())))
     meta = engine_metadata(source, onnx_path.name, sha256_file(onnx_path), trt.__version__, gpu_description(), plan, shapes)
-    write_sidecar(engine_path, meta.to_dict())
+    write_sidecar(engine_path, meta.to_dict())  # before the cache: an engine without its sidecar is refused
+    timing = builder_config.get_timing_cache()
+    if timing is not None:  # only a speed-up for the next build
+        atomic_write_bytes(timing_path, bytes(memoryview(timing.serialize())))
     return engine_path, meta
+
+
+def engines_from_onnx(paths, config: EngineConfig = EngineConfig()) -> list[tuple[Path, ArtifactMetadata]]:
+    """Build an engine beside each exported ONNX file in ``paths`` (files, or export folders), on this device.
+
+    This is the step a Jetson runs: engines are tied to the TensorRT and the GPU that build them, so the ONNX
+    files (the artifacts of record) are exported elsewhere, copied, and built here. Each file is verified
+    against its sidecar first, and its metadata travels into the engine's. ONNX Runtime's INT8 file (uint8
+    activations) is skipped in a folder and refused by name: TensorRT takes symmetric signed Q/DQ only.
+    """
+    from edgenode.export.metadata import ArtifactMetadata
+    from edgenode.runtime.artifact import detect_kind, expand_artifacts, onnx_info, onnx_metadata_props
+
+    import_tensorrt()  # before any work: without TensorRT there is nothing to build
+    chosen: list[Path] = []
+    for path, from_folder in expand_artifacts(paths):
+        kind = detect_kind(path)
+        if kind != "onnx":
+            if from_folder:
+                continue
+            raise UsageError(f"{path}: is {'a TensorRT engine' if kind == 'engine' else kind}, not an ONNX file",
+                             "pass the .onnx files `edgenode export` wrote, or their folder")
+        data = path.read_bytes()
+        info = onnx_info(path, data)  # the sidecar's sha256 and metadata are checked here
+        if info.int8_target == "ort":
+            if from_folder:
+                continue
+            raise UsageError(f"{path}: this INT8 file is ONNX Runtime's (uint8 activations), which TensorRT cannot build",
+                             "pass the int8-trt file (`edgenode export --int8-target tensorrt`)")
+        chosen.append(path)
+    if not chosen:
+        raise UsageError(f"no ONNX file for TensorRT in {', '.join(map(str, paths))}",
+                         "pass the folder `edgenode export` wrote, with its fp32, fp16 or int8-trt files")
+    built = []
+    for path in chosen:
+        source = ArtifactMetadata.from_onnx_props(onnx_metadata_props(path), source=str(path))
+        built.append(build_engine(path, source, config))
+    return built

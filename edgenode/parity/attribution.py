@@ -120,12 +120,11 @@ class Attributor:
 
     def on_provider(self, info: ArtifactInfo, provider: str) -> tuple[str, np.ndarray] | str:
         """``info``'s ONNX file run on one provider (short name), or why it cannot be."""
-        from edgenode.runtime.onnx_runner import OnnxRuntimeRunner
+        from edgenode.runtime.onnx_runner import OnnxRuntimeRunner, available_providers
+        from edgenode.runtime.predictor import ort_providers
 
-        full = PROVIDER_NAMES[provider]
-        fallback = [] if provider == "cpu" else [PROVIDER_NAMES["cpu"]]
         try:
-            runner = OnnxRuntimeRunner(info.path, [full, *fallback], explicit=True)
+            runner = OnnxRuntimeRunner(info.path, ort_providers(info, provider, available_providers()), explicit=True)
         except EdgenodeError as exc:
             return f"{provider} failed to start ({exc})"
         logits = _batched(runner.infer, self.x, self.batch_size)

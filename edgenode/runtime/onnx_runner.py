@@ -8,6 +8,8 @@ input get their input cast here, so callers always pass float32.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +44,10 @@ class OnnxRuntimeRunner(Runner):
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(source, sess_options=options, providers=providers)
+            # A GPU provider that fails to start makes onnxruntime print its fallback banner with print(), to
+            # stdout, where `infer --json` and `evaluate --json` write their documents: send it to stderr.
+            with contextlib.redirect_stdout(sys.stderr):
+                self.session = ort.InferenceSession(source, sess_options=options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph/RuntimeException types
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ArtifactError(f"{self.path}: onnxruntime cannot load it ({reason[:200]})",

@@ -20,7 +20,8 @@ from edgenode.ode.solvers import SolverConfig
 from edgenode.runtime.artifact import ArtifactInfo, checkpoint_info, detect_kind, engine_info, onnx_info
 from edgenode.runtime.base import Runner
 from edgenode.runtime.preprocess import BatchLoader, preprocess_image
-from edgenode.runtime.providers import select_providers, torch_device_for
+from edgenode.runtime.providers import (PROVIDER_NAMES, check_provider, provider_options, select_providers,
+                                        torch_device_for)
 
 
 @dataclass(frozen=True)
@@ -173,15 +174,38 @@ class Predictor:
         self.close()
 
 
-def _ort_runner(path: Path, provider: str, device: str | None, model_bytes: bytes | None = None) -> Runner:
+def ort_providers(info: ArtifactInfo, provider: str, available: Sequence[str], device: str | None = None) -> list:
+    """The ONNX Runtime provider list (with options) that runs ``info``'s file for ``provider`` (auto|tensorrt|cuda|cpu).
+
+    ONNX Runtime's INT8 file (``int8-ort``: uint8 activations with zero points) is for its own kernels; TensorRT
+    takes symmetric signed Q/DQ only, so ``auto`` skips TensorRT for it and ``tensorrt`` is refused, naming
+    the file that TensorRT runs.
+    """
+    from edgenode.data.cache import cache_dir
+
+    if info.int8_target == "ort" and PROVIDER_NAMES["tensorrt"] in available:
+        if check_provider(provider) == "tensorrt":
+            raise UsageError(f"{info.path}: this INT8 file is ONNX Runtime's (uint8 activations), which TensorRT cannot run",
+                             "run the int8-trt file (`edgenode export --int8-target tensorrt`) on TensorRT, or this one "
+                             "with --provider cuda|cpu")
+        available = [p for p in available if p != PROVIDER_NAMES["tensorrt"]]
+    chosen = select_providers(provider, available)
+    cache = None
+    if PROVIDER_NAMES["tensorrt"] in chosen:
+        cache = cache_dir() / "onnxruntime-tensorrt"
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError:  # a read-only home: TensorRT then builds its engine at every session, which still works
+            cache = None
+    device_id = device.split(":", 1)[1] if device and device.startswith("cuda:") else None
+    return provider_options(chosen, info.precision, None if cache is None else str(cache), device_id)
+
+
+def _ort_runner(info: ArtifactInfo, provider: str, device: str | None, model_bytes: bytes | None = None) -> Runner:
     from edgenode.runtime.onnx_runner import OnnxRuntimeRunner, available_providers
 
-    providers: list = select_providers(provider, available_providers())
-    if device and device.startswith("cuda:"):  # pick the GPU for the GPU providers
-        device_id = device.split(":", 1)[1]
-        providers = [(p, {"device_id": device_id}) if p != "CPUExecutionProvider" else p for p in providers]
-    runner = OnnxRuntimeRunner(path, providers, explicit=(provider or "auto") != "auto", model_bytes=model_bytes)
-    return runner
+    providers = ort_providers(info, provider, available_providers(), device)
+    return OnnxRuntimeRunner(info.path, providers, explicit=(provider or "auto") != "auto", model_bytes=model_bytes)
 
 
 def _check_baked_mirror(info: ArtifactInfo, wanted: bool | None) -> None:
@@ -229,7 +253,7 @@ def load_predictor(path: str | os.PathLike, provider: str = "auto", device: str 
         data = path.read_bytes()  # read once: the bytes whose sha256 is verified are the bytes that run
         info = onnx_info(path, data)
         _check_baked_mirror(info, mirror_average)
-        return Predictor(info, _ort_runner(path, provider, device, data))
+        return Predictor(info, _ort_runner(info, provider, device, data))
     info = engine_info(path)
     _check_baked_mirror(info, mirror_average)
     if (provider or "auto") not in ("auto", "tensorrt"):

@@ -2,8 +2,9 @@
 
 ``auto`` takes the fastest provider present, in the order TensorRT → CUDA → CPU, and always keeps CPU last
 so that nodes a GPU provider cannot run still have a home. Naming a provider (``tensorrt``, ``cuda``,
-``cpu``) uses exactly that one (plus the CPU fallback for unsupported nodes) or fails with one line saying
-how to get it: never a silent fall back to something the user did not ask for.
+``cpu``) puts exactly that one first (with the providers below it for the nodes it cannot run: CUDA, then
+CPU, under TensorRT) or fails with one line saying how to get it: never a silent fall back to something the
+user did not ask for.
 
 Kept free of ``import onnxruntime`` so it can be tested with made-up provider lists.
 """
@@ -39,14 +40,16 @@ def install_hint(provider: str, machine: str | None = None) -> str:
     machine = (machine or platform.machine()).lower()
     jetson = machine in ("aarch64", "arm64")
     if provider == "cpu":
-        return "pip install onnxruntime"
+        return "pip install 'edgenode[cpu]' (ONNX Runtime's CPU build)"
     if jetson:
         base = ("on a Jetson install NVIDIA's onnxruntime-gpu wheel for your JetPack (Jetson Zoo / "
                 "pypi.jetson-ai-lab.io); PyPI has no aarch64 GPU build")
     else:
-        base = "pip install 'edgenode[gpu]' (onnxruntime-gpu; uninstall the CPU-only onnxruntime first)"
+        base = ("pip uninstall -y onnxruntime, then pip install 'edgenode[gpu]' (onnxruntime-gpu: the two builds "
+                "share one package, and the CPU one over the GPU one removes its GPU providers)")
     if provider == "tensorrt":
-        extra = "JetPack ships TensorRT" if jetson else "and TensorRT: pip install 'edgenode[tensorrt]'"
+        extra = ("JetPack ships TensorRT" if jetson else "and TensorRT's libraries where onnxruntime finds them "
+                 "(pip install 'edgenode[tensorrt]', then its tensorrt_libs folder on LD_LIBRARY_PATH)")
         return f"{base}, {extra}; then check `python -c \"import onnxruntime; print(onnxruntime.get_available_providers())\"`"
     return f"{base}, with a CUDA driver and cuDNN that match it"
 
@@ -82,8 +85,36 @@ def select_providers(requested: str, available: Sequence[str], machine: str | No
             f"provider {requested!r} ({full}) is not available in this onnxruntime (available: {have})",
             install_hint(requested, machine),
         )
-    fallback = [PROVIDER_NAMES["cpu"]] if requested != "cpu" and PROVIDER_NAMES["cpu"] in available else []
-    return [full, *fallback]
+    # Under TensorRT, the nodes it rejects go to CUDA where there is one (ONNX Runtime's own advice), else the CPU.
+    below = {"tensorrt": ("cuda", "cpu"), "cuda": ("cpu",), "cpu": ()}[requested]
+    return [full, *(PROVIDER_NAMES[p] for p in below if PROVIDER_NAMES[p] in available)]
+
+
+def provider_options(providers: Sequence[str], precision: str | None = None, cache: str | None = None,
+                     device_id: str | None = None) -> list:
+    """``providers`` as ONNX Runtime takes them, each GPU one with its options (``(name, {option: value})``).
+
+    TensorRT gets an engine and timing cache in ``cache``, so that only the first session of a file pays the
+    minutes TensorRT spends building (on a Jetson, every ``infer`` would otherwise), and the precision flag of
+    the file: ONNX Runtime builds weakly typed networks where it does not make them strongly typed, and then
+    an FP16 file's half types or an INT8 file's Q/DQ only run as such with ``trt_fp16_enable`` /
+    ``trt_int8_enable`` (explicit Q/DQ needs no calibration table). ``device_id`` picks the GPU.
+    """
+    out: list = []
+    for name in providers:
+        options: dict[str, str] = {}
+        if name in (PROVIDER_NAMES["tensorrt"], PROVIDER_NAMES["cuda"]) and device_id is not None:
+            options["device_id"] = str(device_id)
+        if name == PROVIDER_NAMES["tensorrt"]:
+            if cache is not None:
+                options.update(trt_engine_cache_enable="True", trt_engine_cache_path=str(cache),
+                               trt_timing_cache_enable="True", trt_timing_cache_path=str(cache))
+            if precision == "fp16":
+                options["trt_fp16_enable"] = "True"
+            elif precision == "int8":
+                options["trt_int8_enable"] = "True"
+        out.append((name, options) if options else name)
+    return out
 
 
 def torch_device_for(requested: str, cuda_available: bool) -> str:

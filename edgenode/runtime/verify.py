@@ -3,7 +3,8 @@
 ``edgenode export`` writes ``<artifact>.golden.npz`` beside each artifact: ``inputs`` (normalised float32
 NCHW), ``logits`` (ONNX Runtime CPU output on the export machine) and ``reference_logits`` (torch FP32). On
 the device, :func:`verify_folder` loads every artifact that has one with whatever runtime is there (auto
-provider), runs ``inputs`` and compares with the stored ``logits``.
+provider), runs ``inputs`` and compares with the stored ``logits``. A TensorRT engine, built on the device
+(``edgenode engine``), is checked against the golden file of the ONNX file it was built from.
 
 Tolerances (per precision; ``scale`` is the largest |stored logit| of each sample, so the check is
 independent of how large a model's logits are)::
@@ -170,15 +171,50 @@ def compare_golden(stored: np.ndarray, replay: np.ndarray, tolerance: GoldenTole
             "decisive": int(decisive.sum()), "flipped": flipped}
 
 
-def verify_artifact(path: str | os.PathLike, provider: str = "auto",
-                    tolerances: dict[str, GoldenTolerance] | None = None) -> GoldenCheck:
-    """Replay one artifact's golden file; never raises for a bad artifact (that is a failed check)."""
+def golden_for(artifact: str | os.PathLike) -> Path | None:
+    """The golden file that ``artifact`` is checked against, or None when it has none.
+
+    An artifact's own ``<artifact>.golden.npz``; for a TensorRT engine, which is built on the device and so
+    has none of its own, the golden file of the ONNX file it was built from (named in its sidecar), provided
+    that file is still the one it was built from (same sha256): a re-exported ONNX file's golden logits say
+    nothing about an engine of the old one (EdgenodeError naming both).
+    """
+    from edgenode.artifacts import read_json, sha256_file, sidecar_path
+    from edgenode.runtime.artifact import ENGINE_EXTENSIONS
+
+    artifact = Path(artifact)
+    if golden_path(artifact).is_file():
+        return golden_path(artifact)
+    if artifact.suffix.lower() not in ENGINE_EXTENSIONS or not sidecar_path(artifact).is_file():
+        return None
+    extra = read_json(sidecar_path(artifact)).get("extra") or {}
+    source = extra.get("golden_logits_from") or extra.get("built_from")
+    if not source or not golden_path(artifact.parent / source).is_file() or not (artifact.parent / source).is_file():
+        return None
+    actual, built = sha256_file(artifact.parent / source), str(extra.get("built_from_sha256"))
+    if actual != built:
+        raise EdgenodeError(f"{artifact}: built from another {source} (sha256 {built[:12]}…; the file here is {actual[:12]}…)",
+                            f"rebuild it: edgenode engine {artifact.parent / source}")
+    return golden_path(artifact.parent / source)
+
+
+def verify_artifact(path: str | os.PathLike, provider: str = "auto", tolerances: dict[str, GoldenTolerance] | None = None,
+                    golden: Path | None = None) -> GoldenCheck:
+    """Replay one artifact's golden file (``golden``, else :func:`golden_for`'s); never raises for a bad artifact
+    (that is a failed check)."""
     from edgenode.runtime.predictor import load_predictor
+
+    from edgenode.runtime.artifact import ENGINE_EXTENSIONS
 
     path = Path(path)
     tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
+    if path.suffix.lower() in ENGINE_EXTENSIONS and check_provider(provider) not in ("auto", "tensorrt"):
+        return GoldenCheck(path.name, None, "skipped", reason=f"a TensorRT engine runs on TensorRT only, not on provider {provider!r}")
     try:
-        inputs, stored = load_golden(golden_path(path))
+        golden = golden or golden_for(path)
+        if golden is None:
+            raise EdgenodeError(f"{path}: no golden file to replay", "pass an artifact `edgenode export` wrote, with its .golden.npz")
+        inputs, stored = load_golden(golden)
         predictor = load_predictor(path, provider=provider)
     except ProviderUnavailableError as exc:
         return GoldenCheck(path.name, None, "skipped", reason=str(exc))
@@ -211,8 +247,13 @@ def verify_folder(folder: str | os.PathLike, provider: str = "auto",
     check_provider(provider)  # a typo is a bad argument (exit 2), not a failed check of every artifact
     report = VerifyReport(str(folder))
     for artifact in find_artifacts(folder):
-        if golden_path(artifact).is_file():
-            report.checks.append(verify_artifact(artifact, provider, tolerances))
+        try:
+            golden = golden_for(artifact)
+        except EdgenodeError as exc:
+            report.checks.append(GoldenCheck(artifact.name, None, "failed", reason=str(exc)))
+            continue
+        if golden is not None:
+            report.checks.append(verify_artifact(artifact, provider, tolerances, golden))
         else:
             report.without_golden.append(artifact.name)
     if not report.checks:
