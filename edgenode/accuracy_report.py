@@ -165,14 +165,15 @@ def _subset_accuracy(correct: np.ndarray) -> dict:
 def accuracy_report(artifact_path: str | os.PathLike, data_root: str | os.PathLike,
                     manifest_path: str | os.PathLike | None, out_dir: str | os.PathLike, *, split: str = "test",
                     exclude_files: Iterable[str] | None = None, near_duplicates: str | os.PathLike | None = None,
-                    batch_size: int = 256, provider: str = "auto", mirror_average: bool = False) -> dict:
+                    batch_size: int = 256, provider: str = "auto", device: str | None = None,
+                    mirror_average: bool = False) -> dict:
     """Evaluate a checkpoint, ONNX file or TensorRT engine on one split of its manifest; write report.json and three PNGs.
 
     The manifest (default: ``manifest.json`` beside the artifact) must be the one the model was trained on
     (same sha256): another split could put training images into the test set and report memorisation as
     accuracy. An export is scored as deployed, through the runtime ``edgenode infer`` uses (``provider``:
-    auto | tensorrt | cuda | cpu; for a checkpoint, the torch device), so the report of an INT8 file is the
-    INT8 file's. ``exclude_files`` (paths relative to the images root) and ``near_duplicates`` (the pairs'
+    auto | tensorrt | cuda | cpu; for a checkpoint, the torch device; ``device`` ``cuda:N`` picks a GPU), so
+    the report of an INT8 file is the INT8 file's. ``exclude_files`` (paths relative to the images root) and ``near_duplicates`` (the pairs'
     tsv: the split's images with a near-duplicate in train) give a second accuracy without those images.
     ``mirror_average`` makes a checkpoint classify each picture with its mirror image, as
     ``export --mirror-average`` deploys it; an export has that choice baked in and is scored as it is.
@@ -184,15 +185,18 @@ def accuracy_report(artifact_path: str | os.PathLike, data_root: str | os.PathLi
     from edgenode.errors import UsageError
     from edgenode.parity.run import load_manifest_for
     from edgenode.runtime import load_predictor
+    from edgenode.runtime.providers import check_provider
     from rich.markup import escape
 
+    check_provider(provider)  # a typo is the command line's, said before the model loads
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
     if split not in ("train", "val", "test"):
         raise UsageError(f"--split {split!r} is not known", "choose one of train, val, test")
     if near_duplicates is not None and split == "train":
         raise UsageError("--near-duplicates compares the split with train", "use it with --split val or test")
-    with load_predictor(artifact_path, provider=provider, mirror_average=True if mirror_average else None) as predictor:
+    with load_predictor(artifact_path, provider=provider, device=device,
+                        mirror_average=True if mirror_average else None) as predictor:
         info = predictor.metadata
         manifest_path, manifest = load_manifest_for(info, manifest_path)
         check_data_alignment(info.input, data_root)

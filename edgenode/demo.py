@@ -140,7 +140,10 @@ def prepare_data(config: DemoConfig) -> Path:
 
 
 def run_demo(config: DemoConfig = DemoConfig()) -> dict:
+    from edgenode.runtime.providers import require_onnxruntime
+
     check_demo_config(config)
+    require_onnxruntime()  # its export and parity stages need it: say so before the training
     out = Path(config.out)
     data = prepare_data(config)
 

@@ -429,17 +429,23 @@ def test_build_engine_writes_a_plain_engine_and_a_sidecar(exported, tmp_path, mo
 
 def test_a_foreign_timing_cache_is_replaced_and_never_costs_the_sidecar(exported, tmp_path, monkeypatch):
     """An export folder copied to a Jetson brings the x86 GPU's timing cache: TensorRT refuses it, the build starts
-    from an empty one, and the engine still gets its sidecar (written before the cache, which may be absent)."""
+    from an empty one and the cache file becomes this device's; and the engine gets its sidecar even when
+    TensorRT hands back no cache at all (written before the cache)."""
     fake = _FakeTensorRT()
-    fake.timing_cache = None  # get_timing_cache() returns None when no cache is set
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     onnx_path = tmp_path / exported.artifacts["fp32"].name
     onnx_path.write_bytes(exported.artifacts["fp32"].read_bytes())
-    (tmp_path / "tensorrt-timing.cache").write_bytes(b"another GPU's")
-    engine, meta = trt_mod.build_engine(onnx_path, exported.metadata["fp32"])
+    cache = tmp_path / "tensorrt-timing.cache"
+    cache.write_bytes(b"another GPU's")
+    trt_mod.build_engine(onnx_path, exported.metadata["fp32"])
     assert [c for c in fake.calls if c[0] == "timing_cache"] == [("timing_cache", b"another GPU's"), ("timing_cache", b"")]
+    assert cache.read_bytes() == b"timing"  # this device's cache replaced the foreign one
+
+    fake.timing_cache = None  # get_timing_cache() returns None when no cache is set
+    cache.write_bytes(b"another GPU's")
+    engine, meta = trt_mod.build_engine(onnx_path, exported.metadata["fp32"])
     assert ArtifactMetadata.from_dict(read_sidecar(engine)) == meta
-    assert (tmp_path / "tensorrt-timing.cache").read_bytes() == b"another GPU's"  # nothing to replace it with
+    assert cache.read_bytes() == b"another GPU's"  # nothing to replace it with, and no error
 
 
 def test_engine_command_builds_from_copied_onnx_files_and_verify_checks_them(exported, tmp_path, monkeypatch):

@@ -976,7 +976,7 @@ BAD_ARGUMENTS = [
     ("evaluate {ckpt} {data} --manifest {folder}", "--manifest {folder}: is a folder, not a file"),
     ("evaluate {ckpt} {data} --split train --near-duplicates {file}", "--near-duplicates compares the split with train"),
     ("evaluate {onnx} {data} --mirror-average", "classifies each picture alone; that is baked into it"),
-    ("evaluate {ckpt} {data} --exclude {ckpt}", "--exclude {ckpt}: not a text file"),
+    ("evaluate {ckpt} {data} --exclude {ckpt}", "--exclude {ckpt}: is a training checkpoint, not a text file"),
 ]
 
 

@@ -283,16 +283,20 @@ def test_tensorrt_gets_its_caches_and_the_files_precision_flag(exports, tmp_path
     from edgenode.runtime.predictor import ort_providers
 
     monkeypatch.setenv("EDGENODE_CACHE", str(tmp_path / "cache"))
-    cache = str(tmp_path / "cache" / "onnxruntime-tensorrt")
-    caches = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": cache,
-              "trt_timing_cache_enable": "True", "trt_timing_cache_path": cache}
+    root = tmp_path / "cache" / "onnxruntime-tensorrt"
+
+    def caches(info):  # engines in a folder per file: ONNX Runtime names them by graph shape, not weights
+        return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(root / info.sha256[:16]),
+                "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(root)}
+
     fp16 = onnx_info(exports["fp16"])
     assert ort_providers(fp16, "auto", [TRT, CUDA, CPU], device="cuda:1") == [
-        (TRT, {"device_id": "1", **caches, "trt_fp16_enable": "True"}), (CUDA, {"device_id": "1"}), CPU]
-    assert (tmp_path / "cache" / "onnxruntime-tensorrt").is_dir()
+        (TRT, {"device_id": "1", **caches(fp16), "trt_fp16_enable": "True"}), (CUDA, {"device_id": "1"}), CPU]
+    assert (root / fp16.sha256[:16]).is_dir()
     assert ort_providers(fp16, "cuda", [TRT, CUDA, CPU]) == [CUDA, CPU]  # no options to give
     trt_int8 = dataclasses.replace(onnx_info(exports["int8"]), int8_target="tensorrt")
-    assert ort_providers(trt_int8, "tensorrt", [TRT, CPU]) == [(TRT, {**caches, "trt_int8_enable": "True"}), CPU]
+    assert ort_providers(trt_int8, "tensorrt", [TRT, CPU]) == [(TRT, {**caches(trt_int8), "trt_int8_enable": "True"}), CPU]
+    assert caches(trt_int8) != caches(fp16)
 
 
 def test_onnx_runtimes_int8_file_never_goes_to_tensorrt(exports):
@@ -303,7 +307,7 @@ def test_onnx_runtimes_int8_file_never_goes_to_tensorrt(exports):
     ort_int8 = onnx_info(exports["int8"])
     assert ort_int8.int8_target == "ort"
     assert ort_providers(ort_int8, "auto", [TRT, CUDA, CPU]) == [CUDA, CPU]
-    with pytest.raises(UsageError) as exc:
+    with pytest.raises(ProviderUnavailableError) as exc:  # not runnable there: a folder's run skips it
         ort_providers(ort_int8, "tensorrt", [TRT, CUDA, CPU])
     one_line(exc, str(exports["int8"]), "TensorRT cannot run", "--int8-target tensorrt", "--provider cuda|cpu")
 

@@ -315,6 +315,21 @@ def refuse_unusable(entries: Sequence[tuple[Path, str, bool]], spec: InputSpec) 
 # --- row loaders -----------------------------------------------------------------------------------------
 
 
+def _onnx_file_loader(path: Path, provider: str, threads: int):
+    """An exported ONNX file on ``provider``, with the provider list and options ``infer`` gives it (TensorRT's
+    caches and precision flag; ONNX Runtime's INT8 file never on TensorRT)."""
+    def load():
+        from edgenode.runtime.artifact import onnx_info
+        from edgenode.runtime.onnx_runner import OnnxRuntimeRunner, available_providers
+        from edgenode.runtime.predictor import ort_providers
+
+        info = onnx_info(path)
+        runner = OnnxRuntimeRunner(path, ort_providers(info, provider, available_providers()), explicit=True, threads=threads)
+        return runner, dataclasses.replace(RowInfo.from_artifact(info), device="cpu" if provider == "cpu" else "cuda")
+
+    return load
+
+
 def _onnx_loader(source: Path | bytes, provider: str, threads: int, info_of: Callable[[], RowInfo]):
     def load():
         from edgenode.runtime.onnx_runner import OnnxRuntimeRunner, available_providers
@@ -369,8 +384,6 @@ def _available_providers() -> list[str]:
 
 def artifact_specs(entries, config: BenchConfig, threads: int) -> list[RowSpec]:
     """One row per ONNX file and provider, per engine (TensorRT) and per other checkpoint (torch CPU)."""
-    from edgenode.runtime.artifact import onnx_info
-
     present = _available_providers()
     wanted = [p for p in PROVIDER_ORDER if p in present] if config.providers == ("all",) else list(config.providers)
     specs = []
@@ -379,8 +392,7 @@ def artifact_specs(entries, config: BenchConfig, threads: int) -> list[RowSpec]:
             for provider in wanted:
                 name = path.name if provider == "cpu" else f"{path.name} [{provider}]"
                 optional = from_folder or (config.providers == ("all",) and provider != "cpu")
-                specs.append(RowSpec(name, "artifact", _onnx_loader(path, provider, threads,
-                                                                    lambda p=path: RowInfo.from_artifact(onnx_info(p))), optional))
+                specs.append(RowSpec(name, "artifact", _onnx_file_loader(path, provider, threads), optional))
         elif kind == "engine":
             specs.append(RowSpec(path.name, "artifact", _predictor_loader(path, "tensorrt"), optional=True if from_folder else False))
         else:

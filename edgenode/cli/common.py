@@ -21,6 +21,7 @@ from rich.markup import escape
 from edgenode.artifacts import describe_file, file_kind
 from edgenode.console import console
 from edgenode.errors import EdgenodeError, PathArgumentError
+from edgenode.runtime.providers import ONNXRUNTIME_MISSING
 
 
 @contextlib.contextmanager
@@ -44,10 +45,6 @@ def _one_line_warnings() -> Iterator[None]:
         warnings.simplefilter("always", DataWarning)  # every skipped file gets its line, not only the first
         warnings.showwarning = show
         yield
-
-
-ONNXRUNTIME_MISSING = ("ONNX Runtime is not installed (pip install 'edgenode[cpu]', or 'edgenode[gpu]' on an x86_64 "
-                       "NVIDIA machine; on a Jetson NVIDIA's onnxruntime-gpu wheel)")
 
 
 def user_errors(command: Callable) -> Callable:

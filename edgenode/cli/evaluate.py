@@ -41,6 +41,7 @@ def command(
 ) -> None:
     """Score an artifact on a split (label-free argmax, 95 % interval); write report.json and its figures."""
     from edgenode.accuracy_report import accuracy_report
+    from edgenode.artifacts import describe_file, file_kind
     from edgenode.errors import UsageError
 
     existing_path(artifact, "ARTIFACT", folder=False)
@@ -51,11 +52,10 @@ def command(
     out = output_folder(out or default_out(artifact))
     excluded = None
     if exclude is not None:
-        try:
-            lines = exclude.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError:
-            raise UsageError(f"--exclude {exclude}: not a text file", "pass a text file of image paths, one a line") from None
-        excluded = {line.strip() for line in lines if line.strip()}
+        if file_kind(exclude) not in ("text", "empty"):
+            raise UsageError(f"--exclude {exclude}: is {describe_file(exclude)}, not a text file",
+                             "pass a text file of image paths, one a line")
+        excluded = {line.strip() for line in exclude.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()}
     report = accuracy_report(artifact, data, manifest, out, split=split, exclude_files=excluded,
                              near_duplicates=near_duplicates, batch_size=batch_size, provider=provider,
                              mirror_average=mirror_average)

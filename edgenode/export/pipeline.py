@@ -330,7 +330,10 @@ def base_metadata(inputs: _Inputs, unrolled, method: str, steps: int, steps_sour
 
 def export_model(config: ExportConfig) -> ExportResult:
     """Run the whole export (module docstring); returns what was written and the report."""
+    from edgenode.runtime.providers import require_onnxruntime
+
     started = time.perf_counter()
+    require_onnxruntime()  # export checks every file with it (and quantises with it): fail before any work
     if config.format == "engine":
         from edgenode.export.tensorrt import import_tensorrt
 

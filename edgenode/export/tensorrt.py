@@ -188,15 +188,15 @@ def engines_from_onnx(paths, config: EngineConfig = EngineConfig()) -> list[tupl
     """Build an engine beside each exported ONNX file in ``paths`` (files, or export folders), on this device.
 
     This is the step a Jetson runs: engines are tied to the TensorRT and the GPU that build them, so the ONNX
-    files (the artifacts of record) are exported elsewhere, copied, and built here. Each file is verified
-    against its sidecar first, and its metadata travels into the engine's. ONNX Runtime's INT8 file (uint8
+    files (the artifacts of record) are exported elsewhere, copied, and built here. Each file is checked
+    against its sidecar first (as ``infer`` checks it), and its metadata travels into the engine's. ONNX Runtime's INT8 file (uint8
     activations) is skipped in a folder and refused by name: TensorRT takes symmetric signed Q/DQ only.
     """
     from edgenode.export.metadata import ArtifactMetadata
     from edgenode.runtime.artifact import detect_kind, expand_artifacts, onnx_info, onnx_metadata_props
 
     import_tensorrt()  # before any work: without TensorRT there is nothing to build
-    chosen: list[Path] = []
+    chosen: list[tuple[Path, ArtifactMetadata]] = []
     for path, from_folder in expand_artifacts(paths):
         kind = detect_kind(path)
         if kind != "onnx":
@@ -205,18 +205,14 @@ def engines_from_onnx(paths, config: EngineConfig = EngineConfig()) -> list[tupl
             raise UsageError(f"{path}: is {'a TensorRT engine' if kind == 'engine' else kind}, not an ONNX file",
                              "pass the .onnx files `edgenode export` wrote, or their folder")
         data = path.read_bytes()
-        info = onnx_info(path, data)  # the sidecar's sha256 and metadata are checked here
+        info = onnx_info(path, data)  # against its sidecar (sha256 and metadata), where it has one
         if info.int8_target == "ort":
             if from_folder:
                 continue
             raise UsageError(f"{path}: this INT8 file is ONNX Runtime's (uint8 activations), which TensorRT cannot build",
                              "pass the int8-trt file (`edgenode export --int8-target tensorrt`)")
-        chosen.append(path)
+        chosen.append((path, ArtifactMetadata.from_onnx_props(onnx_metadata_props(path, data), source=str(path))))
     if not chosen:
         raise UsageError(f"no ONNX file for TensorRT in {', '.join(map(str, paths))}",
                          "pass the folder `edgenode export` wrote, with its fp32, fp16 or int8-trt files")
-    built = []
-    for path in chosen:
-        source = ArtifactMetadata.from_onnx_props(onnx_metadata_props(path), source=str(path))
-        built.append(build_engine(path, source, config))
-    return built
+    return [build_engine(path, source, config) for path, source in chosen]

@@ -138,7 +138,8 @@ class Attributor:
         if predictor.provider != "cpu":
             return "cpu"
         available = available_providers()
-        return next((p for p in ("tensorrt", "cuda") if PROVIDER_NAMES[p] in available), None)
+        gpus = ("cuda",) if predictor.metadata.int8_target == "ort" else ("tensorrt", "cuda")  # uint8 Q/DQ: not TensorRT's
+        return next((p for p in gpus if PROVIDER_NAMES[p] in available), None)
 
     # --- the table ------------------------------------------------------------------------------------------
 

@@ -20,8 +20,8 @@ from edgenode.ode.solvers import SolverConfig
 from edgenode.runtime.artifact import ArtifactInfo, checkpoint_info, detect_kind, engine_info, onnx_info
 from edgenode.runtime.base import Runner
 from edgenode.runtime.preprocess import BatchLoader, preprocess_image
-from edgenode.runtime.providers import (PROVIDER_NAMES, check_provider, provider_options, select_providers,
-                                        torch_device_for)
+from edgenode.runtime.providers import (PROVIDER_NAMES, ProviderUnavailableError, check_provider, provider_options,
+                                        require_onnxruntime, select_providers, torch_device_for)
 
 
 @dataclass(frozen=True)
@@ -184,26 +184,28 @@ def ort_providers(info: ArtifactInfo, provider: str, available: Sequence[str], d
     from edgenode.data.cache import cache_dir
 
     if info.int8_target == "ort" and PROVIDER_NAMES["tensorrt"] in available:
-        if check_provider(provider) == "tensorrt":
-            raise UsageError(f"{info.path}: this INT8 file is ONNX Runtime's (uint8 activations), which TensorRT cannot run",
-                             "run the int8-trt file (`edgenode export --int8-target tensorrt`) on TensorRT, or this one "
-                             "with --provider cuda|cpu")
+        if check_provider(provider) == "tensorrt":  # not runnable here, as a missing provider: a folder skips it
+            raise ProviderUnavailableError(
+                f"{info.path}: this INT8 file is ONNX Runtime's (uint8 activations), which TensorRT cannot run",
+                "run the int8-trt file (`edgenode export --int8-target tensorrt`) on TensorRT, or this one with --provider cuda|cpu")
         available = [p for p in available if p != PROVIDER_NAMES["tensorrt"]]
     chosen = select_providers(provider, available)
-    cache = None
+    engines = timing = None
     if PROVIDER_NAMES["tensorrt"] in chosen:
-        cache = cache_dir() / "onnxruntime-tensorrt"
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
+        root = cache_dir() / "onnxruntime-tensorrt"
+        try:  # engines per file (by sha256): ONNX Runtime names them by the graph's shape, not its weights
+            (root / info.sha256[:16]).mkdir(parents=True, exist_ok=True)
+            engines, timing = str(root / info.sha256[:16]), str(root)
         except OSError:  # a read-only home: TensorRT then builds its engine at every session, which still works
-            cache = None
+            pass
     device_id = device.split(":", 1)[1] if device and device.startswith("cuda:") else None
-    return provider_options(chosen, info.precision, None if cache is None else str(cache), device_id)
+    return provider_options(chosen, info.precision, engines, timing, device_id)
 
 
 def _ort_runner(info: ArtifactInfo, provider: str, device: str | None, model_bytes: bytes | None = None) -> Runner:
     from edgenode.runtime.onnx_runner import OnnxRuntimeRunner, available_providers
 
+    require_onnxruntime()  # a missing runtime, like a missing provider: a folder's other artifacts still run
     providers = ort_providers(info, provider, available_providers(), device)
     return OnnxRuntimeRunner(info.path, providers, explicit=(provider or "auto") != "auto", model_bytes=model_bytes)
 

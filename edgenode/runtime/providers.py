@@ -54,6 +54,23 @@ def install_hint(provider: str, machine: str | None = None) -> str:
     return f"{base}, with a CUDA driver and cuDNN that match it"
 
 
+ONNXRUNTIME_MISSING = ("ONNX Runtime is not installed (pip install 'edgenode[cpu]', or 'edgenode[gpu]' on an x86_64 "
+                       "NVIDIA machine; on a Jetson NVIDIA's onnxruntime-gpu wheel)")
+
+
+def require_onnxruntime() -> None:
+    """ONNX Runtime is an extra (its CPU and GPU builds cannot be installed together): say so before any work
+    that needs it, in one line, rather than fail at its first import after minutes of work."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("onnxruntime") is not None
+    except (ImportError, ValueError):  # a stub left in sys.modules, as when the tests hide it
+        found = False
+    if not found:
+        raise ProviderUnavailableError(ONNXRUNTIME_MISSING)
+
+
 def check_provider(requested: str | None) -> str:
     """``requested`` lower-cased if it is one of auto|tensorrt|cuda|cpu; a UsageError (exit 2) otherwise."""
     requested = (requested or "auto").lower()
@@ -90,12 +107,14 @@ def select_providers(requested: str, available: Sequence[str], machine: str | No
     return [full, *(PROVIDER_NAMES[p] for p in below if PROVIDER_NAMES[p] in available)]
 
 
-def provider_options(providers: Sequence[str], precision: str | None = None, cache: str | None = None,
-                     device_id: str | None = None) -> list:
+def provider_options(providers: Sequence[str], precision: str | None = None, engine_cache: str | None = None,
+                     timing_cache: str | None = None, device_id: str | None = None) -> list:
     """``providers`` as ONNX Runtime takes them, each GPU one with its options (``(name, {option: value})``).
 
-    TensorRT gets an engine and timing cache in ``cache``, so that only the first session of a file pays the
-    minutes TensorRT spends building (on a Jetson, every ``infer`` would otherwise), and the precision flag of
+    TensorRT gets an engine cache (``engine_cache``: one folder per file, since ONNX Runtime names its cached
+    engines by the graph's structure, not its weights, and would run a retrained model's file with the old
+    engine) and a timing cache, so that only the first session of a file pays the minutes TensorRT spends
+    building (on a Jetson, every ``infer`` would otherwise), and the precision flag of
     the file: ONNX Runtime builds weakly typed networks where it does not make them strongly typed, and then
     an FP16 file's half types or an INT8 file's Q/DQ only run as such with ``trt_fp16_enable`` /
     ``trt_int8_enable`` (explicit Q/DQ needs no calibration table). ``device_id`` picks the GPU.
@@ -106,9 +125,10 @@ def provider_options(providers: Sequence[str], precision: str | None = None, cac
         if name in (PROVIDER_NAMES["tensorrt"], PROVIDER_NAMES["cuda"]) and device_id is not None:
             options["device_id"] = str(device_id)
         if name == PROVIDER_NAMES["tensorrt"]:
-            if cache is not None:
-                options.update(trt_engine_cache_enable="True", trt_engine_cache_path=str(cache),
-                               trt_timing_cache_enable="True", trt_timing_cache_path=str(cache))
+            if engine_cache is not None:
+                options.update(trt_engine_cache_enable="True", trt_engine_cache_path=str(engine_cache))
+            if timing_cache is not None:
+                options.update(trt_timing_cache_enable="True", trt_timing_cache_path=str(timing_cache))
             if precision == "fp16":
                 options["trt_fp16_enable"] = "True"
             elif precision == "int8":

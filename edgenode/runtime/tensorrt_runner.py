@@ -81,7 +81,7 @@ def check_engine_compatibility(path: str | Path, extra: Mapping[str, Any], trt_v
     problems = engine_mismatches(extra, trt_version, gpu_name, compute_capability)
     if problems:
         raise ArtifactError(f"{path}: engine cannot run here: {'; '.join(problems)}",
-                            "rebuild the engine on this device from the .onnx (`edgenode export`), or run the .onnx")
+                            "rebuild the engine on this device from its .onnx file (`edgenode engine <file>.onnx`), or run the .onnx")
 
 
 class TensorRTRunner(Runner):

@@ -179,7 +179,7 @@ def golden_for(artifact: str | os.PathLike) -> Path | None:
     that file is still the one it was built from (same sha256): a re-exported ONNX file's golden logits say
     nothing about an engine of the old one (EdgenodeError naming both).
     """
-    from edgenode.artifacts import read_json, sha256_file, sidecar_path
+    from edgenode.artifacts import read_sidecar, sha256_file, sidecar_path
     from edgenode.runtime.artifact import ENGINE_EXTENSIONS
 
     artifact = Path(artifact)
@@ -187,7 +187,10 @@ def golden_for(artifact: str | os.PathLike) -> Path | None:
         return golden_path(artifact)
     if artifact.suffix.lower() not in ENGINE_EXTENSIONS or not sidecar_path(artifact).is_file():
         return None
-    extra = read_json(sidecar_path(artifact)).get("extra") or {}
+    record = read_sidecar(artifact, verify=False)  # the engine's own sha256 is checked when it is loaded
+    extra = record.get("extra") if isinstance(record, dict) else None
+    if not isinstance(extra, dict):
+        raise EdgenodeError(f"{sidecar_path(artifact)}: not an engine's metadata sidecar", "copy the .json `edgenode engine` wrote")
     source = extra.get("golden_logits_from") or extra.get("built_from")
     if not source or not golden_path(artifact.parent / source).is_file() or not (artifact.parent / source).is_file():
         return None
