@@ -74,15 +74,28 @@ def test_export_refuses_an_impossible_calibration_set_before_writing_anything(tr
     assert not list(out.glob("*.onnx")), "the FP32 model was written before the refusal"
 
 
-def test_reader_batches_then_stops_and_rewinds():
-    images = np.zeros((5, 3, 8, 8), dtype=np.float32)
-    reader = ArrayCalibrationReader(images, batch_size=2)
-    sizes = []
+@pytest.mark.parametrize(("n", "asked", "sizes"), [(6, 4, [3, 3]), (8, 4, [4, 4]), (5, 2, [1] * 5)])
+def test_reader_batches_evenly_then_stops_and_rewinds(n, asked, sizes):
+    """Equal batches (the largest size up to the one asked that divides the count): ONNX Runtime's histogram
+    calibrators stack the batches and fail on a short last one."""
+    reader = ArrayCalibrationReader(np.zeros((n, 3, 8, 8), dtype=np.float32), batch_size=asked)
+    seen = []
     while (batch := reader.get_next()) is not None:
-        sizes.append(len(batch["images"]))
-    assert sizes == [2, 2, 1] and len(reader) == 3
+        seen.append(len(batch["images"]))
+    assert seen == sizes and len(reader) == len(sizes)
     reader.rewind()
-    assert reader.get_next()["images"].shape == (2, 3, 8, 8)
+    assert reader.get_next()["images"].shape == (sizes[0], 3, 8, 8)
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_histogram_calibrations_run_on_a_count_that_eight_does_not_divide(shared_exports, method):
+    """420 Pins calibration images in batches of 8 ended in a batch of 4, and `--calibration-method percentile`
+    died inside ONNX Runtime ("inhomogeneous shape"); 10 images here."""
+    from edgenode.export.int8 import qdq_summary, quantize_int8
+
+    images = np.random.default_rng(0).normal(size=(10, 3, 64, 64)).astype(np.float32)
+    summary = qdq_summary(quantize_int8(shared_exports["fp32"], "ort", images, method=method))
+    assert summary["quantize_linear"] > 0 and summary["activation_types"] == ["UINT8"]
 
 
 def test_tensorrt_calibration_cache_format(tmp_path):

@@ -18,7 +18,10 @@ class ArrayCalibrationReader:
             raise ValueError(f"calibration images must be a non-empty N x C x H x W array, got shape {images.shape}")
         self.images = images
         self.input_name = input_name
-        self.batch_size = max(1, int(batch_size))
+        # Every batch the same size: ONNX Runtime's histogram calibrators (entropy, percentile) stack the batches'
+        # outputs and fail on a short last batch; min-max is indifferent to the batching.
+        wanted = max(1, int(batch_size))
+        self.batch_size = max(d for d in range(1, wanted + 1) if len(images) % d == 0)
         self._start = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
