@@ -58,8 +58,8 @@ RECIPES = {
         "U8S8 QDQ: uint8 asymmetric activations, 7-bit symmetric per-channel weights (ONNX Runtime x86 int8 kernels; "
         "7 bits so that CPUs without VNNI cannot saturate)",
         # x86 CPUs without VNNI (AVX2, AVX-512F) multiply u8 × s8 pairs with VPMADDUBSW, which saturates its 16-bit
-        # sums: the same file that agrees with FP32 on 98.6 % of the Pins test images on a VNNI CPU agreed on 90 %
-        # on an AVX2-only EPYC. Weights in 7 bits keep every pair sum in range, on every x86 CPU.
+        # sums: the shipped Pins model's 8-bit file, 98.6 % agreement on an earlier session's CPU, agreed on 90 % on
+        # an AVX2-only EPYC (RESULTS.md). Weights in 7 bits keep every pair sum in range, on every x86 CPU.
         reduce_range=True,
     ),
     "tensorrt": Int8Recipe(
