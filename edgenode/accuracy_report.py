@@ -140,10 +140,9 @@ def recall_bars(true, pred, classes: Sequence[str], path: str | os.PathLike) -> 
 
 def predict(predictor, images_uint8_nhwc: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """(argmax class, softmax probability of that class) per image; only pixels enter the artifact."""
+    from edgenode.console import progress_bar
     from edgenode.data import normalize
     from edgenode.runtime.predictor import softmax
-
-    from edgenode.console import progress_bar
 
     spec = predictor.metadata.input
     preds, probs = [], []
@@ -173,8 +172,9 @@ def accuracy_report(artifact_path: str | os.PathLike, data_root: str | os.PathLi
     (same sha256): another split could put training images into the test set and report memorisation as
     accuracy. An export is scored as deployed, through the runtime ``edgenode infer`` uses (``provider``:
     auto | tensorrt | cuda | cpu; for a checkpoint, the torch device; ``device`` ``cuda:N`` picks a GPU), so
-    the report of an INT8 file is the INT8 file's. ``exclude_files`` (paths relative to the images root) and ``near_duplicates`` (the pairs'
-    tsv: the split's images with a near-duplicate in train) give a second accuracy without those images.
+    the report of an INT8 file is the INT8 file's. ``exclude_files`` (paths relative to the images root) and
+    ``near_duplicates`` (the pairs' tsv: the split's images with a near-duplicate in train) give a second
+    accuracy without those images.
     ``mirror_average`` makes a checkpoint classify each picture with its mirror image, as
     ``export --mirror-average`` deploys it; an export has that choice baked in and is scored as it is.
     """
@@ -182,6 +182,7 @@ def accuracy_report(artifact_path: str | os.PathLike, data_root: str | os.PathLi
     from edgenode.artifacts import write_json
     from edgenode.console import console
     from edgenode.data import load_split_arrays
+    from edgenode.data.manifest import check_split_option
     from edgenode.errors import UsageError
     from edgenode.parity.run import load_manifest_for
     from edgenode.runtime import load_predictor
@@ -191,8 +192,7 @@ def accuracy_report(artifact_path: str | os.PathLike, data_root: str | os.PathLi
     check_provider(provider)  # a typo is the command line's, said before the model loads
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
-    if split not in ("train", "val", "test"):
-        raise UsageError(f"--split {split!r} is not known", "choose one of train, val, test")
+    check_split_option(split)
     if near_duplicates is not None and split == "train":
         raise UsageError("--near-duplicates compares the split with train", "use it with --split val or test")
     with load_predictor(artifact_path, provider=provider, device=device,

@@ -39,12 +39,12 @@ from edgenode.bench.sweep import SWEEP_BACKENDS, sweep_points
 from edgenode.bench.timing import measure
 from edgenode.checkpoint import InputSpec
 from edgenode.console import console
+from edgenode.data.manifest import check_split_option
 from edgenode.errors import ArtifactError, UsageError
 from edgenode.export.unroll import MAX_STEPS
 from edgenode.ode.solvers import FIXED_STEP_METHODS, SolverConfig
 
 PROVIDER_ORDER = ("cpu", "cuda", "tensorrt")
-SPLITS = ("train", "val", "test")
 # The peak's n×n float32 matmul: BLAS reaches its peak rate well below n = 2048 (the GPU peak uses 4096), and
 # at 8192 the three matrices already take 768 MiB and one call 1.1 TFLOP (seconds on a CPU). Beyond it the
 # measurement only risks exhausting memory (n = 10^8 asks numpy for 71 PiB) or running for hours.
@@ -129,8 +129,7 @@ class BenchConfig:
         set_("sweep_backends", backends)
         if not self.artifacts and self.reference is None:
             raise UsageError("nothing to bench", "pass artifacts (.onnx, export folders, .pt) and/or --reference CHECKPOINT")
-        if self.split not in SPLITS:
-            raise UsageError(f"--split {self.split!r} is not known", f"choose one of {', '.join(SPLITS)}")
+        check_split_option(self.split)
         for name, low in (("warmup", 0), ("repeats", 1), ("peak_warmup", 0), ("peak_repeats", 1),
                           ("peak_matmul_size", 1), ("peak_depth", 1)):
             value = getattr(self, name)

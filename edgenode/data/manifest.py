@@ -28,6 +28,14 @@ MANIFEST_FORMAT = "edgenode-manifest/1"
 SPLITS = ("train", "val", "test")
 
 
+def check_split_option(split: str) -> str:
+    """``--split`` of the commands that score one split (parity, evaluate, bench): a name of :data:`SPLITS`, or a
+    UsageError (exit 2) before any work."""
+    if split not in SPLITS:
+        raise UsageError(f"--split {split!r} is not known", f"choose one of {', '.join(SPLITS)}")
+    return split
+
+
 _NOT_MANIFESTS = ("checkpoint", "onnx", "image")  # kinds named in one line before the JSON parser could misread them
 MAX_SKIP_WARNINGS = 20  # one line per skipped file up to this many; the manifest lists every one
 

@@ -189,8 +189,9 @@ def engines_from_onnx(paths, config: EngineConfig = EngineConfig()) -> list[tupl
 
     This is the step a Jetson runs: engines are tied to the TensorRT and the GPU that build them, so the ONNX
     files (the artifacts of record) are exported elsewhere, copied, and built here. Each file is checked
-    against its sidecar first (as ``infer`` checks it), and its metadata travels into the engine's. ONNX Runtime's INT8 file (uint8
-    activations) is skipped in a folder and refused by name: TensorRT takes symmetric signed Q/DQ only.
+    against its sidecar first (as ``infer`` checks it), and its metadata travels into the engine's. ONNX
+    Runtime's INT8 file (uint8 activations) is skipped in a folder and refused by name: TensorRT takes
+    symmetric signed Q/DQ only.
     """
     from edgenode.export.metadata import ArtifactMetadata
     from edgenode.runtime.artifact import detect_kind, expand_artifacts, onnx_info, onnx_metadata_props

@@ -20,6 +20,7 @@ import numpy as np
 from rich.markup import escape
 
 from edgenode.console import console
+from edgenode.data.manifest import check_split_option
 from edgenode.errors import ArtifactError, ArtifactPathError, UsageError
 from edgenode.ode.solvers import SolverConfig
 from edgenode.parity.attribution import Attributor
@@ -55,8 +56,7 @@ class ParityConfig:
             raise UsageError("no artifact to compare", "pass one or more .onnx/.engine files or an export folder")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.split not in ("train", "val", "test"):
-            raise UsageError(f"--split {self.split!r} is not known", "choose one of train, val, test")
+        check_split_option(self.split)
 
 
 @dataclass
