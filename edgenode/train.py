@@ -94,7 +94,7 @@ class TrainConfig:
             raise UsageError(f"--weight-decay {self.weight_decay}: must be a finite number >= 0",
                              "pass e.g. --weight-decay 0.05 (the paper's), or 0 for none")
         if self.warmup_epochs < 0:
-            raise UsageError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
+            raise UsageError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}", "pass e.g. 2, or 0 for none")
         if self.schedule not in SCHEDULES:
             raise UsageError(f"unknown schedule {self.schedule!r}", f"choose one of {', '.join(SCHEDULES)}")
         if not 0 <= self.augment_shift <= 0.5:  # a NaN fails here too
@@ -356,7 +356,8 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
         ctx.print(f"initialised from {config.init} (epoch {source.epoch}, sha256 {source.sha256[:12]}…)")
     optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
     if len(splits["train"]) < config.batch_size:
-        raise UsageError(f"--batch-size {config.batch_size} is larger than the train split ({len(splits['train'])} images)")
+        raise UsageError(f"--batch-size {config.batch_size} is larger than the train split ({len(splits['train'])} images)",
+                         f"pass --batch-size {len(splits['train'])} or less")
     if config.batch_size % ctx.world_size:
         raise UsageError(f"--batch-size {config.batch_size} does not split evenly over {ctx.world_size} processes",
                          f"use a multiple of {ctx.world_size}: the global batch is shared by the processes")
@@ -368,7 +369,8 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
     if resume:
         ckpt = load_checkpoint(last_path)
         if ckpt.manifest_sha256 != manifest.sha256:
-            raise UsageError(f"{last_path} was trained on another split (manifest {ckpt.manifest_sha256[:12]}…)")
+            raise UsageError(f"{last_path} was trained on another split (manifest {ckpt.manifest_sha256[:12]}…, this run's "
+                             f"{manifest.sha256[:12]}…)", f"resume without --manifest: the run keeps its own, {run_dir / 'manifest.json'}")
         check_resume_settings(config, ckpt.train_config or {}, last_path)
         check_resume_inputs(config, (ckpt.train_config or {}).get("input_sha256") or {}, inputs, last_path)
         if ckpt.input_spec != spec:  # e.g. resumed on the aligned copy of a run started on plain crops
@@ -469,7 +471,8 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
                 metrics.update(best_val_accuracy_ema=best_val_ema, best_epoch_ema=best_epoch_ema)
             ckpt = snapshot(epoch, metrics)
             if improved:
-                save_checkpoint(best_path, replace(ckpt, ema_state_dict=None))
+                # the file export and infer ship: resume reads last.pt, so no optimizer state (2× the weights in AdamW)
+                save_checkpoint(best_path, replace(ckpt, ema_state_dict=None, optimizer=None, scheduler=None))
             if improved_ema:
                 save_checkpoint(best_ema_path, average_checkpoint(ckpt, config.ema_decay))
             save_checkpoint(last_path, ckpt)
@@ -503,7 +506,7 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
             network = ckpt.build_model().to(device)
             scored = {k: v for k, v in evaluate(network, splits["test"], num_classes).items() if k != "predictions"}
             return {**scored, "epoch": ckpt.epoch, "checkpoint": str(path), "parameters": count_parameters(network),
-                    "solver": model_config.solver.describe()}
+                    "solver": ckpt.model_config.solver.describe()}
 
         test = on_test(best_path)
         results = {"test": test, "best_epoch": best_epoch, "best_val_accuracy": best_val}
@@ -617,8 +620,12 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}] + ([{"params": keep, "weight_decay": 0.0}] if keep else [])
 
 
-RESUME_FIXED = ("batch_size", "seed", "augment", "augment_shift", "augment_color", "teacher", "teacher_views", "label_weight", "distill_weight", "kd_weight", "kd_targets",
-                "unlabeled", "near_duplicates", "arch", "width", "schedule", "warmup_epochs", "ema_decay")
+# what a resumed run must share with its start: the optimizer's state restores lr and weight decay over the command
+# line's, and the network's solver, dropout and autocast set its losses, so a change there would pass silently
+RESUME_FIXED = ("batch_size", "seed", "augment", "augment_shift", "augment_color", "teacher", "teacher_views", "label_weight",
+                "distill_weight", "kd_weight", "kd_targets", "unlabeled", "near_duplicates", "arch", "width", "schedule",
+                "warmup_epochs", "ema_decay", "lr", "weight_decay", "label_smoothing", "dropout", "solver", "steps", "rtol",
+                "atol", "amp")
 
 
 def check_resume_settings(config: TrainConfig, saved: dict, path: Path) -> None:

@@ -42,7 +42,10 @@ def test_checkpoint_is_self_describing(trained_run):
     assert ckpt.input_spec.image_size == 64 and tuple(ckpt.input_spec.mean) == tuple(manifest.mean)
     assert ckpt.model_config.solver.method == "dopri5"
     assert ckpt.epoch == trained_run.best_epoch
-    assert ckpt.optimizer is not None and ckpt.metrics["val_accuracy"] == pytest.approx(trained_run.best_val_accuracy)
+    assert ckpt.metrics["val_accuracy"] == pytest.approx(trained_run.best_val_accuracy)
+    # the shipped file holds no optimizer state; last.pt, which resume reads, does
+    assert ckpt.optimizer is None and ckpt.scheduler is None
+    assert load_checkpoint(trained_run.run_dir / "last.pt").optimizer is not None
     # plain tensors and JSON-like values only: loadable without unpickling code
     torch.load(trained_run.best_checkpoint, weights_only=True)
 
@@ -262,6 +265,18 @@ def test_colour_jitter_trains_and_is_fixed_on_resume(synthetic_root, tmp_path):
     train(small_config(synthetic_root, tmp_path / "run", epochs=1, augment=True, augment_color=0.4))
     with pytest.raises(UsageError, match=r"--augment-color 0.4 → 0.2"):
         train(small_config(synthetic_root, tmp_path / "run", epochs=2, augment=True, augment_color=0.2, resume=True))
+
+
+@pytest.mark.parametrize("changed, message", [
+    (dict(lr=1e-4), r"--lr 0.003 → 0.0001"),  # the optimizer's saved state would silently keep the old one
+    (dict(weight_decay=0.0), r"--weight-decay 0.05 → 0.0"),
+    (dict(solver="dopri5", steps=None), r"--solver 'rk4' → 'dopri5', --steps 2 → None"),
+    (dict(label_smoothing=0.1), r"--label-smoothing 0.0 → 0.1"),
+])
+def test_resume_refuses_settings_the_checkpoint_would_silently_override(tmp_path, changed, message):
+    saved = small_config("data", tmp_path / "run").to_dict()
+    with pytest.raises(UsageError, match=message):
+        train_module.check_resume_settings(small_config("data", tmp_path / "run", **changed), saved, tmp_path / "last.pt")
 
 
 def test_a_checkpoint_older_than_a_setting_resumes_only_with_its_default(tmp_path):
