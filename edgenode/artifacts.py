@@ -153,9 +153,11 @@ def sidecar_path(artifact: str | os.PathLike) -> Path:
     return artifact.with_name(artifact.name + ".json")
 
 
-def write_sidecar(artifact: str | os.PathLike, metadata: dict[str, Any]) -> Path:
+def write_sidecar(artifact: str | os.PathLike, metadata: dict[str, Any], sha256: str | None = None) -> Path:
+    """Write ``metadata`` beside ``artifact`` with the file's sha256 (``sha256``: already computed, e.g. of the
+    temporary file that is about to be renamed to ``artifact``)."""
     record = dict(metadata)
-    record["sha256"] = sha256_file(artifact)
+    record["sha256"] = sha256 or sha256_file(artifact)
     record["file"] = Path(artifact).name
     return write_json(sidecar_path(artifact), record)
 

@@ -185,6 +185,19 @@ def test_checkpoint_artifact_is_the_reference_when_none_is_given(trained_run):
     assert any("fixed-step solver" in n for n in report.notes)
 
 
+def test_a_bench_of_checkpoints_needs_no_onnxruntime(trained_run, monkeypatch):
+    """ONNX Runtime is an extra; without it a checkpoint is still timed, and only the CPU peak (timed with it) is
+    missing, said in a note."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now fails as if not installed
+    report = run_bench(BenchConfig(artifacts=(str(trained_run.best_checkpoint),), peak=True, gpu=False, **TINY))
+    (row,) = report.rows
+    assert row.group == "baseline" and row.p50_ms(1) > 0
+    assert report.peak is None and row.fraction_of_peak == {1: None, 4: None}
+    assert any(n.startswith("no CPU peak, so no fraction of it: ONNX Runtime is not installed") for n in report.notes)
+
+
 def test_cpu_path_never_touches_cuda(exports, trained_run, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("CUDA touched on the CPU path")

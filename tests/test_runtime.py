@@ -370,3 +370,20 @@ def test_engine_version_and_gpu_mismatch_is_a_pure_check():
                         "built for GPU 'NVIDIA Jetson Orin Nano', this machine has 'NVIDIA GeForce RTX 4090'"]
     assert engine_mismatches({**built, "version_compatible": True, "hardware_compatible": True}, "10.7.0", "RTX") == []
     assert engine_mismatches({}, "10.7.0", "RTX") == []  # nothing recorded, nothing to compare
+
+
+def test_a_checkpoint_device_must_agree_with_an_explicit_provider():
+    """``device`` picks the GPU (or the CPU) under provider auto; under cpu or cuda it must be of that kind."""
+    from edgenode.runtime.predictor import _torch_device
+
+    path = Path("model.pt")
+    assert _torch_device(path, "auto", None, cuda_available=False) == "cpu"
+    assert _torch_device(path, "auto", "cuda:1", cuda_available=True) == "cuda:1"
+    assert _torch_device(path, "cuda", "cuda:1", cuda_available=True) == "cuda:1"
+    assert _torch_device(path, "cpu", "cpu", cuda_available=True) == "cpu"
+    with pytest.raises(UsageError, match=r"model.pt: device 'cuda:1' contradicts provider 'cpu'"):
+        _torch_device(path, "cpu", "cuda:1", cuda_available=True)
+    with pytest.raises(ProviderUnavailableError, match="torch sees no CUDA device"):
+        _torch_device(path, "cuda", "cuda:0", cuda_available=False)
+    with pytest.raises(UsageError, match="does not apply to a training checkpoint"):
+        _torch_device(path, "tensorrt", "cuda:0", cuda_available=True)

@@ -43,6 +43,7 @@ from edgenode.data.manifest import check_split_option
 from edgenode.errors import ArtifactError, UsageError
 from edgenode.export.unroll import MAX_STEPS
 from edgenode.ode.solvers import FIXED_STEP_METHODS, SolverConfig
+from edgenode.runtime.providers import ONNXRUNTIME_MISSING, onnxruntime_installed
 
 PROVIDER_ORDER = ("cpu", "cuda", "tensorrt")
 # The peak's n×n float32 matmul: BLAS reaches its peak rate well below n = 2048 (the GPU peak uses 4096), and
@@ -322,8 +323,10 @@ def _onnx_file_loader(path: Path, provider: str, threads: int):
         from edgenode.runtime.onnx_runner import OnnxRuntimeRunner, available_providers
         from edgenode.runtime.predictor import ort_providers
 
-        info = onnx_info(path)
-        runner = OnnxRuntimeRunner(path, ort_providers(info, provider, available_providers()), explicit=True, threads=threads)
+        data = path.read_bytes()  # the bytes whose sha256 is verified are the bytes timed
+        info = onnx_info(path, data)
+        runner = OnnxRuntimeRunner(path, ort_providers(info, provider, available_providers()), explicit=True, threads=threads,
+                                   model_bytes=data)
         return runner, dataclasses.replace(RowInfo.from_artifact(info), device="cpu" if provider == "cpu" else "cuda")
 
     return load
@@ -650,8 +653,11 @@ def run_bench(config: BenchConfig) -> BenchReport:
         notes.append(f"the baseline runs the checkpoint's fixed-step solver {baseline_solver.describe()} "
                      "(it was not trained with an adaptive one; pass --baseline-solver dopri5 for an adaptive baseline)")
     use_gpu = config.gpu and _cuda()
-    needs_ort = config.peak or any(k == "onnx" for _, k, _ in entries) or (config.sweep_steps and "onnx" in config.sweep_backends)
-    if needs_ort:  # libraries load before the first row, so that row's memory does not include them
+    rows_need_ort = any(k == "onnx" for _, k, _ in entries) or bool(config.sweep_steps and "onnx" in config.sweep_backends)
+    cpu_peak = config.peak and (rows_need_ort or onnxruntime_installed())  # the CPU peak is timed with ONNX Runtime
+    if config.peak and not cpu_peak:  # a bench of checkpoints alone needs no ONNX Runtime: it loses only this column
+        notes.append(f"no CPU peak, so no fraction of it: {ONNXRUNTIME_MISSING}")
+    if rows_need_ort or cpu_peak:  # libraries load before the first row, so that row's memory does not include them
         import onnxruntime  # noqa: F401
     if baseline_solver.is_adaptive:
         import torchdiffeq  # noqa: F401
@@ -681,11 +687,12 @@ def run_bench(config: BenchConfig) -> BenchReport:
             peak_config = PeakConfig(batch=max(config.batch_sizes), channels=c, size=s, depth=config.peak_depth,
                                      matmul_size=config.peak_matmul_size, warmup=config.peak_warmup, repeats=config.peak_repeats)
             session.say(f"measuring the FP32 peak ({plural(threads, 'thread')})…")
-            peak = Peak(peak_config, measure_cpu_peak(peak_config, threads))
+            peak = Peak(peak_config, measure_cpu_peak(peak_config, threads) if cpu_peak else [])
             if use_gpu:
                 peak.measurements += measure_cuda_peak(peak_config)
             for line in (f"{m.name} {m.device}/{m.dtype}: {m.gflops:.1f} GFLOP/s" for m in peak.measurements):
                 session.say("  " + line)
+            peak = peak if peak.measurements else None
         baseline_spec = RowSpec(f"{reference.name} (baseline)", "baseline",
                                 _predictor_loader(reference, "cpu", config.baseline_solver))
         specs = [baseline_spec, *artifact_specs(entries, config, threads)]

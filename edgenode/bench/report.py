@@ -213,7 +213,7 @@ def rich_tables(report: BenchReport) -> list:
 
 def peak_lines(report: BenchReport) -> list[str]:
     if report.peak is None:
-        return ["Peak not measured (--no-peak): no fraction of peak."]
+        return ["Peak not measured (--no-peak, or no ONNX Runtime to time the CPU's): no fraction of peak."]
     lines = []
     for m in report.peak.measurements:
         threads = f", {plural(m.threads, 'thread')}" if m.threads else ""

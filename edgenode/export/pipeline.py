@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgenode.artifacts import atomic_path, human_size, sha256_file, write_sidecar
+from edgenode.artifacts import atomic_path, human_size, sha256_file, sidecar_path, write_sidecar
 from edgenode.checkpoint import Checkpoint, load_checkpoint
 from edgenode.console import console
 from edgenode.errors import ArtifactError, ParityError, UsageError
@@ -189,15 +189,18 @@ class _Writer:
                 checks["max_abs_diff_vs_fp32"] = max_abs_diff(logits, self.fp32_logits)
             if extra_checks is not None:
                 checks.update(extra_checks(tmp, logits))
-        golden = write_golden(path, self.inputs.val_images.numpy()[self.golden], logits[self.golden], self.ref_logits[self.golden])
-        sidecar = write_sidecar(path, meta.to_dict())
+            # golden file and sidecar before the rename: a crash in between leaves a sidecar that the old file (if
+            # any) fails, never a new file without one, which would load as unverified
+            digest = sha256_file(tmp)
+            golden = write_golden(path, self.inputs.val_images.numpy()[self.golden], logits[self.golden], self.ref_logits[self.golden])
+            sidecar = write_sidecar(path, meta.to_dict(), sha256=digest)
         size = path.stat().st_size
         self.result.artifacts[key] = path
         self.result.metadata[key] = meta
         self.result.files += [path, sidecar, golden]
         self.result.report["artifacts"].append({
             "key": key, "file": path.name, "precision": meta.precision, "int8_target": meta.int8_target,
-            "size_bytes": size, "sha256": sha256_file(path), "golden": golden.name, "checks": checks,
+            "size_bytes": size, "sha256": digest, "golden": golden.name, "checks": checks,
         })
         agree = f", top-1 agreement with FP32 {checks['agreement_with_fp32']:.1%}" if "agreement_with_fp32" in checks else ""
         console.print(f"[green]✓[/] wrote {path} ({human_size(size)}) in {time.perf_counter() - started:.1f} s: "
@@ -307,7 +310,7 @@ def build_engines(config: ExportConfig, result: ExportResult) -> None:
         path, meta = build_engine(result.artifacts[key], result.metadata[key], config.engine)
         result.artifacts[f"{key}-engine"] = path
         result.metadata[f"{key}-engine"] = meta
-        result.files += [path, Path(str(path) + ".json")]
+        result.files += [path, sidecar_path(path)]
         result.report["artifacts"].append({"key": f"{key}-engine", "file": path.name, "precision": meta.precision,
                                            "int8_target": meta.int8_target, "size_bytes": path.stat().st_size,
                                            "sha256": sha256_file(path), "note": f"TensorRT {meta.extra['tensorrt_version']}, "

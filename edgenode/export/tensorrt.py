@@ -132,8 +132,9 @@ def engine_metadata(source: ArtifactMetadata, onnx_file: str, onnx_sha256: str, 
 
 
 def build_engine(onnx_path: str | os.PathLike, source: ArtifactMetadata, config: EngineConfig = EngineConfig(),
-                 engine_path: str | os.PathLike | None = None) -> tuple[Path, ArtifactMetadata]:
-    """Parse ``onnx_path``, build a serialized engine with a dynamic-batch profile, write it and its sidecar."""
+                 engine_path: str | os.PathLike | None = None, onnx_sha256: str | None = None) -> tuple[Path, ArtifactMetadata]:
+    """Parse ``onnx_path``, build a serialized engine with a dynamic-batch profile, write it and its sidecar
+    (``onnx_sha256``: the ONNX file's, where the caller has verified it already)."""
     from edgenode.artifacts import sha256_file
 
     trt = import_tensorrt()
@@ -176,7 +177,8 @@ def build_engine(onnx_path: str | os.PathLike, source: ArtifactMetadata, config:
                             "lower --engine-max-batch or raise --engine-workspace-mib")
     with atomic_path(engine_path) as tmp, open(tmp, "wb") as handle:
         handle.write(memoryview(serialized))
-    meta = engine_metadata(source, onnx_path.name, sha256_file(onnx_path), trt.__version__, gpu_description(), plan, shapes)
+    meta = engine_metadata(source, onnx_path.name, onnx_sha256 or sha256_file(onnx_path), trt.__version__,
+                           gpu_description(), plan, shapes)
     write_sidecar(engine_path, meta.to_dict())  # before the cache: an engine without its sidecar is refused
     timing = builder_config.get_timing_cache()
     if timing is not None:  # only a speed-up for the next build
@@ -193,27 +195,26 @@ def engines_from_onnx(paths, config: EngineConfig = EngineConfig()) -> list[tupl
     Runtime's INT8 file (uint8 activations) is skipped in a folder and refused by name: TensorRT takes
     symmetric signed Q/DQ only.
     """
-    from edgenode.export.metadata import ArtifactMetadata
-    from edgenode.runtime.artifact import detect_kind, expand_artifacts, onnx_info, onnx_metadata_props
+    from edgenode.artifacts import KIND_WORDS
+    from edgenode.runtime.artifact import detect_kind, expand_artifacts, read_onnx_metadata
 
     import_tensorrt()  # before any work: without TensorRT there is nothing to build
-    chosen: list[tuple[Path, ArtifactMetadata]] = []
+    chosen: list[tuple[Path, ArtifactMetadata, str]] = []
     for path, from_folder in expand_artifacts(paths):
         kind = detect_kind(path)
         if kind != "onnx":
             if from_folder:
                 continue
-            raise UsageError(f"{path}: is {'a TensorRT engine' if kind == 'engine' else kind}, not an ONNX file",
+            raise UsageError(f"{path}: is {KIND_WORDS.get(kind, kind)}, not an ONNX file",
                              "pass the .onnx files `edgenode export` wrote, or their folder")
-        data = path.read_bytes()
-        info = onnx_info(path, data)  # against its sidecar (sha256 and metadata), where it has one
-        if info.int8_target == "ort":
+        meta, digest, _ = read_onnx_metadata(path)  # against its sidecar (sha256 and metadata), where it has one
+        if meta.int8_target == "ort":
             if from_folder:
                 continue
             raise UsageError(f"{path}: this INT8 file is ONNX Runtime's (uint8 activations), which TensorRT cannot build",
                              "pass the int8-trt file (`edgenode export --int8-target tensorrt`)")
-        chosen.append((path, ArtifactMetadata.from_onnx_props(onnx_metadata_props(path, data), source=str(path))))
+        chosen.append((path, meta, digest))
     if not chosen:
         raise UsageError(f"no ONNX file for TensorRT in {', '.join(map(str, paths))}",
                          "pass the folder `edgenode export` wrote, with its fp32, fp16 or int8-trt files")
-    return [build_engine(path, source, config) for path, source in chosen]
+    return [build_engine(path, meta, config, onnx_sha256=digest) for path, meta, digest in chosen]

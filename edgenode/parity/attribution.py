@@ -101,16 +101,18 @@ class Attributor:
         found = self._find_fp32_onnx(info, candidates)
         try:
             if found is not None:
-                predictor = load_predictor(found, provider="cpu")
-                value: tuple[str, np.ndarray] | str = (found.name, _batched(predictor.predict_logits, self.x, self.batch_size))
-                predictor.close()
+                with load_predictor(found, provider="cpu") as predictor:
+                    value: tuple[str, np.ndarray] | str = (found.name, _batched(predictor.predict_logits, self.x, self.batch_size))
             elif info.source_checkpoint_sha256 != self.reference.metadata.sha256:
                 value = "no FP32 ONNX of this export found, and it comes from another checkpoint (cannot rebuild)"
             else:
                 model = self.reference.runner.model.with_solver(info.solver)
                 data = export_fp32_bytes(model, info.input.image_size, info.extra.get("opset"))
                 runner = OnnxRuntimeRunner(data, ["CPUExecutionProvider"])
-                value = (f"FP32 ONNX {info.solver.describe()} (rebuilt in memory)", _batched(runner.infer, self.x, self.batch_size))
+                try:
+                    value = (f"FP32 ONNX {info.solver.describe()} (rebuilt in memory)", _batched(runner.infer, self.x, self.batch_size))
+                finally:
+                    runner.close()
         except EdgenodeError as exc:
             value = f"FP32 ONNX unavailable ({exc})"
         except Exception as exc:  # noqa: BLE001 - the exporter can fail in many ways; attribution is best-effort
@@ -127,8 +129,10 @@ class Attributor:
             runner = OnnxRuntimeRunner(info.path, ort_providers(info, provider, available_providers()), explicit=True)
         except EdgenodeError as exc:
             return f"{provider} failed to start ({exc})"
-        logits = _batched(runner.infer, self.x, self.batch_size)
-        runner.close()
+        try:
+            logits = _batched(runner.infer, self.x, self.batch_size)
+        finally:
+            runner.close()
         return f"{info.path.name} ({provider})", logits
 
     def other_provider(self, predictor: Predictor) -> str | None:

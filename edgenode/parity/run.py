@@ -12,6 +12,7 @@ prefixes, unless ``allow_other_reference`` (``--allow-other-reference``) says th
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,15 +187,16 @@ def load_manifest_for(reference: ArtifactInfo, manifest_path: str | None):
     return path, manifest
 
 
-def load_candidates(candidates: list[tuple[Path, bool]], reference: ArtifactInfo, provider: str
-                    ) -> tuple[list[Predictor], list[tuple[str, str]]]:
+def load_candidates(candidates: list[tuple[Path, bool]], reference: ArtifactInfo, provider: str,
+                    stack: contextlib.ExitStack) -> tuple[list[Predictor], list[tuple[str, str]]]:
     """Open every artifact and check it against the reference *before* any expensive solve, so a tampered
     or mismatched file fails in a second. Engines from a folder that cannot run here are skipped.
-    (Another source checkpoint is judged later, by :func:`provenance`, so the numbers are still reported.)"""
+    (Another source checkpoint is judged later, by :func:`provenance`, so the numbers are still reported.)
+    Each one is closed by ``stack``, also when a later one fails: an engine holds GPU memory."""
     loaded, skipped = [], []
     for path, from_folder in candidates:
         try:
-            predictor = load_predictor(path, provider=provider)
+            predictor = stack.enter_context(load_predictor(path, provider=provider))
         except ProviderUnavailableError as exc:
             if not from_folder:
                 raise
@@ -224,12 +226,21 @@ def mirror_of(loaded: list[Predictor]) -> bool:
 
 
 def run_parity(config: ParityConfig) -> ParityReport:
-    """Compare every artifact with the reference on the manifest's split; writes reports when ``config.out``."""
+    """Compare every artifact with the reference on the manifest's split; writes reports when ``config.out``.
+
+    Every session and engine it opens is closed on the way out, by error or Ctrl-C too: a demo, a notebook or
+    a test suite calls this in a process that goes on."""
+    with contextlib.ExitStack() as stack:
+        return _run_parity(config, stack)
+
+
+def _run_parity(config: ParityConfig, stack: contextlib.ExitStack) -> ParityReport:
     from edgenode.align import check_data_alignment
     from edgenode.data import load_split_arrays, normalize_array
 
     expect_kind(config.reference, ("checkpoint",), "--reference")
-    reference = load_predictor(config.reference, provider=_torch_provider(config.provider), reference_solver=config.reference_solver)
+    reference = stack.enter_context(load_predictor(config.reference, provider=_torch_provider(config.provider),
+                                                   reference_solver=config.reference_solver))
     ref_info = reference.metadata
     notes = list(reference.notes)
     if config.reference_solver is not None and not ref_info.source_solver.is_adaptive:
@@ -240,11 +251,11 @@ def run_parity(config: ParityConfig) -> ParityReport:
         raise ArtifactError(f"{manifest_path}: images are {manifest.config.image_size} px but {ref_info.path.name} takes "
                             f"{ref_info.input.image_size} px")
     candidates = expand_artifacts(config.artifacts)
-    loaded, skipped = load_candidates(candidates, ref_info, config.provider)
+    loaded, skipped = load_candidates(candidates, ref_info, config.provider, stack)
     if mirror_of(loaded):  # compare like with like: the reference sees each picture with its mirror image too
         reference.close()
-        reference = load_predictor(config.reference, provider=_torch_provider(config.provider),
-                                   reference_solver=config.reference_solver, mirror_average=True)
+        reference = stack.enter_context(load_predictor(config.reference, provider=_torch_provider(config.provider),
+                                                       reference_solver=config.reference_solver, mirror_average=True))
         ref_info = reference.metadata
         notes.append("the artifacts average each picture with its mirror image (export --mirror-average); "
                      "so does the reference")
@@ -279,7 +290,7 @@ def run_parity(config: ParityConfig) -> ParityReport:
             thresholds=config.thresholds, int8_target=info.int8_target, attribution=stages,
             latency_ms_per_image=ms_per_image, notes=artifact_notes, numeric=numeric, other_checkpoint=other,
         )
-        predictor.close()
+        predictor.close()  # now: its memory is free for the next one (the stack's second close does nothing)
         results.append(result)
         colour = "green" if result else "red"
         console.print(escape(f"{ref_info.path.name} vs. {info.path.name} | ") + f"[{colour}]{result.verdict}[/] | " + escape(

@@ -242,6 +242,13 @@ def onnx_info(path: str | os.PathLike, data: bytes | None = None) -> ArtifactInf
     than as whatever parse error the damage happens to cause. With ``data`` (the file's bytes, read once by
     the caller that will run them) the hash and the metadata are those of exactly the bytes that run.
     """
+    path = Path(path)
+    inside, digest, verified = read_onnx_metadata(path, data)
+    return _info_from_metadata(inside, path, "onnx", digest, verified)
+
+
+def read_onnx_metadata(path: str | os.PathLike, data: bytes | None = None):
+    """(ArtifactMetadata, sha256, verified by a sidecar) of an ONNX artifact, checked as :func:`onnx_info` says."""
     from edgenode.export.metadata import ArtifactMetadata
 
     path = Path(path)
@@ -253,8 +260,7 @@ def onnx_info(path: str | os.PathLike, data: bytes | None = None) -> ArtifactInf
         raise ArtifactError(f"{path}: damaged edgenode metadata in the ONNX file ({exc.__class__.__name__})",
                             "re-export the artifact") from None
     if record is None:
-        digest = sha256_bytes(data) if data is not None else sha256_file(path)
-        return _info_from_metadata(inside, path, "onnx", digest, verified=False)
+        return inside, sha256_bytes(data) if data is not None else sha256_file(path), False
     beside = ArtifactMetadata.from_dict(record)
     differ = _differences(inside.to_dict(), beside.to_dict())
     if differ:
@@ -262,18 +268,19 @@ def onnx_info(path: str | os.PathLike, data: bytes | None = None) -> ArtifactInf
             f"{path}: its metadata_props and its sidecar {sidecar_path(path).name} disagree on {', '.join(differ)}",
             "one of them was edited or is stale; re-export the artifact",
         )
-    return _info_from_metadata(inside, path, "onnx", record["sha256"], verified=True)
+    return inside, record["sha256"], True
 
 
-def engine_info(path: str | os.PathLike) -> ArtifactInfo:
-    """Metadata of a TensorRT engine: its sidecar is required (a plain engine carries none) and verified."""
+def engine_info(path: str | os.PathLike, data: bytes | None = None) -> ArtifactInfo:
+    """Metadata of a TensorRT engine: its sidecar is required (a plain engine carries none) and verified
+    (against ``data``, the file's bytes, when the caller read them to run them)."""
     from edgenode.export.metadata import ArtifactMetadata
 
     path = Path(path)
     if not sidecar_path(path).is_file():
         raise ArtifactError(f"{path}: TensorRT engine without its metadata sidecar {sidecar_path(path).name}",
                             "copy the .json written beside it by `edgenode export`")
-    record = read_sidecar(path, verify=True)
+    record = read_sidecar(path, verify=True, data=data)
     meta = ArtifactMetadata.from_dict(record)
     return _info_from_metadata(meta, path, "engine", record["sha256"], True)
 

@@ -219,6 +219,18 @@ def _check_baked_mirror(info: ArtifactInfo, wanted: bool | None) -> None:
         raise UsageError(f"{info.path}: this {info.kind} {state}; that is baked into it", fix)
 
 
+def _torch_device(path: Path, provider: str, device: str | None, cuda_available: bool) -> str:
+    """The device a checkpoint runs on: ``device`` (e.g. ``cuda:1``) where given, which a provider other than
+    auto must agree with (``cpu`` with ``cuda:1`` is a contradiction, not a choice)."""
+    chosen = torch_device_for(provider, cuda_available)  # also refuses tensorrt, and cuda without a GPU
+    if device is None:
+        return chosen
+    if (provider or "auto").lower() != "auto" and device.split(":", 1)[0] != chosen:
+        raise UsageError(f"{path}: device {device!r} contradicts provider {provider!r}",
+                         f"drop one of them, or pass a {chosen} device")
+    return device
+
+
 def load_predictor(path: str | os.PathLike, provider: str = "auto", device: str | None = None,
                    reference_solver: SolverConfig | None = None, mirror_average: bool | None = None) -> Predictor:
     """Load a checkpoint (.pt), ONNX file or TensorRT engine behind one :class:`Predictor` interface.
@@ -249,18 +261,19 @@ def load_predictor(path: str | os.PathLike, provider: str = "auto", device: str 
             trained = ckpt.model_config.solver
             if trained != reference_solver:
                 notes.append(f"solver {reference_solver.describe()} replaces the trained {trained.describe()}")
-        runner = TorchRunner(model, device or torch_device_for(provider, torch.cuda.is_available()))
+        runner = TorchRunner(model, _torch_device(path, provider, device, torch.cuda.is_available()))
         return Predictor(checkpoint_info(ckpt, reference_solver, bool(mirror_average)), runner, notes)
     if kind == "onnx":
         data = path.read_bytes()  # read once: the bytes whose sha256 is verified are the bytes that run
         info = onnx_info(path, data)
         _check_baked_mirror(info, mirror_average)
         return Predictor(info, _ort_runner(info, provider, device, data))
-    info = engine_info(path)
-    _check_baked_mirror(info, mirror_average)
     if (provider or "auto") not in ("auto", "tensorrt"):
         raise UsageError(f"{path}: a TensorRT engine runs only on TensorRT, not on provider {provider!r}",
                          "use --provider auto, or run the matching .onnx file on that provider")
+    data = path.read_bytes()  # as for ONNX: the verified bytes are the ones deserialised
+    info = engine_info(path, data)
+    _check_baked_mirror(info, mirror_average)
     from edgenode.runtime.tensorrt_runner import TensorRTRunner
 
-    return Predictor(info, TensorRTRunner(path, info.extra))
+    return Predictor(info, TensorRTRunner(path, info.extra, engine_bytes=data))

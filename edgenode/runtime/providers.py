@@ -58,16 +58,20 @@ ONNXRUNTIME_MISSING = ("ONNX Runtime is not installed (pip install 'edgenode[cpu
                        "NVIDIA machine; on a Jetson NVIDIA's onnxruntime-gpu wheel)")
 
 
-def require_onnxruntime() -> None:
-    """ONNX Runtime is an extra (its CPU and GPU builds cannot be installed together): say so before any work
-    that needs it, in one line, rather than fail at its first import after minutes of work."""
+def onnxruntime_installed() -> bool:
+    """Whether ``import onnxruntime`` can work, without importing it."""
     import importlib.util
 
     try:
-        found = importlib.util.find_spec("onnxruntime") is not None
+        return importlib.util.find_spec("onnxruntime") is not None
     except (ImportError, ValueError):  # a stub left in sys.modules, as when the tests hide it
-        found = False
-    if not found:
+        return False
+
+
+def require_onnxruntime() -> None:
+    """ONNX Runtime is an extra (its CPU and GPU builds cannot be installed together): say so before any work
+    that needs it, in one line, rather than fail at its first import after minutes of work."""
+    if not onnxruntime_installed():
         raise ProviderUnavailableError(ONNXRUNTIME_MISSING)
 
 

@@ -88,7 +88,8 @@ class TensorRTRunner(Runner):
     backend = "tensorrt"
     provider = "tensorrt"
 
-    def __init__(self, path: str | Path, extra: Mapping[str, Any]):
+    def __init__(self, path: str | Path, extra: Mapping[str, Any], engine_bytes: bytes | None = None):
+        """``engine_bytes``: the file's bytes as read when its sha256 was verified, so those very bytes run."""
         super().__init__()
         self.path = Path(path)
         trt = import_tensorrt(self.path)
@@ -102,7 +103,7 @@ class TensorRTRunner(Runner):
         self._torch, self._trt = torch, trt
         logger = trt.Logger(trt.Logger.ERROR)
         self._runtime = trt.Runtime(logger)
-        self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+        self.engine = self._runtime.deserialize_cuda_engine(engine_bytes if engine_bytes is not None else self.path.read_bytes())
         if self.engine is None:
             raise ArtifactError(f"{self.path}: TensorRT could not deserialise the engine",
                                 "it is damaged or was built by another TensorRT; rebuild it on this device")
