@@ -182,9 +182,8 @@ def accuracy_report(artifact_path: str | os.PathLike, data_root: str | os.PathLi
     from edgenode.artifacts import write_json
     from edgenode.console import console
     from edgenode.data import load_split_arrays
-    from edgenode.data.manifest import check_split_option
+    from edgenode.data.manifest import check_split_option, manifest_of_run
     from edgenode.errors import UsageError
-    from edgenode.parity.run import load_manifest_for
     from edgenode.runtime import load_predictor
     from edgenode.runtime.providers import check_provider
     from rich.markup import escape
@@ -198,7 +197,7 @@ def accuracy_report(artifact_path: str | os.PathLike, data_root: str | os.PathLi
     with load_predictor(artifact_path, provider=provider, device=device,
                         mirror_average=True if mirror_average else None) as predictor:
         info = predictor.metadata
-        manifest_path, manifest = load_manifest_for(info, manifest_path)
+        manifest_path, manifest = manifest_of_run(info.path, info.manifest_sha256, manifest_path)
         check_data_alignment(info.input, data_root)
         if near_duplicates is not None:
             from edgenode.data.near_duplicates import leaky_files, read_near_duplicates

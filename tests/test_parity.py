@@ -149,7 +149,7 @@ def test_mismatched_inputs_are_refused_with_what_differs(export_dir, trained_run
     manifest.splits["test"] = manifest.splits["test"][:-1]
     stale = manifest.save(tmp_path / "stale-manifest.json")
     result = invoke(fp32, *parity_args(trained_run, synthetic_root, tmp_path / "r", "--manifest", stale))
-    assert result.exit_code == 1 and "is not the one best.pt was trained on" in result.stderr
+    assert result.exit_code == 1 and "is not the split best.pt was trained on" in result.stderr
 
 
 def test_an_engine_named_explicitly_must_run(export_dir, trained_run, synthetic_root, tmp_path, monkeypatch):

@@ -39,7 +39,7 @@ from edgenode.bench.sweep import SWEEP_BACKENDS, sweep_points
 from edgenode.bench.timing import measure
 from edgenode.checkpoint import InputSpec
 from edgenode.console import console
-from edgenode.data.manifest import check_split_option
+from edgenode.data.manifest import check_split_option, manifest_of_run
 from edgenode.errors import ArtifactError, UsageError
 from edgenode.export.unroll import MAX_STEPS
 from edgenode.ode.solvers import FIXED_STEP_METHODS, SolverConfig
@@ -246,21 +246,14 @@ def expand_artifacts(items: Sequence[str], reference: Path) -> list[tuple[Path, 
 def load_inputs(config: BenchConfig, ckpt, reference: Path) -> _Inputs:
     """Timing images (the split's, or seeded random pixels without data) and the scored split, normalised."""
     from edgenode.align import check_data_alignment
-    from edgenode.data import Manifest, load_split_arrays, normalize_array
+    from edgenode.data import load_split_arrays, normalize_array
 
     spec = ckpt.input_spec
     size, n_pool = spec.image_size, max(config.batch_sizes)
     if config.data is None:
         pixels = np.random.default_rng(0).integers(0, 256, (n_pool, size, size, 3), dtype=np.uint8)
         return _Inputs(spec, normalize_array(pixels, spec.mean, spec.std), "random pixels (seed 0): pass --data for real images")
-    manifest_path = Path(config.manifest) if config.manifest else reference.parent / "manifest.json"
-    if not manifest_path.is_file():
-        raise UsageError(f"split manifest {manifest_path} not found",
-                         "pass --manifest with the manifest.json of the run that trained the reference")
-    manifest = Manifest.load(manifest_path)
-    if manifest.sha256 != ckpt.manifest_sha256:
-        raise ArtifactError(f"{manifest_path} (sha256 {manifest.sha256[:12]}…) is not the split {reference.name} was trained on "
-                            f"({ckpt.manifest_sha256[:12]}…)", "pass --manifest with the manifest.json from the checkpoint's run folder")
+    manifest_path, manifest = manifest_of_run(reference, ckpt.manifest_sha256, config.manifest)
     root = Path(config.data)
     if not root.is_dir():
         raise UsageError(f"--data {root} is not a folder", "pass the data set root the reference was trained on")

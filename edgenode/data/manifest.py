@@ -385,3 +385,23 @@ def _report_excluded(excluded: dict[str, str], config: SplitConfig) -> None:
                         "lower --per-class, add images, or drop --strict to exclude them")
     warnings.warn(f"excluded {len(excluded)} identit{'y' if len(excluded) == 1 else 'ies'} "
                   f"(fewer than {config.per_class} decodable images): {listing}", DataWarning, stacklevel=3)
+
+
+def manifest_of_run(artifact: str | os.PathLike, trained_on_sha256: str,
+                    manifest: str | os.PathLike | None = None) -> tuple[Path, Manifest]:
+    """The split ``artifact`` was trained on: ``manifest`` (``--manifest``), else the ``manifest.json`` beside it.
+
+    Its sha256 must be ``trained_on_sha256`` (the artifact's record): another split could put training images
+    into the one that is scored, and report memorisation as accuracy. Export, parity, bench and evaluate all
+    find and check it here, with the same errors.
+    """
+    artifact = Path(artifact)
+    path = Path(manifest) if manifest else artifact.parent / "manifest.json"
+    if not path.is_file():
+        raise ArtifactPathError(f"{path}: split manifest not found",
+                                f"pass --manifest with the manifest.json of the run that trained {artifact.name}")
+    loaded = Manifest.load(path)
+    if loaded.sha256 != trained_on_sha256:
+        raise ArtifactError(f"{path} (sha256 {loaded.sha256[:12]}…) is not the split {artifact.name} was trained on "
+                            f"({trained_on_sha256[:12]}…)", "pass --manifest with the manifest.json from the checkpoint's run folder")
+    return path, loaded

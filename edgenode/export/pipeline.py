@@ -83,19 +83,12 @@ def load_inputs(config: ExportConfig) -> _Inputs:
     """Checkpoint, the split manifest it was trained on (verified by sha256), data root and val split."""
     from edgenode import data as edata
     from edgenode.align import check_data_alignment
+    from edgenode.data.manifest import manifest_of_run
     from edgenode.runtime.artifact import expect_kind
 
     expect_kind(config.checkpoint, ("checkpoint",), "`edgenode export`")  # an ONNX file or engine: exit 2, one line
     ckpt = load_checkpoint(config.checkpoint)
-    manifest_path = Path(config.manifest) if config.manifest else Path(config.checkpoint).parent / "manifest.json"
-    if not manifest_path.is_file():
-        raise UsageError(f"split manifest {manifest_path} not found",
-                         "pass --manifest with the manifest.json of the run that trained the checkpoint")
-    manifest = edata.Manifest.load(manifest_path)
-    if manifest.sha256 != ckpt.manifest_sha256:
-        raise ArtifactError(
-            f"{manifest_path} (sha256 {manifest.sha256[:12]}…) is not the split {Path(config.checkpoint).name} was trained on "
-            f"({ckpt.manifest_sha256[:12]}…)", "pass --manifest with the manifest.json from the checkpoint's run folder")
+    manifest_path, manifest = manifest_of_run(config.checkpoint, ckpt.manifest_sha256, config.manifest)
     data = config.data or (ckpt.train_config or {}).get("data")
     if not data:
         raise UsageError("no data folder to draw validation and calibration images from", "pass --data DIR")

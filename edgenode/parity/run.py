@@ -21,8 +21,8 @@ import numpy as np
 from rich.markup import escape
 
 from edgenode.console import console
-from edgenode.data.manifest import check_split_option
-from edgenode.errors import ArtifactError, ArtifactPathError, UsageError
+from edgenode.data.manifest import check_split_option, manifest_of_run
+from edgenode.errors import ArtifactError, UsageError
 from edgenode.ode.solvers import SolverConfig
 from edgenode.parity.attribution import Attributor
 from edgenode.parity.compare import ParityResult, ParityThresholds, compare_logits
@@ -171,22 +171,6 @@ def reference_logits(reference: Predictor, x: np.ndarray, config: ParityConfig, 
     return _REFERENCE_CACHE[key]
 
 
-def load_manifest_for(reference: ArtifactInfo, manifest_path: str | None):
-    from edgenode.data import Manifest
-
-    path = Path(manifest_path) if manifest_path else reference.path.parent / "manifest.json"
-    if not path.is_file():
-        raise ArtifactPathError(f"{path}: split manifest not found", "pass --manifest (the manifest.json of the training run)")
-    manifest = Manifest.load(path)
-    if manifest.sha256 != reference.manifest_sha256:
-        raise ArtifactError(
-            f"{path}: split manifest {manifest.sha256[:12]}… is not the one {reference.path.name} was trained on "
-            f"({reference.manifest_sha256[:12]}…)",
-            "pass --manifest with the manifest.json from the checkpoint's run folder",
-        )
-    return path, manifest
-
-
 def load_candidates(candidates: list[tuple[Path, bool]], reference: ArtifactInfo, provider: str,
                     stack: contextlib.ExitStack) -> tuple[list[Predictor], list[tuple[str, str]]]:
     """Open every artifact and check it against the reference *before* any expensive solve, so a tampered
@@ -246,7 +230,7 @@ def _run_parity(config: ParityConfig, stack: contextlib.ExitStack) -> ParityRepo
     if config.reference_solver is not None and not ref_info.source_solver.is_adaptive:
         notes.append(f"the checkpoint was trained with a fixed-step solver ({ref_info.source_solver.describe()}); "
                      f"the reference integrates its ODE with {ref_info.solver.describe()} instead")
-    manifest_path, manifest = load_manifest_for(ref_info, config.manifest)
+    manifest_path, manifest = manifest_of_run(ref_info.path, ref_info.manifest_sha256, config.manifest)
     if manifest.config.image_size != ref_info.input.image_size:
         raise ArtifactError(f"{manifest_path}: images are {manifest.config.image_size} px but {ref_info.path.name} takes "
                             f"{ref_info.input.image_size} px")
