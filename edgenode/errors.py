@@ -69,6 +69,14 @@ class ParityError(EdgenodeError):
     """A deployed artifact does not reproduce the reference model within the thresholds."""
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of a foreign exception's message (its type's name when it has none), cut to ``limit``:
+    how a library's multi-line error enters one of ours."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 def is_whole_number(value: object, low: int = 1) -> bool:
     """``value`` is an int (not a bool, which Python counts as one) and at least ``low``: the test behind every
     count-like option; each caller keeps its own message."""

@@ -1165,3 +1165,11 @@ def test_export_replacing_files_while_another_process_reads_them(corpus_run, cor
     assert seen
     for name, logits in seen:
         assert np.array_equal(logits, old[name]) or np.array_equal(logits, new[name]), name
+
+
+def test_a_foreign_error_enters_ours_as_its_first_line():
+    from edgenode.errors import first_line
+
+    assert first_line(RuntimeError("parse failed\n  at node 3\n  ...")) == "parse failed"
+    assert first_line(ValueError("")) == "ValueError"
+    assert first_line(OSError("x" * 50), limit=10) == "x" * 9 + "…"

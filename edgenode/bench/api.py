@@ -40,7 +40,7 @@ from edgenode.bench.timing import measure
 from edgenode.checkpoint import InputSpec
 from edgenode.console import console
 from edgenode.data.manifest import check_split_option, manifest_of_run
-from edgenode.errors import ArtifactError, UsageError
+from edgenode.errors import ArtifactError, UsageError, first_line
 from edgenode.export.unroll import MAX_STEPS
 from edgenode.ode.solvers import FIXED_STEP_METHODS, SolverConfig
 from edgenode.runtime.providers import ONNXRUNTIME_MISSING, onnxruntime_installed
@@ -570,8 +570,7 @@ def _finish(rows: list[BenchRow], peak: Peak | None, batch_sizes: tuple[int, ...
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
+    return f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__
 
 
 def run_specs(specs: list[RowSpec], session: _Session) -> list[str]:

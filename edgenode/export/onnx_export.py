@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from edgenode.artifacts import atomic_path
-from edgenode.errors import ArtifactError, UsageError
+from edgenode.errors import ArtifactError, UsageError, first_line
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -106,7 +106,7 @@ def torch_to_onnx(model: torch.nn.Module, image_size: int, opset: int = DEFAULT_
         try:
             proto = EXPORTERS[name](model, sample, opset)
         except Exception as exc:  # noqa: BLE001 - an exporter bug on one torch version: try the other path
-            errors.append(f"{name}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
+            errors.append(f"{name}: {first_line(exc, 1000)}")
             console.print(f"[yellow]warning:[/] torch.onnx {name} exporter failed ({errors[-1][:200]}); trying the next one")
             continue
         got = onnx_opset(proto)
@@ -173,8 +173,7 @@ def check_onnx(path: str | os.PathLike) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ArtifactError(f"{path}: fails the ONNX checker ({first[:300]})", "this is an exporter bug; please report it") from None
+        raise ArtifactError(f"{path}: fails the ONNX checker ({first_line(exc, 300)})", "this is an exporter bug; please report it") from None
 
 
 def op_counts(proto) -> dict[str, int]:

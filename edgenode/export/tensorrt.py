@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edgenode.artifacts import atomic_path, atomic_write_bytes, write_sidecar
-from edgenode.errors import ArtifactError, EdgenodeError, UsageError, is_whole_number
+from edgenode.errors import ArtifactError, EdgenodeError, UsageError, first_line, is_whole_number
 from edgenode.export.metadata import ArtifactMetadata
 from edgenode.export.onnx_export import INPUT_NAME
 
@@ -37,13 +37,13 @@ class TensorRTUnavailable(EdgenodeError):
     """The ``tensorrt`` Python package cannot be imported here."""
 
 
-def import_tensorrt():
-    """``import tensorrt`` or a one-line error that says how to get it."""
+def import_tensorrt(needed_by: str = "--format engine"):
+    """``import tensorrt`` or a one-line error that says how to get it, and what asked for it."""
     try:
         import tensorrt
     except (ImportError, OSError) as exc:  # OSError: the wheel is there but libnvinfer is not
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TensorRTUnavailable(f"--format engine needs TensorRT, which cannot be imported here ({reason[:160]})", TENSORRT_HINT) from None
+        raise TensorRTUnavailable(f"{needed_by} needs TensorRT, which cannot be imported here ({first_line(exc, 160)})",
+                                  TENSORRT_HINT) from None
     return tensorrt
 
 
@@ -198,7 +198,7 @@ def engines_from_onnx(paths, config: EngineConfig = EngineConfig()) -> list[tupl
     from edgenode.artifacts import KIND_WORDS
     from edgenode.runtime.artifact import detect_kind, expand_artifacts, read_onnx_metadata
 
-    import_tensorrt()  # before any work: without TensorRT there is nothing to build
+    import_tensorrt("`edgenode engine`")  # before any work: without TensorRT there is nothing to build
     chosen: list[tuple[Path, ArtifactMetadata, str]] = []
     for path, from_folder in expand_artifacts(paths):
         kind = detect_kind(path)
