@@ -17,8 +17,10 @@ fraction of the peak measured in the same run (:mod:`edgenode.bench.peak`) and, 
 accuracy on the manifest's split and top-1 agreement with the baseline.
 
 Every artifact is opened (sidecar sha256, metadata, input size and alignment against the reference) before
-the first row is timed: a tampered, foreign or mismatched file fails the bench (exit 1). Only a row whose
-runtime or provider is missing here is skipped with a note, and a bench where no artifact row could run fails.
+the first row is timed: a tampered, foreign or mismatched file fails the bench (exit 1). A row that is optional
+(an artifact found in a folder, a sweep row) is skipped with a note when its runtime or provider is missing here,
+and a GPU row when it fails in any way; a file or provider named on the command line that cannot run fails the
+bench, and so does a bench where no artifact row could run.
 """
 
 from __future__ import annotations

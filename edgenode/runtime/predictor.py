@@ -2,8 +2,8 @@
 
 A :class:`Predictor` pairs a runner (torch, onnxruntime or TensorRT) with the artifact's own metadata, so
 ``predict(["face.jpg"])`` resizes, normalises and names classes exactly as the artifact was trained, with no
-flag for the user to repeat. ``predict_logits`` is the raw path every comparison (parity, verify, bench)
-goes through.
+flag for the user to repeat. ``predict_logits`` is the raw path the comparisons (parity, verify, evaluate) go
+through; bench times the runner itself (``runner.infer``), so that no check sits inside the timed call.
 """
 
 from __future__ import annotations
