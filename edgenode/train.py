@@ -285,8 +285,14 @@ def prepare_manifest(config: TrainConfig, run_dir: Path, ctx: DistContext, fresh
 
 def train(config: TrainConfig) -> TrainResult:
     ctx = init_distributed()
+    created = not Path(config.out).exists()
     try:
         return _train(config, ctx)
+    except BaseException:
+        run_dir = Path(config.out)  # a run refused before it wrote anything leaves no empty --out behind
+        if created and ctx.is_main and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        raise
     finally:
         ctx.shutdown()
 
@@ -298,6 +304,10 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
     if run_dir.resolve() == images or images in run_dir.resolve().parents:  # its curves.png would join the data set
         raise UsageError(f"--out {run_dir} is inside the images of {config.data}: the run folder would be read as an "
                          "identity next time", "train into a folder outside the data set, e.g. runs/<name>")
+    if config.init:  # an ONNX file or an engine is refused now, not after the split is decoded
+        from edgenode.runtime.artifact import expect_kind
+
+        expect_kind(config.init, ("checkpoint",), "--init")
     had_folder = run_dir.is_dir()
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

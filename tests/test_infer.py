@@ -102,6 +102,9 @@ def test_wrong_artifact_and_no_images_are_refused(fp32_onnx, tmp_path, photo_fol
     fake.write_text("not a model\n")
     result = invoke("infer", fake, photo_folder)
     assert result.exit_code == 1 and "is a text file, not a model" in result.stderr
+    fake.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:4d7a\nsize 4536689\n")
+    result = invoke("infer", fake, photo_folder)
+    assert result.exit_code == 1 and "model.onnx: is a Git LFS pointer, not the model it stands for (fetch the file: git lfs pull)" in result.stderr
     empty = tmp_path / "nothing"
     empty.mkdir()
     result = invoke("infer", fp32_onnx, empty)

@@ -385,6 +385,16 @@ def test_init_refuses_another_network(trained_run, synthetic_root, tmp_path):
         train(config)
 
 
+def test_init_with_an_export_is_refused_before_any_work_and_leaves_no_folder(shared_exports, synthetic_root, tmp_path, monkeypatch):
+    """No --manifest, so the split would be built first: the ONNX file is refused before that, and the --out this
+    call created (still empty) goes with the error."""
+    monkeypatch.setattr(train_module, "prepare_manifest", lambda *a, **k: pytest.fail("the split was built first"))
+    out = tmp_path / "tuned"
+    with pytest.raises(ArtifactError, match=r"model-rk4x\d+-fp32.onnx: is an ONNX model, but --init needs a training checkpoint"):
+        train(small_config(synthetic_root, out, init=str(shared_exports["fp32"])))
+    assert not out.exists()
+
+
 def test_amp_on_cpu_says_it_trains_in_float32(synthetic_root, tmp_path, capsys):
     result = train(small_config(synthetic_root, tmp_path / "amp", epochs=1, amp=True))
     assert "--amp: bfloat16 autocast is used on CUDA only; training in float32 on cpu" in capsys.readouterr().err

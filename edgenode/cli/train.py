@@ -16,7 +16,7 @@ def command(
     out: Annotated[Path, typer.Option(help="Run folder: manifest, checkpoints, metrics, plots.")] = Path("runs/train"),
     arch: Annotated[str, typer.Option(help="Model preset: odenet (GroupNorm, dopri5), paper (BatchNorm, Euler 20), faceode (128-d embedding, RK4×2; distillable) or faceode-res (faceode with three residual blocks).")] = "odenet",
     width: Annotated[Optional[int], typer.Option(help="Channels of the ODE state (preset default if unset).")] = None,
-    solver: Annotated[Optional[str], typer.Option(help="dopri5 | bosh3 | euler | midpoint | rk4 | rk4_38 (preset default if unset).")] = None,
+    solver: Annotated[Optional[str], typer.Option(help="Adaptive: dopri5 | bosh3 | adaptive_heun | dopri8; fixed-step: euler | midpoint | rk4 | rk4_38 (preset default if unset).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Steps of a fixed-step solver.")] = None,
     rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance of an adaptive solver.")] = None,
     atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance of an adaptive solver.")] = None,

@@ -315,7 +315,7 @@ def build_manifest(
         raise DataError(
             f"only {len(kept)} identit{'y' if len(kept) == 1 else 'ies'} in {base} "
             f"with {config.per_class} decodable images; at least 2 are needed",
-            "lower --per-class or add images",
+            "lower --per-class (and --train/--val/--test, which must fit in it) or add images",
         )
 
     splits, arrays, unused = _assign(kept, config)

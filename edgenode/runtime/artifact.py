@@ -69,6 +69,8 @@ def detect_kind(path: str | os.PathLike) -> str:
     if by_content == "image":
         raise ArtifactPathError(f"{path}: is an image, not a model",
                                 "pass a .pt checkpoint, an .onnx file or a TensorRT .engine; images come after it")
+    if by_content == "text" and head.startswith(b"version https://git-lfs"):  # a clone without git-lfs
+        raise ArtifactError(f"{path}: is a Git LFS pointer, not the model it stands for", "fetch the file: git lfs pull")
     if by_content == "text":
         raise ArtifactError(f"{path}: is a text file, not a model", "pass a .pt checkpoint, an .onnx file or a TensorRT .engine")
     if by_name == "engine":
