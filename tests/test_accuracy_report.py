@@ -10,7 +10,7 @@ import torch
 
 from edgenode.accuracy_report import accuracy_report, prediction_grid, select_examples, worst_class_confusion
 from edgenode.checkpoint import load_checkpoint
-from edgenode.data import load_split
+from edgenode.data import Manifest, load_split
 from edgenode.errors import ArtifactError
 from edgenode.metrics import wilson_interval
 from helpers import one_line
@@ -192,15 +192,26 @@ def test_evaluate_scores_an_export_as_deployed(trained_run, shared_exports, synt
     assert "accuracy" in result.stderr and "model-rk4x4-int8-ort.onnx" in result.stderr
 
 
-def test_evaluate_default_folder_and_an_export_without_its_manifest(trained_run, shared_exports, synthetic_root):
+def test_evaluate_default_folder_and_an_export_without_its_manifest(trained_run, shared_exports, synthetic_root, tmp_path):
+    import shutil
+
     from edgenode.cli.evaluate import default_out
     from edgenode.errors import ArtifactPathError, UsageError
 
     assert default_out(trained_run.best_checkpoint) == trained_run.run_dir / "accuracy-report"
     assert default_out(shared_exports["fp32"]) == shared_exports["fp32"].parent / "accuracy-report-model-rk4x4-fp32"
-    with pytest.raises(ArtifactPathError) as exc:  # the export folder holds no manifest.json
-        accuracy_report(shared_exports["fp32"], synthetic_root, None, shared_exports["fp32"].parent / "never")
-    one_line(exc, "manifest.json: split manifest not found", "--manifest")
+    # export copies the split beside its files, so a copied export folder is scored without --manifest
+    copied = shared_exports["fp32"].parent / "manifest.json"
+    assert copied.read_bytes() == (trained_run.run_dir / "manifest.json").read_bytes()
+    report = accuracy_report(shared_exports["fp32"], synthetic_root, None, tmp_path / "report")
+    assert report["n"] == len(Manifest.load(copied).files("test"))
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for suffix in ("", ".json"):
+        shutil.copy(str(shared_exports["fp32"]) + suffix, alone)
+    with pytest.raises(ArtifactPathError) as exc:  # a file copied without it
+        accuracy_report(alone / shared_exports["fp32"].name, synthetic_root, None, alone / "never")
+    one_line(exc, "manifest.json: split manifest not found", "--manifest", "model-rk4x4-fp32.onnx")
     with pytest.raises(UsageError) as exc:  # one view is baked into this file
         accuracy_report(shared_exports["fp32"], synthetic_root, trained_run.run_dir / "manifest.json",
                         shared_exports["fp32"].parent / "never", mirror_average=True)

@@ -519,3 +519,21 @@ def test_onnx_runtimes_int8_weights_fit_in_seven_bits(exported):
                    if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].dtype == np.int8]
         assert weights, key
         assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights) == largest, key
+
+
+def test_the_split_travels_with_the_export_but_never_replaces_another(tmp_path):
+    from edgenode.export.pipeline import copy_manifest
+
+    run, out = tmp_path / "run", tmp_path / "export"
+    run.mkdir()
+    out.mkdir()
+    (run / "manifest.json").write_text('{"split": 1}\n')
+    report: dict = {}
+    assert copy_manifest(run / "manifest.json", out, report) == [out / "manifest.json"]
+    assert (out / "manifest.json").read_text() == '{"split": 1}\n' and not report
+    assert copy_manifest(run / "manifest.json", run, report) == [run / "manifest.json"]  # exported into the run folder
+    (run / "manifest.json").write_text('{"split": 2}\n')  # another run's split, exported into the same folder
+    assert copy_manifest(run / "manifest.json", out, report) == []
+    assert (out / "manifest.json").read_text() == '{"split": 1}\n'
+    assert report["warnings"] == [f"{out / 'manifest.json'} is another split's manifest and was left as it is: "
+                                  f"score these files with --manifest {run / 'manifest.json'}"]

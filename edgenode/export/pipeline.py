@@ -69,6 +69,7 @@ class _Inputs:
 
     ckpt: Checkpoint
     manifest: Any
+    manifest_path: Path
     root: Path
     val_images: torch.Tensor
     val_labels: np.ndarray
@@ -99,7 +100,7 @@ def load_inputs(config: ExportConfig) -> _Inputs:
     images, labels = edata.load_split(manifest, root, "val")
     if len(labels) == 0:
         raise UsageError(f"the val split of {manifest_path} is empty", "rebuild the split with some validation images")
-    return _Inputs(ckpt, manifest, root, images.float(), labels.numpy())
+    return _Inputs(ckpt, manifest, manifest_path, root, images.float(), labels.numpy())
 
 
 def choose_discretisation(config: ExportConfig, inputs: _Inputs, model, report: dict, result_files: list) -> tuple[str, int, str]:
@@ -311,6 +312,22 @@ def build_engines(config: ExportConfig, result: ExportResult) -> None:
         console.print(f"[green]✓[/] built {path} ({human_size(path.stat().st_size)}) in {time.perf_counter() - started:.1f} s")
 
 
+def copy_manifest(manifest_path: Path, out: Path, report: dict) -> list[Path]:
+    """The split beside the exported files, so that an export folder copied to a device is scored (``evaluate``,
+    ``bench --data``) without ``--manifest``. A different manifest already there is left alone, with a warning:
+    the folder then holds exports of two splits."""
+    from edgenode.artifacts import atomic_write_bytes
+
+    target = out / "manifest.json"
+    data = manifest_path.read_bytes()
+    if target.is_file() and target.read_bytes() != data:
+        _warn(report, f"{target} is another split's manifest and was left as it is: score these files with --manifest {manifest_path}")
+        return []
+    if target.is_file():  # the same split (or the run folder itself)
+        return [target]
+    return [atomic_write_bytes(target, data)]
+
+
 def base_metadata(inputs: _Inputs, unrolled, method: str, steps: int, steps_source: str, validity: OdeValidity | None) -> ArtifactMetadata:
     ckpt = inputs.ckpt
     extra: dict[str, Any] = {"method": method, "method_description": describe(method, steps), "steps_source": steps_source,
@@ -385,6 +402,7 @@ def export_model(config: ExportConfig) -> ExportResult:
         report["artifacts"][0]["note"] = "reference for the other precisions"
     if config.format == "engine":
         build_engines(config, result)
+    result.files += copy_manifest(inputs.manifest_path, out, report)
     report["elapsed_s"] = time.perf_counter() - started
     result.files += write_report(out, report)
     console.print(f"[bold]edgenode export[/] {method}×{steps}{' mirror-averaged' if config.mirror_average else ''}: {len(result.artifacts)} artifact(s) in {out} "
