@@ -313,8 +313,8 @@ def build_engines(config: ExportConfig, result: ExportResult) -> None:
 
 
 def copy_manifest(manifest_path: Path, out: Path, report: dict) -> list[Path]:
-    """The split beside the exported files, so that an export folder copied to a device is scored (``evaluate``,
-    ``bench --data``) without ``--manifest``. A different manifest already there is left alone, with a warning:
+    """The split beside the exported files, so that an export folder copied to a device is scored by ``evaluate``
+    without ``--manifest``. A different manifest already there is left alone, with a warning:
     the folder then holds exports of two splits."""
     from edgenode.artifacts import atomic_write_bytes
 
