@@ -12,6 +12,7 @@ Design points:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -291,7 +292,8 @@ def train(config: TrainConfig) -> TrainResult:
     except BaseException:
         run_dir = Path(config.out)  # a run refused before it wrote anything leaves no empty --out behind
         if created and ctx.is_main and run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()
+            with contextlib.suppress(OSError):  # never in place of the error that ended the run
+                run_dir.rmdir()
         raise
     finally:
         ctx.shutdown()

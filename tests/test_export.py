@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from edgenode.artifacts import read_sidecar, sha256_file, sidecar_path
 from edgenode.checkpoint import Checkpoint, InputSpec, load_checkpoint, save_checkpoint
 from edgenode.cli import app
-from edgenode.data import load_split
+from edgenode.data import Manifest, load_split
 from edgenode.errors import ArtifactError, ParityError, UsageError
 from edgenode.export import EngineConfig, ExportConfig, export_model
 from edgenode.export import onnx_export as ox
@@ -521,19 +521,29 @@ def test_onnx_runtimes_int8_weights_fit_in_seven_bits(exported):
         assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights) == largest, key
 
 
-def test_the_split_travels_with_the_export_but_never_replaces_another(tmp_path):
+def test_the_split_travels_with_the_export_and_replaces_only_an_unused_one(synthetic_manifest, tmp_path):
+    import dataclasses
+
+    from edgenode.artifacts import write_json
     from edgenode.export.pipeline import copy_manifest
 
     run, out = tmp_path / "run", tmp_path / "export"
     run.mkdir()
     out.mkdir()
-    (run / "manifest.json").write_text('{"split": 1}\n')
+    first = synthetic_manifest.save(run / "first.json")
+    second = dataclasses.replace(synthetic_manifest, mean=(0.1, 0.2, 0.3)).save(run / "second.json")
     report: dict = {}
-    assert copy_manifest(run / "manifest.json", out, report) == [out / "manifest.json"]
-    assert (out / "manifest.json").read_text() == '{"split": 1}\n' and not report
-    assert copy_manifest(run / "manifest.json", run, report) == [run / "manifest.json"]  # exported into the run folder
-    (run / "manifest.json").write_text('{"split": 2}\n')  # another run's split, exported into the same folder
-    assert copy_manifest(run / "manifest.json", out, report) == []
-    assert (out / "manifest.json").read_text() == '{"split": 1}\n'
-    assert report["warnings"] == [f"{out / 'manifest.json'} is another split's manifest and was left as it is: "
-                                  f"score these files with --manifest {run / 'manifest.json'}"]
+    assert copy_manifest(first, out, report) == [out / "manifest.json"]
+    assert (out / "manifest.json").read_bytes() == first.read_bytes() and not report
+    assert copy_manifest(first, out, report) == [out / "manifest.json"] and not report  # the same split again
+    # an artifact of the first split stays in the folder: its manifest stays too, and the export is warned
+    (out / "model-rk4x2-fp32.onnx").write_bytes(b"onnx")
+    write_json(out / "model-rk4x2-fp32.onnx.json", {"manifest_sha256": Manifest.load(first).sha256})
+    assert copy_manifest(second, out, report) == []
+    assert (out / "manifest.json").read_bytes() == first.read_bytes()
+    assert report["warnings"] == [f"{out / 'manifest.json'} is the split of model-rk4x2-fp32.onnx and was left as it is: "
+                                  f"score this export's files with --manifest {second}"]
+    # once no artifact refers to it (re-exported over), the new split replaces it
+    write_json(out / "model-rk4x2-fp32.onnx.json", {"manifest_sha256": Manifest.load(second).sha256})
+    assert copy_manifest(second, out, {}) == [out / "manifest.json"]
+    assert (out / "manifest.json").read_bytes() == second.read_bytes()

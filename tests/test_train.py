@@ -395,6 +395,22 @@ def test_init_with_an_export_is_refused_before_any_work_and_leaves_no_folder(sha
     assert not out.exists()
 
 
+def test_a_run_refused_after_creating_its_folder_removes_it_only_if_it_made_it(synthetic_root, tmp_path):
+    """Too few images per identity for --per-class fails after --out was made, before anything was written."""
+    from edgenode.errors import DataError
+
+    split = SplitConfig(per_class=500, train=400, val=50, test=50)
+    new = tmp_path / "new" / "run"
+    with pytest.raises(DataError, match="at least 2 are needed"):
+        train(small_config(synthetic_root, new, split=split))
+    assert not new.exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()  # the user's own (empty) folder stays
+    with pytest.raises(DataError):
+        train(small_config(synthetic_root, mine, split=split))
+    assert mine.is_dir()
+
+
 def test_amp_on_cpu_says_it_trains_in_float32(synthetic_root, tmp_path, capsys):
     result = train(small_config(synthetic_root, tmp_path / "amp", epochs=1, amp=True))
     assert "--amp: bfloat16 autocast is used on CUDA only; training in float32 on cpu" in capsys.readouterr().err

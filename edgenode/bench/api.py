@@ -18,9 +18,10 @@ accuracy on the manifest's split and top-1 agreement with the baseline.
 
 Every artifact is opened (sidecar sha256, metadata, input size and alignment against the reference) before
 the first row is timed: a tampered, foreign or mismatched file fails the bench (exit 1). A row that is optional
-(an artifact found in a folder, a sweep row) is skipped with a note when its runtime or provider is missing here,
-and a GPU row when it fails in any way; a file or provider named on the command line that cannot run fails the
-bench, and so does a bench where no artifact row could run.
+(a file found in a folder, a provider that ``--providers all`` found) is skipped with a note when its runtime
+or provider is missing here, and a GPU row when it fails in any way; a file or provider named on the command line
+that cannot run fails the bench, and so does a bench where no artifact row could run. ONNX Runtime itself is
+needed as soon as any row runs an ONNX graph; without it, a bench of checkpoints loses only the CPU peak.
 """
 
 from __future__ import annotations
@@ -391,7 +392,7 @@ def artifact_specs(entries, config: BenchConfig, threads: int) -> list[RowSpec]:
                 optional = from_folder or (config.providers == ("all",) and provider != "cpu")
                 specs.append(RowSpec(name, "artifact", _onnx_file_loader(path, provider, threads), optional))
         elif kind == "engine":
-            specs.append(RowSpec(path.name, "artifact", _predictor_loader(path, "tensorrt"), optional=True if from_folder else False))
+            specs.append(RowSpec(path.name, "artifact", _predictor_loader(path, "tensorrt"), optional=from_folder))
         else:
             specs.append(RowSpec(f"{path.name} (torch)", "artifact", _predictor_loader(path, "cpu")))
     if not wanted and any(kind == "onnx" for _, kind, _ in entries):
@@ -680,7 +681,8 @@ def run_bench(config: BenchConfig) -> BenchReport:
             c, s = flops.state_shape[0], flops.state_shape[-1]
             peak_config = PeakConfig(batch=max(config.batch_sizes), channels=c, size=s, depth=config.peak_depth,
                                      matmul_size=config.peak_matmul_size, warmup=config.peak_warmup, repeats=config.peak_repeats)
-            session.say(f"measuring the FP32 peak ({plural(threads, 'thread')})…")
+            if cpu_peak or use_gpu:
+                session.say(f"measuring the FP32 peak ({plural(threads, 'thread')})…")
             peak = Peak(peak_config, measure_cpu_peak(peak_config, threads) if cpu_peak else [])
             if use_gpu:
                 peak.measurements += measure_cuda_peak(peak_config)

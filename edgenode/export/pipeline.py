@@ -9,7 +9,8 @@ Order of work, each step failing with a one-line error before anything is left h
    FP32 is always written: it is the reference every other precision is checked against and the graph
    whose tensor names the TensorRT calibration tables use;
 5. FP16 and INT8 (per target) from the FP32 file, each run in ONNX Runtime and compared with FP32;
-6. golden samples, JSON sidecars and ``export_report.json/.md``; engines with ``--format engine``.
+6. golden samples, JSON sidecars, the split's ``manifest.json`` and ``export_report.json/.md``; engines with
+   ``--format engine``.
 
 Every artifact is written to a temporary name, checked there, and renamed only when its checks pass.
 """
@@ -28,7 +29,7 @@ import torch
 from edgenode.artifacts import atomic_path, human_size, sha256_file, sidecar_path, write_sidecar
 from edgenode.checkpoint import Checkpoint, load_checkpoint
 from edgenode.console import console
-from edgenode.errors import ArtifactError, ParityError, UsageError
+from edgenode.errors import ArtifactError, EdgenodeError, ParityError, UsageError
 from edgenode.export import fp16 as fp16_mod
 from edgenode.export import int8 as int8_mod
 from edgenode.export import numerics
@@ -153,7 +154,7 @@ def golden_indices(n: int, count: int) -> np.ndarray:
 
 
 class _Writer:
-    """Writes one ONNX artifact: stage under a temporary name, check, rename, then golden file and sidecar."""
+    """Writes one ONNX artifact: stage under a temporary name, check, write its golden file and sidecar, rename."""
 
     def __init__(self, config: ExportConfig, inputs: _Inputs, result: ExportResult, ref_logits: np.ndarray, stem: str):
         self.config, self.inputs, self.result, self.ref_logits, self.stem = config, inputs, result, ref_logits, stem
@@ -314,18 +315,28 @@ def build_engines(config: ExportConfig, result: ExportResult) -> None:
 
 def copy_manifest(manifest_path: Path, out: Path, report: dict) -> list[Path]:
     """The split beside the exported files, so that an export folder copied to a device is scored by ``evaluate``
-    without ``--manifest``. A different manifest already there is left alone, with a warning:
-    the folder then holds exports of two splits."""
-    from edgenode.artifacts import atomic_write_bytes
+    without ``--manifest``. Another split's manifest already there is replaced when no artifact left in the folder
+    was exported from it, else left alone with a warning: the folder then holds exports of two splits."""
+    from edgenode.artifacts import atomic_write_bytes, read_json
+    from edgenode.data import Manifest
+    from edgenode.runtime.artifact import find_artifacts
 
     target = out / "manifest.json"
-    data = manifest_path.read_bytes()
-    if target.is_file() and target.read_bytes() != data:
-        _warn(report, f"{target} is another split's manifest and was left as it is: score these files with --manifest {manifest_path}")
-        return []
-    if target.is_file():  # the same split (or the run folder itself)
-        return [target]
-    return [atomic_write_bytes(target, data)]
+    new_sha = Manifest.load(manifest_path).sha256
+    if target.is_file():
+        try:
+            old_sha = Manifest.load(target).sha256
+        except EdgenodeError:  # not a manifest after all: nothing can depend on it
+            old_sha = None
+        if old_sha == new_sha:  # the same split (or the run folder itself)
+            return [target]
+        users = [p.name for p in find_artifacts(out) if old_sha is not None and sidecar_path(p).is_file()
+                 and read_json(sidecar_path(p)).get("manifest_sha256") == old_sha]
+        if users:
+            _warn(report, f"{target} is the split of {users[0]} and was left as it is: score this export's files with "
+                          f"--manifest {manifest_path}")
+            return []
+    return [atomic_write_bytes(target, manifest_path.read_bytes())]
 
 
 def base_metadata(inputs: _Inputs, unrolled, method: str, steps: int, steps_source: str, validity: OdeValidity | None) -> ArtifactMetadata:

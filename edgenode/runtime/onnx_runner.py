@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgenode.errors import ArtifactError
+from edgenode.errors import ArtifactError, first_line
 from edgenode.runtime.base import Runner
 from edgenode.runtime.providers import ProviderUnavailableError, install_hint, short_name
 
@@ -49,8 +49,7 @@ class OnnxRuntimeRunner(Runner):
             with contextlib.redirect_stdout(sys.stderr):
                 self.session = ort.InferenceSession(source, sess_options=options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph/RuntimeException types
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ArtifactError(f"{self.path}: onnxruntime cannot load it ({reason[:200]})",
+            raise ArtifactError(f"{self.path}: onnxruntime cannot load it ({first_line(exc)})",
                                 "re-export it, or update onnxruntime if the opset is newer than it supports") from None
         active = self.session.get_providers()
         first = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
