@@ -309,3 +309,30 @@ def test_reference_with_no_artifact_or_folder_without_artifacts(trained_run, syn
     empty.mkdir()
     with pytest.raises(ArtifactError, match="no .onnx or .engine files"):
         run_parity(ParityConfig(artifacts=(str(empty),), reference=str(trained_run.best_checkpoint), data=str(synthetic_root)))
+
+
+def test_every_session_is_closed_when_a_later_artifact_fails(export_dir, trained_run, synthetic_root, monkeypatch):
+    """A run that ends in an error (here: the second artifact is refused) closes the reference and every artifact
+    it opened: in a notebook or the demo, an engine would otherwise keep its GPU memory."""
+    import edgenode.parity.run as parity_run
+
+    opened, load = [], parity_run.load_predictor
+
+    def recording(*args, **kwargs):
+        opened.append(load(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(parity_run, "load_predictor", recording)
+    checked = []
+
+    def refuse_the_second(info, reference):
+        checked.append(info.path.name)
+        if len(checked) == 2:
+            raise ArtifactError(f"{info.path.name}: refused for the test")
+
+    monkeypatch.setattr(parity_run, "check_compatible", refuse_the_second)
+    artifacts = (str(export_dir / EXPORT_FILES["fp32"]), str(export_dir / EXPORT_FILES["fp16"]))
+    with pytest.raises(ArtifactError, match="refused for the test"):
+        run_parity(ParityConfig(artifacts=artifacts, reference=str(trained_run.best_checkpoint), data=str(synthetic_root), out=None))
+    assert [p.metadata.kind for p in opened] == ["checkpoint", "onnx", "onnx"]
+    assert opened[0].runner.model is None and all(p.runner.session is None for p in opened[1:])
