@@ -299,9 +299,137 @@ def train(config: TrainConfig) -> TrainResult:
         ctx.shutdown()
 
 
+@dataclass
+class _Progress:
+    """Where a run stands between epochs: what ``--resume`` restores and every epoch updates."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 1
+    best_val: float = -1.0
+    best_epoch: int = 0
+    best_val_ema: float = -1.0
+    best_epoch_ema: int = 0
+
+
 def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
-    run_dir = Path(config.out)
+    run_dir, resume = open_run_dir(config, ctx)
     last_path, best_path, best_ema_path = run_dir / "last.pt", run_dir / "best.pt", run_dir / "best-ema.pt"
+    device = ctx.device if ctx.device is not None else resolve_device(config.device)
+    manifest = prepare_manifest(config, run_dir, ctx, fresh=not resume)
+    spec = InputSpec(manifest.config.image_size, tuple(manifest.mean), tuple(manifest.std), data_alignment(config.data, manifest.config.image_size))
+    arrays = {name: edata.load_split_arrays(manifest, config.data, name) for name in ("train", "val", "test")}
+    num_classes = len(manifest.classes)
+    model_config = config.model_config(num_classes)
+    torch.manual_seed(config.seed)
+    model = build_model(model_config).to(device)
+
+    splits, train_images, pool_files = build_splits(config, manifest, arrays, spec, device, ctx)
+    targets, teacher_summary = (attach_teacher(config, model, manifest, spec, arrays, splits, train_images, pool_files, device)
+                                if config.teacher else (None, {}))
+    # read by now (their loaders name a missing or foreign file); hashed for --resume and the run's record
+    inputs = {name: sha256_file(getattr(config, name)) for name in HASHED_INPUTS if getattr(config, name)}
+    teacher_summary.update({f"{name}_sha256": inputs[name] for name in ("kd_targets", "teacher_views") if name in inputs})
+    if config.init and not resume:
+        source = start_from(model, model_config, manifest, config.init)
+        ctx.print(f"initialised from {config.init} (epoch {source.epoch}, sha256 {source.sha256[:12]}…)")
+    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
+    if len(splits["train"]) < config.batch_size:
+        raise UsageError(f"--batch-size {config.batch_size} is larger than the train split ({len(splits['train'])} images)",
+                         f"pass --batch-size {len(splits['train'])} or less")
+    if config.batch_size % ctx.world_size:
+        raise UsageError(f"--batch-size {config.batch_size} does not split evenly over {ctx.world_size} processes",
+                         f"use a multiple of {ctx.world_size}: the global batch is shared by the processes")
+    steps_per_epoch = len(splits["train"]) // config.batch_size  # drop the ragged last batch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_lambda(config, steps_per_epoch))
+
+    ckpt = load_checkpoint(last_path) if resume else None
+    progress = restore_run(config, ctx, ckpt, last_path, manifest, spec, inputs, model, optimizer, scheduler) if ckpt else _Progress()
+    ema = weight_average(config, model, ckpt, last_path, progress) if config.ema_decay else None
+
+    if ctx.is_main:
+        announce(config, ctx, model, model_config, num_classes, splits, device, teacher_summary)
+    train_model = ctx.wrap(model)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing, reduction="sum")  # divided in run_epoch
+
+    def snapshot(epoch: int, metrics: dict[str, Any]) -> Checkpoint:
+        return Checkpoint(
+            model_config=model_config,
+            classes=manifest.classes,
+            input_spec=spec,
+            manifest_sha256=manifest.sha256,
+            state_dict=model.state_dict(),
+            epoch=epoch,
+            metrics=metrics,
+            history=progress.history,
+            train_config={**config.to_dict(), "input_sha256": inputs},
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            ema_state_dict=ema.state_dict() if ema is not None else None,
+        )
+
+    last_epoch = config.epochs if config.stop_after is None else config.stop_after
+    for epoch in range(progress.start_epoch, last_epoch + 1):
+        t0 = time.perf_counter()
+        train_stats = run_epoch(train_model, model, splits["train"], optimizer, scheduler, criterion, config, epoch, steps_per_epoch, ctx, targets, ema)
+        train_seconds = time.perf_counter() - t0
+        val = evaluate(model, splits["val"], num_classes)
+        row = epoch_row(epoch, train_stats, val, optimizer.param_groups[0]["lr"], train_seconds)
+        improved_ema = False
+        if ema is not None:  # keys only with an average: the metrics files of other runs stay as they were
+            val_ema = evaluate(ema.model, splits["val"], num_classes)
+            row.update(val_loss_ema=val_ema["loss"], val_accuracy_ema=val_ema["accuracy"])
+            improved_ema = val_ema["accuracy"] > progress.best_val_ema
+            if improved_ema:
+                progress.best_val_ema, progress.best_epoch_ema = val_ema["accuracy"], epoch
+        progress.history.append(row)
+        improved = val["accuracy"] > progress.best_val
+        if improved:
+            progress.best_val, progress.best_epoch = val["accuracy"], epoch
+        if ctx.is_main:
+            metrics = {"best_val_accuracy": progress.best_val, "best_epoch": progress.best_epoch, **row}
+            if ema is not None:
+                metrics.update(best_val_accuracy_ema=progress.best_val_ema, best_epoch_ema=progress.best_epoch_ema)
+            ckpt = snapshot(epoch, metrics)
+            if improved:
+                # the file export and infer ship: resume reads last.pt, so no optimizer state (2× the weights in AdamW)
+                save_checkpoint(best_path, replace(ckpt, ema_state_dict=None, optimizer=None, scheduler=None))
+            if improved_ema:
+                save_checkpoint(best_ema_path, average_checkpoint(ckpt, config.ema_decay))
+            save_checkpoint(last_path, ckpt)
+            write_history(run_dir, progress.history)
+            ctx.print(
+                f"epoch {epoch:3d}/{config.epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}  "
+                f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f} f1 {row['val_f1']:.3f}  "
+                f"NFE {row['nfe_train']}/{row['nfe_val']}  {train_seconds:.1f}s" + ("  *best*" if improved else "")
+                + (f"  (average: val acc {row['val_accuracy_ema']:.3f}{'  *best*' if improved_ema else ''})" if ema is not None else "")
+            )
+            if config.table_every and (epoch % config.table_every == 0 or epoch == config.epochs):
+                console.print(table_one(progress.history, config.table_every))
+        ctx.barrier()
+
+    test = {}
+    history = progress.history
+    reached = history[-1]["epoch"] if history else 0
+    if ctx.is_main:
+        from edgenode.plots import plot_training_curves
+
+        write_history(run_dir, history)  # a run killed between last.pt and the metrics of its final epoch
+        plot_training_curves(history, run_dir / "curves.png", title=f"{model_config.arch} — {model_config.solver.describe()}")
+    if reached < config.epochs:  # paused (--stop-after): no test figure for a run that has not finished
+        done = "nothing trained: it had already" if progress.start_epoch > last_epoch else "stopped after"
+        ctx.print(f"{done} epoch {reached} of {config.epochs} (--stop-after {config.stop_after}): "
+                  f"the same command with --resume and without --stop-after continues it")
+    elif ctx.is_main:
+        test = final_test(config, ctx, run_dir, splits["test"], num_classes, device, progress, ema is not None,
+                          {"teacher": teacher_summary, "train_images": {"labelled": len(manifest.files("train")), "unlabelled": len(pool_files)}})
+    return TrainResult(run_dir, best_path, last_path, progress.best_epoch, progress.best_val, test, history)
+
+
+def open_run_dir(config: TrainConfig, ctx: DistContext) -> tuple[Path, bool]:
+    """``--out`` made ready (refused inside the data set or over a finished run without ``--resume``; temporaries of a
+    killed write removed), and whether there is a ``last.pt`` to resume."""
+    run_dir = Path(config.out)
+    last_path = run_dir / "last.pt"
     images = edata.images_root(config.data).resolve()
     if run_dir.resolve() == images or images in run_dir.resolve().parents:  # its curves.png would join the data set
         raise UsageError(f"--out {run_dir} is inside the images of {config.data}: the run folder would be read as an "
@@ -322,16 +450,14 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
     if config.resume and not resume:
         why = "the run stopped during its first epoch" if had_folder else "the folder did not exist: nothing to resume"
         ctx.print(f"--resume: no {last_path} yet ({why}); starting from epoch 1")
+    return run_dir, resume
 
-    device = ctx.device if ctx.device is not None else resolve_device(config.device)
-    manifest = prepare_manifest(config, run_dir, ctx, fresh=not resume)
-    spec = InputSpec(manifest.config.image_size, tuple(manifest.mean), tuple(manifest.std), data_alignment(config.data, manifest.config.image_size))
-    arrays = {name: edata.load_split_arrays(manifest, config.data, name) for name in ("train", "val", "test")}
-    num_classes = len(manifest.classes)
-    model_config = config.model_config(num_classes)
-    torch.manual_seed(config.seed)
-    model = build_model(model_config).to(device)
 
+def build_splits(config: TrainConfig, manifest, arrays: dict, spec: InputSpec, device: torch.device,
+                 ctx: DistContext) -> tuple[dict[str, DeviceSplit], np.ndarray, list[str]]:
+    """The splits on ``device``; with ``--unlabeled`` the pool's images join train, labelled ``UNLABELLED``.
+    Also the train images as trained on (pool included) and the pool's files in that order: the teacher's
+    targets and views are looked up by file, and the views checked against those pixels."""
     pool_images, pool_files = unlabeled_pool(config, manifest, ctx) if config.unlabeled else (None, [])
     train_images, train_labels = arrays["train"]
     if pool_images is not None and len(pool_images):
@@ -339,206 +465,143 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
         train_labels = np.concatenate([train_labels, np.full(len(pool_images), UNLABELLED, dtype=np.int64)])
     splits = {"train": DeviceSplit(train_images, train_labels, spec, device, config.augment_shift, config.augment_color)}
     splits.update({name: DeviceSplit(*arrays[name], spec, device) for name in ("val", "test")})
-    targets, teacher_summary = None, {}
-    if config.teacher:
-        from edgenode import distill
-        from edgenode.teacher import check_teacher_matches_chips, load_teacher
+    return splits, train_images, pool_files
 
-        teacher = load_teacher(config.teacher)
-        check_teacher_matches_chips(teacher, spec.align, config.data)
-        distill.check_student(model, teacher)
-        targets, teacher_summary = distill.build_targets(teacher, manifest.files("train"), arrays["train"][1], pool_files, num_classes, device)
-        if config.kd_targets:
-            distill.attach_kd_targets(targets, config.kd_targets, manifest.files("train") + pool_files, manifest.classes)
-            teacher_summary.update(kd_targets=config.kd_targets)
-        if config.teacher_views:
-            from edgenode.view_bank import bank_rows_for
 
-            bank = check_view_bank(config, spec)
-            rows = bank_rows_for(bank, manifest.files("train") + pool_files, train_images)
-            distill.attach_view_bank(targets, bank, rows, len(arrays["train"][1]))
-            splits["train"].bank, splits["train"].bank_rows = bank, torch.from_numpy(rows)
-            teacher_summary.update(teacher_views=config.teacher_views, teacher_views_count=bank.views)
-        distill.init_classifier(model, targets)
-    # read by now (their loaders name a missing or foreign file); hashed for --resume and the run's record
-    inputs = {name: sha256_file(getattr(config, name)) for name in HASHED_INPUTS if getattr(config, name)}
-    teacher_summary.update({f"{name}_sha256": inputs[name] for name in ("kd_targets", "teacher_views") if name in inputs})
-    if config.init and not resume:
-        source = start_from(model, model_config, manifest, config.init)
-        ctx.print(f"initialised from {config.init} (epoch {source.epoch}, sha256 {source.sha256[:12]}…)")
-    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
-    if len(splits["train"]) < config.batch_size:
-        raise UsageError(f"--batch-size {config.batch_size} is larger than the train split ({len(splits['train'])} images)",
-                         f"pass --batch-size {len(splits['train'])} or less")
-    if config.batch_size % ctx.world_size:
-        raise UsageError(f"--batch-size {config.batch_size} does not split evenly over {ctx.world_size} processes",
-                         f"use a multiple of {ctx.world_size}: the global batch is shared by the processes")
-    steps_per_epoch = len(splits["train"]) // config.batch_size  # drop the ragged last batch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_lambda(config, steps_per_epoch))
+def attach_teacher(config: TrainConfig, model: nn.Module, manifest, spec: InputSpec, arrays: dict, splits: dict[str, DeviceSplit],
+                   train_images: np.ndarray, pool_files: list[str], device: torch.device) -> tuple[Any, dict[str, Any]]:
+    """The teacher's targets for every train and pool image (and, with ``--teacher-views``, the train split's view
+    bank); the student's classifier is initialised from them. Returns (targets, the summary the run records)."""
+    from edgenode import distill
+    from edgenode.teacher import check_teacher_matches_chips, load_teacher
 
-    history: list[dict[str, Any]] = []
-    start_epoch, best_val, best_epoch = 1, -1.0, 0
-    if resume:
-        ckpt = load_checkpoint(last_path)
-        if ckpt.manifest_sha256 != manifest.sha256:
-            raise UsageError(f"{last_path} was trained on another split (manifest {ckpt.manifest_sha256[:12]}…, this run's "
-                             f"{manifest.sha256[:12]}…)", f"resume without --manifest: the run keeps its own, {run_dir / 'manifest.json'}")
-        check_resume_settings(config, ckpt.train_config or {}, last_path)
-        check_resume_inputs(config, (ckpt.train_config or {}).get("input_sha256") or {}, inputs, last_path)
-        if ckpt.input_spec != spec:  # e.g. resumed on the aligned copy of a run started on plain crops
-            raise UsageError(f"{last_path} was trained on other input ({ckpt.input_spec.describe()}; this run: "
-                             f"{spec.describe()})", f"resume with the data folder the run started with ({config.data} is not)")
-        model.load_state_dict(ckpt.state_dict)
-        optimizer.load_state_dict(ckpt.optimizer)
-        scheduler.load_state_dict(ckpt.scheduler)
-        history = list(ckpt.history or [])
-        start_epoch = ckpt.epoch + 1
-        best_val = float(ckpt.metrics.get("best_val_accuracy", -1.0))
-        best_epoch = int(ckpt.metrics.get("best_epoch", 0))
-        ctx.print(f"resuming {last_path} after epoch {ckpt.epoch}")
-    ema, best_val_ema, best_epoch_ema = None, -1.0, 0
-    if config.ema_decay:
-        from edgenode.ema import WeightAverage
+    num_classes = len(manifest.classes)
+    teacher = load_teacher(config.teacher)
+    check_teacher_matches_chips(teacher, spec.align, config.data)
+    distill.check_student(model, teacher)
+    targets, summary = distill.build_targets(teacher, manifest.files("train"), arrays["train"][1], pool_files, num_classes, device)
+    if config.kd_targets:
+        distill.attach_kd_targets(targets, config.kd_targets, manifest.files("train") + pool_files, manifest.classes)
+        summary.update(kd_targets=config.kd_targets)
+    if config.teacher_views:
+        from edgenode.view_bank import bank_rows_for
 
-        ema = WeightAverage(model, config.ema_decay)
-        if resume:
-            if ckpt.ema_state_dict is None:
-                raise UsageError(f"--resume: {last_path} holds no weight average (its run had no --ema-decay)",
-                                 "resume without --ema-decay, or train into another --out")
-            ema.load_state_dict(ckpt.ema_state_dict)
-            best_val_ema = float(ckpt.metrics.get("best_val_accuracy_ema", -1.0))
-            best_epoch_ema = int(ckpt.metrics.get("best_epoch_ema", 0))
+        bank = check_view_bank(config, spec)
+        rows = bank_rows_for(bank, manifest.files("train") + pool_files, train_images)
+        distill.attach_view_bank(targets, bank, rows, len(arrays["train"][1]))
+        splits["train"].bank, splits["train"].bank_rows = bank, torch.from_numpy(rows)
+        summary.update(teacher_views=config.teacher_views, teacher_views_count=bank.views)
+    distill.init_classifier(model, targets)
+    return targets, summary
 
-    if ctx.is_main:
+
+def restore_run(config: TrainConfig, ctx: DistContext, ckpt: Checkpoint, last_path: Path, manifest, spec: InputSpec, inputs: dict[str, str],
+                model: nn.Module, optimizer, scheduler) -> _Progress:
+    """``--resume``: ``last.pt``'s weights, optimizer and schedule, after checking that it is this run's (same split,
+    settings, input files and input)."""
+    if ckpt.manifest_sha256 != manifest.sha256:
+        raise UsageError(f"{last_path} was trained on another split (manifest {ckpt.manifest_sha256[:12]}…, this run's "
+                         f"{manifest.sha256[:12]}…)", f"resume without --manifest: the run keeps its own, {last_path.parent / 'manifest.json'}")
+    check_resume_settings(config, ckpt.train_config or {}, last_path)
+    check_resume_inputs(config, (ckpt.train_config or {}).get("input_sha256") or {}, inputs, last_path)
+    if ckpt.input_spec != spec:  # e.g. resumed on the aligned copy of a run started on plain crops
+        raise UsageError(f"{last_path} was trained on other input ({ckpt.input_spec.describe()}; this run: "
+                         f"{spec.describe()})", f"resume with the data folder the run started with ({config.data} is not)")
+    model.load_state_dict(ckpt.state_dict)
+    optimizer.load_state_dict(ckpt.optimizer)
+    scheduler.load_state_dict(ckpt.scheduler)
+    ctx.print(f"resuming {last_path} after epoch {ckpt.epoch}")
+    return _Progress(history=list(ckpt.history or []), start_epoch=ckpt.epoch + 1,
+                     best_val=float(ckpt.metrics.get("best_val_accuracy", -1.0)), best_epoch=int(ckpt.metrics.get("best_epoch", 0)))
+
+
+def weight_average(config: TrainConfig, model: nn.Module, ckpt: Checkpoint | None, last_path: Path, progress: _Progress):
+    """``--ema-decay``: the moving average of the weights, continued from ``last.pt`` on a resume."""
+    from edgenode.ema import WeightAverage
+
+    ema = WeightAverage(model, config.ema_decay)
+    if ckpt is not None:
+        if ckpt.ema_state_dict is None:
+            raise UsageError(f"--resume: {last_path} holds no weight average (its run had no --ema-decay)",
+                             "resume without --ema-decay, or train into another --out")
+        ema.load_state_dict(ckpt.ema_state_dict)
+        progress.best_val_ema = float(ckpt.metrics.get("best_val_accuracy_ema", -1.0))
+        progress.best_epoch_ema = int(ckpt.metrics.get("best_epoch_ema", 0))
+    return ema
+
+
+def announce(config: TrainConfig, ctx: DistContext, model: nn.Module, model_config, num_classes: int,
+             splits: dict[str, DeviceSplit], device: torch.device, teacher_summary: dict[str, Any]) -> None:
+    """The run's first lines: the network, the data, the device, and what the teacher gives."""
+    ctx.print(
+        f"[bold]edgenode train[/] {model_config.arch}: {count_parameters(model):,} parameters, "
+        f"solver {model_config.solver.describe()}, {num_classes} classes, "
+        f"train/val/test {len(splits['train'])}/{len(splits['val'])}/{len(splits['test'])}, device {device}"
+        + (f", {ctx.world_size} processes" if ctx.world_size > 1 else "")
+    )
+    if config.amp and device.type != "cuda":
+        ctx.print(f"--amp: bfloat16 autocast is used on CUDA only; training in float32 on {device}")
+    if teacher_summary:
         ctx.print(
-            f"[bold]edgenode train[/] {model_config.arch}: {count_parameters(model):,} parameters, "
-            f"solver {model_config.solver.describe()}, {num_classes} classes, "
-            f"train/val/test {len(splits['train'])}/{len(splits['val'])}/{len(splits['test'])}, device {device}"
-            + (f", {ctx.world_size} processes" if ctx.world_size > 1 else "")
-        )
-        if config.amp and device.type != "cuda":
-            ctx.print(f"--amp: bfloat16 autocast is used on CUDA only; training in float32 on {device}")
-        if teacher_summary:
-            ctx.print(
-                f"distilling {teacher_summary['teacher']}: targets for {teacher_summary['train_with_target']} of "
-                f"{teacher_summary['train_images']} train and {teacher_summary['pool_with_target']} of "
-                f"{teacher_summary['pool_images']} unlabelled images; teacher scale {teacher_summary['teacher_scale']}, "
-                f"teacher train accuracy {teacher_summary['teacher_train_ncm_accuracy']:.3f} (nearest class mean)"
-                + (f"; class probabilities from {config.kd_targets}" if config.kd_targets else "")
-            )
-    train_model = ctx.wrap(model)
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing, reduction="sum")  # divided in run_epoch
-
-    def snapshot(epoch: int, metrics: dict[str, Any]) -> Checkpoint:
-        return Checkpoint(
-            model_config=model_config,
-            classes=manifest.classes,
-            input_spec=spec,
-            manifest_sha256=manifest.sha256,
-            state_dict=model.state_dict(),
-            epoch=epoch,
-            metrics=metrics,
-            history=history,
-            train_config={**config.to_dict(), "input_sha256": inputs},
-            optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(),
-            ema_state_dict=ema.state_dict() if ema is not None else None,
+            f"distilling {teacher_summary['teacher']}: targets for {teacher_summary['train_with_target']} of "
+            f"{teacher_summary['train_images']} train and {teacher_summary['pool_with_target']} of "
+            f"{teacher_summary['pool_images']} unlabelled images; teacher scale {teacher_summary['teacher_scale']}, "
+            f"teacher train accuracy {teacher_summary['teacher_train_ncm_accuracy']:.3f} (nearest class mean)"
+            + (f"; class probabilities from {config.kd_targets}" if config.kd_targets else "")
         )
 
-    last_epoch = config.epochs if config.stop_after is None else config.stop_after
-    for epoch in range(start_epoch, last_epoch + 1):
-        t0 = time.perf_counter()
-        train_stats = run_epoch(train_model, model, splits["train"], optimizer, scheduler, criterion, config, epoch, steps_per_epoch, ctx, targets, ema)
-        train_seconds = time.perf_counter() - t0
-        val = evaluate(model, splits["val"], num_classes)
-        row = {
-            "epoch": epoch,
-            "train_loss": train_stats["loss"],
-            "train_accuracy": train_stats["accuracy"],
-            "train_distill_loss": train_stats["distill_loss"],
-            "val_loss": val["loss"],
-            "val_accuracy": val["accuracy"],
-            "val_precision": val["macro_precision"],
-            "val_recall": val["macro_recall"],
-            "val_f1": val["macro_f1"],
-            "nfe_train": train_stats["nfe"],
-            "nfe_val": val["nfe"],
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": train_seconds,
-        }
-        improved_ema = False
-        if ema is not None:  # keys only with an average: the metrics files of other runs stay as they were
-            val_ema = evaluate(ema.model, splits["val"], num_classes)
-            row.update(val_loss_ema=val_ema["loss"], val_accuracy_ema=val_ema["accuracy"])
-            improved_ema = val_ema["accuracy"] > best_val_ema
-            if improved_ema:
-                best_val_ema, best_epoch_ema = val_ema["accuracy"], epoch
-        history.append(row)
-        improved = val["accuracy"] > best_val
-        if improved:
-            best_val, best_epoch = val["accuracy"], epoch
-        if ctx.is_main:
-            metrics = {"best_val_accuracy": best_val, "best_epoch": best_epoch, **{k: v for k, v in row.items()}}
-            if ema is not None:
-                metrics.update(best_val_accuracy_ema=best_val_ema, best_epoch_ema=best_epoch_ema)
-            ckpt = snapshot(epoch, metrics)
-            if improved:
-                # the file export and infer ship: resume reads last.pt, so no optimizer state (2× the weights in AdamW)
-                save_checkpoint(best_path, replace(ckpt, ema_state_dict=None, optimizer=None, scheduler=None))
-            if improved_ema:
-                save_checkpoint(best_ema_path, average_checkpoint(ckpt, config.ema_decay))
-            save_checkpoint(last_path, ckpt)
-            write_history(run_dir, history)
-            ctx.print(
-                f"epoch {epoch:3d}/{config.epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}  "
-                f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f} f1 {row['val_f1']:.3f}  "
-                f"NFE {row['nfe_train']}/{row['nfe_val']}  {train_seconds:.1f}s" + ("  *best*" if improved else "")
-                + (f"  (average: val acc {row['val_accuracy_ema']:.3f}{'  *best*' if improved_ema else ''})" if ema is not None else "")
-            )
-            if config.table_every and (epoch % config.table_every == 0 or epoch == config.epochs):
-                console.print(table_one(history, config.table_every))
-        ctx.barrier()
 
-    test = {}
-    reached = history[-1]["epoch"] if history else 0
-    if ctx.is_main:
-        from edgenode.plots import plot_training_curves
+def epoch_row(epoch: int, train_stats: dict[str, Any], val: dict[str, Any], lr: float, seconds: float) -> dict[str, Any]:
+    """One line of ``metrics.csv``: the epoch's train and val figures."""
+    return {
+        "epoch": epoch,
+        "train_loss": train_stats["loss"],
+        "train_accuracy": train_stats["accuracy"],
+        "train_distill_loss": train_stats["distill_loss"],
+        "val_loss": val["loss"],
+        "val_accuracy": val["accuracy"],
+        "val_precision": val["macro_precision"],
+        "val_recall": val["macro_recall"],
+        "val_f1": val["macro_f1"],
+        "nfe_train": train_stats["nfe"],
+        "nfe_val": val["nfe"],
+        "lr": lr,
+        "seconds": seconds,
+    }
 
-        write_history(run_dir, history)  # a run killed between last.pt and the metrics of its final epoch
-        plot_training_curves(history, run_dir / "curves.png", title=f"{model_config.arch} — {model_config.solver.describe()}")
-    if reached < config.epochs:  # paused (--stop-after): no test figure for a run that has not finished
-        done = "nothing trained: it had already" if start_epoch > last_epoch else "stopped after"
-        ctx.print(f"{done} epoch {reached} of {config.epochs} (--stop-after {config.stop_after}): "
-                  f"the same command with --resume and without --stop-after continues it")
-        return TrainResult(run_dir, best_path, last_path, best_epoch, best_val, test, history)
-    if ctx.is_main:
-        def on_test(path: Path) -> dict[str, Any]:
-            """A best-by-val checkpoint's label-free test figures, with where they come from."""
-            ckpt = load_checkpoint(path)
-            network = ckpt.build_model().to(device)
-            scored = {k: v for k, v in evaluate(network, splits["test"], num_classes).items() if k != "predictions"}
-            return {**scored, "epoch": ckpt.epoch, "checkpoint": str(path), "parameters": count_parameters(network),
-                    "solver": ckpt.model_config.solver.describe()}
 
-        test = on_test(best_path)
-        results = {"test": test, "best_epoch": best_epoch, "best_val_accuracy": best_val}
-        if ema is not None and best_ema_path.is_file():  # the weight average's own best-by-val checkpoint, measured alike
-            results.update(best_epoch_ema=best_epoch_ema, best_val_accuracy_ema=best_val_ema, test_ema=on_test(best_ema_path))
-        elif ema is not None:
-            ctx.print(f"no {best_ema_path}: the weight average has no test figure (was the file removed?)")
-        write_json(run_dir / "results.json", {**results, "config": config.to_dict(), "teacher": teacher_summary,
-                                               "train_images": {"labelled": len(manifest.files("train")), "unlabelled": len(pool_files)}})
-        ctx.print(
-            f"[bold]test accuracy[/] (best-by-val checkpoint, epoch {test['epoch']}, label-free): "
-            f"{format_accuracy(test['accuracy'], test['accuracy_ci'])} on {test['n']} images; NFE {test['nfe']}"
-        )
-        if "test_ema" in results:
-            scored = results["test_ema"]
-            ctx.print(f"[bold]test accuracy of the weight average[/] (decay {config.ema_decay}, best by val at epoch "
-                      f"{scored['epoch']}): {format_accuracy(scored['accuracy'], scored['accuracy_ci'])}")
-        ctx.print(f"wrote {best_path}, {last_path}{', ' + best_ema_path.name if 'test_ema' in results else ''}, "
-                  f"metrics.csv, metrics.json, results.json, curves.png in {run_dir}")
-    return TrainResult(run_dir, best_path, last_path, best_epoch, best_val, test, history)
+def final_test(config: TrainConfig, ctx: DistContext, run_dir: Path, test_split: DeviceSplit, num_classes: int,
+               device: torch.device, progress: _Progress, has_average: bool, record: dict[str, Any]) -> dict[str, Any]:
+    """The finished run's label-free test figures of ``best.pt`` (and ``best-ema.pt``), into ``results.json``."""
+    best_path, best_ema_path = run_dir / "best.pt", run_dir / "best-ema.pt"
+
+    def on_test(path: Path) -> dict[str, Any]:
+        """A best-by-val checkpoint's label-free test figures, with where they come from."""
+        ckpt = load_checkpoint(path)
+        network = ckpt.build_model().to(device)
+        scored = {k: v for k, v in evaluate(network, test_split, num_classes).items() if k != "predictions"}
+        return {**scored, "epoch": ckpt.epoch, "checkpoint": str(path), "parameters": count_parameters(network),
+                "solver": ckpt.model_config.solver.describe()}
+
+    test = on_test(best_path)
+    results = {"test": test, "best_epoch": progress.best_epoch, "best_val_accuracy": progress.best_val}
+    if has_average and best_ema_path.is_file():  # the weight average's own best-by-val checkpoint, measured alike
+        results.update(best_epoch_ema=progress.best_epoch_ema, best_val_accuracy_ema=progress.best_val_ema,
+                       test_ema=on_test(best_ema_path))
+    elif has_average:
+        ctx.print(f"no {best_ema_path}: the weight average has no test figure (was the file removed?)")
+    write_json(run_dir / "results.json", {**results, "config": config.to_dict(), **record})
+    ctx.print(
+        f"[bold]test accuracy[/] (best-by-val checkpoint, epoch {test['epoch']}, label-free): "
+        f"{format_accuracy(test['accuracy'], test['accuracy_ci'])} on {test['n']} images; NFE {test['nfe']}"
+    )
+    if "test_ema" in results:
+        scored = results["test_ema"]
+        ctx.print(f"[bold]test accuracy of the weight average[/] (decay {config.ema_decay}, best by val at epoch "
+                  f"{scored['epoch']}): {format_accuracy(scored['accuracy'], scored['accuracy_ci'])}")
+    ctx.print(f"wrote {best_path}, {run_dir / 'last.pt'}{', ' + best_ema_path.name if 'test_ema' in results else ''}, "
+              f"metrics.csv, metrics.json, results.json, curves.png in {run_dir}")
+    return test
 
 
 def run_epoch(train_model, model, split: DeviceSplit, optimizer, scheduler, criterion, config: TrainConfig, epoch: int, steps: int,
