@@ -178,10 +178,9 @@ def accuracy_report(artifact_path: str | os.PathLike, data_root: str | os.PathLi
     ``mirror_average`` makes a checkpoint classify each picture with its mirror image, as
     ``export --mirror-average`` deploys it; an export has that choice baked in and is scored as it is.
     """
-    from edgenode.align import check_data_alignment
     from edgenode.artifacts import write_json
     from edgenode.console import console
-    from edgenode.data import load_split_arrays
+    from edgenode.data import load_scored_split
     from edgenode.data.manifest import check_split_option, manifest_of_run
     from edgenode.errors import UsageError
     from edgenode.runtime import load_predictor
@@ -198,15 +197,12 @@ def accuracy_report(artifact_path: str | os.PathLike, data_root: str | os.PathLi
                         mirror_average=True if mirror_average else None) as predictor:
         info = predictor.metadata
         manifest_path, manifest = manifest_of_run(info.path, info.manifest_sha256, manifest_path)
-        check_data_alignment(info.input, data_root)
         if near_duplicates is not None:
             from edgenode.data.near_duplicates import leaky_files, read_near_duplicates
 
             leaky = leaky_files(manifest, read_near_duplicates(near_duplicates), split=split)
             exclude_files = set(exclude_files or ()) | set(leaky)
-        images, labels = load_split_arrays(manifest, data_root, split)
-        if len(labels) == 0:
-            raise UsageError(f"the {split} split of {manifest_path} is empty", "choose a split with images")
+        images, labels = load_scored_split(manifest, manifest_path, data_root, split, info.input)
         pred, prob = predict(predictor, images, batch_size)
         runtime = predictor.runner.describe()
     classes = list(info.classes)

@@ -248,8 +248,7 @@ def expand_artifacts(items: Sequence[str], reference: Path) -> list[tuple[Path, 
 
 def load_inputs(config: BenchConfig, ckpt, reference: Path) -> _Inputs:
     """Timing images (the split's, or seeded random pixels without data) and the scored split, normalised."""
-    from edgenode.align import check_data_alignment
-    from edgenode.data import load_split_arrays, normalize_array
+    from edgenode.data import load_scored_split, normalize_array
 
     spec = ckpt.input_spec
     size, n_pool = spec.image_size, max(config.batch_sizes)
@@ -257,15 +256,7 @@ def load_inputs(config: BenchConfig, ckpt, reference: Path) -> _Inputs:
         pixels = np.random.default_rng(0).integers(0, 256, (n_pool, size, size, 3), dtype=np.uint8)
         return _Inputs(spec, normalize_array(pixels, spec.mean, spec.std), "random pixels (seed 0): pass --data for real images")
     manifest_path, manifest = manifest_of_run(reference, ckpt.manifest_sha256, config.manifest)
-    root = Path(config.data)
-    if not root.is_dir():
-        raise UsageError(f"--data {root} is not a folder", "pass the data set root the reference was trained on")
-    check_data_alignment(spec, root)
-    images, labels = load_split_arrays(manifest, root, config.split)
-    if len(labels) == 0:
-        raise UsageError(f"the {config.split} split of {manifest_path} is empty", "choose another --split")
-    if images.shape[1:3] != (size, size):
-        raise ArtifactError(f"{manifest_path}: images are {images.shape[1]} px but {reference.name} takes {size} px")
+    images, labels = load_scored_split(manifest, manifest_path, config.data, config.split, spec)
     x = normalize_array(images, spec.mean, spec.std)
     data = {"manifest": str(manifest_path), "manifest_sha256": manifest.sha256, "split": config.split, "images": int(len(labels))}
     return _Inputs(spec, _batch(x, n_pool), f"the first {n_pool} {config.split} images (repeated if fewer)", x,

@@ -4,7 +4,7 @@ The flow is ``discover_images`` -> ``build_manifest`` (decodes, selects, splits,
 ``load_split`` (normalised tensors). Everything downstream names a split by ``Manifest.sha256``.
 """
 
-from edgenode.data.cache import cache_dir, cache_path, load_file_arrays, load_split_arrays
+from edgenode.data.cache import cache_dir, cache_path, load_file_arrays, load_scored_split, load_split_arrays
 from edgenode.data.dataset import load_split, normalize, normalize_array
 from edgenode.data.decode import MAX_PIXELS, load_resized, load_rgb
 from edgenode.data.discover import IMAGE_EXTENSIONS, discover_images, images_root
@@ -28,6 +28,7 @@ __all__ = [
     "load_rgb",
     "load_split",
     "load_file_arrays",
+    "load_scored_split",
     "load_split_arrays",
     "make_synthetic_faces",
     "normalize",

@@ -158,3 +158,25 @@ def load_file_arrays(
     except OSError as exc:
         warnings.warn(f"could not write the image cache {path} ({exc})", DataWarning, stacklevel=2)
     return images, kept, skipped
+
+
+def load_scored_split(manifest: Manifest, manifest_path: str | os.PathLike, root: str | os.PathLike, split: str,
+                      spec) -> tuple[np.ndarray, np.ndarray]:
+    """``split`` of ``manifest`` from ``root`` as :func:`load_split_arrays` gives it, for scoring a model whose input
+    is ``spec`` (an InputSpec), after the checks every scoring command needs, cheapest first: the manifest's image
+    size, the data folder, its alignment (an aligned model on plain crops answers wrongly and confidently), and a
+    split that is not empty. Export, parity, bench and evaluate all load their images here."""
+    from edgenode.align import check_data_alignment
+    from edgenode.errors import ArtifactError, UsageError
+
+    if manifest.config.image_size != spec.image_size:
+        raise ArtifactError(f"{manifest_path}: images are {manifest.config.image_size} px but the model takes "
+                            f"{spec.image_size} px", "pass the manifest of the run that trained the model")
+    if not Path(root).is_dir():
+        what = "does not exist" if not Path(root).exists() else "is not a folder"
+        raise UsageError(f"--data {root} {what}", "pass the data folder the model was trained on")
+    check_data_alignment(spec, root)
+    images, labels = load_split_arrays(manifest, root, split)
+    if len(labels) == 0:
+        raise UsageError(f"the {split} split of {manifest_path} is empty", "choose a split with images (--split)")
+    return images, labels

@@ -84,7 +84,6 @@ def _warn(report: dict, message: str) -> None:
 def load_inputs(config: ExportConfig) -> _Inputs:
     """Checkpoint, the split manifest it was trained on (verified by sha256), data root and val split."""
     from edgenode import data as edata
-    from edgenode.align import check_data_alignment
     from edgenode.data.manifest import manifest_of_run
     from edgenode.runtime.artifact import expect_kind
 
@@ -95,13 +94,8 @@ def load_inputs(config: ExportConfig) -> _Inputs:
     if not data:
         raise UsageError("no data folder to draw validation and calibration images from", "pass --data DIR")
     root = Path(data)
-    if not root.is_dir():
-        raise UsageError(f"--data {root} is not a folder", "pass the data folder the model was trained on")
-    check_data_alignment(ckpt.input_spec, root)
-    images, labels = edata.load_split(manifest, root, "val")
-    if len(labels) == 0:
-        raise UsageError(f"the val split of {manifest_path} is empty", "rebuild the split with some validation images")
-    return _Inputs(ckpt, manifest, manifest_path, root, images.float(), labels.numpy())
+    images, labels = edata.load_scored_split(manifest, manifest_path, root, "val", ckpt.input_spec)
+    return _Inputs(ckpt, manifest, manifest_path, root, edata.normalize(images, manifest.mean, manifest.std).float(), labels)
 
 
 def choose_discretisation(config: ExportConfig, inputs: _Inputs, model, report: dict, result_files: list) -> tuple[str, int, str]:

@@ -219,8 +219,7 @@ def run_parity(config: ParityConfig) -> ParityReport:
 
 
 def _run_parity(config: ParityConfig, stack: contextlib.ExitStack) -> ParityReport:
-    from edgenode.align import check_data_alignment
-    from edgenode.data import load_split_arrays, normalize_array
+    from edgenode.data import load_scored_split, normalize_array
 
     expect_kind(config.reference, ("checkpoint",), "--reference")
     reference = stack.enter_context(load_predictor(config.reference, provider=_torch_provider(config.provider),
@@ -231,9 +230,6 @@ def _run_parity(config: ParityConfig, stack: contextlib.ExitStack) -> ParityRepo
         notes.append(f"the checkpoint was trained with a fixed-step solver ({ref_info.source_solver.describe()}); "
                      f"the reference integrates its ODE with {ref_info.solver.describe()} instead")
     manifest_path, manifest = manifest_of_run(ref_info.path, ref_info.manifest_sha256, config.manifest)
-    if manifest.config.image_size != ref_info.input.image_size:
-        raise ArtifactError(f"{manifest_path}: images are {manifest.config.image_size} px but {ref_info.path.name} takes "
-                            f"{ref_info.input.image_size} px")
     candidates = expand_artifacts(config.artifacts)
     loaded, skipped = load_candidates(candidates, ref_info, config.provider, stack)
     if mirror_of(loaded):  # compare like with like: the reference sees each picture with its mirror image too
@@ -243,10 +239,7 @@ def _run_parity(config: ParityConfig, stack: contextlib.ExitStack) -> ParityRepo
         ref_info = reference.metadata
         notes.append("the artifacts average each picture with its mirror image (export --mirror-average); "
                      "so does the reference")
-    check_data_alignment(ref_info.input, config.data)
-    images, labels = load_split_arrays(manifest, config.data, config.split)
-    if len(labels) == 0:
-        raise UsageError(f"the {config.split} split of {manifest_path} is empty", "choose another --split")
+    images, labels = load_scored_split(manifest, manifest_path, config.data, config.split, ref_info.input)
     x = normalize_array(images, ref_info.input.mean, ref_info.input.std)
     console.print(f"reference {ref_info.path.name}: {ref_info.solver.describe()} on {reference.runner.describe()}; "
                   f"{config.split} split, {len(labels)} images", markup=False)
