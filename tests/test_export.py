@@ -543,7 +543,9 @@ def test_the_split_travels_with_the_export_and_replaces_only_an_unused_one(synth
     assert (out / "manifest.json").read_bytes() == first.read_bytes()
     assert report["warnings"] == [f"{out / 'manifest.json'} is the split of model-rk4x2-fp32.onnx and was left as it is: "
                                   f"score this export's files with --manifest {second}"]
-    # once no artifact refers to it (re-exported over), the new split replaces it
+    # once no artifact refers to it (re-exported over), the new split replaces it; a damaged sidecar is no reference
     write_json(out / "model-rk4x2-fp32.onnx.json", {"manifest_sha256": Manifest.load(second).sha256})
+    (out / "model-rk4x1-fp32.onnx").write_bytes(b"onnx")
+    (out / "model-rk4x1-fp32.onnx.json").write_text("{not json")
     assert copy_manifest(second, out, {}) == [out / "manifest.json"]
     assert (out / "manifest.json").read_bytes() == second.read_bytes()

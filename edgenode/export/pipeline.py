@@ -311,7 +311,7 @@ def copy_manifest(manifest_path: Path, out: Path, report: dict) -> list[Path]:
     """The split beside the exported files, so that an export folder copied to a device is scored by ``evaluate``
     without ``--manifest``. Another split's manifest already there is replaced when no artifact left in the folder
     was exported from it, else left alone with a warning: the folder then holds exports of two splits."""
-    from edgenode.artifacts import atomic_write_bytes, read_json
+    from edgenode.artifacts import atomic_write_bytes
     from edgenode.data import Manifest
     from edgenode.runtime.artifact import find_artifacts
 
@@ -324,13 +324,22 @@ def copy_manifest(manifest_path: Path, out: Path, report: dict) -> list[Path]:
             old_sha = None
         if old_sha == new_sha:  # the same split (or the run folder itself)
             return [target]
-        users = [p.name for p in find_artifacts(out) if old_sha is not None and sidecar_path(p).is_file()
-                 and read_json(sidecar_path(p)).get("manifest_sha256") == old_sha]
+        users = [p.name for p in find_artifacts(out) if old_sha is not None and _trained_on(p) == old_sha]
         if users:
             _warn(report, f"{target} is the split of {users[0]} and was left as it is: score this export's files with "
                           f"--manifest {manifest_path}")
             return []
     return [atomic_write_bytes(target, manifest_path.read_bytes())]
+
+
+def _trained_on(artifact: Path) -> str | None:
+    """The manifest sha256 an exported file's sidecar records (None without a readable one)."""
+    from edgenode.artifacts import read_json
+
+    try:
+        return read_json(sidecar_path(artifact)).get("manifest_sha256") if sidecar_path(artifact).is_file() else None
+    except (EdgenodeError, AttributeError):  # a damaged sidecar is verify's business, not the end of an export
+        return None
 
 
 def base_metadata(inputs: _Inputs, unrolled, method: str, steps: int, steps_source: str, validity: OdeValidity | None) -> ArtifactMetadata:

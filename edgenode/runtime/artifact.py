@@ -249,7 +249,7 @@ def onnx_info(path: str | os.PathLike, data: bytes | None = None) -> ArtifactInf
     return _info_from_metadata(inside, path, "onnx", digest, verified)
 
 
-def read_onnx_metadata(path: str | os.PathLike, data: bytes | None = None):
+def read_onnx_metadata(path: str | os.PathLike, data: bytes | None = None) -> tuple[Any, str, bool]:
     """(ArtifactMetadata, sha256, verified by a sidecar) of an ONNX artifact, checked as :func:`onnx_info` says."""
     from edgenode.export.metadata import ArtifactMetadata
 
