@@ -32,8 +32,8 @@ ALIGN_FILE = "alignment.json"
 METHOD = "dlib-5pt"
 METHOD_CNN_FALLBACK = "dlib-5pt+cnn"
 METHODS = (METHOD, METHOD_CNN_FALLBACK)
-ALIGN_INSTALL_HINT = ('pip install "edgenode[align]" (or align the pictures yourself and pass --pre-aligned '
-                      "to `edgenode infer`)")
+ALIGN_INSTALL_HINT = ('pip install "edgenode[align]", or align the pictures yourself and pass --pre-aligned '
+                      "to `edgenode infer`")
 _DETECTOR_UPSAMPLE = 1  # as edgenode.teacher: a face of Pins' 128-px crops reaches the HOG window after one upsampling
 
 

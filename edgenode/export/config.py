@@ -29,7 +29,7 @@ def _parse_precisions(value: str | tuple[str, ...] | list[str]) -> tuple[str, ..
         raise UsageError("--precision is empty", f"pass one or more of {', '.join(PRECISIONS)}, e.g. --precision fp32,int8")
     unknown = [p for p in items if p not in PRECISIONS]
     if unknown:
-        raise UsageError(f"--precision {unknown[0]!r} is not known", f"choose from {', '.join(PRECISIONS)} (comma-separated for several)")
+        raise UsageError(f"--precision {unknown[0]!r} is not known", f"choose from {', '.join(PRECISIONS)}; several comma-separated")
     return tuple(p for p in PRECISIONS if p in items)  # canonical order, duplicates dropped
 
 
