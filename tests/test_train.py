@@ -386,8 +386,8 @@ def test_init_refuses_another_network(trained_run, synthetic_root, tmp_path):
 
 
 def test_init_with_an_export_is_refused_before_any_work_and_leaves_no_folder(shared_exports, synthetic_root, tmp_path, monkeypatch):
-    """No --manifest, so the split would be built first: the ONNX file is refused before that, and the --out this
-    call created (still empty) goes with the error."""
+    """No --manifest, so the split would be built first: the ONNX file is refused before that, before --out is
+    even made."""
     monkeypatch.setattr(train_module, "prepare_manifest", lambda *a, **k: pytest.fail("the split was built first"))
     out = tmp_path / "tuned"
     with pytest.raises(ArtifactError, match=r"model-rk4x\d+-fp32.onnx: is an ONNX model, but --init needs a training checkpoint"):
