@@ -484,6 +484,17 @@ def test_engine_command_builds_from_copied_onnx_files_and_verify_checks_them(exp
     assert meta.extra["built_from_sha256"] == sha256_file(folder / names["int8-trt"])
     assert meta.extra["optimization_profile"]["max"][0] == 16
 
+    # metadata that contradicts itself (steps against the solver's) is refused, as infer refuses it
+    proto = onnx.load(str(folder / names["fp32"]))
+    record = {k: v for k, v in read_sidecar(folder / names["fp32"]).items() if k not in ("sha256", "file")}
+    props = ArtifactMetadata.from_dict({**record, "steps": record["steps"] + 1}).to_onnx_props()
+    for prop in proto.metadata_props:
+        prop.value = props.get(prop.key, prop.value)
+    onnx.save(proto, str(tmp_path / "inconsistent.onnx"))  # no sidecar: only the file's own metadata speaks
+    result = CliRunner().invoke(app, ["engine", str(tmp_path / "inconsistent.onnx")])
+    assert result.exit_code == 1 and f"metadata says {record['steps'] + 1} steps but its solver has" in result.stderr, result.stderr
+    assert not (tmp_path / "inconsistent.engine").exists()
+
     opaque = tmp_path / "other.engine"
     opaque.write_bytes(b"\x00\x01opaque-plan" * 100)
     for bad, fragment in ((folder / names["int8-ort"], "TensorRT cannot build"), (opaque, "is a TensorRT engine, not an ONNX file")):

@@ -207,13 +207,13 @@ def engines_from_onnx(paths, config: EngineConfig = EngineConfig()) -> list[tupl
                 continue
             raise UsageError(f"{path}: is {KIND_WORDS.get(kind, kind)}, not an ONNX file",
                              "pass the .onnx files `edgenode export` wrote, or their folder")
-        meta, digest, _ = read_onnx_metadata(path)  # against its sidecar (sha256 and metadata), where it has one
-        if meta.int8_target == "ort":
+        meta, info = read_onnx_metadata(path)  # against its sidecar (sha256 and metadata), where it has one
+        if info.int8_target == "ort":
             if from_folder:
                 continue
             raise UsageError(f"{path}: this INT8 file is ONNX Runtime's (uint8 activations), which TensorRT cannot build",
                              "pass the int8-trt file (`edgenode export --int8-target tensorrt`)")
-        chosen.append((path, meta, digest))
+        chosen.append((path, meta, info.sha256))
     if not chosen:
         raise UsageError(f"no ONNX file for TensorRT in {', '.join(map(str, paths))}",
                          "pass the folder `edgenode export` wrote, with its fp32, fp16 or int8-trt files")

@@ -244,13 +244,12 @@ def onnx_info(path: str | os.PathLike, data: bytes | None = None) -> ArtifactInf
     than as whatever parse error the damage happens to cause. With ``data`` (the file's bytes, read once by
     the caller that will run them) the hash and the metadata are those of exactly the bytes that run.
     """
-    path = Path(path)
-    inside, digest, verified = read_onnx_metadata(path, data)
-    return _info_from_metadata(inside, path, "onnx", digest, verified)
+    return read_onnx_metadata(path, data)[1]
 
 
-def read_onnx_metadata(path: str | os.PathLike, data: bytes | None = None) -> tuple[Any, str, bool]:
-    """(ArtifactMetadata, sha256, verified by a sidecar) of an ONNX artifact, checked as :func:`onnx_info` says."""
+def read_onnx_metadata(path: str | os.PathLike, data: bytes | None = None) -> tuple[Any, ArtifactInfo]:
+    """An ONNX artifact's metadata both as stored (the ArtifactMetadata an engine built from it carries on) and as
+    the runtime reads it (:func:`onnx_info`), checked as that function says."""
     from edgenode.export.metadata import ArtifactMetadata
 
     path = Path(path)
@@ -262,7 +261,8 @@ def read_onnx_metadata(path: str | os.PathLike, data: bytes | None = None) -> tu
         raise ArtifactError(f"{path}: damaged edgenode metadata in the ONNX file ({exc.__class__.__name__})",
                             "re-export the artifact") from None
     if record is None:
-        return inside, sha256_bytes(data) if data is not None else sha256_file(path), False
+        digest = sha256_bytes(data) if data is not None else sha256_file(path)
+        return inside, _info_from_metadata(inside, path, "onnx", digest, verified=False)
     beside = ArtifactMetadata.from_dict(record)
     differ = _differences(inside.to_dict(), beside.to_dict())
     if differ:
@@ -270,7 +270,7 @@ def read_onnx_metadata(path: str | os.PathLike, data: bytes | None = None) -> tu
             f"{path}: its metadata_props and its sidecar {sidecar_path(path).name} disagree on {', '.join(differ)}",
             "one of them was edited or is stale; re-export the artifact",
         )
-    return inside, record["sha256"], True
+    return inside, _info_from_metadata(inside, path, "onnx", record["sha256"], verified=True)
 
 
 def engine_info(path: str | os.PathLike, data: bytes | None = None) -> ArtifactInfo:
