@@ -18,7 +18,7 @@ from edgenode.artifacts import atomic_path, sha256_bytes
 from edgenode.data import decode
 from edgenode.data.discover import images_root
 from edgenode.data.manifest import DataWarning, Manifest
-from edgenode.errors import DataError, ImageDecodeError
+from edgenode.errors import ArtifactError, DataError, ImageDecodeError, UsageError
 
 CACHE_ENV = "EDGENODE_CACHE"
 CACHE_VERSION = "v1"
@@ -167,7 +167,6 @@ def load_scored_split(manifest: Manifest, manifest_path: str | os.PathLike, root
     size, the data folder, its alignment (an aligned model on plain crops answers wrongly and confidently), and a
     split that is not empty. Export, parity, bench and evaluate all load their images here."""
     from edgenode.align import check_data_alignment
-    from edgenode.errors import ArtifactError, UsageError
 
     if manifest.config.image_size != spec.image_size:
         raise ArtifactError(f"{manifest_path}: images are {manifest.config.image_size} px but the model takes "
