@@ -74,10 +74,11 @@ def test_export_refuses_an_impossible_calibration_set_before_writing_anything(tr
     assert not list(out.glob("*.onnx")), "the FP32 model was written before the refusal"
 
 
-@pytest.mark.parametrize(("n", "asked", "sizes"), [(6, 4, [3, 3]), (8, 4, [4, 4]), (5, 2, [1] * 5)])
+@pytest.mark.parametrize(("n", "asked", "sizes"), [(6, 4, [3, 3]), (8, 4, [4, 4]), (3, 8, [3]), (22, 8, [11, 11]), (5, 2, [5]), (257, 8, [257])])
 def test_reader_batches_evenly_then_stops_and_rewinds(n, asked, sizes):
-    """Equal batches (the largest size up to the one asked that divides the count): ONNX Runtime's histogram
-    calibrators stack the batches and fail on a short last one."""
+    """Equal batches (the largest size up to the one asked that divides the count, or the smallest above it where a
+    prime count would leave batches of one): ONNX Runtime's histogram calibrators stack the batches and fail on a
+    short last one."""
     reader = ArrayCalibrationReader(np.zeros((n, 3, 8, 8), dtype=np.float32), batch_size=asked)
     seen = []
     while (batch := reader.get_next()) is not None:

@@ -544,13 +544,13 @@ def test_the_split_travels_with_the_export_and_replaces_only_an_unused_one(synth
     first = synthetic_manifest.save(run / "first.json")
     second = dataclasses.replace(synthetic_manifest, mean=(0.1, 0.2, 0.3)).save(run / "second.json")
     report: dict = {}
-    assert copy_manifest(first, out, report) == [out / "manifest.json"]
+    assert copy_manifest(Manifest.load(first), first, out, report) == [out / "manifest.json"]
     assert (out / "manifest.json").read_bytes() == first.read_bytes() and not report
-    assert copy_manifest(first, out, report) == [out / "manifest.json"] and not report  # the same split again
+    assert copy_manifest(Manifest.load(first), first, out, report) == [out / "manifest.json"] and not report  # the same split again
     # an artifact of the first split stays in the folder: its manifest stays too, and the export is warned
     (out / "model-rk4x2-fp32.onnx").write_bytes(b"onnx")
     write_json(out / "model-rk4x2-fp32.onnx.json", {"manifest_sha256": Manifest.load(first).sha256})
-    assert copy_manifest(second, out, report) == []
+    assert copy_manifest(Manifest.load(second), second, out, report) == []
     assert (out / "manifest.json").read_bytes() == first.read_bytes()
     assert report["warnings"] == [f"{out / 'manifest.json'} is the split of model-rk4x2-fp32.onnx and was left as it is: "
                                   f"score this export's files with --manifest {second}"]
@@ -558,5 +558,5 @@ def test_the_split_travels_with_the_export_and_replaces_only_an_unused_one(synth
     write_json(out / "model-rk4x2-fp32.onnx.json", {"manifest_sha256": Manifest.load(second).sha256})
     (out / "model-rk4x1-fp32.onnx").write_bytes(b"onnx")
     (out / "model-rk4x1-fp32.onnx.json").write_text("{not json")
-    assert copy_manifest(second, out, {}) == [out / "manifest.json"]
+    assert copy_manifest(Manifest.load(second), second, out, {}) == [out / "manifest.json"]
     assert (out / "manifest.json").read_bytes() == second.read_bytes()

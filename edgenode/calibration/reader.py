@@ -18,10 +18,7 @@ class ArrayCalibrationReader:
             raise ValueError(f"calibration images must be a non-empty N x C x H x W array, got shape {images.shape}")
         self.images = images
         self.input_name = input_name
-        # Every batch the same size: ONNX Runtime's histogram calibrators (entropy, percentile) stack the batches'
-        # outputs and fail on a short last batch; min-max is indifferent to the batching.
-        wanted = max(1, int(batch_size))
-        self.batch_size = max(d for d in range(1, wanted + 1) if len(images) % d == 0)
+        self.batch_size = even_batch_size(len(images), batch_size)
         self._start = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -36,3 +33,20 @@ class ArrayCalibrationReader:
 
     def __len__(self) -> int:
         return -(-len(self.images) // self.batch_size)
+
+
+def even_batch_size(count: int, wanted: int) -> int:
+    """A batch size that divides ``count``: the largest up to ``wanted``, or, where that is under half of it (a
+    prime count), the smallest above it.
+
+    Every batch must be the same size: ONNX Runtime's histogram calibrators (entropy, percentile) stack the batches'
+    outputs and fail on a short last batch; min-max is indifferent to the batching. Every calibrator keeps the
+    outputs of all batches until it has seen the last, so a larger batch costs about one batch's activations more,
+    while batches of one (what a prime count left) run several times slower.
+    """
+    wanted = max(1, int(wanted))
+    below = max(d for d in range(1, min(wanted, count) + 1) if count % d == 0)
+    if 2 * below > wanted or count <= wanted:
+        return below
+    return min(d for d in range(wanted, count + 1) if count % d == 0)
+

@@ -21,7 +21,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -43,6 +43,9 @@ from edgenode.export.steps import (
     write_sweep,
 )
 from edgenode.export.unroll import AUTO, describe, expected_conv_nodes, resolve_method, resolve_steps, unroll
+
+if TYPE_CHECKING:
+    from edgenode.data import Manifest
 
 VALIDITY_MAX_IMAGES = 512  # the float64 solver ladder is the slowest check; an even spread of val images suffices
 FP16_MIN_AGREEMENT = 0.99
@@ -307,7 +310,7 @@ def build_engines(config: ExportConfig, result: ExportResult) -> None:
         console.print(f"[green]✓[/] built {path} ({human_size(path.stat().st_size)}) in {time.perf_counter() - started:.1f} s")
 
 
-def copy_manifest(manifest_path: Path, out: Path, report: dict) -> list[Path]:
+def copy_manifest(manifest: Manifest, manifest_path: Path, out: Path, report: dict) -> list[Path]:
     """The split beside the exported files, so that an export folder copied to a device is scored by ``evaluate``
     without ``--manifest``. Another split's manifest already there is replaced when no artifact left in the folder
     was exported from it, else left alone with a warning: the folder then holds exports of two splits."""
@@ -316,7 +319,7 @@ def copy_manifest(manifest_path: Path, out: Path, report: dict) -> list[Path]:
     from edgenode.runtime.artifact import find_artifacts
 
     target = out / "manifest.json"
-    new_sha = Manifest.load(manifest_path).sha256
+    new_sha = manifest.sha256
     if target.is_file():
         try:
             old_sha = Manifest.load(target).sha256
@@ -416,7 +419,7 @@ def export_model(config: ExportConfig) -> ExportResult:
         report["artifacts"][0]["note"] = "reference for the other precisions"
     if config.format == "engine":
         build_engines(config, result)
-    result.files += copy_manifest(inputs.manifest_path, out, report)
+    result.files += copy_manifest(inputs.manifest, inputs.manifest_path, out, report)
     report["elapsed_s"] = time.perf_counter() - started
     result.files += write_report(out, report)
     console.print(f"[bold]edgenode export[/] {method}×{steps}{' mirror-averaged' if config.mirror_average else ''}: {len(result.artifacts)} artifact(s) in {out} "
