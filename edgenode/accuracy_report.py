@@ -198,9 +198,9 @@ def accuracy_report(artifact_path: str | os.PathLike, data_root: str | os.PathLi
         info = predictor.metadata
         manifest_path, manifest = manifest_of_run(info.path, info.manifest_sha256, manifest_path)
         if near_duplicates is not None:
-            from edgenode.data.near_duplicates import leaky_files, read_near_duplicates
+            from edgenode.data.near_duplicates import leaky_files, read_pairs_of
 
-            leaky = leaky_files(manifest, read_near_duplicates(near_duplicates), split=split)
+            leaky = leaky_files(manifest, read_pairs_of(manifest, near_duplicates), split=split)
             exclude_files = set(exclude_files or ()) | set(leaky)
         images, labels = load_scored_split(manifest, manifest_path, data_root, split, info.input)
         pred, prob = predict(predictor, images, batch_size)

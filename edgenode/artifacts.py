@@ -173,6 +173,9 @@ def read_sidecar(artifact: str | os.PathLike, verify: bool = True, data: bytes |
     if not side.is_file():
         raise ArtifactError(f"{artifact}: metadata sidecar {side.name} is missing", "re-export the artifact")
     record = read_json(side)
+    if not isinstance(record, dict):
+        raise ArtifactError(f"{side}: not a metadata sidecar (JSON {type(record).__name__}, not an object)",
+                            "re-export the artifact")
     if verify:
         actual = sha256_bytes(data) if data is not None else sha256_file(artifact)
         if actual != record.get("sha256"):

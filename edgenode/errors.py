@@ -48,6 +48,9 @@ class ImageDecodeError(DataError):
         self.path = str(path)
         self.reason = reason
 
+    def __reduce__(self):  # rebuilt from both arguments when it crosses a process pool
+        return type(self), (self.path, self.reason)
+
 
 class ArtifactError(EdgenodeError):
     """A checkpoint, ONNX file or engine is missing, tampered with, or of the wrong kind."""

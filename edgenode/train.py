@@ -814,12 +814,7 @@ def load_unlabeled_pool(manifest: edata.Manifest, data: str, near_duplicates: st
     from edgenode.data import near_duplicates as nd
 
     if near_duplicates:
-        pairs = nd.read_near_duplicates(near_duplicates)
-        known = set(manifest.files("val")) | set(manifest.files("test")) | {f for f, _ in manifest.unused}
-        if pairs and not any(p.file_a in known or p.file_b in known for p in pairs):
-            raise UsageError(f"--near-duplicates {near_duplicates}: none of its {len(pairs)} pairs names a file of this "
-                             f"split (e.g. {pairs[0].file_a!r}), so it would clean nothing",
-                             "use a table with paths relative to the images folder, as in the manifest")
+        pairs = nd.read_pairs_of(manifest, near_duplicates)
     else:
         files = manifest.files("val") + manifest.files("test") + [f for f, _ in manifest.unused]
         hashes = nd.compute_hashes(data, files)

@@ -114,6 +114,24 @@ def test_tensorrt_calibration_cache_format(tmp_path):
     assert trt_version_code("8.6.1") == 8601 and trt_version_code("10.14.1") == 101401
 
 
+@pytest.mark.parametrize(("body", "message"), [
+    ("conv_out: 3f80zz00\n", r"line 2: 'conv_out: 3f80zz00' is not 'tensor: 8-hex-digit scale'"),
+    ("images: 3c810204\nconv_out: 3f80\n", r"line 3: 'conv_out: 3f80' is not"),
+    ("no separator here\n", r"line 2: 'no separator here' is not"),
+])
+def test_a_damaged_calibration_cache_is_one_line_naming_the_file_and_line(tmp_path, body, message):
+    from edgenode.errors import ArtifactError
+
+    path = tmp_path / "model.calibration.cache"
+    path.write_text("TRT-100300-EntropyCalibration2\n" + body)
+    with pytest.raises(ArtifactError, match=f"model.calibration.cache, {message}") as caught:
+        read_trt_calibration_cache(path)
+    assert caught.value.hint.startswith("re-export the INT8 model")
+    path.write_bytes(b"\xff\xfe binary")
+    with pytest.raises(ArtifactError, match="not a TensorRT calibration cache"):
+        read_trt_calibration_cache(path)
+
+
 def test_ort_tensorrt_flatbuffers_table_round_trips(tmp_path):
     ranges = {"b": (-3.0, 1.0), "a": (0.0, 0.5)}
     path = write_ort_trt_table(ranges, tmp_path / "model.calibration.flatbuffers")

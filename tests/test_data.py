@@ -155,6 +155,12 @@ def test_odd_image_kinds_decode_to_rgb(tmp_path):
     assert tuple(out[0, 0]) == (0, 0, 255) and tuple(out[0, 2]) == (255, 255, 255)
     assert 120 <= out[0, 3, 0] <= 135  # half-transparent black over white is mid grey
 
+    keyed = np.zeros((4, 4, 3), dtype=np.uint8)
+    keyed[:, :2] = (10, 20, 30)  # the colour key (tRNS): transparent, so white as in every other mode
+    keyed[:, 2:] = (200, 100, 50)
+    keyed_rgb = np.asarray(load_rgb(_save(Image.fromarray(keyed, "RGB"), tmp_path / "key.png", "PNG", transparency=(10, 20, 30))))
+    assert tuple(keyed_rgb[0, 0]) == (255, 255, 255) and tuple(keyed_rgb[0, 3]) == (200, 100, 50)
+
     la = Image.fromarray(np.dstack([np.full((4, 4), 50, np.uint8), np.zeros((4, 4), np.uint8)]), "LA")
     assert tuple(np.asarray(load_rgb(_save(la, tmp_path / "la.png", "PNG")))[0, 0]) == (255, 255, 255)
 
@@ -422,6 +428,9 @@ def test_manifest_save_load_and_bad_files(tmp_path, synthetic_manifest):
     (tmp_path / "other.json").write_text('{"format": "edgenode-checkpoint/1"}')
     with pytest.raises(ArtifactError, match="not an edgenode split manifest"):
         Manifest.load(tmp_path / "other.json")
+    np.savez(tmp_path / "teacher.npz", embedding=np.zeros((1, 2)))  # a zip, as a checkpoint is: named as what it is
+    with pytest.raises(ArtifactError, match=r"teacher\.npz: is an \.npz archive, not a split manifest"):
+        Manifest.load(tmp_path / "teacher.npz")
     damaged = path.read_text(encoding="utf-8").replace('"classes": [', '"classes": [], "was": [', 1)
     (tmp_path / "damaged.json").write_text(damaged, encoding="utf-8")
     with pytest.raises(ArtifactError, match="damaged"):
@@ -592,3 +601,47 @@ def test_pool_arrays_skip_undecodable_files_and_come_from_the_cache_next_time(sy
     again, kept_again, skipped_again = load_file_arrays(synthetic_manifest, root, entries, "pool")
     np.testing.assert_array_equal(again, images)
     assert (kept_again, skipped_again) == (kept, skipped)
+
+
+def test_channel_stats_are_exact_and_need_uint8():
+    """Exact integer sums (histograms), so any chunking gives the figures of one float64 pass over everything."""
+    from edgenode.data.manifest import channel_stats
+
+    images = np.random.default_rng(3).integers(0, 256, (37, 9, 7, 3), dtype=np.uint8)
+    flat = images.reshape(-1, 3).astype(np.float64) / 255.0
+    want = (tuple(round(v, 6) for v in flat.mean(0)), tuple(round(v, 6) for v in flat.std(0)))
+    assert channel_stats(images) == channel_stats(images, chunk=5) == want
+    with pytest.raises(DataError, match="need uint8 images, got float32"):
+        channel_stats(images.astype(np.float32))
+
+
+def test_a_decode_error_crosses_a_process_boundary_whole():
+    import pickle
+
+    from edgenode.errors import ImageDecodeError
+
+    error = pickle.loads(pickle.dumps(ImageDecodeError("a/b.jpg", "truncated file")))
+    assert (error.path, error.reason, str(error)) == ("a/b.jpg", "truncated file", "a/b.jpg: truncated file")
+
+
+def test_an_interrupted_thread_pool_drops_its_queued_work():
+    """Ctrl-C during a wave of decodes stops it: the jobs not yet started are cancelled, not run to the end."""
+    import threading
+
+    from edgenode.data.decode import thread_pool
+
+    started = []
+    gate = threading.Event()
+
+    def job(i):
+        started.append(i)
+        gate.wait(1)
+
+    with pytest.raises(KeyboardInterrupt):
+        with thread_pool(1) as pool:
+            futures = [pool.submit(job, i) for i in range(50)]
+            raise KeyboardInterrupt
+    gate.set()
+    for future in futures[1:]:
+        assert future.cancelled()
+    assert started in ([], [0])

@@ -342,3 +342,18 @@ def test_pairs_read_back_from_disk_give_the_same_leaks(tmp_path):
     m = _manifest()
     assert leaky_files(m, read_near_duplicates(path)) == leaky_files(m, PAIRS)
     assert clean_unlabeled_pool(m, read_near_duplicates(path)) == clean_unlabeled_pool(m, PAIRS)
+
+
+def test_a_table_naming_no_file_of_the_split_is_refused_not_read_as_no_leaks(tmp_path):
+    """Kaggle's pins_<identity>/ paths against a table of <identity>/ paths match nothing: without this check
+    `evaluate --near-duplicates` reported 0 leaks and training cleaned nothing from its pool."""
+    from edgenode.data.near_duplicates import read_pairs_of
+
+    m = _manifest()
+    path = write_near_duplicates(tmp_path / "nd.tsv", PAIRS)
+    assert read_pairs_of(m, path) == read_near_duplicates(path)
+    foreign = write_near_duplicates(tmp_path / "foreign.tsv",
+                                    [NearDuplicate("pins_" + p.file_a, "pins_" + p.file_b, p.hamming) for p in PAIRS])
+    with pytest.raises(UsageError, match=f"--near-duplicates {foreign}: none of its {len(PAIRS)} pairs names a file"):
+        read_pairs_of(m, foreign)
+    assert read_pairs_of(m, write_near_duplicates(tmp_path / "empty.tsv", [])) == []

@@ -241,6 +241,16 @@ def test_metadata_props_and_sidecar_must_agree(exports, tmp_path):
         load_predictor(target)
 
 
+@pytest.mark.parametrize("content", ["null", "[]", "1"])
+def test_a_sidecar_that_is_json_but_no_object_is_one_line(exports, tmp_path, content):
+    """`null` in the sidecar was an AttributeError traceback from every command that loads the file."""
+    target = tmp_path / exports["fp32"].name
+    shutil.copy(exports["fp32"], target)
+    sidecar_path(target).write_text(content)
+    with pytest.raises(ArtifactError, match=r"\.onnx\.json: not a metadata sidecar \(JSON \w+, not an object\)"):
+        load_predictor(target)
+
+
 def test_onnx_without_sidecar_loads_from_its_props_unverified(exports, tmp_path):
     target = tmp_path / exports["fp32"].name
     shutil.copy(exports["fp32"], target)

@@ -104,15 +104,22 @@ def write_trt_calibration_cache(ranges: dict[str, tuple[float, float]], path: st
 
 def read_trt_calibration_cache(path: str | os.PathLike) -> tuple[str, dict[str, float]]:
     """(header, {tensor name: scale}) of a TensorRT text calibration cache."""
-    text = Path(path).read_text(encoding="utf-8").splitlines()
+    redo = "re-export the INT8 model: edgenode export --precision int8 writes it"
+    try:
+        text = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        text = []
     if not text or not text[0].startswith("TRT-"):
-        raise ArtifactError(f"{path}: not a TensorRT calibration cache (no TRT-… header)")
+        raise ArtifactError(f"{path}: not a TensorRT calibration cache (no TRT-… header)", redo)
     scales = {}
-    for line in text[1:]:
+    for number, line in enumerate(text[1:], start=2):
         name, sep, value = line.rpartition(": ")
-        if not sep:
-            raise ArtifactError(f"{path}: malformed line {line!r}")
-        scales[name] = struct.unpack(">f", bytes.fromhex(value))[0]
+        try:
+            if not sep:
+                raise ValueError("no 'name: scale'")
+            scales[name] = struct.unpack(">f", bytes.fromhex(value))[0]
+        except (ValueError, struct.error):
+            raise ArtifactError(f"{path}, line {number}: {line[:60]!r} is not 'tensor: 8-hex-digit scale'", redo) from None
     return text[0], scales
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -59,7 +60,7 @@ def _high_depth_to_rgb(img: Image.Image) -> Image.Image:
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any Pillow mode to 8-bit RGB; transparency is composited on white (a neutral, photo-like backdrop)."""
-    if img.mode == "RGB":
+    if img.mode == "RGB" and "transparency" not in img.info:  # a PNG colour key (tRNS) still goes to white
         return img
     if img.mode.startswith("I") or img.mode == "F":
         return _high_depth_to_rgb(img)
@@ -129,22 +130,38 @@ def default_workers() -> int:
     return min(32, (os.cpu_count() or 1) + 2)
 
 
+T = TypeVar("T")
+
+
+def or_error(read: Callable[..., T], *args) -> T | ImageDecodeError:
+    """``read(*args)``, or the :class:`ImageDecodeError` it raised: a pool's slot for a file to skip and report."""
+    try:
+        return read(*args)
+    except ImageDecodeError as exc:
+        return exc
+
+
+@contextmanager
+def thread_pool(workers: int | None = None) -> Iterator[ThreadPoolExecutor]:
+    """A decoding thread pool that drops its queued work when the block fails or is interrupted.
+
+    ``with ThreadPoolExecutor()`` waits for every queued job on the way out, so Ctrl-C during a wave of 9,000
+    decodes would only take effect once all of them had run.
+    """
+    pool = ThreadPoolExecutor(max_workers=workers or default_workers())
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
 def decode_many(
     paths: Sequence[str | os.PathLike],
     size: int,
     workers: int | None = None,
-    on_done: Callable[[], None] | None = None,
 ) -> list[np.ndarray | ImageDecodeError]:
     """Decode many files in a thread pool; each slot holds the array or the error, in input order."""
-
-    def one(path):
-        try:
-            return load_resized(path, size)
-        except ImageDecodeError as exc:
-            return exc
-        finally:
-            if on_done is not None:
-                on_done()
-
-    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
-        return list(pool.map(one, paths))
+    with thread_pool(workers) as pool:
+        return list(pool.map(lambda path: or_error(load_resized, path, size), paths))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import random
 import warnings
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from edgenode.artifacts import KIND_WORDS, atomic_write_bytes, canonical_json, file_kind, read_json, sha256_bytes
+from edgenode.artifacts import atomic_write_bytes, canonical_json, describe_file, file_kind, read_json, sha256_bytes
 from edgenode.data import decode
 from edgenode.data.discover import discover_images, images_root
 from edgenode.errors import ArtifactError, ArtifactPathError, DataError, EdgenodeError, ImageDecodeError, UsageError, is_whole_number
@@ -145,14 +145,14 @@ class Manifest:
     def load(cls, path: str | os.PathLike) -> Manifest:
         kind = file_kind(path) if Path(path).is_file() else None
         if kind in _NOT_MANIFESTS:
-            raise ArtifactPathError(f"{path}: is {KIND_WORDS[kind]}, not a split manifest",
+            raise ArtifactPathError(f"{path}: is {describe_file(path)}, not a split manifest",
                                     "pass the manifest.json of the training run")
         record = read_json(path)
         if not isinstance(record, dict) or record.get("format") != MANIFEST_FORMAT:
             found = record.get("format") if isinstance(record, dict) else type(record).__name__
             error = ArtifactPathError if isinstance(found, str) and found.startswith("edgenode-") else ArtifactError
             raise error(f"{path}: not an edgenode split manifest (format {found!r})",
-                        "pass the manifest.json written by build_manifest")
+                        "pass the manifest.json written by `edgenode split` or `edgenode train`")
         try:
             return cls._from_dict(record)
         except (EdgenodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
@@ -197,16 +197,23 @@ class Manifest:
 def channel_stats(images: np.ndarray, chunk: int = 512) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and (population) std of uint8 NHWC images on the [0, 1] scale, rounded to 6 places.
 
-    Sums are exact integers accumulated chunk by chunk, so memory stays small for thousands of images.
+    Sums are exact integers, taken from a 256-bin histogram of each channel built chunk by chunk: memory is one
+    chunk's channel plane in ``intp`` (``chunk`` images of any size would widen to gigabytes at 1024 px).
     """
     if images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
         raise DataError(f"cannot compute channel statistics of an array shaped {images.shape}")
-    total = np.zeros(3, dtype=np.int64)
-    squares = np.zeros(3, dtype=np.int64)
-    for start in range(0, len(images), chunk):
-        block = images[start:start + chunk].reshape(-1, 3).astype(np.int64)
-        total += block.sum(axis=0)
-        squares += (block * block).sum(axis=0)
+    if images.dtype != np.uint8:
+        raise DataError(f"channel statistics need uint8 images, got {images.dtype}")
+    per_image = images.shape[1] * images.shape[2]
+    step = max(1, min(chunk, (1 << 22) // per_image))  # about 4 M pixels a pass
+    counts = np.zeros((3, 256), dtype=np.int64)
+    for start in range(0, len(images), step):
+        block = images[start:start + step]
+        for channel in range(3):
+            counts[channel] += np.bincount(block[..., channel].ravel(), minlength=256)
+    values = np.arange(256, dtype=np.int64)
+    total = counts @ values
+    squares = counts @ (values * values)
     count = images.shape[0] * images.shape[1] * images.shape[2]
     mean = total / count
     var = np.maximum(squares / count - mean * mean, 0.0)
@@ -236,7 +243,7 @@ def _select(base: Path, walks: list[_Identity], config: SplitConfig, workers: in
     """
     task = bar.add_task("Decoding images", total=0)
     total = 0
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with decode.thread_pool(workers) as pool:
         wanted = {walk: config.per_class for walk in walks}
         while wanted:
             futures = {}
@@ -244,7 +251,7 @@ def _select(base: Path, walks: list[_Identity], config: SplitConfig, workers: in
                 stop = min(walk.visited + count, len(walk.order))
                 for position in range(walk.visited, stop):
                     path = base / walk.order[position]
-                    futures[pool.submit(_decode_one, path, config.image_size)] = (walk, position)
+                    futures[pool.submit(decode.or_error, decode.load_resized, path, config.image_size)] = (walk, position)
                 walk.visited = stop
             total += len(futures)
             bar.update(task, total=total)
@@ -257,13 +264,6 @@ def _select(base: Path, walks: list[_Identity], config: SplitConfig, workers: in
                 missing = config.per_class - walk.good()
                 if missing > 0 and walk.visited < len(walk.order):
                     wanted[walk] = missing
-
-
-def _decode_one(path: Path, size: int) -> np.ndarray | ImageDecodeError:
-    try:
-        return decode.load_resized(path, size)
-    except ImageDecodeError as exc:
-        return exc
 
 
 def _progress(enabled: bool) -> Progress:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,14 +97,8 @@ def compute_hashes(
         raise UsageError(f"workers={workers!r} is not a positive integer", "set workers to a whole number >= 1")
     base = images_root(root)
 
-    def one(name: str) -> int | ImageDecodeError:
-        try:
-            return dhash(decode.load_rgb(base / name))
-        except ImageDecodeError as exc:
-            return exc
-
-    with ThreadPoolExecutor(max_workers=workers or decode.default_workers()) as pool:
-        results = list(pool.map(one, files))
+    with decode.thread_pool(workers) as pool:
+        results = list(pool.map(lambda name: decode.or_error(lambda: dhash(decode.load_rgb(base / name))), files))
     bad = [(name, r.reason) for name, r in zip(files, results) if isinstance(r, ImageDecodeError)]
     values = np.array([0 if isinstance(r, ImageDecodeError) else r for r in results], dtype=np.uint64)
     mask = np.array([isinstance(r, ImageDecodeError) for r in results], dtype=bool)
@@ -234,6 +227,22 @@ def write_near_duplicates(path: str | os.PathLike, pairs: Iterable[NearDuplicate
 def identity_of(file: str) -> str:
     """The identity of a relative image path: its top folder (``Zendaya/Zendaya12_3.jpg`` -> ``Zendaya``)."""
     return file.split("/", 1)[0]
+
+
+def read_pairs_of(manifest: Manifest, path: str | os.PathLike, option: str = "--near-duplicates") -> list[NearDuplicate]:
+    """The pairs of a table (:func:`read_near_duplicates`), refused when none of them names a file of the manifest.
+
+    Paths are matched as written, so a table of another layout (Kaggle's ``pins_<identity>/`` folders against a
+    table written for ``<identity>/``) would match nothing, and leak nothing, without a word: it finds no leak in a
+    score and cleans nothing from a training pool.
+    """
+    pairs = read_near_duplicates(path)
+    known = {f for name in manifest.splits for f in manifest.files(name)} | {f for f, _ in manifest.unused}
+    if pairs and not any(p.file_a in known or p.file_b in known for p in pairs):
+        raise UsageError(f"{option} {path}: none of its {len(pairs)} pairs names a file of this split "
+                         f"(e.g. {pairs[0].file_a!r}), so it would find nothing",
+                         "use a table with paths relative to the images folder, as in the manifest")
+    return pairs
 
 
 def _split_names(manifest: Manifest, names: str | Iterable[str]) -> list[str]:
