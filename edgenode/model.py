@@ -92,7 +92,7 @@ class ODEBlock(nn.Module):
         import torchdiffeq
 
         odeint = torchdiffeq.odeint_adjoint if solver.adjoint else torchdiffeq.odeint
-        t = torch.tensor([0.0, 1.0], dtype=h.dtype, device=h.device)
+        t = torch.tensor([0.0, 1.0], dtype=torch.promote_types(h.dtype, torch.float32), device=h.device)
         kwargs = {"adjoint_params": tuple(self.func.parameters())} if solver.adjoint else {}
         return odeint(self._f, h, t, rtol=solver.rtol, atol=solver.atol, method=solver.method, **kwargs)[-1]
 

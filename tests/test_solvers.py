@@ -67,6 +67,25 @@ def test_float32_grid_has_exactly_n_steps():
     assert len(calls) == 20 and calls[-1] == pytest.approx(0.95, abs=1e-6)
 
 
+@pytest.mark.parametrize("method", ["euler", "rk4"])
+def test_a_bfloat16_state_steps_on_the_float32_grid(method):
+    """Under autocast the state is bfloat16; the times and steps must still be those of the float32 graph that is
+    deployed (a bfloat16 grid made Euler x 20's steps 0.047-0.055, and RK4 x 3's times 0.167/0.334/0.664)."""
+    def times(dtype):
+        seen = []
+
+        def f(t, h):
+            seen.append((float(t), t.dtype))
+            return torch.ones_like(h)
+
+        h = integrate_fixed(f, torch.zeros(2, dtype=dtype), 20 if method == "euler" else 3, method)
+        return seen, h
+
+    (bf16, h_bf16), (fp32, h_fp32) = times(torch.bfloat16), times(torch.float32)
+    assert bf16 == fp32 and {dtype for _, dtype in bf16} == {torch.float32}
+    assert h_bf16.dtype == torch.bfloat16 and float(h_bf16[0]) == pytest.approx(float(h_fp32[0]), abs=1e-2)
+
+
 @pytest.mark.parametrize(
     "kwargs", [{"method": "rk5"}, {"method": "euler", "n_steps": 0}, {"method": "rk4", "n_steps": -3}, {"rtol": 0.0}]
 )
