@@ -54,7 +54,9 @@ def demo_split(config: DemoConfig) -> SplitConfig:
     return SplitConfig(per_class=config.per_class, train=config.per_class - n_val - n_test, val=n_val, test=n_test, seed=config.seed)
 
 
-MIN_PER_CLASS = 5  # demo_split keeps at least 2 val + 2 test images per identity, and training needs one more
+# demo_split keeps at least 2 val + 2 test images per identity, and export calibrates INT8 on 4 train images of each
+# (with one, a 1-epoch demo's INT8 file clipped a third of its logits on val and export refused it)
+MIN_PER_CLASS = 8
 
 
 def check_demo_config(config: DemoConfig) -> None:
@@ -68,7 +70,8 @@ def check_demo_config(config: DemoConfig) -> None:
                          "pass --classes 2 or more")
     if not is_whole_number(config.per_class, MIN_PER_CLASS):
         raise UsageError(f"--per-class {config.per_class}: too few images per identity: the demo's split keeps 2 "
-                         "for validation, 2 for test and at least 1 for training", f"pass --per-class {MIN_PER_CLASS} or more")
+                         "for validation, 2 for test and 4 to train on, which INT8 export calibrates on",
+                         f"pass --per-class {MIN_PER_CLASS} or more")
     if not is_whole_number(config.epochs, 1):
         raise UsageError(f"--epochs {config.epochs}: the demo needs at least 1 epoch", "pass --epochs 1 or more")
 
@@ -112,7 +115,12 @@ def draw_data(data: Path, settings: dict) -> None:
         os.chmod(tmp, 0o755)  # mkdtemp makes owner-only folders; the data set is meant to be shared like any other
         if data.exists() or data.is_symlink():
             os.rename(data, old)  # a folder cannot be replaced in one step: set the stale one aside first
-        os.rename(tmp, data)
+        try:
+            os.rename(tmp, data)
+        except BaseException:
+            if old.exists() and not data.exists():
+                os.rename(old, data)  # the stale data set back where it was, not deleted with the new one
+            raise
     finally:
         for path in (tmp, old):
             shutil.rmtree(path, ignore_errors=True)
@@ -140,16 +148,33 @@ def prepare_data(config: DemoConfig) -> Path:
     return data
 
 
+def resumes_training(config: DemoConfig) -> bool:
+    """Whether the demo continues the run already in ``out/train``, which must have been started with this
+    ``--epochs`` and ``--width``: training refuses to resume under others, in words of options the demo lacks."""
+    from edgenode.checkpoint import load_checkpoint
+
+    last = Path(config.out) / "train" / "last.pt"
+    if not last.exists():
+        return False
+    saved = load_checkpoint(last).train_config or {}
+    changed = [f"--{key} {saved[key]} → {now}" for key, now in (("epochs", config.epochs), ("width", config.width))
+               if key in saved and saved[key] != now]
+    if changed:
+        raise UsageError(f"--out {config.out}: holds a demo trained with other settings ({', '.join(changed)})",
+                         f"pass another --out, or delete {last.parent} to train again")
+    return True
+
+
 def run_demo(config: DemoConfig = DemoConfig()) -> dict:
     from edgenode.runtime.providers import require_onnxruntime
 
     check_demo_config(config)
     require_onnxruntime()  # its export and parity stages need it: say so before the training
     out = Path(config.out)
+    resume = resumes_training(config)
     data = prepare_data(config)
 
     run_dir = out / "train"
-    resume = (run_dir / "last.pt").exists()
     console.print(f"[bold]2/5[/] training the default NeuralODECNN (dopri5){' — resuming' if resume else ''} → {run_dir}")
     trained = train(
         TrainConfig(
@@ -173,10 +198,10 @@ def run_demo(config: DemoConfig = DemoConfig()) -> dict:
     console.print("[bold]5/5[/] infer: the FP32 ONNX model on a few test images")
     manifest = Manifest.load(run_dir / "manifest.json")
     samples = [images_root(data) / f for f in manifest.files("test")[:: max(1, len(manifest.files("test")) // 5)][:5]]
-    predictor = load_predictor(exported.artifacts["fp32"])
-    for result in predictor.predict_files(samples, k=1):
-        if isinstance(result, Prediction):
-            console.print(f"  {Path(result.path).parent.name}/{Path(result.path).name} → {result.label} ({result.confidence:.2f})")
+    with load_predictor(exported.artifacts["fp32"]) as predictor:
+        for result in predictor.predict_files(samples, k=1):
+            if isinstance(result, Prediction):
+                console.print(f"  {Path(result.path).parent.name}/{Path(result.path).name} → {result.label} ({result.confidence:.2f})")
 
     console.print(
         f"\n[bold]{'done, but parity FAILED' if parity.failing else 'done.'}[/] test accuracy of the trained model (label-free): "

@@ -27,18 +27,27 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
 
 def test_a_demo_whose_artifacts_fail_parity_exits_1_after_every_stage(tmp_path, monkeypatch):
     """Parity held to a bound no artifact meets (|Δlogit| = 0): the demo still runs infer and writes everything,
-    then ends on one `error:` line naming the failed files, with exit 1, as `edgenode parity` does."""
+    then ends on one `error:` line naming the failed files, with exit 1, as `edgenode parity` does. At the smallest
+    --per-class the demo accepts (4 train images per identity: export's INT8 calibration takes 4), and a rerun with
+    another --epochs is refused in the demo's words, not in those of `train --resume`."""
     import edgenode.demo as demo
     from edgenode.parity import ParityThresholds
 
     monkeypatch.setattr(demo, "ParityConfig", functools.partial(demo.ParityConfig, thresholds=ParityThresholds(max_logit_error=0.0)))
     out = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--classes", "3", "--per-class", "8", "--epochs", "1", "--no-progress"])
+    args = ["demo", "--out", str(out), "--classes", "3", "--per-class", str(demo.MIN_PER_CLASS), "--no-progress"]
+    result = CliRunner().invoke(app, [*args, "--epochs", "1"])
     assert result.exit_code == 1, result.output
+    assert len(list((out / "export").glob("*int8*.onnx"))) == 2
     assert json.loads((out / "parity" / "parity.json").read_text())["passed"] is False
     assert "5/5" in result.output and "done, but parity FAILED" in result.output and "Traceback" not in result.output
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "fail parity" in errors[0] and "model-rk4x" in errors[0] and "parity.md" in errors[0]
+
+    longer = CliRunner().invoke(app, [*args, "--epochs", "2"])
+    assert longer.exit_code == 2 and "--resume" not in longer.output
+    assert f"error: --out {out}: holds a demo trained with other settings (--epochs 1 → 2) (pass another --out, or " \
+           f"delete {out / 'train'} to train again)" in " ".join(longer.output.split())
 
 
 def test_demo_data_is_drawn_once_per_settings_and_redrawn_when_they_change(tmp_path):
@@ -79,3 +88,31 @@ def test_demo_refuses_to_redraw_under_a_run_trained_on_other_data(tmp_path):
         prepare_data(DemoConfig(out=str(out), n_classes=3, per_class=5))
     assert caught.value.exit_code == 2 and f"delete {out} to start over" in str(caught.value)
     assert len(list((data / "images").iterdir())) == 2
+
+
+def test_a_failed_swap_of_the_drawn_data_keeps_the_old_data_set(tmp_path, monkeypatch):
+    """Replacing the data set takes two renames; when the second fails, the old data set goes back in place
+    rather than being deleted with the new draw."""
+    import os
+
+    import pytest
+
+    import edgenode.demo as demo
+
+    out = tmp_path / "demo"
+    data = demo.prepare_data(demo.DemoConfig(out=str(out), n_classes=2, per_class=5))
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    real_rename, calls = os.rename, []
+
+    def second_rename_fails(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:
+            raise OSError("disk full")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(demo.os, "rename", second_rename_fails)
+    with pytest.raises(OSError, match="disk full"):
+        demo.prepare_data(demo.DemoConfig(out=str(out), n_classes=3, per_class=5))
+    monkeypatch.undo()
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+    assert sorted(p.name for p in out.iterdir()) == ["data"]  # no hidden draw left behind

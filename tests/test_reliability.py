@@ -953,7 +953,7 @@ BAD_ARGUMENTS = [
     ("demo --out {file}/d", "--out {file}/d: {file} is a file, not a folder"),
     ("demo --out {new} --classes 1", "--classes 1: the demo needs at least 2 identities to classify (pass --classes 2 or more)"),
     ("demo --out {new} --per-class 3", "--per-class 3: too few images per identity"),
-    ("demo --out {new} --per-class 4", "(pass --per-class 5 or more)"),
+    ("demo --out {new} --per-class 7", "and 4 to train on, which INT8 export calibrates on (pass --per-class 8 or more)"),
     ("demo --out {new} --epochs 0", "--epochs 0: the demo needs at least 1 epoch"),
     ("train {data} --out {new} --ema-decay 2", "--ema-decay must be in [0, 1), got 2.0"),
     ("train {data} --out {new} --stop-after 0", "--stop-after 0: must be an epoch of the schedule"),
