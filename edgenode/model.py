@@ -49,9 +49,9 @@ class ModelConfig:
         if self.num_classes < 2:
             raise UsageError(f"a classifier needs at least 2 classes, got {self.num_classes}")
         if self.width < 4:
-            raise UsageError(f"model width must be at least 4 channels, got {self.width}")
+            raise UsageError(f"model width must be at least 4 channels, got {self.width}", "pass --width 4 or more")
         if not 0.0 <= self.dropout < 1.0:
-            raise UsageError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise UsageError(f"dropout must be in [0, 1), got {self.dropout}", "pass --dropout 0 up to below 1, e.g. 0.1")
         if not isinstance(self.mirror_average, bool):
             raise UsageError(f"mirror_average must be true or false, got {self.mirror_average!r}",
                              "re-export the artifact (export --mirror-average sets it)")

@@ -35,7 +35,7 @@ from edgenode.distributed import DistContext, init_distributed
 from edgenode.errors import NumericError, UsageError
 from edgenode.metrics import ClassificationMetrics, format_accuracy
 from edgenode.model import ModelConfig, NeuralODECNN, build_model, count_parameters, preset_config
-from edgenode.ode.solvers import SolverConfig
+from edgenode.ode.solvers import FIXED_STEP_METHODS, SolverConfig
 from edgenode.transfer import to_device
 
 SCHEDULES = ("constant", "cosine")
@@ -156,6 +156,14 @@ class TrainConfig:
         overrides = {k: v for k, v in dict(method=self.solver, n_steps=self.steps, rtol=self.rtol, atol=self.atol).items() if v is not None}
         if overrides:
             solver = SolverConfig(**{**solver.to_dict(), **overrides})
+        # an option the solver does not read would be recorded in every checkpoint as if it had been trained with
+        if self.steps is not None and solver.is_adaptive:
+            raise UsageError(f"--steps {self.steps}: {solver.method} is adaptive and chooses its own steps",
+                             f"drop --steps, or pass a fixed-step --solver: {', '.join(FIXED_STEP_METHODS)}")
+        unread = [f"--{name} {value}" for name, value in (("rtol", self.rtol), ("atol", self.atol)) if value is not None]
+        if unread and not solver.is_adaptive:
+            raise UsageError(f"{' '.join(unread)}: {solver.method} × {solver.n_steps} takes fixed steps, with no tolerance",
+                             "drop them, or pass an adaptive --solver such as dopri5")
         return ModelConfig(**{**base.__dict__, "solver": solver})
 
     def to_dict(self) -> dict:

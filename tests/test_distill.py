@@ -240,11 +240,17 @@ def test_label_weight_zero_learns_from_the_teacher_alone(pool_setup, tmp_path):
     assert load_checkpoint(alone.best_checkpoint).train_config["label_weight"] == 0.0
 
 
-def test_distilled_run_resumes_exactly(pool_setup, tmp_path):
+def test_distilled_run_resumes_exactly(pool_setup, tmp_path, monkeypatch):
+    """Epoch 1, then --resume: only epoch 2 is trained, and it ends at the weights of the two epochs in one go."""
+    import edgenode.train as train_module
+
     tmp, root, _ = pool_setup
     straight = train(_pool_config(tmp, root, tmp_path / "straight"))
     train(_pool_config(tmp, root, tmp_path / "split", epochs=1))
+    trained, original = [], train_module.run_epoch
+    monkeypatch.setattr(train_module, "run_epoch", lambda *a, **k: trained.append(a[7]) or original(*a, **k))
     resumed = train(_pool_config(tmp, root, tmp_path / "split", resume=True))
+    assert trained == [2], "the resumed call did not continue after epoch 1"  # retraining from 1 gives the same weights
     expected = load_checkpoint(straight.last_checkpoint).state_dict
     actual = load_checkpoint(resumed.last_checkpoint).state_dict
     for name in expected:

@@ -830,8 +830,13 @@ def test_saturated_int8_logits_fail_parity_and_an_inner_one_is_named(rk4x4, trai
 # (command line with {placeholders}, fragment of the one error line); {nope} never exists, {file} is a plain file
 BAD_ARGUMENTS = [
     ("train {data} --out {new} --steps -1", "solver steps must be a positive integer"),
-    ("train {data} --out {new} --steps 0", "solver steps must be a positive integer"),
-    ("train {data} --out {new} --width 0", "model width must be at least 4"),
+    ("train {data} --out {new} --steps 0", "solver steps must be a positive integer, got 0 (pass --steps 1 or more)"),
+    # an option the solver would not read, recorded in the checkpoint as if it had been trained with
+    ("train {data} --out {new} --steps 8", "--steps 8: dopri5 is adaptive and chooses its own steps (drop --steps, or"),
+    ("train {data} --out {new} --solver rk4 --steps 4 --rtol 1e-5 --atol 1e-4",
+     "--rtol 1e-05 --atol 0.0001: rk4 × 4 takes fixed steps, with no tolerance (drop them, or pass an adaptive --solver"),
+    ("train {data} --out {new} --arch faceode --atol 1e-4", "--atol 0.0001: rk4 × 2 takes fixed steps, with no tolerance"),
+    ("train {data} --out {new} --width 0", "model width must be at least 4 channels, got 0 (pass --width 4 or more)"),
     ("train {data} --out {new} --epochs 0", "--epochs must be at least 1"),
     ("train {data} --out {new} --batch-size -1", "--batch-size must be at least 1"),
     ("train {data} --out {new} --rtol -1", "solver tolerances must be positive"),

@@ -64,6 +64,8 @@ def test_run_folder_holds_metrics_and_plots(trained_run):
 
 
 def test_resume_after_interruption_gives_the_same_weights(synthetic_root, tmp_path, monkeypatch):
+    """A run killed in epoch 3 resumes from last.pt (epoch 2): only epoch 3 is trained again, and it ends at the
+    weights of the uninterrupted run."""
     reference = train(small_config(synthetic_root, tmp_path / "straight"))
 
     original = train_module.run_epoch
@@ -77,8 +79,16 @@ def test_resume_after_interruption_gives_the_same_weights(synthetic_root, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         train(small_config(synthetic_root, tmp_path / "interrupted"))
     assert load_checkpoint(tmp_path / "interrupted" / "last.pt").epoch == 2
-    monkeypatch.setattr(train_module, "run_epoch", original)
+    trained = []
+
+    def counting(*args, **kwargs):
+        trained.append(args[7])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "run_epoch", counting)
     resumed = train(small_config(synthetic_root, tmp_path / "interrupted", resume=True))
+    # seeded training is deterministic: a resume that retrained from epoch 1 would end at the same weights
+    assert trained == [3], "the resumed call did not continue after epoch 2"
 
     expected = load_checkpoint(reference.last_checkpoint).state_dict
     actual = load_checkpoint(resumed.last_checkpoint).state_dict

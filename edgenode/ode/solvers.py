@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from edgenode.errors import UsageError
+from edgenode.errors import UsageError, is_whole_number
 
 ODEFunc = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Step = Callable[[ODEFunc, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -103,8 +103,8 @@ class SolverConfig:
         if self.method not in FIXED_STEP_METHODS and self.method not in ADAPTIVE_METHODS:
             known = ", ".join([*ADAPTIVE_METHODS, *FIXED_STEP_METHODS])
             raise UsageError(f"unknown ODE solver {self.method!r}", f"choose one of {known}")
-        if not isinstance(self.n_steps, int) or self.n_steps < 1:
-            raise UsageError(f"solver steps must be a positive integer, got {self.n_steps!r}")
+        if not is_whole_number(self.n_steps):
+            raise UsageError(f"solver steps must be a positive integer, got {self.n_steps!r}", "pass --steps 1 or more")
         if not (self.rtol > 0 and self.atol > 0):
             raise UsageError(f"solver tolerances must be positive, got rtol={self.rtol} atol={self.atol}",
                              "use positive tolerances such as 1e-3")
