@@ -19,7 +19,7 @@ from edgenode.artifacts import KIND_WORDS, atomic_path, file_kind
 from edgenode.errors import ArtifactError, ArtifactPathError, DataError, ImageDecodeError, UsageError
 
 PROVENANCE_KEYS = ("dlib_version", "model", "method")
-_NOT_TEACHER = ("onnx", "image", "json")  # kinds named in one line before np.load could misread them
+_NOT_TEACHER = ("onnx", "engine", "image", "json", "text")  # kinds named in one line (exit 2) before np.load could misread them
 
 
 @dataclass(frozen=True)
@@ -46,19 +46,26 @@ class TeacherEmbeddings:
         return out, found
 
 
-def load_teacher(path: str | os.PathLike) -> TeacherEmbeddings:
-    """Read and validate a teacher ``.npz``; never unpickles."""
+def check_teacher_file(path: str | os.PathLike) -> Path:
+    """A teacher path that exists and is an archive, checked in a moment (``train`` does it before decoding the
+    split); :func:`load_teacher` then reads it."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactPathError(f"teacher descriptors {path} not found",
-                                "pass the .npz written by `edgenode teacher` (or the data set's teacher_dlib128.npz)")
+                                "pass the .npz written by `edgenode teacher`, or the data set's teacher_dlib128.npz")
     kind = file_kind(path)  # np.load would try to unpickle anything that is not an archive and say so, confusingly
     if kind in _NOT_TEACHER:
         raise ArtifactPathError(f"{path}: is {KIND_WORDS[kind]}, not a teacher descriptor .npz",
-                                "pass the .npz written by `edgenode teacher` (or the data set's teacher_dlib128.npz)")
+                                "pass the .npz written by `edgenode teacher`, or the data set's teacher_dlib128.npz")
     if kind != "checkpoint":  # .npz, like torch.save, is a zip file
         raise ArtifactError(f"{path}: not a teacher descriptor file (not an .npz archive)",
                             "pass the .npz written by `edgenode teacher`, or recompute it")
+    return path
+
+
+def load_teacher(path: str | os.PathLike) -> TeacherEmbeddings:
+    """Read and validate a teacher ``.npz``; never unpickles."""
+    path = check_teacher_file(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             files = np.asarray(archive["files"]).astype(str)
@@ -183,7 +190,7 @@ def check_teacher_matches_chips(teacher: "TeacherEmbeddings", align, data: str) 
     teacher_cnn = method == METHOD_CNN_FALLBACK
     if teacher_cnn != align.cnn_fallback:
         fix = ("describe them as the chips were cut: edgenode teacher DATA --cnn-fallback --out NEW.npz"
-               if align.cnn_fallback else "pass descriptors computed without --cnn-fallback (e.g. the data set's teacher_dlib128.npz)")
+               if align.cnn_fallback else "pass descriptors computed without --cnn-fallback, e.g. the data set's teacher_dlib128.npz")
         raise DataError(f"{teacher.path or 'the teacher descriptors'} found the faces {'with' if teacher_cnn else 'without'} "
                         f"the CNN fallback detector, but the chips of {data} were cut {'with' if align.cnn_fallback else 'without'} "
                         f"it ({align.method})", fix)

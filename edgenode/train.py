@@ -446,6 +446,10 @@ def open_run_dir(config: TrainConfig, ctx: DistContext) -> tuple[Path, bool]:
         from edgenode.runtime.artifact import expect_kind
 
         expect_kind(config.init, ("checkpoint",), "--init")
+    if config.teacher:  # so is a teacher path that is missing or no archive
+        from edgenode.teacher import check_teacher_file
+
+        check_teacher_file(config.teacher)
     had_folder = run_dir.is_dir()
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

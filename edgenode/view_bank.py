@@ -155,6 +155,20 @@ def _worker_describe(item: tuple[str, dict[str, np.ndarray | int | None]]) -> tu
     return np.stack(out), pixels_crc32(chip)
 
 
+def aligned_copy_to_describe(data: str | os.PathLike):
+    """(alignment, chip side) of an aligned copy, with the teacher installed: what describing its views needs,
+    checked in seconds, before anything slow (the CLI calls it before decoding an --unlabeled pool)."""
+    from edgenode.align import read_alignment
+    from edgenode.teacher import installed_provenance, model_files
+
+    record = read_alignment(data)
+    if record is None:
+        raise DataError(f"{data} is not an aligned copy: the teacher describes a view as an aligned face chip",
+                        "align it first: edgenode align DATA --manifest split.json --out ALIGNED")
+    installed_provenance(record[0].cnn_fallback), model_files()
+    return record
+
+
 def compute_view_bank(data: str | os.PathLike, files: list[str], *, views: int, shift: float, color: float, seed: int = 0,
                       workers: int | None = None, progress: bool = True) -> ViewBank:
     """Draw K views of each aligned chip of ``files`` and describe each with the teacher (~55 ms a view, one core).
@@ -162,7 +176,6 @@ def compute_view_bank(data: str | os.PathLike, files: list[str], *, views: int, 
     ``data`` must be an aligned copy (``edgenode align``): the teacher describes a chip as an aligned face.
     Spawned workers re-import the main script: a script calling this needs ``if __name__ == "__main__":``.
     """
-    from edgenode.align import read_alignment
     from edgenode.data import images_root
     from edgenode.process_pool import process_map
     from edgenode.teacher import installed_provenance, model_files
@@ -171,11 +184,7 @@ def compute_view_bank(data: str | os.PathLike, files: list[str], *, views: int, 
         raise UsageError(f"--views {views}: a bank needs at least one view per picture")
     if not files:
         raise DataError(f"no training pictures to describe in {data}", "pass the split manifest the chips were aligned for")
-    record = read_alignment(data)
-    if record is None:
-        raise DataError(f"{data} is not an aligned copy: the teacher describes a view as an aligned face chip",
-                        "align it first: edgenode align DATA --manifest split.json --out ALIGNED")
-    align, side = record
+    align, side = aligned_copy_to_describe(data)
     provenance = installed_provenance(align.cnn_fallback)
     provenance.pop("method")  # how the stored descriptors found faces; the views are chips, described as below
     provenance.update(alignment=align.method, views=f"the view of the {side}-px chip resized to {TEACHER_INPUT}x{TEACHER_INPUT} "
@@ -236,7 +245,7 @@ def load_view_bank(path: str | os.PathLike) -> ViewBank:
         meta = json.loads(str(arrays["meta"]))
         version, side, shift, color, seed, pad = (meta.get("format"), int(meta["side"]), float(meta["shift"]),
                                                   float(meta["color"]), int(meta["seed"]), int(meta["pad"]))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # AttributeError: JSON that is no object
         raise ArtifactError(f"{damaged} (its meta record: {type(exc).__name__}: {exc})", recompute) from None
     if version != FORMAT:
         raise ArtifactError(f"{path}: view bank format {version!r}, this edgenode reads {FORMAT!r}",

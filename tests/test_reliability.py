@@ -909,6 +909,8 @@ BAD_ARGUMENTS = [
     ("parity {onnx} --reference {ckpt} --data {data} --reference-solver rk4", "is a fixed-step method"),
     ("parity {onnx} --reference {ckpt} --data {data} --reference-solver magic", "unknown ODE solver 'magic'"),
     ("parity {onnx} --reference {ckpt} --data {data} --reference-tol -1", "--reference-tol -1.0: must be a finite number > 0"),
+    ("parity {onnx} --reference {ckpt} --data {data} --reference-solver trained --reference-tol 1e-4",
+     "--reference-tol 0.0001 applies only with --reference-solver METHOD (drop it: the 'trained' reference keeps"),
     ("parity {onnx} --reference {ckpt} --data {data} --provider gpu", "unknown provider 'gpu'"),
     ("parity {onnx} --reference {ckpt} --data {data} --batch-size 0", "--batch-size must be at least 1"),
     ("parity {onnx} --reference {ckpt} --data {data} --out {file}", "is a file, not a folder"),
@@ -982,6 +984,11 @@ BAD_ARGUMENTS = [
     ("evaluate {ckpt} {data} --split train --near-duplicates {file}", "--near-duplicates compares the split with train"),
     ("evaluate {onnx} {data} --mirror-average", "classifies each picture alone; that is baked into it"),
     ("evaluate {ckpt} {data} --exclude {ckpt}", "--exclude {ckpt}: is a training checkpoint, not a text file"),
+    ("teacher-views {data} --manifest {nope}", "--manifest {nope}: file not found"),
+    ("teacher-views {data} --manifest {manifest} --views 0", "--views 0: a bank needs at least one view per picture (pass --views 1"),
+    ("teacher-views {data} --manifest {manifest} --workers -1", "--workers -1: must be 0 or more (pass --workers 0 for one process"),
+    ("train {data} --out {new} --arch faceode --teacher {file}", "{file}: is a text file, not a teacher descriptor .npz"),
+    ("teacher {data} --workers -2", "--workers -2: must be 0 or more (pass --workers 0 for one process per core)"),
 ]
 
 
@@ -993,7 +1000,7 @@ def argument_paths(corpus, corpus_run, corpus_export, tmp_path_factory) -> dict[
     return {"data": str(corpus["data"]), "ckpt": str(corpus_run[1] / "best.pt"), "onnx": str(corpus_export),
             "sidecar": str(sidecar_path(corpus_export)), "folder": str(corpus_export.parent),
             "image": str(corpus["sources"] / f"{PERSON}_010.png"), "nope": str(scratch / "nope.onnx"),
-            "file": str(plain), "new": str(scratch / "new-run")}
+            "file": str(plain), "new": str(scratch / "new-run"), "manifest": str(corpus_run[1] / "manifest.json")}
 
 
 @pytest.mark.parametrize(("command", "fragment"), BAD_ARGUMENTS, ids=[c for c, _ in BAD_ARGUMENTS])
@@ -1178,3 +1185,15 @@ def test_a_foreign_error_enters_ours_as_its_first_line():
     assert first_line(RuntimeError("parse failed\n  at node 3\n  ...")) == "parse failed"
     assert first_line(ValueError("")) == "ValueError"
     assert first_line(OSError("x" * 50), limit=10) == "x" * 9 + "…"
+
+
+def test_teacher_views_refuses_an_unaligned_folder_before_decoding_the_pool(argument_paths, monkeypatch, tmp_path):
+    """The views are described as aligned chips: a plain data folder is refused in seconds, before `--unlabeled`
+    decodes and hashes the whole pool (which it did first), and without writing the bank."""
+    import edgenode.train
+
+    monkeypatch.setattr(edgenode.train, "load_unlabeled_pool", lambda *a, **k: pytest.fail("the pool was decoded first"))
+    result = invoke("teacher-views", argument_paths["data"], "--manifest", argument_paths["manifest"], "--unlabeled",
+                    "--out", tmp_path / "bank.npz")
+    assert_one_line_error(result, 1, f"{argument_paths['data']} is not an aligned copy")
+    assert not (tmp_path / "bank.npz").exists()

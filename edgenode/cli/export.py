@@ -31,7 +31,7 @@ def command(
     engine_max_batch: Annotated[int, typer.Option(help="TensorRT profile: largest batch size.")] = 32,
     engine_workspace_mib: Annotated[int, typer.Option(help="TensorRT builder workspace, MiB.")] = 1024,
 ) -> None:
-    """Unroll the ODE block into fixed RK4 steps and export ONNX FP32/FP16/INT8 (and TensorRT engines)."""
+    """Unroll the ODE block into fixed steps (RK4 unless --method says otherwise) and export ONNX FP32/FP16/INT8 (and TensorRT engines)."""
     from edgenode.export import EngineConfig, ExportConfig, export_model
 
     out = output_folder(out if out is not None else checkpoint.parent / "export")

@@ -35,7 +35,7 @@ def command(
     for flag, value, low in (("--top-k", top_k, 1), ("--batch-size", batch_size, 1), ("--workers", workers, 0)):
         if value < low:
             raise UsageError(f"{flag} {value}: must be at least {low}", f"pass {flag} {low} or more"
-                             + (" (0: one thread per core + 2)" if flag == "--workers" else ""))
+                             + ("; 0 is one thread per core + 2" if flag == "--workers" else ""))
     missing = [p for p in paths if not os.path.lexists(p)]  # a typo on the command line; a dangling link is a bad file
     if missing:
         raise PathArgumentError(f"{missing[0]}: no such file or folder" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
@@ -43,28 +43,27 @@ def command(
     files = collect_images(paths)
     if not files:
         raise UsageError(f"no image files found in {', '.join(map(str, paths))}", "pass image files or folders of .jpg/.png/.webp")
-    predictor = load_predictor(artifact, provider=provider, mirror_average=True if mirror_average else None)
-    console.print(f"{predictor.describe()}; provider {predictor.provider}; {len(files)} image(s)", markup=False)
-    failed = n = 0
-    for item in predictor.predict_files(files, batch_size=batch_size, k=top_k, workers=workers or None, pre_aligned=pre_aligned):
-        n += 1
-        if not item.ok:
-            failed += 1
-            console.print(f"[bold red]error:[/] {escape(item.path)}: {escape(item.reason)}", soft_wrap=True)
+    with load_predictor(artifact, provider=provider, mirror_average=True if mirror_average else None) as predictor:
+        console.print(f"{predictor.describe()}; provider {predictor.provider}; {len(files)} image(s)", markup=False)
+        failed = n = 0
+        for item in predictor.predict_files(files, batch_size=batch_size, k=top_k, workers=workers or None, pre_aligned=pre_aligned):
+            n += 1
+            if not item.ok:
+                failed += 1
+                console.print(f"[bold red]error:[/] {escape(item.path)}: {escape(item.reason)}", soft_wrap=True)
+                if as_json:
+                    sys.stdout.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
+                continue
             if as_json:
                 sys.stdout.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
-            continue
-        if as_json:
-            sys.stdout.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
-        else:
-            ranked = ", ".join(f"{name} {p:.3f}" for name, p in item.top_k)
-            typer.echo(f"{item.path}\t{ranked}")
-    sys.stdout.flush()
-    ok = n - failed
-    # the model's time only (no decoding), first call included: a few images mostly time the runtime's warm-up
-    rate = (f", {predictor.runner.total_inference_ms / ok:.2f} ms/image inference (warm-up included; "
-            "`edgenode bench` measures latency)") if ok else ""
-    console.print(f"{ok}/{n} image(s) classified" + (f", [red]{failed} failed[/]" if failed else "") + rate)
-    predictor.close()
+            else:
+                ranked = ", ".join(f"{name} {p:.3f}" for name, p in item.top_k)
+                typer.echo(f"{item.path}\t{ranked}")
+        sys.stdout.flush()
+        ok = n - failed
+        # the model's time only (no decoding), first call included: a few images mostly time the runtime's warm-up
+        rate = (f", {predictor.runner.total_inference_ms / ok:.2f} ms/image inference (warm-up included; "
+                "`edgenode bench` measures latency)") if ok else ""
+        console.print(f"{ok}/{n} image(s) classified" + (f", [red]{failed} failed[/]" if failed else "") + rate)
     if failed:
         raise typer.Exit(code=1)

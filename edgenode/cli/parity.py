@@ -12,20 +12,27 @@ from edgenode.cli.common import output_folder, user_errors
 from edgenode.console import console
 
 
-def parse_reference_solver(spec: str, tol: float):
-    """``dopri5`` (or any adaptive method) at ``tol``; ``trained`` keeps the checkpoint's own solver."""
+REFERENCE_TOL = 1e-6  # a reference far tighter than any deployed solve
+
+
+def parse_reference_solver(spec: str, tol: float | None):
+    """``dopri5`` (or any adaptive method) at ``tol`` (default 1e-6); ``trained`` keeps the checkpoint's own solver."""
     from edgenode.errors import UsageError
     from edgenode.ode.solvers import SolverConfig
 
     if spec == "trained":
+        if tol is not None:  # it would be ignored: the trained solver keeps its own tolerances
+            raise UsageError(f"--reference-tol {tol} applies only with --reference-solver METHOD",
+                             "drop it: the 'trained' reference keeps the checkpoint's own solver and tolerances")
         return None
+    tol = REFERENCE_TOL if tol is None else tol
     if not (math.isfinite(tol) and tol > 0):  # named here: SolverConfig's own message speaks of rtol and atol
         raise UsageError(f"--reference-tol {tol}: must be a finite number > 0",
-                         "pass e.g. --reference-tol 1e-6 (the default: a reference far tighter than any deployed solve)")
+                         f"pass e.g. --reference-tol {REFERENCE_TOL:g}, the default: a reference far tighter than any deployed solve")
     solver = SolverConfig(spec, rtol=tol, atol=tol)
     if not solver.is_adaptive:
         raise UsageError(f"--reference-solver {spec!r} is a fixed-step method",
-                         "the reference should be an adaptive solve (dopri5, bosh3, …) or 'trained'")
+                         "the reference should be an adaptive solve such as dopri5 or bosh3, or 'trained'")
     return solver
 
 
@@ -43,7 +50,7 @@ def command(
     int8_min_agreement: Annotated[float, typer.Option(help="INT8: smallest accepted top-1 agreement, %.")] = 97.0,
     max_logit_error: Annotated[Optional[float], typer.Option(help="Optional bound on max |Δlogit| vs. the reference (any precision).")] = None,
     reference_solver: Annotated[str, typer.Option(help="Adaptive solver of the reference (dopri5, bosh3, …) or 'trained'.")] = "dopri5",
-    reference_tol: Annotated[float, typer.Option(help="rtol = atol of the reference solver.")] = 1e-6,
+    reference_tol: Annotated[Optional[float], typer.Option(help="rtol = atol of --reference-solver METHOD [default: 1e-6].")] = None,
     provider: Annotated[str, typer.Option(help="auto | tensorrt | cuda | cpu for the artifacts.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per inference call.")] = 64,
     attribution: Annotated[bool, typer.Option(help="Split the error into solver/export/precision/runtime stages.")] = True,

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from edgenode.artifacts import npz_members
-from edgenode.cli.common import output_file, user_errors
+from edgenode.cli.common import existing_path, output_file, user_errors
 from edgenode.console import console
 
 
@@ -40,15 +40,20 @@ def command(
     from edgenode.errors import UsageError
     from edgenode.process_pool import resolve_workers
     from edgenode.train import TrainConfig, load_unlabeled_pool
-    from edgenode.view_bank import compute_view_bank, save_view_bank
+    from edgenode.view_bank import aligned_copy_to_describe, compute_view_bank, save_view_bank
 
-    if workers < 0 or views < 1:
-        raise UsageError(f"--views {views} / --workers {workers}: views must be 1 or more, workers 0 or more")
+    if views < 1:
+        raise UsageError(f"--views {views}: a bank needs at least one view per picture", "pass --views 1 or more")
+    if workers < 0:
+        raise UsageError(f"--workers {workers}: must be 0 or more", "pass --workers 0 for one process per core")
     TrainConfig(data=str(data), augment=True, augment_shift=augment_shift, augment_color=augment_color)  # same checks as train
     if near_duplicates is not None and not unlabeled:
         raise UsageError("--near-duplicates is only used to select the --unlabeled pool", "add --unlabeled or drop it")
+    existing_path(data, "DATA", folder=True)
+    existing_path(manifest, "--manifest", folder=False)
     output_file(out, kind="a view bank (.npz of `edgenode teacher-views`)", is_kind=is_view_bank)
     split = Manifest.load(manifest)
+    aligned_copy_to_describe(data)  # an unaligned folder or a missing teacher, before the pool is decoded
     files = split.files("train")
     if unlabeled:
         files = files + load_unlabeled_pool(split, str(data), str(near_duplicates) if near_duplicates else None)[1]

@@ -49,7 +49,7 @@ def command(
     kd_targets: Annotated[Optional[Path], typer.Option(help="Class log-probabilities per file (.npz, e.g. an ensemble's from examples/ensemble_targets.py) for that KL loss instead of the teacher's.")] = None,
     teacher_views: Annotated[Optional[Path], typer.Option(help="A bank of the teacher's descriptors of augmented views (.npz from `edgenode teacher-views`): each epoch shows one of its views of each picture and distils that view's own descriptor; needs --teacher and --augment with the bank's shift and colour.")] = None,
     unlabeled: Annotated[bool, typer.Option(help="Also train on the unused images (minus near-duplicates of val/test) with teacher targets.")] = False,
-    near_duplicates: Annotated[Optional[Path], typer.Option(help="TSV of near-duplicate pairs (file_a, file_b, hamming); computed with dHash if unset.")] = None,
+    near_duplicates: Annotated[Optional[Path], typer.Option(help="With --unlabeled: TSV of near-duplicate pairs (file_a, file_b, hamming) to clean the pool of; computed with dHash if unset.")] = None,
     amp: Annotated[bool, typer.Option(help="bfloat16 autocast for training passes on CUDA.")] = False,
     init: Annotated[Optional[Path], typer.Option(help="Start from this checkpoint's weights (fine-tune; the solver may differ).")] = None,
     stop_after: Annotated[Optional[int], typer.Option(help="End this call after that epoch of the --epochs schedule (a time-boxed machine); the same command with --resume continues the run exactly.")] = None,
