@@ -1197,3 +1197,20 @@ def test_teacher_views_refuses_an_unaligned_folder_before_decoding_the_pool(argu
                     "--out", tmp_path / "bank.npz")
     assert_one_line_error(result, 1, f"{argument_paths['data']} is not an aligned copy")
     assert not (tmp_path / "bank.npz").exists()
+
+
+def test_a_flipped_byte_in_a_checkpoints_weights_is_refused(argument_paths, tmp_path):
+    """torch.load does not check the zip archive's CRCs: one flipped byte in the weights loaded as other weights."""
+    from edgenode.checkpoint import load_checkpoint
+    from edgenode.errors import ArtifactError
+
+    data = bytearray(Path(argument_paths["ckpt"]).read_bytes())
+    weights = load_checkpoint(argument_paths["ckpt"]).state_dict
+    largest = max(weights.values(), key=lambda t: t.numel()).numpy().tobytes()
+    data[bytes(data).index(largest) + len(largest) // 2] ^= 0x10  # in the middle of the largest tensor
+    damaged = tmp_path / "best.pt"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"best\.pt: damaged checkpoint: its record data/\d+ fails the zip archive's CRC"):
+        load_checkpoint(damaged)
+    result = invoke("infer", damaged, argument_paths["image"])
+    assert_one_line_error(result, 1, "fails the zip archive's CRC check (the bytes changed on disk or in a copy")
