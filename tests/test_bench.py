@@ -176,12 +176,24 @@ def test_an_interrupted_bench_keeps_the_rows_it_measured(exports, trained_run, t
     assert len(saved["rows"]) == 3 and not any(n.startswith("incomplete") for n in saved["notes"])
 
 
-def test_checkpoint_artifact_is_the_reference_when_none_is_given(trained_run):
-    """A checkpoint among the artifacts becomes the baseline; --baseline-solver overrides its solver."""
+def test_checkpoint_artifact_is_the_reference_when_none_is_given(trained_run, monkeypatch):
+    """A checkpoint among the artifacts becomes the baseline; --baseline-solver overrides the solver it runs (the
+    row's NFE is read off the solver's name, so the evaluations of every timed call are counted too)."""
+    from edgenode.runtime.torch_runner import TorchRunner
+
+    counted, original = [], TorchRunner._run
+
+    def counting(self, x):
+        logits = original(self, x)
+        counted.append(self.nfe)
+        return logits
+
+    monkeypatch.setattr(TorchRunner, "_run", counting)
     report = run_bench(BenchConfig(artifacts=(str(trained_run.best_checkpoint),), peak=False,
                                    baseline_solver=SolverConfig("rk4", n_steps=1), **TINY))
     (row,) = report.rows
     assert row.group == "baseline" and row.solver == "rk4 × 1 steps" and row.nfe == {1: 4, 4: 4}
+    assert counted and set(counted) == {4}, counted  # the trained dopri5 would take more evaluations
     assert any("fixed-step solver" in n for n in report.notes)
 
 

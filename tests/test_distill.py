@@ -219,11 +219,22 @@ def _pool_config(tmp, root, out, **overrides):
     return TrainConfig(**{**values, **overrides})
 
 
-def test_distillation_with_an_unlabelled_pool_trains_and_records_it(pool_setup, tmp_path):
+def test_distillation_with_an_unlabelled_pool_trains_and_records_it(pool_setup, tmp_path, monkeypatch):
+    """The cleaned pool joins the train split every epoch goes over (unlabelled, its steps included), and the run
+    records it."""
+    import edgenode.train as train_module
+
     tmp, root, manifest = pool_setup
+    epochs, original = [], train_module.run_epoch
+    # (split, steps) of each epoch: what is trained on, not only what is recorded
+    monkeypatch.setattr(train_module, "run_epoch", lambda *a, **k: epochs.append((a[2], a[8])) or original(*a, **k))
     result = train(_pool_config(tmp, root, tmp_path / "run"))
     summary = json.loads((tmp_path / "run" / "results.json").read_text())
     pool = len(manifest.unused) - 1  # the near-duplicate of a test image is left out
+    assert len(epochs) == 2
+    for split, steps in epochs:
+        assert len(split) == 24 + pool and int((split.labels_cpu == train_module.UNLABELLED).sum()) == pool
+        assert steps == (24 + pool) // 8 > 24 // 8  # batches of 8: the pool adds steps
     assert summary["train_images"] == {"labelled": 24, "unlabelled": pool}
     assert summary["teacher"]["pool_with_target"] == pool
     assert all(row["train_distill_loss"] > 0 for row in result.history)
@@ -293,7 +304,8 @@ def test_teacher_log_probs_stay_float32_under_autocast():
 
 
 def test_two_process_ddp_distillation_matches_single_process(pool_setup, tmp_path):
-    """Labelled and pool images split unevenly over the ranks: losses must use the global counts."""
+    """Labelled and pool images split unevenly over the ranks: losses must use the global counts. The launch must
+    really train in 2 processes (said once, by rank 0): two single-process runs would match trivially."""
     import os
     import subprocess
     import sys
@@ -307,6 +319,9 @@ def test_two_process_ddp_distillation_matches_single_process(pool_setup, tmp_pat
         cmd = [sys.executable, *launcher, "-m", "edgenode", "train", str(root), "--out", str(tmp_path / name), *args]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout + done.stderr
+    output = done.stderr + done.stdout  # the ddp launch's
+    assert "2 processes" in output
+    assert output.count("distilling ") == 1 and output.count("test accuracy (best-by-val") == 1  # rank 0 alone
     single, ddp = load_checkpoint(tmp_path / "single" / "last.pt"), load_checkpoint(tmp_path / "ddp" / "last.pt")
     assert ddp.history[0]["train_distill_loss"] == pytest.approx(single.history[0]["train_distill_loss"], abs=1e-4)
     assert ddp.history[0]["train_loss"] == pytest.approx(single.history[0]["train_loss"], abs=1e-4)
@@ -388,13 +403,20 @@ def _teacher_targets_file(tmp, root, manifest, path):
 
 
 def test_stored_teacher_probabilities_reproduce_the_teachers_run(pool_setup, tmp_path):
-    """Row alignment end to end: the teacher's own targets, stored shuffled, must train exactly like the teacher."""
+    """Row alignment end to end: the teacher's own targets, stored shuffled, must train exactly like the teacher;
+    the same rows each moved to another file's place must not (the stored rows are what the KL term uses)."""
     tmp, root, manifest = pool_setup
     path = _teacher_targets_file(tmp, root, manifest, tmp_path / "teacher-kd.npz")
     plain = train(_pool_config(tmp, root, tmp_path / "plain", epochs=1, seed=2))
     stored = train(_pool_config(tmp, root, tmp_path / "stored", epochs=1, seed=2, kd_targets=str(path)))
     for key in ("train_loss", "train_distill_loss", "val_loss"):
         assert stored.history[0][key] == pytest.approx(plain.history[0][key], rel=1e-4), key
+    with np.load(path) as z:
+        moved = distill.save_kd_targets(tmp_path / "moved-kd.npz", list(z["files"]), list(z["classes"]),
+                                        np.roll(z["log_probs"], 1, axis=0), ["teacher, rows moved by one"])
+    misaligned = train(_pool_config(tmp, root, tmp_path / "moved", epochs=1, seed=2, kd_targets=str(moved)))
+    # 2.92 against 3.15 measured: a run that ignored --kd-targets would give the teacher's run to the last digits
+    assert misaligned.history[0]["train_distill_loss"] != pytest.approx(plain.history[0]["train_distill_loss"], rel=1e-2)
     summary = json.loads((tmp_path / "stored" / "results.json").read_text())["teacher"]
     assert summary["kd_targets"] == str(path) and len(summary["kd_targets_sha256"]) == 64
     with pytest.raises(UsageError, match="--kd-targets"):
@@ -402,7 +424,8 @@ def test_stored_teacher_probabilities_reproduce_the_teachers_run(pool_setup, tmp
 
 
 def test_an_ensembles_targets_train_a_student_end_to_end(pool_setup, tmp_path):
-    """Members trained on the pool set-up → their mean probabilities on train + cleaned pool → a student run."""
+    """Members trained on the pool set-up → their mean probabilities on train + cleaned pool → a student run, whose
+    KL term uses them (not the teacher's probabilities)."""
     from edgenode.data import load_file_arrays
     from edgenode.ensemble import load_members, member_probabilities, training_targets
 
@@ -425,6 +448,9 @@ def test_an_ensembles_targets_train_a_student_end_to_end(pool_setup, tmp_path):
     path = distill.save_kd_targets(tmp_path / "targets.npz", files, manifest.classes, log_probs, member_paths)
     run = train(_pool_config(tmp, root, tmp_path / "kd", epochs=1, seed=2, kd_targets=str(path)))
     assert run.history[0]["train_distill_loss"] > 0
+    # the same run without --kd-targets distils the teacher's probabilities instead (1.51 against 3.15 measured)
+    plain = train(_pool_config(tmp, root, tmp_path / "plain", epochs=1, seed=2))
+    assert run.history[0]["train_distill_loss"] != pytest.approx(plain.history[0]["train_distill_loss"], rel=0.1)
 
 
 def test_ensemble_members_of_another_split_are_refused(pool_setup, trained_run):

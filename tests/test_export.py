@@ -251,11 +251,12 @@ def test_manifest_must_exist_and_be_the_checkpoints_split(synthetic_manifest, sy
 
 
 @pytest.mark.parametrize("overrides,fragment", [
-    ({"steps": -3}, "-3"), ({"steps": "many"}, "'many'"), ({"precisions": "fp64"}, "'fp64'"),
+    ({"steps": -3}, "--steps -3 is not a positive whole number"), ({"steps": "many"}, "'many'"), ({"precisions": "fp64"}, "'fp64'"),
     ({"steps": "100000"}, "--steps 100000 is out of range: an unrolled graph holds 1 to 256 steps"),
     ({"sweep_candidates": (4, 1000)}, "--steps 1000 is out of range"),
-    ({"format": "tflite"}, "'tflite'"), ({"method": "dopri5"}, "'dopri5'"), ({"opset": 12}, "12"),
-    ({"int8_target": "gpu"}, "'gpu'"), ({"calibration_method": "kl"}, "'kl'"), ({"calibration_per_class": 0}, "0"),
+    ({"format": "tflite"}, "'tflite'"), ({"method": "dopri5"}, "'dopri5'"), ({"opset": 12}, "--opset 12 is not supported"),
+    ({"int8_target": "gpu"}, "'gpu'"), ({"calibration_method": "kl"}, "'kl'"),
+    ({"calibration_per_class": 0}, "--calibration-per-class 0 must be a positive whole number"),
 ])
 def test_export_config_names_the_bad_value(overrides, fragment):
     with pytest.raises(UsageError) as info:
@@ -322,7 +323,7 @@ def test_engine_config_is_validated():
     assert EngineConfig(opt_batch=4, max_batch=16).profile(64) == {"min": [1, 3, 64, 64], "opt": [4, 3, 64, 64], "max": [16, 3, 64, 64]}
     with pytest.raises(UsageError, match="below"):
         EngineConfig(opt_batch=16, max_batch=4)
-    with pytest.raises(UsageError, match="0"):
+    with pytest.raises(UsageError, match="--engine-workspace-mib 0 must be a positive whole number"):
         EngineConfig(workspace_mib=0)
 
 

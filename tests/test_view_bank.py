@@ -242,6 +242,7 @@ def test_a_damaged_or_foreign_bank_is_refused_in_one_line(tmp_path):
 
 
 def test_teacher_views_cli_writes_a_bank_and_will_not_overwrite_another_file(fake_teacher, chips, tmp_path):
+    """A bank is written; an --out that holds another .npz (the teacher's descriptors) is refused and left as it was."""
     from typer.testing import CliRunner
 
     from edgenode.cli.app import app
@@ -253,8 +254,10 @@ def test_teacher_views_cli_writes_a_bank_and_will_not_overwrite_another_file(fak
     assert result.exit_code == 0, result.output
     assert "2 views of 96 pictures (64 px, --augment-shift 0.0625)" in result.output
     assert view_bank.load_view_bank(tmp_path / "bank.npz").rows(manifest.files("train")).min() == 0
+    before = (tmp_path / "teacher.npz").read_bytes()
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "teacher.npz")])  # teacher descriptors, not a bank
     assert result.exit_code != 0 and "teacher.npz" in result.output
+    assert (tmp_path / "teacher.npz").read_bytes() == before, "the teacher's descriptors were overwritten"
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "x.npz"), "--near-duplicates", str(manifest_path)])
     assert result.exit_code == 2 and "--near-duplicates is only used" in result.output
 
