@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from edgenode.calibration.reader import ArrayCalibrationReader
-from edgenode.calibration.table import ort_calibration_method
+from edgenode.calibration.table import compute_tensor_ranges, ort_calibration_method
 from edgenode.errors import UsageError
 
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
@@ -99,14 +99,22 @@ def quantize_int8(fp32_path: str | os.PathLike, target: str, images: np.ndarray,
 
     recipe = RECIPES[target]
     calibrate_method = ort_calibration_method(method)
+    extra_options = dict(recipe.extra_options)
     with tempfile.TemporaryDirectory(prefix="edgenode-int8.") as tmp, _quiet():
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "quantized.onnx"
         quant_pre_process(str(fp32_path), str(prepared))
+        if method == "entropy":
+            # quantize_static cannot be given the entropy calibrator's bins (create_calibrator's 128 for 128 levels
+            # leave one threshold, the whole range): the ranges come from our calibrator, as overrides of min-max's
+            ranges = compute_tensor_ranges(prepared, images, "entropy", op_types=QUANTIZED_OPS)
+            extra_options["TensorQuantOverrides"] = {name: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
+                                                     for name, (lo, hi) in ranges.items()}
+            calibrate_method = ort_calibration_method("minmax")
         quantize_static(
             str(prepared), str(quantized), ArrayCalibrationReader(images),
             quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
             activation_type=QuantType[recipe.activation_type], weight_type=QuantType[recipe.weight_type],
-            calibrate_method=calibrate_method, extra_options=dict(recipe.extra_options), reduce_range=recipe.reduce_range,
+            calibrate_method=calibrate_method, extra_options=extra_options, reduce_range=recipe.reduce_range,
         )
         return onnx.load(str(quantized))
 
