@@ -272,7 +272,7 @@ def diagnose_logits(model, logits: np.ndarray, images: np.ndarray, saturation: b
 HINTS = {
     "fp32": "the checkpoint's weights or activations are not finite; use another checkpoint or retrain",
     "fp16": "an activation overflows float16; export --precision fp32 or int8, or retrain with normalisation",
-    "int8": "the calibration range does not fit the data; try --calibration-method entropy or percentile, "
+    "int8": "the calibration range does not fit the data; try another --calibration-method such as percentile, "
             "more --calibration-per-class, or --precision fp32/fp16",
 }
 

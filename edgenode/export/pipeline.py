@@ -266,8 +266,9 @@ def export_int8(w: _Writer, target: str, calib_images: np.ndarray, calibration: 
     checks = w.write(recipe.file_tag, recipe.file_tag, proto, meta, finite)
     w.result.report["artifacts"][-1]["note"] = f"{checks['size_ratio_vs_fp32']:.2f}× the FP32 file; {recipe.summary}"
     if checks["agreement_with_fp32"] < INT8_MIN_AGREEMENT:
+        others = [m for m in ("percentile", "minmax") if m != w.config.calibration_method]  # entropy: RESULTS.md
         _warn(report, f"INT8 ({target}) agrees with FP32 on only {checks['agreement_with_fp32']:.1%} of val images "
-                      f"(expected ≥ {INT8_MIN_AGREEMENT:.0%}); try --calibration-method entropy or more --calibration-per-class")
+                      f"(expected ≥ {INT8_MIN_AGREEMENT:.0%}); try --calibration-method {others[0]} or more --calibration-per-class")
 
 
 def prepare_calibration(config: ExportConfig, cal, inputs: _Inputs, result: ExportResult) -> tuple[np.ndarray, dict]:
