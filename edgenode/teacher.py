@@ -19,7 +19,7 @@ from edgenode.artifacts import KIND_WORDS, atomic_path, file_kind
 from edgenode.errors import ArtifactError, ArtifactPathError, DataError, ImageDecodeError, UsageError
 
 PROVENANCE_KEYS = ("dlib_version", "model", "method")
-_NOT_TEACHER = ("onnx", "engine", "image", "json", "text")  # kinds named in one line (exit 2) before np.load could misread them
+_NOT_TEACHER = ("onnx", "engine", "image", "json")  # kinds named in one line (exit 2) before np.load could misread them
 
 
 @dataclass(frozen=True)

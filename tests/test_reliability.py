@@ -987,7 +987,7 @@ BAD_ARGUMENTS = [
     ("teacher-views {data} --manifest {nope}", "--manifest {nope}: file not found"),
     ("teacher-views {data} --manifest {manifest} --views 0", "--views 0: a bank needs at least one view per picture (pass --views 1"),
     ("teacher-views {data} --manifest {manifest} --workers -1", "--workers -1: must be 0 or more (pass --workers 0 for one process"),
-    ("train {data} --out {new} --arch faceode --teacher {file}", "{file}: is a text file, not a teacher descriptor .npz"),
+    ("train {data} --out {new} --arch faceode --teacher {onnx}", "{onnx}: is an ONNX model, not a teacher descriptor .npz"),
     ("teacher {data} --workers -2", "--workers -2: must be 0 or more (pass --workers 0 for one process per core)"),
 ]
 
