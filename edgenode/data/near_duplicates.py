@@ -97,8 +97,11 @@ def compute_hashes(
         raise UsageError(f"workers={workers!r} is not a positive integer", "set workers to a whole number >= 1")
     base = images_root(root)
 
+    def hash_of(name: str) -> int:
+        return dhash(decode.load_rgb(base / name))
+
     with decode.thread_pool(workers) as pool:
-        results = list(pool.map(lambda name: decode.or_error(lambda: dhash(decode.load_rgb(base / name))), files))
+        results = list(pool.map(lambda name: decode.or_error(hash_of, name), files))
     bad = [(name, r.reason) for name, r in zip(files, results) if isinstance(r, ImageDecodeError)]
     values = np.array([0 if isinstance(r, ImageDecodeError) else r for r in results], dtype=np.uint64)
     mask = np.array([isinstance(r, ImageDecodeError) for r in results], dtype=bool)
