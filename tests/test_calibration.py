@@ -121,6 +121,40 @@ def test_histogram_calibrations_run_on_a_count_that_eight_does_not_divide(shared
         assert all(ours[name] <= minmax[name] * (1 + 1e-6) for name in ours)
 
 
+def test_entropy_ranges_are_searched_once_for_both_int8_targets(trained_run, synthetic_root, tmp_path, monkeypatch):
+    """Entropy's threshold search takes minutes on a Pins graph (403 s for the TensorRT tables' 525 tensors), and
+    `--int8-target both` searched the quantised tensors' ranges once per target, on the same graph: now once, and
+    the shared ranges are the ones each target would have found alone."""
+    from onnx import numpy_helper
+
+    import edgenode.calibration.table as table
+    import edgenode.export.int8 as int8
+    from edgenode.export import ExportConfig, export_model
+
+    monkeypatch.setitem(table.CALIBRATOR_OPTIONS, "entropy", {"num_bins": 256, "num_quantized_bins": 128})
+    searched = []
+    real = int8.compute_tensor_ranges
+    monkeypatch.setattr(int8, "compute_tensor_ranges", lambda *a, **k: searched.append(a[2]) or real(*a, **k))
+    out = tmp_path / "export"
+    export_model(ExportConfig(checkpoint=str(trained_run.best_checkpoint), out=str(out), precisions="int8", steps=2,
+                              data=str(synthetic_root), int8_target="both", calibration_method="entropy",
+                              check_ode=False, opset=17))
+    assert searched == ["entropy"], "one search for both files"
+
+    def activation_scales(model):
+        inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        return {n.input[0]: float(inits[n.input[1]]) for n in model.graph.node
+                if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
+
+    images = np.random.default_rng(1).normal(size=(8, 3, 64, 64)).astype(np.float32)
+    fp32 = out / "model-rk4x2-fp32.onnx"
+    shared = int8.entropy_ranges(fp32, images)
+    alone = activation_scales(int8.quantize_int8(fp32, "tensorrt", images, "entropy"))  # the ranges know no target
+    given = activation_scales(int8.quantize_int8(fp32, "tensorrt", images, "entropy", shared))
+    assert given == alone and len(given) > 5
+    assert all((out / f"model-rk4x2-{tag}.onnx").is_file() for tag in ("int8-ort", "int8-trt"))
+
+
 def test_tensorrt_calibration_cache_format(tmp_path):
     ranges = {"images": (-2.0, 1.5), "conv_out": (0.0, 127.0), "/odd name:0": (-0.5, 0.25)}
     path = write_trt_calibration_cache(ranges, tmp_path / "model.calibration.cache", trt_version="10.3.0")

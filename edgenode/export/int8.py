@@ -91,22 +91,25 @@ def _quiet():
         root.setLevel(level)
 
 
-def quantize_int8(fp32_path: str | os.PathLike, target: str, images: np.ndarray, method: str = "minmax"):
-    """The QDQ model (ModelProto) for ``target`` of the FP32 ONNX at ``fp32_path``, calibrated on ``images``."""
+def quantize_int8(fp32_path: str | os.PathLike, target: str, images: np.ndarray, method: str = "minmax",
+                  ranges: dict[str, tuple[float, float]] | None = None):
+    """The QDQ model (ModelProto) for ``target`` of the FP32 ONNX at ``fp32_path``, calibrated on ``images``.
+
+    ``ranges``: with ``method="entropy"``, the ranges of :func:`entropy_ranges` for this file and these images,
+    computed once for both targets (their search is minutes on a Pins graph); None computes them here."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     recipe = RECIPES[target]
     calibrate_method = ort_calibration_method(method)
     extra_options = dict(recipe.extra_options)
     with tempfile.TemporaryDirectory(prefix="edgenode-int8.") as tmp, _quiet():
-        prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "quantized.onnx"
-        quant_pre_process(str(fp32_path), str(prepared))
+        prepared, quantized = _prepared(fp32_path, tmp), Path(tmp) / "quantized.onnx"
         if method == "entropy":
             # quantize_static cannot be given the entropy calibrator's bins (create_calibrator's 128 for 128 levels
             # leave one threshold, the whole range): the ranges come from our calibrator, as overrides of min-max's
-            ranges = compute_tensor_ranges(prepared, images, "entropy", op_types=QUANTIZED_OPS)
+            if ranges is None:
+                ranges = compute_tensor_ranges(prepared, images, "entropy", op_types=QUANTIZED_OPS)
             extra_options["TensorQuantOverrides"] = {name: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
                                                      for name, (lo, hi) in ranges.items()}
             calibrate_method = ort_calibration_method("minmax")
@@ -117,6 +120,22 @@ def quantize_int8(fp32_path: str | os.PathLike, target: str, images: np.ndarray,
             calibrate_method=calibrate_method, extra_options=extra_options, reduce_range=recipe.reduce_range,
         )
         return onnx.load(str(quantized))
+
+
+def entropy_ranges(fp32_path: str | os.PathLike, images: np.ndarray) -> dict[str, tuple[float, float]]:
+    """Entropy-calibrated ranges of the tensors ``quantize_int8`` quantises, on the graph it quantises (the FP32
+    file after ``quant_pre_process``, whose tensor names they use): the same for both targets."""
+    with tempfile.TemporaryDirectory(prefix="edgenode-int8.") as tmp, _quiet():
+        return compute_tensor_ranges(_prepared(fp32_path, tmp), images, "entropy", op_types=QUANTIZED_OPS)
+
+
+def _prepared(fp32_path: str | os.PathLike, tmp: str) -> Path:
+    """``fp32_path`` through onnxruntime's ``quant_pre_process`` (shape inference, basic optimisation), in ``tmp``."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = Path(tmp) / "prepared.onnx"
+    quant_pre_process(str(fp32_path), str(prepared))
+    return prepared
 
 
 def qdq_summary(proto) -> dict[str, Any]:

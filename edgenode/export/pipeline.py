@@ -246,9 +246,10 @@ def export_fp16(w: _Writer, calib_images: np.ndarray, report: dict) -> None:
         _warn(report, f"FP16 agrees with FP32 on only {checks['agreement_with_fp32']:.1%} of val images (expected ≥ {FP16_MIN_AGREEMENT:.0%})")
 
 
-def export_int8(w: _Writer, target: str, calib_images: np.ndarray, calibration: dict, report: dict) -> None:
+def export_int8(w: _Writer, target: str, calib_images: np.ndarray, calibration: dict, report: dict,
+                ranges: dict[str, tuple[float, float]] | None = None) -> None:
     recipe = int8_mod.RECIPES[target]
-    proto = int8_mod.quantize_int8(w.result.artifacts["fp32"], target, calib_images, w.config.calibration_method)
+    proto = int8_mod.quantize_int8(w.result.artifacts["fp32"], target, calib_images, w.config.calibration_method, ranges)
     summary = int8_mod.qdq_summary(proto)
     meta = dataclasses.replace(w.meta32, precision="int8", int8_target=target, extra={
         **w.meta32.extra, "int8": {"recipe": recipe.summary, "activation_type": recipe.activation_type,
@@ -414,8 +415,11 @@ def export_model(config: ExportConfig) -> ExportResult:
             targets = int8_mod.int8_targets(config.int8_target)
             if "tensorrt" in targets:
                 write_calibration_tables(writer, calib_images, calibration)
+            # entropy's threshold search is the slow part of its export (minutes): once, for both targets
+            ranges = (int8_mod.entropy_ranges(writer.result.artifacts["fp32"], calib_images)
+                      if config.calibration_method == "entropy" else None)
             for target in targets:
-                export_int8(writer, target, calib_images, calibration, report)
+                export_int8(writer, target, calib_images, calibration, report, ranges)
     if "fp32" not in config.precisions:
         report["artifacts"][0]["note"] = "reference for the other precisions"
     if config.format == "engine":
