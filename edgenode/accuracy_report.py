@@ -157,8 +157,9 @@ def predict(predictor, images_uint8_nhwc: np.ndarray, batch_size: int = 256) -> 
 
 
 def _subset_accuracy(correct: np.ndarray) -> dict:
+    """Accuracy of a subset with its interval; None for both when nothing is left (no figure, rather than 0 %)."""
     k, n = int(correct.sum()), len(correct)
-    return {"accuracy": k / n if n else 0.0, "accuracy_ci": list(wilson_interval(k, n)), "n": n}
+    return {"accuracy": k / n if n else None, "accuracy_ci": list(wilson_interval(k, n)) if n else None, "n": n}
 
 
 def accuracy_report(artifact_path: str | os.PathLike, data_root: str | os.PathLike,
@@ -252,8 +253,8 @@ def accuracy_report(artifact_path: str | os.PathLike, data_root: str | os.PathLi
                   f"(n={metrics.n}, macro F1 {metrics.macro_f1:.3f})")
     if report["excluding_files"] is not None:
         sub = report["excluding_files"]
-        console.print(f"without {sub['n_excluded']} excluded file(s): {format_accuracy(sub['accuracy'], tuple(sub['accuracy_ci']))} "
-                      f"(n={sub['n']})")
+        left = format_accuracy(sub["accuracy"], tuple(sub["accuracy_ci"])) if sub["n"] else "no image left to score"
+        console.print(f"without {sub['n_excluded']} excluded file(s): {left} (n={sub['n']})")
     console.print("worst classes: " + ", ".join(f"{r['class']} {r['recall']:.2f}" for r in worst_rows[:5]))
     console.print(f"report and figures in {out}")
     return report

@@ -137,6 +137,19 @@ def read_alignment(root: str | os.PathLike) -> tuple[AlignSpec, int] | None:
 
     The record sits beside ``images/``, so a caller may name either the folder or its ``images/``.
     """
+    record = alignment_record(root)
+    if record is None:
+        return None
+    try:
+        return AlignSpec.from_dict(record["align"]), int(record["size"])
+    except (ValueError, KeyError, TypeError, ArtifactError) as exc:
+        raise ArtifactError(f"{record['path']}: unreadable alignment record ({exc})",
+                            "re-create the aligned copy with `edgenode align`") from None
+
+
+def alignment_record(root: str | os.PathLike) -> dict | None:
+    """The whole record of an aligned folder (``alignment.json``: also its source folder and counts) with its
+    ``path``, or None for an ordinary folder."""
     root = Path(root).expanduser()
     path = root / ALIGN_FILE
     if not path.is_file() and root.name == "images":
@@ -145,10 +158,13 @@ def read_alignment(root: str | os.PathLike) -> tuple[AlignSpec, int] | None:
         return None
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-        return AlignSpec.from_dict(record["align"]), int(record["size"])
-    except (OSError, ValueError, KeyError, TypeError, ArtifactError) as exc:
+    except (OSError, ValueError) as exc:
         raise ArtifactError(f"{path}: unreadable alignment record ({exc})",
                             "re-create the aligned copy with `edgenode align`") from None
+    if not isinstance(record, dict):
+        raise ArtifactError(f"{path}: unreadable alignment record (a JSON {type(record).__name__}, not an object)",
+                            "re-create the aligned copy with `edgenode align`")
+    return {**record, "path": str(path)}
 
 
 def alignment_name(align: AlignSpec | None) -> str:
@@ -226,11 +242,13 @@ def align_dataset(root: str | os.PathLike, out: str | os.PathLike, files: list[s
     """Write the aligned chip of each file (relative to the images folder of ``root``) to ``out/images/<file>``.
 
     Returns the summary also written to ``out/alignment.json`` (the record that marks an aligned folder):
-    spec, chip size, counts, face-detection rate, skipped files. The record is written first, so a folder is
-    never holding chips without saying how they were made; files already there are not redone, so an
-    interrupted run continues where it stopped — with the same spec and size only (others are refused, they
-    would mix two kinds of chips under one record). dlib holds the GIL: ``workers`` > 1 are processes
-    (:func:`edgenode.process_pool.process_map`).
+    spec, chip size, source folder, this run's counts, face-detection rate and skipped files, and those of the
+    runs before it (``earlier_runs``). The record is written first, so a folder is never holding chips without
+    saying how they were made. Chips already there are not redone, so an interrupted run continues where it
+    stopped — with the same spec, size and source folder only (others are refused: they would mix two kinds of
+    chips under one record). A picture replaced in the source since needs its chip deleted, or a new folder:
+    modification times cannot tell (a copy of the data set, as on a new machine, makes every picture newer than
+    its chip). dlib holds the GIL: ``workers`` > 1 are processes (:func:`edgenode.process_pool.process_map`).
     """
     from edgenode.data import images_root
     from edgenode.process_pool import process_map, resolve_workers
@@ -248,8 +266,12 @@ def align_dataset(root: str | os.PathLike, out: str | os.PathLike, files: list[s
                          f"not {size} px aligned {alignment_name(spec)}", "pass a new --out (or delete that folder)")
     if existing is None and target.is_dir() and any(target.iterdir()):
         raise UsageError(f"{target} already holds pictures but no {ALIGN_FILE}", "pass a new --out")
+    previous = {k: v for k, v in (alignment_record(out) or {}).items() if k != "path"} if existing is not None else {}
+    if previous.get("source", str(source)) != str(source):  # same file names, other pictures: chips of both, one record
+        raise UsageError(f"{record_path}: {out} holds the chips of {previous['source']}, not of {source}",
+                         "pass a new --out (or delete that folder)")
     record = {"align": spec.to_dict(), "size": int(size), "source": str(source)}
-    atomic_write_bytes(record_path, (json.dumps(record, indent=2) + "\n").encode("utf-8"))
+    atomic_write_bytes(record_path, (json.dumps({**previous, **record}, indent=2) + "\n").encode("utf-8"))
     todo = [(str(source / f), str(target / f)) for f in files if not (target / f).is_file()]
     start = time.perf_counter()
     results: list[tuple[bool, str]] = process_map(
@@ -257,9 +279,11 @@ def align_dataset(root: str | os.PathLike, out: str | os.PathLike, files: list[s
         description="aligning faces", progress=progress, chunksize=16, rerun_hint="finished chips are kept: run it again, or ")
     skipped = [(src, reason) for (src, _), (_, reason) in zip(todo, results) if reason]
     aligned = len(results) - len(skipped)
-    summary = {**record, "files": len(files), "aligned_now": aligned, "already_there": len(files) - len(todo),
-               "face_detected_now": sum(found for found, reason in results if not reason),
-               "skipped": [[s, r] for s, r in skipped], "seconds": round(time.perf_counter() - start, 1)}
+    this_run = {"files": len(files), "aligned_now": aligned, "already_there": len(files) - len(todo),
+                "face_detected_now": sum(found for found, reason in results if not reason),
+                "skipped": [[s, r] for s, r in skipped], "seconds": round(time.perf_counter() - start, 1)}
+    earlier = previous.get("earlier_runs", []) + ([{k: previous[k] for k in this_run if k in previous}] if "files" in previous else [])
+    summary = {**record, **this_run, **({"earlier_runs": earlier} if earlier else {})}
     if len(files) and not aligned and not (len(files) - len(todo)):
         raise DataError(f"none of the {len(files)} file(s) in {source} could be aligned", "see the skipped reasons")
     atomic_write_bytes(record_path, (json.dumps(summary, indent=2) + "\n").encode("utf-8"))

@@ -102,13 +102,15 @@ def build_targets(
     if train_found.sum() < max(1, len(train_files) // 2):
         raise UsageError(
             f"{teacher.path}: holds descriptors for only {int(train_found.sum())} of {len(train_files)} train images",
-            "compute them for this data set with `edgenode teacher DATA --out teacher.npz`",
+            "compute them for this data set: `edgenode teacher DATA --out teacher.npz`, DATA its original pictures "
+            "(an aligned copy's chips share their names)",
         )
     missing = sorted(set(range(num_classes)) - set(train_labels[train_found].tolist()))
     if missing:  # its class mean would be a zero row: no KL target would ever point to that class
         raise UsageError(f"{teacher.path}: no descriptor for any train image of {len(missing)} class(es) "
                          f"(class index {', '.join(map(str, missing[:5]))}{'…' if len(missing) > 5 else ''})",
-                         "compute the teacher for this data set with `edgenode teacher DATA --out teacher.npz`")
+                         "compute the teacher for this data set: `edgenode teacher DATA --out teacher.npz`, DATA its "
+                         "original pictures (an aligned copy's chips share their names)")
     centre = train_emb[train_found].mean(axis=0)
     train_emb, pool_emb = train_emb - centre, pool_emb - centre
     means = class_means(train_emb[train_found], train_labels[train_found], num_classes)

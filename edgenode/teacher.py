@@ -72,10 +72,10 @@ def load_teacher(path: str | os.PathLike) -> TeacherEmbeddings:
             embedding = np.asarray(archive["embedding"], dtype=np.float32)
             detected = np.asarray(archive["face_detected"], dtype=bool) if "face_detected" in archive.files else np.ones(len(files), bool)
             provenance = {k: str(archive[k]) for k in PROVENANCE_KEYS if k in archive.files}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # a truncated zip: BadZipFile
-        raise ArtifactError(f"{path}: not a teacher descriptor file ({exc})",
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:  # a truncated zip: BadZipFile;
+        raise ArtifactError(f"{path}: not a teacher descriptor file ({exc})",  # a 0-d files array: TypeError
                             "it needs arrays files (N,), embedding (N, D) and face_detected (N,)") from None
-    if embedding.ndim != 2 or len(files) != len(embedding) or len(detected) != len(files):
+    if files.ndim != 1 or embedding.ndim != 2 or len(files) != len(embedding) or len(detected) != len(files):
         raise ArtifactError(f"{path}: files {files.shape}, embedding {embedding.shape} and face_detected "
                             f"{detected.shape} do not line up", "recompute the descriptors")
     if not np.isfinite(embedding).all():
@@ -189,7 +189,7 @@ def check_teacher_matches_chips(teacher: "TeacherEmbeddings", align, data: str) 
         return
     teacher_cnn = method == METHOD_CNN_FALLBACK
     if teacher_cnn != align.cnn_fallback:
-        fix = ("describe them as the chips were cut: edgenode teacher DATA --cnn-fallback --out NEW.npz"
+        fix = ("describe the original pictures as the chips were cut: edgenode teacher ORIGINALS --cnn-fallback --out NEW.npz"
                if align.cnn_fallback else "pass descriptors computed without --cnn-fallback, e.g. the data set's teacher_dlib128.npz")
         raise DataError(f"{teacher.path or 'the teacher descriptors'} found the faces {'with' if teacher_cnn else 'without'} "
                         f"the CNN fallback detector, but the chips of {data} were cut {'with' if align.cnn_fallback else 'without'} "
@@ -279,6 +279,14 @@ def compute_descriptors(root: str | os.PathLike, files: list[str], *, progress: 
     from edgenode.data.manifest import MAX_SKIP_WARNINGS
     from edgenode.process_pool import process_map, resolve_workers
 
+    from edgenode.align import alignment_record
+
+    aligned = alignment_record(root)
+    if aligned is not None:  # METHOD finds and aligns the face in the original picture; a 64-px chip describes otherwise
+        raise UsageError(f"{root} is an aligned copy (edgenode align): the teacher describes the original pictures, "
+                         "finding and aligning each face itself, and the chips share their names",
+                         f"pass the data set it was made from ({aligned.get('source', 'its source folder')}); "
+                         "training on the copy matches the descriptors by name")
     workers = resolve_workers(workers, len(files))
     base = images_root(root)
     provenance = installed_provenance(cnn_fallback)

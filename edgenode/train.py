@@ -558,7 +558,7 @@ def announce(config: TrainConfig, ctx: DistContext, model: nn.Module, model_conf
             f"distilling {teacher_summary['teacher']}: targets for {teacher_summary['train_with_target']} of "
             f"{teacher_summary['train_images']} train and {teacher_summary['pool_with_target']} of "
             f"{teacher_summary['pool_images']} unlabelled images; teacher scale {teacher_summary['teacher_scale']}, "
-            f"teacher train accuracy {teacher_summary['teacher_train_ncm_accuracy']:.3f} (nearest class mean)"
+            f"teacher train accuracy {teacher_summary['teacher_train_ncm_accuracy']:.3f} (nearest class mean, in-sample)"
             + (f"; class probabilities from {config.kd_targets}" if config.kd_targets else "")
         )
 

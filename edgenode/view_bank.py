@@ -181,7 +181,7 @@ def compute_view_bank(data: str | os.PathLike, files: list[str], *, views: int, 
     from edgenode.teacher import installed_provenance, model_files
 
     if views < 1:
-        raise UsageError(f"--views {views}: a bank needs at least one view per picture")
+        raise UsageError(f"--views {views}: a bank needs at least one view per picture", "pass e.g. --views 4 (the default)")
     if not files:
         raise DataError(f"no training pictures to describe in {data}", "pass the split manifest the chips were aligned for")
     align, side = aligned_copy_to_describe(data)
@@ -264,6 +264,8 @@ def load_view_bank(path: str | os.PathLike) -> ViewBank:
         raise ArtifactError(f"{damaged} (non-finite descriptors)", recompute)
     if n and (min(arrays["dy"].min(), arrays["dx"].min()) < 0 or max(arrays["dy"].max(), arrays["dx"].max()) > 2 * pad):
         raise ArtifactError(f"{damaged} (crop offsets outside its padding of {pad} px)", recompute)
+    if not isinstance(meta.get("provenance", {}), dict):
+        raise ArtifactError(f"{damaged} (its provenance is a JSON {type(meta['provenance']).__name__}, not an object)", recompute)
     return ViewBank(files=arrays["files"].astype(str), side=side, shift=shift, color=color, seed=seed,
                     flip=arrays["flip"].astype(bool), pad=pad, dy=arrays["dy"], dx=arrays["dx"],
                     colors=arrays["colors"] if colored else None, gray=arrays["gray"].astype(bool) if colored else None,

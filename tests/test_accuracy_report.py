@@ -84,6 +84,16 @@ def hand_predictions(trained_run, synthetic_manifest, synthetic_root):
     return prob.argmax(1).numpy(), y.numpy(), prob.max(1).values.numpy()
 
 
+def test_an_exclusion_of_every_image_reports_no_accuracy_not_zero(trained_run, synthetic_root, synthetic_manifest,
+                                                                  tmp_path, capsys, one_thread):
+    """Excluding the whole split leaves nothing to score: no figure, where 0.0 with (0, 1) read as every answer wrong."""
+    report = accuracy_report(trained_run.best_checkpoint, synthetic_root, trained_run.run_dir / "manifest.json",
+                             tmp_path / "report", exclude_files=synthetic_manifest.files("test"))
+    assert report["excluding_files"] == {"accuracy": None, "accuracy_ci": None, "n": 0, "n_excluded": 24,
+                                         "n_listed_not_in_split": 0}
+    assert "no image left to score (n=0)" in "".join(capsys.readouterr())
+
+
 def test_accuracy_report_matches_hand_argmax(trained_run, synthetic_root, synthetic_manifest, hand_predictions, tmp_path,
                                              one_thread):
     pred, y, top_probability = hand_predictions

@@ -225,7 +225,7 @@ def test_training_refuses_teacher_descriptors_that_found_the_faces_otherwise(syn
     with pytest.raises(DataError) as exc:
         train(TrainConfig(data=str(data), out=str(tmp_path / "run"), arch="faceode", width=8, epochs=1, batch_size=16,
                           manifest=str(manifest), teacher=str(tmp_path / "t.npz"), progress=False))
-    one_line(exc, "t.npz", "without the CNN fallback", "dlib-5pt+cnn", "edgenode teacher DATA --cnn-fallback")
+    one_line(exc, "t.npz", "without the CNN fallback", "dlib-5pt+cnn", "the original pictures", "edgenode teacher ORIGINALS --cnn-fallback")
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
@@ -301,6 +301,41 @@ def test_measuring_an_aligned_model_on_plain_pictures_is_refused(aligned_run, sy
     with pytest.raises(DataError) as exc:
         run_parity(ParityConfig(artifacts=(str(onnx_path),), reference=str(ckpt_path), data=str(synthetic_root)))
     one_line(exc, "expects aligned faces", "edgenode align")
+
+
+def test_align_dataset_keeps_one_source_per_copy_and_the_counts_of_every_run(synthetic_root, tmp_path, monkeypatch):
+    """A second data set with the same file names aligned into the same copy left the first one's chips in place
+    under a record naming the second; and a rerun overwrote the first run's counts (its face-detection rate) with
+    its own zeros."""
+    monkeypatch.setattr(align, "FaceAligner", lambda size, spec: FakeAligner(size))
+    files = [str(p.relative_to(synthetic_root / "images")) for p in sorted(synthetic_root.glob("images/*/*.png"))[:4]]
+    out = tmp_path / "copy"
+    first = align.align_dataset(synthetic_root, out, files, 32, workers=1, progress=False)
+    assert (first["aligned_now"], first["face_detected_now"]) == (4, 4) and "earlier_runs" not in first
+    again = align.align_dataset(synthetic_root, out, files, 32, workers=1, progress=False)
+    assert (again["aligned_now"], again["already_there"]) == (0, 4)
+    assert [run["face_detected_now"] for run in again["earlier_runs"]] == [4]
+    assert json.loads((out / ALIGN_FILE).read_text())["earlier_runs"] == again["earlier_runs"]
+    other = tmp_path / "other"
+    shutil.copytree(synthetic_root / "images", other / "images")  # the same names, as a re-downloaded copy would have
+    with pytest.raises(UsageError) as exc:
+        align.align_dataset(other, out, files, 32, workers=1, progress=False)
+    one_line(exc, f"holds the chips of {(synthetic_root / 'images').resolve()}", "new --out")
+    assert json.loads((out / ALIGN_FILE).read_text())["source"] == str((synthetic_root / "images").resolve())
+
+
+def test_the_teacher_refuses_an_aligned_copy(synthetic_root, tmp_path):
+    """dlib's descriptor of a 64-px chip is not the one of the original picture that the teacher's recorded method
+    names (L2 0.10-0.20 on Pins), and training would match those descriptors by file name without noticing."""
+    from edgenode.teacher import compute_descriptors
+
+    copy = tmp_path / "copy"
+    (copy / "images").mkdir(parents=True)
+    _mark_aligned(copy, 64)
+    (copy / ALIGN_FILE).write_text(json.dumps({**json.loads((copy / ALIGN_FILE).read_text()), "source": "/data/pins/images"}))
+    with pytest.raises(UsageError) as exc:
+        compute_descriptors(copy, ["a/1.jpg"], progress=False)
+    one_line(exc, "is an aligned copy", "the original pictures", "(/data/pins/images)")
 
 
 # --- the real aligner (needs the dlib extra) -------------------------------------------------------------------

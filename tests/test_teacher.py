@@ -79,7 +79,7 @@ def test_load_wrong_kind_of_file_is_a_path_error(tmp_path):
     assert exc.value.exit_code == 2
 
 
-@pytest.mark.parametrize("case", ["text", "truncated", "no_embedding", "misaligned", "nonfinite", "pickled"])
+@pytest.mark.parametrize("case", ["text", "truncated", "no_embedding", "misaligned", "nonfinite", "pickled", "scalar_files"])
 def test_load_bad_files_are_one_line_errors(tmp_path, case):
     path = tmp_path / f"{case}.npz"
     files = np.array(["A/a0.jpg", "A/a1.jpg"])
@@ -97,6 +97,8 @@ def test_load_bad_files_are_one_line_errors(tmp_path, case):
         bad = good.copy()
         bad[1, 5] = np.nan
         np.savez(path, files=files, embedding=bad, face_detected=np.ones(2, bool))
+    elif case == "scalar_files":  # one file name saved as a 0-d array: len() of it was a TypeError traceback
+        np.savez(path, files=np.array("A/a0.jpg"), embedding=good[:1])
     else:  # object arrays would need unpickling, which load_teacher never does
         np.savez(path, files=np.array(["A/a0.jpg", 3], dtype=object), embedding=good, face_detected=np.ones(2, bool))
     with pytest.raises(ArtifactError) as exc:
@@ -303,7 +305,7 @@ def test_descriptors_must_have_found_the_faces_as_the_chips_were_cut():
         check_teacher_matches_chips(teacher(method), align, "chips")  # consistent, plain data, or unknown: not refused
     with pytest.raises(DataError) as exc:
         check_teacher_matches_chips(teacher(METHOD), cnn, "chips")
-    one_line(exc, "t.npz", "without the CNN fallback", "chips of chips were cut with it", "edgenode teacher DATA --cnn-fallback")
+    one_line(exc, "t.npz", "without the CNN fallback", "chips of chips were cut with it", "the original pictures", "edgenode teacher ORIGINALS --cnn-fallback")
     with pytest.raises(DataError) as exc:
         check_teacher_matches_chips(teacher(METHOD_CNN_FALLBACK), hog, "chips")
     one_line(exc, "with the CNN fallback", "cut without it", "teacher_dlib128.npz")

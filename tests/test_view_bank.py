@@ -235,6 +235,13 @@ def test_a_damaged_or_foreign_bank_is_refused_in_one_line(tmp_path):
     with pytest.raises(ArtifactError) as exc:
         view_bank.load_view_bank(tmp_path / "teacher.npz")
     one_line(exc, "teacher.npz", "not a view bank", "edgenode teacher-views")
+    bank = view_bank.ViewBank(np.array(["f0"]), 8, 0.0, 0.0, 0, np.zeros((1, 1), bool), 0, np.zeros((1, 1), np.int16),
+                              np.zeros((1, 1), np.int16), None, None, np.zeros((1, 1, 8), np.float16),
+                              np.zeros(1, np.uint32), provenance=["not", "a", "dict"])
+    view_bank.save_view_bank(tmp_path / "odd.npz", bank)  # its provenance a JSON list: dict() of it was a traceback
+    with pytest.raises(ArtifactError) as exc:
+        view_bank.load_view_bank(tmp_path / "odd.npz")
+    one_line(exc, "odd.npz", "damaged view bank", "provenance is a JSON list", "edgenode teacher-views")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ArtifactError) as exc:
         view_bank.load_view_bank(tmp_path / "junk.npz")
