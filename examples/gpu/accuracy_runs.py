@@ -30,6 +30,10 @@ best checkpoint of its weight average (``best-ema.pt``, with ``--set ema_decay=â
 
 from __future__ import annotations
 
+import time
+
+STARTED = time.time()  # the budget counts from here: importing torch (seconds on a cold machine) is part of the call
+
 import argparse
 import json
 import os
@@ -37,8 +41,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -225,9 +227,11 @@ def main() -> None:
                         "machine for --resume")
     parser.add_argument("--resume", action="store_true", help="continue the runs an earlier call on this still-warm "
                         "machine left paused (same --runs and --epochs)")
-    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "edgenode-gpu",
-                        help="where the pack and runs live; the same path in every call, since a resumed run "
-                             "must name the same teacher file")
+    parser.add_argument("--work", type=Path, default=Path("runs") / "gpu-work",
+                        help="where the pack, the runs and the image cache live; the same path in every call, since a "
+                             "resumed run must name the same teacher file. By default a git-ignored folder of the "
+                             "checkout: the device keeps those between the calls of a warm machine (its README), "
+                             "and promises nothing of /tmp")
     parser.add_argument("--probe-steps", type=int, default=12)
     parser.add_argument("--overhead", type=float, default=1.4,
                         help="wall time per epoch over the probe's estimate (evaluation, start-up, sharing the GPU, "
@@ -252,8 +256,8 @@ def main() -> None:
     for item in args.set:
         key, _, value = item.partition("=")
         overrides[key] = json.loads(value)
-    t0 = time.time()
-    os.environ.setdefault("EDGENODE_CACHE", "/tmp/edgenode-cache")
+    t0 = STARTED
+    os.environ.setdefault("EDGENODE_CACHE", str((args.work / "cache").resolve()))
     names = args.runs.split(",")
     pack, runs = pack_folder(args.pack, args.work), args.work / "runs"  # pins64 (plain crops) or pins64a (aligned chips)
     if args.resume:  # before any set-up: a machine given back since the last call holds nothing to continue
@@ -311,7 +315,11 @@ def main() -> None:
     for name, (p, started) in processes.items():
         if p.poll() is None:
             p.terminate()
-            p.wait(timeout=30)
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # never lose the packing (and every finished run) to one stuck worker
+                p.kill()
+                p.wait()
             info["runs"][name]["stopped_at_deadline"] = True
         info["runs"][name].update(returncode=p.returncode, wall_seconds=ended.get(name, time.time()) - started)
         print(f"[{time.time() - t0:.0f}s] {name}: rc {p.returncode}", flush=True)
