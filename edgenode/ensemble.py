@@ -21,7 +21,7 @@ from edgenode.data import Manifest, load_split_arrays, normalize
 from edgenode.errors import ArtifactError, DataError
 from edgenode.export.steps import solve_logits
 from edgenode.runtime.predictor import softmax
-from edgenode.train import load_unlabeled_pool
+from edgenode.data.pool import load_unlabeled_pool
 
 
 def load_members(paths: list[str], manifest: Manifest, data: str) -> list[Checkpoint]:

@@ -8,16 +8,18 @@ Design points:
 - Under ``torchrun`` (WORLD_SIZE > 1) each global batch is split across the ranks and gradients are averaged by
   DistributedDataParallel: the same global batch gives the same update as one process. Rank 0 alone logs
   and writes files.
+
+Beside it: what a run is asked to do (:mod:`edgenode.train_config`), what ``--resume`` restores and checks
+(:mod:`edgenode.resume`), the metrics files (:mod:`edgenode.run_history`) and the unlabelled pool
+(:mod:`edgenode.data.pool`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import math
 import time
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,149 +29,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgenode import data as edata
-from edgenode.artifacts import atomic_write_bytes, sha256_file, write_json
+from edgenode.artifacts import sha256_file, write_json
 from edgenode.augment import apply_view, augment, jitter_colors
 from edgenode.checkpoint import Checkpoint, InputSpec, load_checkpoint, save_checkpoint
 from edgenode.console import console, progress_bar
+from edgenode.data.pool import load_unlabeled_pool
 from edgenode.distributed import DistContext, init_distributed
 from edgenode.errors import NumericError, UsageError
 from edgenode.metrics import ClassificationMetrics, format_accuracy
-from edgenode.model import ModelConfig, NeuralODECNN, build_model, count_parameters, preset_config
-from edgenode.ode.solvers import FIXED_STEP_METHODS, SolverConfig
+from edgenode.model import ModelConfig, NeuralODECNN, build_model, count_parameters
+from edgenode.resume import HASHED_INPUTS, RunProgress, restore_run, weight_average
+from edgenode.run_history import epoch_row, table_one, write_history
+from edgenode.train_config import TrainConfig  # the training API: train(TrainConfig) -> TrainResult
 from edgenode.transfer import to_device
 
-SCHEDULES = ("constant", "cosine")
 UNLABELLED = -1  # label of pool images: they learn from the teacher's targets only
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Paper hyper-parameters by default: batch 32, 60 epochs, AdamW lr 5e-4, weight decay 0.05."""
-
-    data: str
-    out: str = "runs/train"
-    arch: str = "odenet"
-    width: int | None = None
-    solver: str | None = None  # None: the preset's solver
-    steps: int | None = None
-    rtol: float | None = None
-    atol: float | None = None
-    epochs: int = 60
-    batch_size: int = 32
-    lr: float = 5e-4
-    weight_decay: float = 0.05
-    schedule: str = "constant"
-    warmup_epochs: int = 0
-    label_smoothing: float = 0.0
-    augment: bool = False
-    augment_shift: float = 0.125  # largest random shift of --augment, as a fraction of the side (0: mirror only)
-    augment_color: float = 0.0  # photometric jitter of --augment (see jitter_colors); 0: none, the behaviour so far
-    dropout: float = 0.0
-    seed: int = 0
-    device: str = "auto"
-    split: edata.SplitConfig = field(default_factory=edata.SplitConfig)
-    manifest: str | None = None
-    resume: bool = False
-    table_every: int = 5
-    progress: bool = True
-    teacher: str | None = None  # .npz of teacher descriptors: distil them (see edgenode.distill)
-    label_weight: float = 1.0  # weight of the cross-entropy on the labels; 0 with --teacher: learn from the teacher alone
-    distill_weight: float = 1.0  # weight of 1 - cos(student features, teacher descriptor)
-    kd_weight: float = 1.0  # weight of KL(teacher class probabilities || student's)
-    kd_targets: str | None = None  # .npz of class log-probabilities per file to use in that KL instead of the teacher's
-    teacher_views: str | None = None  # .npz of `edgenode teacher-views`: train on its views, towards their own descriptors
-    unlabeled: bool = False  # also train on the manifest's unused images, teacher targets only
-    near_duplicates: str | None = None  # tsv of near-duplicate pairs; None: computed with dHash
-    amp: bool = False  # bfloat16 autocast for training passes on CUDA (evaluation stays float32)
-    init: str | None = None  # start from this checkpoint's weights (same preset, width, classes); fresh optimizer
-    stop_after: int | None = None  # end this call after that epoch of the --epochs schedule; --resume continues it
-    ema_decay: float = 0.0  # also keep a moving average of the weights (edgenode.ema), scored on val beside them; 0: none
-
-    def __post_init__(self):
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise UsageError(f"--lr {self.lr}: the learning rate must be a finite number > 0", "pass e.g. --lr 5e-4 (the paper's)")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise UsageError(f"--weight-decay {self.weight_decay}: must be a finite number >= 0",
-                             "pass e.g. --weight-decay 0.05 (the paper's), or 0 for none")
-        if self.warmup_epochs < 0:
-            raise UsageError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}", "pass e.g. 2, or 0 for none")
-        if self.schedule not in SCHEDULES:
-            raise UsageError(f"unknown schedule {self.schedule!r}", f"choose one of {', '.join(SCHEDULES)}")
-        if not 0 <= self.augment_shift <= 0.5:  # a NaN fails here too
-            raise UsageError(f"--augment-shift must be a fraction of the image side in [0, 0.5], got {self.augment_shift}",
-                             "e.g. 0.125 (8 px at 64) or 0.03 (2 px) for aligned face chips")
-        if self.augment_shift != 0.125 and not self.augment:
-            raise UsageError("--augment-shift sets the shift of --augment, which is off", "add --augment or drop it")
-        if not 0 <= self.augment_color <= 1:  # a NaN fails here too
-            raise UsageError(f"--augment-color must be a strength in [0, 1], got {self.augment_color}",
-                             "e.g. 0.4: brightness, contrast and saturation within ±40 %, one view in five grayscale")
-        if self.augment_color and not self.augment:
-            raise UsageError("--augment-color sets the colour jitter of --augment, which is off", "add --augment or drop it")
-        if not 0 <= self.label_smoothing < 1:
-            raise UsageError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}", "pass e.g. 0.1, or 0 for none")
-        for name in ("label_weight", "distill_weight", "kd_weight"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}",
-                                 "pass 0 to switch the term off, or a positive weight")
-        if self.teacher:
-            from edgenode.distill import DISTILLABLE_PRESETS
-
-            if self.arch not in DISTILLABLE_PRESETS:
-                raise UsageError(f"--teacher: the {self.arch!r} preset has no embedding head to distil into",
-                                 f"use --arch {' or '.join(DISTILLABLE_PRESETS)}")
-        if not self.label_weight and not (self.teacher and (self.distill_weight or self.kd_weight)):
-            raise UsageError("--label-weight 0 leaves nothing to learn from: no teacher, or its weights are 0 too",
-                             "pass --teacher teacher.npz with --distill-weight or --kd-weight above 0, or keep the labels' weight")
-        if self.unlabeled and not self.teacher:
-            raise UsageError("--unlabeled needs --teacher: unlabelled images can only learn from the teacher's targets",
-                             "pass --teacher teacher.npz (see `edgenode teacher`)")
-        if self.kd_targets and not self.teacher:
-            raise UsageError("--kd-targets needs --teacher: it replaces the class probabilities of the teacher's "
-                             "distillation, whose descriptors still train the features", "add --teacher teacher.npz")
-        if self.kd_targets and not self.kd_weight:
-            raise UsageError("--kd-targets is only used by the KL term, which --kd-weight 0 switches off",
-                             "drop --kd-targets or set --kd-weight above 0")
-        if self.teacher_views and not (self.teacher and self.augment):
-            raise UsageError("--teacher-views replaces the targets of --augment's views with the teacher's descriptors of "
-                             "them: it needs --teacher (class means, centre, temperature) and --augment",
-                             "add --teacher teacher.npz --augment, with the bank's --augment-shift/--augment-color")
-        if self.teacher_views and self.kd_targets:
-            raise UsageError("--teacher-views and --kd-targets: stored class probabilities describe the unaugmented "
-                             "pictures, not the bank's views", "drop one of them")
-        if self.near_duplicates and not self.unlabeled:
-            raise UsageError("--near-duplicates is only used to clean the --unlabeled pool", "add --unlabeled or drop it")
-        if not 0 <= self.ema_decay < 1:  # a NaN fails here too
-            raise UsageError(f"--ema-decay must be in [0, 1), got {self.ema_decay}",
-                             "e.g. 0.998: an average over about the last 500 steps once its ramp is done; 0 keeps no average")
-        if self.stop_after is not None and not 1 <= self.stop_after <= self.epochs:
-            raise UsageError(f"--stop-after {self.stop_after}: must be an epoch of the schedule, 1 to --epochs {self.epochs}",
-                             "e.g. --epochs 200 --stop-after 120 now, then the same command with --resume instead of --stop-after")
-        self.model_config(num_classes=2)  # fail on a bad preset or solver now, not after reading the data
-
-    def model_config(self, num_classes: int) -> ModelConfig:
-        base = preset_config(self.arch, num_classes, width=self.width, dropout=self.dropout)
-        solver = base.solver
-        overrides = {k: v for k, v in dict(method=self.solver, n_steps=self.steps, rtol=self.rtol, atol=self.atol).items() if v is not None}
-        if overrides:
-            solver = SolverConfig(**{**solver.to_dict(), **overrides})
-        # an option the solver does not read would be recorded in every checkpoint as if it had been trained with
-        if self.steps is not None and solver.is_adaptive:
-            raise UsageError(f"--steps {self.steps}: {solver.method} is adaptive and chooses its own steps",
-                             f"drop --steps, or pass a fixed-step --solver: {', '.join(FIXED_STEP_METHODS)}")
-        unread = [f"--{name} {value}" for name, value in (("rtol", self.rtol), ("atol", self.atol)) if value is not None]
-        if unread and not solver.is_adaptive:
-            raise UsageError(f"{' '.join(unread)}: {solver.method} × {solver.n_steps} takes fixed steps, with no tolerance",
-                             "drop them, or pass an adaptive --solver such as dopri5")
-        return ModelConfig(**{**base.__dict__, "solver": solver})
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out["split"] = self.split.to_dict()
-        return out
 
 
 @dataclass
@@ -307,18 +181,6 @@ def train(config: TrainConfig) -> TrainResult:
         ctx.shutdown()
 
 
-@dataclass
-class _Progress:
-    """Where a run stands between epochs: what ``--resume`` restores and every epoch updates."""
-
-    history: list[dict[str, Any]] = field(default_factory=list)
-    start_epoch: int = 1
-    best_val: float = -1.0
-    best_epoch: int = 0
-    best_val_ema: float = -1.0
-    best_epoch_ema: int = 0
-
-
 def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
     run_dir, resume = open_run_dir(config, ctx)
     last_path, best_path, best_ema_path = run_dir / "last.pt", run_dir / "best.pt", run_dir / "best-ema.pt"
@@ -351,7 +213,7 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_lambda(config, steps_per_epoch))
 
     ckpt = load_checkpoint(last_path) if resume else None
-    progress = restore_run(config, ctx, ckpt, last_path, manifest, spec, inputs, model, optimizer, scheduler) if ckpt else _Progress()
+    progress = restore_run(config, ctx, ckpt, last_path, manifest, spec, inputs, model, optimizer, scheduler) if ckpt else RunProgress()
     ema = weight_average(config, model, ckpt, last_path, progress) if config.ema_decay else None
 
     if ctx.is_main:
@@ -507,41 +369,6 @@ def attach_teacher(config: TrainConfig, model: nn.Module, manifest, spec: InputS
     return targets, summary
 
 
-def restore_run(config: TrainConfig, ctx: DistContext, ckpt: Checkpoint, last_path: Path, manifest, spec: InputSpec, inputs: dict[str, str],
-                model: nn.Module, optimizer, scheduler) -> _Progress:
-    """``--resume``: ``last.pt``'s weights, optimizer and schedule, after checking that it is this run's (same split,
-    settings, input files and input)."""
-    if ckpt.manifest_sha256 != manifest.sha256:
-        raise UsageError(f"{last_path} was trained on another split (manifest {ckpt.manifest_sha256[:12]}…, this run's "
-                         f"{manifest.sha256[:12]}…)", f"resume without --manifest: the run keeps its own, {last_path.parent / 'manifest.json'}")
-    check_resume_settings(config, ckpt.train_config or {}, last_path)
-    check_resume_inputs(config, (ckpt.train_config or {}).get("input_sha256") or {}, inputs, last_path)
-    if ckpt.input_spec != spec:  # e.g. resumed on the aligned copy of a run started on plain crops
-        raise UsageError(f"{last_path} was trained on other input ({ckpt.input_spec.describe()}; this run: "
-                         f"{spec.describe()})", f"resume with the data folder the run started with ({config.data} is not)")
-    model.load_state_dict(ckpt.state_dict)
-    optimizer.load_state_dict(ckpt.optimizer)
-    scheduler.load_state_dict(ckpt.scheduler)
-    ctx.print(f"resuming {last_path} after epoch {ckpt.epoch}")
-    return _Progress(history=list(ckpt.history or []), start_epoch=ckpt.epoch + 1,
-                     best_val=float(ckpt.metrics.get("best_val_accuracy", -1.0)), best_epoch=int(ckpt.metrics.get("best_epoch", 0)))
-
-
-def weight_average(config: TrainConfig, model: nn.Module, ckpt: Checkpoint | None, last_path: Path, progress: _Progress):
-    """``--ema-decay``: the moving average of the weights, continued from ``last.pt`` on a resume."""
-    from edgenode.ema import WeightAverage
-
-    ema = WeightAverage(model, config.ema_decay)
-    if ckpt is not None:
-        if ckpt.ema_state_dict is None:
-            raise UsageError(f"--resume: {last_path} holds no weight average (its run had no --ema-decay)",
-                             "resume without --ema-decay, or train into another --out")
-        ema.load_state_dict(ckpt.ema_state_dict)
-        progress.best_val_ema = float(ckpt.metrics.get("best_val_accuracy_ema", -1.0))
-        progress.best_epoch_ema = int(ckpt.metrics.get("best_epoch_ema", 0))
-    return ema
-
-
 def announce(config: TrainConfig, ctx: DistContext, model: nn.Module, model_config, num_classes: int,
              splits: dict[str, DeviceSplit], device: torch.device, teacher_summary: dict[str, Any]) -> None:
     """The run's first lines: the network, the data, the device, and what the teacher gives."""
@@ -563,27 +390,8 @@ def announce(config: TrainConfig, ctx: DistContext, model: nn.Module, model_conf
         )
 
 
-def epoch_row(epoch: int, train_stats: dict[str, Any], val: dict[str, Any], lr: float, seconds: float) -> dict[str, Any]:
-    """One line of ``metrics.csv``: the epoch's train and val figures."""
-    return {
-        "epoch": epoch,
-        "train_loss": train_stats["loss"],
-        "train_accuracy": train_stats["accuracy"],
-        "train_distill_loss": train_stats["distill_loss"],
-        "val_loss": val["loss"],
-        "val_accuracy": val["accuracy"],
-        "val_precision": val["macro_precision"],
-        "val_recall": val["macro_recall"],
-        "val_f1": val["macro_f1"],
-        "nfe_train": train_stats["nfe"],
-        "nfe_val": val["nfe"],
-        "lr": lr,
-        "seconds": seconds,
-    }
-
-
 def final_test(config: TrainConfig, ctx: DistContext, run_dir: Path, test_split: DeviceSplit, num_classes: int,
-               device: torch.device, progress: _Progress, has_average: bool, record: dict[str, Any]) -> dict[str, Any]:
+               device: torch.device, progress: RunProgress, has_average: bool, record: dict[str, Any]) -> dict[str, Any]:
     """The finished run's label-free test figures of ``best.pt`` (and ``best-ema.pt``), into ``results.json``."""
     best_path, best_ema_path = run_dir / "best.pt", run_dir / "best-ema.pt"
 
@@ -707,51 +515,6 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}] + ([{"params": keep, "weight_decay": 0.0}] if keep else [])
 
 
-# what a resumed run must share with its start: the optimizer's state restores lr and weight decay over the command
-# line's, and the network's solver, dropout and autocast set its losses, so a change there would pass silently
-RESUME_FIXED = ("batch_size", "seed", "augment", "augment_shift", "augment_color", "teacher", "teacher_views", "label_weight",
-                "distill_weight", "kd_weight", "kd_targets", "unlabeled", "near_duplicates", "arch", "width", "schedule",
-                "warmup_epochs", "ema_decay", "lr", "weight_decay", "label_smoothing", "dropout", "solver", "steps", "rtol",
-                "atol", "amp")
-
-
-def check_resume_settings(config: TrainConfig, saved: dict, path: Path) -> None:
-    """A resumed run must see the same training set, batches and losses, or its schedule and shuffle diverge.
-
-    Its split too: a run that built its own manifest keeps it, so other split options on the resuming command
-    line would be silently ignored. (A run given ``--manifest`` has no split options of its own to compare;
-    the checkpoint's manifest hash is checked either way.)
-    """
-    now = config.to_dict()
-    # a setting the checkpoint's recorded config predates was trained with the default that reproduces the old
-    # behaviour; a checkpoint that records no config at all has nothing to compare
-    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
-    then = {k: saved.get(k, defaults[k]) for k in RESUME_FIXED} if saved else now
-    changed = [f"--{k.replace('_', '-')} {then[k]!r} → {now[k]!r}" for k in RESUME_FIXED if then[k] != now[k]]
-    if then["schedule"] == "cosine" and saved.get("epochs", now["epochs"]) != now["epochs"]:  # it sets the decay
-        changed.append(f"--epochs {saved['epochs']} → {now['epochs']}: the cosine schedule decays over --epochs")
-    if saved.get("manifest") is None and config.manifest is None and isinstance(saved.get("split"), dict):
-        ignore = ("strict",)  # --strict changes no split
-        changed += [f"split {k} {saved['split'][k]!r} → {now['split'][k]!r}" for k in now["split"]
-                    if k not in ignore and k in saved["split"] and saved["split"][k] != now["split"][k]]
-    if changed:
-        raise UsageError(f"--resume: {path} was trained with other settings ({', '.join(changed)})",
-                         "resume with the options it was started with, or train into another --out")
-
-
-HASHED_INPUTS = ("teacher", "kd_targets", "teacher_views", "near_duplicates")  # files whose content sets the targets
-
-
-def check_resume_inputs(config: TrainConfig, saved: dict[str, str], now: dict[str, str], path: Path) -> None:
-    """A resumed run must learn from the same teacher files, not ones recomputed under the same name since it started
-    (checkpoints that predate this record are not checked)."""
-    changed = [f"--{k.replace('_', '-')} {getattr(config, k)} (sha256 {saved[k][:12]}… → {now[k][:12]}…)"
-               for k in now if k in saved and saved[k] != now[k]]
-    if changed:
-        raise UsageError(f"--resume: {path} was trained with other contents of {', '.join(changed)}",
-                         "restore the files the run started with, or train into another --out")
-
-
 def start_from(model: NeuralODECNN, model_config: ModelConfig, manifest: edata.Manifest, path: str) -> Checkpoint:
     """Load ``path``'s weights to fine-tune them (e.g. with a finer solver); only the solver may differ."""
     source = load_checkpoint(path)
@@ -813,57 +576,3 @@ def unlabeled_pool(config: TrainConfig, manifest: edata.Manifest, ctx: DistConte
     ctx.print(f"unlabelled pool: {len(kept)} images ({left_out} near-duplicates of val/test images left out, "
               f"{len(skipped)} could not be decoded)")
     return images, kept
-
-
-def load_unlabeled_pool(manifest: edata.Manifest, data: str, near_duplicates: str | None
-                        ) -> tuple[np.ndarray, list[str], list[tuple[str, str]], int]:
-    """The manifest's unused images minus near-duplicates of any val or test image, decoded (and cached).
-
-    ``near_duplicates``: a table of pairs (``--near-duplicates``), or None to find them with dHash. Returns
-    (uint8 images, their files in manifest order, skipped (file, reason), how many were left out as duplicates);
-    anything that needs the run's training images (``examples/ensemble_targets.py``) lists them through here.
-    """
-    from edgenode.data import near_duplicates as nd
-
-    if near_duplicates:
-        pairs = nd.read_pairs_of(manifest, near_duplicates)
-    else:
-        files = manifest.files("val") + manifest.files("test") + [f for f, _ in manifest.unused]
-        hashes = nd.compute_hashes(data, files)
-        pairs = nd.find_near_duplicates(files, hashes)
-    entries = nd.clean_unlabeled_pool(manifest, pairs)
-    images, kept, skipped = edata.load_file_arrays(manifest, data, entries, "unlabelled")
-    return images, [f for f, _ in kept], skipped, len(manifest.unused) - len(entries)
-
-
-# --- reporting --------------------------------------------------------------------------------------------
-
-HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "train_distill_loss", "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "nfe_train", "nfe_val", "lr", "seconds"]
-EMA_COLUMNS = ["val_loss_ema", "val_accuracy_ema"]
-
-
-def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    buffer = io.StringIO()
-    extra = [k for k in EMA_COLUMNS if history and k in history[0]]  # a run with --ema-decay only
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS + extra, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(history)
-    atomic_write_bytes(run_dir / "metrics.csv", buffer.getvalue().encode())
-    write_json(run_dir / "metrics.json", history)
-
-
-def table_one(history: list[dict[str, Any]], every: int):
-    """The paper's Table I layout: one row every ``every`` epochs."""
-    from rich.table import Table
-
-    table = Table(title="Table I — validation metrics (label-free)")
-    for column in ("Epoch", "Train loss", "Train acc", "Val loss", "Val acc", "Precision", "Recall", "F1", "NFE"):
-        table.add_column(column, justify="right")
-    for row in history:
-        if row["epoch"] % every == 0 or row is history[-1]:
-            table.add_row(
-                str(row["epoch"]), f"{row['train_loss']:.4f}", f"{row['train_accuracy']:.4f}", f"{row['val_loss']:.4f}",
-                f"{row['val_accuracy']:.4f}", f"{row['val_precision']:.4f}", f"{row['val_recall']:.4f}", f"{row['val_f1']:.4f}",
-                str(row["nfe_val"]),
-            )
-    return table

@@ -390,7 +390,7 @@ def _teacher_targets_file(tmp, root, manifest, path):
     """The teacher's own class log-probabilities for every training image, stored in shuffled file order."""
     from edgenode.data import load_split_arrays
     from edgenode.teacher import load_teacher
-    from edgenode.train import load_unlabeled_pool
+    from edgenode.data.pool import load_unlabeled_pool
 
     _, pool_files, _, _ = load_unlabeled_pool(manifest, str(root), str(tmp / "pairs.tsv"))
     files = manifest.files("train") + pool_files

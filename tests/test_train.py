@@ -13,6 +13,7 @@ from edgenode.cli import app
 from edgenode.data import Manifest, SplitConfig
 from edgenode.errors import ArtifactError, UsageError
 from edgenode.metrics import wilson_interval
+from edgenode.resume import check_resume_settings
 from edgenode.train import TrainConfig, train
 
 SMALL_SPLIT = SplitConfig(per_class=24, train=16, val=4, test=4)
@@ -286,19 +287,19 @@ def test_colour_jitter_trains_and_is_fixed_on_resume(synthetic_root, tmp_path):
 def test_resume_refuses_settings_the_checkpoint_would_silently_override(tmp_path, changed, message):
     saved = small_config("data", tmp_path / "run").to_dict()
     with pytest.raises(UsageError, match=message):
-        train_module.check_resume_settings(small_config("data", tmp_path / "run", **changed), saved, tmp_path / "last.pt")
+        check_resume_settings(small_config("data", tmp_path / "run", **changed), saved, tmp_path / "last.pt")
 
 
 def test_a_checkpoint_older_than_a_setting_resumes_only_with_its_default(tmp_path):
     """A run saved before --augment-color existed trained without it: resuming with it on would change the run."""
     config = small_config("data", tmp_path / "run", augment=True)
     saved = {k: v for k, v in config.to_dict().items() if k not in ("augment_color", "augment_shift")}
-    train_module.check_resume_settings(config, saved, tmp_path / "last.pt")
+    check_resume_settings(config, saved, tmp_path / "last.pt")
     for changed, message in ((dict(augment_color=0.4), r"--augment-color 0.0 → 0.4"), (dict(augment_shift=0.03), r"--augment-shift 0.125 → 0.03")):
         with pytest.raises(UsageError, match=message):
-            train_module.check_resume_settings(small_config("data", tmp_path / "run", augment=True, **changed), saved, tmp_path / "last.pt")
+            check_resume_settings(small_config("data", tmp_path / "run", augment=True, **changed), saved, tmp_path / "last.pt")
     # no recorded config at all: nothing to compare (not "every setting at its default")
-    train_module.check_resume_settings(small_config("data", tmp_path / "run", augment=True, batch_size=8, augment_color=0.4), {}, tmp_path / "last.pt")
+    check_resume_settings(small_config("data", tmp_path / "run", augment=True, batch_size=8, augment_color=0.4), {}, tmp_path / "last.pt")
 
 
 def test_garbage_checkpoint_is_refused(tmp_path):

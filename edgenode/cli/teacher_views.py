@@ -37,9 +37,10 @@ def command(
     shift moves the teacher's descriptor to a cosine of 0.72 from the stored one).
     """
     from edgenode.data import Manifest
+    from edgenode.data.pool import load_unlabeled_pool
     from edgenode.errors import UsageError
     from edgenode.process_pool import resolve_workers
-    from edgenode.train import TrainConfig, load_unlabeled_pool
+    from edgenode.train_config import TrainConfig
     from edgenode.view_bank import aligned_copy_to_describe, compute_view_bank, save_view_bank
 
     if views < 1:
