@@ -406,3 +406,17 @@ def test_input_mismatches_name_each_difference_and_bench_re_expresses_normalisat
     as_ref = (pixels - np.reshape(ref.mean, shape)) / np.reshape(ref.std, shape)
     as_other = (pixels - np.reshape(other.mean, shape)) / np.reshape(other.std, shape)
     np.testing.assert_allclose(_normalised_for(as_ref.astype(np.float32), ref, other), as_other, atol=1e-5)
+
+
+def test_an_inf_or_nan_row_is_scored_wrong_and_disagreeing():
+    """argmax of a NaN row is class 0: a broken artifact got accuracy and agreement for every picture of class 0."""
+    from edgenode.bench.api import score_logits
+
+    labels = np.array([0, 0, 1, 2])
+    logits = np.eye(3, dtype=np.float32)[labels] * 5
+    logits[0] = np.nan
+    logits[1, 2] = np.inf
+    pred, accuracy, agreement = score_logits(logits, labels, 3, baseline_pred=labels)
+    assert accuracy.accuracy == pytest.approx(0.5) and agreement == pytest.approx(0.5)
+    assert pred[2:].tolist() == [1, 2] and (pred[:2] != labels[:2]).all()
+    assert score_logits(logits, labels, 3, baseline_pred=None)[2] is None

@@ -192,8 +192,17 @@ def test_export_folder_gives_one_table_and_attributes_precision_error(export_dir
         assert stages["precision"].diff.max_abs_logit_error > 0
         assert stages["export"].diff.max_abs_logit_error < 1e-4
     assert by_precision["int8"].diff.max_abs_logit_error > by_precision["fp16"].diff.max_abs_logit_error
-    assert report.summary_line().endswith(f"vs. 3 artifacts | Passed: {report.n_passed}/3")
+    passed = sum(r.passed for r in report.results)
+    # the engine is not compared, so it is not passed: the verdict line says so, and so does the table
+    assert report.summary_line().endswith(f"vs. 3 artifacts | Passed: {passed}/3 | skipped 1")
     assert [Path(a).name for a, _ in report.skipped] == [engine.name] and "tensorrt" in report.skipped[0][1]
+    from rich.console import Console
+
+    from edgenode.parity.report import rich_table
+
+    console = Console(width=400, record=True)
+    console.print(rich_table(report))
+    assert any(engine.name in line and "skipped: " in line for line in console.export_text().splitlines())
     markdown = (tmp_path / "report" / "parity.md").read_text()
     assert all(name in markdown for name in EXPORT_FILES.values())
 
@@ -280,6 +289,23 @@ def test_attribution_on_a_gpu_provider_judges_precision_on_the_cpu(export_dir, t
 
 
 # --- results that judge themselves --------------------------------------------------------------------------
+
+
+def test_an_accuracy_drop_alone_fails_parity():
+    """The drop criterion on its own: 4 of 500 answers go from right to wrong, -0.8 pt at 99.2 % agreement, so
+    FP32's 99 % agreement bound holds and only its 0.5 pt drop bound can fail it."""
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(5), 100)
+    reference = rng.standard_normal((500, 5)).astype(np.float32)
+    reference[np.arange(500), labels] += 4.0
+    candidate = reference.copy()
+    flip = np.flatnonzero(reference.argmax(1) == labels)[:4]
+    candidate[flip, labels[flip]] -= 20.0
+    result = compare_logits(reference, candidate, labels, list("abcde"), name="x.onnx", precision="fp32")
+    assert result.diff.agreement == pytest.approx(0.992) and result.accuracy_delta_pt == pytest.approx(-0.8)
+    assert result.failures() == ["accuracy drop 0.80 pt > 0.5 pt"]
+    assert compare_logits(reference, candidate, labels, list("abcde"), name="x.onnx", precision="fp32",
+                          thresholds=ParityThresholds(max_drop_pt=0.8))
 
 
 def test_parity_result_judges_itself():

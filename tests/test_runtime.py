@@ -409,3 +409,20 @@ def test_a_checkpoint_device_must_agree_with_an_explicit_provider():
         _torch_device(path, "cuda", "cuda:0", cuda_available=False)
     with pytest.raises(UsageError, match="does not apply to a training checkpoint"):
         _torch_device(path, "tensorrt", "cuda:0", cuda_available=True)
+
+
+def test_the_torch_runner_computes_in_ieee_float32_on_cuda():
+    """cuDNN's default TF32 (about 1e-3 relative error) would sit in parity's reference; the switch is held off
+    for the forward pass and given back after (checked on the flags: this machine has no GPU)."""
+    import torch
+
+    from edgenode.runtime.torch_runner import ieee_float32
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with ieee_float32(torch):
+            assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (False, False)
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

@@ -92,6 +92,35 @@ def test_tampered_artifact_and_broken_golden_fail_without_stopping_the_others(fr
     assert result.exit_code == 1 and "Traceback" not in result.output
 
 
+def test_a_nan_in_the_golden_file_and_a_runtime_error_fail_their_check(fresh, monkeypatch):
+    """A NaN among the stored logits made every comparison with it false, so the check passed whatever the replay
+    gave; an error of ONNX Runtime's own (not a ValueError) was a traceback that left the other files unchecked."""
+    golden = fresh / (EXPORT_FILES["fp32"] + ".golden.npz")
+    with np.load(golden) as archive:
+        arrays = dict(archive)
+    arrays["logits"][0, 0] = np.nan
+    np.savez(golden, **arrays)
+
+    class RuntimeFailure(Exception):  # like onnxruntime's Fail and InvalidArgument: no ValueError
+        pass
+
+    from edgenode.runtime.onnx_runner import OnnxRuntimeRunner
+
+    original = OnnxRuntimeRunner._run
+
+    def fail_fp16(self, x):
+        if "fp16" in str(self.path):
+            raise RuntimeFailure("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code\nsecond line")
+        return original(self, x)
+
+    monkeypatch.setattr(OnnxRuntimeRunner, "_run", fail_fp16)
+    status = {c.artifact: c for c in verify_folder(fresh).checks}
+    assert status[EXPORT_FILES["fp32"]].status == "failed" and "golden file holds inf/NaN" in status[EXPORT_FILES["fp32"]].reason
+    assert status[EXPORT_FILES["fp16"]].status == "failed"
+    assert status[EXPORT_FILES["fp16"]].reason == "RuntimeFailure: [ONNXRuntimeError] : 1 : FAIL : Non-zero status code"
+    assert status[EXPORT_FILES["int8"]].passed
+
+
 def test_folder_without_golden_files_is_an_error(fresh, tmp_path):
     for golden in fresh.glob("*.golden.npz"):
         golden.unlink()
@@ -128,8 +157,8 @@ def test_tolerances_per_precision_are_pure_and_documented():
     # INT8: a near-tie (2.0 vs 1.99) may flip, a decisive top-1 may not
     near_tie_flip = stored + [[0, 0, 0], [0, 0.05, 0]]
     assert compare_golden(stored, near_tie_flip, int8)["ok"]
-    decisive_flip = stored + [[-0.2, 0.2, 0], [0, 0, 0]]
-    assert compare_golden(stored, decisive_flip, GoldenTolerance(0.25, 0.0))["ok"]  # 3.8 vs 1.2: still top-1
+    decisive_shift = stored + [[-0.2, 0.2, 0], [0, 0, 0]]
+    assert compare_golden(stored, decisive_shift, GoldenTolerance(0.25, 0.0))["ok"]  # 3.8 vs 1.2: still top-1
     flipped = stored.copy()
     flipped[0] = [1.0, 4.0, 0.0]
     result = compare_golden(stored, flipped, GoldenTolerance(10.0, 0.0))  # within the logit tolerance ...

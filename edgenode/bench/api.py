@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -47,6 +47,9 @@ from edgenode.errors import ArtifactError, UsageError, first_line
 from edgenode.export.unroll import MAX_STEPS
 from edgenode.ode.solvers import FIXED_STEP_METHODS, SolverConfig
 from edgenode.runtime.providers import ONNXRUNTIME_MISSING, onnxruntime_installed
+
+if TYPE_CHECKING:
+    from edgenode.metrics import ClassificationMetrics
 
 PROVIDER_ORDER = ("cpu", "cuda", "tensorrt")
 # The peak's n×n float32 matmul: BLAS reaches its peak rate well below n = 2048 (the GPU peak uses 4096), and
@@ -497,10 +500,6 @@ def _normalised_for(x: np.ndarray, src: InputSpec, dst: InputSpec) -> np.ndarray
 
 def measure_row(spec: RowSpec, session: _Session) -> tuple[BenchRow, np.ndarray | None]:
     """Load, warm up and time one row at every batch size; score it on the split when there is one."""
-    import torch
-
-    from edgenode.metrics import ClassificationMetrics
-
     config, inputs = session.config, session.inputs
     torch_cuda = spec.group == "gpu"  # torch's allocator sees these rows' device memory (not ORT's or TensorRT's)
     with PeakMemory() as mem:
@@ -534,17 +533,31 @@ def measure_row(spec: RowSpec, session: _Session) -> tuple[BenchRow, np.ndarray 
         if inputs.x is not None and comparable:
             chunk = max(config.batch_sizes)
             x = _normalised_for(inputs.x, inputs.spec, info.input)
-            pred = np.concatenate([runner.infer(x[i : i + chunk]).argmax(axis=1) for i in range(0, len(x), chunk)])
-            row.accuracy = ClassificationMetrics.from_predictions(torch.from_numpy(pred), torch.from_numpy(inputs.labels),
-                                                                  len(info.classes))
-            if session.baseline_pred is not None:
-                row.agreement = float((pred == session.baseline_pred).mean())
+            logits = np.concatenate([runner.infer(x[i : i + chunk]) for i in range(0, len(x), chunk)])
+            pred, row.accuracy, row.agreement = score_logits(logits, inputs.labels, len(info.classes), session.baseline_pred)
     finally:
         runner.close()
     model_flops = config_flops(info.model, info.input.image_size)
     for b in config.batch_sizes:
         row.flops_per_image[b] = model_flops.for_solver(info.solver, row.nfe.get(b))
     return row, pred
+
+
+def score_logits(logits: np.ndarray, labels: np.ndarray, num_classes: int, baseline_pred: np.ndarray | None
+                 ) -> tuple[np.ndarray, ClassificationMetrics, float | None]:
+    """(predictions, label-free accuracy, agreement with the baseline's predictions or None) of a row's logits.
+
+    An inf/NaN row is no answer: it is scored wrong (as a class other than its label) and disagreeing, as parity
+    scores it; its argmax would otherwise be class 0, right for one picture in ``num_classes``."""
+    import torch
+
+    from edgenode.metrics import ClassificationMetrics
+
+    finite = np.isfinite(logits).all(axis=1)
+    pred = np.where(finite, logits.argmax(axis=1), (labels + 1) % num_classes)
+    accuracy = ClassificationMetrics.from_predictions(torch.from_numpy(pred), torch.from_numpy(labels), num_classes)
+    agreement = float(((pred == baseline_pred) & finite).mean()) if baseline_pred is not None else None
+    return pred, accuracy, agreement
 
 
 def _finish(rows: list[BenchRow], peak: Peak | None, batch_sizes: tuple[int, ...]) -> None:
@@ -689,6 +702,10 @@ def run_bench(config: BenchConfig) -> BenchReport:
             steps = config.gpu_steps or tuple(sorted({r.steps for r in session.rows if r.group == "artifact" and r.steps})) \
                 or config.sweep_steps or (4,)
             run_specs(gpu_specs(config, ckpt, baseline_solver, steps), session)
+            if any(r.group == "gpu" for r in session.rows) and any(r.group != "gpu" and r.device != "cpu" for r in session.rows):
+                notes.append("GPU rows are timed two ways: the torch CUDA rows as device time between CUDA events "
+                             "(input already on the GPU, logits copied back after), the ONNX Runtime and TensorRT rows "
+                             "as the wall time of the whole call, host-to-device and back included")
         elif config.gpu:
             notes.append("no CUDA device seen by torch: CPU rows only")
     finally:

@@ -55,5 +55,8 @@ def command(
     if not report.passed:
         failed = [c.artifact for c in report.checks if c.status == "failed"]
         if failed:
-            raise EdgenodeError(f"{len(failed)} artifact(s) do not reproduce their golden logits: {', '.join(failed)}")
+            raise EdgenodeError(f"{len(failed)} artifact(s) do not reproduce their golden logits: {', '.join(failed)}",
+                                "each line above says why; a file changed or damaged in the copy: copy it again; "
+                                "a runtime that rounds differently (another GPU or TensorRT version): loosen "
+                                "--atol/--rtol to the figure the line gives, after checking accuracy with parity")
         raise EdgenodeError("no artifact could be run on this machine", "install the runtime the artifacts need (see the reasons above)")

@@ -15,8 +15,9 @@ runtime       the artifact on CPU vs. on the provider it ran on      only one pr
               (or on another provider when it ran on CPU)
 ============  =====================================================  ==========================================
 
-Everything but the runtime stage runs on the CPU, so each stage isolates one cause and the stages chain
-from the reference to the deployed output; ``total`` is the reference vs. what was deployed.
+Each stage isolates one cause, and the stages chain from the reference to the deployed output; ``total`` is the
+reference vs. what was deployed. The ONNX stages run on ONNX Runtime's CPU provider; the torch models run where the
+reference runs (a GPU when there is one, in IEEE float32: no TF32, see :mod:`edgenode.runtime.torch_runner`).
 
 The FP32 ONNX for the export/precision stages is, in order: the artifact itself when it is FP32 ONNX, an
 artifact passed alongside it (or in its folder) whose metadata says FP32, same solver and steps, same mirror

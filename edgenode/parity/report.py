@@ -52,6 +52,8 @@ def rich_table(report):
         row = [escape(cell) for cell in result_row(r)]
         row[-1] = f"[green]{row[-1]}[/]" if r else f"[bold red]{row[-1]}[/]"
         table.add_row(*row)
+    for artifact, why in report.skipped:  # not compared, so not passed: in the table, where a reader looks
+        table.add_row(escape(Path(artifact).name), *[""] * (len(COLUMNS) - 2), f"[yellow]skipped[/]: {escape(why)}")
     return table
 
 

@@ -22,7 +22,7 @@ from rich.markup import escape
 
 from edgenode.console import console
 from edgenode.data.manifest import check_split_option, manifest_of_run
-from edgenode.errors import ArtifactError, UsageError
+from edgenode.errors import ArtifactError, EdgenodeError, UsageError, first_line
 from edgenode.ode.solvers import SolverConfig
 from edgenode.parity.attribution import Attributor
 from edgenode.parity.compare import ParityResult, ParityThresholds, compare_logits
@@ -94,7 +94,7 @@ class ParityReport:
         """Polygraphy's one-liner: ``best.pt [dopri5 …] vs. 3 artifacts | Passed: 2/3``."""
         what = self.results[0].name if len(self.results) == 1 else f"{len(self.results)} artifacts"
         return (f"{Path(self.reference['path']).name} [{self.reference['solver']}] vs. {what} | "
-                f"Passed: {self.n_passed}/{len(self.results)}")
+                f"Passed: {self.n_passed}/{len(self.results)}" + (f" | skipped {len(self.skipped)}" if self.skipped else ""))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -146,13 +146,24 @@ def provenance(info: ArtifactInfo, reference: ArtifactInfo, allow_other: bool) -
 
 
 def run_logits(predictor: Predictor, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, float]:
-    """Logits of the whole split in batches, and the mean inference time per image (ms)."""
-    parts, total_ms = [], 0.0
+    """Logits of the whole split in batches, and the mean inference time per image (ms) — without the first batch
+    when there are others: it pays for the warm-up (and, on ONNX Runtime's TensorRT provider, the engine build).
+
+    A runtime's own error (ONNX Runtime's, TensorRT's) becomes one line naming the file."""
+    parts, times = [], []
     for lo in range(0, len(x), batch_size):
-        parts.append(predictor.predict_logits(x[lo : lo + batch_size]))
-        total_ms += predictor.last_inference_ms
+        try:
+            parts.append(predictor.predict_logits(x[lo : lo + batch_size]))
+        except EdgenodeError:
+            raise
+        except Exception as exc:
+            raise ArtifactError(f"{predictor.metadata.path}: failed on {predictor.runner.describe()} "
+                                f"({type(exc).__name__}: {first_line(exc)})",
+                                "check it with `edgenode verify`, or export it again") from None
+        times.append((predictor.last_inference_ms, len(parts[-1])))
     logits = np.concatenate(parts) if parts else np.zeros((0, predictor.metadata.num_classes), np.float32)
-    return logits, total_ms / max(1, len(x))
+    timed = times[1:] if len(times) > 1 else times
+    return logits, sum(ms for ms, _ in timed) / max(1, sum(n for _, n in timed))
 
 
 def reference_logits(reference: Predictor, x: np.ndarray, config: ParityConfig, manifest_sha256: str) -> np.ndarray:
@@ -193,7 +204,9 @@ def load_candidates(candidates: list[tuple[Path, bool]], reference: ArtifactInfo
         loaded.append(predictor)
     if not loaded:
         raise ArtifactError("no artifact can be compared on this machine: "
-                            + "; ".join(f"{Path(a).name}: {why}" for a, why in skipped))
+                            + "; ".join(f"{Path(a).name}: {why}" for a, why in skipped),
+                            "run parity where their runtime is installed (an engine: on its device, with TensorRT), "
+                            "or pass the ONNX files")
     return loaded, skipped
 
 
@@ -246,6 +259,12 @@ def _run_parity(config: ParityConfig, stack: contextlib.ExitStack) -> ParityRepo
     judged = [(predictor, provenance(predictor.metadata, ref_info, config.allow_other_reference))
               for predictor in loaded]  # every warning before the slow reference solve
     ref_logits = reference_logits(reference, x, config, manifest.sha256)
+    if not np.isfinite(ref_logits).all():  # every comparison with it would be meaningless (a NaN row's argmax is 0)
+        bad = int((~np.isfinite(ref_logits).all(axis=1)).sum())
+        raise ArtifactError(f"{ref_info.path}: the reference gives inf/NaN logits on {bad} of {len(ref_logits)} "
+                            f"{config.split} images ({ref_info.solver.describe()})",
+                            "check the checkpoint with `edgenode evaluate`; with --reference-solver trained, a "
+                            "fixed-step solver may be too coarse")
 
     attributor = Attributor(reference, ref_logits, x, config.batch_size) if config.attribution else None
     results: list[ParityResult] = []

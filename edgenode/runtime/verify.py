@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from edgenode.errors import EdgenodeError, UsageError
+from edgenode.errors import EdgenodeError, UsageError, first_line
 from edgenode.runtime.artifact import find_artifacts, golden_path
 from edgenode.runtime.providers import ProviderUnavailableError, check_provider
 
@@ -138,7 +138,10 @@ def load_golden(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise EdgenodeError(f"{path}: unreadable golden file ({str(exc)[:120]})", "re-export or copy it again") from None
     if inputs.ndim != 4 or logits.ndim != 2 or len(inputs) != len(logits):
-        raise EdgenodeError(f"{path}: golden arrays have inconsistent shapes {inputs.shape} and {logits.shape}")
+        raise EdgenodeError(f"{path}: golden arrays have inconsistent shapes {inputs.shape} and {logits.shape}",
+                            "re-export the artifact, or copy its .golden.npz again")
+    if not (np.isfinite(inputs).all() and np.isfinite(logits).all()):  # a NaN in the stored logits passed every check
+        raise EdgenodeError(f"{path}: golden file holds inf/NaN", "re-export the artifact, or copy its .golden.npz again")
     return inputs.astype(np.float32), logits.astype(np.float32)
 
 
@@ -227,9 +230,10 @@ def verify_artifact(path: str | os.PathLike, provider: str = "auto", tolerances:
     tolerance = tolerances[info.precision]
     try:
         replay = predictor.predict_logits(inputs)
-    except (ValueError, EdgenodeError) as exc:
+    except Exception as exc:  # ONNX Runtime's and TensorRT's own errors too: a failed check, and the next file is checked
+        reason = str(exc) if isinstance(exc, EdgenodeError) else f"{type(exc).__name__}: {first_line(exc)}"
         return GoldenCheck(path.name, info.precision, "failed", predictor.runner.describe(), len(inputs),
-                           tolerance=tolerance, reason=str(exc))
+                           tolerance=tolerance, reason=reason)
     finally:
         predictor.close()
     result = compare_golden(stored, replay, tolerance)
