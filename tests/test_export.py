@@ -145,6 +145,22 @@ def test_int8_files_hold_the_qdq_each_target_needs(exported):
     assert exported.metadata["int8-trt"].int8_target == "tensorrt"
 
 
+def test_an_fp32_file_written_anew_takes_no_calibration_tables_of_the_old_one(run, tmp_path):
+    """Re-exporting another checkpoint into a folder without INT8 left the last FP32 file's TensorRT calibration
+    tables under the new file's name: nothing (no sidecar) ties a table to its graph."""
+    out = tmp_path / "export"
+    out.mkdir()
+    stale = [out / "model-rk4x1-fp32.calibration.cache", out / "model-rk4x1-fp32.calibration.flatbuffers"]
+    for path in stale:
+        path.write_text("TRT-100300-EntropyCalibration2\nimages: 3c010a14\n")
+    (out / "model-rk4x2-fp32.calibration.cache").write_text("another file's")
+    with one_torch_thread():
+        export_model(ExportConfig(checkpoint=str(run.best_checkpoint), out=str(out), precisions="fp32", steps=1,
+                                  check_ode=False, opset=17))
+    assert (out / "model-rk4x1-fp32.onnx").is_file() and not any(path.exists() for path in stale)
+    assert (out / "model-rk4x2-fp32.calibration.cache").read_text() == "another file's"
+
+
 def test_metadata_round_trips_through_props_and_sidecar(exported, tmp_path):
     for key, path in exported.artifacts.items():
         props = ox.read_metadata(path)
@@ -368,6 +384,9 @@ class _FakeTensorRT(types.ModuleType):
             def set_flag(self, flag):
                 fake.calls.append(("flag", flag))
 
+            def clear_flag(self, flag):
+                fake.calls.append(("clear_flag", flag))
+
             def add_optimization_profile(self, profile):
                 pass
 
@@ -408,7 +427,7 @@ class _FakeTensorRT(types.ModuleType):
         self.NetworkDefinitionCreationFlag = Flag
         self.OnnxParser, self.Builder, self.Logger = Parser, Builder, Logger
         self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
-        self.BuilderFlag = types.SimpleNamespace(FP16="fp16", INT8="int8")
+        self.BuilderFlag = types.SimpleNamespace(FP16="fp16", INT8="int8", TF32="tf32")
 
 
 def test_build_engine_writes_a_plain_engine_and_a_sidecar(exported, tmp_path, monkeypatch):
@@ -419,6 +438,8 @@ def test_build_engine_writes_a_plain_engine_and_a_sidecar(exported, tmp_path, mo
     engine, meta = trt_mod.build_engine(onnx_path, exported.metadata["int8-trt"], EngineConfig(opt_batch=4, max_batch=8))
     assert engine.name == onnx_path.stem + ".engine" and engine.read_bytes() == b"\x00\x01PLAN", "no metadata glued on"
     assert ("network_flags", 1 << 1) in fake.calls and not [c for c in fake.calls if c[0] == "flag"]
+    assert ("clear_flag", "tf32") in fake.calls, "TensorRT's default TF32 would round float32 convolutions"
+    assert meta.extra["build"].endswith("TF32 off")
     assert ("profile", "images", (1, 3, 64, 64), (4, 3, 64, 64), (8, 3, 64, 64)) in fake.calls
     assert (tmp_path / "tensorrt-timing.cache").read_bytes() == b"timing"
     record = read_sidecar(engine)

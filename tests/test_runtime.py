@@ -426,3 +426,22 @@ def test_the_torch_runner_computes_in_ieee_float32_on_cuda():
         assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"precision": "fp8"}, "unknown precision 'fp8'"),
+    ({"format": None}, "not edgenode artifact metadata"),
+    ({"steps": None}, "incomplete artifact metadata"),
+])
+def test_damaged_metadata_names_its_file(shared_exports, tmp_path, change, fragment):
+    """In a folder of exports, "unknown precision 'fp8' in artifact metadata" did not say which file was damaged."""
+    from edgenode.runtime.artifact import onnx_info
+
+    onnx_path = tmp_path / shared_exports["fp32"].name
+    shutil.copy(shared_exports["fp32"], onnx_path)
+    record = read_sidecar(shared_exports["fp32"], verify=False)
+    record = {k: v for k, v in {**record, **change}.items() if v is not None and k not in ("sha256", "file")}
+    write_sidecar(onnx_path, record)
+    with pytest.raises(ArtifactError) as exc:
+        onnx_info(onnx_path)
+    assert str(exc.value).startswith(f"{sidecar_path(onnx_path)}: {fragment}") and "re-export" in str(exc.value)

@@ -97,11 +97,12 @@ def os_error_line(exc: OSError) -> tuple[str, int]:
 def existing_path(path: Path, option: str, *, folder: bool | None = None) -> Path:
     """``path`` must exist (and be a folder / a file when ``folder`` says so), else exit 2 naming ``option``."""
     if not path.exists():
-        raise PathArgumentError(f"{option} {path}: {'folder' if folder else 'file' if folder is False else 'path'} not found")
+        raise PathArgumentError(f"{option} {path}: {'folder' if folder else 'file' if folder is False else 'path'} not found",
+                                f"check it (a relative path starts at {Path.cwd()})")
     if folder is True and not path.is_dir():
-        raise PathArgumentError(f"{option} {path}: is a file, not a folder")
+        raise PathArgumentError(f"{option} {path}: is a file, not a folder", f"pass the folder {option} names")
     if folder is False and path.is_dir():
-        raise PathArgumentError(f"{option} {path}: is a folder, not a file")
+        raise PathArgumentError(f"{option} {path}: is a folder, not a file", f"pass the file {option} names, inside it")
     return path
 
 

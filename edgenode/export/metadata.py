@@ -50,17 +50,22 @@ class ArtifactMetadata:
         return record
 
     @classmethod
-    def from_dict(cls, record: dict[str, Any]) -> "ArtifactMetadata":
+    def from_dict(cls, record: dict[str, Any], source: str | None = None) -> "ArtifactMetadata":
+        """The metadata of ``record``; ``source`` (the file it was read from) begins every error about it."""
+        where = f"{source}: " if source else ""
+        fix = "re-export with `edgenode export`"
         record = dict(record)
         if record.pop("format", None) not in ARTIFACT_FORMATS:
-            raise ArtifactError("not edgenode artifact metadata (missing or unknown 'format')", "re-export with `edgenode export`")
+            raise ArtifactError(f"{where}not edgenode artifact metadata (missing or unknown 'format')", fix)
         record.pop("sha256", None)
         record.pop("file", None)
         try:
             record["input"] = InputSpec.from_dict(record["input"])
             return cls(**record)
         except (KeyError, TypeError, ValueError) as exc:
-            raise ArtifactError(f"incomplete artifact metadata ({exc})", "re-export with `edgenode export`") from None
+            raise ArtifactError(f"{where}incomplete artifact metadata ({exc})", fix) from None
+        except ArtifactError as exc:  # an unknown precision or INT8 target
+            raise ArtifactError(f"{where}{exc.message}", exc.hint or fix) from None
 
     def to_onnx_props(self) -> dict[str, str]:
         """Readable keys for any ONNX viewer, plus the full record as JSON for a lossless round trip."""
@@ -83,4 +88,4 @@ class ArtifactMetadata:
     def from_onnx_props(cls, props: dict[str, str], source: str = "ONNX file") -> "ArtifactMetadata":
         if FULL_RECORD_KEY not in props:
             raise ArtifactError(f"{source}: carries no edgenode metadata", "export it with `edgenode export`")
-        return cls.from_dict(json.loads(props[FULL_RECORD_KEY]))
+        return cls.from_dict(json.loads(props[FULL_RECORD_KEY]), source)

@@ -12,7 +12,8 @@ Order of work, each step failing with a one-line error before anything is left h
 6. golden samples, JSON sidecars, the split's ``manifest.json`` and ``export_report.json/.md``; engines with
    ``--format engine``.
 
-Every artifact is written to a temporary name, checked there, and renamed only when its checks pass.
+Every ONNX file is written to a temporary name, checked there, and renamed only when its checks pass. An engine
+is checked by replaying its source file's golden samples (``edgenode verify``), on the device that built it.
 """
 
 from __future__ import annotations
@@ -223,6 +224,14 @@ def export_fp32(w: _Writer, model, meta: ArtifactMetadata, method: str, steps: i
     w.write("fp32", "fp32", graph.proto, meta, parity)
     w.proto32 = graph.proto
     w.meta32 = w.result.metadata["fp32"]
+    for stale in calibration_table_paths(w.result.artifacts["fp32"]):  # an earlier FP32 file's, under this one's name
+        stale.unlink(missing_ok=True)  # (no sidecar ties a table to its graph); INT8 for TensorRT writes them anew
+
+
+def calibration_table_paths(fp32: Path) -> tuple[Path, Path]:
+    """TensorRT's calibration cache and ONNX Runtime's TensorRT table of the FP32 file ``fp32``."""
+    base = fp32.with_suffix("")
+    return base.with_name(base.name + ".calibration.cache"), base.with_name(base.name + ".calibration.flatbuffers")
 
 
 def export_fp16(w: _Writer, calib_images: np.ndarray, report: dict) -> None:
@@ -286,9 +295,9 @@ def write_calibration_tables(w: _Writer, calib_images: np.ndarray, calibration: 
 
     fp32 = w.result.artifacts["fp32"]
     ranges = compute_tensor_ranges(fp32, calib_images, w.config.calibration_method)
-    base = fp32.with_suffix("")
-    cache = write_trt_calibration_cache(ranges, base.with_name(base.name + ".calibration.cache"), w.config.trt_cache_version)
-    table = write_ort_trt_table(ranges, base.with_name(base.name + ".calibration.flatbuffers"))
+    cache_path, table_path = calibration_table_paths(fp32)
+    cache = write_trt_calibration_cache(ranges, cache_path, w.config.trt_cache_version)
+    table = write_ort_trt_table(ranges, table_path)
     w.result.files += [cache, table]
     calibration.update(tensorrt_cache=cache.name, ort_tensorrt_table=table.name, tensors=len(ranges),
                        tensorrt_cache_version=w.config.trt_cache_version)
@@ -309,7 +318,8 @@ def build_engines(config: ExportConfig, result: ExportResult) -> None:
                                            "int8_target": meta.int8_target, "size_bytes": path.stat().st_size,
                                            "sha256": sha256_file(path), "note": f"TensorRT {meta.extra['tensorrt_version']}, "
                                            f"{meta.extra['gpu_name']} (sm {meta.extra['compute_capability']})"})
-        console.print(f"[green]✓[/] built {path} ({human_size(path.stat().st_size)}) in {time.perf_counter() - started:.1f} s")
+        console.print(f"[green]✓[/] built {path} ({human_size(path.stat().st_size)}) in {time.perf_counter() - started:.1f} s; "
+                      f"check it with `edgenode verify {path}`")
 
 
 def copy_manifest(manifest: Manifest, manifest_path: Path, out: Path, report: dict) -> list[Path]:

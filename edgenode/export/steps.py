@@ -30,6 +30,7 @@ import torch
 
 from edgenode.artifacts import atomic_write_bytes, write_json
 from edgenode.errors import ParityError, UsageError, is_whole_number
+from edgenode.export.unroll import MAX_STEPS
 from edgenode.model import NeuralODECNN
 from edgenode.ode.solvers import EVALS_PER_STEP, SolverConfig
 
@@ -304,6 +305,8 @@ def check_ode_validity(model: NeuralODECNN, images: torch.Tensor, labels: np.nda
         # A network trained with few large steps can still be an ODE that a finer grid solves: say which N would do
         # (only when everything else converged, so the suggestion is a solve of a well-behaved ODE).
         for solver, logits in zip(fixed_solvers[1:] if len(reasons) == 1 else [], fixed_logits[1:]):
+            if solver.n_steps > MAX_STEPS:  # export refuses it: no suggestion it cannot follow
+                break
             finer = agreement(logits, adaptive_logits[-1])
             if finer >= min_deployed_agreement:
                 suggested, suggested_agreement = solver.n_steps, finer

@@ -78,8 +78,13 @@ class BuildPlan:
 
     def describe(self) -> str:
         if self.strongly_typed:
-            return "strongly typed (precision from the ONNX types and Q/DQ)"
-        return f"weakly typed with builder flags {', '.join(self.builder_flags) or 'none'} (TensorRT without strong typing)"
+            return "strongly typed (precision from the ONNX types and Q/DQ); TF32 off"
+        return f"weakly typed with builder flags {', '.join(self.builder_flags) or 'none'} (TensorRT without strong typing); TF32 off"
+
+
+# TensorRT lets float32 convolutions and matmuls round their inputs to TF32 (a 10-bit mantissa) unless told not to:
+# an "fp32" engine would then not compute what its metadata says, nor what parity measured on ONNX Runtime.
+CLEARED_FLAGS = ("TF32",)
 
 
 def trt_major(version: str) -> int:
@@ -162,6 +167,8 @@ def build_engine(onnx_path: str | os.PathLike, source: ArtifactMetadata, config:
     builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, config.workspace_mib << 20)
     for flag in plan.builder_flags:
         builder_config.set_flag(getattr(trt.BuilderFlag, flag))
+    for flag in CLEARED_FLAGS:
+        builder_config.clear_flag(getattr(trt.BuilderFlag, flag))
     shapes = config.profile(source.input.image_size)
     profile = builder.create_optimization_profile()
     profile.set_shape(INPUT_NAME, shapes["min"], shapes["opt"], shapes["max"])

@@ -263,7 +263,7 @@ def read_onnx_metadata(path: str | os.PathLike, data: bytes | None = None) -> tu
     if record is None:
         digest = sha256_bytes(data) if data is not None else sha256_file(path)
         return inside, _info_from_metadata(inside, path, "onnx", digest, verified=False)
-    beside = ArtifactMetadata.from_dict(record)
+    beside = ArtifactMetadata.from_dict(record, str(sidecar_path(path)))
     differ = _differences(inside.to_dict(), beside.to_dict())
     if differ:
         raise ArtifactError(
@@ -283,7 +283,7 @@ def engine_info(path: str | os.PathLike, data: bytes | None = None) -> ArtifactI
         raise ArtifactError(f"{path}: TensorRT engine without its metadata sidecar {sidecar_path(path).name}",
                             "copy the .json written beside it by `edgenode export`")
     record = read_sidecar(path, verify=True, data=data)
-    meta = ArtifactMetadata.from_dict(record)
+    meta = ArtifactMetadata.from_dict(record, str(sidecar_path(path)))
     return _info_from_metadata(meta, path, "engine", record["sha256"], True)
 
 
