@@ -693,6 +693,40 @@ def test_scan_names_the_node_where_inf_starts_not_where_it_is_noticed():
     assert not numerics.scan_numerics(_tiny_graph(2.0), x).problems
 
 
+def _scaled_cosine_head(quant_scale: float):
+    """x -> MatMul(w) -> QuantizeLinear/DequantizeLinear -> Mul(Exp(log_scale)) -> logits: the cosine head's shape."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["cos"], name="matmul"),
+             helper.make_node("QuantizeLinear", ["cos", "s", "z"], ["cos_q"], name="cos_quant"),
+             helper.make_node("DequantizeLinear", ["cos_q", "s", "z"], ["cos_dq"], name="cos_dequant"),
+             helper.make_node("Exp", ["log_scale"], ["scale"], name="exp"),
+             helper.make_node("Mul", ["cos_dq", "scale"], ["logits"], name="scaled")]
+    inits = [helper.make_tensor("w", TensorProto.FLOAT, [3, 3], np.eye(3, dtype=np.float32).ravel() * 0.9),
+             helper.make_tensor("s", TensorProto.FLOAT, [], [quant_scale]),
+             helper.make_tensor("z", TensorProto.UINT8, [], [128]),
+             helper.make_tensor("log_scale", TensorProto.FLOAT, [], [3.0])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 3])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_quantizer_clipping_the_cosines_saturates_the_logits_it_scales():
+    """The cosine head's logits are Mul(cosines, exp(log_scale)): a quantizer that clips the cosines clips the
+    logits, and was only an inner-tensor warning because the walk from the logits stopped at the Mul."""
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).uniform(-1, 1, size=(8, 3)).astype(np.float32)
+    for scale, fails in ((1e-3, True), (1 / 127, False)):  # ±0.13 clips most cosines; ±1 none
+        model = _scaled_cosine_head(scale)
+        logits = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        if fails:
+            with pytest.raises(NumericError, match="cos_quant"):
+                numerics.check_logits(model, logits, x, "test model", "eight images", precision="int8")
+        else:
+            assert numerics.check_logits(model, logits, x, "test model", "eight images", precision="int8") is None
+
+
 @pytest.fixture(scope="module")
 def overflow(trained_run, tmp_path_factory):
     """The trained model with its first conv scaled by 2e5: GroupNorm makes FP32 identical, FP16 overflows.

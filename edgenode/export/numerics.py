@@ -17,7 +17,7 @@ What counts as a problem, per tensor:
     that is too narrow for the data).
 
 "Logits saturated" means such a problem on the logits path: the node that computes the logits and the
-Cast/QuantizeLinear/DequantizeLinear nodes between it and the ``logits`` output. :func:`check_logits` is what
+Cast/QuantizeLinear/DequantizeLinear nodes (and products with a constant) between it and the ``logits`` output. :func:`check_logits` is what
 export and parity call: it fails (NumericError) when the logits hold inf/NaN or are saturated, and names the
 first node where it starts.
 """
@@ -132,17 +132,36 @@ def _quantizer_range(node, constants: dict[str, np.ndarray]) -> tuple[np.ndarray
 
 
 def _logits_path(proto, output: str) -> frozenset[int]:
-    """Indices of the nodes from the one that computes ``output`` through the passive ops after it."""
+    """Indices of the nodes from the one that computes ``output`` through the passive ops after it.
+
+    A product with (or a quotient by) a constant passes too: the cosine head's logits are its cosines times a
+    learned scale, so a quantizer that clips the cosines clips the logits."""
     producer = {o: i for i, node in enumerate(proto.graph.node) for o in node.output}
+    constant = _constant_tensors(proto)
     path, name = set(), output
     while name in producer:
         i = producer[name]
         path.add(i)
         node = proto.graph.node[i]
+        if node.op_type in ("Mul", "Div") and len(node.input) == 2:
+            varying = [n for n in node.input if n not in constant]
+            if len(varying) != 1 or (node.op_type == "Div" and varying[0] != node.input[0]):
+                break
+            name = varying[0]
+            continue
         if node.op_type not in _PASSIVE_OPS or not node.input:
             break
         name = node.input[0]
     return frozenset(path)
+
+
+def _constant_tensors(proto) -> set[str]:
+    """Names of the tensors computed from initializers and Constant nodes alone (graph order is topological)."""
+    constant = {init.name for init in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "Constant" or (node.input and all(not n or n in constant for n in node.input)):
+            constant.update(node.output)
+    return constant
 
 
 def _node_name(node, index: int) -> str:
