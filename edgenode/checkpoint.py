@@ -24,7 +24,7 @@ import torch
 from edgenode import __version__
 from edgenode.align import AlignSpec, alignment_name
 from edgenode.artifacts import KIND_WORDS, atomic_path, file_kind, sha256_bytes
-from edgenode.errors import ArtifactError, ArtifactPathError, EdgenodeError
+from edgenode.errors import ArtifactError, ArtifactPathError, EdgenodeError, first_line
 from edgenode.model import ModelConfig, NeuralODECNN, build_model
 
 CHECKPOINT_FORMAT = "edgenode-checkpoint/1"
@@ -117,8 +117,13 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
     }
     if ckpt.ema_state_dict is not None:  # absent otherwise: files of runs without it stay as they were
         payload["ema_state_dict"] = {k: v.detach().cpu() for k, v in ckpt.ema_state_dict.items()}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+    except RuntimeError as exc:  # torch's zip writer says "disk full" as a RuntimeError; the file before stays whole
+        raise ArtifactError(f"{path}: could not be written ({first_line(exc)})",
+                            "free disk space (or fix the folder's permissions) and run again; --resume continues "
+                            "a training run from its last whole checkpoint") from None
     return Path(path)
 
 

@@ -136,28 +136,29 @@ def prepare_data(config: DemoConfig) -> Path:
     data = out / "data"
     wanted, found = data_settings(config), recorded_settings(data)
     if found == wanted:
-        console.print(f"[bold]1/5[/] reusing the synthetic data set in {data}")
+        console.print(f"[bold]1/5[/] reusing the synthetic data set in {escape(str(data))}")
         return data
     if data.exists() and (out / "train" / "last.pt").exists():
         raise UsageError(f"--out {out}: holds a demo trained on synthetic data drawn with {_describe(found)}, "
                          f"not {_describe(wanted)}",
                          f"pass another --out, or delete {out} to start over")
     redraw = f", replacing the one drawn with {_describe(found)}" if data.exists() else ""
-    console.print(f"[bold]1/5[/] drawing {config.n_classes} synthetic identities × {config.per_class} images into {data}{redraw}")
+    console.print(f"[bold]1/5[/] drawing {config.n_classes} synthetic identities × {config.per_class} images into {escape(str(data))}{redraw}")
     draw_data(data, wanted)
     return data
 
 
 def resumes_training(config: DemoConfig) -> bool:
     """Whether the demo continues the run already in ``out/train``, which must have been started with this
-    ``--epochs`` and ``--width``: training refuses to resume under others, in words of options the demo lacks."""
+    ``--epochs`` and width: training refuses to resume under others, in words of options the demo lacks."""
     from edgenode.checkpoint import load_checkpoint
 
     last = Path(config.out) / "train" / "last.pt"
     if not last.exists():
         return False
     saved = load_checkpoint(last).train_config or {}
-    changed = [f"--{key} {saved[key]} → {now}" for key, now in (("epochs", config.epochs), ("width", config.width))
+    changed = [f"{label} {saved[key]} → {now}" for key, label, now in (("epochs", "--epochs", config.epochs),
+                                                                          ("width", "width (DemoConfig)", config.width))
                if key in saved and saved[key] != now]
     if changed:
         raise UsageError(f"--out {config.out}: holds a demo trained with other settings ({', '.join(changed)})",

@@ -11,12 +11,14 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from torch import nn
 
 from edgenode.checkpoint import Checkpoint, InputSpec
 from edgenode.distributed import DistContext
 from edgenode.errors import UsageError
 from edgenode.train_config import TrainConfig
+
 
 @dataclass
 class RunProgress:
@@ -45,7 +47,7 @@ def restore_run(config: TrainConfig, ctx: DistContext, ckpt: Checkpoint, last_pa
     model.load_state_dict(ckpt.state_dict)
     optimizer.load_state_dict(ckpt.optimizer)
     scheduler.load_state_dict(ckpt.scheduler)
-    ctx.print(f"resuming {last_path} after epoch {ckpt.epoch}")
+    ctx.print(f"resuming {escape(str(last_path))} after epoch {ckpt.epoch}")
     return RunProgress(history=list(ckpt.history or []), start_epoch=ckpt.epoch + 1,
                      best_val=float(ckpt.metrics.get("best_val_accuracy", -1.0)), best_epoch=int(ckpt.metrics.get("best_epoch", 0)))
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rich.markup import escape
 from torch import nn
 
 from edgenode import data as edata
@@ -40,7 +41,7 @@ from edgenode.metrics import ClassificationMetrics, format_accuracy
 from edgenode.model import ModelConfig, NeuralODECNN, build_model, count_parameters
 from edgenode.resume import HASHED_INPUTS, RunProgress, restore_run, weight_average
 from edgenode.run_history import epoch_row, table_one, write_history
-from edgenode.train_config import TrainConfig  # the training API: train(TrainConfig) -> TrainResult
+from edgenode.train_config import TrainConfig  # re-exported: the training API is train(TrainConfig)
 from edgenode.transfer import to_device
 
 UNLABELLED = -1  # label of pool images: they learn from the teacher's targets only
@@ -201,7 +202,7 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
     teacher_summary.update({f"{name}_sha256": inputs[name] for name in ("kd_targets", "teacher_views") if name in inputs})
     if config.init and not resume:
         source = start_from(model, model_config, manifest, config.init)
-        ctx.print(f"initialised from {config.init} (epoch {source.epoch}, sha256 {source.sha256[:12]}…)")
+        ctx.print(f"initialised from {escape(config.init)} (epoch {source.epoch}, sha256 {source.sha256[:12]}…)")
     optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
     if len(splits["train"]) < config.batch_size:
         raise UsageError(f"--batch-size {config.batch_size} is larger than the train split ({len(splits['train'])} images)",
@@ -323,7 +324,7 @@ def open_run_dir(config: TrainConfig, ctx: DistContext) -> tuple[Path, bool]:
     resume = config.resume and last_path.exists()
     if config.resume and not resume:
         why = "the run stopped during its first epoch" if had_folder else "the folder did not exist: nothing to resume"
-        ctx.print(f"--resume: no {last_path} yet ({why}); starting from epoch 1")
+        ctx.print(f"--resume: no {escape(str(last_path))} yet ({why}); starting from epoch 1")
     return run_dir, resume
 
 
@@ -382,11 +383,11 @@ def announce(config: TrainConfig, ctx: DistContext, model: nn.Module, model_conf
         ctx.print(f"--amp: bfloat16 autocast is used on CUDA only; training in float32 on {device}")
     if teacher_summary:
         ctx.print(
-            f"distilling {teacher_summary['teacher']}: targets for {teacher_summary['train_with_target']} of "
+            f"distilling {escape(str(teacher_summary['teacher']))}: targets for {teacher_summary['train_with_target']} of "
             f"{teacher_summary['train_images']} train and {teacher_summary['pool_with_target']} of "
             f"{teacher_summary['pool_images']} unlabelled images; teacher scale {teacher_summary['teacher_scale']}, "
             f"teacher train accuracy {teacher_summary['teacher_train_ncm_accuracy']:.3f} (nearest class mean, in-sample)"
-            + (f"; class probabilities from {config.kd_targets}" if config.kd_targets else "")
+            + (f"; class probabilities from {escape(config.kd_targets)}" if config.kd_targets else "")
         )
 
 
@@ -409,7 +410,7 @@ def final_test(config: TrainConfig, ctx: DistContext, run_dir: Path, test_split:
         results.update(best_epoch_ema=progress.best_epoch_ema, best_val_accuracy_ema=progress.best_val_ema,
                        test_ema=on_test(best_ema_path))
     elif has_average:
-        ctx.print(f"no {best_ema_path}: the weight average has no test figure (was the file removed?)")
+        ctx.print(f"no {escape(str(best_ema_path))}: the weight average has no test figure (was the file removed?)")
     write_json(run_dir / "results.json", {**results, "config": config.to_dict(), **record})
     ctx.print(
         f"[bold]test accuracy[/] (best-by-val checkpoint, epoch {test['epoch']}, label-free): "
@@ -419,8 +420,8 @@ def final_test(config: TrainConfig, ctx: DistContext, run_dir: Path, test_split:
         scored = results["test_ema"]
         ctx.print(f"[bold]test accuracy of the weight average[/] (decay {config.ema_decay}, best by val at epoch "
                   f"{scored['epoch']}): {format_accuracy(scored['accuracy'], scored['accuracy_ci'])}")
-    ctx.print(f"wrote {best_path}, {run_dir / 'last.pt'}{', ' + best_ema_path.name if 'test_ema' in results else ''}, "
-              f"metrics.csv, metrics.json, results.json, curves.png in {run_dir}")
+    ctx.print(f"wrote {escape(str(best_path))}, {escape(str(run_dir / 'last.pt'))}{', ' + best_ema_path.name if 'test_ema' in results else ''}, "
+              f"metrics.csv, metrics.json, results.json, curves.png in {escape(str(run_dir))}")
     return test
 
 

@@ -420,3 +420,17 @@ def test_an_inf_or_nan_row_is_scored_wrong_and_disagreeing():
     assert accuracy.accuracy == pytest.approx(0.5) and agreement == pytest.approx(0.5)
     assert pred[2:].tolist() == [1, 2] and (pred[:2] != labels[:2]).all()
     assert score_logits(logits, labels, 3, baseline_pred=None)[2] is None
+
+
+def test_a_fixed_step_baseline_solver_is_refused_on_the_command_line():
+    """`--baseline-solver rk4` ran RK4 × 20 (the default steps, not the checkpoint's), dropped --baseline-tol, and
+    the note credited the solver to the checkpoint."""
+    from edgenode.cli.bench import parse_baseline_solver
+    from edgenode.errors import UsageError
+
+    for tol in (None, 1e-3):
+        with pytest.raises(UsageError, match="takes fixed steps") as info:
+            parse_baseline_solver("rk4", tol)
+        assert "'trained'" in str(info.value) and "--sweep-steps" in str(info.value)
+    assert parse_baseline_solver("dopri5", 1e-4) == SolverConfig("dopri5", rtol=1e-4, atol=1e-4)
+    assert parse_baseline_solver("trained", None) is None

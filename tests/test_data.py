@@ -127,6 +127,35 @@ def test_discover_errors(tmp_path):
         discover_images(tmp_path)
 
 
+@pytest.mark.parametrize("link", ["symlink", "hard link"])
+def test_two_names_for_one_picture_are_refused(tmp_path, link):
+    """A link inside the data set made one picture two files of the split: train and test could share it."""
+    import os
+
+    (tmp_path / "Ann").mkdir()
+    (tmp_path / "Ann" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "Ann" / "b.jpg").write_bytes(b"y")
+    (os.symlink if link == "symlink" else os.link)(tmp_path / "Ann" / "a.jpg", tmp_path / "Ann" / "c.jpg")
+    with pytest.raises(DataError) as info:
+        discover_images(tmp_path)
+    assert "'Ann/c.jpg' and 'Ann/a.jpg' are the same file" in str(info.value) and "remove the link" in str(info.value)
+    (tmp_path / "Ann" / "c.jpg").unlink()
+    (tmp_path / "Ann" / "d.jpg").symlink_to(tmp_path / "missing.jpg")  # dangling: decoding skips and records it
+    assert discover_images(tmp_path) == {"Ann": ["Ann/a.jpg", "Ann/b.jpg", "Ann/d.jpg"]}
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_in_one_line(tmp_path):
+    """Such a name could be written in no manifest (a UnicodeEncodeError traceback in json)."""
+    import os
+
+    (tmp_path / "Ann").mkdir()
+    with open(os.path.join(os.fsencode(tmp_path / "Ann"), b"caf\xe9.jpg"), "wb") as handle:
+        handle.write(b"x")
+    with pytest.raises(DataError) as info:
+        discover_images(tmp_path)
+    assert "'Ann/caf\\udce9.jpg' is not UTF-8" in str(info.value) and "convmv" in str(info.value)
+
+
 # ---------------------------------------------------------------- decoding
 
 
@@ -209,7 +238,10 @@ def test_exif_orientation_is_applied(tmp_path):
 def test_bad_files_raise_image_decode_error(tmp_path, monkeypatch, name, reason):
     _write_broken_files(tmp_path)
     if reason == "too large":  # refused from its header: its pixels are never decoded, so never allocated
-        monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail(f"{name}'s pixels were decoded"))
+        from PIL import ImageFile
+
+        for cls in (Image.Image, ImageFile.ImageFile):  # a file's load is ImageFile's, not Image's
+            monkeypatch.setattr(cls, "load", lambda self: pytest.fail(f"{name}'s pixels were decoded"))
     with pytest.raises(ImageDecodeError, match=reason) as info:
         load_resized(tmp_path / name, 32)
     assert info.value.path == str(tmp_path / name) and reason in info.value.reason
@@ -509,6 +541,27 @@ def test_changed_data_is_reported(tmp_path, monkeypatch):
     assert isinstance(info.value, EdgenodeError)
 
 
+def test_a_picture_replaced_in_place_is_read_again_not_served_from_the_cache(tmp_path, monkeypatch):
+    """The cache was keyed by manifest and folder only: a picture replaced since was served as it had been, and
+    one overwritten with garbage was never refused once the cache was warm."""
+    import os
+
+    make_synthetic_faces(tmp_path, n_classes=2, per_class=10, size=16)
+    m = build_manifest(tmp_path, SMALL, progress=False)
+    monkeypatch.setenv("EDGENODE_CACHE", str(tmp_path / "cache"))
+    before, _ = load_split_arrays(m, tmp_path, "test")  # decoded and cached
+    victim = tmp_path / "images" / m.files("test")[0]
+    stat = victim.stat()
+    Image.new("RGB", (16, 16), (0, 255, 0)).save(victim)  # another picture under the same name
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    after, _ = load_split_arrays(m, tmp_path, "test")
+    assert (after[0] == [0, 255, 0]).all() and not np.array_equal(before[0], after[0])
+    assert np.array_equal(before[1:], after[1:])
+    victim.write_text("overwritten")
+    with pytest.raises(DataError, match="changed since the manifest was written"):
+        load_split_arrays(m, tmp_path, "test")
+
+
 def test_a_data_folder_that_holds_none_of_the_manifests_files_is_named_as_the_wrong_folder(tmp_path, synthetic_manifest):
     other = tmp_path / "other"
     (other / "images" / "Someone").mkdir(parents=True)
@@ -645,3 +698,14 @@ def test_an_interrupted_thread_pool_drops_its_queued_work():
     for future in futures[1:]:
         assert future.cancelled()
     assert started in ([], [0])
+
+
+def test_only_photo_formats_are_decoded_whatever_the_name(tmp_path):
+    """An EPS file named .jpg was opened as EPS (whose loading runs Ghostscript where it is installed); pictures
+    are decoded as photo formats only."""
+    path = tmp_path / "drawing.jpg"
+    path.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    with pytest.raises(ImageDecodeError, match="not an image"):
+        load_resized(path, 8)
+    Image.new("RGB", (6, 4), (200, 10, 10)).save(tmp_path / "saved-as.tif", format="TIFF")
+    assert load_resized(tmp_path / "saved-as.tif", 8).shape == (8, 8, 3)

@@ -873,7 +873,10 @@ BAD_ARGUMENTS = [
     ("train {data} --out {new} --width 0", "model width must be at least 4 channels, got 0 (pass --width 4 or more)"),
     ("train {data} --out {new} --epochs 0", "--epochs must be at least 1"),
     ("train {data} --out {new} --batch-size -1", "--batch-size must be at least 1"),
-    ("train {data} --out {new} --rtol -1", "solver tolerances must be positive"),
+    ("train {data} --out {new} --rtol -1", "solver tolerances must be finite and positive"),
+    ("train {data} --out {new} --rtol inf", "solver tolerances must be finite and positive, got rtol=inf"),
+    ("train {data} --out {new} --epochs 2 --warmup-epochs 2",
+     "--warmup-epochs 2 is not shorter than --epochs 2: the learning rate would never reach --lr (pass --warmup-epochs 0"),
     ("train {data} --out {new} --dropout 2", "dropout must be in [0, 1)"),
     ("train {data} --out {new} --augment --augment-shift 0.8", "--augment-shift must be a fraction of the image side in [0, 0.5]"),
     ("train {data} --out {new} --augment --augment-color nan", "--augment-color must be a strength in [0, 1], got nan"),
@@ -1000,7 +1003,7 @@ BAD_ARGUMENTS = [
     ("train {data} --out {new} --stop-after 0", "--stop-after 0: must be an epoch of the schedule"),
     ("train {data} --out {new} --label-weight -1", "--label-weight must be a finite number >= 0, got -1.0 (pass 0"),
     ("train {data} --out {new} --label-smoothing 1", "--label-smoothing must be in [0, 1), got 1.0 (pass e.g. 0.1"),
-    ("train {data} --out {new} --atol -1", "solver tolerances must be positive, got rtol=0.001 atol=-1.0"),
+    ("train {data} --out {new} --atol -1", "solver tolerances must be finite and positive, got rtol=0.001 atol=-1.0"),
     ("train {data} --out {new} --val-per-class 0", "--val 0 (`edgenode train`: --val-per-class 0) is not a positive integer"),
     ("split {data} --test 0", "--test 0 (`edgenode train`: --test-per-class 0) is not a positive integer"),
     ("split {data} --image-size 0", "--image-size 0 is not a positive integer"),
@@ -1224,9 +1227,9 @@ def test_a_foreign_error_enters_ours_as_its_first_line():
 def test_teacher_views_refuses_an_unaligned_folder_before_decoding_the_pool(argument_paths, monkeypatch, tmp_path):
     """The views are described as aligned chips: a plain data folder is refused in seconds, before `--unlabeled`
     decodes and hashes the whole pool (which it did first), and without writing the bank."""
-    import edgenode.train
+    import edgenode.data.pool
 
-    monkeypatch.setattr(edgenode.train, "load_unlabeled_pool", lambda *a, **k: pytest.fail("the pool was decoded first"))
+    monkeypatch.setattr(edgenode.data.pool, "load_unlabeled_pool", lambda *a, **k: pytest.fail("the pool was decoded first"))
     result = invoke("teacher-views", argument_paths["data"], "--manifest", argument_paths["manifest"], "--unlabeled",
                     "--out", tmp_path / "bank.npz")
     assert_one_line_error(result, 1, f"{argument_paths['data']} is not an aligned copy")
@@ -1248,3 +1251,21 @@ def test_a_flipped_byte_in_a_checkpoints_weights_is_refused(argument_paths, tmp_
         load_checkpoint(damaged)
     result = invoke("infer", damaged, argument_paths["image"])
     assert_one_line_error(result, 1, "fails the zip archive's CRC check (the bytes changed on disk or in a copy")
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_the_old_file_stays(trained_run, tmp_path, monkeypatch):
+    """torch.save says "disk full" as a RuntimeError from its zip writer, which no command caught: a traceback."""
+    path = tmp_path / "last.pt"
+    shutil.copy(trained_run.best_checkpoint, path)
+    before = path.read_bytes()
+    ckpt = load_checkpoint(path)
+
+    def full(obj, f):
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0\nPytorchStreamWriter failed")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(ArtifactError) as info:
+        save_checkpoint(path, ckpt)
+    assert str(info.value).startswith(f"{path}: could not be written ([enforce fail") and "free disk space" in str(info.value)
+    assert "\n" not in str(info.value) and info.value.exit_code == 1
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]

@@ -649,8 +649,9 @@ def run_bench(config: BenchConfig) -> BenchReport:
                      f"{physical_cores()} cores): other processes compete for the cores, so absolute times are "
                      "unreliable; ratios less so")
     if not baseline_solver.is_adaptive:
-        notes.append(f"the baseline runs the checkpoint's fixed-step solver {baseline_solver.describe()} "
-                     "(it was not trained with an adaptive one; pass --baseline-solver dopri5 for an adaptive baseline)")
+        whose = ("the checkpoint's fixed-step solver" if config.baseline_solver is None else "the fixed-step solver")
+        notes.append(f"the baseline runs {whose} {baseline_solver.describe()} (not an adaptive one; pass "
+                     "--baseline-solver dopri5 for an adaptive baseline)")
     use_gpu = config.gpu and _cuda()
     rows_need_ort = any(k == "onnx" for _, k, _ in entries) or bool(config.sweep_steps and "onnx" in config.sweep_backends)
     cpu_peak = config.peak and (rows_need_ort or onnxruntime_installed())  # the CPU peak is timed with ONNX Runtime

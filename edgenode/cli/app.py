@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="edgenode", standalone_mode=False)
     except typer.Abort:  # Ctrl-C outside a command's own handling
-        print("error: interrupted", file=sys.stderr)
+        print("error: interrupted (what was written stays whole; a training run continues with --resume)", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:
         # click's UsageError and ClickException (typer vendors click in its newer releases, so matched by shape)
@@ -53,4 +53,6 @@ def main(argv: list[str] | None = None) -> None:
         if message:  # empty: `edgenode` alone, which has printed the help instead
             print(f"error: {message}{where}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    if code == 130:  # typer turns Ctrl-C inside a command into exit code 130, silently
+        print("error: interrupted (what was written stays whole; a training run continues with --resume)", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)

@@ -24,7 +24,12 @@ def parse_baseline_solver(spec: str, tol: float | None):
             raise UsageError("--baseline-tol applies only with --baseline-solver METHOD",
                              "the 'trained' baseline keeps the checkpoint's own solver and tolerances")
         return None
-    return SolverConfig(spec, rtol=tol, atol=tol) if tol is not None else SolverConfig(spec)
+    solver = SolverConfig(spec, rtol=tol, atol=tol) if tol is not None else SolverConfig(spec)
+    if not solver.is_adaptive:  # it would take 20 steps, not the checkpoint's, and no tolerance
+        raise UsageError(f"--baseline-solver {spec}: the baseline is an adaptive solve, and {spec} takes fixed steps",
+                         "pass an adaptive one (dopri5), 'trained' for the checkpoint's own solver, or --sweep-steps "
+                         f"for {spec} × N rows")
+    return solver
 
 
 @user_errors

@@ -45,5 +45,6 @@ def command(
     counts = ", ".join(f"{name} {len(manifest.splits[name])}" for name in ("train", "val", "test"))
     console.print(
         f"wrote {out}: {len(manifest.classes)} identities, {counts}, {len(manifest.unused)} unused, "
-        f"{len(manifest.skipped)} skipped files, {len(manifest.excluded)} excluded identities; sha256 {manifest.sha256[:12]}"
+        f"{len(manifest.skipped)} skipped files, {len(manifest.excluded)} excluded identities; sha256 {manifest.sha256[:12]}",
+        markup=False,  # a path is no markup: `[/b]` in a name would be a traceback after the file was written
     )

@@ -1,12 +1,15 @@
 """Decoded split arrays on disk, so each image is decoded once per manifest rather than once per run.
 
 A cache file is named by the manifest's sha256 and by a hash of the resolved images folder, so a changed
-split or a different copy of the data can never be served someone else's pixels. Files are written
-atomically; a damaged or mismatched cache file is treated as a miss and rebuilt.
+split or a different copy of the data can never be served someone else's pixels; and it records the size and
+modification time of every file it holds, so a picture replaced in place since (or one that no longer decodes)
+is read again rather than served from the cache. Files are written atomically; a damaged or mismatched cache
+file is treated as a miss and rebuilt.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 import zipfile
@@ -55,12 +58,34 @@ def _labels(manifest: Manifest, split: str) -> np.ndarray:
     return np.asarray(manifest.labels(split), dtype=np.int64).reshape(-1)
 
 
-def store_split_arrays(manifest: Manifest, root: str | os.PathLike, split: str, images: np.ndarray) -> Path | None:
-    """Write one split's uint8 NHWC images; a cache that cannot be written costs time, so it only warns."""
+def files_fingerprint(root: str | os.PathLike, files) -> str:
+    """A hash of each file's size and modification time (in nanoseconds): a picture replaced since changes it.
+
+    A stat per file (about 0.1 s for the 16,497 Pins files), no reading. A copy of the data set that keeps the
+    times (``cp -p``, ``tar``) keeps it; one that does not costs one decode of each split, never wrong pixels."""
+    base = images_root(root)
+    digest = hashlib.sha256()
+    for relpath in files:
+        try:
+            info = os.stat(base / relpath)
+            digest.update(f"{relpath}\t{info.st_size}\t{info.st_mtime_ns}\n".encode("utf-8"))
+        except OSError:
+            digest.update(f"{relpath}\tmissing\n".encode("utf-8"))
+    return digest.hexdigest()[:32]
+
+
+def store_split_arrays(manifest: Manifest, root: str | os.PathLike, split: str, images: np.ndarray,
+                       fingerprint: str | None = None) -> Path | None:
+    """Write one split's uint8 NHWC images; a cache that cannot be written costs time, so it only warns.
+
+    ``fingerprint``: :func:`files_fingerprint` of the split's files taken before they were decoded (a file
+    replaced during the decode then misses next time); None takes it now."""
     path = cache_path(manifest, root, split)
+    fingerprint = fingerprint or files_fingerprint(root, manifest.files(split))
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, images=np.ascontiguousarray(images, dtype=np.uint8), labels=_labels(manifest, split))
+            np.savez(handle, images=np.ascontiguousarray(images, dtype=np.uint8), labels=_labels(manifest, split),
+                     fingerprint=np.asarray(fingerprint))
     except OSError as exc:
         warnings.warn(f"could not write the image cache {path} ({exc}); images will be decoded again next time",
                       DataWarning, stacklevel=2)
@@ -68,12 +93,15 @@ def store_split_arrays(manifest: Manifest, root: str | os.PathLike, split: str, 
     return path
 
 
-def _read(path: Path, manifest: Manifest, split: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """The cached arrays, or None when the file is missing, unreadable or does not match the manifest."""
+def _read(path: Path, manifest: Manifest, split: str, fingerprint: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cached arrays, or None when the file is missing, unreadable, does not match the manifest, or holds
+    pictures whose files have changed since (``fingerprint``: :func:`files_fingerprint` of them now)."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as archive:
+            if str(archive["fingerprint"]) != fingerprint:  # a cache written before fingerprints: a miss too
+                return None
             images, labels = archive["images"], archive["labels"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
@@ -114,11 +142,12 @@ def load_split_arrays(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One split as (uint8 images N x H x W x 3, int64 labels N), from the cache or decoded and cached."""
     path = cache_path(manifest, root, split)
-    cached = _read(path, manifest, split)
+    fingerprint = files_fingerprint(root, manifest.files(split))
+    cached = _read(path, manifest, split, fingerprint)
     if cached is not None:
         return cached
     images = _decode_split(manifest, root, split, workers)
-    store_split_arrays(manifest, root, split, images)
+    store_split_arrays(manifest, root, split, images, fingerprint)
     return images, _labels(manifest, split)
 
 
@@ -134,9 +163,12 @@ def load_file_arrays(
     listing = sha256_bytes("\n".join(f"{f}\t{c}" for f, c in entries).encode("utf-8"))[:16]
     path = _cache_file(manifest, root, f"{name}-{listing}")
     by_file = dict(entries)
+    fingerprint = files_fingerprint(root, [f for f, _ in entries])
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as archive:
+                if str(archive["fingerprint"]) != fingerprint:
+                    raise KeyError("fingerprint")  # files changed since: decoded again
                 kept_files = [str(f) for f in archive["files"]]
                 skipped = [tuple(str(s).split("\t", 1)) for s in archive["skipped"]]
                 images = archive["images"]
@@ -154,7 +186,7 @@ def load_file_arrays(
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, images=images, files=np.asarray([f for f, _ in kept], dtype=str),
-                     skipped=np.asarray([f"{f}\t{r}" for f, r in skipped], dtype=str))
+                     skipped=np.asarray([f"{f}\t{r}" for f, r in skipped], dtype=str), fingerprint=np.asarray(fingerprint))
     except OSError as exc:
         warnings.warn(f"could not write the image cache {path} ({exc})", DataWarning, stacklevel=2)
     return images, kept, skipped

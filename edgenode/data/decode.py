@@ -83,6 +83,12 @@ def _upright(img: Image.Image) -> Image.Image:
     return upright if upright is not None else img
 
 
+# What a picture may be, whatever its name says: photo formats only. Pillow would otherwise open anything it knows,
+# EPS included, whose loading runs Ghostscript where it is installed. (JPEG's opener also takes the MPO variant that
+# many phones write.)
+PICTURE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+
+
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """Decode ``path`` fully into an upright RGB image, or raise ``ImageDecodeError(path, reason)``."""
     try:
@@ -93,7 +99,7 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     except OSError as exc:
         raise ImageDecodeError(path, f"cannot read file ({_short(exc, path)})") from None
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=PICTURE_FORMATS) as img:
             width, height = img.size
             if width * height > MAX_PIXELS:
                 raise ImageDecodeError(path, _too_large(width, height))

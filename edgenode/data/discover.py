@@ -49,8 +49,36 @@ def _identity_files(base: Path, folder: Path) -> list[str]:
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
             if _is_image_name(name):
-                found.append(Path(dirpath, name).relative_to(base).as_posix())
+                found.append(_utf8(Path(dirpath, name).relative_to(base).as_posix(), base))
     return sorted(found)
+
+
+def _utf8(relpath: str, base: Path) -> str:
+    """``relpath``, refused when it is no UTF-8 (bytes the file system holds undecoded): a manifest, a teacher file
+    and every report name files in UTF-8, and such a name could be written in none of them."""
+    try:
+        relpath.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"{base}: the file name {ascii(relpath)} is not UTF-8",
+                        "rename it (e.g. convmv -f latin1 -t utf8 --notest -r on the data set)") from None
+    return relpath
+
+
+def _check_one_file_one_name(base: Path, classes: dict[str, list[str]]) -> None:
+    """Refuse two paths to one file (a symlink, a hard link): the split would take them as two pictures and could
+    put the same one into train and test. Distinct copies of one picture are the near-duplicates' business."""
+    seen: dict[tuple[int, int], str] = {}
+    for files in classes.values():
+        for relpath in files:
+            try:
+                info = os.stat(base / relpath)
+            except OSError:
+                continue  # a dangling link: decoding skips and records it
+            key = (info.st_dev, info.st_ino)
+            if key in seen:
+                raise DataError(f"{base}: {relpath!r} and {seen[key]!r} are the same file (a link): one picture "
+                                "would count twice, and could land in two splits", "remove the link")
+            seen[key] = relpath
 
 
 def discover_images(root: str | os.PathLike) -> dict[str, list[str]]:
@@ -70,7 +98,7 @@ def discover_images(root: str | os.PathLike) -> dict[str, list[str]]:
     origin: dict[str, str] = {}
     real: dict[Path, str] = {}  # a symlinked identity folder is fine; two names for one folder would be two classes of one person
     for folder in folders:
-        name = class_name(folder.name)
+        name = class_name(_utf8(folder.name, base))
         if name in classes:
             raise DataError(
                 f"folders {origin[name]!r} and {folder.name!r} in {base} both give the identity {name!r}",
@@ -84,4 +112,5 @@ def discover_images(root: str | os.PathLike) -> dict[str, list[str]]:
         real[target] = folder.name
         origin[name] = folder.name
         classes[name] = _identity_files(base, folder)
+    _check_one_file_one_name(base, classes)
     return dict(sorted(classes.items()))

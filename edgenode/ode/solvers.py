@@ -11,6 +11,8 @@ step size, which in float32 can add a step (torchdiffeq's ``step_size=0.05`` ove
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -105,8 +107,8 @@ class SolverConfig:
             raise UsageError(f"unknown ODE solver {self.method!r}", f"choose one of {known}")
         if not is_whole_number(self.n_steps):
             raise UsageError(f"solver steps must be a positive integer, got {self.n_steps!r}", "pass --steps 1 or more")
-        if not (self.rtol > 0 and self.atol > 0):
-            raise UsageError(f"solver tolerances must be positive, got rtol={self.rtol} atol={self.atol}",
+        if not (0 < self.rtol < math.inf and 0 < self.atol < math.inf):  # inf would accept any step: no solve at all
+            raise UsageError(f"solver tolerances must be finite and positive, got rtol={self.rtol} atol={self.atol}",
                              "use positive tolerances such as 1e-3")
 
     @property
