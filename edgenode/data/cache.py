@@ -61,7 +61,7 @@ def _labels(manifest: Manifest, split: str) -> np.ndarray:
 def files_fingerprint(root: str | os.PathLike, files) -> str:
     """A hash of each file's size and modification time (in nanoseconds): a picture replaced since changes it.
 
-    A stat per file (about 0.1 s for the 16,497 Pins files), no reading. A copy of the data set that keeps the
+    A stat per file (0.17 s for the 9,030 files of the Pins split on this project's machine), no reading. A copy of the data set that keeps the
     times (``cp -p``, ``tar``) keeps it; one that does not costs one decode of each split, never wrong pixels."""
     base = images_root(root)
     digest = hashlib.sha256()

@@ -76,7 +76,8 @@ def detect_kind(path: str | os.PathLike) -> str:
     if by_name == "engine":
         if by_content in ("checkpoint", "onnx"):
             raise ArtifactError(f"{path}: is named like a TensorRT engine but is {KIND_WORDS[by_content]}",
-                                "rename it, or build an engine with `edgenode export --precision ... --int8-target tensorrt`")
+                                "rename it, or build an engine on the device: `edgenode engine FILE.onnx` (or `edgenode "
+                                "export --format engine` where TensorRT is installed)")
         return "engine"
     if by_content in ("checkpoint", "onnx"):
         if by_name is not None and by_name != by_content:
