@@ -471,6 +471,27 @@ def test_manifest_save_load_and_bad_files(tmp_path, synthetic_manifest):
         synthetic_manifest.files("training")
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r["splits"]["test"].append(r["splits"]["train"][0]), "is listed in train and in test"),
+    (lambda r: r["unused"].append(r["splits"]["val"][0]), "is listed in val and in unused"),
+    (lambda r: r["splits"]["train"].append(["../elsewhere/x.png", 0]), "'../elsewhere/x.png' in train is not a path inside the data set"),
+    (lambda r: r["splits"]["train"].append(["/abs/x.png", 0]), "'/abs/x.png' in train is not a path inside the data set"),
+    (lambda r: r["classes"].append(r["classes"][0]), "is listed twice"),
+    (lambda r: r.update(std=[0.2, 0.0, 0.2]), "the std above 0"),
+])
+def test_a_manifest_that_lists_a_file_twice_or_outside_is_refused(tmp_path, synthetic_manifest, edit, message):
+    """A hand-edited or foreign --manifest was taken as it was: one picture in train and in test would have been
+    scored as a test picture the model had trained on."""
+    import json
+
+    record = json.loads(synthetic_manifest.to_json())
+    edit(record)
+    (tmp_path / "edited.json").write_text(json.dumps(record), encoding="utf-8")
+    with pytest.raises(ArtifactError) as info:
+        Manifest.load(tmp_path / "edited.json")
+    assert "edited.json: damaged split manifest" in str(info.value) and message in str(info.value)
+
+
 def test_progress_bar_runs(tmp_path, capsys):
     make_synthetic_faces(tmp_path, n_classes=2, per_class=10, size=16)
     build_manifest(tmp_path, SMALL, progress=True)

@@ -7,12 +7,13 @@ reports). Every file and every identity left out is listed with the reason, neve
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import warnings
 from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -171,10 +172,17 @@ class Manifest:
         mean, std = tuple(float(v) for v in record["mean"]), tuple(float(v) for v in record["std"])
         if len(mean) != 3 or len(std) != 3:
             raise ValueError("mean and std need 3 channels")
+        if not all(math.isfinite(m) for m in mean) or not all(math.isfinite(v) and v > 0 for v in std):
+            raise ValueError(f"mean {mean} and std {std} must be finite, the std above 0")
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"a class is listed twice ({sorted(c for c in set(classes) if classes.count(c) > 1)[0]!r})")
+        splits = {name: entries(record["splits"][name]) for name in SPLITS}
+        unused = entries(record["unused"])
+        _check_each_file_once({**splits, "unused": unused})  # a hand-edited or foreign file: train and test must not share one
         return cls(
             classes=classes,
-            splits={name: entries(record["splits"][name]) for name in SPLITS},
-            unused=entries(record["unused"]),
+            splits=splits,
+            unused=unused,
             excluded={str(k): str(v) for k, v in record["excluded"].items()},
             skipped=[(str(f), str(r)) for f, r in record["skipped"]],
             mean=mean,
@@ -192,6 +200,20 @@ class Manifest:
 
     def labels(self, split: str) -> list[int]:
         return [c for _, c in self._split(split)]
+
+
+def _check_each_file_once(lists: dict[str, list[Entry]]) -> None:
+    """Every file once, in one list, and inside the data set (relative, no ``..``): a file in two splits would score
+    a training picture as a test one."""
+    where: dict[str, str] = {}
+    for name, entries in lists.items():
+        for relpath, _ in entries:
+            parts = PurePosixPath(relpath).parts
+            if not parts or PurePosixPath(relpath).is_absolute() or ".." in parts:
+                raise ValueError(f"{relpath!r} in {name} is not a path inside the data set")
+            if relpath in where:
+                raise ValueError(f"{relpath!r} is listed in {where[relpath]} and in {name}")
+            where[relpath] = name
 
 
 def channel_stats(images: np.ndarray, chunk: int = 512) -> tuple[tuple[float, ...], tuple[float, ...]]:
