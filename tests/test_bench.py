@@ -420,6 +420,8 @@ def test_an_inf_or_nan_row_is_scored_wrong_and_disagreeing():
     assert accuracy.accuracy == pytest.approx(0.5) and agreement == pytest.approx(0.5)
     assert pred[2:].tolist() == [1, 2] and (pred[:2] != labels[:2]).all()
     assert score_logits(logits, labels, 3, baseline_pred=None)[2] is None
+    # a baseline that predicted exactly what the inf/NaN rows are scored as: they still disagree with it
+    assert score_logits(logits, labels, 3, baseline_pred=(labels + 1) % 3)[2] == 0.0
 
 
 def test_a_fixed_step_baseline_solver_is_refused_on_the_command_line():

@@ -578,6 +578,19 @@ def test_a_picture_replaced_in_place_is_read_again_not_served_from_the_cache(tmp
     after, _ = load_split_arrays(m, tmp_path, "test")
     assert (after[0] == [0, 255, 0]).all() and not np.array_equal(before[0], after[0])
     assert np.array_equal(before[1:], after[1:])
+    # either part of the fingerprint alone: the same bytes at a new time are read again (decoded once more) ...
+    second = tmp_path / "images" / m.files("test")[1]
+    stat = second.stat()
+    os.utime(second, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000))
+    calls = _count_decodes(monkeypatch)
+    load_split_arrays(m, tmp_path, "test")
+    assert len(calls) == len(m.files("test"))
+    # ... and other bytes under the old time are seen by their size
+    third = tmp_path / "images" / m.files("test")[2]
+    stat = third.stat()
+    Image.new("RGB", (16, 16), (0, 0, 255)).save(third)
+    os.utime(third, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the old time back: only the size tells
+    assert (load_split_arrays(m, tmp_path, "test")[0][2] == [0, 0, 255]).all()
     victim.write_text("overwritten")
     with pytest.raises(DataError, match="changed since the manifest was written"):
         load_split_arrays(m, tmp_path, "test")
@@ -671,10 +684,17 @@ def test_pool_arrays_skip_undecodable_files_and_come_from_the_cache_next_time(sy
     assert [f for f, _ in skipped] == [entries[1][0]]
     assert images.shape == (2, 64, 64, 3) and images.dtype == np.uint8
 
+    real_decode = cache_module.decode.decode_many
     monkeypatch.setattr(cache_module.decode, "decode_many", lambda *a, **k: pytest.fail("decoded again"))
     again, kept_again, skipped_again = load_file_arrays(synthetic_manifest, root, entries, "pool")
     np.testing.assert_array_equal(again, images)
     assert (kept_again, skipped_again) == (kept, skipped)
+
+    # the broken file repaired in place: the pool is read again, not served from the cache
+    shutil.copy(synthetic_root / "images" / entries[1][0], root / "images" / entries[1][0])
+    monkeypatch.setattr(cache_module.decode, "decode_many", real_decode)
+    repaired, kept_now, skipped_now = load_file_arrays(synthetic_manifest, root, entries, "pool")
+    assert kept_now == entries and skipped_now == [] and repaired.shape == (3, 64, 64, 3)
 
 
 def test_channel_stats_are_exact_and_need_uint8():

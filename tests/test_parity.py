@@ -366,3 +366,35 @@ def test_every_session_is_closed_when_a_later_artifact_fails(export_dir, trained
         run_parity(ParityConfig(artifacts=artifacts, reference=str(trained_run.best_checkpoint), data=str(synthetic_root), out=None))
     assert [p.metadata.kind for p in opened] == ["checkpoint", "onnx", "onnx"]
     assert opened[0].runner.model is None and all(p.runner.session is None for p in opened[1:])
+
+
+def test_run_logits_names_a_runtime_error_and_times_without_the_warm_up_batch():
+    """A runtime's own error (not an edgenode one) was a traceback; and the first batch, which pays for the warm-up
+    (on ONNX Runtime's TensorRT provider, the engine build), was averaged into the latency."""
+    import types
+
+    from edgenode.errors import ArtifactError
+    from edgenode.parity.run import run_logits
+
+    class Fake:
+        metadata = types.SimpleNamespace(path=Path("model.onnx"), num_classes=2)
+        runner = types.SimpleNamespace(describe=lambda: "onnxruntime cpu")
+        last_inference_ms = 0.0
+
+        def __init__(self, times, fail=False):
+            self.times, self.fail = list(times), fail
+
+        def predict_logits(self, x):
+            if self.fail:
+                raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION\nmore")
+            self.last_inference_ms = self.times.pop(0)
+            return np.zeros((len(x), 2), np.float32)
+
+    x = np.zeros((10, 3, 4, 4), np.float32)
+    logits, ms = run_logits(Fake([500.0, 8.0, 8.0]), x, batch_size=4)  # batches of 4, 4 and 2
+    assert logits.shape == (10, 2) and ms == pytest.approx(16.0 / 6)
+    assert run_logits(Fake([12.0]), x[:3], batch_size=4)[1] == pytest.approx(4.0)  # one batch: it is the timing
+    with pytest.raises(ArtifactError) as info:
+        run_logits(Fake([], fail=True), x, batch_size=4)
+    assert str(info.value).startswith("model.onnx: failed on onnxruntime cpu (RuntimeError: [ONNXRuntimeError] : 6")
+    assert "\n" not in str(info.value) and "edgenode verify" in str(info.value)

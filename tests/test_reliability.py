@@ -1269,3 +1269,11 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_the_old_file_stays(
     assert str(info.value).startswith(f"{path}: could not be written ([enforce fail") and "free disk space" in str(info.value)
     assert "\n" not in str(info.value) and info.value.exit_code == 1
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_a_path_that_looks_like_markup_is_printed_as_it_is(synthetic_root, tmp_path):
+    """`split --out 'm[/b].json'` wrote the manifest, then died printing its name: rich read `[/b]` as markup."""
+    out = tmp_path / "m[/b].json"
+    result = invoke("split", synthetic_root, "--out", out, "--per-class", 24, "--train", 16, "--val", 4, "--test", 4)
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert out.is_file() and f"wrote {out}:" in " ".join(result.output.split())

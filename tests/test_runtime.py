@@ -411,12 +411,34 @@ def test_a_checkpoint_device_must_agree_with_an_explicit_provider():
         _torch_device(path, "tensorrt", "cuda:0", cuda_available=True)
 
 
-def test_the_torch_runner_computes_in_ieee_float32_on_cuda():
+def test_the_torch_runner_computes_in_ieee_float32_on_cuda(monkeypatch):
     """cuDNN's default TF32 (about 1e-3 relative error) would sit in parity's reference; the switch is held off
-    for the forward pass and given back after (checked on the flags: this machine has no GPU)."""
+    for the forward pass and given back after (checked on the flags: this machine has no GPU, so the runner is
+    told its device is CUDA and the model records the flags it runs under)."""
+    import types
+
     import torch
 
-    from edgenode.runtime.torch_runner import ieee_float32
+    from edgenode.runtime.torch_runner import TorchRunner, ieee_float32
+
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x):
+            seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+            return x.flatten(1)
+
+    runner = TorchRunner(Recorder())
+    runner.device = types.SimpleNamespace(type="cuda")
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: self)
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        runner._run(np.zeros((1, 3, 2, 2), np.float32))
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+    assert seen == [(False, False)]
 
     before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
@@ -445,3 +467,20 @@ def test_damaged_metadata_names_its_file(shared_exports, tmp_path, change, fragm
     with pytest.raises(ArtifactError) as exc:
         onnx_info(onnx_path)
     assert str(exc.value).startswith(f"{sidecar_path(onnx_path)}: {fragment}") and "re-export" in str(exc.value)
+
+
+def test_damaged_metadata_inside_an_onnx_file_names_the_file(shared_exports, tmp_path):
+    """Without a sidecar the metadata is read from the ONNX file's properties; its errors name that file too."""
+    import json
+
+    from edgenode.runtime.artifact import onnx_info
+
+    proto = onnx.load(str(shared_exports["fp32"]))
+    for prop in proto.metadata_props:
+        if prop.key == "edgenode_metadata":
+            prop.value = json.dumps({**json.loads(prop.value), "precision": "fp8"})
+    path = tmp_path / "lonely.onnx"  # no sidecar beside it
+    onnx.save(proto, str(path))
+    with pytest.raises(ArtifactError) as exc:
+        onnx_info(path)
+    assert str(exc.value).startswith(f"{path}: unknown precision 'fp8'") and "re-export" in str(exc.value)
