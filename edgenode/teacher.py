@@ -72,8 +72,9 @@ def load_teacher(path: str | os.PathLike) -> TeacherEmbeddings:
             embedding = np.asarray(archive["embedding"], dtype=np.float32)
             detected = np.asarray(archive["face_detected"], dtype=bool) if "face_detected" in archive.files else np.ones(len(files), bool)
             provenance = {k: str(archive[k]) for k in PROVENANCE_KEYS if k in archive.files}
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:  # a truncated zip: BadZipFile;
-        raise ArtifactError(f"{path}: not a teacher descriptor file ({exc})",  # a 0-d files array: TypeError
+    # a truncated zip: BadZipFile; a 0-d files array (one name saved as a scalar): TypeError from len()
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+        raise ArtifactError(f"{path}: not a teacher descriptor file ({exc})",
                             "it needs arrays files (N,), embedding (N, D) and face_detected (N,)") from None
     if files.ndim != 1 or embedding.ndim != 2 or len(files) != len(embedding) or len(detected) != len(files):
         raise ArtifactError(f"{path}: files {files.shape}, embedding {embedding.shape} and face_detected "

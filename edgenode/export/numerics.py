@@ -17,9 +17,9 @@ What counts as a problem, per tensor:
     that is too narrow for the data).
 
 "Logits saturated" means such a problem on the logits path: the node that computes the logits and the
-Cast/QuantizeLinear/DequantizeLinear nodes (and products with a constant) between it and the ``logits`` output. :func:`check_logits` is what
-export and parity call: it fails (NumericError) when the logits hold inf/NaN or are saturated, and names the
-first node where it starts.
+Cast/QuantizeLinear/DequantizeLinear nodes (and products with a constant) between it and the ``logits`` output.
+:func:`check_logits` is what export and parity call: it fails (NumericError) when the logits hold inf/NaN or are
+saturated, and names the first node where it starts.
 """
 
 from __future__ import annotations
