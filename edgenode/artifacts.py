@@ -79,11 +79,15 @@ def write_json(final: str | os.PathLike, obj: Any) -> Path:
 def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
-        raise ArtifactPathError(f"{path}: {'is a folder, not a file' if path.is_dir() else 'file not found'}")
+        raise ArtifactPathError(f"{path}: {'is a folder, not a file' if path.is_dir() else 'file not found'}",
+                                "pass the JSON file itself" if path.is_dir() else
+                                f"check the path (a relative one starts at {Path.cwd()})")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{path}: not valid JSON ({exc})", "regenerate it") from None
+    except PermissionError as exc:
+        raise ArtifactPathError(f"{path}: cannot be read ({exc.strerror})", "fix its permissions") from None
 
 
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")
