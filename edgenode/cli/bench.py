@@ -13,7 +13,8 @@ from edgenode.console import console
 
 
 def parse_baseline_solver(spec: str, tol: float | None):
-    """``trained`` keeps the checkpoint's own solver; any solver name (dopri5, rk4, …) replaces it."""
+    """``trained`` keeps the checkpoint's own solver; an adaptive one (dopri5, bosh3, …) replaces it. A fixed-step
+    method is refused: its rows are ``--sweep-steps``."""
     from edgenode.errors import UsageError
     from edgenode.ode.solvers import SolverConfig
 
@@ -47,7 +48,7 @@ def command(
     warmup: Annotated[int, typer.Option(help="Untimed calls per batch size first.")] = 5,
     threads: Annotated[Optional[int], typer.Option(help="Intra-op threads for every runtime (default: physical cores).")] = None,
     providers: Annotated[str, typer.Option(help="ONNX Runtime providers: all (those present) or cpu,cuda,tensorrt.")] = "all",
-    baseline_solver: Annotated[str, typer.Option(help="Baseline solver: 'trained' or a method (dopri5, bosh3, …).")] = "trained",
+    baseline_solver: Annotated[str, typer.Option(help="Baseline solver: 'trained' or an adaptive method (dopri5, bosh3, …).")] = "trained",
     baseline_tol: Annotated[Optional[float], typer.Option(help="rtol = atol of --baseline-solver (default 1e-3).")] = None,
     sweep_steps: Annotated[Optional[str], typer.Option(help="Steps sweep, e.g. 1,2,4,8: the reference unrolled in memory.")] = None,
     sweep_method: Annotated[Optional[str], typer.Option(
