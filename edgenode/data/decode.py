@@ -30,7 +30,8 @@ _WHITE = (255, 255, 255)
 
 
 def _too_large(width: int, height: int) -> str:
-    return f"too large: {width}x{height} pixels is over the {MAX_PIXELS:,}-pixel limit (decompression bomb?)"
+    return (f"too large: {width}x{height} pixels is over the {MAX_PIXELS:,}-pixel limit (a decompression bomb, or a "
+            "photo far larger than a face needs: downscale it first)")
 
 
 def _short(exc: BaseException, path: str | os.PathLike) -> str:
