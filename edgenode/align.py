@@ -137,25 +137,26 @@ def read_alignment(root: str | os.PathLike) -> tuple[AlignSpec, int] | None:
 
     The record sits beside ``images/``, so a caller may name either the folder or its ``images/``.
     """
-    record = alignment_record(root)
-    if record is None:
-        return None
-    try:
-        return AlignSpec.from_dict(record["align"]), int(record["size"])
-    except (ValueError, KeyError, TypeError, ArtifactError) as exc:
-        raise ArtifactError(f"{record['path']}: unreadable alignment record ({exc})",
-                            "re-create the aligned copy with `edgenode align`") from None
+    path = _record_path(root)
+    return None if path is None else _spec_of(_read_record(path), path)
 
 
 def alignment_record(root: str | os.PathLike) -> dict | None:
-    """The whole record of an aligned folder (``alignment.json``: also its source folder and counts) with its
-    ``path``, or None for an ordinary folder."""
+    """The whole record of an aligned folder (``alignment.json``: also its source folder and counts), or None for
+    an ordinary folder."""
+    path = _record_path(root)
+    return None if path is None else _read_record(path)
+
+
+def _record_path(root: str | os.PathLike) -> Path | None:
     root = Path(root).expanduser()
     path = root / ALIGN_FILE
     if not path.is_file() and root.name == "images":
         path = root.parent / ALIGN_FILE
-    if not path.is_file():
-        return None
+    return path if path.is_file() else None
+
+
+def _read_record(path: Path) -> dict:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -164,7 +165,15 @@ def alignment_record(root: str | os.PathLike) -> dict | None:
     if not isinstance(record, dict):
         raise ArtifactError(f"{path}: unreadable alignment record (a JSON {type(record).__name__}, not an object)",
                             "re-create the aligned copy with `edgenode align`")
-    return {**record, "path": str(path)}
+    return record
+
+
+def _spec_of(record: dict, path: Path) -> tuple[AlignSpec, int]:
+    try:
+        return AlignSpec.from_dict(record["align"]), int(record["size"])
+    except (ValueError, KeyError, TypeError, ArtifactError) as exc:
+        raise ArtifactError(f"{path}: unreadable alignment record ({exc})",
+                            "re-create the aligned copy with `edgenode align`") from None
 
 
 def alignment_name(align: AlignSpec | None) -> str:
@@ -260,13 +269,14 @@ def align_dataset(root: str | os.PathLike, out: str | os.PathLike, files: list[s
                          "write the aligned copy to a new folder beside the data set")
     workers = resolve_workers(workers or None, len(files))  # before the record is written
     record_path = Path(out) / ALIGN_FILE
-    existing = read_alignment(out) if record_path.is_file() else None
+    previous = _read_record(record_path) if record_path.is_file() else None
+    existing = _spec_of(previous, record_path) if previous is not None else None
     if existing is not None and existing != (spec, int(size)):
         raise UsageError(f"{record_path}: {out} already holds {existing[1]}-px chips aligned {alignment_name(existing[0])}, "
                          f"not {size} px aligned {alignment_name(spec)}", "pass a new --out (or delete that folder)")
     if existing is None and target.is_dir() and any(target.iterdir()):
         raise UsageError(f"{target} already holds pictures but no {ALIGN_FILE}", "pass a new --out")
-    previous = {k: v for k, v in (alignment_record(out) or {}).items() if k != "path"} if existing is not None else {}
+    previous = previous or {}
     if previous.get("source", str(source)) != str(source):  # same file names, other pictures: chips of both, one record
         raise UsageError(f"{record_path}: {out} holds the chips of {previous['source']}, not of {source}",
                          "pass a new --out (or delete that folder)")

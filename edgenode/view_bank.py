@@ -181,7 +181,7 @@ def compute_view_bank(data: str | os.PathLike, files: list[str], *, views: int, 
     from edgenode.teacher import installed_provenance, model_files
 
     if views < 1:
-        raise UsageError(f"--views {views}: a bank needs at least one view per picture", "pass e.g. --views 4 (the default)")
+        raise UsageError(f"--views {views}: a bank needs at least one view per picture", "pass --views 1 or more")
     if not files:
         raise DataError(f"no training pictures to describe in {data}", "pass the split manifest the chips were aligned for")
     align, side = aligned_copy_to_describe(data)

@@ -32,6 +32,9 @@ for name, module in [
     app.command(name, help=(module.command.__doc__ or "").strip().splitlines()[0])(module.command)
 
 
+INTERRUPTED = "error: interrupted (what was written stays whole; a training run continues with --resume)"
+
+
 def main(argv: list[str] | None = None) -> None:
     """The ``edgenode`` script: the app, with the parser's own errors (a missing argument, an unknown option, ``--steps
     many``) said in one ``error:`` line like every other error, exit 2, instead of a boxed usage message."""
@@ -41,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="edgenode", standalone_mode=False)
     except typer.Abort:  # Ctrl-C outside a command's own handling
-        print("error: interrupted (what was written stays whole; a training run continues with --resume)", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         sys.exit(130)
     except Exception as exc:
         # click's UsageError and ClickException (typer vendors click in its newer releases, so matched by shape)
@@ -54,5 +57,5 @@ def main(argv: list[str] | None = None) -> None:
             print(f"error: {message}{where}", file=sys.stderr)
         sys.exit(exc.exit_code)
     if code == 130:  # typer turns Ctrl-C inside a command into exit code 130, silently
-        print("error: interrupted (what was written stays whole; a training run continues with --resume)", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)

@@ -36,10 +36,10 @@ def command(
     from edgenode.teacher import (cnn_detector_file, compare_teachers, compute_descriptors, installed_provenance, load_teacher,
                                   model_files, save_teacher)
 
-    for option, value in (("--per-identity", per_identity), ("--workers", workers)):
+    for option, value, fix in (("--per-identity", per_identity, "pass --per-identity 0 for all"),
+                               ("--workers", workers, "pass --workers 0 for one process per core")):
         if value < 0:
-            raise UsageError(f"{option} {value}: must be 0 or more", f"pass {option} 0 for all" if option == "--per-identity"
-                             else "pass --workers 0 for one process per core")
+            raise UsageError(f"{option} {value}: must be 0 or more", fix)
     output_file(out, kind="teacher descriptors (an .npz of files and embedding)", is_kind=is_teacher_file)
     reference = load_teacher(check) if check is not None else None  # a bad reference fails before the long run
     installed_provenance(), model_files()  # so does a missing extra, before the file walk

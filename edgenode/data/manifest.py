@@ -175,7 +175,7 @@ class Manifest:
         if not all(math.isfinite(m) for m in mean) or not all(math.isfinite(v) and v > 0 for v in std):
             raise ValueError(f"mean {mean} and std {std} must be finite, the std above 0")
         if len(set(classes)) != len(classes):
-            raise ValueError(f"a class is listed twice ({sorted(c for c in set(classes) if classes.count(c) > 1)[0]!r})")
+            raise ValueError(f"a class is listed twice ({next(c for c in classes if classes.count(c) > 1)!r})")
         splits = {name: entries(record["splits"][name]) for name in SPLITS}
         unused = entries(record["unused"])
         _check_each_file_once({**splits, "unused": unused})  # a hand-edited or foreign file: train and test must not share one
