@@ -11,7 +11,8 @@ Presets:
     steps), time as an extra input channel of each conv in f, adaptive dopri5.
 ``faceode``
     The distillation student: a GroupNorm stem to a 16×16 state, the ODE-Net function, and a head that ends in a
-    128-d embedding (dlib's descriptor size) and a cosine classifier; RK4×2.
+    128-d embedding (dlib's descriptor size) and a cosine classifier; RK4×2. Training may put CosFace's margin
+    into its cross-entropy (``--margin``); the outputs stay plain scaled cosines, argmaxed without a label.
 ``faceode-res``
     ``faceode`` with three residual blocks beside the ODE block, at 64×64, 32×32 and 16×16 (``build_faceode_res``).
 """
@@ -259,6 +260,19 @@ class CosineClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return unit_rows(x) @ unit_rows(self.weight).t() * self.log_scale.exp()
+
+    def with_margin(self, logits: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
+        """CosFace's additive margin, for training's cross-entropy only: scale · (cos − margin) for each row's
+        true class, the other classes as they are.
+
+        The loss then asks every picture to be ``margin`` closer in angle to its own class than to any other,
+        which packs each identity tighter than plain cross-entropy does. Evaluation and every exported graph
+        use the plain logits (no label enters them).
+        """
+        if not margin:
+            return logits
+        penalty = nn.functional.one_hot(labels, logits.shape[1]).to(logits.dtype) * (margin * self.log_scale.exp())
+        return logits - penalty
 
 
 def unit_rows(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

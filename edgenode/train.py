@@ -467,8 +467,10 @@ def run_epoch(train_model, model, split: DeviceSplit, optimizer, scheduler, crit
                 else:
                     features, logits = train_model(x, return_features=True)
                 logits = logits.float()
-                loss = criterion(logits.index_select(0, labelled_rows), y.index_select(0, labelled_rows)) * (
-                    config.label_weight * ctx.world_size / n_labelled)
+                labelled_logits, labelled_y = logits.index_select(0, labelled_rows), y.index_select(0, labelled_rows)
+                if config.margin:  # the cross-entropy's logits only: accuracy and the teacher's KL keep the plain ones
+                    labelled_logits = model.head[-1].with_margin(labelled_logits, labelled_y, config.margin)
+                loss = criterion(labelled_logits, labelled_y) * (config.label_weight * ctx.world_size / n_labelled)
                 if targets is not None:
                     n_targets = max(1, int(has_target[global_batch].sum()))
                     target_rows = has_target[index].nonzero().squeeze(1)

@@ -36,6 +36,7 @@ class TrainConfig:
     schedule: str = "constant"
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
+    margin: float = 0.0  # CosFace's additive margin in the labels' cross-entropy (cosine heads only); 0: none
     augment: bool = False
     augment_shift: float = 0.125  # largest random shift of --augment, as a fraction of the side (0: mirror only)
     augment_color: float = 0.0  # photometric jitter of --augment (see jitter_colors); 0: none, the behaviour so far
@@ -88,6 +89,18 @@ class TrainConfig:
             raise UsageError("--augment-color sets the colour jitter of --augment, which is off", "add --augment or drop it")
         if not 0 <= self.label_smoothing < 1:
             raise UsageError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}", "pass e.g. 0.1, or 0 for none")
+        if not 0 <= self.margin < 1:  # a NaN fails here too
+            raise UsageError(f"--margin must be a cosine margin in [0, 1), got {self.margin}",
+                             "pass e.g. 0.2 (CosFace uses 0.35 at scale 64), or 0 for none")
+        if self.margin:
+            from edgenode.distill import DISTILLABLE_PRESETS
+
+            if self.arch not in DISTILLABLE_PRESETS:
+                raise UsageError(f"--margin: the {self.arch!r} preset has no cosine classifier to put a margin into",
+                                 f"use --arch {' or '.join(DISTILLABLE_PRESETS)}, or drop --margin")
+            if not self.label_weight:
+                raise UsageError("--margin sets the labels' cross-entropy, which --label-weight 0 switches off",
+                                 "drop --margin or keep the labels' weight")
         for name in ("label_weight", "distill_weight", "kd_weight"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from edgenode.errors import UsageError
-from edgenode.model import MODEL_REGISTRY, ModelConfig, build_model, count_parameters, preset_config
+from edgenode.model import MODEL_REGISTRY, CosineClassifier, ModelConfig, build_model, count_parameters, preset_config, unit_rows
 from edgenode.ode.solvers import SolverConfig
 
 
@@ -110,3 +110,25 @@ def test_config_round_trip_and_validation():
         preset_config("resnet", num_classes=9)
     with pytest.raises(UsageError):
         ModelConfig(num_classes=1)
+
+
+def test_cosface_margin_lowers_only_the_true_class_by_scale_times_margin():
+    """CosFace: s·(cos − m) for the true class. Its gradient reaches the learned scale through the margin too."""
+    torch.manual_seed(0)
+    head = CosineClassifier(8, 5, scale=16.0)
+    features, labels = torch.randn(4, 8), torch.tensor([0, 3, 3, 1])
+    logits = head(features)
+    margined = head.with_margin(logits, labels, 0.25)
+    expected = logits.detach().clone()
+    expected[torch.arange(4), labels] -= 16.0 * 0.25
+    torch.testing.assert_close(margined.detach(), expected)
+    assert head.with_margin(logits, labels, 0.0) is logits
+
+    # the same loss written in cosine space, as the CosFace paper writes it
+    cos = unit_rows(features) @ unit_rows(head.weight).t()
+    by_hand = torch.nn.functional.cross_entropy(head.log_scale.exp() * (cos - 0.25 * torch.nn.functional.one_hot(labels, 5)), labels)
+    ours = torch.nn.functional.cross_entropy(margined, labels)
+    grad_ours = torch.autograd.grad(ours, head.log_scale, retain_graph=True)[0]
+    grad_by_hand = torch.autograd.grad(by_hand, head.log_scale)[0]
+    torch.testing.assert_close(ours, by_hand)
+    torch.testing.assert_close(grad_ours, grad_by_hand)

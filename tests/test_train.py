@@ -341,7 +341,8 @@ def test_a_foreign_or_newer_pytorch_file_is_named_as_such(tmp_path):
 
 @pytest.mark.parametrize(
     "args",
-    [["--epochs", "0"], ["--batch-size", "-1"], ["--arch", "resnet"], ["--solver", "rk9"], ["--schedule", "steps"], ["--ema-decay", "1"]],
+    [["--epochs", "0"], ["--batch-size", "-1"], ["--arch", "resnet"], ["--solver", "rk9"], ["--schedule", "steps"], ["--ema-decay", "1"],
+     ["--margin", "0.2"]],
 )
 def test_cli_rejects_bad_arguments_with_exit_code_2(synthetic_root, tmp_path, args):
     result = CliRunner().invoke(app, ["train", str(synthetic_root), "--out", str(tmp_path / "r"), *args])
@@ -441,3 +442,41 @@ def test_init_refuses_a_checkpoint_of_another_split(trained_run, synthetic_root,
                          manifest=str(tmp_path / "other.json"), progress=False, init=str(trained_run.best_checkpoint))
     with pytest.raises(UsageError, match="trained on another split"):
         train(config)
+
+
+def test_margin_enters_the_training_loss_but_not_its_accuracy(synthetic_root, tmp_path):
+    """One step an epoch (the whole train split is one batch): both runs score the same initial weights on the same
+    batch, so the labels' accuracy must agree, while the margin's cross-entropy is higher and trains other weights."""
+    def one_step(name, **options):
+        config = small_config(synthetic_root, tmp_path / name, arch="faceode", epochs=1, batch_size=96, **options)
+        run = train(config)
+        return run.history[0], load_checkpoint(run.last_checkpoint)
+
+    (plain, plain_ckpt), (margin, margin_ckpt) = one_step("plain"), one_step("margin", margin=0.3)
+    assert margin["train_accuracy"] == plain["train_accuracy"]
+    assert margin["train_loss"] > plain["train_loss"] + 0.5  # scale 16 × 0.3 on the true class: a large step up
+    assert margin_ckpt.train_config["margin"] == 0.3
+    # AdamW's first step is ±lr per weight, so the runs differ where the margin flips a gradient's sign
+    assert any(not torch.equal(margin_ckpt.state_dict[k], v) for k, v in plain_ckpt.state_dict.items())
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (dict(margin=-0.1), "--margin must be a cosine margin"),
+    (dict(margin=float("nan")), "--margin must be a cosine margin"),
+    (dict(margin=1.0), "--margin must be a cosine margin"),
+    (dict(margin=0.2, arch="paper"), "'paper' preset has no cosine classifier"),
+    (dict(margin=0.2, arch="faceode", label_weight=0.0, teacher="t.npz"), "--label-weight 0 switches off"),
+])
+def test_bad_margins_are_refused_up_front(tmp_path, overrides, fragment):
+    with pytest.raises(UsageError, match=fragment):
+        small_config("data", tmp_path / "run", **overrides)
+
+
+def test_resume_refuses_another_margin_and_takes_an_older_checkpoint_as_margin_zero(tmp_path):
+    saved = small_config("data", tmp_path / "run", arch="faceode").to_dict()
+    with pytest.raises(UsageError, match=r"--margin 0.0 → 0.2"):
+        check_resume_settings(small_config("data", tmp_path / "run", arch="faceode", margin=0.2), saved, tmp_path / "last.pt")
+    del saved["margin"]  # a checkpoint from before --margin existed
+    check_resume_settings(small_config("data", tmp_path / "run", arch="faceode"), saved, tmp_path / "last.pt")
+    with pytest.raises(UsageError, match=r"--margin 0.0 → 0.2"):
+        check_resume_settings(small_config("data", tmp_path / "run", arch="faceode", margin=0.2), saved, tmp_path / "last.pt")

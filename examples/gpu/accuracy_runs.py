@@ -96,6 +96,9 @@ RECIPES = {
     # capacity again with colour jitter: width 192 (1.61 M parameters, 5.73 GFLOP per image at RK4 x 4, 1.44x width 160); its
     # last.pt (18 MiB) is over what a call brings back, so a run over two calls must find the machine warm
     "w5-w192-rk4x4-color4": dict(W5_RK4X4, seed=0, width=192, augment_color=0.4),
+    # the leader with CosFace's margin (0.2 in cosine) in the labels' cross-entropy: training asks each face to sit
+    # that much closer to its own class than to any other; evaluation stays plain argmax (RESULTS.md, CPU pilot)
+    "w5-wide-rk4x4-color4-m02": dict(W5_RK4X4, seed=0, width=160, augment_color=0.4, margin=0.2),
     # depth beside the ODE block: three residual blocks (edgenode.model.build_faceode_res), +18 % multiply-adds at
     # width 128 against width 160's +56 %; width 160 fitted the teacher's descriptors closer (cosine +0.03)
     "w5-res-rk4x4": dict(W5_RK4X4, seed=0, arch="faceode-res"),
