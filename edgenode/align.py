@@ -41,7 +41,8 @@ _DETECTOR_UPSAMPLE = 1  # as edgenode.teacher: a face of Pins' 128-px crops reac
 class AlignSpec:
     """How a picture becomes an aligned face chip; the chip side is the model's input size.
 
-    ``method`` "dlib-5pt": dlib's HOG frontal detector (upsample 1), the largest box (the whole picture when no
+    ``method`` "dlib-5pt": dlib's HOG frontal detector (upsample 1; a photo over 1,024 px is scanned at 2,048 px
+    without upsampling: ``teacher.HOG_MAX_SIDE``), the largest box (the whole picture when no
     face is found: Pins pictures are face crops already), dlib's 5-point shape predictor, and ``get_face_chip``
     with ``padding`` — the teacher's own recipe, at the student's resolution. "dlib-5pt+cnn": the same, but
     where HOG finds no face dlib's CNN detector (MMOD, scanning at most 256 px: ``teacher.bounded_detector``) is
@@ -83,7 +84,7 @@ class FaceAligner:
     """
 
     def __init__(self, size: int, spec: AlignSpec = AlignSpec()):
-        from edgenode.teacher import load_cnn_detector, model_files
+        from edgenode.teacher import load_cnn_detector, load_hog_detector, model_files
 
         if not is_whole_number(size) or size < 8:
             raise UsageError(f"face chip size={size!r} is not an integer of at least 8", "pass the model's input size")
@@ -98,7 +99,7 @@ class FaceAligner:
         except EdgenodeError as exc:
             raise type(exc)(f"aligning faces needs dlib's 5-point landmark model: {exc.message}",
                             ALIGN_INSTALL_HINT) from None
-        self.detector = self.dlib.get_frontal_face_detector()
+        self.detector = load_hog_detector(self.dlib)
         self.fallback = load_cnn_detector(dlib) if spec.cnn_fallback else None
         self.predictor = self.dlib.shape_predictor(str(predictor))
 

@@ -151,6 +151,20 @@ def load_cnn_detector(dlib):
     return bounded_detector(lambda img, upsample: [d.rect for d in cnn(img, upsample)], dlib.rectangle)
 
 
+HOG_MAX_SIDE = 2048
+"""The longer side, in pixels, at which the HOG detector scans a picture at most. A picture up to 1,024 px (every
+Pins picture, every face crop) is scanned exactly as asked, upsampled once. A 12-MP phone photo would be upsampled to
+48 MP: 12–15 s and 800 MiB on one core (``examples/large_photo_alignment.py``). It is scanned at 2,048 px instead,
+without upsampling (1.4–1.5 s and 360 MiB, the decoded photo included), and
+the smallest face found is then ~80 px of those, 4 % of the photo's longer side: a face classifier's picture is of
+one face, not a crowd. Landmarks and chip are still taken from the full-resolution picture."""
+
+
+def load_hog_detector(dlib):
+    """dlib's HOG frontal face detector as :func:`face_landmarks` calls it, scanning at most :data:`HOG_MAX_SIDE`."""
+    return bounded_detector(dlib.get_frontal_face_detector(), dlib.rectangle, HOG_MAX_SIDE)
+
+
 def bounded_detector(detect, rectangle, max_side: int = CNN_MAX_SIDE):
     """``detect`` on at most ``max_side`` px (longer side, after upsampling); boxes in the caller's coordinates.
 
@@ -234,7 +248,7 @@ class _Describer:
 
     def __init__(self, predictor: str, recognizer: str, cnn_fallback: bool = False):
         self.dlib = _import_dlib()
-        self.detector = self.dlib.get_frontal_face_detector()
+        self.detector = load_hog_detector(self.dlib)
         self.fallback = load_cnn_detector(self.dlib) if cnn_fallback else None
         self.predictor = self.dlib.shape_predictor(predictor)
         self.recognizer = self.dlib.face_recognition_model_v1(recognizer)

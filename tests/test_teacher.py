@@ -291,6 +291,34 @@ def test_aligner_and_teacher_use_the_cnn_fallback_only_when_their_method_says_so
     assert _Describer("p", "r", cnn_fallback=True)(str(path))[1] is True and module.described_from[-1] == (3, 4, 20, 22)
 
 
+def test_hog_scans_a_large_photo_at_a_bounded_size_and_a_face_crop_as_asked(fake_dlib, monkeypatch, tmp_path):
+    """A 12-MP phone photo upsampled once would be a 48-MP scan (12–15 s, 800 MiB): HOG sees 2,048 px instead, while
+    the landmarks and the chip still come from the full picture, in its coordinates."""
+    from edgenode.align import AlignSpec, FaceAligner
+    from edgenode.teacher import HOG_MAX_SIDE, _Describer
+
+    module, _ = fake_dlib
+    scans = []
+
+    class Hog:
+        def __call__(self, img, upsample):
+            scans.append((img.shape[:2], upsample))
+            h, w = img.shape[:2]
+            return [_Box(w // 4, h // 4, 3 * w // 4 - 1, 3 * h // 4 - 1)]
+
+    monkeypatch.setattr(module, "get_frontal_face_detector", Hog, raising=False)
+    aligner = FaceAligner(16, AlignSpec())
+    assert aligner(np.zeros((128, 100, 3), np.uint8))[1] is True
+    assert scans[-1] == ((128, 100), 1) and module.chips_from[-1] == (25, 32, 74, 95)  # a Pins crop: as before
+    assert aligner(np.zeros((4000, 3000, 3), np.uint8))[1] is True
+    assert scans[-1] == ((HOG_MAX_SIDE, 1536), 0) and module.chips_from[-1] == (750, 1000, 2249, 2999)
+    path = tmp_path / "photo.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((1200, 1000, 3), np.uint8)).save(path)  # 2,400 px upsampled: the teacher bounds it too
+    assert _Describer("p", "r")(str(path))[1] is True and scans[-1] == ((HOG_MAX_SIDE, 1707), 0)
+
+
 def test_descriptors_must_have_found_the_faces_as_the_chips_were_cut():
     from edgenode.align import AlignSpec
     from edgenode.align import METHOD_CNN_FALLBACK as ALIGN_CNN  # the alignment method, not the teacher's description
