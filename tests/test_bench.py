@@ -436,3 +436,24 @@ def test_a_fixed_step_baseline_solver_is_refused_on_the_command_line():
         assert "'trained'" in str(info.value) and "--sweep-steps" in str(info.value)
     assert parse_baseline_solver("dopri5", 1e-4) == SolverConfig("dopri5", rtol=1e-4, atol=1e-4)
     assert parse_baseline_solver("trained", None) is None
+
+
+@pytest.mark.parametrize("value, expected", [("1", 1), (" 3 ", 3), ("0", None), ("two", None), ("", None), ("2,1", None)])
+def test_threads_default_to_omp_num_threads_where_it_is_a_whole_number(monkeypatch, value, expected):
+    from edgenode.bench import machine
+
+    monkeypatch.setattr(machine, "physical_cores", lambda: 7)
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    assert machine.default_threads() == (expected or 7)
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert machine.default_threads() == 7
+
+
+def test_a_bench_without_threads_takes_omp_num_threads(trained_run, monkeypatch):
+    from edgenode.bench import api
+
+    monkeypatch.setattr(api, "physical_cores", lambda: 2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    config = {**TINY, "threads": None}
+    report = run_bench(BenchConfig(artifacts=(str(trained_run.best_checkpoint),), peak=False, **config))
+    assert report.machine["threads"] == 1

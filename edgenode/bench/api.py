@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from edgenode.bench.flops import ModelFlops, config_flops
-from edgenode.bench.machine import load_average, machine_info, physical_cores
+from edgenode.bench.machine import default_threads, load_average, machine_info, physical_cores
 from edgenode.bench.memory import PeakMemory, cuda_peak_bytes
 from edgenode.bench.peak import Peak, PeakConfig
 from edgenode.bench.report import BenchReport, BenchRow, plural, write_report
@@ -102,7 +102,7 @@ class BenchConfig:
     batch_sizes: tuple[int, ...] | str = (1, 64)
     warmup: int = 5
     repeats: int = 30
-    threads: int | None = None  # None: physical cores
+    threads: int | None = None  # None: OMP_NUM_THREADS where set, else physical cores
     providers: tuple[str, ...] | str = ("all",)
     baseline_solver: SolverConfig | None = None  # None: the reference's training solver
     sweep_steps: tuple[int, ...] | str = ()
@@ -153,7 +153,7 @@ class BenchConfig:
         if isinstance(self.sweep_opset, bool) or not isinstance(self.sweep_opset, int) or not 17 <= self.sweep_opset <= 20:
             raise UsageError(f"--opset {self.sweep_opset!r} is not supported", "use an opset from 17 to 20 (default 18)")
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1):
-            raise UsageError(f"--threads {self.threads!r} must be a positive whole number", "or leave it out: physical cores")
+            raise UsageError(f"--threads {self.threads!r} must be a positive whole number", "or leave it out: OMP_NUM_THREADS where set, else physical cores")
         if self.sweep_method is not None and self.sweep_method not in FIXED_STEP_METHODS:
             raise UsageError(f"--sweep-method {self.sweep_method!r} is not a fixed-step method",
                              f"choose one of {', '.join(FIXED_STEP_METHODS)}")
@@ -635,7 +635,7 @@ def run_bench(config: BenchConfig) -> BenchReport:
     ckpt = load_checkpoint(reference)
     entries = expand_artifacts(config.artifacts, reference)
     refuse_unusable(entries, ckpt.input_spec)
-    threads = config.threads or physical_cores()
+    threads = config.threads or default_threads()
     inputs = load_inputs(config, ckpt, reference)
     batches = {b: _batch(inputs.pool, b) for b in config.batch_sizes}
     flops: ModelFlops = config_flops(ckpt.model_config, ckpt.input_spec.image_size)
@@ -646,8 +646,9 @@ def run_bench(config: BenchConfig) -> BenchReport:
     load_at_start = load_average()
     if load_at_start is not None and load_at_start > physical_cores():
         notes.append(f"the machine was busy when the bench started (1-minute load average {load_at_start} on "
-                     f"{physical_cores()} cores): other processes compete for the cores, so absolute times are "
-                     "unreliable; ratios less so")
+                     f"{physical_cores()} cores): other processes compete for the cores, so times and ratios are "
+                     "unreliable (a runtime's threads wait for a busy core, each runtime differently); bench on an idle "
+                     "machine, or with --threads 1")
     if not baseline_solver.is_adaptive:
         whose = ("the checkpoint's fixed-step solver" if config.baseline_solver is None else "the fixed-step solver")
         notes.append(f"the baseline runs {whose} {baseline_solver.describe()} (not an adaptive one; pass "

@@ -46,7 +46,7 @@ def command(
     batch_sizes: Annotated[str, typer.Option(help="Batch sizes; latency at the smallest, throughput at the largest.")] = "1,64",
     repeats: Annotated[int, typer.Option(help="Timed calls per batch size.")] = 30,
     warmup: Annotated[int, typer.Option(help="Untimed calls per batch size first.")] = 5,
-    threads: Annotated[Optional[int], typer.Option(help="Intra-op threads for every runtime (default: physical cores).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Intra-op threads for every runtime (default: $OMP_NUM_THREADS where set, else physical cores).")] = None,
     providers: Annotated[str, typer.Option(help="ONNX Runtime providers: all (those present) or cpu,cuda,tensorrt.")] = "all",
     baseline_solver: Annotated[str, typer.Option(help="Baseline solver: 'trained' or an adaptive method (dopri5, bosh3, …).")] = "trained",
     baseline_tol: Annotated[Optional[float], typer.Option(help="rtol = atol of --baseline-solver (default 1e-3).")] = None,
