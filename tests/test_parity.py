@@ -252,14 +252,24 @@ def test_an_export_of_another_checkpoint_fails_unless_allowed(export_dir, traine
     artifact = copy_artifact(export_dir / EXPORT_FILES["fp32"], tmp_path / "exp")
     args = ["--reference", other, "--data", synthetic_root, "--reference-solver", "trained", "--no-attribution"]
 
+    # the only artifact is not the reference's: the wrong --reference, refused before any image is read or solved
     refused = invoke(artifact, *args, "--out", tmp_path / "p1")
-    assert refused.exit_code == 1 and "Traceback" not in refused.output
-    (line,) = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert refused.exit_code == 2 and "Traceback" not in refused.output
+    (line,) = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert (f"error: {other}: the artifact was not exported from this checkpoint (sha256 {other_sha[:12]}…) but from "
+            f"{source_sha[:12]}…") in line and "pass that checkpoint as --reference" in line
+    assert not (tmp_path / "p1").exists()
+
+    # beside an export of the reference, it fails on its own row, naming both checkpoints
+    ours = rewrite_onnx(artifact, tmp_path / "exp2" / "model-rk4x4-fp32.onnx", metadata_changes={"source_checkpoint_sha256": other_sha})
+    mixed = invoke(artifact, ours, *args, "--out", tmp_path / "p1")
+    assert mixed.exit_code == 1 and "Traceback" not in mixed.output
+    (line,) = [line for line in mixed.stderr.splitlines() if line.startswith("error:")]
     assert f"exported from checkpoint {source_sha[:12]}…, not from the reference best.pt ({other_sha[:12]}…)" in line
     assert "pass the checkpoint the artifacts were exported from as --reference, or --allow-other-reference" in line
-    row = json.loads((tmp_path / "p1" / "parity.json").read_text())["results"][0]
-    assert not row["passed"] and row["agreement"] == 1.0  # the numbers alone would have passed: same weights
-    assert row["failures"] == [row["other_checkpoint"]]
+    theirs, matching = json.loads((tmp_path / "p1" / "parity.json").read_text())["results"]
+    assert not theirs["passed"] and theirs["agreement"] == 1.0  # the numbers alone would have passed: same weights
+    assert theirs["failures"] == [theirs["other_checkpoint"]] and matching["passed"]
 
     allowed = invoke(artifact, *args, "--out", tmp_path / "p2", "--allow-other-reference")
     assert allowed.exit_code == 0, allowed.output

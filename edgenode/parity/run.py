@@ -132,6 +132,19 @@ def other_checkpoint(info: ArtifactInfo, reference: ArtifactInfo) -> str | None:
             f"{reference.path.name} ({reference.sha256[:12]}…)")
 
 
+def refuse_other_sources(infos: list[ArtifactInfo], reference: ArtifactInfo) -> None:
+    """Refuse, before an image is read or an ODE solved, a run where no artifact is an export of the reference
+    checkpoint: most likely the wrong ``--reference``. (Where some are, each of the others fails on its own row.)"""
+    sources = {info.source_checkpoint_sha256 for info in infos}
+    if not infos or reference.sha256 in sources:
+        return
+    what = "the artifact was not" if len(infos) == 1 else f"none of the {len(infos)} artifacts was"
+    raise UsageError(f"{reference.path}: {what} exported from this checkpoint (sha256 {reference.sha256[:12]}…) "
+                     f"but from {', '.join(f'{s[:12]}…' for s in sorted(sources))}",
+                     "pass that checkpoint as --reference (`sha256sum` names it), or --allow-other-reference to "
+                     "compare two models on purpose")
+
+
 def provenance(info: ArtifactInfo, reference: ArtifactInfo, allow_other: bool) -> tuple[list[str], str | None]:
     """(notes, failure) for where the artifact came from: an export of another checkpoint fails parity unless
     ``allow_other`` (then one ``warning:`` line and a note), so comparing the wrong pair is never silent."""
@@ -245,6 +258,8 @@ def _run_parity(config: ParityConfig, stack: contextlib.ExitStack) -> ParityRepo
     manifest_path, manifest = manifest_of_run(ref_info.path, ref_info.manifest_sha256, config.manifest)
     candidates = expand_artifacts(config.artifacts)
     loaded, skipped = load_candidates(candidates, ref_info, config.provider, stack)
+    if not config.allow_other_reference:
+        refuse_other_sources([predictor.metadata for predictor in loaded], ref_info)
     if mirror_of(loaded):  # compare like with like: the reference sees each picture with its mirror image too
         reference.close()
         reference = stack.enter_context(load_predictor(config.reference, provider=_torch_provider(config.provider),
