@@ -750,3 +750,31 @@ def test_only_photo_formats_are_decoded_whatever_the_name(tmp_path):
         load_resized(path, 8)
     Image.new("RGB", (6, 4), (200, 10, 10)).save(tmp_path / "saved-as.tif", format="TIFF")
     assert load_resized(tmp_path / "saved-as.tif", 8).shape == (8, 8, 3)
+
+
+def test_too_few_images_for_any_split_says_what_per_class_the_data_takes(tmp_path):
+    """The demo's 40 images per identity under the paper's 86: the hint gives the --per-class that would work."""
+    root = make_synthetic_faces(tmp_path / "d", n_classes=3, per_class=12, size=16, seed=0)
+    for extra in sorted((root / "images" / "Synthetic Person 00").iterdir())[:4]:  # one identity has 8 images
+        extra.unlink()
+    with pytest.warns(DataWarning), pytest.raises(DataError, match="at least 2 are needed") as refused:
+        build_manifest(root, SplitConfig(per_class=20, train=12, val=4, test=4, image_size=16), progress=False)
+    assert refused.value.hint.startswith("lower --per-class to 12 or less")
+    for extra in sorted((root / "images" / "Synthetic Person 01").iterdir())[:10]:  # now two of three have 8 or fewer
+        extra.unlink()
+    with pytest.warns(DataWarning), pytest.raises(DataError) as refused:
+        build_manifest(root, SplitConfig(per_class=20, train=12, val=4, test=4, image_size=16), progress=False)
+    assert refused.value.hint.startswith("lower --per-class to 8 or less")
+
+
+def test_a_data_folder_missing_some_of_the_manifests_files_says_so_not_that_they_changed(tmp_path, synthetic_root, synthetic_manifest):
+    """Another draw of a data set with the same identity names (the demo's, at another size) holds some of the files."""
+    other = tmp_path / "other"
+    shutil.copytree(synthetic_root, other)
+    gone = synthetic_manifest.files("val")[:3]
+    for name in gone:
+        (other / "images" / name).unlink()
+    with pytest.raises(DataError, match=r"3 of the manifest's \d+ val files are not in ") as info:
+        load_split_arrays(synthetic_manifest, other, "val")
+    assert repr(gone[0]) in str(info.value) and "pass the data folder the manifest" in str(info.value)
+    assert "can no longer be decoded" not in str(info.value)

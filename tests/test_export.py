@@ -2,6 +2,7 @@
 samples, --steps auto, the CLI, and every TensorRT path that can be tested without TensorRT."""
 
 import contextlib
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from edgenode.artifacts import read_sidecar, sha256_file, sidecar_path
@@ -309,6 +311,25 @@ def test_cli_exports_and_rejects_bad_arguments(run, tmp_path):
     assert bad.exit_code == 2 and len(lines) == 1, bad.output
     assert lines[0].startswith("error: --steps 100000 is out of range: an unrolled graph holds 1 to 256 steps (pass --steps 4")
     assert not big.exists()
+    # a checkpoint names the folder it was trained in, perhaps on another machine (the shipped ones: a GPU's /tmp)
+    moved = load_checkpoint(run.best_checkpoint)
+    moved.train_config = {**moved.train_config, "data": str(tmp_path / "gpu-machine" / "pins64")}
+    moved_path = save_checkpoint(tmp_path / "moved" / "best.pt", moved)
+    shutil.copy(Path(run.run_dir) / "manifest.json", moved_path.parent / "manifest.json")
+    bad = runner.invoke(app, ["export", str(moved_path), "--out", str(tmp_path / "x")])
+    lines = [line for line in bad.output.splitlines() if line.strip()]
+    assert bad.exit_code == 2 and len(lines) == 1, bad.output
+    assert f"was trained on {tmp_path / 'gpu-machine' / 'pins64'}, which is not here, and no --data was given" in lines[0]
+    assert "pass --data with this machine's copy" in lines[0]
+    # export takes a checkpoint, and its hints say so (not infer's "an .onnx file or a TensorRT .engine")
+    picture = tmp_path / "face.png"
+    Image.new("RGB", (8, 8)).save(picture)
+    for given, says in ((tmp_path / "nope.pt", "file not found (pass a .pt checkpoint)"),
+                        (tmp_path, "is a folder, not a model file (pass one file: a .pt checkpoint)"),
+                        (picture, "is an image, not a model (pass a .pt checkpoint)")):
+        bad = runner.invoke(app, ["export", str(given), "--out", str(tmp_path / "x")])
+        lines = [line for line in bad.output.splitlines() if line.strip()]
+        assert bad.exit_code == 2 and len(lines) == 1 and lines[0].endswith(says), bad.output
 
 
 def test_cli_without_tensorrt_says_how_to_get_it(run, tmp_path, monkeypatch):

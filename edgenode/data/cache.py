@@ -125,6 +125,10 @@ def _decode_split(manifest: Manifest, root: str | os.PathLike, split: str, worke
         raise DataError(f"{base} holds none of the manifest's {len(files)} {split} files (e.g. {files[0]!r}): it is "
                         "not the data folder this manifest was built from",
                         "pass the data folder the manifest (and the model) were made from")
+    if failed and all(reason == "file not found" for _, reason in failed):
+        raise DataError(f"{len(failed)} of the manifest's {len(files)} {split} files are not in {base} (e.g. "
+                        f"{failed[0][0]!r})", "pass the data folder the manifest (and the model) were made from; if it "
+                        "is that folder, its files were moved or deleted: restore them")
     if failed:
         listing = "; ".join(f"{f!r}: {reason}" for f, reason in failed[:5])
         more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""

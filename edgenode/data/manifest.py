@@ -318,12 +318,14 @@ def build_manifest(
     excluded: dict[str, str] = {}
     skipped: list[tuple[str, str]] = []
     kept: list[tuple[_Identity, list[int]]] = []
+    counts = []  # decodable images per identity: the hint says what --per-class the data could take
     for walk in walks:
         positions = sorted(walk.outcome)
         for p in positions:
             if isinstance(walk.outcome[p], ImageDecodeError):
                 skipped.append((walk.order[p], walk.outcome[p].reason))
         good = [p for p in positions if not isinstance(walk.outcome[p], ImageDecodeError)]
+        counts.append(len(good))
         if len(good) < config.per_class:
             excluded[walk.name] = (
                 "no image files" if not walk.order
@@ -334,10 +336,12 @@ def build_manifest(
     _report_excluded(excluded, config)
     _report_skipped(base, skipped)
     if len(kept) < 2:
+        fits = sorted(counts, reverse=True)[1] if len(counts) >= 2 else 0  # the most that two identities both have
         raise DataError(
             f"only {len(kept)} identit{'y' if len(kept) == 1 else 'ies'} in {base} "
             f"with {config.per_class} decodable images; at least 2 are needed",
-            "lower --per-class (and --train/--val/--test, which must fit in it) or add images",
+            (f"lower --per-class to {fits} or less, with train/val/test counts per identity that fit in it, or add images"
+             if fits >= 3 else "add images: each identity needs at least 3 (one per split)"),
         )
 
     splits, arrays, unused = _assign(kept, config)

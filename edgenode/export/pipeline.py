@@ -98,6 +98,9 @@ def load_inputs(config: ExportConfig) -> _Inputs:
     if not data:
         raise UsageError("no data folder to draw validation and calibration images from", "pass --data DIR")
     root = Path(data)
+    if not config.data and not root.is_dir():  # the folder it was trained in, perhaps on another machine
+        raise UsageError(f"{config.checkpoint} was trained on {root}, which is not here, and no --data was given",
+                         "pass --data with this machine's copy of that data set (the folder that holds images/)")
     images, labels = edata.load_scored_split(manifest, manifest_path, root, "val", ckpt.input_spec)
     return _Inputs(ckpt, manifest, manifest_path, root, edata.normalize(images, manifest.mean, manifest.std).float(), labels)
 

@@ -50,13 +50,25 @@ def _extension_kind(path: Path) -> str | None:
     return None
 
 
-def detect_kind(path: str | os.PathLike) -> str:
-    """``checkpoint``, ``onnx`` or ``engine`` from content (and the name, for engines); ArtifactError otherwise."""
+ANY_KIND = ("checkpoint", "onnx", "engine")
+_KIND_FILES = {"checkpoint": "a .pt checkpoint", "onnx": "an .onnx file", "engine": "a TensorRT .engine"}
+
+
+def _pass(allowed: tuple[str, ...], prefix: str = "") -> str:
+    """The hint: what the caller takes, e.g. "pass a .pt checkpoint, an .onnx file or a TensorRT .engine"."""
+    words = [_KIND_FILES[k] for k in allowed]
+    return f"pass {prefix}" + (words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}")
+
+
+def detect_kind(path: str | os.PathLike, allowed: tuple[str, ...] = ANY_KIND) -> str:
+    """``checkpoint``, ``onnx`` or ``engine`` from content (and the name, for engines); ArtifactError otherwise.
+
+    ``allowed``: the kinds the caller takes, which its hints name (``export`` takes a checkpoint only)."""
     path = Path(path)
     if not path.exists():
-        raise ArtifactPathError(f"{path}: file not found", "pass a .pt checkpoint, an .onnx file or a TensorRT .engine")
+        raise ArtifactPathError(f"{path}: file not found", _pass(allowed))
     if path.is_dir():
-        raise ArtifactPathError(f"{path}: is a folder, not a model file", "pass one .pt, .onnx or .engine file")
+        raise ArtifactPathError(f"{path}: is a folder, not a model file", _pass(allowed, "one file: "))
     with open(path, "rb") as handle:
         head = handle.read(64)
     by_name = _extension_kind(path)
@@ -68,11 +80,11 @@ def detect_kind(path: str | os.PathLike) -> str:
         raise ArtifactPathError(f"{path}: is {what}, not a model", "pass the model file itself, not its .json")
     if by_content == "image":
         raise ArtifactPathError(f"{path}: is an image, not a model",
-                                "pass a .pt checkpoint, an .onnx file or a TensorRT .engine; images come after it")
+                                _pass(allowed) + ("; images come after it" if allowed == ANY_KIND else ""))
     if by_content == "text" and head.startswith(b"version https://git-lfs"):  # a clone without git-lfs
         raise ArtifactError(f"{path}: is a Git LFS pointer, not the model it stands for", "fetch the file: git lfs pull")
     if by_content == "text":
-        raise ArtifactError(f"{path}: is a text file, not a model", "pass a .pt checkpoint, an .onnx file or a TensorRT .engine")
+        raise ArtifactError(f"{path}: is a text file, not a model", _pass(allowed))
     if by_name == "engine":
         if by_content in ("checkpoint", "onnx"):
             raise ArtifactError(f"{path}: is named like a TensorRT engine but is {KIND_WORDS[by_content]}",
@@ -84,13 +96,12 @@ def detect_kind(path: str | os.PathLike) -> str:
             raise ArtifactError(f"{path}: is named like {KIND_WORDS[by_name]} but is {KIND_WORDS[by_content]}",
                                 "rename it to match what it is")
         return by_content
-    raise ArtifactError(f"{path}: unrecognised file (not a checkpoint, ONNX model or TensorRT engine)",
-                        "pass a .pt checkpoint, an .onnx file or a TensorRT .engine")
+    raise ArtifactError(f"{path}: unrecognised file (not a checkpoint, ONNX model or TensorRT engine)", _pass(allowed))
 
 
 def expect_kind(path: str | os.PathLike, allowed: tuple[str, ...], role: str) -> str:
     """:func:`detect_kind`, refusing kinds this ``role`` (e.g. ``--reference``) cannot use, in one line."""
-    kind = detect_kind(path)
+    kind = detect_kind(path, allowed)
     if kind not in allowed:
         wanted = " or ".join(KIND_WORDS[k] for k in allowed)
         raise ArtifactPathError(f"{path}: is {KIND_WORDS[kind]}, but {role} needs {wanted}")
