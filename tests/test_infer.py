@@ -109,3 +109,11 @@ def test_wrong_artifact_and_no_images_are_refused(fp32_onnx, tmp_path, photo_fol
     empty.mkdir()
     result = invoke("infer", fp32_onnx, empty)
     assert result.exit_code == 2 and "no image files found" in result.stderr
+
+
+def test_pre_aligned_for_a_model_of_plain_crops_is_refused_not_ignored(fp32_onnx, photo_folder):
+    picture = next(photo_folder.rglob("*.png"))
+    result = invoke("infer", fp32_onnx, picture, "--pre-aligned")
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert lines[0].startswith(f"error: --pre-aligned: {fp32_onnx} was trained on plain face crops") and "drop --pre-aligned" in lines[0]
