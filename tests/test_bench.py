@@ -438,7 +438,7 @@ def test_a_fixed_step_baseline_solver_is_refused_on_the_command_line():
     assert parse_baseline_solver("trained", None) is None
 
 
-@pytest.mark.parametrize("value, expected", [("1", 1), (" 3 ", 3), ("0", None), ("two", None), ("", None), ("2,1", None)])
+@pytest.mark.parametrize("value, expected", [("1", 1), (" 3 ", 3), ("0", None), ("two", None), ("", None), ("2,1", 2), ("²", None)])
 def test_threads_default_to_omp_num_threads_where_it_is_a_whole_number(monkeypatch, value, expected):
     from edgenode.bench import machine
 

@@ -256,7 +256,7 @@ def test_an_export_of_another_checkpoint_fails_unless_allowed(export_dir, traine
     refused = invoke(artifact, *args, "--out", tmp_path / "p1")
     assert refused.exit_code == 2 and "Traceback" not in refused.output
     (line,) = [line for line in refused.stderr.splitlines() if line.strip()]
-    assert (f"error: {other}: the artifact was not exported from this checkpoint (sha256 {other_sha[:12]}…) but from "
+    assert (f"error: {other}: {artifact.name} was not exported from this checkpoint (sha256 {other_sha[:12]}…) but from "
             f"{source_sha[:12]}…") in line and "pass that checkpoint as --reference" in line
     assert not (tmp_path / "p1").exists()
 
@@ -408,3 +408,18 @@ def test_run_logits_names_a_runtime_error_and_times_without_the_warm_up_batch():
         run_logits(Fake([], fail=True), x, batch_size=4)
     assert str(info.value).startswith("model.onnx: failed on onnxruntime cpu (RuntimeError: [ONNXRuntimeError] : 6")
     assert "\n" not in str(info.value) and "edgenode verify" in str(info.value)
+
+
+def test_the_early_refusal_waits_for_the_rows_when_a_skipped_engine_may_be_the_references():
+    from types import SimpleNamespace
+
+    from edgenode.parity.run import refuse_other_sources
+
+    reference = SimpleNamespace(path=Path("run/best.pt"), sha256="a" * 64)
+    foreign = [SimpleNamespace(path=Path(f"exp/m{i}.onnx"), source_checkpoint_sha256="b" * 64) for i in range(4)]
+    with pytest.raises(UsageError, match=r"none of the 4 artifacts \(m0.onnx, m1.onnx, m2.onnx, …\) was exported from this checkpoint") as refused:
+        refuse_other_sources(foreign, reference)
+    assert "but from bbbbbbbbbbbb…" in refused.value.message
+    refuse_other_sources(foreign, reference, skipped=1)  # an engine that cannot run here may be the reference's export
+    refuse_other_sources([*foreign, SimpleNamespace(path=Path("exp/ours.onnx"), source_checkpoint_sha256="a" * 64)], reference)
+    refuse_other_sources([], reference)

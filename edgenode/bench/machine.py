@@ -1,7 +1,7 @@
 """What machine the numbers were measured on, and how many threads to give the runtimes.
 
-Intra-op threads default to the number of *physical* cores this process may run on: that is ONNX Runtime's
-own default, and hyper-threads share one core's vector units, so more threads than cores adds contention,
+Intra-op threads default to ``OMP_NUM_THREADS`` where it is set, else to the number of *physical* cores this
+process may run on: that is ONNX Runtime's own default, and hyper-threads share one core's vector units, so more threads than cores adds contention,
 not FLOPs. Every runtime in a bench (ONNX Runtime sessions, torch, the peak kernels) gets the same number,
 so rows and the peak are measured on equal terms.
 """
@@ -40,14 +40,14 @@ def physical_cores() -> int:
 
 
 def default_threads() -> int:
-    """``OMP_NUM_THREADS`` where it is set to a whole number (the user's word on how many cores this job may take),
-    else the physical cores.
+    """``OMP_NUM_THREADS`` where it is set to a whole number (the user's word on how many cores this job may take;
+    of a nested list such as ``2,1``, the first), else the physical cores.
 
     A runtime given more threads than it gets cores waits on its own threads: on a 2-core machine running two
     training jobs, a batch-1 torch call of the demo's model took 0.1 to 1.8 s with 2 threads and 50 to 65 ms with
     one, so a bench that ignored the variable reported speed-ups over that baseline of 1,000x."""
-    value = os.environ.get("OMP_NUM_THREADS", "").strip()
-    return int(value) if value.isdigit() and int(value) > 0 else physical_cores()
+    value = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()  # OpenMP's "2,1": 2 at the top level
+    return int(value) if value.isascii() and value.isdigit() and int(value) > 0 else physical_cores()
 
 
 def cpu_model() -> str:

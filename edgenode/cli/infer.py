@@ -44,9 +44,6 @@ def command(
     if not files:
         raise UsageError(f"no image files found in {', '.join(map(str, paths))}", "pass image files or folders of .jpg/.png/.webp")
     with load_predictor(artifact, provider=provider, mirror_average=True if mirror_average else None) as predictor:
-        if pre_aligned and predictor.metadata.input.align is None:  # the flag would be ignored without a word
-            raise UsageError(f"--pre-aligned: {artifact} was trained on plain face crops, not aligned chips",
-                             "drop --pre-aligned: this model resizes each picture as it is")
         console.print(f"{predictor.describe()}; provider {predictor.provider}; {len(files)} image(s)", markup=False)
         failed = n = 0
         for item in predictor.predict_files(files, batch_size=batch_size, k=top_k, workers=workers or None, pre_aligned=pre_aligned):

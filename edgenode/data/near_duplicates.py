@@ -184,7 +184,7 @@ def read_near_duplicates(path: str | os.PathLike) -> list[NearDuplicate]:
         raise DataPathError(f"{path}: {'is a folder, not a file' if path.is_dir() else 'file not found'}",
                             "pass the near_duplicates.tsv of the data set")
     fix = ("pass the data set's own near_duplicates.tsv (tab-separated file_a, file_b, hamming, with that header), "
-           "or one written by edgenode.data.write_near_duplicates")
+           "or one written by edgenode.data.near_duplicates.write_near_duplicates")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:

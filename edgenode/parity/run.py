@@ -132,13 +132,15 @@ def other_checkpoint(info: ArtifactInfo, reference: ArtifactInfo) -> str | None:
             f"{reference.path.name} ({reference.sha256[:12]}…)")
 
 
-def refuse_other_sources(infos: list[ArtifactInfo], reference: ArtifactInfo) -> None:
+def refuse_other_sources(infos: list[ArtifactInfo], reference: ArtifactInfo, skipped: int = 0) -> None:
     """Refuse, before an image is read or an ODE solved, a run where no artifact is an export of the reference
-    checkpoint: most likely the wrong ``--reference``. (Where some are, each of the others fails on its own row.)"""
+    checkpoint: most likely the wrong ``--reference``. (Where some are, each of the others fails on its own row;
+    so does every one when files were ``skipped``: an engine that cannot run here may be the reference's.)"""
     sources = {info.source_checkpoint_sha256 for info in infos}
-    if not infos or reference.sha256 in sources:
+    if not infos or skipped or reference.sha256 in sources:
         return
-    what = "the artifact was not" if len(infos) == 1 else f"none of the {len(infos)} artifacts was"
+    names = ", ".join(info.path.name for info in infos[:3]) + (", …" if len(infos) > 3 else "")
+    what = f"{names} was not" if len(infos) == 1 else f"none of the {len(infos)} artifacts ({names}) was"
     raise UsageError(f"{reference.path}: {what} exported from this checkpoint (sha256 {reference.sha256[:12]}…) "
                      f"but from {', '.join(f'{s[:12]}…' for s in sorted(sources))}",
                      "pass that checkpoint as --reference (`sha256sum` names it), or --allow-other-reference to "
@@ -199,7 +201,8 @@ def load_candidates(candidates: list[tuple[Path, bool]], reference: ArtifactInfo
                     stack: contextlib.ExitStack) -> tuple[list[Predictor], list[tuple[str, str]]]:
     """Open every artifact and check it against the reference *before* any expensive solve, so a tampered
     or mismatched file fails in a second. Engines from a folder that cannot run here are skipped.
-    (Another source checkpoint is judged later, by :func:`provenance`, so the numbers are still reported.)
+    (Another source checkpoint beside an export of the reference is judged later, by :func:`provenance`, so its
+    numbers are still reported; :func:`refuse_other_sources` stops a run where every artifact has another.)
     Each one is closed by ``stack``, also when a later one fails: an engine holds GPU memory."""
     loaded, skipped = [], []
     for path, from_folder in candidates:
@@ -259,7 +262,7 @@ def _run_parity(config: ParityConfig, stack: contextlib.ExitStack) -> ParityRepo
     candidates = expand_artifacts(config.artifacts)
     loaded, skipped = load_candidates(candidates, ref_info, config.provider, stack)
     if not config.allow_other_reference:
-        refuse_other_sources([predictor.metadata for predictor in loaded], ref_info)
+        refuse_other_sources([predictor.metadata for predictor in loaded], ref_info, len(skipped))
     if mirror_of(loaded):  # compare like with like: the reference sees each picture with its mirror image too
         reference.close()
         reference = stack.enter_context(load_predictor(config.reference, provider=_torch_provider(config.provider),

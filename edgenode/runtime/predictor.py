@@ -130,8 +130,12 @@ class Predictor:
         return batch
 
     def _check_aligner(self, pre_aligned: bool) -> None:
-        """Fail once, in the caller's thread, when this model needs the aligner and it is not installed."""
+        """Fail once, in the caller's thread, when this model needs the aligner and it is not installed, or when
+        ``pre_aligned`` is said of a model that aligns nothing (the flag would be ignored without a word)."""
         spec = self.metadata.input
+        if pre_aligned and spec.align is None:
+            raise UsageError(f"--pre-aligned: {self.metadata.path} was trained on plain face crops, not aligned chips",
+                             "drop --pre-aligned: this model resizes each picture as it is")
         if spec.align is not None and not pre_aligned:
             from edgenode.align import thread_aligner
 
