@@ -770,9 +770,10 @@ def test_fp16_overflow_fails_parity_naming_the_first_layer(overflow, trained_run
 
     fp32 = overflow[1] / "model-rk4x2-fp32.onnx"
     fp16 = _rewrite(fp32, tmp_path / "model-rk4x2-fp16.onnx", proto=convert_to_fp16(onnx.load(str(fp32))), precision="fp16")
-    result = invoke("parity", fp16, "--reference", trained_run.best_checkpoint, "--data", synthetic_root,
+    result = invoke("parity", fp16, "--reference", overflow[0] / "best.pt", "--data", synthetic_root,  # its own checkpoint
                     "--out", tmp_path / "p", "--no-attribution")
     line = assert_one_line_error(result, 1, "1 of 1 artifact(s) fail parity")
+    assert "not from the reference" not in line  # the overflow alone fails it
     assert "images give inf/NaN logits; it starts at node " + repr(_first_conv(fp32)) + " (Conv" in line
 
 
