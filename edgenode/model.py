@@ -267,7 +267,8 @@ class CosineClassifier(nn.Module):
 
         The loss then asks every picture to be ``margin`` closer in angle to its own class than to any other,
         which packs each identity tighter than plain cross-entropy does. Evaluation and every exported graph
-        use the plain logits (no label enters them).
+        use the plain logits (no label enters them). The scale stays learned, as without a margin, and a margin
+        pulls it down (CosFace fixes it): RESULTS.md measured 9.5 against 15.3 in a CPU pilot.
         """
         if not margin:
             return logits

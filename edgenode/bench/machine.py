@@ -1,8 +1,8 @@
 """What machine the numbers were measured on, and how many threads to give the runtimes.
 
 Intra-op threads default to ``OMP_NUM_THREADS`` where it is set, else to the number of *physical* cores this
-process may run on: that is ONNX Runtime's own default, and hyper-threads share one core's vector units, so more threads than cores adds contention,
-not FLOPs. Every runtime in a bench (ONNX Runtime sessions, torch, the peak kernels) gets the same number,
+process may run on: that is ONNX Runtime's own default, and hyper-threads share one core's vector units, so more
+threads than cores adds contention, not FLOPs. Every runtime in a bench (ONNX Runtime sessions, torch, the peak kernels) gets the same number,
 so rows and the peak are measured on equal terms.
 """
 
