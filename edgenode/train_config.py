@@ -93,11 +93,7 @@ class TrainConfig:
             raise UsageError(f"--margin must be a cosine margin in [0, 1), got {self.margin}",
                              "pass e.g. 0.2 (CosFace uses 0.35 at scale 64), or 0 for none")
         if self.margin:
-            from edgenode.distill import DISTILLABLE_PRESETS
-
-            if self.arch not in DISTILLABLE_PRESETS:
-                raise UsageError(f"--margin: the {self.arch!r} preset has no cosine classifier to put a margin into",
-                                 f"use --arch {' or '.join(DISTILLABLE_PRESETS)}, or drop --margin")
+            self._require_cosine_head("--margin", "no cosine classifier to put a margin into", ", or drop --margin")
             if not self.label_weight:
                 raise UsageError("--margin sets the labels' cross-entropy, which --label-weight 0 switches off",
                                  "drop --margin or keep the labels' weight")
@@ -107,11 +103,7 @@ class TrainConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}",
                                  "pass 0 to switch the term off, or a positive weight")
         if self.teacher:
-            from edgenode.distill import DISTILLABLE_PRESETS
-
-            if self.arch not in DISTILLABLE_PRESETS:
-                raise UsageError(f"--teacher: the {self.arch!r} preset has no embedding head to distil into",
-                                 f"use --arch {' or '.join(DISTILLABLE_PRESETS)}")
+            self._require_cosine_head("--teacher", "no embedding head to distil into")
         if not self.label_weight and not (self.teacher and (self.distill_weight or self.kd_weight)):
             raise UsageError("--label-weight 0 leaves nothing to learn from: no teacher, or its weights are 0 too",
                              "pass --teacher teacher.npz with --distill-weight or --kd-weight above 0, or keep the labels' weight")
@@ -140,6 +132,14 @@ class TrainConfig:
             raise UsageError(f"--stop-after {self.stop_after}: must be an epoch of the schedule, 1 to --epochs {self.epochs}",
                              "e.g. --epochs 200 --stop-after 120 now, then the same command with --resume instead of --stop-after")
         self.model_config(num_classes=2)  # fail on a bad preset or solver now, not after reading the data
+
+    def _require_cosine_head(self, option: str, lacks: str, alternative: str = "") -> None:
+        """Refuse ``option`` for a preset without the embedding → cosine-classifier head it works on."""
+        from edgenode.distill import DISTILLABLE_PRESETS
+
+        if self.arch not in DISTILLABLE_PRESETS:
+            raise UsageError(f"{option}: the {self.arch!r} preset has {lacks}",
+                             f"use --arch {' or '.join(DISTILLABLE_PRESETS)}{alternative}")
 
     def model_config(self, num_classes: int) -> ModelConfig:
         base = preset_config(self.arch, num_classes, width=self.width, dropout=self.dropout)

@@ -121,11 +121,12 @@ def _decode_split(manifest: Manifest, root: str | os.PathLike, split: str, worke
     size = manifest.config.image_size
     results = decode.decode_many([base / f for f in files], size, workers)
     failed = [(f, r.reason) for f, r in zip(files, results) if isinstance(r, ImageDecodeError)]
-    if files and len(failed) == len(files) and all(reason == "file not found" for _, reason in failed):
+    only_missing = bool(failed) and all(reason == "file not found" for _, reason in failed)
+    if only_missing and len(failed) == len(files):
         raise DataError(f"{base} holds none of the manifest's {len(files)} {split} files (e.g. {files[0]!r}): it is "
                         "not the data folder this manifest was built from",
                         "pass the data folder the manifest (and the model) were made from")
-    if failed and all(reason == "file not found" for _, reason in failed):
+    if only_missing:
         raise DataError(f"{len(failed)} of the manifest's {len(files)} {split} files are not in {base} (e.g. "
                         f"{failed[0][0]!r})", "pass the data folder the manifest (and the model) were made from; if it "
                         "is that folder, its files were moved or deleted: restore them")
