@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from edgenode.artifacts import atomic_write_bytes
-from edgenode.errors import ArtifactError, DataError, EdgenodeError, UsageError, is_whole_number
+from edgenode.errors import ArtifactError, DataError, EdgenodeError, MissingDependencyError, UsageError, is_whole_number
 
 ALIGN_FILE = "alignment.json"
 METHOD = "dlib-5pt"
@@ -92,7 +92,7 @@ class FaceAligner:
         try:
             import dlib
         except ImportError:
-            raise UsageError("aligning faces needs dlib, which is not installed", ALIGN_INSTALL_HINT) from None
+            raise MissingDependencyError("aligning faces needs dlib, which is not installed", ALIGN_INSTALL_HINT) from None
         self.dlib = dlib
         try:
             predictor = model_files()[0]

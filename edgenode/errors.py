@@ -6,7 +6,7 @@ The CLI turns an :class:`EdgenodeError` into one line on stderr and exit code 1 
 Exit 2 means "the command line is wrong": a bad value, a path that does not exist, or a file of the wrong
 kind for its argument (a checkpoint where an ONNX file is expected, an image where a model is expected).
 Exit 1 means "the command line is right but the thing it names is not usable": a damaged, tampered or
-mismatched file, undecodable data, a numeric or parity failure.
+mismatched file, undecodable data, a numeric or parity failure, or an optional extra this machine lacks.
 """
 
 from __future__ import annotations
@@ -66,6 +66,11 @@ class DataPathError(PathArgumentError, DataError):
 
 class NumericError(EdgenodeError):
     """A model produced inf/NaN or saturated outputs."""
+
+
+class MissingDependencyError(EdgenodeError):
+    """An optional extra the command needs is not installed here (dlib, ONNX Runtime, TensorRT): exit 1, as for any
+    command line that is right but asks for what this machine cannot provide; the hint says what to install."""
 
 
 class ParityError(EdgenodeError):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgenode.artifacts import KIND_WORDS, atomic_path, file_kind
-from edgenode.errors import ArtifactError, ArtifactPathError, DataError, ImageDecodeError, UsageError
+from edgenode.errors import ArtifactError, ArtifactPathError, DataError, ImageDecodeError, MissingDependencyError, UsageError
 
 PROVENANCE_KEYS = ("dlib_version", "model", "method")
 _NOT_TEACHER = ("onnx", "engine", "image", "json")  # kinds named in one line (exit 2) before np.load could misread them
@@ -106,7 +106,7 @@ def _import_dlib():
     try:
         import dlib
     except ImportError:
-        raise UsageError("dlib is not installed: computing teacher descriptors needs it", INSTALL_HINT) from None
+        raise MissingDependencyError("dlib is not installed: computing teacher descriptors needs it", INSTALL_HINT) from None
     return dlib
 
 
@@ -120,7 +120,7 @@ def model_files() -> tuple[Path, Path]:
 
     spec = importlib.util.find_spec(_MODELS_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise UsageError("face-recognition-models is not installed: computing teacher descriptors needs its "
+        raise MissingDependencyError("face-recognition-models is not installed: computing teacher descriptors needs its "
                          "dlib model files", INSTALL_HINT)
     folder = Path(next(iter(spec.submodule_search_locations))) / "models"
     paths = (folder / _PREDICTOR_FILE, folder / _RECOGNIZER_FILE)

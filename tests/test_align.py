@@ -20,7 +20,7 @@ from edgenode.align import ALIGN_FILE, AlignSpec, check_data_alignment, read_ali
 from edgenode.checkpoint import InputSpec, load_checkpoint
 from edgenode.data import SplitConfig, load_resized, normalize_array
 from edgenode.data.decode import load_rgb
-from edgenode.errors import ArtifactError, DataError, DataPathError, UsageError
+from edgenode.errors import ArtifactError, DataError, DataPathError, MissingDependencyError, UsageError
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.25, 0.25)
 SYNTHETIC_SPLIT = SplitConfig(per_class=24, train=16, val=4, test=4, image_size=64, seed=0)  # as conftest
@@ -288,7 +288,7 @@ def test_aligned_model_without_dlib_fails_in_one_line(aligned_run, monkeypatch):
     monkeypatch.setattr(align, "_LOCAL", align.threading.local())  # no aligner cached by an earlier test
     predictor = load_predictor(ckpt_path)
     files = sorted(data.glob("images/*/*.png"))[:2]
-    with pytest.raises(UsageError) as exc:
+    with pytest.raises(MissingDependencyError) as exc:
         list(predictor.predict_files(files))
     one_line(exc, "needs dlib", "edgenode[align]", "--pre-aligned")
     assert len(predictor.predict(files, pre_aligned=True)) == 2  # chips aligned elsewhere need no dlib
@@ -372,7 +372,7 @@ def test_align_cli_without_dlib_fails_in_one_line_and_writes_nothing(monkeypatch
 
     monkeypatch.setitem(sys.modules, "dlib", None)
     result = CliRunner().invoke(app, ["align", str(synthetic_root), "--out", str(tmp_path / "copy")])
-    assert result.exit_code == 2 and "edgenode[align]" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 1 and "edgenode[align]" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "copy").exists()
 
 

@@ -1076,6 +1076,29 @@ def test_parser_errors_exit_2_without_traceback(argument_paths, args):
     assert "Usage: " in result.output
 
 
+def test_help_at_80_columns_names_every_option_and_command_in_full():
+    """`--help` in an 80-column terminal: every option of every command is spelled in full (rich's table had cut
+    `--int8-min-agreement` and `--allow-other-reference` to fit), a help text's "[default: …]" survives (rich read
+    it as markup), every command's summary is whole in `edgenode --help`, and no line is wider than the terminal."""
+    import typer
+
+    group = typer.main.get_command(app)
+    top = CliRunner().invoke(app, ["--help"], terminal_width=80)
+    assert top.exit_code == 0
+    flat = " ".join(top.output.split())
+    for name, command in group.commands.items():
+        assert f"{name} {' '.join(command.help.split())}" in flat, name
+        result = CliRunner().invoke(app, [name, "--help"], terminal_width=80)
+        assert result.exit_code == 0, result.output
+        assert max(map(len, result.output.splitlines())) <= 80, name
+        words = set(result.output.replace(",", " ").split())
+        for param in command.params:
+            for option in [*param.opts, *param.secondary_opts]:
+                if option.startswith("-"):
+                    assert option in words, f"{name} {option}"
+    assert "[default: 1e-6]" in CliRunner().invoke(app, ["parity", "--help"], terminal_width=80).output
+
+
 @pytest.mark.parametrize(("args", "line"), [
     (["train", "--bogus"], "error: No such option: --bogus"),
     (["train"], "error: Missing argument 'data'. (see `edgenode train --help`)"),

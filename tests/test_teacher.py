@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from edgenode.cli.app import app
 from edgenode.data import make_synthetic_faces
-from edgenode.errors import ArtifactError, ArtifactPathError, DataError, UsageError
+from edgenode.errors import ArtifactError, ArtifactPathError, DataError, MissingDependencyError, UsageError
 from edgenode.teacher import (
     METHOD,
     METHOD_CNN_FALLBACK,
@@ -346,17 +346,17 @@ def test_missing_dlib_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "dlib", None)  # makes `import dlib` raise ImportError
     root = tmp_path / "images" / "A"
     root.mkdir(parents=True)
-    with pytest.raises(UsageError) as exc:
+    with pytest.raises(MissingDependencyError) as exc:
         compute_descriptors(tmp_path, ["A/a.jpg"], progress=False)
     one_line(exc, "dlib is not installed", 'pip install "edgenode[teacher]"')
     result = CliRunner().invoke(app, ["teacher", str(tmp_path), "--out", str(tmp_path / "t.npz")])
-    assert result.exit_code == 2 and 'edgenode[teacher]' in result.output and "Traceback" not in result.output
+    assert result.exit_code == 1 and 'edgenode[teacher]' in result.output and "Traceback" not in result.output
     assert not (tmp_path / "t.npz").exists()
 
 
 def test_missing_model_package_names_the_extra(monkeypatch):
     monkeypatch.setattr("edgenode.teacher._MODELS_PACKAGE", "no_such_face_models_package")
-    with pytest.raises(UsageError) as exc:
+    with pytest.raises(MissingDependencyError) as exc:
         model_files()
     one_line(exc, "face-recognition-models is not installed", 'pip install "edgenode[teacher]"')
 

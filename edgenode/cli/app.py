@@ -12,6 +12,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # click's plain help: rich's option table cut long option names at 80 columns ("--int8-min-agreeme…") and read
+    # "[default: …]" in a help text as markup and dropped it; plain text wraps instead, and pipes and logs keep it
+    rich_markup_mode=None,
 )
 
 for name, module in [
@@ -29,7 +32,9 @@ for name, module in [
     ("teacher-views", teacher_views),
     ("align", align),
 ]:
-    app.command(name, help=(module.command.__doc__ or "").strip().splitlines()[0])(module.command)
+    summary = (module.command.__doc__ or "").strip().splitlines()[0]
+    # short_help: `edgenode --help` wraps the whole line instead of cutting it at the terminal's width
+    app.command(name, help=summary, short_help=summary)(module.command)
 
 
 INTERRUPTED = "error: interrupted (what was written stays whole; a training run continues with --resume)"

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edgenode.artifacts import atomic_path, atomic_write_bytes, write_sidecar
-from edgenode.errors import ArtifactError, EdgenodeError, UsageError, first_line, is_whole_number
+from edgenode.errors import ArtifactError, MissingDependencyError, UsageError, first_line, is_whole_number
 from edgenode.export.metadata import ArtifactMetadata
 from edgenode.export.onnx_export import INPUT_NAME
 
@@ -33,7 +33,7 @@ ENGINE_SUFFIX = ".engine"
 TIMING_CACHE_NAME = "tensorrt-timing.cache"
 
 
-class TensorRTUnavailable(EdgenodeError):
+class TensorRTUnavailable(MissingDependencyError):
     """The ``tensorrt`` Python package cannot be imported here."""
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import platform
 from typing import Sequence
 
-from edgenode.errors import EdgenodeError, UsageError
+from edgenode.errors import MissingDependencyError, UsageError
 
 PROVIDER_NAMES = {
     "tensorrt": "TensorrtExecutionProvider",
@@ -26,7 +26,7 @@ AUTO_ORDER = ("tensorrt", "cuda", "cpu")
 CHOICES = ("auto", *AUTO_ORDER)
 
 
-class ProviderUnavailableError(EdgenodeError):
+class ProviderUnavailableError(MissingDependencyError):
     """The execution provider (or runtime) asked for is not installed on this machine."""
 
 
