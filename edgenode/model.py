@@ -259,7 +259,10 @@ class CosineClassifier(nn.Module):
         self.log_scale = nn.Parameter(torch.tensor(math.log(scale)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return unit_rows(x) @ unit_rows(self.weight).t() * self.log_scale.exp()
+        return self.cosines(x) * self.log_scale.exp()
+
+    def cosines(self, x: torch.Tensor) -> torch.Tensor:
+        return unit_rows(x) @ unit_rows(self.weight).t()
 
     def with_margin(self, logits: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
         """CosFace's additive margin, for training's cross-entropy only: scale · (cos − margin) for each row's
@@ -268,12 +271,23 @@ class CosineClassifier(nn.Module):
         The loss then asks every picture to be ``margin`` closer in angle to its own class than to any other,
         which packs each identity tighter than plain cross-entropy does. Evaluation and every exported graph
         use the plain logits (no label enters them). The scale stays learned, as without a margin, and a margin
-        pulls it down (CosFace fixes it): RESULTS.md measured 9.5 against 15.3 in a CPU pilot.
+        pulls it down (RESULTS.md measured 9.5 against 15.3 in a CPU pilot): :meth:`fixed_scale_margin` fixes it.
         """
         if not margin:
             return logits
         penalty = nn.functional.one_hot(labels, logits.shape[1]).to(logits.dtype) * (margin * self.log_scale.exp())
         return logits - penalty
+
+    def fixed_scale_margin(self, features: torch.Tensor, labels: torch.Tensor, margin: float, scale: float) -> torch.Tensor:
+        """CosFace as its paper writes it, at a fixed ``scale``: scale · (cos − margin · [true class]).
+
+        Computed from the features, not from the logits, so that the learned scale gets no gradient from this
+        loss at all (dividing it out of the logits would leave rounding residue, which Adam's normalised step
+        turns into full-size steps). The learned scale then serves only the plain logits: the teacher's KL term,
+        and nothing argmax sees.
+        """
+        cos = self.cosines(features)
+        return scale * (cos - nn.functional.one_hot(labels, cos.shape[1]).to(cos.dtype) * margin)
 
 
 def unit_rows(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

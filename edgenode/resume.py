@@ -71,8 +71,8 @@ def weight_average(config: TrainConfig, model: nn.Module, ckpt: Checkpoint | Non
 # line's, and the network's solver, dropout and autocast set its losses, so a change there would pass silently
 RESUME_FIXED = ("batch_size", "seed", "augment", "augment_shift", "augment_color", "teacher", "teacher_views", "label_weight",
                 "distill_weight", "kd_weight", "kd_targets", "unlabeled", "near_duplicates", "arch", "width", "schedule",
-                "warmup_epochs", "ema_decay", "lr", "weight_decay", "label_smoothing", "margin", "dropout", "solver", "steps", "rtol",
-                "atol", "amp")
+                "warmup_epochs", "ema_decay", "lr", "weight_decay", "label_smoothing", "margin", "margin_scale", "dropout",
+                "solver", "steps", "rtol", "atol", "amp")
 
 
 def check_resume_settings(config: TrainConfig, saved: dict, path: Path) -> None:

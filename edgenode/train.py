@@ -462,13 +462,17 @@ def run_epoch(train_model, model, split: DeviceSplit, optimizer, scheduler, crit
             # the global count and multiplies by the world size; with one process this is the plain mean.
             n_labelled = max(1, int((split.labels_cpu[global_batch] != UNLABELLED).sum()))
             with autocast:
-                if targets is None:
+                if targets is None and not config.margin_scale:
                     logits = train_model(x)
                 else:
                     features, logits = train_model(x, return_features=True)
                 logits = logits.float()
                 labelled_logits, labelled_y = logits.index_select(0, labelled_rows), y.index_select(0, labelled_rows)
-                if config.margin:  # the cross-entropy's logits only: accuracy and the teacher's KL keep the plain ones
+                # a margin changes the cross-entropy's logits only: accuracy and the teacher's KL keep the plain ones
+                if config.margin_scale:
+                    labelled_logits = model.head[-1].fixed_scale_margin(features.index_select(0, labelled_rows), labelled_y,
+                                                                        config.margin, config.margin_scale).float()
+                elif config.margin:
                     labelled_logits = model.head[-1].with_margin(labelled_logits, labelled_y, config.margin)
                 loss = criterion(labelled_logits, labelled_y) * (config.label_weight * ctx.world_size / n_labelled)
                 if targets is not None:

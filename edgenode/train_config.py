@@ -37,6 +37,7 @@ class TrainConfig:
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
     margin: float = 0.0  # CosFace's additive margin in the labels' cross-entropy (cosine heads only); 0: none
+    margin_scale: float = 0.0  # that cross-entropy's fixed scale, as CosFace fixes it; 0: the head's learned scale
     augment: bool = False
     augment_shift: float = 0.125  # largest random shift of --augment, as a fraction of the side (0: mirror only)
     augment_color: float = 0.0  # photometric jitter of --augment (see jitter_colors); 0: none, the behaviour so far
@@ -97,6 +98,12 @@ class TrainConfig:
             if not self.label_weight:
                 raise UsageError("--margin sets the labels' cross-entropy, which --label-weight 0 switches off",
                                  "drop --margin or keep the labels' weight")
+        if not (math.isfinite(self.margin_scale) and 0 <= self.margin_scale <= 128):
+            raise UsageError(f"--margin-scale must be a scale in [0, 128], got {self.margin_scale}",
+                             "pass e.g. 30 (CosFace uses 30 to 64), or 0 for the head's learned scale")
+        if self.margin_scale and not self.margin:
+            raise UsageError("--margin-scale fixes the scale of --margin's cross-entropy, and there is no margin",
+                             "add --margin (e.g. 0.2) or drop --margin-scale")
         for name in ("label_weight", "distill_weight", "kd_weight"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):

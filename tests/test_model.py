@@ -132,3 +132,22 @@ def test_cosface_margin_lowers_only_the_true_class_by_scale_times_margin():
     grad_by_hand = torch.autograd.grad(by_hand, head.log_scale)[0]
     torch.testing.assert_close(ours, by_hand)
     torch.testing.assert_close(grad_ours, grad_by_hand)
+
+
+def test_cosface_margin_at_a_fixed_scale_leaves_the_learned_scale_alone():
+    """CosFace proper: s·(cos − m·[true class]) at a fixed s. The weights learn from it as from the formula written
+    by hand, and the head's learned scale (the plain logits' temperature) gets no gradient from it."""
+    torch.manual_seed(0)
+    head = CosineClassifier(8, 5, scale=16.0)
+    features, labels = torch.randn(4, 8), torch.tensor([0, 3, 3, 1])
+    margined = head.fixed_scale_margin(features, labels, 0.25, 30.0)
+    cos = unit_rows(features) @ unit_rows(head.weight).t()
+    by_hand = 30.0 * (cos - 0.25 * torch.nn.functional.one_hot(labels, 5))
+    torch.testing.assert_close(margined, by_hand)
+    loss, loss_by_hand = (torch.nn.functional.cross_entropy(x, labels) for x in (margined, by_hand))
+    grad_weight, grad_scale = torch.autograd.grad(loss, [head.weight, head.log_scale], allow_unused=True)
+    torch.testing.assert_close(grad_weight, torch.autograd.grad(loss_by_hand, head.weight)[0])
+    assert grad_scale is None  # not even rounding residue, which Adam's normalised step would make a full step
+    # the learned scale's own margin (scale 0) does move it
+    learned = torch.nn.functional.cross_entropy(head.with_margin(head(features), labels, 0.25), labels)
+    assert abs(float(torch.autograd.grad(learned, head.log_scale)[0])) > 1e-3

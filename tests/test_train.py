@@ -342,7 +342,7 @@ def test_a_foreign_or_newer_pytorch_file_is_named_as_such(tmp_path):
 @pytest.mark.parametrize(
     "args",
     [["--epochs", "0"], ["--batch-size", "-1"], ["--arch", "resnet"], ["--solver", "rk9"], ["--schedule", "steps"], ["--ema-decay", "1"],
-     ["--margin", "0.2"]],
+     ["--margin", "0.2"], ["--arch", "faceode", "--margin-scale", "30"]],
 )
 def test_cli_rejects_bad_arguments_with_exit_code_2(synthetic_root, tmp_path, args):
     result = CliRunner().invoke(app, ["train", str(synthetic_root), "--out", str(tmp_path / "r"), *args])
@@ -459,6 +459,14 @@ def test_margin_enters_the_training_loss_but_not_its_accuracy(synthetic_root, tm
     # AdamW's first step is ±lr per weight, so the runs differ where the margin flips a gradient's sign
     assert any(not torch.equal(margin_ckpt.state_dict[k], v) for k, v in plain_ckpt.state_dict.items())
 
+    # at CosFace's fixed scale the loss is larger still (30 × 0.3), and with no teacher nothing moves the learned
+    # scale: AdamW's step of ±lr reaches it in the other two runs
+    fixed, fixed_ckpt = one_step("fixed", margin=0.3, margin_scale=30.0)
+    assert fixed["train_accuracy"] == plain["train_accuracy"] and fixed["train_loss"] > margin["train_loss"] + 0.5
+    key = next(k for k in plain_ckpt.state_dict if k.endswith("log_scale"))
+    for moved in (plain_ckpt, margin_ckpt):  # Adam's first step: lr times the gradient's sign, from the same start
+        assert abs(float(moved.state_dict[key] - fixed_ckpt.state_dict[key])) == pytest.approx(3e-3, rel=1e-3)
+
 
 @pytest.mark.parametrize("overrides, fragment", [
     (dict(margin=-0.1), "--margin must be a cosine margin"),
@@ -466,6 +474,10 @@ def test_margin_enters_the_training_loss_but_not_its_accuracy(synthetic_root, tm
     (dict(margin=1.0), "--margin must be a cosine margin"),
     (dict(margin=0.2, arch="paper"), "'paper' preset has no cosine classifier"),
     (dict(margin=0.2, arch="faceode", label_weight=0.0, teacher="t.npz"), "--label-weight 0 switches off"),
+    (dict(margin=0.2, arch="faceode", margin_scale=-1.0), "--margin-scale must be a scale in"),
+    (dict(margin=0.2, arch="faceode", margin_scale=float("inf")), "--margin-scale must be a scale in"),
+    (dict(margin=0.2, arch="faceode", margin_scale=float("nan")), "--margin-scale must be a scale in"),
+    (dict(arch="faceode", margin_scale=30.0), "there is no margin"),
 ])
 def test_bad_margins_are_refused_up_front(tmp_path, overrides, fragment):
     with pytest.raises(UsageError, match=fragment):
@@ -476,6 +488,10 @@ def test_resume_refuses_another_margin_and_takes_an_older_checkpoint_as_margin_z
     saved = small_config("data", tmp_path / "run", arch="faceode").to_dict()
     with pytest.raises(UsageError, match=r"--margin 0.0 → 0.2"):
         check_resume_settings(small_config("data", tmp_path / "run", arch="faceode", margin=0.2), saved, tmp_path / "last.pt")
+    margined = small_config("data", tmp_path / "run", arch="faceode", margin=0.2).to_dict()
+    with pytest.raises(UsageError, match=r"--margin-scale 0.0 → 30.0"):
+        check_resume_settings(small_config("data", tmp_path / "run", arch="faceode", margin=0.2, margin_scale=30.0),
+                              margined, tmp_path / "last.pt")
     del saved["margin"]  # a checkpoint from before --margin existed
     check_resume_settings(small_config("data", tmp_path / "run", arch="faceode"), saved, tmp_path / "last.pt")
     with pytest.raises(UsageError, match=r"--margin 0.0 → 0.2"):

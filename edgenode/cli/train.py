@@ -28,6 +28,7 @@ def command(
     warmup_epochs: Annotated[int, typer.Option(help="Linear warm-up epochs.")] = 0,
     label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the cross-entropy.")] = 0.0,
     margin: Annotated[float, typer.Option(help="CosFace's additive margin in the labels' cross-entropy, in cosine (e.g. 0.2): training asks each picture to be that much closer to its own class than to any other; evaluation and export stay plain argmax. Needs a cosine head (--arch faceode or faceode-res). 0: none.")] = 0.0,
+    margin_scale: Annotated[float, typer.Option(help="Fixed scale of --margin's cross-entropy, as CosFace fixes it (e.g. 30); 0: the head's learned scale, which a margin pulls down.")] = 0.0,
     augment: Annotated[bool, typer.Option(help="Random flips and shifts.")] = False,
     augment_shift: Annotated[float, typer.Option(help="Largest shift of --augment, a fraction of the side (0.125 = 8 px at 64; 0 = flips only).")] = 0.125,
     augment_color: Annotated[float, typer.Option(help="Colour jitter of --augment: brightness, contrast and saturation within ±this fraction, grayscale with probability half of it (0 = none).")] = 0.0,
@@ -69,7 +70,7 @@ def command(
     config = TrainConfig(
         data=str(data), out=str(out), arch=arch, width=width, solver=solver, steps=steps, rtol=rtol, atol=atol,
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
-        warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, margin=margin, augment=augment, augment_shift=augment_shift,
+        warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, margin=margin, margin_scale=margin_scale, augment=augment, augment_shift=augment_shift,
         augment_color=augment_color,
         dropout=dropout, seed=seed,
         device=device, split=split, manifest=str(manifest) if manifest else None, resume=resume, progress=progress,
