@@ -69,8 +69,9 @@ class NumericError(EdgenodeError):
 
 
 class MissingDependencyError(EdgenodeError):
-    """An optional extra the command needs is not installed here (dlib, ONNX Runtime, TensorRT): exit 1, as for any
-    command line that is right but asks for what this machine cannot provide; the hint says what to install."""
+    """An optional extra the command needs is not installed here (dlib, an ONNX Runtime execution provider,
+    TensorRT): exit 1, as for any command line that is right but asks for what this machine cannot provide; the hint
+    says what to install."""
 
 
 class ParityError(EdgenodeError):

@@ -286,7 +286,7 @@ class CosineClassifier(nn.Module):
         turns into full-size steps). The learned scale then serves only the plain logits: the teacher's KL term,
         and nothing argmax sees.
         """
-        cos = self.cosines(features)
+        cos = self.cosines(features).float()  # under autocast: the margin in float32, as for the plain logits
         return scale * (cos - nn.functional.one_hot(labels, cos.shape[1]).to(cos.dtype) * margin)
 
 

@@ -121,7 +121,7 @@ def model_files() -> tuple[Path, Path]:
     spec = importlib.util.find_spec(_MODELS_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise MissingDependencyError("face-recognition-models is not installed: computing teacher descriptors needs its "
-                         "dlib model files", INSTALL_HINT)
+                                     "dlib model files", INSTALL_HINT)
     folder = Path(next(iter(spec.submodule_search_locations))) / "models"
     paths = (folder / _PREDICTOR_FILE, folder / _RECOGNIZER_FILE)
     for path in paths:

@@ -197,6 +197,11 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
     splits, train_images, pool_files = build_splits(config, manifest, arrays, spec, device, ctx)
     targets, teacher_summary = (attach_teacher(config, model, manifest, spec, arrays, splits, train_images, pool_files, device)
                                 if config.teacher else (None, {}))
+    if config.margin_scale and not (targets is not None and config.kd_weight):
+        # no KL term trains the plain logits' temperature: start it at the margin's scale, where the cosines are
+        # trained, so that what infer prints is CosFace's own softmax (argmax is the same at any scale)
+        with torch.no_grad():
+            model.head[-1].log_scale.fill_(math.log(config.margin_scale))
     # read by now (their loaders name a missing or foreign file); hashed for --resume and the run's record
     inputs = {name: sha256_file(getattr(config, name)) for name in HASHED_INPUTS if getattr(config, name)}
     teacher_summary.update({f"{name}_sha256": inputs[name] for name in ("kd_targets", "teacher_views") if name in inputs})
@@ -471,10 +476,12 @@ def run_epoch(train_model, model, split: DeviceSplit, optimizer, scheduler, crit
                 # a margin changes the cross-entropy's logits only: accuracy and the teacher's KL keep the plain ones
                 if config.margin_scale:
                     labelled_logits = model.head[-1].fixed_scale_margin(features.index_select(0, labelled_rows), labelled_y,
-                                                                        config.margin, config.margin_scale).float()
+                                                                        config.margin, config.margin_scale)
                 elif config.margin:
                     labelled_logits = model.head[-1].with_margin(labelled_logits, labelled_y, config.margin)
                 loss = criterion(labelled_logits, labelled_y) * (config.label_weight * ctx.world_size / n_labelled)
+                if config.margin_scale:  # the plain logits at weight 0: DistributedDataParallel wants a gradient for
+                    loss = loss + logits.sum() * 0.0  # every parameter, and the learned scale has none from the margin
                 if targets is not None:
                     n_targets = max(1, int(has_target[global_batch].sum()))
                     target_rows = has_target[index].nonzero().squeeze(1)

@@ -102,7 +102,7 @@ class TrainConfig:
             raise UsageError(f"--margin-scale must be a scale in [0, 128], got {self.margin_scale}",
                              "pass e.g. 30 (CosFace uses 30 to 64), or 0 for the head's learned scale")
         if self.margin_scale and not self.margin:
-            raise UsageError("--margin-scale fixes the scale of --margin's cross-entropy, and there is no margin",
+            raise UsageError(f"--margin-scale {self.margin_scale} fixes the scale of --margin's cross-entropy, but --margin is 0",
                              "add --margin (e.g. 0.2) or drop --margin-scale")
         for name in ("label_weight", "distill_weight", "kd_weight"):
             value = getattr(self, name)

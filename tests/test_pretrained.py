@@ -14,7 +14,7 @@ from helpers import one_line
 from edgenode import align
 from edgenode.checkpoint import load_checkpoint
 from edgenode.data import Manifest
-from edgenode.errors import UsageError
+from edgenode.errors import MissingDependencyError
 from edgenode.runtime.predictor import load_predictor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -62,7 +62,7 @@ def test_shipped_aligned_checkpoint_aligns_its_input_or_says_what_it_needs(monke
     picture = np.random.default_rng(1).integers(0, 256, size=(90, 70, 3), dtype=np.uint8)
     monkeypatch.setitem(sys.modules, "dlib", None)  # `import dlib` raises ImportError
     monkeypatch.setattr(align, "_LOCAL", align.threading.local())  # no aligner cached by an earlier test
-    with load_predictor(PRETRAINED / "faceode-pins-aligned.pt") as predictor, pytest.raises(UsageError) as exc:
+    with load_predictor(PRETRAINED / "faceode-pins-aligned.pt") as predictor, pytest.raises(MissingDependencyError) as exc:
         predictor.predict([picture])
     one_line(exc, "needs dlib", "edgenode[align]", "--pre-aligned")
 

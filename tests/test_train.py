@@ -1,6 +1,7 @@
 """Training: learns, checkpoints are self-describing and atomic, resume reproduces an uninterrupted run."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -459,13 +460,14 @@ def test_margin_enters_the_training_loss_but_not_its_accuracy(synthetic_root, tm
     # AdamW's first step is ±lr per weight, so the runs differ where the margin flips a gradient's sign
     assert any(not torch.equal(margin_ckpt.state_dict[k], v) for k, v in plain_ckpt.state_dict.items())
 
-    # at CosFace's fixed scale the loss is larger still (30 × 0.3), and with no teacher nothing moves the learned
-    # scale: AdamW's step of ±lr reaches it in the other two runs
+    # at CosFace's fixed scale the loss is larger still (30 × 0.3). With no teacher, the learned scale starts at the
+    # margin's 30 instead of the head's 16, and nothing moves it; AdamW's first step (±lr) moves it in the other two
     fixed, fixed_ckpt = one_step("fixed", margin=0.3, margin_scale=30.0)
     assert fixed["train_accuracy"] == plain["train_accuracy"] and fixed["train_loss"] > margin["train_loss"] + 0.5
     key = next(k for k in plain_ckpt.state_dict if k.endswith("log_scale"))
-    for moved in (plain_ckpt, margin_ckpt):  # Adam's first step: lr times the gradient's sign, from the same start
-        assert abs(float(moved.state_dict[key] - fixed_ckpt.state_dict[key])) == pytest.approx(3e-3, rel=1e-3)
+    assert float(fixed_ckpt.state_dict[key]) == float(torch.tensor(math.log(30.0)))
+    for moved in (plain_ckpt, margin_ckpt):
+        assert abs(float(moved.state_dict[key]) - math.log(16.0)) == pytest.approx(3e-3, rel=1e-3)
 
 
 @pytest.mark.parametrize("overrides, fragment", [
@@ -477,7 +479,7 @@ def test_margin_enters_the_training_loss_but_not_its_accuracy(synthetic_root, tm
     (dict(margin=0.2, arch="faceode", margin_scale=-1.0), "--margin-scale must be a scale in"),
     (dict(margin=0.2, arch="faceode", margin_scale=float("inf")), "--margin-scale must be a scale in"),
     (dict(margin=0.2, arch="faceode", margin_scale=float("nan")), "--margin-scale must be a scale in"),
-    (dict(arch="faceode", margin_scale=30.0), "there is no margin"),
+    (dict(arch="faceode", margin_scale=30.0), "--margin-scale 30.0 fixes the scale .* but --margin is 0"),
 ])
 def test_bad_margins_are_refused_up_front(tmp_path, overrides, fragment):
     with pytest.raises(UsageError, match=fragment):
