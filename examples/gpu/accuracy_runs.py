@@ -99,8 +99,10 @@ RECIPES = {
     # the leader with CosFace's margin (0.2 in cosine) in the labels' cross-entropy: training asks each face to sit
     # that much closer to its own class than to any other; evaluation stays plain argmax (RESULTS.md, CPU pilot)
     "w5-wide-rk4x4-color4-m02": dict(W5_RK4X4, seed=0, width=160, augment_color=0.4, margin=0.2),
-    # the same margin at CosFace's fixed scale of 30 (--margin-scale): under the learned scale a margin pulled the
-    # scale down (26.5 -> 9.5 in the CPU pilot) and shrank itself with it
+    # the same margin at a fixed scale (--margin-scale, as CosFace fixes it): under the learned scale a margin pulled the
+    # scale down (26.5 -> 9.5 in the CPU pilot) and shrank itself with it. At 16 the pilot kept the teacher's fit, at 30
+    # it lost some (RESULTS.md)
+    "w5-wide-rk4x4-color4-m02-scale16": dict(W5_RK4X4, seed=0, width=160, augment_color=0.4, margin=0.2, margin_scale=16.0),
     "w5-wide-rk4x4-color4-m02-scale30": dict(W5_RK4X4, seed=0, width=160, augment_color=0.4, margin=0.2, margin_scale=30.0),
     # depth beside the ODE block: three residual blocks (edgenode.model.build_faceode_res), +18 % multiply-adds at
     # width 128 against width 160's +56 %; width 160 fitted the teacher's descriptors closer (cosine +0.03)
