@@ -446,8 +446,9 @@ def test_init_refuses_a_checkpoint_of_another_split(trained_run, synthetic_root,
 
 
 def test_margin_enters_the_training_loss_but_not_its_accuracy(synthetic_root, tmp_path):
-    """One step an epoch (the whole train split is one batch): both runs score the same initial weights on the same
-    batch, so the labels' accuracy must agree, while the margin's cross-entropy is higher and trains other weights."""
+    """One step an epoch (the whole train split is one batch): every run scores the same initial weights on the same
+    batch (the fixed-scale run's starting scale aside, which argmax does not see), so the labels' accuracy must agree,
+    while a margin's cross-entropy is higher and trains other weights."""
     def one_step(name, **options):
         config = small_config(synthetic_root, tmp_path / name, arch="faceode", epochs=1, batch_size=96, **options)
         run = train(config)
