@@ -247,6 +247,60 @@ def test_bad_files_raise_image_decode_error(tmp_path, monkeypatch, name, reason)
     assert info.value.path == str(tmp_path / name) and reason in info.value.reason
 
 
+def _jpeg_claiming(width: int, height: int) -> bytes:
+    """A small JPEG whose frame header (SOF0) is rewritten to claim width x height pixels."""
+    buffer = io.BytesIO()
+    _noise_image(5, (16, 16)).save(buffer, "JPEG", quality=90)
+    data = bytearray(buffer.getvalue())
+    struct.pack_into(">HH", data, data.index(b"\xff\xc0") + 5, height, width)  # SOF0: marker, length, precision, Y, X
+    return bytes(data)
+
+
+def test_a_phone_photo_over_the_pixel_limit_is_read_at_half_size(tmp_path):
+    """A 48-MP JPEG (a phone's high-resolution mode) is decoded at half size instead of refused: the same picture,
+    upright, in a quarter of the pixels. Four flat quadrants, stored on its side with an EXIF turn, as phones do."""
+    width, height = 8000, 6000
+    assert width * height > decode.MAX_PIXELS
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 220, 40)]  # top-left, top-right, bottom-left, -right
+    stored = Image.new("RGB", (width, height))
+    for i, colour in enumerate(colours):
+        left, top = (i % 2) * width // 2, (i // 2) * height // 2
+        stored.paste(colour, (left, top, left + width // 2, top + height // 2))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display"
+    path = _save(stored, tmp_path / "phone.jpg", "JPEG", quality=95, exif=exif.tobytes())
+    del stored
+
+    upright = load_rgb(path)
+    assert upright.size == (height // 2, width // 2)  # half of each side, width and height swapped by the EXIF turn
+    pixels = np.asarray(upright).astype(int)
+    quarter_w, quarter_h = upright.size[0] // 4, upright.size[1] // 4
+    # turned clockwise: the stored bottom-left quadrant is now top-left, top-left is top-right, and so on
+    for (x, y), colour in zip([(3, 1), (3, 3), (1, 1), (1, 3)], colours):
+        assert np.abs(pixels[y * quarter_h, x * quarter_w] - colour).max() <= 4, (x, y, colour)
+
+    small = load_resized(path, 16)
+    assert small.shape == (16, 16, 3)
+    assert np.abs(small[4, 12].astype(int) - colours[0]).max() <= 4 and np.abs(small[12, 4].astype(int) - colours[3]).max() <= 4
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_over_limit_pictures_that_cannot_be_read_smaller_are_refused_unread(tmp_path, monkeypatch):
+    """A PNG has no reduced decode, and a JPEG header over Pillow's limit (200 MP) is refused before any scale
+    is tried: both from the header alone, naming the fix."""
+    from PIL import ImageFile
+
+    (tmp_path / "wide.png").write_bytes(_png_claiming(10000, 5000))  # 50 MP
+    (tmp_path / "huge.jpg").write_bytes(_jpeg_claiming(20000, 10000))  # 200 MP
+    assert Image.open(tmp_path / "wide.png").size == (10000, 5000)
+    for cls in (Image.Image, ImageFile.ImageFile):
+        monkeypatch.setattr(cls, "load", lambda self: pytest.fail("an over-limit picture's pixels were decoded"))
+    with pytest.raises(ImageDecodeError, match="10000x5000 pixels is over the 40,000,000-pixel limit.*save it as JPEG"):
+        load_rgb(tmp_path / "wide.png")
+    with pytest.raises(ImageDecodeError, match="too large.*200000000 pixels"):
+        load_rgb(tmp_path / "huge.jpg")
+
+
 def test_load_resized_is_plain_bilinear_resize(tmp_path):
     path = _save(_noise_image(1, (50, 30)), tmp_path / "wide.png", "PNG")
     out = load_resized(path, 16)

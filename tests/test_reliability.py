@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -1179,6 +1180,37 @@ def test_a_file_where_a_late_write_needs_a_folder_is_one_line_naming_it(tmp_path
     result = CliRunner().invoke(late, [str(blocker)])
     assert_one_line_error(result, 2, f"error: {blocker} is a file, not a folder (pass a folder path)")
     assert blocker.read_text() == "a plain file\n"
+
+
+def test_a_command_shows_no_pillow_bomb_warning_for_a_picture_it_reads_smaller_or_refuses(tmp_path, monkeypatch):
+    """Pillow warns, with two lines of its source, about a picture over its limit (a 108-MP phone JPEG); edgenode's
+    decoder reads such a picture at reduced size or refuses it with its own reason, so a command shows no such
+    warning. Pillow's limit is lowered here to make a 16 x 16 picture trigger it."""
+    import typer
+    from PIL import Image
+
+    from edgenode.cli.common import user_errors
+    from edgenode.data import load_rgb
+
+    path = tmp_path / "photo.jpg"
+    Image.new("RGB", (16, 16), (90, 120, 30)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200)  # 256 pixels: a warning, not yet an error
+    with pytest.warns(Image.DecompressionBombWarning):  # outside a command: Pillow's warning, as Pillow gives it
+        load_rgb(path)
+
+    app = typer.Typer()
+
+    @app.command()
+    @user_errors
+    def read(picture: Path) -> None:
+        print(load_rgb(picture).size)
+
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        result = CliRunner().invoke(app, [str(path)])
+    assert result.exit_code == 0 and result.stdout.strip() == "(16, 16)", result.output
+    assert not [w for w in shown if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert "DecompressionBomb" not in result.output
 
 
 def test_exit_codes_are_what_the_errors_say():

@@ -29,8 +29,12 @@ def _one_line_warnings() -> Iterator[None]:
     """Show edgenode's own warnings (a skipped file, an excluded identity) as ``warning: …``, one line each.
 
     Python's default format adds the source line of the ``warnings.warn`` call; a user wants the message.
-    Other libraries' warnings keep their usual handling.
+    Other libraries' warnings keep their usual handling, but for Pillow's decompression-bomb warning (a JPEG over
+    80 MP): edgenode's decoder reads such a picture at reduced size or refuses it with its own reason, so the
+    warning's two lines of source would only alarm.
     """
+    from PIL.Image import DecompressionBombWarning
+
     from edgenode.data import DataWarning
 
     previous = warnings.showwarning
@@ -43,6 +47,7 @@ def _one_line_warnings() -> Iterator[None]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("always", DataWarning)  # every skipped file gets its line, not only the first
+        warnings.simplefilter("ignore", DecompressionBombWarning)
         warnings.showwarning = show
         yield
 
