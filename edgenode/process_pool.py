@@ -29,6 +29,20 @@ def resolve_workers(workers: int | None, n_items: int) -> int:
     return int(workers)
 
 
+def _start_worker(initializer: Callable[..., None], *initargs) -> None:
+    """A worker's start: Pillow's decompression-bomb warning off, then the caller's initializer.
+
+    edgenode's decoder reads an over-limit picture at reduced size or refuses it with its own reason, so the warning
+    only alarms; a command turns it off (``cli.common``), but a spawned worker starts with Python's default filters.
+    """
+    import warnings
+
+    from PIL.Image import DecompressionBombWarning
+
+    warnings.simplefilter("ignore", DecompressionBombWarning)
+    initializer(*initargs)
+
+
 def process_map(func: Callable[[Any], Any], items: Sequence, *, initializer: Callable[..., None], initargs: tuple,
                 workers: int | None, description: str, progress: bool = True, chunksize: int = 8,
                 rerun_hint: str = "") -> list:
@@ -57,7 +71,8 @@ def process_map(func: Callable[[Any], Any], items: Sequence, *, initializer: Cal
             return results
         context = multiprocessing.get_context("spawn")
         try:
-            with ProcessPoolExecutor(workers, mp_context=context, initializer=initializer, initargs=initargs) as pool:
+            with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                                     initargs=(initializer, *initargs)) as pool:
                 for result in pool.map(func, items, chunksize=chunksize):
                     results.append(result)
                     advance()

@@ -11,3 +11,17 @@ def one_line(exc: pytest.ExceptionInfo, *words: str) -> None:
     assert "\n" not in text, text
     for word in words:
         assert word in text, text
+
+
+def no_setup() -> None:
+    """An initializer for ``process_map`` that sets nothing up."""
+
+
+def read_under_a_tiny_pillow_limit(path: str) -> tuple[int, int]:
+    """``load_rgb(path).size`` in a worker process, with Pillow's limit lowered so that a small picture warns."""
+    from PIL import Image
+
+    from edgenode.data import load_rgb  # imported first: importing it sets the limit
+
+    Image.MAX_IMAGE_PIXELS = 200  # a 16 x 16 picture (256 pixels): Pillow's warning, not yet its error
+    return load_rgb(path).size

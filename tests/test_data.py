@@ -247,18 +247,26 @@ def test_bad_files_raise_image_decode_error(tmp_path, monkeypatch, name, reason)
     assert info.value.path == str(tmp_path / name) and reason in info.value.reason
 
 
-def _jpeg_claiming(width: int, height: int) -> bytes:
-    """A small JPEG whose frame header (SOF0) is rewritten to claim width x height pixels."""
+def _jpeg_claiming(width: int, height: int, progressive: bool = False) -> bytes:
+    """A small JPEG whose frame header (SOF0, or SOF2 when progressive) is rewritten to claim width x height pixels."""
     buffer = io.BytesIO()
-    _noise_image(5, (16, 16)).save(buffer, "JPEG", quality=90)
+    _noise_image(5, (16, 16)).save(buffer, "JPEG", quality=90, progressive=progressive)
     data = bytearray(buffer.getvalue())
-    struct.pack_into(">HH", data, data.index(b"\xff\xc0") + 5, height, width)  # SOF0: marker, length, precision, Y, X
+    frame = data.index(b"\xff\xc2" if progressive else b"\xff\xc0")
+    struct.pack_into(">HH", data, frame + 5, height, width)  # marker, length, precision, then Y and X
     return bytes(data)
 
 
-def test_a_phone_photo_over_the_pixel_limit_is_read_at_half_size(tmp_path):
-    """A 48-MP JPEG (a phone's high-resolution mode) is decoded at half size instead of refused: the same picture,
-    upright, in a quarter of the pixels. Four flat quadrants, stored on its side with an EXIF turn, as phones do."""
+def test_a_phone_photo_over_the_pixel_limit_is_read_at_half_size(tmp_path, monkeypatch):
+    """A 48-MP JPEG (a phone's high-resolution mode) is decoded at half size by libjpeg instead of refused: the same
+    picture, upright, in a quarter of the pixels. Four flat quadrants, stored on its side with an EXIF turn, as
+    phones do."""
+    from PIL import JpegImagePlugin
+
+    drafts = []
+    draft = JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft",
+                        lambda self, mode, size: drafts.append(size) or draft(self, mode, size))
     width, height = 8000, 6000
     assert width * height > decode.MAX_PIXELS
     colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 220, 40)]  # top-left, top-right, bottom-left, -right
@@ -272,6 +280,7 @@ def test_a_phone_photo_over_the_pixel_limit_is_read_at_half_size(tmp_path):
     del stored
 
     upright = load_rgb(path)
+    assert drafts == [(width // 2, height // 2)]  # scaled inside the decoder, not decoded whole and shrunk after
     assert upright.size == (height // 2, width // 2)  # half of each side, width and height swapped by the EXIF turn
     pixels = np.asarray(upright).astype(int)
     quarter_w, quarter_h = upright.size[0] // 4, upright.size[1] // 4
@@ -286,17 +295,22 @@ def test_a_phone_photo_over_the_pixel_limit_is_read_at_half_size(tmp_path):
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_over_limit_pictures_that_cannot_be_read_smaller_are_refused_unread(tmp_path, monkeypatch):
-    """A PNG has no reduced decode, and a JPEG header over Pillow's limit (200 MP) is refused before any scale
-    is tried: both from the header alone, naming the fix."""
+    """Refused from the header alone, naming the fix: a PNG, which has no reduced decode; a progressive JPEG, which
+    libjpeg decodes at full resolution whatever the scale (this file of under 1 KB would take 1 GB); a JPEG header over
+    Pillow's limit (200 MP), before any scale is tried."""
     from PIL import ImageFile
 
     (tmp_path / "wide.png").write_bytes(_png_claiming(10000, 5000))  # 50 MP
+    (tmp_path / "progressive.jpg").write_bytes(_jpeg_claiming(16000, 9990, progressive=True))  # 160 MP
     (tmp_path / "huge.jpg").write_bytes(_jpeg_claiming(20000, 10000))  # 200 MP
     assert Image.open(tmp_path / "wide.png").size == (10000, 5000)
+    assert Image.open(tmp_path / "progressive.jpg").info.get("progressive")
     for cls in (Image.Image, ImageFile.ImageFile):
         monkeypatch.setattr(cls, "load", lambda self: pytest.fail("an over-limit picture's pixels were decoded"))
     with pytest.raises(ImageDecodeError, match="10000x5000 pixels is over the 40,000,000-pixel limit.*save it as JPEG"):
         load_rgb(tmp_path / "wide.png")
+    with pytest.raises(ImageDecodeError, match="16000x9990 pixels is over .*save it as a baseline .not progressive. JPEG"):
+        load_rgb(tmp_path / "progressive.jpg")
     with pytest.raises(ImageDecodeError, match="too large.*200000000 pixels"):
         load_rgb(tmp_path / "huge.jpg")
 

@@ -1213,6 +1213,21 @@ def test_a_command_shows_no_pillow_bomb_warning_for_a_picture_it_reads_smaller_o
     assert "DecompressionBomb" not in result.output
 
 
+def test_worker_processes_show_no_pillow_bomb_warning_either(tmp_path, capfd):
+    """`align` and `teacher` decode in spawned processes, which do not inherit a command's warning filters."""
+    from PIL import Image
+
+    from edgenode.process_pool import process_map
+    from helpers import no_setup, read_under_a_tiny_pillow_limit
+
+    path = tmp_path / "photo.jpg"
+    Image.new("RGB", (16, 16), (90, 120, 30)).save(path)
+    sizes = process_map(read_under_a_tiny_pillow_limit, [str(path)] * 2, initializer=no_setup, initargs=(),
+                        workers=2, description="reading", progress=False, chunksize=1)
+    assert sizes == [(16, 16), (16, 16)]
+    assert "DecompressionBomb" not in capfd.readouterr().err
+
+
 def test_exit_codes_are_what_the_errors_say():
     assert ArtifactPathError("x").exit_code == 2 and isinstance(ArtifactPathError("x"), ArtifactError)
     assert EdgenodeError("x").exit_code == 1 and NumericError("x").exit_code == 1

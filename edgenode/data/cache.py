@@ -24,7 +24,7 @@ from edgenode.data.manifest import DataWarning, Manifest
 from edgenode.errors import ArtifactError, DataError, ImageDecodeError, UsageError
 
 CACHE_ENV = "EDGENODE_CACHE"
-CACHE_VERSION = "v1"
+CACHE_VERSION = "v2"  # v2: a JPEG over 40 MP is decoded at reduced size, no longer skipped
 
 
 def cache_dir() -> Path:

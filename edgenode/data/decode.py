@@ -20,33 +20,41 @@ from edgenode.errors import ImageDecodeError
 
 MAX_PIXELS = 40_000_000
 """Largest picture we agree to decode at full size. Face crops are tiny; anything bigger is a mistake, an attack, or a
-phone's high-resolution mode (48–108 MP), which a JPEG decodes at reduced size instead (:func:`_reduced_decode`)."""
+phone's high-resolution mode (48–108 MP), which a baseline JPEG decodes at reduced size instead
+(:func:`_reduced_decode`)."""
 
 PILLOW_LIMIT = 2 * MAX_PIXELS
 """Pillow's own decompression-bomb limit while edgenode is imported: it warns above it and refuses a file's header
 above twice it (160 MP), before allocating anything. 80 MP is below Pillow's default (89.5 MP), so this lowers, never
-raises, the limit; it is set above MAX_PIXELS so that a 48–64 MP phone photo, read at half size, raises no warning."""
+raises, the limit; it is set above MAX_PIXELS so that a phone photo of up to 80 MP, read at half size, raises no
+warning. (200-MP phone modes are refused: over 160 MP.)"""
 
 if Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS > PILLOW_LIMIT:
     Image.MAX_IMAGE_PIXELS = PILLOW_LIMIT
 
 _WHITE = (255, 255, 255)
+_JPEG = ("JPEG", "MPO")  # MPO: the JPEG variant many phones write
 
 
-def _too_large(width: int, height: int) -> str:
+def _too_large(img: Image.Image, width: int, height: int) -> str:
+    progressive = img.format in _JPEG and bool(img.info.get("progressive"))
+    fix = ("save it as a baseline (not progressive) JPEG, which is read at reduced size" if progressive
+           else "save it as JPEG, which is read at reduced size")
     return (f"too large: {width}x{height} pixels is over the {MAX_PIXELS:,}-pixel limit (a decompression bomb, or a "
-            "photo far larger than a face needs: downscale it first, or save it as JPEG, which is read at reduced size)")
+            f"photo far larger than a face needs: downscale it first, or {fix})")
 
 
 def _reduced_decode(img: Image.Image) -> bool:
-    """Ask a JPEG over the limit to decode at 1/2, 1/4 or 1/8 of its size, the largest that fits under MAX_PIXELS.
+    """Ask a baseline JPEG over the limit to decode at 1/2, 1/4 or 1/8 of its size, the largest under MAX_PIXELS.
 
     libjpeg scales while it decodes (Pillow's ``draft``), so the full-size picture is never allocated: a 48-MP phone
-    photo takes 36 MB instead of 144 MB, in half the time. A face needs far fewer pixels than 12 MP, and
-    the pictures under the limit, every training picture among them, decode exactly as before. False where the
-    file is no JPEG or no scale fits; the caller then refuses it.
+    photo takes 48 MB instead of 192 MB (Pillow stores RGB in 4 bytes a pixel), in half the time. A face needs far
+    fewer pixels than 12 MP, and the pictures under the limit, every training picture among them, decode exactly
+    as before. False where the file is no JPEG, is a progressive JPEG (libjpeg keeps all of its coefficients at full
+    resolution whatever the scale: a 500-byte file claiming 160 MP would take 1 GB) or no scale fits; the caller
+    then refuses it.
     """
-    if img.format not in ("JPEG", "MPO"):  # MPO: the JPEG variant many phones write
+    if img.format not in _JPEG or img.info.get("progressive"):
         return False
     width, height = img.size
     scale = next((s for s in (2, 4, 8) if -(-width // s) * -(-height // s) <= MAX_PIXELS), None)
@@ -115,7 +123,7 @@ PICTURE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """Decode ``path`` fully into an upright RGB image, or raise ``ImageDecodeError(path, reason)``.
 
-    A JPEG over :data:`MAX_PIXELS` comes back at 1/2, 1/4 or 1/8 of its size (:func:`_reduced_decode`).
+    A baseline JPEG over :data:`MAX_PIXELS` comes back at 1/2, 1/4 or 1/8 of its size (:func:`_reduced_decode`).
     """
     try:
         if os.stat(path).st_size == 0:
@@ -128,7 +136,7 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
         with Image.open(path, formats=PICTURE_FORMATS) as img:
             width, height = img.size
             if width * height > MAX_PIXELS and not _reduced_decode(img):
-                raise ImageDecodeError(path, _too_large(width, height))
+                raise ImageDecodeError(path, _too_large(img, width, height))
             img.load()  # force the full decode here, so truncated data fails inside this try
             return to_rgb(_upright(img))
     except ImageDecodeError:
