@@ -31,27 +31,28 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     args = parser.parse_args()
 
-    sides = [(args.checkpoint_a, args.data_a, Manifest.load(args.manifest_a)),
-             (args.checkpoint_b, args.data_b, Manifest.load(args.manifest_b))]
-    for split in SPLITS:
-        if sides[0][2].files(split) != sides[1][2].files(split):
-            raise SystemExit(f"{args.manifest_a} and {args.manifest_b} list other {split} files: the two models were "
-                             "not tested on the same faces (make both manifests with the same `edgenode split` seed)")
-    right = []
-    for name, (path, data, manifest) in zip("AB", sides):
-        try:
-            (ckpt,) = load_members([path], manifest, data)
-        except EdgenodeError as exc:
-            raise SystemExit(str(exc)) from None
-        print(f"{name}: {path} on {data} ({ckpt.input_spec.image_size} px)")
-        right.append({})
+    try:
+        sides = [(args.checkpoint_a, args.data_a, Manifest.load(args.manifest_a)),
+                 (args.checkpoint_b, args.data_b, Manifest.load(args.manifest_b))]
         for split in SPLITS:
-            images, labels = load_split_arrays(manifest, data, split)
-            (probs,) = member_probabilities([ckpt], images, args.batch_size)
-            right[-1][split] = probs.argmax(1) == labels
-            correct = int(right[-1][split].sum())
-            lo, hi = wilson_interval(correct, len(labels))
-            print(f"{split:4s} {name} {correct / len(labels):.3f} [{lo:.3f}, {hi:.3f}]")
+            if sides[0][2].files(split) != sides[1][2].files(split):
+                raise SystemExit(f"{args.manifest_a} and {args.manifest_b} list other {split} files: the two models "
+                                 "were not tested on the same faces (make both manifests with the same `edgenode split` "
+                                 "options but --image-size)")
+        members = [load_members([path], manifest, data)[0] for path, data, manifest in sides]  # both checked first
+        right = []
+        for name, (path, data, manifest), ckpt in zip("AB", sides, members):
+            print(f"{name}: {path} on {data} ({ckpt.input_spec.image_size} px)")
+            right.append({})
+            for split in SPLITS:
+                images, labels = load_split_arrays(manifest, data, split)
+                (probs,) = member_probabilities([ckpt], images, args.batch_size)
+                right[-1][split] = probs.argmax(1) == labels
+                correct = int(right[-1][split].sum())
+                lo, hi = wilson_interval(correct, len(labels))
+                print(f"{split:4s} {name} {correct / len(labels):.3f} [{lo:.3f}, {hi:.3f}]")
+    except EdgenodeError as exc:
+        raise SystemExit(f"error: {exc}") from None
     for split in SPLITS:
         a, b = right[0][split], right[1][split]
         only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())

@@ -392,6 +392,8 @@ def test_align_cli_records_the_cnn_fallback(synthetic_root, tmp_path):
     assert result.exit_code == 0, result.output
     assert read_alignment(tmp_path / "copy") == (AlignSpec(align.METHOD_CNN_FALLBACK), 32)
     assert len(list((tmp_path / "copy" / "images").glob("*/*.png"))) == 2
+    # the train line it suggests reads 32-px chips: a split made at 64 px would refuse them
+    assert f"Train on it with: edgenode train {tmp_path / 'copy'} --image-size 32" in " ".join(result.output.split())
 
 
 def test_align_cli_refuses_to_write_into_the_data_folder(synthetic_root):

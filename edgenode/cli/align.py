@@ -39,7 +39,18 @@ def command(
     rate = f", a face detected in {100 * summary['face_detected_now'] / done:.1f}%" if done else ""
     console.print(
         f"wrote {out}: {done} chip(s) of {size}x{size} aligned now{rate}, {summary['already_there']} already there, "
-        f"{len(summary['skipped'])} skipped; {summary['seconds']:.1f} s. Train on it with: "
-        f"edgenode train {out}" + (f" --manifest {manifest}" if manifest else ""),
+        f"{len(summary['skipped'])} skipped; {summary['seconds']:.1f} s. Train on it with: {_train_hint(data, out, manifest, size)}",
         markup=False,
     )
+
+
+def _train_hint(data: Path, out: Path, manifest: Path | None, size: int) -> str:
+    """The `edgenode train` line that reads the copy: its chip size must be the split's image size."""
+    from edgenode.data import Manifest, SplitConfig
+
+    if manifest is None:
+        return f"edgenode train {out}" + (f" --image-size {size}" if size != SplitConfig().image_size else "")
+    if Manifest.load(manifest).config.image_size == size:
+        return f"edgenode train {out} --manifest {manifest}"
+    return (f"edgenode train {out} --manifest NEW.json, after `edgenode split {data} --image-size {size} --out NEW.json` "
+            f"(with the options {manifest} was made with: the same files, measured at {size} px)")
