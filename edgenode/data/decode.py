@@ -51,7 +51,7 @@ def _reduced_decode(img: Image.Image) -> bool:
     photo takes 48 MB instead of 192 MB (Pillow stores RGB in 4 bytes a pixel), in half the time. A face needs far
     fewer pixels than 12 MP, and the pictures under the limit, every training picture among them, decode exactly
     as before. False where the file is no JPEG, is a progressive JPEG (libjpeg keeps all of its coefficients at full
-    resolution whatever the scale: a 500-byte file claiming 160 MP would take 1 GB) or no scale fits; the caller
+    resolution whatever the scale: a file of under 1 KB claiming 160 MP took 1 GB) or no scale fits; the caller
     then refuses it.
     """
     if img.format not in _JPEG or img.info.get("progressive"):
