@@ -126,13 +126,6 @@ def thread_aligner(size: int, spec: AlignSpec) -> FaceAligner:
     return cache[key]
 
 
-def load_aligned(path: str | os.PathLike, size: int, spec: AlignSpec) -> np.ndarray:
-    """A picture file as the aligned uint8 size x size x 3 chip a model trained on aligned faces expects."""
-    from edgenode.data.decode import load_rgb
-
-    return thread_aligner(size, spec)(np.asarray(load_rgb(path), dtype=np.uint8))[0]
-
-
 def read_alignment(root: str | os.PathLike) -> tuple[AlignSpec, int] | None:
     """(spec, chip size) of a data folder written by :func:`align_dataset`, or None for an ordinary folder.
 

@@ -280,6 +280,46 @@ def test_every_runtime_aligns_the_inputs_of_an_aligned_model(aligned_run, fake_a
         np.testing.assert_allclose([p.top_k[0][1] for p in pre], softmax(predictor.predict_logits(plain)).max(axis=1), atol=1e-5)
 
 
+class FaceOnEvenPixel(FakeAligner):
+    """The stand-in aligner, finding a face only where the picture's first red value is even (a fixed mix)."""
+
+    def __call__(self, rgb):
+        return super().__call__(rgb)[0], int(rgb[0, 0, 0]) % 2 == 0
+
+
+def test_infer_says_which_pictures_had_no_face(aligned_run, monkeypatch):
+    """Where the aligner finds no face, the chip is cut around the whole picture (as training's copy was) and the
+    model still answers: each prediction says so, --json carries it, and infer warns once per picture and counts
+    them. A plain or pre-aligned input says nothing (None, no key)."""
+    from typer.testing import CliRunner
+
+    from edgenode.cli.app import app
+    from edgenode.runtime import load_predictor
+
+    monkeypatch.setattr(align, "thread_aligner", lambda size, spec: FaceOnEvenPixel(size))
+    data, ckpt_path, onnx_path = aligned_run
+    files = sorted(data.glob("images/*/*.png"))[:12]
+    expected = [int(np.asarray(load_rgb(f))[0, 0, 0]) % 2 == 0 for f in files]
+    assert True in expected and False in expected
+    predictor = load_predictor(onnx_path)
+    assert [p.face_found for p in predictor.predict(files, k=1)] == expected
+    assert [p.face_found for p in predictor.predict([np.asarray(load_rgb(f)) for f in files], k=1)] == expected
+    assert [p.face_found for p in predictor.predict_files(files, batch_size=5, k=1)] == expected
+    assert [p.face_found for p in predictor.predict_files(files, k=1, pre_aligned=True)] == [None] * len(files)
+    assert "face_found" not in next(predictor.predict_files(files[:1], k=1, pre_aligned=True)).to_dict()
+
+    result = CliRunner().invoke(app, ["infer", str(onnx_path), *map(str, files), "--json"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [r["face_found"] for r in records] == expected
+    output = " ".join(result.output.split())
+    faceless = [f for f, found in zip(files, expected) if not found]
+    for f in faceless:
+        assert f"warning: {f}: no face found; classified the whole picture" in output
+    assert output.count("no face found;") == len(faceless)
+    assert f"{len(files)}/{len(files)} image(s) classified, {len(faceless)} with no face found" in output
+
+
 def test_aligned_model_without_dlib_fails_in_one_line(aligned_run, monkeypatch):
     from edgenode.runtime import load_predictor
 

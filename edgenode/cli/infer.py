@@ -45,7 +45,7 @@ def command(
         raise UsageError(f"no image files found in {', '.join(map(str, paths))}", "pass image files or folders of .jpg/.png/.webp")
     with load_predictor(artifact, provider=provider, mirror_average=True if mirror_average else None) as predictor:
         console.print(f"{predictor.describe()}; provider {predictor.provider}; {len(files)} image(s)", markup=False)
-        failed = n = 0
+        failed = n = faceless = 0
         for item in predictor.predict_files(files, batch_size=batch_size, k=top_k, workers=workers or None, pre_aligned=pre_aligned):
             n += 1
             if not item.ok:
@@ -54,6 +54,10 @@ def command(
                 if as_json:
                     sys.stdout.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
                 continue
+            if item.face_found is False:  # aligned around the whole picture, as training did for such pictures
+                faceless += 1
+                console.print(f"[bold yellow]warning:[/] {escape(item.path)}: no face found; classified the whole picture "
+                              "(the model errs most on these)", soft_wrap=True)
             if as_json:
                 sys.stdout.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
             else:
@@ -64,6 +68,7 @@ def command(
         # the model's time only (no decoding), first call included: a few images mostly time the runtime's warm-up
         rate = (f", {predictor.runner.total_inference_ms / ok:.2f} ms/image inference (warm-up included; "
                 "`edgenode bench` measures latency)") if ok else ""
-        console.print(f"{ok}/{n} image(s) classified" + (f", [red]{failed} failed[/]" if failed else "") + rate)
+        console.print(f"{ok}/{n} image(s) classified" + (f", [red]{failed} failed[/]" if failed else "")
+                      + (f", {faceless} with no face found" if faceless else "") + rate)
     if failed:
         raise typer.Exit(code=1)

@@ -19,7 +19,7 @@ from edgenode.errors import ArtifactError, UsageError
 from edgenode.ode.solvers import SolverConfig
 from edgenode.runtime.artifact import ArtifactInfo, checkpoint_info, detect_kind, engine_info, onnx_info
 from edgenode.runtime.base import Runner
-from edgenode.runtime.preprocess import BatchLoader, preprocess_image
+from edgenode.runtime.preprocess import BatchLoader, preprocess_with_face
 from edgenode.runtime.providers import (PROVIDER_NAMES, ProviderUnavailableError, check_provider, provider_options,
                                         require_onnxruntime, select_providers, torch_device_for)
 
@@ -31,6 +31,7 @@ class Prediction:
     path: str | None
     top_k: list[tuple[str, float]]
     index: int  # class index of the top-1 class
+    face_found: bool | None = None  # a model of aligned faces: did the aligner find one (else: the whole picture)
 
     ok = True
 
@@ -50,6 +51,7 @@ class Prediction:
             "index": self.index,
             "confidence": self.confidence,
             "top_k": [{"class": name, "probability": p} for name, p in self.top_k],
+            **({} if self.face_found is None else {"face_found": self.face_found}),
         }
 
 
@@ -122,12 +124,17 @@ class Predictor:
 
         A model trained on aligned faces gets its inputs aligned here, unless ``pre_aligned``.
         """
+        return self._preprocess(images, pre_aligned)[0]
+
+    def _preprocess(self, images: Sequence, pre_aligned: bool) -> tuple[np.ndarray, list[bool | None]]:
         spec = self.metadata.input
         self._check_aligner(pre_aligned)
         batch = np.empty((len(images), 3, spec.image_size, spec.image_size), dtype=np.float32)
+        faces = []
         for i, image in enumerate(images):
-            batch[i] = preprocess_image(image, spec, pre_aligned)
-        return batch
+            batch[i], face_found = preprocess_with_face(image, spec, pre_aligned)
+            faces.append(face_found)
+        return batch, faces
 
     def _check_aligner(self, pre_aligned: bool) -> None:
         """Fail once, in the caller's thread, when this model needs the aligner and it is not installed, or when
@@ -141,18 +148,22 @@ class Predictor:
 
             thread_aligner(spec.image_size, spec.align)
 
-    def _predictions(self, logits: np.ndarray, paths: Sequence[str | None], k: int) -> list[Prediction]:
+    def _predictions(self, logits: np.ndarray, paths: Sequence[str | None], k: int,
+                     faces: Sequence[bool | None]) -> list[Prediction]:
         probs = softmax(logits)
         ranked = top_k(probs, self.metadata.classes, k)
         best = probs.argmax(axis=1)
-        return [Prediction(path, rank, int(i)) for path, rank, i in zip(paths, ranked, best)]
+        return [Prediction(path, rank, int(i), face) for path, rank, i, face in zip(paths, ranked, best, faces)]
 
     def predict(self, images: Sequence, k: int = 5, pre_aligned: bool = False) -> list[Prediction]:
-        """Top-``k`` classes of each picture (paths or uint8 HxWx3 arrays); a bad file raises ImageDecodeError."""
+        """Top-``k`` classes of each picture (paths or uint8 HxWx3 arrays); a bad file raises ImageDecodeError.
+
+        For a model of aligned faces each prediction also says whether the aligner found a face (``face_found``).
+        """
         images = list(images)
-        logits = self.predict_logits(self.preprocess(images, pre_aligned))
+        x, faces = self._preprocess(images, pre_aligned)
         names = [str(img) if isinstance(img, (str, os.PathLike)) else None for img in images]
-        return self._predictions(logits, names, k)
+        return self._predictions(self.predict_logits(x), names, k, faces)
 
     def predict_files(self, paths: Sequence[str | os.PathLike], batch_size: int = 32, k: int = 5,
                       workers: int | None = None, pre_aligned: bool = False) -> Iterator[Prediction | FailedImage]:
@@ -161,7 +172,8 @@ class Predictor:
         loader = BatchLoader(paths, self.metadata.input, batch_size=batch_size, workers=workers, pre_aligned=pre_aligned)
         for batch in loader:
             names = [str(batch.paths[i]) for i in batch.ok]
-            predictions = iter(self._predictions(self.predict_logits(batch.x), names, k) if names else [])
+            faces = [batch.face_found[i] for i in batch.ok]
+            predictions = iter(self._predictions(self.predict_logits(batch.x), names, k, faces) if names else [])
             for position, path in enumerate(batch.paths):
                 if position in batch.errors:
                     yield FailedImage(str(path), batch.errors[position].reason)

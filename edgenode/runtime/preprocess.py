@@ -21,7 +21,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from edgenode.checkpoint import InputSpec
-from edgenode.data import IMAGE_EXTENSIONS, load_resized, normalize_array
+from edgenode.data import IMAGE_EXTENSIONS, load_resized, load_rgb, normalize_array
 from edgenode.data.decode import default_workers
 from edgenode.errors import ImageDecodeError
 
@@ -52,12 +52,22 @@ def preprocess_image(image, spec: InputSpec, pre_aligned: bool = False) -> np.nd
     For a model trained on aligned faces (``spec.align``) the picture is aligned first, by the same transform its
     training copy was made with (``edgenode.align``), unless the caller says it already is (``pre_aligned``).
     """
+    return preprocess_with_face(image, spec, pre_aligned)[0]
+
+
+def preprocess_with_face(image, spec: InputSpec, pre_aligned: bool = False) -> tuple[np.ndarray, bool | None]:
+    """:func:`preprocess_image`, and whether the aligner found a face: None where nothing was aligned here.
+
+    Where no face is found the chip is cut around the whole picture, as training's copy was; the model still
+    answers, and those are the pictures it gets wrong most often, so the caller is told.
+    """
     align = spec.align is not None and not pre_aligned
+    face_found = None
     if isinstance(image, (str, os.PathLike)):
         if align:
-            from edgenode.align import load_aligned
+            from edgenode.align import thread_aligner
 
-            pixels = load_aligned(image, spec.image_size, spec.align)
+            pixels, face_found = thread_aligner(spec.image_size, spec.align)(np.asarray(load_rgb(image), dtype=np.uint8))
         else:
             pixels = load_resized(image, spec.image_size)
     else:
@@ -67,13 +77,13 @@ def preprocess_image(image, spec: InputSpec, pre_aligned: bool = False) -> np.nd
         if align:
             from edgenode.align import thread_aligner
 
-            pixels = thread_aligner(spec.image_size, spec.align)(pixels)[0]
+            pixels, face_found = thread_aligner(spec.image_size, spec.align)(pixels)
         if pixels.shape[:2] != (spec.image_size, spec.image_size):
             from PIL import Image
 
             resized = Image.fromarray(pixels, "RGB").resize((spec.image_size, spec.image_size), Image.Resampling.BILINEAR)
             pixels = np.asarray(resized, dtype=np.uint8)
-    return normalize_array(pixels, spec.mean, spec.std)[0]
+    return normalize_array(pixels, spec.mean, spec.std)[0], (None if face_found is None else bool(face_found))
 
 
 @dataclass
@@ -87,6 +97,7 @@ class Batch:
     x: np.ndarray  # float32 (n_ok, 3, S, S)
     ok: list[int]  # positions in ``paths`` of the rows of ``x``
     errors: dict[int, ImageDecodeError]
+    face_found: dict[int, bool | None]  # by position in ``paths``, for the decoded ones (None: nothing aligned)
 
 
 class BatchLoader:
@@ -110,12 +121,13 @@ class BatchLoader:
     def __len__(self) -> int:
         return -(-len(self.paths) // self.batch_size)
 
-    def _fill(self, buffer: np.ndarray, slot: int, path: Path) -> ImageDecodeError | None:
+    def _fill(self, buffer: np.ndarray, slot: int, path: Path) -> ImageDecodeError | tuple[bool | None]:
+        """Preprocess into the buffer's slot: the error, or a 1-tuple of whether a face was found."""
         try:
-            buffer[slot] = preprocess_image(path, self.spec, self.pre_aligned)
+            buffer[slot], face_found = preprocess_with_face(path, self.spec, self.pre_aligned)
         except ImageDecodeError as exc:
             return exc
-        return None
+        return (face_found,)
 
     def _submit(self, pool: ThreadPoolExecutor, index: int) -> tuple[int, list[Future]]:
         buffer = self._buffers[index % len(self._buffers)]
@@ -141,7 +153,7 @@ class BatchLoader:
                     next_index += 1
                 chunk = self.paths[index * self.batch_size : (index + 1) * self.batch_size]
                 buffer = self._buffers[index % len(self._buffers)]
-                ok = [i for i, r in enumerate(results) if r is None]
-                errors = {i: r for i, r in enumerate(results) if r is not None}
+                ok = [i for i, r in enumerate(results) if isinstance(r, tuple)]
+                errors = {i: r for i, r in enumerate(results) if not isinstance(r, tuple)}
                 x = buffer[: len(chunk)] if len(ok) == len(chunk) else buffer[ok]
-                yield Batch(chunk, x, ok, errors)
+                yield Batch(chunk, x, ok, errors, {i: results[i][0] for i in ok})
