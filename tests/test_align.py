@@ -287,7 +287,7 @@ class FaceOnEvenPixel(FakeAligner):
         return super().__call__(rgb)[0], int(rgb[0, 0, 0]) % 2 == 0
 
 
-def test_infer_says_which_pictures_had_no_face(aligned_run, monkeypatch):
+def test_infer_says_which_pictures_had_no_face(aligned_run, monkeypatch, tmp_path):
     """Where the aligner finds no face, the chip is cut around the whole picture (as training's copy was) and the
     model still answers: each prediction says so, --json carries it, and infer warns once per picture and counts
     them. A plain or pre-aligned input says nothing (None, no key)."""
@@ -305,6 +305,10 @@ def test_infer_says_which_pictures_had_no_face(aligned_run, monkeypatch):
     assert [p.face_found for p in predictor.predict(files, k=1)] == expected
     assert [p.face_found for p in predictor.predict([np.asarray(load_rgb(f)) for f in files], k=1)] == expected
     assert [p.face_found for p in predictor.predict_files(files, batch_size=5, k=1)] == expected
+    broken = tmp_path / "broken.png"  # a failed file mid-batch: each flag stays with its own picture, not its row of x
+    broken.write_bytes(b"not a picture")
+    mixed = list(predictor.predict_files(files[:6] + [broken] + files[6:], batch_size=5, k=1))
+    assert [p.face_found if p.ok else "failed" for p in mixed] == expected[:6] + ["failed"] + expected[6:]
     assert [p.face_found for p in predictor.predict_files(files, k=1, pre_aligned=True)] == [None] * len(files)
     assert "face_found" not in next(predictor.predict_files(files[:1], k=1, pre_aligned=True)).to_dict()
 
