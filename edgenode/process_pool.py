@@ -32,14 +32,11 @@ def resolve_workers(workers: int | None, n_items: int) -> int:
 def _start_worker(initializer: Callable[..., None], *initargs) -> None:
     """A worker's start: Pillow's decompression-bomb warning off, then the caller's initializer.
 
-    edgenode's decoder reads an over-limit picture at reduced size or refuses it with its own reason, so the warning
-    only alarms; a command turns it off (``cli.common``), but a spawned worker starts with Python's default filters.
+    A command turns the warning off (``cli.common``), but a spawned worker starts with Python's default filters.
     """
-    import warnings
+    from edgenode.data.decode import ignore_bomb_warning
 
-    from PIL.Image import DecompressionBombWarning
-
-    warnings.simplefilter("ignore", DecompressionBombWarning)
+    ignore_bomb_warning()
     initializer(*initargs)
 
 

@@ -29,13 +29,11 @@ def _one_line_warnings() -> Iterator[None]:
     """Show edgenode's own warnings (a skipped file, an excluded identity) as ``warning: …``, one line each.
 
     Python's default format adds the source line of the ``warnings.warn`` call; a user wants the message.
-    Other libraries' warnings keep their usual handling, but for Pillow's decompression-bomb warning (a JPEG over
-    80 MP): edgenode's decoder reads such a picture at reduced size or refuses it with its own reason, so the
-    warning's two lines of source would only alarm.
+    Other libraries' warnings keep their usual handling, but for Pillow's decompression-bomb warning, which
+    edgenode's decoder makes redundant (``decode.ignore_bomb_warning``).
     """
-    from PIL.Image import DecompressionBombWarning
-
     from edgenode.data import DataWarning
+    from edgenode.data.decode import ignore_bomb_warning
 
     previous = warnings.showwarning
 
@@ -47,7 +45,7 @@ def _one_line_warnings() -> Iterator[None]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("always", DataWarning)  # every skipped file gets its line, not only the first
-        warnings.simplefilter("ignore", DecompressionBombWarning)
+        ignore_bomb_warning()
         warnings.showwarning = show
         yield
 

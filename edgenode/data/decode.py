@@ -32,6 +32,19 @@ warning. (200-MP phone modes are refused: over 160 MP.)"""
 if Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS > PILLOW_LIMIT:
     Image.MAX_IMAGE_PIXELS = PILLOW_LIMIT
 
+
+
+def ignore_bomb_warning() -> None:
+    """Silence Pillow's decompression-bomb warning in the current warning filters (a command's, a worker's).
+
+    :func:`load_rgb` reads an over-limit picture at reduced size or refuses it with its own reason, so Pillow's
+    two lines of source (for a JPEG over ``PILLOW_LIMIT``) would only alarm. A library caller keeps its own filters.
+    """
+    import warnings
+
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+
 _WHITE = (255, 255, 255)
 _JPEG = ("JPEG", "MPO")  # MPO: the JPEG variant many phones write
 

@@ -62,28 +62,25 @@ def preprocess_with_face(image, spec: InputSpec, pre_aligned: bool = False) -> t
     answers, and those are the pictures it gets wrong most often, so the caller is told.
     """
     align = spec.align is not None and not pre_aligned
-    face_found = None
     if isinstance(image, (str, os.PathLike)):
-        if align:
-            from edgenode.align import thread_aligner
+        if not align:
+            return normalize_array(load_resized(image, spec.image_size), spec.mean, spec.std)[0], None
+        image = load_rgb(image)  # aligned below, as a picture given in memory is
+    pixels = np.asarray(image)
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[-1] != 3:
+        raise ValueError(f"expected a path or a uint8 (H, W, 3) array, got {pixels.dtype} {pixels.shape}")
+    face_found = None
+    if align:
+        from edgenode.align import thread_aligner
 
-            pixels, face_found = thread_aligner(spec.image_size, spec.align)(np.asarray(load_rgb(image), dtype=np.uint8))
-        else:
-            pixels = load_resized(image, spec.image_size)
-    else:
-        pixels = np.asarray(image)
-        if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[-1] != 3:
-            raise ValueError(f"expected a path or a uint8 (H, W, 3) array, got {pixels.dtype} {pixels.shape}")
-        if align:
-            from edgenode.align import thread_aligner
+        pixels, face_found = thread_aligner(spec.image_size, spec.align)(pixels)
+        face_found = bool(face_found)
+    if pixels.shape[:2] != (spec.image_size, spec.image_size):
+        from PIL import Image
 
-            pixels, face_found = thread_aligner(spec.image_size, spec.align)(pixels)
-        if pixels.shape[:2] != (spec.image_size, spec.image_size):
-            from PIL import Image
-
-            resized = Image.fromarray(pixels, "RGB").resize((spec.image_size, spec.image_size), Image.Resampling.BILINEAR)
-            pixels = np.asarray(resized, dtype=np.uint8)
-    return normalize_array(pixels, spec.mean, spec.std)[0], (None if face_found is None else bool(face_found))
+        resized = Image.fromarray(pixels, "RGB").resize((spec.image_size, spec.image_size), Image.Resampling.BILINEAR)
+        pixels = np.asarray(resized, dtype=np.uint8)
+    return normalize_array(pixels, spec.mean, spec.std)[0], face_found
 
 
 @dataclass
@@ -121,13 +118,13 @@ class BatchLoader:
     def __len__(self) -> int:
         return -(-len(self.paths) // self.batch_size)
 
-    def _fill(self, buffer: np.ndarray, slot: int, path: Path) -> ImageDecodeError | tuple[bool | None]:
-        """Preprocess into the buffer's slot: the error, or a 1-tuple of whether a face was found."""
+    def _fill(self, buffer: np.ndarray, slot: int, path: Path) -> ImageDecodeError | bool | None:
+        """Preprocess into the buffer's slot: the error, or whether a face was found (None: nothing aligned)."""
         try:
             buffer[slot], face_found = preprocess_with_face(path, self.spec, self.pre_aligned)
         except ImageDecodeError as exc:
             return exc
-        return (face_found,)
+        return face_found
 
     def _submit(self, pool: ThreadPoolExecutor, index: int) -> tuple[int, list[Future]]:
         buffer = self._buffers[index % len(self._buffers)]
@@ -153,7 +150,7 @@ class BatchLoader:
                     next_index += 1
                 chunk = self.paths[index * self.batch_size : (index + 1) * self.batch_size]
                 buffer = self._buffers[index % len(self._buffers)]
-                ok = [i for i, r in enumerate(results) if isinstance(r, tuple)]
-                errors = {i: r for i, r in enumerate(results) if not isinstance(r, tuple)}
+                errors = {i: r for i, r in enumerate(results) if isinstance(r, ImageDecodeError)}
+                ok = [i for i in range(len(results)) if i not in errors]
                 x = buffer[: len(chunk)] if len(ok) == len(chunk) else buffer[ok]
-                yield Batch(chunk, x, ok, errors, {i: results[i][0] for i in ok})
+                yield Batch(chunk, x, ok, errors, {i: results[i] for i in ok})
