@@ -90,3 +90,15 @@ def is_whole_number(value: object, low: int = 1) -> bool:
     """``value`` is an int (not a bool, which Python counts as one) and at least ``low``: the test behind every
     count-like option; each caller keeps its own message."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def reraise_interrupt(exc: BaseException) -> None:
+    """Raise KeyboardInterrupt when ``exc`` was caused by one: ``torch.onnx`` catches Ctrl-C inside its exporter and
+    raises its own error instead, which a fallback to the next exporter would otherwise swallow (the export then
+    went on, and wrote other files than the first exporter would have)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__

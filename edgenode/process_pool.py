@@ -8,7 +8,10 @@ re-import the main script, so a script that calls this needs an ``if __name__ ==
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -66,16 +69,50 @@ def process_map(func: Callable[[Any], Any], items: Sequence, *, initializer: Cal
                 results.append(func(item))
                 advance()
             return results
-        context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+                                   initargs=(initializer, *initargs))
         try:
-            with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                                     initargs=(initializer, *initargs)) as pool:
-                for result in pool.map(func, items, chunksize=chunksize):
-                    results.append(result)
-                    advance()
+            with _workers_ignore_ctrl_c():  # map submits every chunk now, which starts the workers
+                chunks = pool.map(func, items, chunksize=chunksize)
+            for result in chunks:
+                results.append(result)
+                advance()
         except BrokenProcessPool:
+            _stop(pool)
             raise EdgenodeError(
                 f"a worker process ({description}) stopped abruptly after {len(results)} of {len(items)} items (out of "
                 "memory, or a script without an `if __name__ == '__main__':` guard, which spawned workers re-run)",
                 f"{rerun_hint}guard the script's entry point, or pass workers=1 to see the error in this process") from None
+        except BaseException:  # Ctrl-C, or a worker's error: stop now rather than wait for the queued items
+            _stop(pool)
+            raise
+        pool.shutdown()
     return results
+
+
+@contextlib.contextmanager
+def _workers_ignore_ctrl_c():
+    """Start worker processes with SIGINT ignored, so Ctrl-C (sent to the terminal's whole process group) reaches
+    only this process, which stops the pool: a worker interrupted mid-task or mid-start-up printed its own
+    traceback, and one interrupted holding the pool's queue lock left the pool waiting for ever. An ignored signal
+    stays ignored across the spawn's exec, and Python installs its KeyboardInterrupt handler only where SIGINT was
+    not ignored at start-up. Outside the main thread (where signals cannot be set) the workers start as they are."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stop(pool) -> None:
+    """Cancel what is queued and end the workers without waiting for them (``shutdown(wait=True)``, what leaving a
+    ``with`` block does, would finish every queued item first)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=10)

@@ -25,3 +25,21 @@ def read_under_a_tiny_pillow_limit(path: str) -> tuple[int, int]:
 
     Image.MAX_IMAGE_PIXELS = 200  # a 16 x 16 picture (256 pixels): Pillow's warning, not yet its error
     return load_rgb(path).size
+
+
+def mark_then_wait(marker: str) -> str:
+    """A slow ``process_map`` item, or a slow worker start-up (dlib loads its models): creates the file ``marker``,
+    so that a test sees where the worker is, then sleeps."""
+    import time
+    from pathlib import Path
+
+    Path(marker).touch()
+    time.sleep(1.0)
+    return marker
+
+
+def mark_then_wait_in_a_new_file(folder: str) -> None:
+    """A slow ``process_map`` initializer: :func:`mark_then_wait` on a file of ``folder`` named after the worker."""
+    import os
+
+    mark_then_wait(os.path.join(folder, f"worker-{os.getpid()}"))

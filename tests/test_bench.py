@@ -64,6 +64,8 @@ def test_cli_writes_table_json_markdown_and_plots(cli_report, exports, trained_r
     table = [line for line in md.splitlines() if line.startswith("| ") and "FLOPs" not in line and "Part" not in line]
     assert len(table) == 1 + len(report["rows"]) + 4  # header + rows + the 4-line FLOP table
     assert "2 × multiply-accumulates + bias adds" in md and "VmHWM" in md
+    load = report["machine"]["load_average_1min_at_start"]  # always given, busy or not: times depend on it
+    assert load is None or f"1-minute load average {load} at the start" in md
 
 
 def test_rows_baseline_artifacts_and_sweep(cli_report, exports, trained_run):

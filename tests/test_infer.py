@@ -102,7 +102,11 @@ def test_wrong_artifact_and_no_images_are_refused(fp32_onnx, tmp_path, photo_fol
     fake = tmp_path / "model.onnx"
     fake.write_text("not a model\n")
     result = invoke("infer", fake, photo_folder)
-    assert result.exit_code == 1 and "is a text file, not a model" in result.stderr
+    assert result.exit_code == 1 and "is a text file, not a model" in result.stderr  # named like one: damaged
+    report = tmp_path / "export_report.md"  # a report from the same folder, passed by mistake: the command line is wrong
+    report.write_text("# Export report\n")
+    result = invoke("infer", report, photo_folder)
+    assert result.exit_code == 2 and "export_report.md: is a text file, not a model" in result.stderr
     fake.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:4d7a\nsize 4536689\n")
     result = invoke("infer", fake, photo_folder)
     assert result.exit_code == 1 and "model.onnx: is a Git LFS pointer, not the model it stands for (fetch the file: git lfs pull)" in result.stderr

@@ -228,6 +228,7 @@ def test_fixed_step_checkpoint_is_compared_with_an_adaptive_reference(export_dir
                                      attribution=False, allow_other_reference=True))  # the export came from best.pt
     assert report.reference["solver"].startswith("dopri5") and report.reference["trained_solver"] == "rk4 × 4 steps"
     assert any("trained with a fixed-step solver" in note for note in report.notes)
+    assert not any("replaces the trained" in note for note in report.notes)  # the same fact once, not twice
     assert any("compared on purpose" in note for note in report.results[0].notes)
     kept = run_parity(ParityConfig(artifacts=(str(artifact),), reference=str(path), data=str(synthetic_root),
                                    reference_solver=None, attribution=False, allow_other_reference=True))

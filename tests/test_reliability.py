@@ -15,6 +15,7 @@ docs/GUARANTEES.md lists what edgenode guarantees; every line of it is a test (o
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -26,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import warnings
 from pathlib import Path
@@ -1226,6 +1228,81 @@ def test_worker_processes_show_no_pillow_bomb_warning_either(tmp_path, capfd):
                         workers=2, description="reading", progress=False, chunksize=1)
     assert sizes == [(16, 16), (16, 16)]
     assert "DecompressionBomb" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("during", ["start-up", "items"])
+def test_ctrl_c_stops_worker_processes_at_once_without_their_tracebacks(tmp_path, during):
+    """Ctrl-C reaches a terminal's whole process group. Workers start with it ignored: only the main process stops,
+    and it ends the pool at once, instead of each worker printing its traceback (a worker interrupted in its
+    initializer did) or the pool working through, or hanging on, the queued items."""
+    script = tmp_path / "pool.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from edgenode.process_pool import process_map
+        from helpers import mark_then_wait, mark_then_wait_in_a_new_file, no_setup
+
+        if __name__ == "__main__":
+            started, items = sys.argv[1:]
+            setup = (mark_then_wait_in_a_new_file, (started,)) if {during == "start-up"} else (no_setup, ())
+            try:
+                process_map(mark_then_wait, [f"{{items}}/item-{{i}}" for i in range(40)], initializer=setup[0],
+                            initargs=setup[1], workers=2, description="waiting", progress=False, chunksize=1)
+            except KeyboardInterrupt:
+                print("interrupted", file=sys.stderr)
+                sys.exit(130)
+            sys.exit(0)
+    """))
+    started, items = tmp_path / "started", tmp_path / "items"
+    started.mkdir()
+    items.mkdir()
+    watched = started if during == "start-up" else items
+    process = subprocess.Popen([sys.executable, str(script), str(started), str(items)], stderr=subprocess.PIPE,
+                               text=True, start_new_session=True, env=subprocess_env())
+    deadline = time.monotonic() + 60
+    while len(list(watched.iterdir())) < 2 and time.monotonic() < deadline:  # both workers are there
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    try:
+        _, stderr = process.communicate(timeout=30)
+        time.sleep(0.5)
+        running = _running_in_group(process.pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # a worker left behind fails the test, not the suite
+    assert process.returncode == 130 and stderr.strip() == "interrupted", stderr
+    assert len(list(items.iterdir())) < 40  # the queued items were cancelled, not worked through
+    assert running == []  # no worker outlives the command
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line_too(tmp_path):
+    """The commands import torch (seconds): Ctrl-C then gave a traceback through torch's import, not the one line."""
+    process = subprocess.Popen(edgenode_cmd("split", tmp_path), stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, env=subprocess_env())
+    time.sleep(0.3)  # in torch's import (2 s here); were it done, the command itself would be interrupted
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and stderr.strip() == "error: interrupted (what was written stays whole)", stderr
+
+
+def test_the_interrupt_line_says_how_to_continue_where_there_is_a_way():
+    from edgenode.cli import interrupted_line
+
+    assert interrupted_line(["train", "data", "--out", "run"]).endswith("; the same command with --resume continues the run)")
+    assert interrupted_line(["--no-progress", "demo"]).endswith("; run it again to continue)")
+    assert interrupted_line(["infer", "m.onnx", "photos"]) == "error: interrupted (what was written stays whole)"
+
+
+def _running_in_group(group: int) -> list[int]:
+    """Processes of a process group that still run (not zombies: an orphan's exit status waits for init to read
+    it, and the init of a container may never do so). Linux's /proc."""
+    running = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            state, _, pgrp = stat.read_text().rpartition(")")[2].split()[:3]
+            if int(pgrp) == group and state != "Z":
+                running.append(int(stat.parent.name))
+    return running
 
 
 def test_exit_codes_are_what_the_errors_say():

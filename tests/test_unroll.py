@@ -92,6 +92,23 @@ def test_exported_graph_holds_exactly_n_explicit_steps(n_steps):
     assert len(shared) == 2, "f's weights are stored once and shared by every step"
 
 
+def test_ctrl_c_inside_an_exporter_is_not_taken_for_its_failure(monkeypatch):
+    """torch.onnx catches Ctrl-C inside its exporter and raises its own error: the fallback to the next exporter
+    must not swallow it (the export went on, with the other exporter's graph)."""
+    def interrupted(model, sample, opset):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise AttributeError("'NoneType' object has no attribute 'graph'")  # torch's own, raised while handling it
+
+    tried = []
+    monkeypatch.setitem(ox.EXPORTERS, "dynamo", lambda *args: (tried.append("dynamo"), interrupted(*args)))
+    monkeypatch.setitem(ox.EXPORTERS, "torchscript", lambda *args: tried.append("torchscript"))
+    with pytest.raises(KeyboardInterrupt):
+        ox.torch_to_onnx(unroll(small_model(width=8), "rk4", 1), image_size=32, opset=18)
+    assert tried == ["dynamo"]
+
+
 def test_default_discretisation():
     euler = SolverConfig(method="euler", n_steps=20)
     adaptive = SolverConfig(method="dopri5")

@@ -43,7 +43,7 @@ from edgenode.bench.timing import measure
 from edgenode.checkpoint import InputSpec
 from edgenode.console import console
 from edgenode.data.manifest import check_split_option, manifest_of_run
-from edgenode.errors import ArtifactError, UsageError, first_line
+from edgenode.errors import ArtifactError, UsageError, first_line, reraise_interrupt
 from edgenode.export.unroll import MAX_STEPS
 from edgenode.ode.solvers import FIXED_STEP_METHODS, SolverConfig
 from edgenode.runtime.providers import ONNXRUNTIME_MISSING, onnxruntime_installed
@@ -601,6 +601,7 @@ def run_specs(specs: list[RowSpec], session: _Session) -> list[str]:
         except ArtifactError:
             raise
         except Exception as exc:  # noqa: BLE001 - a compiled GPU mode failing (Triton, driver) must not lose the others
+            reraise_interrupt(exc)  # torch.compile wraps Ctrl-C in its own error too
             if not (spec.optional and spec.group == "gpu"):
                 raise
             skipped.append(f"skipped {spec.name}: {_one_line(exc)}")

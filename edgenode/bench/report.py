@@ -237,7 +237,9 @@ def markdown(report: BenchReport) -> str:
         "# edgenode bench", "",
         f"Machine: {m.get('cpu')} ({m.get('physical_cores')} physical cores, {m.get('logical_cpus')} logical), "
         f"{plural(m.get('threads', 0), 'intra-op thread')} for every runtime; torch {m.get('torch')}, onnxruntime {m.get('onnxruntime')}"
-        + (f"; GPU {m.get('gpu')}" if m.get("gpu") else "") + ".",
+        + (f"; GPU {m.get('gpu')}" if m.get("gpu") else "")
+        + (f"; 1-minute load average {m['load_average_1min_at_start']} at the start"
+           if m.get("load_average_1min_at_start") is not None else "") + ".",
         f"Baseline: **{report.baseline.name}** ({report.baseline.solver}). Speed-up = baseline p50 / row p50 at the "
         f"same batch size; latency at batch {report.latency_batch}, throughput (images/s = batch / p50) at batch "
         f"{report.throughput_batch}.",

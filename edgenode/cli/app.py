@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from edgenode.cli import align, bench, demo, engine, evaluate, export, infer, parity, split, teacher, teacher_views, train, verify
+from edgenode.cli import align, bench, demo, engine, evaluate, export, infer, interrupted_line, parity, split, teacher, teacher_views, train, verify
 
 app = typer.Typer(
     name="edgenode",
@@ -37,19 +37,17 @@ for name, module in [
     app.command(name, help=summary, short_help=summary)(module.command)
 
 
-INTERRUPTED = "error: interrupted (what was written stays whole; a training run continues with --resume)"
-
-
 def main(argv: list[str] | None = None) -> None:
     """The ``edgenode`` script: the app, with the parser's own errors (a missing argument, an unknown option, ``--steps
     many``) said in one ``error:`` line like every other error, exit 2, instead of a boxed usage message."""
     import sys
 
+    argv = argv if argv is not None else sys.argv[1:]
     command = typer.main.get_command(app)
     try:
-        code = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="edgenode", standalone_mode=False)
+        code = command.main(args=argv, prog_name="edgenode", standalone_mode=False)
     except typer.Abort:  # Ctrl-C outside a command's own handling
-        print(INTERRUPTED, file=sys.stderr)
+        print(interrupted_line(argv), file=sys.stderr)
         sys.exit(130)
     except Exception as exc:
         # click's UsageError and ClickException (typer vendors click in its newer releases, so matched by shape)
@@ -62,5 +60,5 @@ def main(argv: list[str] | None = None) -> None:
             print(f"error: {message}{where}", file=sys.stderr)
         sys.exit(exc.exit_code)
     if code == 130:  # typer turns Ctrl-C inside a command into exit code 130, silently
-        print(INTERRUPTED, file=sys.stderr)
+        print(interrupted_line(argv), file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from edgenode.artifacts import atomic_path
-from edgenode.errors import ArtifactError, UsageError, first_line
+from edgenode.errors import ArtifactError, UsageError, first_line, reraise_interrupt
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -106,6 +106,7 @@ def torch_to_onnx(model: torch.nn.Module, image_size: int, opset: int = DEFAULT_
         try:
             proto = EXPORTERS[name](model, sample, opset)
         except Exception as exc:  # noqa: BLE001 - an exporter bug on one torch version: try the other path
+            reraise_interrupt(exc)
             errors.append(f"{name}: {first_line(exc, 1000)}")
             console.print(f"[yellow]warning:[/] torch.onnx {name} exporter failed ({errors[-1][:200]}); trying the next one")
             continue

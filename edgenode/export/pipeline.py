@@ -29,7 +29,7 @@ import torch
 
 from edgenode.artifacts import atomic_path, human_size, sha256_file, sidecar_path, write_sidecar
 from edgenode.checkpoint import Checkpoint, load_checkpoint
-from edgenode.console import console
+from edgenode.console import console, progress_bar
 from edgenode.errors import ArtifactError, EdgenodeError, ParityError, UsageError
 from edgenode.export import fp16 as fp16_mod
 from edgenode.export import int8 as int8_mod
@@ -403,6 +403,10 @@ def export_model(config: ExportConfig) -> ExportResult:
     method, steps, steps_source = choose_discretisation(config, inputs, model, report, files)
     result = ExportResult(out, method, steps, files=files, report=report)
     unrolled = unroll(model, method, steps)
+    n_val = len(inputs.val_labels)
+    console.print(f"exporting {Path(config.checkpoint).name} as {describe(method, steps)}"
+                  f"{' mirror-averaged' if config.mirror_average else ''}: {', '.join(config.precisions)}; each file "
+                  f"checked against torch on {n_val} val images", markup=False)
     validity = None
     if config.check_ode:
         subset = golden_indices(len(inputs.val_labels), VALIDITY_MAX_IMAGES)
@@ -411,8 +415,12 @@ def export_model(config: ExportConfig) -> ExportResult:
         validity = check_ode_validity(model, inputs.val_images[subset], inputs.val_labels[subset], method, steps,
                                       on_rung=_print_rung)
         report_validity(validity, report)
-    with torch.no_grad():  # batched: a full split through 4N evaluations of f would hold every stage at once
-        ref_logits = torch.cat([unrolled(inputs.val_images[i : i + 64]) for i in range(0, len(inputs.val_labels), 64)]).double().numpy()
+    parts = []
+    with torch.no_grad(), progress_bar("torch reference", n_val) as advance:
+        for i in range(0, n_val, 64):  # batched: a full split through 4N evaluations of f would hold every stage at once
+            parts.append(unrolled(inputs.val_images[i : i + 64]))
+            advance(len(parts[-1]))
+    ref_logits = torch.cat(parts).double().numpy()
     report["deployed"] = {"method": method, "steps": steps, "description": describe(method, steps), "steps_source": steps_source,
                           "mirror_average": config.mirror_average, "torch_val_accuracy": accuracy(ref_logits, inputs.val_labels)}
     meta = base_metadata(inputs, unrolled, method, steps, steps_source, validity)

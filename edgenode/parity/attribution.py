@@ -33,7 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edgenode.errors import EdgenodeError
+from edgenode.errors import EdgenodeError, reraise_interrupt
 from edgenode.ode.solvers import SolverConfig
 from edgenode.parity.compare import StageDiff, diff_logits
 from edgenode.runtime.artifact import ArtifactInfo, detect_kind, onnx_info
@@ -117,6 +117,7 @@ class Attributor:
         except EdgenodeError as exc:
             value = f"FP32 ONNX unavailable ({exc})"
         except Exception as exc:  # noqa: BLE001 - the exporter can fail in many ways; attribution is best-effort
+            reraise_interrupt(exc)
             value = f"rebuilding the FP32 ONNX failed ({type(exc).__name__}: {str(exc).strip()[:120]})"
         self._fp32[key] = value
         return value

@@ -160,22 +160,27 @@ def provenance(info: ArtifactInfo, reference: ArtifactInfo, allow_other: bool) -
     return [f"{other}; compared on purpose (--allow-other-reference)"], None
 
 
-def run_logits(predictor: Predictor, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, float]:
+def run_logits(predictor: Predictor, x: np.ndarray, batch_size: int, description: str = "") -> tuple[np.ndarray, float]:
     """Logits of the whole split in batches, and the mean inference time per image (ms) — without the first batch
     when there are others: it pays for the warm-up (and, on ONNX Runtime's TensorRT provider, the engine build).
 
-    A runtime's own error (ONNX Runtime's, TensorRT's) becomes one line naming the file."""
+    A runtime's own error (ONNX Runtime's, TensorRT's) becomes one line naming the file. With a ``description``, a
+    progress bar on a terminal: the tight dopri5 reference takes minutes on a CPU."""
+    from edgenode.console import progress_bar
+
     parts, times = [], []
-    for lo in range(0, len(x), batch_size):
-        try:
-            parts.append(predictor.predict_logits(x[lo : lo + batch_size]))
-        except EdgenodeError:
-            raise
-        except Exception as exc:
-            raise ArtifactError(f"{predictor.metadata.path}: failed on {predictor.runner.describe()} "
-                                f"({type(exc).__name__}: {first_line(exc)})",
-                                "check it with `edgenode verify`, or export it again") from None
-        times.append((predictor.last_inference_ms, len(parts[-1])))
+    with progress_bar(description, len(x), enabled=bool(description)) as advance:
+        for lo in range(0, len(x), batch_size):
+            try:
+                parts.append(predictor.predict_logits(x[lo : lo + batch_size]))
+            except EdgenodeError:
+                raise
+            except Exception as exc:
+                raise ArtifactError(f"{predictor.metadata.path}: failed on {predictor.runner.describe()} "
+                                    f"({type(exc).__name__}: {first_line(exc)})",
+                                    "check it with `edgenode verify`, or export it again") from None
+            times.append((predictor.last_inference_ms, len(parts[-1])))
+            advance(len(parts[-1]))
     logits = np.concatenate(parts) if parts else np.zeros((0, predictor.metadata.num_classes), np.float32)
     timed = times[1:] if len(times) > 1 else times
     return logits, sum(ms for ms, _ in timed) / max(1, sum(n for _, n in timed))
@@ -189,7 +194,7 @@ def reference_logits(reference: Predictor, x: np.ndarray, config: ParityConfig, 
     key = (info.sha256, info.solver, info.mirror_average, manifest_sha256, config.split, str(Path(config.data).resolve()),
            config.batch_size, reference.runner.describe(), x.shape)
     if key not in _REFERENCE_CACHE:
-        logits, _ = run_logits(reference, x, config.batch_size)
+        logits, _ = run_logits(reference, x, config.batch_size, f"reference ({reference.metadata.solver.describe()})")
         logits.setflags(write=False)
         while len(_REFERENCE_CACHE) >= _REFERENCE_CACHE_SIZE:
             _REFERENCE_CACHE.pop(next(iter(_REFERENCE_CACHE)))
@@ -256,8 +261,9 @@ def _run_parity(config: ParityConfig, stack: contextlib.ExitStack) -> ParityRepo
     ref_info = reference.metadata
     notes = list(reference.notes)
     if config.reference_solver is not None and not ref_info.source_solver.is_adaptive:
-        notes.append(f"the checkpoint was trained with a fixed-step solver ({ref_info.source_solver.describe()}); "
-                     f"the reference integrates its ODE with {ref_info.solver.describe()} instead")
+        # in place of the reference's own "solver … replaces the trained …": the same fact, with why
+        notes = [f"the checkpoint was trained with a fixed-step solver ({ref_info.source_solver.describe()}); "
+                 f"the reference integrates its ODE with {ref_info.solver.describe()} instead"]
     manifest_path, manifest = manifest_of_run(ref_info.path, ref_info.manifest_sha256, config.manifest)
     candidates = expand_artifacts(config.artifacts)
     loaded, skipped = load_candidates(candidates, ref_info, config.provider, stack)
@@ -288,7 +294,7 @@ def _run_parity(config: ParityConfig, stack: contextlib.ExitStack) -> ParityRepo
     results: list[ParityResult] = []
     for predictor, (artifact_notes, other) in judged:
         info = predictor.metadata
-        logits, ms_per_image = run_logits(predictor, x, config.batch_size)
+        logits, ms_per_image = run_logits(predictor, x, config.batch_size, info.path.name)
         numeric = None
         if info.kind == "onnx":  # inf/NaN or saturated logits fail, named at the node where it starts
             from edgenode.export.numerics import diagnose_logits

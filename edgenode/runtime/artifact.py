@@ -84,7 +84,9 @@ def detect_kind(path: str | os.PathLike, allowed: tuple[str, ...] = ANY_KIND) ->
     if by_content == "text" and head.startswith(b"version https://git-lfs"):  # a clone without git-lfs
         raise ArtifactError(f"{path}: is a Git LFS pointer, not the model it stands for", "fetch the file: git lfs pull")
     if by_content == "text":
-        raise ArtifactError(f"{path}: is a text file, not a model", _pass(allowed))
+        # named like a model: a damaged copy (exit 1); otherwise a report or README passed by mistake (exit 2)
+        error = ArtifactError if by_name is not None else ArtifactPathError
+        raise error(f"{path}: is a text file, not a model", _pass(allowed))
     if by_name == "engine":
         if by_content in ("checkpoint", "onnx"):
             raise ArtifactError(f"{path}: is named like a TensorRT engine but is {KIND_WORDS[by_content]}",
