@@ -289,6 +289,22 @@ def align_dataset(root: str | os.PathLike, out: str | os.PathLike, files: list[s
     earlier = previous.get("earlier_runs", []) + ([{k: previous[k] for k in this_run if k in previous}] if "files" in previous else [])
     summary = {**record, **this_run, **({"earlier_runs": earlier} if earlier else {})}
     if len(files) and not aligned and not (len(files) - len(todo)):
-        raise DataError(f"none of the {len(files)} file(s) in {source} could be aligned", "see the skipped reasons")
+        first, reason = skipped[0]
+        raise DataError(f"none of the {len(files)} file(s) in {source} could be aligned (the first, {first}: {reason})",
+                        "check that the folder holds readable pictures: every file was unreadable")
     atomic_write_bytes(record_path, (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
+    _report_skipped(skipped, record_path)
     return summary
+
+
+def _report_skipped(skipped: list[tuple[str, str]], record_path: Path) -> None:
+    """One warning line per file that could not be aligned, as `split` and `teacher` give (the record lists all)."""
+    import warnings
+
+    from edgenode.data.manifest import MAX_SKIP_WARNINGS, DataWarning
+
+    for path, reason in skipped[:MAX_SKIP_WARNINGS]:
+        warnings.warn(f"skipped {path}: {reason}", DataWarning, stacklevel=3)
+    if len(skipped) > MAX_SKIP_WARNINGS:
+        warnings.warn(f"skipped {len(skipped) - MAX_SKIP_WARNINGS} more file(s); {record_path} lists every one with "
+                      "its reason", DataWarning, stacklevel=3)

@@ -47,7 +47,11 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it onto ``final`` only if the block succeeds."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    except OSError as exc:  # a read-only or full file system: name the file asked for, not the temporary's name
+        exc.filename = str(final)
+        raise
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -56,6 +60,10 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
             os.fsync(handle.fileno())
         os.chmod(tmp_path, 0o644)  # mkstemp makes files owner-only; artifacts are meant to be shared and copied
         os.replace(tmp_path, final)
+    except OSError as exc:
+        if exc.filename is not None and os.fsdecode(exc.filename) == str(tmp_path):
+            exc.filename = str(final)
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -102,3 +102,12 @@ def reraise_interrupt(exc: BaseException) -> None:
             raise KeyboardInterrupt from None
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
+
+
+def interrupted_line(argv: list[str]) -> str:
+    """What the ``edgenode`` script prints on Ctrl-C: every file is written whole or not at all, and where the
+    command can continue (``train --resume``, ``demo`` run again) it says how."""
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    resume = "; the same command with --resume continues the run" if command == "train" else (
+        "; run it again to continue" if command == "demo" else "")
+    return f"error: interrupted (what was written stays whole{resume})"

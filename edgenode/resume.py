@@ -72,7 +72,7 @@ def weight_average(config: TrainConfig, model: nn.Module, ckpt: Checkpoint | Non
 RESUME_FIXED = ("batch_size", "seed", "augment", "augment_shift", "augment_color", "teacher", "teacher_views", "label_weight",
                 "distill_weight", "kd_weight", "kd_targets", "unlabeled", "near_duplicates", "arch", "width", "schedule",
                 "warmup_epochs", "ema_decay", "lr", "weight_decay", "label_smoothing", "margin", "margin_scale", "dropout",
-                "solver", "steps", "rtol", "atol", "amp")
+                "solver", "steps", "rtol", "atol", "amp", "init")  # init: a resumed run goes on from last.pt, never re-initialised
 
 
 def check_resume_settings(config: TrainConfig, saved: dict, path: Path) -> None:

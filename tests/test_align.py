@@ -368,6 +368,27 @@ def test_align_dataset_keeps_one_source_per_copy_and_the_counts_of_every_run(syn
     assert json.loads((out / ALIGN_FILE).read_text())["source"] == str((synthetic_root / "images").resolve())
 
 
+def test_align_names_each_file_it_skips_and_why(synthetic_root, tmp_path, monkeypatch):
+    """It said only "3 skipped"; with every file bad it pointed at reasons that were neither shown nor written."""
+    from edgenode.data import DataWarning
+
+    monkeypatch.setattr(align, "FaceAligner", lambda size, spec: FakeAligner(size))
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_root / "images", data / "images")
+    pictures = sorted(p.relative_to(data / "images").as_posix() for p in (data / "images").glob("*/*.png"))[:3]
+    (data / "images" / pictures[1]).write_bytes(b"not a picture")
+    with pytest.warns(DataWarning) as shown:
+        summary = align.align_dataset(data, tmp_path / "copy", pictures, 32, workers=1, progress=False)
+    assert summary["aligned_now"] == 2 and [s for s, _ in summary["skipped"]] == [str(data / "images" / pictures[1])]
+    (line,) = [str(w.message) for w in shown]
+    assert line.startswith(f"skipped {data / 'images' / pictures[1]}: ") and len(line.split(": ", 1)[1]) > 3
+    for name in pictures:
+        (data / "images" / name).write_bytes(b"")
+    with pytest.raises(DataError) as exc:
+        align.align_dataset(data, tmp_path / "copy2", pictures, 32, workers=1, progress=False)
+    one_line(exc, "none of the 3 file(s)", f"(the first, {data / 'images' / pictures[0]}: ")
+
+
 def test_the_teacher_refuses_an_aligned_copy(synthetic_root, tmp_path):
     """dlib's descriptor of a 64-px chip is not the one of the original picture that the teacher's recorded method
     names (L2 0.10-0.20 on Pins), and training would match those descriptors by file name without noticing."""

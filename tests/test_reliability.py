@@ -1286,7 +1286,7 @@ def test_ctrl_c_while_the_command_starts_is_one_line_too(tmp_path):
 
 
 def test_the_interrupt_line_says_how_to_continue_where_there_is_a_way():
-    from edgenode.cli import interrupted_line
+    from edgenode.errors import interrupted_line
 
     assert interrupted_line(["train", "data", "--out", "run"]).endswith("; the same command with --resume continues the run)")
     assert interrupted_line(["--no-progress", "demo"]).endswith("; run it again to continue)")
@@ -1303,6 +1303,38 @@ def _running_in_group(group: int) -> list[int]:
             if int(pgrp) == group and state != "Z":
                 running.append(int(stat.parent.name))
     return running
+
+
+def test_a_write_that_fails_names_the_file_asked_for_not_its_temporary(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    from edgenode.artifacts import atomic_write_bytes
+
+    def read_only(prefix, suffix, dir):
+        raise OSError(errno.EROFS, "Read-only file system", os.path.join(dir, f"{prefix}x1y2z3{suffix}"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(OSError) as exc:
+        atomic_write_bytes(tmp_path / "model.onnx", b"x")
+    assert exc.value.filename == str(tmp_path / "model.onnx") and ".tmp" not in str(exc.value)
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(synthetic_root, trained_run, tmp_path, monkeypatch):
+    """It failed at the first write, after the work (minutes, for an export), naming a temporary file."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    def access(path, mode):  # a read-only folder (chmod would not stop root, who runs CI)
+        return not (Path(path) == locked and mode & os.W_OK) and real_access(path, mode)
+
+    monkeypatch.setattr(os, "access", access)
+    result = CliRunner().invoke(app, ["split", str(synthetic_root), "--out", str(locked / "new" / "manifest.json")])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip() == (f"error: --out {locked / 'new' / 'manifest.json'}: cannot write in {locked} (permission "
+                                     "denied, or a read-only file system) (pass an --out you can write to)")
+    result = CliRunner().invoke(app, ["export", str(trained_run.best_checkpoint), "--out", str(locked / "export")])
+    assert result.exit_code == 1 and f"cannot write in {locked}" in result.stderr, result.output
 
 
 def test_exit_codes_are_what_the_errors_say():

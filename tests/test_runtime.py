@@ -212,6 +212,23 @@ def test_predict_files_keeps_order_and_reports_bad_files(exports, synthetic_root
 # --- refusing what cannot be trusted ------------------------------------------------------------------------
 
 
+def test_folders_are_searched_through_symlinks_each_real_folder_once(tmp_path):
+    """A data set whose identity folders are symlinks (as `train` reads them) is found by `infer` too, and a link
+    back to a parent folder does not loop."""
+    from edgenode.runtime.preprocess import collect_images
+
+    outside = tmp_path / "outside" / "Some One"
+    outside.mkdir(parents=True)
+    for name in ("b.jpg", "a.png", "notes.txt", ".hidden.jpg"):
+        (outside / name).write_bytes(b"")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "Some One").symlink_to(outside, target_is_directory=True)
+    (photos / "Some One again").symlink_to(outside, target_is_directory=True)  # the same real folder: listed once
+    (outside / "loop").symlink_to(photos, target_is_directory=True)
+    assert collect_images([photos]) == [photos / "Some One" / "a.png", photos / "Some One" / "b.jpg"]
+
+
 def test_kind_is_detected_from_content_and_mismatches_are_one_line(trained_ckpt, exports, tmp_path):
     assert detect_kind(trained_ckpt) == "checkpoint" and detect_kind(exports["fp32"]) == "onnx"
     cases = {

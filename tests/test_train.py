@@ -284,6 +284,7 @@ def test_colour_jitter_trains_and_is_fixed_on_resume(synthetic_root, tmp_path):
     (dict(weight_decay=0.0), r"--weight-decay 0.05 → 0.0"),
     (dict(solver="dopri5", steps=None), r"--solver 'rk4' → 'dopri5', --steps 2 → None"),
     (dict(label_smoothing=0.1), r"--label-smoothing 0.0 → 0.1"),
+    (dict(init="other.pt"), r"--init None → 'other.pt'"),  # was ignored: the run goes on from last.pt's weights
 ])
 def test_resume_refuses_settings_the_checkpoint_would_silently_override(tmp_path, changed, message):
     saved = small_config("data", tmp_path / "run").to_dict()

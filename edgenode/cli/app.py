@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from edgenode.cli import align, bench, demo, engine, evaluate, export, infer, interrupted_line, parity, split, teacher, teacher_views, train, verify
+from edgenode.cli import align, bench, demo, engine, evaluate, export, infer, parity, split, teacher, teacher_views, train, verify
+from edgenode.errors import interrupted_line
 
 app = typer.Typer(
     name="edgenode",

@@ -127,7 +127,17 @@ def output_folder(path: Path, option: str = "--out") -> Path:
     if blocker is not None:
         where = "is a file" if blocker == path else f"{blocker} is a file"
         raise PathArgumentError(f"{option} {path}: {where}, not a folder", "pass a folder path")
+    require_writable(path, option)
     return path
+
+
+def require_writable(path: Path, option: str) -> None:
+    """Refuse, before any work, an output under a folder this process cannot write in (a read-only mount, another
+    user's folder); the first write would fail only after the work, minutes later for an export."""
+    existing = next((p for p in (path, *path.parents) if p.is_dir()), None)  # where the first folder or file goes
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise EdgenodeError(f"{option} {path}: cannot write in {existing} (permission denied, or a read-only file "
+                            "system)", f"pass an {option} you can write to")
 
 
 def output_file(path: Path, option: str = "--out", *, kind: Optional[str] = None,
@@ -142,6 +152,7 @@ def output_file(path: Path, option: str = "--out", *, kind: Optional[str] = None
     blocker = file_in_the_way(path.parent)
     if blocker is not None:
         raise PathArgumentError(f"{option} {path}: {blocker} is a file, not a folder", "pass a path inside a folder")
+    require_writable(path, option)
     if is_kind is not None and path.is_file() and file_kind(path) != "empty" and not is_kind(path):
         raise PathArgumentError(f"{option} {path}: already exists and is {describe_file(path)}, not {kind}",
                                 f"pass another {option}, or delete {path} to replace it")

@@ -53,10 +53,18 @@ def command(
     if as_json:
         sys.stdout.write(json.dumps(report.to_dict(), ensure_ascii=False, indent=1) + "\n")
     if not report.passed:
-        failed = [c.artifact for c in report.checks if c.status == "failed"]
+        failed = [c for c in report.checks if c.status == "failed"]
+        # a file that could not even be replayed (damaged, altered, its golden file unreadable) is no tolerance matter
+        unusable = [c.artifact for c in failed if c.max_abs_error is None]
+        differ = [c.artifact for c in failed if c.max_abs_error is not None]
         if failed:
-            raise EdgenodeError(f"{len(failed)} artifact(s) do not reproduce their golden logits: {', '.join(failed)}",
-                                "each line above says why; a file changed or damaged in the copy: copy it again; "
-                                "a runtime that rounds differently (another GPU or TensorRT version): loosen "
-                                "--atol/--rtol to the figure the line gives, after checking accuracy with parity")
+            what = "; ".join(
+                ([f"{len(differ)} artifact(s) do not reproduce their golden logits: {', '.join(differ)}"] if differ else [])
+                + ([f"{len(unusable)} artifact(s) could not be checked: {', '.join(unusable)}"] if unusable else []))
+            hint = "each line above says why; " + ("a damaged or altered file: copy it again, or export it again"
+                                                   if unusable else "a file changed or damaged in the copy: copy it again")
+            if differ:
+                hint += ("; a runtime that rounds differently (another GPU or TensorRT version): loosen --atol/--rtol "
+                         "to the figure the line gives, after checking accuracy with parity")
+            raise EdgenodeError(what, hint)
         raise EdgenodeError("no artifact could be run on this machine", "install the runtime the artifacts need (see the reasons above)")

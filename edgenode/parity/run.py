@@ -176,6 +176,10 @@ def run_logits(predictor: Predictor, x: np.ndarray, batch_size: int, description
             except EdgenodeError:
                 raise
             except Exception as exc:
+                if "underflow in dt" in str(exc):  # torchdiffeq: the step size the tolerance asks for is below float's
+                    raise UsageError(f"--reference-tol {predictor.metadata.solver.rtol:g}: {predictor.metadata.solver.method} "
+                                     "cannot reach it (its step size underflows)",
+                                     "pass a larger --reference-tol, e.g. 1e-6 (the default)") from None
                 raise ArtifactError(f"{predictor.metadata.path}: failed on {predictor.runner.describe()} "
                                     f"({type(exc).__name__}: {first_line(exc)})",
                                     "check it with `edgenode verify`, or export it again") from None

@@ -29,14 +29,21 @@ from edgenode.errors import ImageDecodeError
 def collect_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Files as given (whatever their name; decoding decides) and image files below folders, recursively.
 
-    Folders are walked in sorted order, hidden entries skipped; a missing path stays in the list so that it
-    is reported as a failure in its place rather than vanishing.
+    Folders are walked in sorted order, hidden entries skipped, symlinked folders followed as `train` follows them
+    (each real folder once, so a link to a parent does not loop); a missing path stays in the list so that it is
+    reported as a failure in its place rather than vanishing.
     """
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            for dirpath, dirnames, filenames in os.walk(path):
+            walked: set[str] = set()
+            for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
+                real = os.path.realpath(dirpath)
+                if real in walked:
+                    dirnames[:] = []
+                    continue
+                walked.add(real)
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 for name in sorted(filenames):
                     if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
