@@ -339,15 +339,20 @@ def test_a_reference_of_another_input_size_refuses_every_artifact(exports, train
     assert message.count("(bench artifacts exported from the reference's run)") == 1  # the one fix, said once
 
 
-def test_a_bench_where_no_artifact_could_run_is_an_error(exports, trained_run, monkeypatch):
-    """Rows skipped because their runtime is missing are notes, but a table of the baseline alone is no bench."""
+def test_a_provider_this_machine_lacks_fails_before_anything_is_timed(exports, trained_run, monkeypatch):
+    """It was found only when its rows came, after the peak and the baseline had been timed (minutes), and a folder
+    whose every row was skipped for it ended as "no artifact could be benched"."""
+    from edgenode.bench import api
     from edgenode.runtime import onnx_runner
+    from edgenode.runtime.providers import ProviderUnavailableError
 
     monkeypatch.setattr(onnx_runner, "available_providers", lambda: ["CPUExecutionProvider"])
-    with pytest.raises(ArtifactError, match="no artifact could be benched on this machine: skipped .*cuda") as info:
-        run_bench(BenchConfig(artifacts=(str(exports["fp32"].parent),), reference=str(trained_run.best_checkpoint),
-                              providers="cuda", peak=False, **TINY))
-    assert str(info.value).count("skipped ") == 3  # one reason per file of the folder
+    monkeypatch.setattr(api, "measure_row", lambda spec, session: pytest.fail(f"{spec.name} was timed"))
+    reference = str(trained_run.best_checkpoint)
+    for artifacts, providers in (((str(exports["fp32"].parent),), "cuda"),  # a folder, and nothing it could run on
+                                 ((str(exports["fp32"]),), "cpu,cuda")):  # a file named, on a provider not here
+        with pytest.raises(ProviderUnavailableError, match="provider 'cuda' .* is not available"):
+            run_bench(BenchConfig(artifacts=artifacts, reference=reference, providers=providers, peak=True, **TINY))
 
 
 def test_sizes_that_would_exhaust_the_machine_are_refused(trained_run):

@@ -156,11 +156,16 @@ def test_an_fp32_file_written_anew_takes_no_calibration_tables_of_the_old_one(ru
     for path in stale:
         path.write_text("TRT-100300-EntropyCalibration2\nimages: 3c010a14\n")
     (out / "model-rk4x2-fp32.calibration.cache").write_text("another file's")
+    (out / "model-rk4x2-int8-ort.onnx").write_bytes(b"an earlier export's model")
     with one_torch_thread():
-        export_model(ExportConfig(checkpoint=str(run.best_checkpoint), out=str(out), precisions="fp32", steps=1,
-                                  check_ode=False, opset=17))
+        result = export_model(ExportConfig(checkpoint=str(run.best_checkpoint), out=str(out), precisions="fp32", steps=1,
+                                           check_ode=False, opset=17))
     assert (out / "model-rk4x1-fp32.onnx").is_file() and not any(path.exists() for path in stale)
     assert (out / "model-rk4x2-fp32.calibration.cache").read_text() == "another file's"
+    # a model it did not write is kept, and named: parity, verify and bench of the folder would take it too
+    assert (out / "model-rk4x2-int8-ort.onnx").read_bytes() == b"an earlier export's model"
+    assert [w for w in result.report["warnings"] if "also holds model-rk4x2-int8-ort.onnx from an earlier export" in w]
+    assert not [w for w in result.report["warnings"] if "model-rk4x1-fp32.onnx" in w]
 
 
 def test_metadata_round_trips_through_props_and_sidecar(exported, tmp_path):
@@ -491,7 +496,7 @@ def test_a_foreign_timing_cache_is_replaced_and_never_costs_the_sidecar(exported
     assert cache.read_bytes() == b"another GPU's"  # nothing to replace it with, and no error
 
 
-def test_engine_command_builds_from_copied_onnx_files_and_verify_checks_them(exported, tmp_path, monkeypatch):
+def test_engine_command_builds_from_copied_onnx_files_and_verify_checks_them(exported, run, tmp_path, monkeypatch):
     """On a Jetson: ONNX files exported elsewhere are built into engines there (`edgenode engine FOLDER`), skipping
     ONNX Runtime's INT8 file; `verify` then replays each engine against its source ONNX file's golden file, and
     refuses that golden file once the ONNX file is no longer the one the engine was built from."""
@@ -510,6 +515,8 @@ def test_engine_command_builds_from_copied_onnx_files_and_verify_checks_them(exp
     result = CliRunner().invoke(app, ["engine", str(folder)])
     assert result.exit_code == 1 and "needs TensorRT" in result.stderr and "JetPack" in result.stderr
     assert not list(folder.glob("*.engine"))
+    result = CliRunner().invoke(app, ["engine", str(run.best_checkpoint)])  # the wrong file: said first, exit 2
+    assert result.exit_code == 2 and "is a training checkpoint, not an ONNX file" in result.stderr, result.stderr
 
     fake = _FakeTensorRT()
     monkeypatch.setitem(sys.modules, "tensorrt", fake)

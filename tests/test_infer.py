@@ -114,6 +114,33 @@ def test_wrong_artifact_and_no_images_are_refused(fp32_onnx, tmp_path, photo_fol
     empty.mkdir()
     result = invoke("infer", fp32_onnx, empty)
     assert result.exit_code == 2 and "no image files found" in result.stderr
+    from PIL import Image
+
+    Image.open(next(photo_folder.rglob("*.png"))).save(empty / "scan.bmp")
+    (empty / "notes.txt").write_text("not a picture")
+    result = invoke("infer", fp32_onnx, empty)  # a picture of another format: said, not silently absent
+    assert result.exit_code == 2 and "no image files found" in result.stderr and "e.g. scan.bmp" in result.stderr
+
+
+def test_infer_says_what_a_folder_search_left_out_and_when_top_k_exceeds_the_classes(fp32_onnx, synthetic_root, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "mixed" / "deeper"
+    folder.mkdir(parents=True)
+    pictures = sorted(synthetic_root.glob("images/*/*_000.png"))[:2]
+    for src in pictures:
+        shutil.copy(src, folder / src.name)
+    Image.open(pictures[0]).save(folder / "scan.bmp")
+    (folder / "notes.txt").write_text("not a picture, not mentioned")
+    folder = folder.parent
+    result = invoke("infer", fp32_onnx, folder, "--top-k", 99)
+    assert result.exit_code == 0, result.output
+    assert f"note: 1 picture(s) in the folders are not .jpg, .jpeg, .png or .webp and were left out (e.g. {folder / 'deeper' / 'scan.bmp'})" in result.stderr
+    assert "notes.txt" not in result.output
+    n_classes = len(result.stdout.splitlines()[0].split("\t")[1].split(", "))
+    assert f"note: --top-k 99: the model knows {n_classes} classes; each line ranks all of them" in result.stderr
+    result = invoke("infer", fp32_onnx, folder / "deeper" / "scan.bmp")  # named, it is read
+    assert result.exit_code == 0 and "1/1 image(s) classified" in result.stderr, result.output
 
 
 def test_pre_aligned_for_a_model_of_plain_crops_is_refused_not_ignored(fp32_onnx, photo_folder):

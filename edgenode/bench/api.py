@@ -302,6 +302,32 @@ def refuse_unusable(entries: Sequence[tuple[Path, str, bool]], spec: InputSpec) 
                             shared)
 
 
+def refuse_unrunnable(entries: Sequence[tuple[Path, str, bool]], config: BenchConfig) -> None:
+    """What the command line asks for and this machine cannot run fails now, not after the peak and the baseline
+    have been timed (minutes): a ``--providers`` entry ONNX Runtime lacks, for a file named on the command line or
+    when no requested provider is there at all, and an engine named on the command line without TensorRT. (A
+    folder's rows on a missing runtime stay optional: skipped, with a note.)"""
+    onnx_entries = [from_folder for _, kind, from_folder in entries if kind == "onnx"]
+    if onnx_entries and config.providers != ("all",):
+        from edgenode.runtime.onnx_runner import available_providers
+        from edgenode.runtime.providers import ProviderUnavailableError, select_providers
+
+        present = available_providers()
+        missing: list[ProviderUnavailableError] = []
+        for provider in config.providers:
+            try:
+                select_providers(provider, present)
+            except ProviderUnavailableError as exc:
+                missing.append(exc)
+        if missing and (not all(onnx_entries) or len(missing) == len(config.providers)):
+            raise missing[0]
+    engine = next((path for path, kind, from_folder in entries if kind == "engine" and not from_folder), None)
+    if engine is not None:
+        from edgenode.runtime.tensorrt_runner import import_tensorrt
+
+        import_tensorrt(engine)
+
+
 # --- row loaders -----------------------------------------------------------------------------------------
 
 
@@ -636,6 +662,7 @@ def run_bench(config: BenchConfig) -> BenchReport:
     ckpt = load_checkpoint(reference)
     entries = expand_artifacts(config.artifacts, reference)
     refuse_unusable(entries, ckpt.input_spec)
+    refuse_unrunnable(entries, config)
     threads = config.threads or default_threads()
     inputs = load_inputs(config, ckpt, reference)
     batches = {b: _batch(inputs.pool, b) for b in config.batch_sizes}

@@ -40,11 +40,20 @@ def command(
     if missing:
         raise PathArgumentError(f"{missing[0]}: no such file or folder" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
                                 "check the path; pass image files or folders of them")
-    files = collect_images(paths)
+    passed_over: list[Path] = []
+    files = collect_images(paths, passed_over)
     if not files:
-        raise UsageError(f"no image files found in {', '.join(map(str, paths))}", "pass image files or folders of .jpg/.png/.webp")
+        raise UsageError(f"no image files found in {', '.join(map(str, paths))}"
+                         + (f" (but {len(passed_over)} picture(s) of other formats, e.g. {passed_over[0].name})" if passed_over else ""),
+                         "pass image files or folders of .jpg/.png/.webp")
+    if passed_over:  # a folder's .bmp or .tif would otherwise vanish from the count without a word
+        console.print(f"note: {len(passed_over)} picture(s) in the folders are not .jpg, .jpeg, .png or .webp and were "
+                      f"left out (e.g. {passed_over[0]}); name a file to try it anyway", markup=False, soft_wrap=True)
     with load_predictor(artifact, provider=provider, mirror_average=True if mirror_average else None) as predictor:
         console.print(f"{predictor.describe()}; provider {predictor.provider}; {len(files)} image(s)", markup=False)
+        if top_k > predictor.metadata.num_classes:
+            console.print(f"note: --top-k {top_k}: the model knows {predictor.metadata.num_classes} classes; "
+                          "each line ranks all of them", markup=False)
         failed = n = faceless = 0
         for item in predictor.predict_files(files, batch_size=batch_size, k=top_k, workers=workers or None, pre_aligned=pre_aligned):
             n += 1

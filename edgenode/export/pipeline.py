@@ -80,6 +80,19 @@ class _Inputs:
     val_labels: np.ndarray
 
 
+def _warn_of_older_artifacts(out: Path, written: list[Path], report: dict) -> None:
+    """Say which models in ``out`` this export did not write: `parity`, `verify`, `bench` and `engine` take every
+    model of a folder, and one left by an earlier export (another precision, step count or checkpoint) would be
+    measured beside this one's without a word. They are not deleted: they are the user's files."""
+    from edgenode.runtime.artifact import find_artifacts
+
+    mine = {path.resolve() for path in written}
+    older = [path.name for path in find_artifacts(out) if path.resolve() not in mine]
+    if older:
+        _warn(report, f"{out} also holds {', '.join(older)} from an earlier export; commands given the folder take "
+                      "them too (delete them, or export into a new --out)")
+
+
 def _warn(report: dict, message: str) -> None:
     report.setdefault("warnings", []).append(message)
     console.print(f"[bold yellow]warning:[/] {message}", soft_wrap=True)
@@ -446,6 +459,7 @@ def export_model(config: ExportConfig) -> ExportResult:
     if config.format == "engine":
         build_engines(config, result)
     result.files += copy_manifest(inputs.manifest, inputs.manifest_path, out, report)
+    _warn_of_older_artifacts(out, result.files, report)
     report["elapsed_s"] = time.perf_counter() - started
     result.files += write_report(out, report)
     console.print(f"[bold]edgenode export[/] {method}×{steps}{' mirror-averaged' if config.mirror_average else ''}: {len(result.artifacts)} artifact(s) in {out} "

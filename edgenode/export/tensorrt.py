@@ -205,7 +205,6 @@ def engines_from_onnx(paths, config: EngineConfig = EngineConfig()) -> list[tupl
     from edgenode.artifacts import KIND_WORDS
     from edgenode.runtime.artifact import detect_kind, expand_artifacts, read_onnx_metadata
 
-    import_tensorrt("`edgenode engine`")  # before any work: without TensorRT there is nothing to build
     chosen: list[tuple[Path, ArtifactMetadata, str]] = []
     for path, from_folder in expand_artifacts(paths):
         kind = detect_kind(path)
@@ -224,4 +223,7 @@ def engines_from_onnx(paths, config: EngineConfig = EngineConfig()) -> list[tupl
     if not chosen:
         raise UsageError(f"no ONNX file for TensorRT in {', '.join(map(str, paths))}",
                          "pass the folder `edgenode export` wrote, with its fp32, fp16 or int8-trt files")
+    # after the arguments (a checkpoint passed by mistake is the command line's fault, whatever is installed),
+    # before any build: without TensorRT there is nothing to build
+    import_tensorrt("`edgenode engine`")
     return [build_engine(path, meta, config, onnx_sha256=digest) for path, meta, digest in chosen]

@@ -26,8 +26,14 @@ from edgenode.data.decode import default_workers
 from edgenode.errors import ImageDecodeError
 
 
-def collect_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files as given (whatever their name; decoding decides) and image files below folders, recursively.
+# pictures a folder search leaves out (training reads IMAGE_EXTENSIONS only), which infer then mentions
+OTHER_PICTURE_EXTENSIONS = frozenset({".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jfif", ".jp2", ".ppm", ".pgm"})
+
+
+def collect_images(paths: Iterable[str | os.PathLike], passed_over: list[Path] | None = None) -> list[Path]:
+    """Files as given (whatever their name; decoding decides) and image files below folders, recursively; pictures
+    of other formats below the folders (``.bmp``, ``.tif``…) are appended to ``passed_over`` when given, for the
+    caller to say so.
 
     Folders are walked in sorted order, hidden entries skipped, symlinked folders followed as `train` follows them
     (each real folder once, so a link to a parent does not loop); a missing path stays in the list so that it is
@@ -46,8 +52,12 @@ def collect_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
                 walked.add(real)
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 for name in sorted(filenames):
-                    if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                    if name.startswith("."):
+                        continue
+                    if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
                         found.append(Path(dirpath, name))
+                    elif passed_over is not None and os.path.splitext(name)[1].lower() in OTHER_PICTURE_EXTENSIONS:
+                        passed_over.append(Path(dirpath, name))
         else:
             found.append(path)
     return found
