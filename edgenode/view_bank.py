@@ -190,6 +190,10 @@ def compute_view_bank(data: str | os.PathLike, files: list[str], *, views: int, 
     provenance.update(alignment=align.method, views=f"the view of the {side}-px chip resized to {TEACHER_INPUT}x{TEACHER_INPUT} "
                       "(bilinear), compute_face_descriptor(chip)")
     root = images_root(data)
+    if not any((root / f).is_file() for f in files):  # another data set's manifest: said now, not after the pool ran
+        raise DataError(f"{root} holds none of the manifest's {len(files)} training pictures (e.g. {files[0]!r}): it is "
+                        "not the data folder this manifest was built from",
+                        "pass the aligned copy of the data set the manifest was made from, or its manifest")
     params = draw_bank_views(len(files), views, side, shift, color, seed)
     stacked = {k: None if getattr(params[0], k) is None else np.stack([getattr(p, k).numpy() for p in params]) for k in VIEW_FIELDS}
     items = [(str(root / f), {"side": side, "pad": params[0].pad, **{k: None if a is None else a[:, i] for k, a in stacked.items()}})

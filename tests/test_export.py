@@ -18,7 +18,7 @@ from edgenode.artifacts import read_sidecar, sha256_file, sidecar_path
 from edgenode.checkpoint import Checkpoint, InputSpec, load_checkpoint, save_checkpoint
 from edgenode.cli import app
 from edgenode.data import Manifest, load_split
-from edgenode.errors import ArtifactError, ParityError, UsageError
+from edgenode.errors import ArtifactError, EdgenodeError, ParityError, UsageError
 from edgenode.export import EngineConfig, ExportConfig, export_model
 from edgenode.export import onnx_export as ox
 from edgenode.export import tensorrt as trt_mod
@@ -166,6 +166,24 @@ def test_an_fp32_file_written_anew_takes_no_calibration_tables_of_the_old_one(ru
     assert (out / "model-rk4x2-int8-ort.onnx").read_bytes() == b"an earlier export's model"
     assert [w for w in result.report["warnings"] if "also holds model-rk4x2-int8-ort.onnx from an earlier export" in w]
     assert not [w for w in result.report["warnings"] if "model-rk4x1-fp32.onnx" in w]
+
+
+def test_a_calibration_picture_that_no_longer_reads_fails_the_export_before_it_writes(run, synthetic_root, tmp_path):
+    """The FP32 files and the calibration record were written, then the export failed, with no report."""
+    import shutil
+
+    from edgenode.calibration import select_calibration_set
+    from edgenode.data import Manifest
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_root, data)
+    config = ExportConfig(checkpoint=str(run.best_checkpoint), out=str(tmp_path / "out"), data=str(data), precisions="fp32,int8",
+                          steps=1, check_ode=False, opset=17)
+    chosen = select_calibration_set(Manifest.load(run.run_dir / "manifest.json"), config.calibration_per_class, config.calibration_seed)
+    (data / "images" / chosen.files[0]).write_bytes(b"")
+    with pytest.raises(EdgenodeError, match="empty file"):
+        export_model(config)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_metadata_round_trips_through_props_and_sidecar(exported, tmp_path):

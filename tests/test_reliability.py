@@ -824,16 +824,15 @@ def test_saturated_int8_logits_fail_export_naming_the_layer(trained_run, tmp_pat
 
 
 def test_a_saturated_inner_tensor_is_an_export_warning(trained_run, tmp_path, monkeypatch, one_thread):
+    from edgenode.calibration.select import CalibrationSet
     from edgenode.export import ExportConfig, export_model
-    from edgenode.export import pipeline
 
-    original = pipeline.prepare_calibration
+    original = CalibrationSet.load_images
 
     def too_dark(*args, **kwargs):
-        images, info = original(*args, **kwargs)
-        return images * 0.1, info  # calibration images far darker than the data
+        return original(*args, **kwargs) * 0.1  # calibration images far darker than the data
 
-    monkeypatch.setattr(pipeline, "prepare_calibration", too_dark)
+    monkeypatch.setattr(CalibrationSet, "load_images", too_dark)
     result = export_model(ExportConfig(checkpoint=str(trained_run.best_checkpoint), out=str(tmp_path / "e"), steps=2,
                                        method="rk4", precisions="int8", int8_target="tensorrt", check_ode=False, opset=17))
     warnings = [w for w in result.report["warnings"] if w.startswith("INT8 (tensorrt) model on validation images: node ")]

@@ -220,6 +220,16 @@ def test_a_bank_needs_aligned_chips(fake_teacher, synthetic_root, synthetic_mani
     one_line(exc, str(synthetic_root), "not an aligned copy", "edgenode align")
 
 
+def test_another_data_sets_manifest_is_named_before_any_work(fake_teacher, chips):
+    """Every picture missing said "could not be read ... re-align the data set", after the worker pool had run."""
+    data, _, _ = chips
+    files = ["Someone Else/pic_000.png", "Someone Else/pic_001.png"]
+    with pytest.raises(DataError) as exc:
+        view_bank.compute_view_bank(data, files, views=1, shift=0.125, color=0.0, workers=1, progress=False)
+    one_line(exc, "holds none of the manifest's 2 training pictures", "'Someone Else/pic_000.png'", "not the data folder")
+    assert fake_teacher.seen == []
+
+
 @pytest.mark.parametrize("overrides, fragment", [
     ({"augment": True}, "needs --teacher"),
     ({"teacher": "t.npz"}, "and --augment"),

@@ -297,13 +297,12 @@ def export_int8(w: _Writer, target: str, calib_images: np.ndarray, calibration: 
                       f"(expected ≥ {INT8_MIN_AGREEMENT:.0%}); try --calibration-method {others[0]} or more --calibration-per-class")
 
 
-def prepare_calibration(config: ExportConfig, cal, inputs: _Inputs, result: ExportResult) -> tuple[np.ndarray, dict]:
-    """Record the calibration set (``cal``: a CalibrationSet) beside the artifacts and decode its images."""
+def record_calibration(config: ExportConfig, cal, result: ExportResult) -> dict:
+    """Record the calibration set (``cal``: a CalibrationSet) beside the artifacts; what the report says of it."""
     path = cal.save(Path(config.out) / CALIBRATION_MANIFEST)
     result.files.append(path)
-    info = {"manifest": path.name, "images": len(cal), "per_class": cal.per_class, "seed": cal.seed,
+    return {"manifest": path.name, "images": len(cal), "per_class": cal.per_class, "seed": cal.seed,
             "split": cal.split, "method": config.calibration_method, "sha256": sha256_file(path)}
-    return cal.load_images(inputs.manifest, inputs.root), info
 
 
 def write_calibration_tables(w: _Writer, calib_images: np.ndarray, calibration: dict) -> None:
@@ -402,6 +401,8 @@ def export_model(config: ExportConfig) -> ExportResult:
         from edgenode.calibration import select_calibration_set
 
         calibration_set = select_calibration_set(inputs.manifest, config.calibration_per_class, config.calibration_seed)
+        # decoded now: a picture that no longer reads fails the export before it writes anything, not after FP32
+        calib_images = calibration_set.load_images(inputs.manifest, inputs.root)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     model = inputs.ckpt.build_model()
@@ -441,7 +442,7 @@ def export_model(config: ExportConfig) -> ExportResult:
     export_fp32(writer, unrolled, meta, method, steps)
     report.update(exporter=writer.meta32.extra["exporter"], opset=writer.meta32.extra["opset"])
     if calibration_set is not None:
-        calib_images, calibration = prepare_calibration(config, calibration_set, inputs, result)
+        calibration = record_calibration(config, calibration_set, result)
         report["calibration"] = calibration
         if "fp16" in config.precisions:
             export_fp16(writer, calib_images, report)
