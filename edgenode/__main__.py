@@ -17,7 +17,7 @@ def main() -> None:
     try:
         from edgenode.cli.app import main as run
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)  # None: set outside Python
     if noted:
         print(interrupted_line(sys.argv[1:]), file=sys.stderr)
         sys.exit(130)

@@ -50,8 +50,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     except OSError as exc:  # a read-only or full file system: name the file asked for, not the temporary's name
-        exc.filename = str(final)
-        raise
+        raise _naming(exc, final) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -62,11 +61,16 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, final)
     except OSError as exc:
         if exc.filename is not None and os.fsdecode(exc.filename) == str(tmp_path):
-            exc.filename = str(final)
+            raise _naming(exc, final) from None
         raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """The same error (type, errno, message) naming ``path`` alone: a user never asked for the hidden temporary."""
+    return type(exc)(exc.errno, exc.strerror, str(path)) if exc.errno is not None else exc
 
 
 def atomic_write_bytes(final: str | os.PathLike, data: bytes) -> Path:

@@ -106,8 +106,9 @@ def reraise_interrupt(exc: BaseException) -> None:
 
 def interrupted_line(argv: list[str]) -> str:
     """What the ``edgenode`` script prints on Ctrl-C: every file is written whole or not at all, and where the
-    command can continue (``train --resume``, ``demo`` run again) it says how."""
+    command can continue (``train --resume``; ``demo`` and ``align``, which keep what they finished, run again) it
+    says how."""
     command = next((arg for arg in argv if not arg.startswith("-")), None)
     resume = "; the same command with --resume continues the run" if command == "train" else (
-        "; run it again to continue" if command == "demo" else "")
+        "; run it again to continue" if command in ("demo", "align") else "")
     return f"error: interrupted (what was written stays whole{resume})"

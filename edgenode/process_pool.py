@@ -72,7 +72,7 @@ def process_map(func: Callable[[Any], Any], items: Sequence, *, initializer: Cal
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
                                    initargs=(initializer, *initargs))
         try:
-            with _workers_ignore_ctrl_c():  # map submits every chunk now, which starts the workers
+            with ctrl_c_ignored():  # map submits every chunk now, which starts the workers: they inherit it
                 chunks = pool.map(func, items, chunksize=chunksize)
             for result in chunks:
                 results.append(result)
@@ -91,12 +91,13 @@ def process_map(func: Callable[[Any], Any], items: Sequence, *, initializer: Cal
 
 
 @contextlib.contextmanager
-def _workers_ignore_ctrl_c():
-    """Start worker processes with SIGINT ignored, so Ctrl-C (sent to the terminal's whole process group) reaches
-    only this process, which stops the pool: a worker interrupted mid-task or mid-start-up printed its own
-    traceback, and one interrupted holding the pool's queue lock left the pool waiting for ever. An ignored signal
-    stays ignored across the spawn's exec, and Python installs its KeyboardInterrupt handler only where SIGINT was
-    not ignored at start-up. Outside the main thread (where signals cannot be set) the workers start as they are."""
+def ctrl_c_ignored():
+    """SIGINT ignored for the block. Worker processes started in it inherit that, so Ctrl-C (sent to the terminal's
+    whole process group) reaches only this process, which stops the pool: a worker interrupted mid-task or
+    mid-start-up printed its own traceback, and one interrupted holding the pool's queue lock left the pool waiting
+    for ever. (On POSIX an ignored signal stays ignored across the spawn's exec, and Python installs its
+    KeyboardInterrupt handler only where SIGINT was not ignored at start-up; Windows workers start as they are.)
+    Outside the main thread, where signals cannot be set, nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -104,15 +105,16 @@ def _workers_ignore_ctrl_c():
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)  # None: set outside Python
 
 
 def _stop(pool) -> None:
     """Cancel what is queued and end the workers without waiting for them (``shutdown(wait=True)``, what leaving a
     ``with`` block does, would finish every queued item first)."""
     processes = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        process.join(timeout=10)
+    with ctrl_c_ignored():  # a second Ctrl-C must not leave workers running
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.join(timeout=10)

@@ -72,7 +72,7 @@ def weight_average(config: TrainConfig, model: nn.Module, ckpt: Checkpoint | Non
 RESUME_FIXED = ("batch_size", "seed", "augment", "augment_shift", "augment_color", "teacher", "teacher_views", "label_weight",
                 "distill_weight", "kd_weight", "kd_targets", "unlabeled", "near_duplicates", "arch", "width", "schedule",
                 "warmup_epochs", "ema_decay", "lr", "weight_decay", "label_smoothing", "margin", "margin_scale", "dropout",
-                "solver", "steps", "rtol", "atol", "amp", "init")  # init: a resumed run goes on from last.pt, never re-initialised
+                "solver", "steps", "rtol", "atol", "amp")
 
 
 def check_resume_settings(config: TrainConfig, saved: dict, path: Path) -> None:
@@ -88,6 +88,12 @@ def check_resume_settings(config: TrainConfig, saved: dict, path: Path) -> None:
     defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
     then = {k: saved.get(k, defaults[k]) for k in RESUME_FIXED} if saved else now
     changed = [f"--{k.replace('_', '-')} {then[k]!r} → {now[k]!r}" for k in RESUME_FIXED if then[k] != now[k]]
+    started_from = saved.get("init")
+    if now.get("init") is not None and not (started_from and Path(started_from).resolve() == Path(now["init"]).resolve()):
+        # a resumed run goes on from last.pt's weights: another --init would be ignored (it was, silently)
+        raise UsageError(f"--resume: --init {now['init']} is not the checkpoint {path.parent} started from "
+                         f"({'--init ' + started_from if started_from else 'none'}); a resumed run goes on from {path.name}",
+                         "drop --init")
     if then["schedule"] == "cosine" and saved.get("epochs", now["epochs"]) != now["epochs"]:  # it sets the decay
         changed.append(f"--epochs {saved['epochs']} → {now['epochs']}: the cosine schedule decays over --epochs")
     if saved.get("manifest") is None and config.manifest is None and isinstance(saved.get("split"), dict):

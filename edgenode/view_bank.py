@@ -191,7 +191,7 @@ def compute_view_bank(data: str | os.PathLike, files: list[str], *, views: int, 
                       "(bilinear), compute_face_descriptor(chip)")
     root = images_root(data)
     if not any((root / f).is_file() for f in files):  # another data set's manifest: said now, not after the pool ran
-        raise DataError(f"{root} holds none of the manifest's {len(files)} training pictures (e.g. {files[0]!r}): it is "
+        raise DataError(f"{root} holds none of the manifest's {len(files)} pictures to describe (e.g. {files[0]!r}): it is "
                         "not the data folder this manifest was built from",
                         "pass the aligned copy of the data set the manifest was made from, or its manifest")
     params = draw_bank_views(len(files), views, side, shift, color, seed)

@@ -346,13 +346,35 @@ def test_a_provider_this_machine_lacks_fails_before_anything_is_timed(exports, t
     from edgenode.runtime import onnx_runner
     from edgenode.runtime.providers import ProviderUnavailableError
 
+    from edgenode.bench import peak
+
     monkeypatch.setattr(onnx_runner, "available_providers", lambda: ["CPUExecutionProvider"])
     monkeypatch.setattr(api, "measure_row", lambda spec, session: pytest.fail(f"{spec.name} was timed"))
+    monkeypatch.setattr(peak, "measure_cpu_peak", lambda *args: pytest.fail("the peak was timed"))
     reference = str(trained_run.best_checkpoint)
     for artifacts, providers in (((str(exports["fp32"].parent),), "cuda"),  # a folder, and nothing it could run on
                                  ((str(exports["fp32"]),), "cpu,cuda")):  # a file named, on a provider not here
-        with pytest.raises(ProviderUnavailableError, match="provider 'cuda' .* is not available"):
+        with pytest.raises(ProviderUnavailableError, match="--providers: provider 'cuda' .* is not available") as info:
             run_bench(BenchConfig(artifacts=artifacts, reference=reference, providers=providers, peak=True, **TINY))
+        assert info.value.hint.endswith("; or leave it out of --providers")
+
+
+def test_a_bench_where_no_artifact_could_run_is_an_error(exports, trained_run, tmp_path, monkeypatch):
+    """Rows skipped because their runtime is missing are notes, but a table of the baseline alone is no bench: a
+    folder of engines on a machine without TensorRT."""
+    import sys
+
+    from edgenode.artifacts import read_sidecar, write_sidecar
+
+    folder = tmp_path / "on-device"
+    folder.mkdir()
+    engine = folder / "model-rk4x4-fp32.engine"
+    engine.write_bytes(b"\x00opaque plan" * 64)
+    record = {k: v for k, v in read_sidecar(exports["fp32"]).items() if k not in ("sha256", "file")}
+    write_sidecar(engine, {**record, "kind": "engine"})
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(ArtifactError, match="no artifact could be benched on this machine: skipped model-rk4x4-fp32.engine"):
+        run_bench(BenchConfig(artifacts=(str(folder),), reference=str(trained_run.best_checkpoint), peak=False, **TINY))
 
 
 def test_sizes_that_would_exhaust_the_machine_are_refused(trained_run):

@@ -102,8 +102,8 @@ def test_a_reference_tolerance_too_tight_to_solve_is_named_not_blamed_on_the_che
     artifact = copy_artifact(export_dir / EXPORT_FILES["fp32"], tmp_path / "exp")
     result = invoke(artifact, *parity_args(trained_run, synthetic_root, tmp_path / "report", "--reference-tol", "1e-30"))
     assert result.exit_code == 2 and result.stderr.strip().splitlines()[-1] == (
-        "error: --reference-tol 1e-30: dopri5 cannot reach it (its step size underflows) "
-        "(pass a larger --reference-tol, e.g. 1e-6 (the default))"), result.output
+        "error: --reference-tol 1e-30: dopri5 cannot reach it on best.pt (its step size underflows) "
+        "(pass a larger --reference-tol, such as the default 1e-06)"), result.output
 
 
 def test_corrupted_weights_fail_with_exit_1(export_dir, trained_run, synthetic_root, tmp_path):

@@ -1275,13 +1275,19 @@ def test_ctrl_c_stops_worker_processes_at_once_without_their_tracebacks(tmp_path
 
 
 def test_ctrl_c_while_the_command_starts_is_one_line_too(tmp_path):
-    """The commands import torch (seconds): Ctrl-C then gave a traceback through torch's import, not the one line."""
-    process = subprocess.Popen(edgenode_cmd("split", tmp_path), stderr=subprocess.PIPE, text=True,
-                               start_new_session=True, env=subprocess_env())
-    time.sleep(0.3)  # in torch's import (2 s here); were it done, the command itself would be interrupted
+    """The commands import torch (about 2 s here): a Ctrl-C then gave a traceback through torch's import, or an abort
+    inside its C++ start-up. Sent once libtorch is loaded (0.2-0.3 s in; the import goes on for 1.5 s more), to a
+    command that runs for minutes after it, so that it lands in the import or, on a fast machine, in the command:
+    the same one line either way."""
+    process = subprocess.Popen(edgenode_cmd("demo", "--out", tmp_path / "demo", "--no-progress"), stderr=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, text=True, start_new_session=True, env=subprocess_env())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "libtorch" not in Path(f"/proc/{process.pid}/maps").read_text():
+        time.sleep(0.01)
     os.killpg(process.pid, signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130 and stderr.strip() == "error: interrupted (what was written stays whole)", stderr
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert stderr.strip() == "error: interrupted (what was written stays whole; run it again to continue)", stderr
 
 
 def test_the_interrupt_line_says_how_to_continue_where_there_is_a_way():
@@ -1289,6 +1295,7 @@ def test_the_interrupt_line_says_how_to_continue_where_there_is_a_way():
 
     assert interrupted_line(["train", "data", "--out", "run"]).endswith("; the same command with --resume continues the run)")
     assert interrupted_line(["--no-progress", "demo"]).endswith("; run it again to continue)")
+    assert interrupted_line(["align", "data", "--out", "chips"]).endswith("; run it again to continue)")
     assert interrupted_line(["infer", "m.onnx", "photos"]) == "error: interrupted (what was written stays whole)"
 
 
@@ -1313,10 +1320,20 @@ def test_a_write_that_fails_names_the_file_asked_for_not_its_temporary(tmp_path,
     def read_only(prefix, suffix, dir):
         raise OSError(errno.EROFS, "Read-only file system", os.path.join(dir, f"{prefix}x1y2z3{suffix}"))
 
-    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with monkeypatch.context() as patch:
+        patch.setattr(tempfile, "mkstemp", read_only)
+        with pytest.raises(OSError) as exc:
+            atomic_write_bytes(tmp_path / "model.onnx", b"x")
+    assert exc.value.filename == str(tmp_path / "model.onnx") and ".tmp" not in str(exc.value)
+
+    def refused(source, target):  # the rename: os.replace names both files
+        raise PermissionError(errno.EACCES, "Permission denied", os.fspath(source), os.fspath(target))
+
+    monkeypatch.setattr(os, "replace", refused)
     with pytest.raises(OSError) as exc:
         atomic_write_bytes(tmp_path / "model.onnx", b"x")
-    assert exc.value.filename == str(tmp_path / "model.onnx") and ".tmp" not in str(exc.value)
+    assert str(exc.value) == f"[Errno {errno.EACCES}] Permission denied: '{tmp_path / 'model.onnx'}'"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # and the temporary is gone
 
 
 def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(synthetic_root, trained_run, tmp_path, monkeypatch):
@@ -1334,6 +1351,32 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(synt
                                      "denied, or a read-only file system) (pass an --out you can write to)")
     result = CliRunner().invoke(app, ["export", str(trained_run.best_checkpoint), "--out", str(locked / "export")])
     assert result.exit_code == 1 and f"cannot write in {locked}" in result.stderr, result.output
+
+
+def test_an_error_that_wraps_a_ctrl_c_is_raised_as_the_ctrl_c():
+    """torch.onnx and torch.compile catch KeyboardInterrupt and raise their own errors, with it as the cause or the
+    context, one or more levels down."""
+    from edgenode.errors import reraise_interrupt
+
+    def wrapped(how: str) -> Exception:
+        try:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt as interrupt:
+                if how == "cause":
+                    raise RuntimeError("export failed") from interrupt
+                raise AttributeError("'NoneType' object has no attribute 'graph'")  # raised while handling it
+        except Exception as inner:  # noqa: BLE001
+            outer = RuntimeError("torch.onnx: the exporter failed")
+            outer.__cause__ = inner
+            return outer
+
+    for how in ("cause", "context"):
+        with pytest.raises(KeyboardInterrupt):
+            reraise_interrupt(wrapped(how))
+    plain = ValueError("an exporter bug")
+    plain.__context__ = TypeError("unrelated")
+    assert reraise_interrupt(plain) is None  # any other error: the caller goes on to its fallback
 
 
 def test_exit_codes_are_what_the_errors_say():

@@ -284,12 +284,24 @@ def test_colour_jitter_trains_and_is_fixed_on_resume(synthetic_root, tmp_path):
     (dict(weight_decay=0.0), r"--weight-decay 0.05 → 0.0"),
     (dict(solver="dopri5", steps=None), r"--solver 'rk4' → 'dopri5', --steps 2 → None"),
     (dict(label_smoothing=0.1), r"--label-smoothing 0.0 → 0.1"),
-    (dict(init="other.pt"), r"--init None → 'other.pt'"),  # was ignored: the run goes on from last.pt's weights
 ])
 def test_resume_refuses_settings_the_checkpoint_would_silently_override(tmp_path, changed, message):
     saved = small_config("data", tmp_path / "run").to_dict()
     with pytest.raises(UsageError, match=message):
         check_resume_settings(small_config("data", tmp_path / "run", **changed), saved, tmp_path / "last.pt")
+
+
+def test_resume_refuses_another_init_and_takes_the_same_one_or_none(tmp_path):
+    """`--resume --init OTHER.pt` was ignored without a word (even a checkpoint of another network)."""
+    fresh = small_config("data", tmp_path / "run").to_dict()
+    with pytest.raises(UsageError, match=r"--init other.pt is not the checkpoint .* started from \(none\).*\(drop --init\)"):
+        check_resume_settings(small_config("data", tmp_path / "run", init="other.pt"), fresh, tmp_path / "run" / "last.pt")
+    tuned = small_config("data", tmp_path / "run", init=str(tmp_path / "best.pt")).to_dict()
+    with pytest.raises(UsageError, match=r"started from \(--init .*best.pt\)"):
+        check_resume_settings(small_config("data", tmp_path / "run", init="other.pt"), tuned, tmp_path / "run" / "last.pt")
+    # the same command again (the path as typed from elsewhere too), or without --init: it goes on from last.pt
+    for init in (str(tmp_path / "best.pt"), str(tmp_path / "run" / ".." / "best.pt"), None):
+        check_resume_settings(small_config("data", tmp_path / "run", init=init), tuned, tmp_path / "run" / "last.pt")
 
 
 def test_a_checkpoint_older_than_a_setting_resumes_only_with_its_default(tmp_path):

@@ -92,7 +92,7 @@ def test_tampered_artifact_and_broken_golden_fail_without_stopping_the_others(fr
     assert result.exit_code == 1 and "Traceback" not in result.output
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     # damaged files are not a rounding difference: the advice to loosen the tolerances was wrong for them
-    assert line.startswith("error: 2 artifact(s) could not be checked: ") and "copy it again, or export it again" in line
+    assert line.startswith("error: 2 artifact(s) could not be compared with their golden logits: ") and "copy it again, or export it again" in line
     assert "do not reproduce" not in line and "loosen" not in line
 
 

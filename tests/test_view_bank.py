@@ -226,7 +226,7 @@ def test_another_data_sets_manifest_is_named_before_any_work(fake_teacher, chips
     files = ["Someone Else/pic_000.png", "Someone Else/pic_001.png"]
     with pytest.raises(DataError) as exc:
         view_bank.compute_view_bank(data, files, views=1, shift=0.125, color=0.0, workers=1, progress=False)
-    one_line(exc, "holds none of the manifest's 2 training pictures", "'Someone Else/pic_000.png'", "not the data folder")
+    one_line(exc, "holds none of the manifest's 2 pictures to describe", "'Someone Else/pic_000.png'", "not the data folder")
     assert fake_teacher.seen == []
 
 

@@ -320,7 +320,8 @@ def refuse_unrunnable(entries: Sequence[tuple[Path, str, bool]], config: BenchCo
             except ProviderUnavailableError as exc:
                 missing.append(exc)
         if missing and (not all(onnx_entries) or len(missing) == len(config.providers)):
-            raise missing[0]
+            raise ProviderUnavailableError(f"--providers: {missing[0].message}",
+                                           f"{missing[0].hint}; or leave it out of --providers")
     engine = next((path for path, kind, from_folder in entries if kind == "engine" and not from_folder), None)
     if engine is not None:
         from edgenode.runtime.tensorrt_runner import import_tensorrt

@@ -45,7 +45,7 @@ def command(
     if not files:
         raise UsageError(f"no image files found in {', '.join(map(str, paths))}"
                          + (f" (but {len(passed_over)} picture(s) of other formats, e.g. {passed_over[0].name})" if passed_over else ""),
-                         "pass image files or folders of .jpg/.png/.webp")
+                         "pass image files, or folders of .jpg/.png/.webp pictures")
     if passed_over:  # a folder's .bmp or .tif would otherwise vanish from the count without a word
         console.print(f"note: {len(passed_over)} picture(s) in the folders are not .jpg, .jpeg, .png or .webp and were "
                       f"left out (e.g. {passed_over[0]}); name a file to try it anyway", markup=False, soft_wrap=True)

@@ -60,7 +60,8 @@ def command(
         if failed:
             what = "; ".join(
                 ([f"{len(differ)} artifact(s) do not reproduce their golden logits: {', '.join(differ)}"] if differ else [])
-                + ([f"{len(unusable)} artifact(s) could not be checked: {', '.join(unusable)}"] if unusable else []))
+                + ([f"{len(unusable)} artifact(s) could not be compared with their golden logits: {', '.join(unusable)}"]
+                   if unusable else []))
             hint = "each line above says why; " + ("a damaged or altered file: copy it again, or export it again"
                                                    if unusable else "a file changed or damaged in the copy: copy it again")
             if differ:

@@ -35,9 +35,9 @@ def collect_images(paths: Iterable[str | os.PathLike], passed_over: list[Path] |
     of other formats below the folders (``.bmp``, ``.tif``…) are appended to ``passed_over`` when given, for the
     caller to say so.
 
-    Folders are walked in sorted order, hidden entries skipped, symlinked folders followed as `train` follows them
-    (each real folder once, so a link to a parent does not loop); a missing path stays in the list so that it is
-    reported as a failure in its place rather than vanishing.
+    Folders are walked in sorted order, hidden entries skipped, symlinked folders followed at any depth (each real
+    folder once, so a link to a parent does not loop; `train` follows identity folders that are links); a missing
+    path stays in the list so that it is reported as a failure in its place rather than vanishing.
     """
     found: list[Path] = []
     for raw in paths:
