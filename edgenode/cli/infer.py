@@ -29,7 +29,7 @@ def command(
     """Classify images with an artifact; prints identity and confidence; exit 1 if any file failed."""
     from rich.markup import escape
 
-    from edgenode.errors import PathArgumentError, UsageError
+    from edgenode.errors import ArtifactPathError, PathArgumentError, UsageError
     from edgenode.runtime import collect_images, load_predictor
 
     for flag, value, low in (("--top-k", top_k, 1), ("--batch-size", batch_size, 1), ("--workers", workers, 0)):
@@ -49,7 +49,13 @@ def command(
     if passed_over:  # a folder's .bmp or .tif would otherwise vanish from the count without a word
         console.print(f"note: {len(passed_over)} picture(s) in the folders are not .jpg, .jpeg, .png or .webp and were "
                       f"left out (e.g. {passed_over[0]}); name a file to try it anyway", markup=False, soft_wrap=True)
-    with load_predictor(artifact, provider=provider, mirror_average=True if mirror_average else None) as predictor:
+    try:
+        opened = load_predictor(artifact, provider=provider, mirror_average=True if mirror_average else None)
+    except ArtifactPathError as exc:
+        if "is an image, not a model" in exc.message:  # the pictures were given first: say where they go
+            raise ArtifactPathError(exc.message, f"{exc.hint}; the pictures come after it") from None
+        raise
+    with opened as predictor:
         console.print(f"{predictor.describe()}; provider {predictor.provider}; {len(files)} image(s)", markup=False)
         if top_k > predictor.metadata.num_classes:
             console.print(f"note: --top-k {top_k}: the model knows {predictor.metadata.num_classes} classes; "

@@ -80,7 +80,7 @@ def detect_kind(path: str | os.PathLike, allowed: tuple[str, ...] = ANY_KIND) ->
         raise ArtifactPathError(f"{path}: is {what}, not a model", "pass the model file itself, not its .json")
     if by_content == "image":
         raise ArtifactPathError(f"{path}: is an image, not a model",
-                                _pass(allowed) + ("; images come after it" if allowed == ANY_KIND else ""))
+                                _pass(allowed))
     if by_content == "text" and head.startswith(b"version https://git-lfs"):  # a clone without git-lfs
         raise ArtifactError(f"{path}: is a Git LFS pointer, not the model it stands for", "fetch the file: git lfs pull")
     if by_content == "text":
