@@ -254,6 +254,7 @@ def align_dataset(root: str | os.PathLike, out: str | os.PathLike, files: list[s
     its chip). dlib holds the GIL: ``workers`` > 1 are processes (:func:`edgenode.process_pool.process_map`).
     """
     from edgenode.data import images_root
+    from edgenode.data.manifest import warn_skipped
     from edgenode.process_pool import process_map, resolve_workers
 
     FaceAligner(size, spec)  # a missing extra or a bad size fails here, before any worker starts
@@ -293,18 +294,5 @@ def align_dataset(root: str | os.PathLike, out: str | os.PathLike, files: list[s
         raise DataError(f"none of the {len(files)} file(s) in {source} could be aligned (the first, {first}: {reason})",
                         "check that the folder holds readable pictures: every file was unreadable")
     atomic_write_bytes(record_path, (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
-    _report_skipped(skipped, record_path)
+    warn_skipped(skipped, f"file(s); {record_path} lists every one with its reason")  # as split and teacher do
     return summary
-
-
-def _report_skipped(skipped: list[tuple[str, str]], record_path: Path) -> None:
-    """One warning line per file that could not be aligned, as `split` and `teacher` give (the record lists all)."""
-    import warnings
-
-    from edgenode.data.manifest import MAX_SKIP_WARNINGS, DataWarning
-
-    for path, reason in skipped[:MAX_SKIP_WARNINGS]:
-        warnings.warn(f"skipped {path}: {reason}", DataWarning, stacklevel=3)
-    if len(skipped) > MAX_SKIP_WARNINGS:
-        warnings.warn(f"skipped {len(skipped) - MAX_SKIP_WARNINGS} more file(s); {record_path} lists every one with "
-                      "its reason", DataWarning, stacklevel=3)

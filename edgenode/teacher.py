@@ -288,10 +288,8 @@ def compute_descriptors(root: str | os.PathLike, files: list[str], *, progress: 
     (:func:`edgenode.process_pool.process_map`), each loading its own models; about linear in cores.
     Spawned workers re-import the main script, so a script calling this needs ``if __name__ == "__main__":``.
     """
-    import warnings
-
-    from edgenode.data import DataWarning, images_root
-    from edgenode.data.manifest import MAX_SKIP_WARNINGS
+    from edgenode.data import images_root
+    from edgenode.data.manifest import warn_skipped
     from edgenode.process_pool import process_map, resolve_workers
 
     from edgenode.align import alignment_record
@@ -311,18 +309,15 @@ def compute_descriptors(root: str | os.PathLike, files: list[str], *, progress: 
     paths = [str(base / f) for f in files]
     results = process_map(_worker_describe, paths, initializer=_worker_init, initargs=(predictor, recognizer, cnn_fallback),
                           workers=workers, description="teacher descriptors", progress=progress, chunksize=8)
-    kept, vectors, detected, skipped = [], [], [], 0
+    kept, vectors, detected, skipped = [], [], [], []
     for relpath, path, (vector, found, reason) in zip(files, paths, results, strict=True):
         if vector is None:
-            skipped += 1
-            if skipped <= MAX_SKIP_WARNINGS:
-                warnings.warn(f"skipped {path}: {reason}", DataWarning, stacklevel=2)
+            skipped.append((path, reason))
             continue
         kept.append(relpath)
         vectors.append(vector)
         detected.append(found)
-    if skipped > MAX_SKIP_WARNINGS:
-        warnings.warn(f"skipped {skipped - MAX_SKIP_WARNINGS} more undecodable file(s) in {base}", DataWarning, stacklevel=2)
+    warn_skipped(skipped, f"undecodable file(s) in {base}")
     embedding = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, 128), np.float32)
     return TeacherEmbeddings(np.asarray(kept, dtype=str), embedding, np.asarray(detected, dtype=bool), provenance)
 

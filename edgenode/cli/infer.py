@@ -29,6 +29,7 @@ def command(
     """Classify images with an artifact; prints identity and confidence; exit 1 if any file failed."""
     from rich.markup import escape
 
+    from edgenode.artifacts import file_kind
     from edgenode.errors import ArtifactPathError, PathArgumentError, UsageError
     from edgenode.runtime import collect_images, load_predictor
 
@@ -52,7 +53,7 @@ def command(
     try:
         opened = load_predictor(artifact, provider=provider, mirror_average=True if mirror_average else None)
     except ArtifactPathError as exc:
-        if "is an image, not a model" in exc.message:  # the pictures were given first: say where they go
+        if artifact.is_file() and file_kind(artifact) == "image":  # the pictures were given first: say where they go
             raise ArtifactPathError(exc.message, f"{exc.hint}; the pictures come after it") from None
         raise
     with opened as predictor:

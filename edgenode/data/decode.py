@@ -33,7 +33,6 @@ if Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS > PILLOW_LIMIT:
     Image.MAX_IMAGE_PIXELS = PILLOW_LIMIT
 
 
-
 def ignore_bomb_warning() -> None:
     """Silence Pillow's decompression-bomb warning in the current warning filters (a command's, a worker's).
 

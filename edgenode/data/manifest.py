@@ -14,7 +14,7 @@ import warnings
 from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from rich.console import Console
@@ -388,11 +388,18 @@ def _assign(kept: list[tuple[_Identity, list[int]]], config: SplitConfig):
 
 def _report_skipped(base: Path, skipped: list[tuple[str, str]]) -> None:
     """One warning line per file that could not be decoded (the manifest's ``skipped`` lists them all)."""
-    for relpath, reason in sorted(skipped)[:MAX_SKIP_WARNINGS]:
-        warnings.warn(f"skipped {base / relpath}: {reason}", DataWarning, stacklevel=3)
+    warn_skipped([(base / relpath, reason) for relpath, reason in sorted(skipped)],
+                 f"undecodable file(s) in {base}; the manifest's 'skipped' list names every one with its reason", stacklevel=4)
+
+
+def warn_skipped(skipped: Sequence[tuple[str | Path, str]], more: str, stacklevel: int = 3) -> None:
+    """``skipped PATH: REASON``, one :class:`DataWarning` per file that a data-set pass (split, teacher, align) left
+    out, up to :data:`MAX_SKIP_WARNINGS`; then ``skipped N more <more>`` for the rest. ``stacklevel`` is
+    ``warnings.warn``'s, counted from here: 3 names the caller's caller."""
+    for path, reason in skipped[:MAX_SKIP_WARNINGS]:
+        warnings.warn(f"skipped {path}: {reason}", DataWarning, stacklevel=stacklevel)
     if len(skipped) > MAX_SKIP_WARNINGS:
-        warnings.warn(f"skipped {len(skipped) - MAX_SKIP_WARNINGS} more undecodable file(s) in {base}; "
-                      f"the manifest's 'skipped' list names every one with its reason", DataWarning, stacklevel=3)
+        warnings.warn(f"skipped {len(skipped) - MAX_SKIP_WARNINGS} more {more}", DataWarning, stacklevel=stacklevel)
 
 
 MAX_EXCLUDED_LISTED = 5

@@ -423,7 +423,7 @@ def export_model(config: ExportConfig) -> ExportResult:
                   f"checked against torch on {n_val} val images", markup=False)
     validity = None
     if config.check_ode:
-        subset = golden_indices(len(inputs.val_labels), VALIDITY_MAX_IMAGES)
+        subset = golden_indices(n_val, VALIDITY_MAX_IMAGES)
         console.print(f"checking the ODE on {len(subset)} val images in float64 ({method}×{steps}, ×{2 * steps}, "
                       f"×{4 * steps}, dopri5 down to rtol {min(TOLERANCE_LADDER):g}; minutes on a CPU, --no-check-ode skips it)", soft_wrap=True)
         validity = check_ode_validity(model, inputs.val_images[subset], inputs.val_labels[subset], method, steps,
