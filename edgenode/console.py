@@ -14,10 +14,25 @@ if not console.is_terminal and "COLUMNS" not in os.environ:
     console.width = 120  # logs and CI: rich's 80-column default squeezes the tables
 
 
+_bars_hidden = False
+
+
+@contextlib.contextmanager
+def progress_bars_hidden(hidden: bool = True) -> Iterator[None]:
+    """Hide every stage's bars while inside: ``demo --no-progress`` runs export, parity and calibration, whose
+    configurations have no ``progress`` of their own."""
+    global _bars_hidden
+    before, _bars_hidden = _bars_hidden, _bars_hidden or hidden
+    try:
+        yield
+    finally:
+        _bars_hidden = before
+
+
 @contextlib.contextmanager
 def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(n=1)``; draws a transient bar on a terminal, nothing when disabled or not a TTY."""
-    if not enabled or not console.is_terminal:
+    """Yield ``advance(n=1)``; draws a transient bar on a terminal, nothing when disabled, hidden or not a TTY."""
+    if not enabled or _bars_hidden or not console.is_terminal:
         yield lambda n=1: None
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())

@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.markup import escape
 
 from edgenode.artifacts import read_json, write_json
-from edgenode.console import console
+from edgenode.console import console, progress_bars_hidden
 from edgenode.data import Manifest, SplitConfig, images_root, make_synthetic_faces
 from edgenode.errors import EdgenodeError, ParityError, UsageError, is_whole_number
 from edgenode.export import ExportConfig, export_model
@@ -167,6 +167,11 @@ def resumes_training(config: DemoConfig) -> bool:
 
 
 def run_demo(config: DemoConfig = DemoConfig()) -> dict:
+    with progress_bars_hidden(not config.progress):  # --no-progress: export's and parity's bars too, not training's alone
+        return _run_demo(config)
+
+
+def _run_demo(config: DemoConfig) -> dict:
     from edgenode.runtime.providers import require_onnxruntime
 
     check_demo_config(config)

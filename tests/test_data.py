@@ -566,6 +566,30 @@ def test_progress_bar_runs(tmp_path, capsys):
     assert "Decoding images" in capsys.readouterr().err
 
 
+def test_progress_bars_hidden_silences_every_bar_on_a_terminal(monkeypatch):
+    """`demo --no-progress` hides export's and parity's bars too, which have no option of their own."""
+    from edgenode import console as console_module
+
+    drawn: list[str] = []
+
+    class Recording:
+        def __init__(self, *columns, **kwargs): pass
+        def __enter__(self): return self
+        def __exit__(self, *exc): return False
+        def add_task(self, description, total): drawn.append(description)
+        def advance(self, task, n): pass
+
+    monkeypatch.setattr(console_module, "Progress", Recording)
+    monkeypatch.setattr(console_module.console, "_force_terminal", True)
+    with console_module.progress_bar("shown", 3) as advance:
+        advance()
+    with console_module.progress_bars_hidden(), console_module.progress_bar("hidden", 3) as advance:
+        advance()
+    with console_module.progress_bars_hidden(False), console_module.progress_bar("not hidden", 3):
+        pass
+    assert drawn == ["shown", "not hidden"]
+
+
 # ---------------------------------------------------------------- cache and tensors
 
 

@@ -406,6 +406,9 @@ class _FakeTensorRT(types.ModuleType):
             def __init__(self, network, logger):
                 self.num_errors = 0
 
+            def set_flag(self, flag):
+                fake.calls.append(("parser_flag", flag))
+
             def parse_from_file(self, path):
                 fake.calls.append(("parse", Path(path).name))
                 return True
@@ -468,6 +471,8 @@ class _FakeTensorRT(types.ModuleType):
                 pass
 
         self.timing_cache = Cache()
+        self.init_libnvinfer_plugins = lambda logger, namespace: fake.calls.append(("plugins", namespace))
+        self.OnnxParserFlag = types.SimpleNamespace(NATIVE_INSTANCENORM="native_instancenorm")
         self.NetworkDefinitionCreationFlag = Flag
         self.OnnxParser, self.Builder, self.Logger = Parser, Builder, Logger
         self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
@@ -483,6 +488,8 @@ def test_build_engine_writes_a_plain_engine_and_a_sidecar(exported, tmp_path, mo
     assert engine.name == onnx_path.stem + ".engine" and engine.read_bytes() == b"\x00\x01PLAN", "no metadata glued on"
     assert ("network_flags", 1 << 1) in fake.calls and not [c for c in fake.calls if c[0] == "flag"]
     assert ("clear_flag", "tf32") in fake.calls, "TensorRT's default TF32 would round float32 convolutions"
+    assert ("parser_flag", "native_instancenorm") in fake.calls, "TensorRT 8.6 would make GroupNorm a plugin"
+    assert ("plugins", "") in fake.calls
     assert meta.extra["build"].endswith("TF32 off")
     assert ("profile", "images", (1, 3, 64, 64), (4, 3, 64, 64), (8, 3, 64, 64)) in fake.calls
     assert (tmp_path / "tensorrt-timing.cache").read_bytes() == b"timing"
@@ -491,6 +498,32 @@ def test_build_engine_writes_a_plain_engine_and_a_sidecar(exported, tmp_path, mo
     assert meta.kind == "engine" and meta.precision == "int8" and meta.int8_target == "tensorrt"
     assert meta.extra["tensorrt_version"] == "10.3.0" and "compute_capability" in meta.extra
     assert meta.extra["built_from_sha256"] == sha256_file(onnx_path)
+
+
+def test_tensorrt_8_refuses_a_file_above_opset_17_before_building(exported, tmp_path, monkeypatch):
+    """TensorRT 8.6 (JetPack 6.0) reads ONNX up to opset 17: the default opset-18 file is refused by name with the
+    export option that makes one it reads, and that file builds (weakly typed, with the INT8 flag)."""
+    fake = _FakeTensorRT()
+    fake.__version__ = "8.6.2"
+    del fake.NetworkDefinitionCreationFlag.STRONGLY_TYPED  # 8.6 has none
+    fake.NetworkDefinitionCreationFlag.EXPLICIT_BATCH = 0
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    onnx_path = tmp_path / exported.artifacts["int8-trt"].name
+    onnx_path.write_bytes(exported.artifacts["int8-trt"].read_bytes())
+    with pytest.raises(ArtifactError) as info:  # exit 1: the file is the wrong one for this TensorRT
+        trt_mod.build_engine(onnx_path, exported.metadata["int8-trt"])
+    assert str(info.value) == (f"{onnx_path}: ONNX opset 18, and TensorRT 8.6.2 reads opsets up to 17 "
+                               "(export it again with --opset 17)")
+    assert not fake.calls, "refused before TensorRT was asked anything"
+
+    model = onnx.load(str(onnx_path))
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = 17  # as `export --opset 17` records it (the fake parser reads nothing else)
+    onnx.save(model, str(onnx_path))
+    engine, meta = trt_mod.build_engine(onnx_path, exported.metadata["int8-trt"])
+    assert engine.is_file() and ("flag", "int8") in fake.calls and ("network_flags", 1) in fake.calls
+    assert meta.extra["build"].startswith("weakly typed with builder flags INT8")
 
 
 def test_a_foreign_timing_cache_is_replaced_and_never_costs_the_sidecar(exported, tmp_path, monkeypatch):

@@ -136,6 +136,31 @@ def engine_metadata(source: ArtifactMetadata, onnx_file: str, onnx_sha256: str, 
     return dataclasses.replace(source, kind="engine", extra=extra)
 
 
+def load_plugins(trt, logger) -> None:
+    """Register TensorRT's plugins, which a TensorRT 8.x engine may use (its InstanceNormalization without the
+    parser's native flag) and which a new process must have registered before it deserialises that engine."""
+    if hasattr(trt, "init_libnvinfer_plugins"):
+        trt.init_libnvinfer_plugins(logger, "")
+
+
+# TensorRT 8.6 (JetPack 6.0) reads ONNX up to opset 17; at 18, ReduceMean's axes are an input, which its parser
+# was not written for (TensorRT 10 added the check that refuses it where it cannot).
+MAX_OPSET_BEFORE_TENSORRT_10 = 17
+
+
+def refuse_newer_opset(onnx_path: Path, tensorrt_version: str) -> None:
+    """A file above the opset this TensorRT reads is refused by name, before a build that could go wrong quietly."""
+    if trt_major(tensorrt_version) >= 10:
+        return
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    opset = max((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), default=0)
+    if opset > MAX_OPSET_BEFORE_TENSORRT_10:
+        raise ArtifactError(f"{onnx_path}: ONNX opset {opset}, and TensorRT {tensorrt_version} reads opsets up to "
+                         f"{MAX_OPSET_BEFORE_TENSORRT_10}", f"export it again with --opset {MAX_OPSET_BEFORE_TENSORRT_10}")
+
+
 def build_engine(onnx_path: str | os.PathLike, source: ArtifactMetadata, config: EngineConfig = EngineConfig(),
                  engine_path: str | os.PathLike | None = None, onnx_sha256: str | None = None) -> tuple[Path, ArtifactMetadata]:
     """Parse ``onnx_path``, build a serialized engine with a dynamic-batch profile, write it and its sidecar
@@ -149,7 +174,9 @@ def build_engine(onnx_path: str | os.PathLike, source: ArtifactMetadata, config:
     flag_enum = trt.NetworkDefinitionCreationFlag
     plan = plan_build(trt.__version__, hasattr(flag_enum, "STRONGLY_TYPED"), source.precision)
 
+    refuse_newer_opset(onnx_path, trt.__version__)
     logger = trt.Logger(trt.Logger.WARNING)
+    load_plugins(trt, logger)
     builder = trt.Builder(logger)
     creation = 0
     if plan.strongly_typed and hasattr(flag_enum, "STRONGLY_TYPED") and trt_major(trt.__version__) < 11:
@@ -158,6 +185,11 @@ def build_engine(onnx_path: str | os.PathLike, source: ArtifactMetadata, config:
         creation |= 1 << int(flag_enum.EXPLICIT_BATCH)
     network = builder.create_network(creation)
     parser = trt.OnnxParser(network, logger)
+    flags = getattr(trt, "OnnxParserFlag", None)
+    if flags is not None and hasattr(flags, "NATIVE_INSTANCENORM"):
+        # GroupNorm exports as InstanceNormalization; before TensorRT 10 the parser maps it to a plugin by default,
+        # whose engine a process without the plugin library loaded cannot deserialise. Native is 10's default.
+        parser.set_flag(flags.NATIVE_INSTANCENORM)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
         raise ArtifactError(f"{onnx_path}: TensorRT {trt.__version__} cannot parse it ({errors[:300]})",
@@ -174,7 +206,7 @@ def build_engine(onnx_path: str | os.PathLike, source: ArtifactMetadata, config:
     profile.set_shape(INPUT_NAME, shapes["min"], shapes["opt"], shapes["max"])
     builder_config.add_optimization_profile(profile)
     cache = builder_config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file() else b"")
-    if not builder_config.set_timing_cache(cache, False):
+    if cache is None or not builder_config.set_timing_cache(cache, False):
         # a cache from another GPU or TensorRT (an export folder copied to a Jetson) is refused: start afresh
         builder_config.set_timing_cache(builder_config.create_timing_cache(b""), False)
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from edgenode.errors import ArtifactError, first_line
 from edgenode.runtime.base import Runner
-from edgenode.runtime.providers import ProviderUnavailableError, install_hint, short_name
+from edgenode.runtime.providers import TENSORRT_PROFILE_BATCHES, ProviderUnavailableError, install_hint, short_name
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
@@ -68,6 +68,8 @@ class OnnxRuntimeRunner(Runner):
         self.input_dtype = _ORT_DTYPES.get(inputs[0].type, np.float32)
         batch = inputs[0].shape[0] if inputs[0].shape else None
         self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
+        if self.provider == "tensorrt":  # its engine is built for batches up to the profile's largest
+            self.max_batch = TENSORRT_PROFILE_BATCHES[-1]
         self.input_shape = list(inputs[0].shape)
         self.output_name = self.session.get_outputs()[0].name
 

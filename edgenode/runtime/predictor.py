@@ -21,7 +21,8 @@ from edgenode.runtime.artifact import ArtifactInfo, checkpoint_info, detect_kind
 from edgenode.runtime.base import Runner
 from edgenode.runtime.preprocess import BatchLoader, preprocess_with_face
 from edgenode.runtime.providers import (PROVIDER_NAMES, ProviderUnavailableError, check_provider, provider_options,
-                                        require_onnxruntime, select_providers, torch_device_for)
+                                        require_onnxruntime, select_providers, tensorrt_major_behind_onnxruntime,
+                                        torch_device_for)
 
 
 @dataclass(frozen=True)
@@ -215,7 +216,10 @@ def ort_providers(info: ArtifactInfo, provider: str, available: Sequence[str], d
         except OSError:  # a read-only home: TensorRT then builds its engine at every session, which still works
             pass
     device_id = device.split(":", 1)[1] if device and device.startswith("cuda:") else None
-    return provider_options(chosen, info.precision, engines, timing, device_id)
+    if PROVIDER_NAMES["tensorrt"] not in chosen:
+        return provider_options(chosen, info.precision, device_id=device_id)
+    return provider_options(chosen, info.precision, engines, timing, device_id, image_size=info.input.image_size,
+                            tensorrt_major=tensorrt_major_behind_onnxruntime())
 
 
 def _ort_runner(info: ArtifactInfo, provider: str, device: str | None, model_bytes: bytes | None = None) -> Runner:
@@ -284,12 +288,15 @@ def load_predictor(path: str | os.PathLike, provider: str = "auto", device: str 
         info = onnx_info(path, data)
         _check_baked_mirror(info, mirror_average)
         return Predictor(info, _ort_runner(info, provider, device, data))
-    if (provider or "auto") not in ("auto", "tensorrt"):
+    if check_provider(provider) not in ("auto", "tensorrt"):
         raise UsageError(f"{path}: a TensorRT engine runs only on TensorRT, not on provider {provider!r}",
                          "use --provider auto, or run the matching .onnx file on that provider")
+    if device and not device.startswith("cuda"):
+        raise UsageError(f"{path}: a TensorRT engine runs on a CUDA GPU, not on device {device!r}",
+                         "pass a cuda device (cuda:N), or run the matching .onnx file on the CPU")
     data = path.read_bytes()  # as for ONNX: the verified bytes are the ones deserialised
     info = engine_info(path, data)
     _check_baked_mirror(info, mirror_average)
     from edgenode.runtime.tensorrt_runner import TensorRTRunner
 
-    return Predictor(info, TensorRTRunner(path, info.extra, engine_bytes=data))
+    return Predictor(info, TensorRTRunner(path, info.extra, engine_bytes=data, device=device))

@@ -111,17 +111,46 @@ def select_providers(requested: str, available: Sequence[str], machine: str | No
     return [full, *(PROVIDER_NAMES[p] for p in below if PROVIDER_NAMES[p] in available)]
 
 
+# The batches ONNX Runtime's TensorRT provider builds its engine for (min, opt, max): without a profile it builds
+# for the shapes it has seen and builds again for each new one (a ragged last batch), minutes on a Jetson.
+# Larger batches are run in chunks of the largest (OnnxRuntimeRunner.max_batch).
+TENSORRT_PROFILE_BATCHES = (1, 8, 64)
+
+
+def tensorrt_major_behind_onnxruntime() -> int:
+    """The TensorRT major version ONNX Runtime's TensorRT provider runs on: that of the ``tensorrt`` package
+    where one imports (the x86 wheel, or JetPack's system package), else that of ONNX Runtime's release
+    (1.18 and later are built with TensorRT 10 or later, earlier ones with 8)."""
+    try:
+        import tensorrt
+
+        return int(str(tensorrt.__version__).split(".")[0])
+    except Exception:  # noqa: BLE001 - absent, or its libraries missing: fall back to ONNX Runtime's release
+        pass
+    try:
+        import onnxruntime
+
+        major, minor = (int(part) for part in onnxruntime.__version__.split(".")[:2])
+    except Exception:  # noqa: BLE001
+        return 10
+    return 10 if (major, minor) >= (1, 18) else 8
+
+
 def provider_options(providers: Sequence[str], precision: str | None = None, engine_cache: str | None = None,
-                     timing_cache: str | None = None, device_id: str | None = None) -> list:
+                     timing_cache: str | None = None, device_id: str | None = None, image_size: int | None = None,
+                     input_name: str = "images", tensorrt_major: int = 10) -> list:
     """``providers`` as ONNX Runtime takes them, each GPU one with its options (``(name, {option: value})``).
 
     TensorRT gets an engine cache (``engine_cache``: one folder per file, since ONNX Runtime names its cached
     engines by the graph's structure, not its weights, and would run a retrained model's file with the old
-    engine) and a timing cache, so that only the first session of a file pays the minutes TensorRT spends
-    building (on a Jetson, every ``infer`` would otherwise), and the precision flag of
-    the file: ONNX Runtime builds weakly typed networks where it does not make them strongly typed, and then
-    an FP16 file's half types or an INT8 file's Q/DQ only run as such with ``trt_fp16_enable`` /
-    ``trt_int8_enable`` (explicit Q/DQ needs no calibration table). ``device_id`` picks the GPU.
+    engine), a timing cache and, given ``image_size``, an optimisation profile for batches 1–64
+    (:data:`TENSORRT_PROFILE_BATCHES`), so that only the first session of a file pays the minutes TensorRT spends
+    building (on a Jetson, every ``infer`` would otherwise). On TensorRT 9 and later ONNX Runtime builds the
+    network strongly typed, so it runs the file's own types: an FP16 file's half precision where the file has it
+    and float32 where it keeps it (the norms, the RK4 sums), an INT8 file's Q/DQ. ``trt_fp16_enable`` or
+    ``trt_int8_enable`` would turn that off and let TensorRT choose half precision anywhere, so they are passed
+    only to TensorRT 8 (``tensorrt_major``), where the network is weakly typed and the flag is what runs the
+    file's precision. ``device_id`` picks the GPU; ``input_name`` is the graph's input, every export's ``images``.
     """
     out: list = []
     for name in providers:
@@ -133,10 +162,11 @@ def provider_options(providers: Sequence[str], precision: str | None = None, eng
                 options.update(trt_engine_cache_enable="True", trt_engine_cache_path=str(engine_cache))
             if timing_cache is not None:
                 options.update(trt_timing_cache_enable="True", trt_timing_cache_path=str(timing_cache))
-            if precision == "fp16":
-                options["trt_fp16_enable"] = "True"
-            elif precision == "int8":
-                options["trt_int8_enable"] = "True"
+            if image_size is not None:
+                for key, batch in zip(("min", "opt", "max"), TENSORRT_PROFILE_BATCHES):
+                    options[f"trt_profile_{key}_shapes"] = f"{input_name}:{batch}x3x{image_size}x{image_size}"
+            if tensorrt_major < 9 and precision in ("fp16", "int8"):
+                options[f"trt_{precision}_enable"] = "True"
         out.append((name, options) if options else name)
     return out
 

@@ -88,8 +88,9 @@ class TensorRTRunner(Runner):
     backend = "tensorrt"
     provider = "tensorrt"
 
-    def __init__(self, path: str | Path, extra: Mapping[str, Any], engine_bytes: bytes | None = None):
-        """``engine_bytes``: the file's bytes as read when its sha256 was verified, so those very bytes run."""
+    def __init__(self, path: str | Path, extra: Mapping[str, Any], engine_bytes: bytes | None = None, device: str | None = None):
+        """``engine_bytes``: the file's bytes as read when its sha256 was verified, so those very bytes run.
+        ``device``: ``cuda:N`` runs it on GPU N (default: the current one)."""
         super().__init__()
         self.path = Path(path)
         trt = import_tensorrt(self.path)
@@ -98,17 +99,22 @@ class TensorRTRunner(Runner):
         if not torch.cuda.is_available():
             raise ProviderUnavailableError(f"{self.path}: a TensorRT engine needs a CUDA GPU, and torch sees none here",
                                            "run the .onnx file instead (`--provider cpu`)")
-        major, minor = torch.cuda.get_device_capability()
-        check_engine_compatibility(self.path, extra, trt.__version__, torch.cuda.get_device_name(), f"{major}.{minor}")
+        self._device = torch.device(device) if device and device.startswith("cuda:") else torch.device("cuda", torch.cuda.current_device())
+        major, minor = torch.cuda.get_device_capability(self._device)
+        check_engine_compatibility(self.path, extra, trt.__version__, torch.cuda.get_device_name(self._device), f"{major}.{minor}")
         self._torch, self._trt = torch, trt
         logger = trt.Logger(trt.Logger.ERROR)
-        self._runtime = trt.Runtime(logger)
-        self.engine = self._runtime.deserialize_cuda_engine(engine_bytes if engine_bytes is not None else self.path.read_bytes())
+        if hasattr(trt, "init_libnvinfer_plugins"):  # an engine built by TensorRT 8.x may use its plugins
+            trt.init_libnvinfer_plugins(logger, "")
+        with torch.cuda.device(self._device):  # the engine's memory and its stream live on that GPU
+            self._runtime = trt.Runtime(logger)
+            self.engine = self._runtime.deserialize_cuda_engine(engine_bytes if engine_bytes is not None else self.path.read_bytes())
+            self._stream = torch.cuda.Stream()
         if self.engine is None:
             raise ArtifactError(f"{self.path}: TensorRT could not deserialise the engine",
                                 "it is damaged or was built by another TensorRT; rebuild it on this device")
-        self.context = self.engine.create_execution_context()
-        self._stream = torch.cuda.Stream()
+        with torch.cuda.device(self._device):
+            self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -127,13 +133,13 @@ class TensorRTRunner(Runner):
         torch = self._torch
         # A stream of our own: on the legacy default stream enqueueV3 adds synchronisations (TensorRT warns so),
         # which would slow every batch and bias bench's latencies.
-        with torch.cuda.stream(self._stream):
-            device_in = torch.from_numpy(x).cuda()
+        with torch.cuda.device(self._device), torch.cuda.stream(self._stream):
+            device_in = torch.from_numpy(x).to(self._device)
             if not self.context.set_input_shape(self.input_name, tuple(x.shape)):
                 raise ArtifactError(f"{self.path}: input {tuple(x.shape)} is outside the engine's optimisation profile",
                                     "pass a smaller --batch-size, or rebuild with a larger --engine-max-batch")
             out_shape = tuple(self.context.get_tensor_shape(self.output_name))
-            device_out = torch.empty(out_shape, dtype=self._output_dtype, device="cuda")
+            device_out = torch.empty(out_shape, dtype=self._output_dtype, device=self._device)
             self.context.set_tensor_address(self.input_name, device_in.data_ptr())
             self.context.set_tensor_address(self.output_name, device_out.data_ptr())
             if not self.context.execute_async_v3(self._stream.cuda_stream):
