@@ -40,6 +40,29 @@ def test_calibration_set_is_byte_identically_reproducible(synthetic_manifest, tm
     assert other.files != loaded.files, "the seed matters"
 
 
+def test_calibration_set_follows_the_documented_per_identity_draw(synthetic_manifest):
+    """Per identity, in class order: ``random.Random(f"{seed}:{name}").sample`` of its sorted train files, sorted.
+    Seeding by the name keeps one identity's draw unchanged when another is added or removed."""
+    import random
+
+    cal = select_calibration_set(synthetic_manifest, per_class=3, seed=5)
+    expected = []
+    for label, name in enumerate(synthetic_manifest.classes):
+        pool = sorted(f for f, c in synthetic_manifest.splits["train"] if c == label)
+        expected += sorted(random.Random(f"5:{name}").sample(pool, 3))
+    assert list(cal.files) == expected
+
+
+def test_calibration_labels_that_disagree_with_the_manifest_are_refused(synthetic_manifest, synthetic_root):
+    import dataclasses
+
+    cal = select_calibration_set(synthetic_manifest, per_class=2, seed=0)
+    tampered = dataclasses.replace(cal, labels=tuple(reversed(cal.labels)))
+    assert tampered.labels != cal.labels
+    with pytest.raises(ArtifactError, match="calibration labels disagree with the split manifest"):
+        tampered.load_images(synthetic_manifest, synthetic_root)
+
+
 def test_calibration_images_are_the_normalised_train_pixels(synthetic_manifest, synthetic_root):
     from edgenode.data import load_split_arrays, normalize_array
 

@@ -357,9 +357,11 @@ def test_manifest_counts_balance_and_no_overlap(synthetic_manifest):
 
 
 def test_leftover_and_unvisited_files_go_to_unused(synthetic_root):
-    m = build_manifest(synthetic_root, SplitConfig(per_class=20, train=10, val=4, test=4, image_size=16),
+    m = build_manifest(synthetic_root, SplitConfig(per_class=20, train=10, val=5, test=3, image_size=16),
                        progress=False)
     assert np.bincount([c for _, c in m.unused], minlength=6).tolist() == [6] * 6  # 2 leftover + 4 never visited
+    for split, count in (("train", 10), ("val", 5), ("test", 3)):  # unequal, so that a swap of two splits shows
+        assert np.bincount(m.labels(split), minlength=6).tolist() == [count] * 6
     files = [f for f, _ in _all_entries(m)]
     assert len(files) == len(set(files)) == 6 * 24
     held_out = set(m.files("val")) | set(m.files("test"))

@@ -186,9 +186,13 @@ def test_a_calibration_picture_that_no_longer_reads_fails_the_export_before_it_w
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_metadata_round_trips_through_props_and_sidecar(exported, tmp_path):
+def test_metadata_round_trips_through_props_and_sidecar(exported, run, tmp_path):
+    source_sha256 = sha256_file(run.best_checkpoint)
     for key, path in exported.artifacts.items():
         props = ox.read_metadata(path)
+        # the readable keys any ONNX viewer shows say what the file is, not only the full record
+        assert props["precision"] == key.split("-")[0] and props["steps"] == str(exported.steps)
+        assert props["source_checkpoint_sha256"] == source_sha256 == exported.metadata[key].source_checkpoint_sha256
         from_props = ArtifactMetadata.from_onnx_props(props, str(path))
         record = read_sidecar(path)  # verifies the sha256
         assert record["sha256"] == sha256_file(path) and record["file"] == path.name

@@ -31,3 +31,16 @@ def test_mcnemar_p_is_the_exact_two_sided_binomial(only_a, only_b, expected):
 def test_mcnemar_p_falls_as_disagreements_lean_one_way():
     assert mcnemar_p(20, 20) > mcnemar_p(25, 15) > mcnemar_p(30, 10) > mcnemar_p(35, 5)
     assert mcnemar_p(30, 10) < 0.01
+
+
+def test_macro_metrics_average_over_the_classes_present_in_the_split():
+    """Targets [0, 1, 1, 1], predictions [0, 0, 1, 1], class 2 absent: precision per class 1/2 and 2/2, recall
+    1/1 and 2/3; the macro averages leave out class 2, which has no image to be right or wrong about."""
+    import torch
+
+    from edgenode.metrics import ClassificationMetrics
+
+    m = ClassificationMetrics.from_predictions(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 1]), 3)
+    assert m.accuracy == 0.75 and m.n == 4 and m.accuracy_ci == wilson_interval(3, 4)
+    assert m.macro_precision == pytest.approx(0.75) and m.macro_recall == pytest.approx(5 / 6)
+    assert m.macro_f1 == pytest.approx((2 / 3 + 0.8) / 2)

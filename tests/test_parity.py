@@ -349,6 +349,13 @@ def test_parity_result_judges_itself():
     nan_result = compare_logits(reference, broken, labels, classes, name="nan",
                                 thresholds=ParityThresholds(max_drop_pt=100, min_agreement_pct=0))
     assert not nan_result and nan_result.diff.nonfinite == 1 and "inf/NaN" in nan_result.failures()[0]
+    assert nan_result.diff.agreement == pytest.approx(0.97), "a NaN row counts as disagreeing"
+    shifted = reference.copy()
+    shifted[:, 0] += 0.01  # every logit error is 0.01 (to float32 rounding)
+    for bound, holds in ((0.009, False), (0.011, True)):
+        judged = compare_logits(reference, shifted, labels, classes, name="shifted",
+                                thresholds=ParityThresholds(max_logit_error=bound, min_agreement_pct=0, max_drop_pt=100))
+        assert bool(judged) is holds and judged.diff.max_abs_logit_error == pytest.approx(0.01, abs=1e-5)
     with pytest.raises(UsageError, match=r"--min-agreement must be a percentage in \[0, 100\], got 101"):
         ParityThresholds(min_agreement_pct=101)
 

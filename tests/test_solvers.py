@@ -61,6 +61,7 @@ def test_evaluations_per_step(method):
 
     integrate_fixed(f, torch.ones(1), 3, method)
     assert len(calls) == 3 * {"euler": 1, "midpoint": 2, "rk4": 4, "rk4_38": 4}[method]
+    assert SolverConfig(method=method, n_steps=3).fixed_nfe == len(calls), "the NFE that export and bench report"
 
 
 def test_float32_grid_has_exactly_n_steps():

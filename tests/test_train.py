@@ -56,6 +56,8 @@ def test_run_folder_holds_metrics_and_plots(trained_run):
     run = trained_run.run_dir
     history = json.loads((run / "metrics.json").read_text())
     assert [row["epoch"] for row in history] == list(range(1, len(history) + 1))
+    val = [row["val_accuracy"] for row in history]  # best.pt is the first epoch of the highest val accuracy
+    assert trained_run.best_val_accuracy == pytest.approx(max(val)) and trained_run.best_epoch == 1 + val.index(max(val))
     assert {"val_precision", "val_recall", "val_f1", "nfe_val"} <= set(history[0])
     assert (run / "metrics.csv").read_text().splitlines()[0].startswith("epoch,train_loss")
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -155,6 +155,31 @@ def test_sweep_picks_a_small_n_on_a_smooth_model():
     assert "| N | NFE |" in sweep.to_markdown()
 
 
+def test_sweep_applies_both_the_agreement_and_the_accuracy_criterion(monkeypatch):
+    """N = 1 flips one of 20 predictions, to a wrong class: 95 % agreement and 5 pt of accuracy lost. Either
+    criterion alone must refuse it; N = 2 reproduces the reference and qualifies."""
+    import edgenode.export.steps as steps
+
+    reference = np.tile(np.eye(4), (5, 1))
+    labels = reference.argmax(1)
+    flipped = reference.copy()
+    flipped[0] = np.roll(flipped[0], 1)
+
+    def solve(model, solver, images, dtype):
+        return (reference if solver.is_adaptive or solver.n_steps > 1 else flipped), 8
+
+    monkeypatch.setattr(steps, "solve_logits", solve)
+    images = torch.zeros(20, 3, 8, 8)
+    for criteria in (SweepCriteria(min_agreement=0.9, max_accuracy_gap=0.01),  # the accuracy gap refuses N = 1
+                     SweepCriteria(min_agreement=0.99, max_accuracy_gap=1.0)):  # the agreement refuses N = 1
+        sweep = sweep_steps(small_model(), images, labels, "rk4", candidates=(1, 2), criteria=criteria)
+        assert [r.qualifies for r in sweep.rows] == [False, True] and sweep.chosen == 2
+        assert sweep.rows[0].agreement == pytest.approx(0.95) and sweep.rows[0].accuracy == pytest.approx(0.95)
+    lenient = sweep_steps(small_model(), images, labels, "rk4", candidates=(1, 2),
+                          criteria=SweepCriteria(min_agreement=0.9, max_accuracy_gap=0.06))
+    assert lenient.chosen == 1, "N = 1 qualifies once both criteria allow it"
+
+
 def test_sweep_refuses_when_nothing_qualifies(tmp_path):
     model = small_model()
     images = _images(6)
