@@ -320,7 +320,9 @@ def test_explicit_provider_is_exact_or_a_clear_error():
 def test_tensorrt_gets_its_caches_a_batch_profile_and_the_files_precision_flag_only_before_tensorrt_9(exports, tmp_path, monkeypatch):
     """ONNX Runtime builds TensorRT 9+ networks strongly typed (the file's own types) unless a precision flag is
     passed, which would let TensorRT run the FP16 file's float32 norms in half precision: the flag goes to
-    TensorRT 8 alone, whose weakly typed networks need it. The profile spares a rebuild per new batch size."""
+    TensorRT 8 alone, whose weakly typed networks need it. The profile spares a rebuild per new batch size, and
+    the engine cache is one folder per file and per ONNX Runtime and TensorRT release, which reuse a cached
+    engine without checking who built it."""
     import edgenode.runtime.predictor as predictor
     from edgenode.export.onnx_export import INPUT_NAME
     from edgenode.runtime.artifact import onnx_info
@@ -328,41 +330,44 @@ def test_tensorrt_gets_its_caches_a_batch_profile_and_the_files_precision_flag_o
 
     monkeypatch.setenv("EDGENODE_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "cache" / "onnxruntime-tensorrt"
+    monkeypatch.setattr(predictor, "onnxruntime_release", lambda: (1, 22))
 
-    def caches(info):  # engines in a folder per file: ONNX Runtime names them by graph shape, not weights
-        return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(root / info.sha256[:16]),
+    def caches(info, tensorrt="10.3.0"):
+        return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(root / f"{info.sha256[:16]}-ort1.22-trt{tensorrt}"),
                 "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(root),
                 "trt_profile_min_shapes": f"{INPUT_NAME}:1x3x64x64", "trt_profile_opt_shapes": f"{INPUT_NAME}:8x3x64x64",
                 "trt_profile_max_shapes": f"{INPUT_NAME}:64x3x64x64"}
 
-    monkeypatch.setattr(predictor, "tensorrt_major_behind_onnxruntime", lambda: 10)
+    monkeypatch.setattr(predictor, "tensorrt_behind_onnxruntime", lambda: "10.3.0")
     fp16 = onnx_info(exports["fp16"])
     assert fp16.input.image_size == 64
     assert ort_providers(fp16, "auto", [TRT, CUDA, CPU], device="cuda:1") == [
         (TRT, {"device_id": "1", **caches(fp16)}), (CUDA, {"device_id": "1"}), CPU]
-    assert (root / fp16.sha256[:16]).is_dir()
+    assert (root / f"{fp16.sha256[:16]}-ort1.22-trt10.3.0").is_dir()
     assert ort_providers(fp16, "cuda", [TRT, CUDA, CPU]) == [CUDA, CPU]  # no options to give
     trt_int8 = dataclasses.replace(onnx_info(exports["int8"]), int8_target="tensorrt")
     assert ort_providers(trt_int8, "tensorrt", [TRT, CPU]) == [(TRT, caches(trt_int8)), CPU]
     assert caches(trt_int8) != caches(fp16)
 
-    monkeypatch.setattr(predictor, "tensorrt_major_behind_onnxruntime", lambda: 8)  # JetPack 5 and 6.0
-    assert ort_providers(fp16, "tensorrt", [TRT, CPU]) == [(TRT, {**caches(fp16), "trt_fp16_enable": "True"}), CPU]
-    assert ort_providers(trt_int8, "tensorrt", [TRT, CPU]) == [(TRT, {**caches(trt_int8), "trt_int8_enable": "True"}), CPU]
-    assert ort_providers(onnx_info(exports["fp32"]), "tensorrt", [TRT, CPU])[0][1] == caches(onnx_info(exports["fp32"]))
+    monkeypatch.setattr(predictor, "tensorrt_behind_onnxruntime", lambda: "8.6.2")  # JetPack 5 and 6.0
+    assert ort_providers(fp16, "tensorrt", [TRT, CPU]) == [(TRT, {**caches(fp16, "8.6.2"), "trt_fp16_enable": "True"}), CPU]
+    assert ort_providers(trt_int8, "tensorrt", [TRT, CPU]) == [
+        (TRT, {**caches(trt_int8, "8.6.2"), "trt_int8_enable": "True"}), CPU]
+    fp32 = onnx_info(exports["fp32"])
+    assert ort_providers(fp32, "tensorrt", [TRT, CPU])[0][1] == caches(fp32, "8.6.2")
 
 
 def test_the_tensorrt_behind_onnxruntime_is_the_importable_packages_else_onnxruntimes_release(monkeypatch):
     import types
 
-    from edgenode.runtime.providers import tensorrt_major_behind_onnxruntime
+    from edgenode.runtime.providers import tensorrt_behind_onnxruntime
 
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="8.6.2"))
-    assert tensorrt_major_behind_onnxruntime() == 8
+    assert tensorrt_behind_onnxruntime() == "8.6.2"
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # not importable
-    for release, major in (("1.17.3", 8), ("1.18.0", 10), ("1.22.1", 10)):
+    for release, major in (("1.17.3", "8"), ("1.18.0", "10"), ("1.22.1", "10")):
         monkeypatch.setitem(sys.modules, "onnxruntime", types.SimpleNamespace(__version__=release))
-        assert tensorrt_major_behind_onnxruntime() == major
+        assert tensorrt_behind_onnxruntime() == major
 
 
 def test_onnx_runtimes_int8_file_never_goes_to_tensorrt(exports):

@@ -21,7 +21,7 @@ from edgenode.runtime.artifact import ArtifactInfo, checkpoint_info, detect_kind
 from edgenode.runtime.base import Runner
 from edgenode.runtime.preprocess import BatchLoader, preprocess_with_face
 from edgenode.runtime.providers import (PROVIDER_NAMES, ProviderUnavailableError, check_provider, provider_options,
-                                        require_onnxruntime, select_providers, tensorrt_major_behind_onnxruntime,
+                                        onnxruntime_release, require_onnxruntime, select_providers, tensorrt_behind_onnxruntime,
                                         torch_device_for)
 
 
@@ -207,19 +207,22 @@ def ort_providers(info: ArtifactInfo, provider: str, available: Sequence[str], d
                 "run the int8-trt file (`edgenode export --int8-target tensorrt`) on TensorRT, or this one with --provider cuda|cpu")
         available = [p for p in available if p != PROVIDER_NAMES["tensorrt"]]
     chosen = select_providers(provider, available)
-    engines = timing = None
-    if PROVIDER_NAMES["tensorrt"] in chosen:
-        root = cache_dir() / "onnxruntime-tensorrt"
-        try:  # engines per file (by sha256): ONNX Runtime names them by the graph's shape, not its weights
-            (root / info.sha256[:16]).mkdir(parents=True, exist_ok=True)
-            engines, timing = str(root / info.sha256[:16]), str(root)
-        except OSError:  # a read-only home: TensorRT then builds its engine at every session, which still works
-            pass
     device_id = device.split(":", 1)[1] if device and device.startswith("cuda:") else None
     if PROVIDER_NAMES["tensorrt"] not in chosen:
         return provider_options(chosen, info.precision, device_id=device_id)
+    tensorrt = tensorrt_behind_onnxruntime()
+    # Engines in a folder per file (by sha256): ONNX Runtime names them by the graph's shape, not its weights, and
+    # per ONNX Runtime and TensorRT release: it reuses a cached engine without checking that they built it.
+    root = cache_dir() / "onnxruntime-tensorrt"
+    folder = root / f"{info.sha256[:16]}-ort{'.'.join(map(str, onnxruntime_release()))}-trt{tensorrt}"
+    engines = timing = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        engines, timing = str(folder), str(root)
+    except OSError:  # a read-only home: TensorRT then builds its engine at every session, which still works
+        pass
     return provider_options(chosen, info.precision, engines, timing, device_id, image_size=info.input.image_size,
-                            tensorrt_major=tensorrt_major_behind_onnxruntime())
+                            tensorrt_major=int(tensorrt.split(".")[0]))
 
 
 def _ort_runner(info: ArtifactInfo, provider: str, device: str | None, model_bytes: bytes | None = None) -> Runner:

@@ -117,23 +117,28 @@ def select_providers(requested: str, available: Sequence[str], machine: str | No
 TENSORRT_PROFILE_BATCHES = (1, 8, 64)
 
 
-def tensorrt_major_behind_onnxruntime() -> int:
-    """The TensorRT major version ONNX Runtime's TensorRT provider runs on: that of the ``tensorrt`` package
-    where one imports (the x86 wheel, or JetPack's system package), else that of ONNX Runtime's release
-    (1.18 and later are built with TensorRT 10 or later, earlier ones with 8)."""
+def tensorrt_behind_onnxruntime() -> str:
+    """The TensorRT version ONNX Runtime's TensorRT provider runs on: that of the ``tensorrt`` package where one
+    imports (the x86 wheel, or JetPack's system package), else the major version of ONNX Runtime's release
+    (1.18 and later are built with TensorRT 10 or later: "10"; earlier ones with 8: "8")."""
     try:
         import tensorrt
 
-        return int(str(tensorrt.__version__).split(".")[0])
+        return str(tensorrt.__version__)
     except Exception:  # noqa: BLE001 - absent, or its libraries missing: fall back to ONNX Runtime's release
         pass
+    return "10" if onnxruntime_release() >= (1, 18) else "8"
+
+
+def onnxruntime_release() -> tuple[int, int]:
+    """ONNX Runtime's (major, minor); (0, 0) where it cannot be read."""
     try:
         import onnxruntime
 
         major, minor = (int(part) for part in onnxruntime.__version__.split(".")[:2])
+        return major, minor
     except Exception:  # noqa: BLE001
-        return 10
-    return 10 if (major, minor) >= (1, 18) else 8
+        return 0, 0
 
 
 def provider_options(providers: Sequence[str], precision: str | None = None, engine_cache: str | None = None,
