@@ -114,6 +114,7 @@ def test_accuracy_report_matches_hand_argmax(trained_run, synthetic_root, synthe
     assert sub["n"] == int(keep.sum()) and sub["n_excluded"] == len(y) - int(keep.sum())
     assert sub["accuracy"] == pytest.approx(correct[keep].mean()) == 1.0 != report["accuracy"]
     assert sub["n_listed_not_in_split"] == 1
+    assert tuple(sub["accuracy_ci"]) == pytest.approx(wilson_interval(int(correct[keep].sum()), int(keep.sum())))
     names = synthetic_manifest.classes
     assert [(m["file"], m["true"], m["predicted"]) for m in report["misclassified"]] == [
         (files[i], names[y[i]], names[pred[i]]) for i in np.flatnonzero(~correct)]
@@ -227,3 +228,14 @@ def test_evaluate_default_folder_and_an_export_without_its_manifest(trained_run,
                         shared_exports["fp32"].parent / "never", mirror_average=True)
     one_line(exc, "classifies each picture alone", "re-export the checkpoint with --mirror-average")
     assert not (shared_exports["fp32"].parent / "never").exists()
+
+
+def test_near_duplicates_are_excluded_from_the_split_scored(trained_run, synthetic_root, synthetic_manifest, tmp_path, one_thread):
+    from edgenode.data.near_duplicates import NearDuplicate, write_near_duplicates
+
+    val, label = synthetic_manifest.files("val")[0], synthetic_manifest.labels("val")[0]
+    same = next(f for f, c in zip(synthetic_manifest.files("train"), synthetic_manifest.labels("train")) if c == label)
+    write_near_duplicates(tmp_path / "pairs.tsv", [NearDuplicate(same, val, 1)])
+    report = accuracy_report(trained_run.best_checkpoint, synthetic_root, trained_run.run_dir / "manifest.json",
+                             tmp_path / "r", split="val", near_duplicates=tmp_path / "pairs.tsv")
+    assert report["excluding_files"]["n_excluded"] == 1 and report["excluding_files"]["n"] == len(synthetic_manifest.files("val")) - 1

@@ -470,3 +470,14 @@ def test_align_cli_refuses_to_write_into_the_data_folder(synthetic_root):
     result = CliRunner().invoke(app, ["align", str(synthetic_root), "--out", str(synthetic_root)])
     assert result.exit_code == 2 and "new folder" in result.output
     assert not (synthetic_root / ALIGN_FILE).exists()
+
+
+def test_an_aligned_copy_remade_with_other_settings_gets_another_cache_file(synthetic_root, synthetic_manifest, tmp_path):
+    from edgenode.data import cache_path
+
+    copy = tmp_path / "copy"
+    (copy / "images").mkdir(parents=True)
+    _mark_aligned(copy, 64)
+    first = cache_path(synthetic_manifest, copy, "train")
+    _mark_aligned(copy, 64, padding=0.5)
+    assert cache_path(synthetic_manifest, copy, "train") != first

@@ -872,3 +872,17 @@ def test_a_data_folder_missing_some_of_the_manifests_files_says_so_not_that_they
         load_split_arrays(synthetic_manifest, other, "val")
     assert repr(gone[0]) in str(info.value) and "pass the data folder the manifest" in str(info.value)
     assert "can no longer be decoded" not in str(info.value)
+
+
+def test_a_cache_file_whose_labels_differ_is_a_miss(tmp_path, monkeypatch):
+    make_synthetic_faces(tmp_path, n_classes=2, per_class=10, size=16)
+    m = build_manifest(tmp_path, SMALL, progress=False)
+    monkeypatch.setenv("EDGENODE_CACHE", str(tmp_path / "cache"))
+    load_split_arrays(m, tmp_path, "test")
+    path = cache_path(m, tmp_path, "test")
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    arrays["labels"] = (arrays["labels"] + 1) % 2
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+    assert load_split_arrays(m, tmp_path, "test")[1].tolist() == m.labels("test")

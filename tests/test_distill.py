@@ -482,3 +482,34 @@ def test_weight_average_is_the_elementwise_mean_and_refuses_other_architectures(
     wider = dataclasses.replace(first, model_config=dataclasses.replace(first.model_config, width=first.model_config.width + 1))
     with pytest.raises(ArtifactError, match="architecture differs"):
         average_weights([first, wider])
+
+
+def test_the_kd_term_is_the_kl_from_teacher_to_student():
+    targets = _targets()
+    index = torch.arange(4)
+    logits = torch.randn(4, 3, generator=torch.Generator().manual_seed(7))
+    teacher, student = targets.teacher_log_probs(index), torch.log_softmax(logits, dim=1)
+    want = (teacher.exp() * (teacher - student)).sum() / 4
+    torch.testing.assert_close(distill.distill_loss(targets.embedding, logits, index, targets, 0.0, 1.0), want)
+
+
+def test_teacher_probabilities_are_the_softmax_of_scaled_cosines():
+    targets = _targets()  # scale 10
+    index = torch.arange(4)
+    torch.testing.assert_close(targets.teacher_log_probs(index),
+                               torch.log_softmax(10.0 * targets.embedding @ targets.class_means.t(), dim=1))
+
+
+def test_kd_targets_with_a_row_summing_to_1_01_are_refused(tmp_path):
+    rows = np.log(np.array([[0.51, 0.5], [0.5, 0.5]]))
+    path = distill.save_kd_targets(tmp_path / "t.npz", ["a.jpg", "b.jpg"], ["x", "y"], rows, [])
+    with pytest.raises(ArtifactError, match="row 0 .* is not a log-probability vector"):
+        distill.load_kd_targets(path, ["a.jpg", "b.jpg"], ["x", "y"])
+
+
+def test_the_centre_is_the_mean_of_train_images_with_a_descriptor():
+    embedding, labels = clusters(n_classes=3, per_class=10, offset=5.0)
+    files = [f"c{label}/{i}.jpg" for i, label in enumerate(labels)]
+    targets, _ = distill.build_targets(_teacher(files[1:], embedding[1:]), files, labels, [], 3, CPU)  # train image 0 has none
+    centre = embedding[1:].mean(axis=0)
+    np.testing.assert_allclose(targets.embedding[5].numpy(), distill.unit(embedding[5:6] - centre)[0], atol=1e-5)

@@ -111,3 +111,9 @@ def test_a_paused_run_resumes_its_average_exactly(synthetic_root, tmp_path):
     assert [r["val_accuracy_ema"] for r in resumed.history] == [r["val_accuracy_ema"] for r in straight.history]
     assert json.loads((tmp_path / "paused" / "results.json").read_text())["test_ema"] == \
         json.loads((tmp_path / "straight" / "results.json").read_text())["test_ema"] | {"checkpoint": str(tmp_path / "paused" / "best-ema.pt")}
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.0])
+def test_the_average_itself_refuses_a_decay_outside_0_1(decay):
+    with pytest.raises(ValueError, match="decay must be in"):
+        WeightAverage(nn.Linear(2, 2), decay)

@@ -107,3 +107,10 @@ def test_onnx_graph_count_matches_the_module_count(tmp_path):
     assert counted["nodes"]["Conv"] == 3 + 2 * 8  # stem + 2 convs × 8 evaluations
     assert counted["flops"] == STEM + 8 * F_EVAL + HEAD
     assert onnx_graph_flops(path, batch=4)["flops"] == 4 * (STEM + 8 * F_EVAL + HEAD)
+
+
+def test_the_flop_cache_tells_widths_apart():
+    narrow = ModelConfig(arch="paper", num_classes=4, width=8, solver=SolverConfig("euler", n_steps=3))
+    wide = ModelConfig(arch="paper", num_classes=4, width=16, solver=SolverConfig("euler", n_steps=3))
+    assert config_flops(narrow, 16).f_eval != config_flops(wide, 16).f_eval
+    assert config_flops(wide, 16).f_eval == model_flops(build_model(wide), 16).f_eval

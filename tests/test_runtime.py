@@ -541,3 +541,20 @@ def test_damaged_metadata_inside_an_onnx_file_names_the_file(shared_exports, tmp
     with pytest.raises(ArtifactError) as exc:
         onnx_info(path)
     assert str(exc.value).startswith(f"{path}: unknown precision 'fp8'") and "re-export" in str(exc.value)
+
+
+def test_the_bytes_given_are_the_bytes_hashed(exports):
+    from edgenode.artifacts import read_sidecar as _read_sidecar
+
+    data = bytearray(exports["fp32"].read_bytes())
+    data[len(data) // 2] ^= 0x01  # the file on disk is intact; the bytes about to run are not
+    with pytest.raises(ArtifactError, match="does not match its sidecar"):
+        _read_sidecar(exports["fp32"], data=bytes(data))
+
+
+def test_find_artifacts_skips_hidden_and_temporary_files(tmp_path):
+    from edgenode.runtime.artifact import find_artifacts
+
+    for name in ("b.onnx", ".model.onnx", ".b.onnx.x1y2.tmp", "a.engine", "a.onnx.json"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in find_artifacts(tmp_path)] == ["a.engine", "b.onnx"]

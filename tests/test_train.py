@@ -514,3 +514,9 @@ def test_resume_refuses_another_margin_and_takes_an_older_checkpoint_as_margin_z
     check_resume_settings(small_config("data", tmp_path / "run", arch="faceode"), saved, tmp_path / "last.pt")
     with pytest.raises(UsageError, match=r"--margin 0.0 → 0.2"):
         check_resume_settings(small_config("data", tmp_path / "run", arch="faceode", margin=0.2), saved, tmp_path / "last.pt")
+
+
+def test_resume_refuses_another_dropout(tmp_path):
+    saved = small_config("data", tmp_path / "run").to_dict()
+    with pytest.raises(UsageError, match=r"--dropout 0.0 → 0.1"):
+        check_resume_settings(small_config("data", tmp_path / "run", dropout=0.1), saved, tmp_path / "last.pt")

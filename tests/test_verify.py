@@ -188,3 +188,39 @@ def test_cli_refuses_a_tolerance_that_would_pass_anything(export_dir, args):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: {args[0]} {args[1]}: tolerances must be >= 0 and finite"), result.output
     assert "PASSED" not in result.output
+
+
+def test_decisive_means_twice_the_allowance():
+    # margin 1.0 < 2 * 0.6: a near-tie at this tolerance, so a flip within the logit tolerance passes
+    result = compare_golden(np.array([[1.0, 0.0]]), np.array([[0.5, 0.51]]), GoldenTolerance(0.6, 0.0))
+    assert result["ok"] and result["decisive"] == 0
+
+
+def test_the_scale_is_each_samples_own_largest_logit():
+    # row 0's scale is 10 (allowance 1.0), so a 0.5 change in its small logit passes; a per-column scale would not
+    assert compare_golden(np.array([[10.0, 0.0], [0.0, 1.0]]), np.array([[10.0, 0.5], [0.0, 1.0]]), GoldenTolerance(0.0, 0.1))["ok"]
+
+
+def test_an_exact_replay_passes_a_zero_tolerance():
+    stored = np.array([[4.0, 1.0, 0.0], [2.0, 1.99, 0.0]])
+    assert compare_golden(stored, stored.copy(), GoldenTolerance(0.0, 0.0))["ok"]
+
+
+def test_a_report_of_skipped_checks_only_has_not_passed():
+    from edgenode.runtime.verify import GoldenCheck, VerifyReport
+
+    assert not VerifyReport("f", [GoldenCheck("a.onnx", None, "skipped")])
+
+
+def test_default_tolerances_are_the_documented_ones():
+    assert {k: (t.atol, t.rtol) for k, t in DEFAULT_TOLERANCES.items()} == {
+        "fp32": (1e-3, 1e-3), "fp16": (2e-2, 2e-2), "int8": (0.25, 0.10)}
+
+
+def test_a_given_tolerance_replaces_the_default(fresh):
+    golden = fresh / (EXPORT_FILES["fp32"] + ".golden.npz")
+    with np.load(golden) as archive:
+        arrays = dict(archive)
+    arrays["logits"][0, 0] += 0.05  # fails the fp32 default (test_modified_golden_logits_fail)
+    np.savez(golden, **arrays)
+    assert verify_folder(fresh, tolerances={"fp32": GoldenTolerance(0.1, 0.0)}).passed
