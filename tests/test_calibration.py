@@ -215,3 +215,26 @@ def test_ort_tensorrt_flatbuffers_table_round_trips(tmp_path):
     ranges = {"b": (-3.0, 1.0), "a": (0.0, 0.5)}
     path = write_ort_trt_table(ranges, tmp_path / "model.calibration.flatbuffers")
     assert read_ort_trt_table(path) == {"a": 0.5, "b": 3.0}
+
+
+def test_qdq_summary_counts_only_per_channel_weight_scales():
+    from onnx import TensorProto, helper
+
+    from edgenode.export.int8 import qdq_summary
+
+    inits = [helper.make_tensor("w_q", TensorProto.INT8, [2, 2], [1, 2, 3, 4]),
+             helper.make_tensor("s1", TensorProto.FLOAT, [], [0.1]), helper.make_tensor("z1", TensorProto.INT8, [], [0]),
+             helper.make_tensor("s2", TensorProto.FLOAT, [2], [0.1, 0.2]), helper.make_tensor("z2", TensorProto.INT8, [2], [0, 0])]
+    nodes = [helper.make_node("DequantizeLinear", ["w_q", "s1", "z1"], ["w1"]),
+             helper.make_node("DequantizeLinear", ["w_q", "s2", "z2"], ["w2"], axis=1),
+             helper.make_node("MatMul", ["x", "w1"], ["a"]), helper.make_node("MatMul", ["a", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], inits)
+    summary = qdq_summary(helper.make_model(graph))
+    assert summary["weight_types"] == ["INT8"] and summary["per_channel_weights"] == 1
+
+
+def test_entropy_histograms_tensorrts_2048_bins_for_128_levels():
+    import edgenode.calibration.table as table
+
+    assert table.CALIBRATOR_OPTIONS["entropy"] == {"num_bins": 2048, "num_quantized_bins": 128}

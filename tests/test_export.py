@@ -665,3 +665,54 @@ def test_the_split_travels_with_the_export_and_replaces_only_an_unused_one(synth
     (out / "model-rk4x1-fp32.onnx.json").write_text("{not json")
     assert copy_manifest(Manifest.load(second), second, out, {}) == [out / "manifest.json"]
     assert (out / "manifest.json").read_bytes() == second.read_bytes()
+
+
+def test_int8_quantises_the_classifier_gemm_for_both_targets(exported):
+    for key in ("int8-ort", "int8-trt"):
+        qdq = exported.report["artifacts"][list(exported.artifacts).index(key)]["checks"]["qdq"]
+        assert qdq["dequantize_consumers"].get("Gemm", 0) > 0, key
+
+
+def test_fp16_pooling_stays_float32(exported):
+    proto = onnx.load(str(exported.artifacts["fp16"]))
+    casts_to_float = {n.output[0] for n in proto.graph.node if n.op_type == "Cast" and n.attribute[0].i == onnx.TensorProto.FLOAT}
+    pooled = {n.input[0] for n in proto.graph.node if n.op_type in ("ReduceMean", "GlobalAveragePool")}
+    assert pooled and pooled <= casts_to_float, "pooling stays in float32"
+
+
+def test_fp16_keeps_global_average_pool_in_float32():
+    from onnx import TensorProto, helper
+
+    from edgenode.export.fp16 import convert_to_fp16
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 1, 1])])
+    half = convert_to_fp16(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    casts_to_float = {n.output[0] for n in half.graph.node if n.op_type == "Cast" and n.attribute[0].i == TensorProto.FLOAT}
+    (pool,) = [n for n in half.graph.node if n.op_type == "GlobalAveragePool"]
+    assert pool.input[0] in casts_to_float
+
+
+def test_engines_are_built_for_every_file_but_onnx_runtimes_int8(monkeypatch, tmp_path):
+    from edgenode.export import pipeline
+
+    built = []
+
+    def fake_build(path, meta, engine_config):
+        built.append(path.name)
+        engine = path.with_suffix(".engine")
+        engine.write_bytes(b"\0")
+        return engine, types.SimpleNamespace(precision=meta.precision, int8_target=meta.int8_target,
+                                             extra={"tensorrt_version": "10.3.0", "gpu_name": "gpu", "compute_capability": "8.7"})
+
+    monkeypatch.setattr(trt_mod, "build_engine", fake_build)
+    artifacts, metadata = {}, {}
+    for key in ("fp32", "int8-ort", "int8-trt"):
+        artifacts[key] = tmp_path / f"m-{key}.onnx"
+        artifacts[key].write_bytes(b"x")
+        metadata[key] = types.SimpleNamespace(precision=key.split("-")[0], int8_target=None)
+    result = pipeline.ExportResult(tmp_path, "rk4", 2, artifacts=artifacts, metadata=metadata, report={"artifacts": []})
+    config = ExportConfig(checkpoint="best.pt", out=str(tmp_path), precisions="fp32,int8", int8_target="both", format="engine")
+    pipeline.build_engines(config, result)
+    assert built == ["m-fp32.onnx", "m-int8-trt.onnx"]

@@ -55,6 +55,8 @@ def test_bad_files_do_not_stop_the_batch_and_exit_1(fp32_onnx, photo_folder):
     expected = load_predictor(fp32_onnx).predict([r["path"] for r in good], k=1)
     assert [r["label"] for r in good] == [p.top_k[0][0] for p in expected]
     assert [r["confidence"] for r in good] == pytest.approx([p.top_k[0][1] for p in expected], abs=1e-5)
+    classes = load_predictor(fp32_onnx).metadata.classes
+    assert all(classes[r["index"]] == r["label"] for r in good)  # the --json index names the label
     # each failure is one line on stderr; stdout carries JSON only
     assert "empty.jpg: empty file" in result.stderr and "readme.jpg" in result.stderr
     assert "2 failed" in result.stderr and "onnxruntime" in result.stderr and "provider cpu" in result.stderr

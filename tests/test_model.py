@@ -151,3 +151,23 @@ def test_cosface_margin_at_a_fixed_scale_leaves_the_learned_scale_alone():
     # the learned scale's own margin (scale 0) does move it
     learned = torch.nn.functional.cross_entropy(head.with_margin(head(features), labels, 0.25), labels)
     assert abs(float(torch.autograd.grad(learned, head.log_scale)[0])) > 1e-3
+
+
+def test_cosine_head_starts_at_scale_16():
+    head = build_model(preset_config("faceode", num_classes=5, width=8)).head[-1]
+    assert isinstance(head, CosineClassifier) and float(head.log_scale.exp()) == pytest.approx(16.0)
+
+
+def test_group_norm_has_one_group_per_channel_up_to_32():
+    model = build_model(preset_config("odenet", num_classes=3, width=16))
+    assert {m.num_groups for m in model.modules() if isinstance(m, torch.nn.GroupNorm)} == {16}
+    model = build_model(preset_config("odenet", num_classes=3, width=40))
+    assert {m.num_groups for m in model.modules() if isinstance(m, torch.nn.GroupNorm)} == {20}
+
+
+def test_odenet_function_sees_time():
+    torch.manual_seed(0)
+    func = build_model(preset_config("odenet", num_classes=3, width=8)).ode.func
+    h = torch.randn(1, 8, 4, 4)
+    with torch.no_grad():
+        assert not torch.allclose(func(torch.tensor(0.0), h), func(torch.tensor(1.0), h))

@@ -439,3 +439,19 @@ def test_the_early_refusal_waits_for_the_rows_when_a_skipped_engine_may_be_the_r
     refuse_other_sources(foreign, reference, skipped=1)  # an engine that cannot run here may be the reference's export
     refuse_other_sources([*foreign, SimpleNamespace(path=Path("exp/ours.onnx"), source_checkpoint_sha256="a" * 64)], reference)
     refuse_other_sources([], reference)
+
+
+def test_export_stage_compares_the_torch_twin_with_the_fp32_onnx(export_dir, trained_run, synthetic_root):
+    from edgenode.parity import diff_logits
+    from edgenode.parity.attribution import Attributor
+    from edgenode.runtime import load_predictor
+    from edgenode.runtime.torch_runner import TorchRunner
+
+    reference = load_predictor(trained_run.best_checkpoint, reference_solver=SolverConfig("rk4", n_steps=8))
+    fp16 = load_predictor(export_dir / EXPORT_FILES["fp16"])
+    x = fp16.preprocess(sorted(synthetic_root.glob("images/*/*.png"))[::12])
+    ref, logits = reference.predict_logits(x), fp16.predict_logits(x)
+    stages = {s.stage: s for s in Attributor(reference, ref, x).stages(fp16, logits, [export_dir / EXPORT_FILES["fp32"]])}
+    twin = TorchRunner(reference.runner.model.with_solver(fp16.metadata.solver), "cpu").infer(x)
+    fp32 = load_predictor(export_dir / EXPORT_FILES["fp32"]).predict_logits(x)
+    assert stages["export"].diff == diff_logits(twin, fp32)

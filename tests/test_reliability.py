@@ -1500,3 +1500,28 @@ def test_a_path_that_looks_like_markup_is_printed_as_it_is(synthetic_root, tmp_p
     result = invoke("split", synthetic_root, "--out", out, "--per-class", 24, "--train", 16, "--val", 4, "--test", 4)
     assert result.exit_code == 0 and "Traceback" not in result.output, result.output
     assert out.is_file() and f"wrote {out}:" in " ".join(result.output.split())
+
+
+def test_a_float16_value_above_2_to_the_15_is_saturated():
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16, name="to_half"),
+             helper.make_node("Mul", ["h", "k"], ["big"], name="grow"),
+             helper.make_node("Cast", ["big"], ["logits"], to=TensorProto.FLOAT, name="to_float")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 3])],
+                              [numpy_helper.from_array(np.array(400.0, np.float16), "k")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    scan = numerics.scan_numerics(model, np.full((2, 3), 100.0, np.float32))  # 40000: finite, above 2**15
+    assert [(p.node, p.kind) for p in scan.problems] == [("grow", "saturated")]
+    assert not numerics.scan_numerics(model, np.full((2, 3), 50.0, np.float32)).problems  # 20000: fine
+
+
+def test_a_quantizer_clipping_a_third_of_its_input_saturates():
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).uniform(-1, 1, size=(200, 3)).astype(np.float32)
+    model = _scaled_cosine_head(0.005)  # range ±0.64 of cosines spread over ±0.9: about 30 % clipped
+    logits = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    with pytest.raises(NumericError, match=r"cos_quant.*clips [23]\d\.\d%"):
+        numerics.check_logits(model, logits, x, "test model", "200 images", precision="int8")

@@ -422,3 +422,13 @@ def test_cli_manifest_selects_its_files(tmp_path, synthetic_root, synthetic_mani
     other = make_synthetic_faces(tmp_path / "other", n_classes=1, per_class=1, size=32)  # not the manifest's data set
     result = CliRunner().invoke(app, ["teacher", str(other), "--manifest", str(manifest), "--out", str(tmp_path / "x.npz")])
     assert result.exit_code == 1 and "not found under" in result.output and "Traceback" not in result.output
+
+
+def test_aligner_cuts_the_chip_with_its_specs_padding(fake_dlib):
+    from edgenode.align import AlignSpec, FaceAligner
+
+    module, _ = fake_dlib
+    seen = []
+    module.get_face_chip = lambda img, shape, size, padding: seen.append((size, padding)) or np.zeros((size, size, 3), np.uint8)
+    FaceAligner(16, AlignSpec(padding=0.5))(np.zeros((30, 40, 3), np.uint8))
+    assert seen == [(16, 0.5)]
