@@ -346,8 +346,12 @@ def test_tensorrt_gets_its_caches_a_batch_profile_and_the_files_precision_flag_o
     assert (root / f"{fp16.sha256[:16]}-ort1.22-trt10.3.0").is_dir()
     # CUDA computes float32 as float32, not TF32 (ONNX Runtime's default on Ampere and newer)
     assert ort_providers(fp16, "cuda", [TRT, CUDA, CPU]) == [(CUDA, {"use_tf32": "0"}), CPU]
-    monkeypatch.setattr(predictor, "onnxruntime_release", lambda: (1, 17))  # before the option: none given
-    assert ort_providers(fp16, "cuda", [TRT, CUDA, CPU]) == [CUDA, CPU]
+    monkeypatch.setattr(predictor, "onnxruntime_release", lambda: (1, 16))  # JetPack 5's: each option it lacks is left out
+    assert ort_providers(fp16, "auto", [TRT, CUDA, CPU]) == [
+        (TRT, {**{k: v for k, v in caches(fp16).items() if k != "trt_timing_cache_path"},
+               "trt_engine_cache_path": str(root / f"{fp16.sha256[:16]}-ort1.16-trt10.3.0")}), CUDA, CPU]
+    monkeypatch.setattr(predictor, "onnxruntime_release", lambda: (1, 14))
+    assert not [k for k in ort_providers(fp16, "tensorrt", [TRT, CPU])[0][1] if k.startswith("trt_profile")]
     monkeypatch.setattr(predictor, "onnxruntime_release", lambda: (1, 22))
     trt_int8 = dataclasses.replace(onnx_info(exports["int8"]), int8_target="tensorrt")
     assert ort_providers(trt_int8, "tensorrt", [TRT, CPU]) == [(TRT, caches(trt_int8)), CPU]

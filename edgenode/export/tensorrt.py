@@ -158,7 +158,7 @@ def refuse_newer_opset(onnx_path: Path, tensorrt_version: str) -> None:
     opset = max((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), default=0)
     if opset > MAX_OPSET_BEFORE_TENSORRT_10:
         raise ArtifactError(f"{onnx_path}: ONNX opset {opset}, and TensorRT {tensorrt_version} reads opsets up to "
-                         f"{MAX_OPSET_BEFORE_TENSORRT_10}", f"export it again with --opset {MAX_OPSET_BEFORE_TENSORRT_10}")
+                            f"{MAX_OPSET_BEFORE_TENSORRT_10}", f"export it again with --opset {MAX_OPSET_BEFORE_TENSORRT_10}")
 
 
 def build_engine(onnx_path: str | os.PathLike, source: ArtifactMetadata, config: EngineConfig = EngineConfig(),

@@ -208,14 +208,14 @@ def ort_providers(info: ArtifactInfo, provider: str, available: Sequence[str], d
         available = [p for p in available if p != PROVIDER_NAMES["tensorrt"]]
     chosen = select_providers(provider, available)
     device_id = device.split(":", 1)[1] if device and device.startswith("cuda:") else None
-    tf32_option = onnxruntime_release() >= (1, 18)
+    release = onnxruntime_release()
     if PROVIDER_NAMES["tensorrt"] not in chosen:
-        return provider_options(chosen, info.precision, device_id=device_id, cuda_tf32_option=tf32_option)
+        return provider_options(chosen, info.precision, device_id=device_id, release=release)
     tensorrt = tensorrt_behind_onnxruntime()
     # Engines in a folder per file (by sha256): ONNX Runtime names them by the graph's shape, not its weights, and
     # per ONNX Runtime and TensorRT release: it reuses a cached engine without checking that they built it.
     root = cache_dir() / "onnxruntime-tensorrt"
-    folder = root / f"{info.sha256[:16]}-ort{'.'.join(map(str, onnxruntime_release()))}-trt{tensorrt}"
+    folder = root / f"{info.sha256[:16]}-ort{'.'.join(map(str, release))}-trt{tensorrt}"
     engines = timing = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -223,7 +223,7 @@ def ort_providers(info: ArtifactInfo, provider: str, available: Sequence[str], d
     except OSError:  # a read-only home: TensorRT then builds its engine at every session, which still works
         pass
     return provider_options(chosen, info.precision, engines, timing, device_id, image_size=info.input.image_size,
-                            tensorrt_major=int(tensorrt.split(".")[0]), cuda_tf32_option=tf32_option)
+                            tensorrt_major=int(tensorrt.split(".")[0]), release=release)
 
 
 def _ort_runner(info: ArtifactInfo, provider: str, device: str | None, model_bytes: bytes | None = None) -> Runner:

@@ -143,7 +143,7 @@ def onnxruntime_release() -> tuple[int, int]:
 
 def provider_options(providers: Sequence[str], precision: str | None = None, engine_cache: str | None = None,
                      timing_cache: str | None = None, device_id: str | None = None, image_size: int | None = None,
-                     input_name: str = "images", tensorrt_major: int = 10, cuda_tf32_option: bool = False) -> list:
+                     input_name: str = "images", tensorrt_major: int = 10, release: tuple[int, int] = (1, 18)) -> list:
     """``providers`` as ONNX Runtime takes them, each GPU one with its options (``(name, {option: value})``).
 
     TensorRT gets an engine cache (``engine_cache``: one folder per file, since ONNX Runtime names its cached
@@ -156,23 +156,27 @@ def provider_options(providers: Sequence[str], precision: str | None = None, eng
     ``trt_int8_enable`` would turn that off and let TensorRT choose half precision anywhere, so they are passed
     only to TensorRT 8 (``tensorrt_major``), where the network is weakly typed and the flag is what runs the
     file's precision. ``device_id`` picks the GPU; ``input_name`` is the graph's input, every export's ``images``.
-    CUDA gets ``use_tf32=0`` where it has the option (``cuda_tf32_option``: ONNX Runtime 1.18 and later, whose
-    default rounds float32 convolutions to TF32 on Ampere and newer GPUs, Jetson Orin included): an FP32 file
-    then computes in float32, as its metadata says and as parity measured it, like the engines edgenode builds.
+    CUDA gets ``use_tf32=0`` (ONNX Runtime's default rounds float32 convolutions to TF32 on Ampere and newer
+    GPUs, Jetson Orin included): an FP32 file then computes in float32, as its metadata says and as parity
+    measured it, like the engines edgenode builds. Each option goes only to an ONNX Runtime ``release`` that
+    has it (older ones refuse the session): the profile from 1.15, the timing cache's own path from 1.17 (before,
+    it lies in the engine folder), ``use_tf32`` from 1.18.
     """
     out: list = []
     for name in providers:
         options: dict[str, str] = {}
         if name in (PROVIDER_NAMES["tensorrt"], PROVIDER_NAMES["cuda"]) and device_id is not None:
             options["device_id"] = str(device_id)
-        if name == PROVIDER_NAMES["cuda"] and cuda_tf32_option:
+        if name == PROVIDER_NAMES["cuda"] and release >= (1, 18):
             options["use_tf32"] = "0"
         if name == PROVIDER_NAMES["tensorrt"]:
             if engine_cache is not None:
                 options.update(trt_engine_cache_enable="True", trt_engine_cache_path=str(engine_cache))
             if timing_cache is not None:
-                options.update(trt_timing_cache_enable="True", trt_timing_cache_path=str(timing_cache))
-            if image_size is not None:
+                options["trt_timing_cache_enable"] = "True"
+                if release >= (1, 17):
+                    options["trt_timing_cache_path"] = str(timing_cache)
+            if image_size is not None and release >= (1, 15):
                 for key, batch in zip(("min", "opt", "max"), TENSORRT_PROFILE_BATCHES):
                     options[f"trt_profile_{key}_shapes"] = f"{input_name}:{batch}x3x{image_size}x{image_size}"
             if tensorrt_major < 9 and precision in ("fp16", "int8"):
