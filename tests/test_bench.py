@@ -486,3 +486,38 @@ def test_a_bench_without_threads_takes_omp_num_threads(trained_run, monkeypatch)
     config = {**TINY, "threads": None}
     report = run_bench(BenchConfig(artifacts=(str(trained_run.best_checkpoint),), peak=False, **config))
     assert report.machine["threads"] == 1
+
+
+def test_a_folder_runs_on_the_providers_that_are_here_and_skips_the_others(tmp_path, monkeypatch):
+    """--providers cpu,cuda over a folder on a CPU-only machine: its CUDA rows become notes, nothing is refused;
+    a file named on the command line, or a folder with none of its providers here, is refused up front."""
+    from edgenode.bench.api import refuse_unrunnable
+    from edgenode.runtime import onnx_runner
+    from edgenode.runtime.providers import ProviderUnavailableError
+
+    monkeypatch.setattr(onnx_runner, "available_providers", lambda: ["CPUExecutionProvider"])
+    onnx_file = tmp_path / "model.onnx"
+    both = BenchConfig(artifacts=(str(tmp_path),), reference="ref.pt", providers="cpu,cuda", **TINY)
+    refuse_unrunnable([(onnx_file, "onnx", True)], both)
+    with pytest.raises(ProviderUnavailableError, match="--providers: provider 'cuda'"):
+        refuse_unrunnable([(onnx_file, "onnx", False)], both)
+    with pytest.raises(ProviderUnavailableError, match="--providers: provider 'cuda'"):
+        refuse_unrunnable([(onnx_file, "onnx", True)], BenchConfig(artifacts=(str(tmp_path),), reference="ref.pt",
+                                                                     providers="cuda", **TINY))
+
+
+def test_a_missing_runtime_skips_an_optional_row_but_fails_a_required_one(monkeypatch):
+    from types import SimpleNamespace
+
+    import edgenode.bench.api as api
+    from edgenode.runtime.providers import ProviderUnavailableError
+
+    def unavailable(spec, session):
+        raise ProviderUnavailableError("provider 'cuda' is not available here", "install it")
+
+    monkeypatch.setattr(api, "measure_row", unavailable)
+    session = SimpleNamespace(config=SimpleNamespace(batch_sizes=(1, 4), quiet=True), notes=[], rows=[], say=lambda text: None)
+    skipped = api.run_specs([api.RowSpec("found.onnx [cuda]", "artifact", lambda: None, optional=True)], session)
+    assert skipped == session.notes and skipped[0].startswith("skipped found.onnx [cuda]: provider 'cuda'")
+    with pytest.raises(ProviderUnavailableError):
+        api.run_specs([api.RowSpec("named.onnx [cuda]", "artifact", lambda: None, optional=False)], session)

@@ -886,3 +886,12 @@ def test_a_cache_file_whose_labels_differ_is_a_miss(tmp_path, monkeypatch):
     with open(path, "wb") as handle:
         np.savez(handle, **arrays)
     assert load_split_arrays(m, tmp_path, "test")[1].tolist() == m.labels("test")
+
+
+def test_discover_skips_hidden_folders_inside_an_identity(tmp_path):
+    """A thumbnail cache (.thumbnails/) or a sync tool's folder inside a person's folder is no picture of them."""
+    (tmp_path / "Alice" / ".thumbnails").mkdir(parents=True)
+    (tmp_path / "Alice" / "trip").mkdir()
+    for rel in ("Alice/a.jpg", "Alice/.thumbnails/a.jpg", "Alice/trip/b.png"):
+        (tmp_path / rel).write_bytes(b"x")
+    assert discover_images(tmp_path) == {"Alice": ["Alice/a.jpg", "Alice/trip/b.png"]}

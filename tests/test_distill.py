@@ -513,3 +513,44 @@ def test_the_centre_is_the_mean_of_train_images_with_a_descriptor():
     targets, _ = distill.build_targets(_teacher(files[1:], embedding[1:]), files, labels, [], 3, CPU)  # train image 0 has none
     centre = embedding[1:].mean(axis=0)
     np.testing.assert_allclose(targets.embedding[5].numpy(), distill.unit(embedding[5:6] - centre)[0], atol=1e-5)
+
+
+def test_weight_average_of_three_checkpoints_is_their_mean_and_refuses_another_split(trained_run):
+    import dataclasses
+
+    from edgenode.checkpoint import load_checkpoint
+    from edgenode.ensemble import average_weights
+
+    first = load_checkpoint(trained_run.best_checkpoint)
+    members = [dataclasses.replace(first, state_dict={k: v + shift if v.is_floating_point() else v
+                                                      for k, v in first.state_dict.items()}) for shift in (0.0, 1.0, 5.0)]
+    mean = average_weights(members)
+    for key, value in first.state_dict.items():
+        torch.testing.assert_close(mean.state_dict[key], value + 2.0 if value.is_floating_point() else value, msg=key)
+    other_split = dataclasses.replace(first, manifest_sha256="0" * 64)
+    with pytest.raises(ArtifactError, match="its split differs"):
+        average_weights([first, other_split])
+
+
+def test_ensemble_summary_scores_the_mean_probabilities_on_train_and_pool(pool_setup, monkeypatch):
+    """No member is trained: their probabilities are given, right on 18 of the 24 train pictures; the targets are the
+    logs of their mean, small probabilities included."""
+    from edgenode import ensemble
+    from edgenode.data import load_split_arrays
+
+    tmp, root, manifest = pool_setup
+    labels = load_split_arrays(manifest, str(root), "train")[1]
+    wrong = np.arange(len(labels)) >= 18
+
+    def given(members, images, batch_size=128):
+        probs = np.full((len(images), 4), 0.1, np.float32)
+        probs[np.arange(len(labels)), np.where(wrong, (labels + 1) % 4, labels)] = 0.7
+        probs[len(labels):] = [0.9997, 1e-4, 1e-4, 1e-4]  # a confident pool: its small probabilities stay as given
+        return [probs, probs]
+
+    monkeypatch.setattr(ensemble, "member_probabilities", given)
+    files, log_probs, summary = ensemble.training_targets([], manifest, str(root), str(tmp / "pairs.tsv"))
+    assert summary["train"] == 24 and summary["train_accuracy"] == pytest.approx(0.75)
+    assert summary["mean_top1_probability_train"] == pytest.approx(0.7)
+    assert summary["mean_top1_probability_pool"] == pytest.approx(0.9997)
+    np.testing.assert_allclose(np.exp(log_probs), given([], np.zeros((len(files), 1)))[0], rtol=1e-4)

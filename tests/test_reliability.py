@@ -1525,3 +1525,29 @@ def test_a_quantizer_clipping_a_third_of_its_input_saturates():
     logits = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     with pytest.raises(NumericError, match=r"cos_quant.*clips [23]\d\.\d%"):
         numerics.check_logits(model, logits, x, "test model", "200 images", precision="int8")
+
+
+def test_an_abort_inside_a_command_exits_130_with_the_interrupt_line(tmp_path, monkeypatch, capsys):
+    """click raises Abort for a Ctrl-C it catches itself (a prompt, some typer versions): the same line and exit code
+    as any other interrupt, not click's exit 1."""
+    import typer
+
+    import edgenode.data
+    from edgenode.cli.app import main
+
+    def abort(*args, **kwargs):
+        raise typer.Abort()
+
+    monkeypatch.setattr(edgenode.data, "build_manifest", abort)
+    with pytest.raises(SystemExit) as exited:
+        main(["split", str(tmp_path), "--out", str(tmp_path / "m.json")])
+    assert exited.value.code == 130
+    assert capsys.readouterr().err.strip() == "error: interrupted (what was written stays whole)"
+
+
+def test_a_handful_of_items_runs_without_a_worker_pool(monkeypatch):
+    """A worker's start-up costs about a second: under 64 items there is one process, and one more per 32 after."""
+    from edgenode.process_pool import default_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert [default_workers(n) for n in (0, 1, 31, 63, 64, 95, 96, 10_000)] == [1, 1, 1, 1, 2, 2, 3, 16]

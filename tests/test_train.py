@@ -520,3 +520,181 @@ def test_resume_refuses_another_dropout(tmp_path):
     saved = small_config("data", tmp_path / "run").to_dict()
     with pytest.raises(UsageError, match=r"--dropout 0.0 → 0.1"):
         check_resume_settings(small_config("data", tmp_path / "run", dropout=0.1), saved, tmp_path / "last.pt")
+
+
+def test_warm_up_rises_linearly_to_the_full_rate_and_the_cosine_starts_from_it():
+    """Two warm-up epochs of three steps: step k of the warm-up trains at (k + 1) / 6 of --lr, never at 0; the
+    cosine then starts at the full rate and reaches 0 at the end of --epochs."""
+    factor = train_module.learning_rate_lambda(small_config("data", "out", epochs=4, warmup_epochs=2, schedule="cosine"), 3)
+    assert [factor(step) for step in range(6)] == pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0])
+    assert factor(6) == pytest.approx(1.0) and factor(9) == pytest.approx(0.5) and factor(12) == pytest.approx(0.0, abs=1e-12)
+    constant = train_module.learning_rate_lambda(small_config("data", "out", epochs=4, warmup_epochs=1), 3)
+    assert [constant(step) for step in range(5)] == pytest.approx([1 / 3, 2 / 3, 1.0, 1.0, 1.0])
+
+
+def test_the_test_figure_is_that_of_best_pt_not_of_last_pt(trained_run, tmp_path):
+    """results.json scores the best-by-val checkpoint: a last.pt of other weights changes nothing in it."""
+    from dataclasses import replace
+
+    from edgenode.checkpoint import save_checkpoint
+    from edgenode.data import load_split_arrays
+    from edgenode.distributed import DistContext
+    from edgenode.resume import RunProgress
+
+    best = load_checkpoint(trained_run.best_checkpoint)
+    save_checkpoint(tmp_path / "best.pt", best)
+    zeroed = {k: torch.zeros_like(v) if v.is_floating_point() else v for k, v in best.state_dict.items()}
+    save_checkpoint(tmp_path / "last.pt", replace(best, state_dict=zeroed, epoch=best.epoch + 7))
+    manifest = Manifest.load(trained_run.run_dir / "manifest.json")
+    data = best.train_config["data"]
+    test_split = train_module.DeviceSplit(*load_split_arrays(manifest, data, "test"), best.input_spec, torch.device("cpu"))
+    config = TrainConfig(data=data, out=str(tmp_path), progress=False)
+    progress = RunProgress(best_val=best.metrics["val_accuracy"], best_epoch=best.epoch)
+    test = train_module.final_test(config, DistContext(), tmp_path, test_split, len(best.classes), torch.device("cpu"),
+                                   progress, False, {})
+    expected = train_module.evaluate(best.build_model(), test_split, len(best.classes))
+    assert test["epoch"] == best.epoch and test["checkpoint"] == str(tmp_path / "best.pt")
+    assert test["accuracy"] == expected["accuracy"] and test["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+    assert json.loads((tmp_path / "results.json").read_text())["test"]["epoch"] == best.epoch
+
+
+def test_unlabelled_images_count_in_neither_the_loss_nor_the_train_accuracy(one_thread):
+    """One step over a batch half of which is unlabelled: the recorded loss is the mean cross-entropy of the labelled
+    half and the accuracy its share of right answers, as the weights stood before the step."""
+    from edgenode.distributed import DistContext
+    from edgenode.model import build_model, preset_config
+
+    torch.manual_seed(0)
+    model = build_model(preset_config("paper", num_classes=3, width=4))
+    spec = InputSpec(image_size=8, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    images = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
+    labels = np.array([0, 1, 2, 0, -1, -1, -1, -1], dtype=np.int64)
+    split = train_module.DeviceSplit(images, labels, spec, torch.device("cpu"))
+    config = TrainConfig(data="d", batch_size=8, progress=False)
+    model.train()
+    with torch.no_grad():
+        x, y = split.batch(torch.arange(8))
+        logits = model(x)[:4]
+    expected_loss = torch.nn.functional.cross_entropy(logits, y[:4]).item()
+    expected_accuracy = (logits.argmax(1) == y[:4]).double().mean().item()
+    assert expected_accuracy > 0, "a zero accuracy would not tell the two counts apart"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    stats = train_module.run_epoch(model, model, split, optimizer, scheduler, torch.nn.CrossEntropyLoss(reduction="sum"),
+                                   config, 1, 1, DistContext())
+    assert stats["loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert stats["accuracy"] == pytest.approx(expected_accuracy)
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (dict(lr=0.0), r"--lr 0.0: the learning rate must be a finite number > 0"),
+    (dict(arch="faceode", margin=0.2, margin_scale=129.0), r"--margin-scale must be a scale in \[0, 128\], got 129.0"),
+])
+def test_a_learning_rate_of_zero_and_a_margin_scale_above_128_are_refused(overrides, fragment):
+    with pytest.raises(UsageError, match=fragment):
+        small_config("data", "out", **overrides)
+    small_config("data", "out", arch="faceode", margin=0.2, margin_scale=128.0)  # the bounds themselves are fine
+
+
+def test_cli_train_passes_every_option_to_its_config(synthetic_root, tmp_path, monkeypatch):
+    """Each option of `edgenode train` reaches TrainConfig (nothing trains: train() is replaced)."""
+    seen = []
+    monkeypatch.setattr(train_module, "train", seen.append)
+    for name in ("teacher.npz", "pairs.tsv", "init.pt", "kd.npz"):
+        (tmp_path / name).write_bytes(b"x")
+    args = ["train", str(synthetic_root), "--out", str(tmp_path / "run"), "--arch", "faceode", "--width", "12",
+            "--solver", "rk4", "--steps", "3", "--epochs", "7", "--batch-size", "12", "--lr", "0.002", "--weight-decay", "0.01",
+            "--schedule", "cosine", "--warmup-epochs", "2", "--label-smoothing", "0.1", "--margin", "0.2", "--margin-scale", "30",
+            "--augment", "--augment-shift", "0.0625", "--augment-color", "0.3", "--dropout", "0.1", "--seed", "5",
+            "--device", "cpu", "--per-class", "20", "--train-per-class", "12", "--val-per-class", "4", "--test-per-class", "3",
+            "--image-size", "32", "--strict", "--resume", "--no-progress", "--teacher", str(tmp_path / "teacher.npz"),
+            "--label-weight", "0.5", "--distill-weight", "0.7", "--kd-weight", "0.9", "--kd-targets", str(tmp_path / "kd.npz"),
+            "--unlabeled", "--near-duplicates", str(tmp_path / "pairs.tsv"), "--amp", "--init", str(tmp_path / "init.pt"),
+            "--stop-after", "4", "--ema-decay", "0.99"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (config,) = seen
+    assert config == TrainConfig(
+        data=str(synthetic_root), out=str(tmp_path / "run"), arch="faceode", width=12, solver="rk4", steps=3, epochs=7,
+        batch_size=12, lr=0.002, weight_decay=0.01, schedule="cosine", warmup_epochs=2, label_smoothing=0.1, margin=0.2,
+        margin_scale=30.0, augment=True, augment_shift=0.0625, augment_color=0.3, dropout=0.1, seed=5, device="cpu",
+        split=SplitConfig(per_class=20, train=12, val=4, test=3, image_size=32, seed=5, strict=True), resume=True,
+        progress=False, teacher=str(tmp_path / "teacher.npz"), label_weight=0.5, distill_weight=0.7, kd_weight=0.9,
+        kd_targets=str(tmp_path / "kd.npz"), unlabeled=True, near_duplicates=str(tmp_path / "pairs.tsv"), amp=True,
+        init=str(tmp_path / "init.pt"), stop_after=4, ema_decay=0.99)
+
+
+@pytest.mark.parametrize("command", ["split", "train"])
+def test_strict_refuses_an_identity_with_too_few_images_on_the_command_line(tmp_path, command):
+    """`--strict` reaches the split: an identity short of --per-class fails the command (exit 1) instead of being
+    left out with a warning, and nothing is written."""
+    from PIL import Image
+
+    from edgenode.data import make_synthetic_faces
+
+    root = make_synthetic_faces(tmp_path / "data", n_classes=3, per_class=8, size=16, seed=0)
+    short = root / "images" / "Short Person"
+    short.mkdir()
+    for k in range(3):
+        Image.new("RGB", (16, 16), (40 * k, 90, 200 - 40 * k)).save(short / f"s{k}.png")
+    out = tmp_path / ("split.json" if command == "split" else "run")
+    sizes = ["--per-class", "8"] + (["--train", "6", "--val", "1", "--test", "1", "--image-size", "16"] if command == "split" else
+                                    ["--train-per-class", "6", "--val-per-class", "1", "--test-per-class", "1", "--image-size", "16",
+                                     "--no-progress", "--epochs", "1", "--batch-size", "6", "--arch", "paper", "--width", "4"])
+    result = CliRunner().invoke(app, [command, str(root), "--out", str(out), *sizes, "--strict"])
+    assert result.exit_code == 1, result.output
+    assert "Short Person" in result.output and "too few images for --per-class 8" in " ".join(result.output.split())
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_only_rank_0_writes_the_run_folder(synthetic_root, tmp_path, monkeypatch):
+    """Under torchrun the other ranks train alike but write nothing: no checkpoint, metrics, plot or results."""
+    from edgenode.data import build_manifest
+    from edgenode.distributed import DistContext
+
+    manifest = build_manifest(str(synthetic_root), SMALL_SPLIT, progress=False).save(tmp_path / "split.json")
+    (tmp_path / "run").mkdir()
+    monkeypatch.setattr(train_module, "init_distributed", lambda: DistContext(rank=1, world_size=1))
+    result = train(small_config(synthetic_root, tmp_path / "run", epochs=1, manifest=str(manifest)))
+    assert len(result.history) == 1 and result.test == {}
+    assert list((tmp_path / "run").iterdir()) == []
+
+
+def test_an_epoch_row_keeps_precision_recall_and_f1_apart():
+    val = {"loss": 0.5, "accuracy": 0.75, "macro_precision": 0.6, "macro_recall": 0.7, "macro_f1": 0.65, "nfe": 9}
+    row = train_module.epoch_row(3, {"loss": 1.0, "accuracy": 0.8, "distill_loss": 0.2, "nfe": 8}, val, 1e-3, 2.0)
+    assert row == {"epoch": 3, "train_loss": 1.0, "train_accuracy": 0.8, "train_distill_loss": 0.2, "val_loss": 0.5,
+                   "val_accuracy": 0.75, "val_precision": 0.6, "val_recall": 0.7, "val_f1": 0.65, "nfe_train": 8,
+                   "nfe_val": 9, "lr": 1e-3, "seconds": 2.0}
+
+
+def _spy_on_plot(monkeypatch):
+    from edgenode import plots
+
+    drawn = []
+    original = plots.plt.Axes.plot
+
+    def spy(self, x, y, *args, **kwargs):
+        drawn.append((kwargs.get("label"), list(y)))
+        return original(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(plots.plt.Axes, "plot", spy)
+    return plots, drawn
+
+
+def test_run_comparison_plot_draws_each_runs_val_and_train_accuracy(tmp_path, monkeypatch):
+    plots, drawn = _spy_on_plot(monkeypatch)
+    history = [{"epoch": e, "val_accuracy": 0.1 * e, "train_accuracy": 0.3 * e} for e in (1, 2, 3)]
+    plots.plot_run_comparison({"a": history}, tmp_path / "runs.png")
+    assert drawn == [("a (val)", pytest.approx([0.1, 0.2, 0.3])), (None, pytest.approx([0.3, 0.6, 0.9]))]
+
+
+def test_training_curves_draw_the_weight_average_of_a_run_that_keeps_one(tmp_path, monkeypatch):
+    plots, drawn = _spy_on_plot(monkeypatch)
+    history = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.2 / e, "train_accuracy": 0.2 * e, "val_accuracy": 0.1 * e,
+                "val_accuracy_ema": 0.15 * e} for e in (1, 2)]
+    plots.plot_training_curves(history, tmp_path / "curves.png")
+    assert drawn[-1] == ("val, weight average", pytest.approx([0.15, 0.3]))
+    drawn.clear()
+    plots.plot_training_curves([{k: v for k, v in row.items() if k != "val_accuracy_ema"} for row in history], tmp_path / "plain.png")
+    assert [label for label, _ in drawn] == ["train", "val", "train", "val"]

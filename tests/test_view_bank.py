@@ -313,3 +313,66 @@ def test_a_run_with_a_view_bank_resumes_exactly(fake_teacher, chips, tmp_path, m
     expected, actual = (load_checkpoint(r.last_checkpoint).state_dict for r in (straight, resumed))
     for name, tensor in expected.items():
         torch.testing.assert_close(actual[name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_any_shift_moves_a_small_picture_by_at_least_one_pixel():
+    """--augment-shift 0.0625 on an 8-px chip is half a pixel: a shift asked for is never rounded down to none."""
+    from edgenode.augment import shift_pad
+
+    assert shift_pad(8, 0.0625) == 1 and shift_pad(8, 0.0) == 0 and shift_pad(64, 0.125) == 8
+    assert draw_view(4, 8, torch.Generator().manual_seed(0), shift=0.0625).pad == 1
+
+
+def _tiny_bank(**changes):
+    values = dict(files=np.array(["f0"]), side=8, shift=0.0, color=0.0, seed=0, flip=np.zeros((1, 1), bool), pad=0,
+                  dy=np.zeros((1, 1), np.int16), dx=np.zeros((1, 1), np.int16), colors=None, gray=None,
+                  embedding=np.zeros((1, 1, 8), np.float16), pixels_crc32=np.zeros(1, np.uint32))
+    return view_bank.ViewBank(**{**values, **changes})
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    (dict(shift=0.125, pad=1, dy=np.full((1, 1), 3, np.int16)), "crop offsets outside its padding of 1 px"),
+    (dict(colors=np.ones((1, 1, 3), np.float32), gray=np.zeros((1, 1), bool)), "disagree with each other or with its shift and colour"),
+])
+def test_a_bank_whose_views_do_not_fit_its_own_settings_is_refused(tmp_path, changes, fragment):
+    view_bank.save_view_bank(tmp_path / "bank.npz", _tiny_bank(**changes))
+    with pytest.raises(ArtifactError) as exc:
+        view_bank.load_view_bank(tmp_path / "bank.npz")
+    one_line(exc, "bank.npz", "damaged view bank", fragment)
+
+
+@pytest.mark.parametrize("align, fragment", [
+    (None, "--teacher-views .*bank.npz: its views were drawn .* on 8-px chips; this run uses .* on 16-px images"),
+    ("dlib-5pt", "--teacher-views .*bank.npz: describes chips aligned with 'dlib-5pt', but d holds unaligned pictures"),
+])
+def test_a_bank_of_other_chips_is_refused(tmp_path, align, fragment):
+    """The same shift and colour are not enough: the bank's chips must be this run's size and alignment."""
+    view_bank.save_view_bank(tmp_path / "bank.npz", _tiny_bank(provenance={"alignment": align} if align else {}))
+    config = TrainConfig(data="d", arch="faceode", teacher="t.npz", augment=True, augment_shift=0.0,
+                         teacher_views=str(tmp_path / "bank.npz"))
+    from edgenode.train import check_view_bank
+
+    size = 16 if align is None else 8
+    with pytest.raises(UsageError, match=fragment):
+        check_view_bank(config, InputSpec(size, (0.0,) * 3, (1.0,) * 3))
+    if align is None:  # the bank's own size and no alignment on either side: accepted
+        assert check_view_bank(config, InputSpec(8, (0.0,) * 3, (1.0,) * 3)).side == 8
+
+
+def test_teacher_views_cli_passes_its_seed_and_the_unlabelled_pool(fake_teacher, chips, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from edgenode.cli.app import app
+    from edgenode.data import pool
+
+    data, manifest_path, manifest = chips
+    extra = manifest.files("val")[0]  # stands in for a pool picture (this split leaves none unused)
+    monkeypatch.setattr(pool, "load_unlabeled_pool", lambda *args: (None, [extra], [], 0))
+    result = CliRunner().invoke(app, ["teacher-views", str(data), "--manifest", str(manifest_path), "--views", "1",
+                                      "--augment-shift", "0.0625", "--workers", "1", "--seed", "7", "--unlabeled",
+                                      "--out", str(tmp_path / "bank.npz")])
+    assert result.exit_code == 0, result.output
+    bank = view_bank.load_view_bank(tmp_path / "bank.npz")
+    assert bank.seed == 7 and bank.rows([extra]).tolist() == [len(manifest.files("train"))]
+    expected = view_bank.draw_bank_views(len(bank.files), 1, 64, 0.0625, 0.0, seed=7)[0]
+    np.testing.assert_array_equal(bank.dy[0], expected.dy.numpy())
