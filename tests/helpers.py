@@ -27,14 +27,14 @@ def read_under_a_tiny_pillow_limit(path: str) -> tuple[int, int]:
     return load_rgb(path).size
 
 
-def mark_then_wait(marker: str) -> str:
+def mark_then_wait(marker: str, seconds: float = 1.0) -> str:
     """A slow ``process_map`` item, or a slow worker start-up (dlib loads its models): creates the file ``marker``,
     so that a test sees where the worker is, then sleeps."""
     import time
     from pathlib import Path
 
     Path(marker).touch()
-    time.sleep(1.0)
+    time.sleep(seconds)
     return marker
 
 

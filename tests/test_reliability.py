@@ -1234,9 +1234,12 @@ def test_worker_processes_show_no_pillow_bomb_warning_either(tmp_path, capfd):
 def test_ctrl_c_stops_worker_processes_at_once_without_their_tracebacks(tmp_path, during):
     """Ctrl-C reaches a terminal's whole process group. Workers start with it ignored: only the main process stops,
     and it ends the pool at once, instead of each worker printing its traceback (a worker interrupted in its
-    initializer did) or the pool working through, or hanging on, the queued items."""
+    initializer did) or the pool working through, or hanging on, the queued items. The items take 30 s each: the
+    command must end well before the two running ones would (waiting for them is what shutting the pool down
+    politely does)."""
     script = tmp_path / "pool.py"
     script.write_text(textwrap.dedent(f"""
+        import functools
         import sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from edgenode.process_pool import process_map
@@ -1246,7 +1249,7 @@ def test_ctrl_c_stops_worker_processes_at_once_without_their_tracebacks(tmp_path
             started, items = sys.argv[1:]
             setup = (mark_then_wait_in_a_new_file, (started,)) if {during == "start-up"} else (no_setup, ())
             try:
-                process_map(mark_then_wait, [f"{{items}}/item-{{i}}" for i in range(40)], initializer=setup[0],
+                process_map(functools.partial(mark_then_wait, seconds=30.0), [f"{{items}}/item-{{i}}" for i in range(40)], initializer=setup[0],
                             initargs=setup[1], workers=2, description="waiting", progress=False, chunksize=1)
             except KeyboardInterrupt:
                 print("interrupted", file=sys.stderr)
@@ -1263,8 +1266,10 @@ def test_ctrl_c_stops_worker_processes_at_once_without_their_tracebacks(tmp_path
     while len(list(watched.iterdir())) < 2 and time.monotonic() < deadline:  # both workers are there
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    interrupted = time.monotonic()
     try:
-        _, stderr = process.communicate(timeout=30)
+        _, stderr = process.communicate(timeout=60)
+        took = time.monotonic() - interrupted
         time.sleep(0.5)
         running = _running_in_group(process.pid)
     finally:
@@ -1272,6 +1277,7 @@ def test_ctrl_c_stops_worker_processes_at_once_without_their_tracebacks(tmp_path
             os.killpg(process.pid, signal.SIGKILL)  # a worker left behind fails the test, not the suite
     assert process.returncode == 130 and stderr.strip() == "interrupted", stderr
     assert len(list(items.iterdir())) < 40  # the queued items were cancelled, not worked through
+    assert took < 15, f"the command waited {took:.0f} s for its running items"
     assert running == []  # no worker outlives the command
 
 
