@@ -18,7 +18,8 @@ from edgenode.bench import BenchConfig, run_bench
 from edgenode.bench.api import parse_int_list, parse_providers
 from edgenode.bench.flops import config_flops, onnx_graph_flops
 from edgenode.bench.gpu import UnrolledForward
-from edgenode.bench.memory import PeakMemory
+from edgenode.bench.memory import MemoryUsage, PeakMemory
+from edgenode.bench.peak import Peak, PeakConfig, PeakMeasurement, conv_chain_onnx, matmul_onnx
 from edgenode.bench.timing import measure, summarize
 from edgenode.checkpoint import load_checkpoint
 from edgenode.cli.app import app
@@ -521,3 +522,35 @@ def test_a_missing_runtime_skips_an_optional_row_but_fails_a_required_one(monkey
     assert skipped == session.notes and skipped[0].startswith("skipped found.onnx [cuda]: provider 'cuda'")
     with pytest.raises(ProviderUnavailableError):
         api.run_specs([api.RowSpec("named.onnx [cuda]", "artifact", lambda: None, optional=False)], session)
+
+
+def test_peak_flop_counts_are_those_of_the_graphs_measured():
+    """The conv chain's count includes its bias adds, as the graph counter (and so every row's FLOPs) does."""
+    import onnx
+
+    config = PeakConfig(batch=3, channels=8, size=5, depth=2, matmul_size=16)
+    assert onnx_graph_flops(onnx.load_from_string(conv_chain_onnx(config)), batch=3)["flops"] == config.conv_flops
+    assert onnx_graph_flops(onnx.load_from_string(matmul_onnx(16)))["flops"] == config.matmul_flops == 2 * 16**3
+
+
+def test_a_peak_rate_is_flops_over_the_fastest_repeat_in_gflops():
+    from dataclasses import replace
+
+    conv = PeakMeasurement("torch conv", "cpu", "fp32", "shape", flops_per_call=3_000_000_000, best_ms=2.0, p50_ms=4.0)
+    assert conv.gflops == pytest.approx(1500.0) and conv.gflops_p50 == pytest.approx(750.0)
+    peak = Peak(PeakConfig(), [conv, replace(conv, name="torch matmul", best_ms=1.0)])
+    assert peak.flops_per_s("cpu") == pytest.approx(3e12) and peak.flops_per_s("cuda") is None
+
+
+def test_a_rows_memory_delta_is_never_negative():
+    """Memory freed during a row (an earlier row's arena given back) is not a negative cost."""
+    assert MemoryUsage(100, 40, "VmHWM").peak_delta_bytes == 0 and MemoryUsage(40, 100, "VmHWM").peak_delta_bytes == 60
+
+
+def test_the_kernels_memory_figures_are_read_in_kib():
+    from edgenode.bench.memory import _status_kib, current_rss_bytes
+
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("no /proc here")
+    assert abs(_status_kib("VmRSS") * 1024 - current_rss_bytes()) < 16 * 2**20
+    assert _status_kib("NoSuchField") is None

@@ -315,6 +315,19 @@ def test_over_limit_pictures_that_cannot_be_read_smaller_are_refused_unread(tmp_
         load_rgb(tmp_path / "huge.jpg")
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_a_jpeg_header_over_twice_the_lowered_pillow_limit_is_refused_unread(tmp_path, monkeypatch):
+    """edgenode lowers Pillow's limit to 80 MP, refused above twice that: a 170-MP header, which Pillow's default
+    (89.5 MP, refused above 179 MP) would let through to a reduced decode, is refused from the header alone."""
+    from PIL import ImageFile
+
+    (tmp_path / "big.jpg").write_bytes(_jpeg_claiming(17000, 10000))  # 170 MP
+    for cls in (Image.Image, ImageFile.ImageFile):
+        monkeypatch.setattr(cls, "load", lambda self: pytest.fail("an over-limit picture's pixels were decoded"))
+    with pytest.raises(ImageDecodeError, match="too large.*170000000 pixels"):
+        load_rgb(tmp_path / "big.jpg")
+
+
 def test_load_resized_is_plain_bilinear_resize(tmp_path):
     path = _save(_noise_image(1, (50, 30)), tmp_path / "wide.png", "PNG")
     out = load_resized(path, 16)

@@ -554,3 +554,19 @@ def test_ensemble_summary_scores_the_mean_probabilities_on_train_and_pool(pool_s
     assert summary["mean_top1_probability_train"] == pytest.approx(0.7)
     assert summary["mean_top1_probability_pool"] == pytest.approx(0.9997)
     np.testing.assert_allclose(np.exp(log_probs), given([], np.zeros((len(files), 1)))[0], rtol=1e-4)
+
+
+def test_without_a_table_the_pool_leaves_out_dhash_near_duplicates_of_val_and_test_images(pool_setup, monkeypatch):
+    """No --near-duplicates: every val, test and unused file is hashed and searched, and the count left out is
+    that of the pool's files dropped (a pair found by dHash stands in for a real copy)."""
+    from edgenode.data import near_duplicates as nd
+    from edgenode.data.pool import load_unlabeled_pool
+
+    tmp, root, manifest = pool_setup
+    searched = []
+    leak = NearDuplicate(manifest.files("test")[0], manifest.unused[0][0], 1)
+    monkeypatch.setattr(nd, "find_near_duplicates", lambda files, hashes, *a, **k: searched.extend(files) or [leak])
+    images, files, skipped, left_out = load_unlabeled_pool(manifest, str(root), None)
+    unused = [f for f, _ in manifest.unused]
+    assert sorted(searched) == sorted(manifest.files("val") + manifest.files("test") + unused)
+    assert left_out == 1 and files == unused[1:] and len(images) == len(unused) - 1 and not skipped

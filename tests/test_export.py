@@ -716,3 +716,18 @@ def test_engines_are_built_for_every_file_but_onnx_runtimes_int8(monkeypatch, tm
     config = ExportConfig(checkpoint="best.pt", out=str(tmp_path), precisions="fp32,int8", int8_target="both", format="engine")
     pipeline.build_engines(config, result)
     assert built == ["m-fp32.onnx", "m-int8-trt.onnx"]
+
+
+def test_opsets_17_to_20_are_accepted_and_others_refused():
+    assert [ox.check_opset(opset) for opset in (17, 18, 19, 20)] == [17, 18, 19, 20]
+    for bad in (16, 21, True, 18.0):
+        with pytest.raises(UsageError, match="use an opset from 17 to 20"):
+            ox.check_opset(bad)
+
+
+def test_golden_samples_are_spread_over_the_whole_validation_split():
+    """The validation images are listed identity by identity: the first eight would show one or two identities."""
+    from edgenode.export.pipeline import golden_indices
+
+    assert golden_indices(24, 8).tolist() == [0, 3, 7, 10, 13, 16, 20, 23]
+    assert golden_indices(5, 8).tolist() == [0, 1, 2, 3, 4]

@@ -171,3 +171,27 @@ def test_odenet_function_sees_time():
     h = torch.randn(1, 8, 4, 4)
     with torch.no_grad():
         assert not torch.allclose(func(torch.tensor(0.0), h), func(torch.tensor(1.0), h))
+
+
+def test_an_adaptive_solve_passes_its_tolerances_and_the_adjoint_choice_to_torchdiffeq(monkeypatch):
+    """Every preset uses rtol == atol, so a swapped or dropped tolerance would go unnoticed by accuracy alone."""
+    import torchdiffeq
+
+    calls = []
+
+    def recording(name):
+        real = getattr(torchdiffeq, name)
+
+        def odeint(func, y0, t, **kwargs):
+            calls.append((name, kwargs["rtol"], kwargs["atol"]))
+            return real(func, y0, t, **kwargs)
+
+        return odeint
+
+    for name in ("odeint", "odeint_adjoint"):
+        monkeypatch.setattr(torchdiffeq, name, recording(name))
+    model = build_model(preset_config("odenet", num_classes=3, width=4)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    model.with_solver(SolverConfig("dopri5", rtol=1e-4, atol=1e-6))(x)
+    model.with_solver(SolverConfig("dopri5", rtol=1e-3, atol=1e-5, adjoint=True))(x)
+    assert calls == [("odeint", 1e-4, 1e-6), ("odeint_adjoint", 1e-3, 1e-5)]

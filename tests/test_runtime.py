@@ -21,6 +21,7 @@ from edgenode.export.metadata import ArtifactMetadata
 from edgenode.model import preset_config
 from edgenode.ode.solvers import SolverConfig
 from edgenode.runtime import ProviderUnavailableError, detect_kind, load_predictor, select_providers
+from edgenode.runtime.base import Runner
 from edgenode.runtime.providers import install_hint
 from edgenode.runtime.tensorrt_runner import engine_mismatches, import_tensorrt
 from helpers import one_line
@@ -562,3 +563,80 @@ def test_find_artifacts_skips_hidden_and_temporary_files(tmp_path):
     for name in ("b.onnx", ".model.onnx", ".b.onnx.x1y2.tmp", "a.engine", "a.onnx.json"):
         (tmp_path / name).write_bytes(b"x")
     assert [p.name for p in find_artifacts(tmp_path)] == ["a.engine", "b.onnx"]
+
+
+# --- the runner base: chunks, padding, input dtype, timing ------------------------------------------------------
+
+
+class _FirstPixels(Runner):
+    """A runner whose logits are each row's first two pixels, in float64; records every batch it is handed."""
+
+    backend, provider = "fake", "cpu"
+
+    def __init__(self, fixed_batch=None, max_batch=None, input_dtype=np.float32):
+        super().__init__()
+        self.fixed_batch, self.max_batch, self.input_dtype = fixed_batch, max_batch, input_dtype
+        self.batches: list[tuple[int, np.dtype]] = []
+
+    def _run(self, x):
+        self.batches.append((len(x), x.dtype))
+        return x.reshape(len(x), -1)[:, :2].astype(np.float64)
+
+
+def _rows(n: int) -> np.ndarray:
+    return np.arange(n * 4, dtype=np.float64).reshape(n, 1, 2, 2) + 1.0
+
+
+def test_a_fixed_batch_graph_gets_full_batches_and_its_padding_is_cut_off():
+    """5 rows for a batch-4 graph: two full batches, the second padded with zeros, and exactly 5 rows of logits."""
+    runner = _FirstPixels(fixed_batch=4)
+    x = _rows(5)
+    out = runner.infer(x)
+    assert runner.batches == [(4, np.float32), (4, np.float32)]
+    np.testing.assert_array_equal(out, x.reshape(5, -1)[:, :2].astype(np.float32))
+    assert out.dtype == np.float32
+
+
+def test_a_graph_with_a_largest_batch_is_fed_in_chunks_of_at_most_that():
+    runner = _FirstPixels(max_batch=4)
+    out = runner.infer(_rows(10))
+    assert [n for n, _ in runner.batches] == [4, 4, 2] and out.shape == (10, 2)
+    runner.batches.clear()
+    runner.infer(_rows(3))
+    assert [n for n, _ in runner.batches] == [3]
+
+
+def test_the_runner_feeds_the_graphs_input_dtype_and_returns_float32():
+    runner = _FirstPixels(input_dtype=np.float16)
+    out = runner.infer(_rows(2).astype(np.float32))
+    assert runner.batches == [(2, np.float16)] and out.dtype == np.float32
+
+
+def test_total_inference_time_adds_up_every_call():
+    runner = _FirstPixels()
+    runner.infer(_rows(2))
+    first = runner.last_inference_ms
+    runner.infer(_rows(3))
+    assert first > 0 and runner.calls == 2
+    assert runner.total_inference_ms == pytest.approx(first + runner.last_inference_ms)
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"\x08\x07\x12\x07pytorch", "an ONNX model"), (b'{"format": "x"}', "a JSON file"), (b"\x89PNG\r\n\x1a\n" + b"\0" * 8, "an image"),
+])
+def test_a_file_of_another_kind_given_as_a_checkpoint_is_a_path_error(tmp_path, content, words):
+    """Named by kind before torch.load could misread it: a wrong argument (exit 2), not a damaged checkpoint."""
+    from edgenode.errors import ArtifactPathError
+
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    with pytest.raises(ArtifactPathError, match=re.escape(f"is {words}, not a training checkpoint")) as info:
+        load_checkpoint(path)
+    assert info.value.exit_code == 2
+
+
+def test_file_sizes_are_printed_in_binary_units():
+    from edgenode.artifacts import human_size
+
+    assert [human_size(n) for n in (None, 512, 889_651, 3 * 2**20, 5 * 2**30)] == [
+        "—", "512 B", "868.8 KiB", "3.0 MiB", "5.0 GiB"]

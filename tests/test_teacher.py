@@ -432,3 +432,31 @@ def test_aligner_cuts_the_chip_with_its_specs_padding(fake_dlib):
     module.get_face_chip = lambda img, shape, size, padding: seen.append((size, padding)) or np.zeros((size, size, 3), np.uint8)
     FaceAligner(16, AlignSpec(padding=0.5))(np.zeros((30, 40, 3), np.uint8))
     assert seen == [(16, 0.5)]
+
+
+def test_a_descriptor_file_without_face_detected_counts_every_face_as_found(tmp_path):
+    """Older descriptor files hold files and embedding only: their faces count as found, as they were then."""
+    np.savez(tmp_path / "old.npz", files=np.array(["a.jpg", "b.jpg"]), embedding=np.ones((2, 4), np.float32))
+    assert load_teacher(tmp_path / "old.npz").face_detected.tolist() == [True, True]
+
+
+def test_each_thread_keeps_one_aligner_per_chip_size_and_spec(fake_dlib, monkeypatch):
+    import threading
+
+    from edgenode import align
+
+    monkeypatch.setattr(align, "_LOCAL", threading.local())  # the fake dlib's aligners stay out of other tests
+    plain = align.thread_aligner(16, align.AlignSpec())
+    assert align.thread_aligner(16, align.AlignSpec()) is plain
+    wider = align.thread_aligner(16, align.AlignSpec(padding=0.5))
+    assert wider is not plain and wider.spec.padding == 0.5
+    assert align.thread_aligner(32, align.AlignSpec()).size == 32
+
+
+def test_a_face_chip_below_8_pixels_is_refused(fake_dlib):
+    from edgenode.align import FaceAligner
+
+    assert FaceAligner(8).size == 8
+    for size in (7, 0, 16.0, True):
+        with pytest.raises(UsageError, match="at least 8"):
+            FaceAligner(size)

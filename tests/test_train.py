@@ -199,6 +199,21 @@ def test_augmentation_shifts_by_at_most_the_asked_fraction(shift, pad):
     assert len(offsets) > (1 if pad else 0), "no shift was ever drawn"
 
 
+def test_a_copy_to_cuda_is_pinned_and_does_not_wait(monkeypatch):
+    """The CPU runs ahead of the GPU only if the copy does not block (checked on the calls: no GPU here)."""
+    from edgenode.transfer import to_device
+
+    calls = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: calls.append("pin") or self)
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: calls.append((a, k)) or self)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    to_device(torch.zeros(2), cuda)
+    assert calls == ["pin", ((cuda,), {"non_blocking": True})]
+    calls.clear()
+    to_device(torch.zeros(2), cpu)
+    assert calls == [((cpu,), {})]
+
+
 def test_augment_shift_is_checked():
     with pytest.raises(UsageError, match="--augment-shift must be a fraction"):
         small_config("data", "out", augment=True, augment_shift=0.8)
