@@ -408,6 +408,35 @@ def test_onnx_runtimes_fallback_banner_stays_off_stdout(exports, monkeypatch, ca
     assert captured.out == "" and "Falling back" in captured.err
 
 
+def test_a_session_on_tensorrt_is_fed_batches_of_at_most_its_profiles_largest(exports, monkeypatch):
+    """ONNX Runtime's TensorRT provider builds its engine for batches 1-64: a batch of 150 goes in three calls
+    (64, 64, 22) instead of one outside the profile, which would build the engine again."""
+    import onnxruntime
+
+    from edgenode.runtime.onnx_runner import OnnxRuntimeRunner
+
+    real = onnxruntime.InferenceSession
+
+    class OnTensorRT(real):  # the CPU session, reporting TensorRT as its provider, and recording each batch
+        batches: list[int] = []
+
+        def get_providers(self):
+            return [TRT, CPU]
+
+        def run(self, outputs, feeds, *args):
+            OnTensorRT.batches.append(len(next(iter(feeds.values()))))
+            return super().run(outputs, feeds, *args)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", OnTensorRT)
+    runner = OnnxRuntimeRunner(exports["fp32"], [CPU])
+    assert runner.provider == "tensorrt" and runner.max_batch == 64
+    from edgenode.runtime.artifact import onnx_info
+
+    size = onnx_info(exports["fp32"]).input.image_size
+    assert runner.infer(np.zeros((150, 3, size, size), np.float32)).shape[0] == 150
+    assert OnTensorRT.batches == [64, 64, 22]
+
+
 def test_unavailable_provider_through_load_predictor(exports):
     import onnxruntime
 
