@@ -26,6 +26,7 @@ from edgenode.artifacts import atomic_path, atomic_write_bytes, write_sidecar
 from edgenode.errors import ArtifactError, MissingDependencyError, UsageError, first_line, is_whole_number
 from edgenode.export.metadata import ArtifactMetadata
 from edgenode.export.onnx_export import INPUT_NAME
+from edgenode.runtime.tensorrt_runner import load_plugins
 
 TENSORRT_HINT = ("install it with `pip install 'edgenode[tensorrt]'` on x86_64 Linux with an NVIDIA GPU; "
                  "on a Jetson use the TensorRT that JetPack ships (python3-libnvinfer)")
@@ -134,13 +135,6 @@ def engine_metadata(source: ArtifactMetadata, onnx_file: str, onnx_sha256: str, 
         portability="runs only with this TensorRT version on GPUs of this compute capability; rebuild from the ONNX file otherwise",
     )
     return dataclasses.replace(source, kind="engine", extra=extra)
-
-
-def load_plugins(trt, logger) -> None:
-    """Register TensorRT's plugins, which a TensorRT 8.x engine may use (its InstanceNormalization without the
-    parser's native flag) and which a new process must have registered before it deserialises that engine."""
-    if hasattr(trt, "init_libnvinfer_plugins"):
-        trt.init_libnvinfer_plugins(logger, "")
 
 
 # TensorRT 8.6 (JetPack 6.0) reads ONNX up to opset 17; at 18, ReduceMean's axes are an input, which its parser

@@ -38,6 +38,13 @@ def import_tensorrt(path: str | Path | None = None):
     return tensorrt
 
 
+def load_plugins(trt, logger) -> None:
+    """Register TensorRT's plugins, which a TensorRT 8.x engine may use (its InstanceNormalization without the
+    parser's native flag): the build needs them, and so does a new process before it deserialises that engine."""
+    if hasattr(trt, "init_libnvinfer_plugins"):
+        trt.init_libnvinfer_plugins(logger, "")
+
+
 def _recorded(extra: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
     for key in keys:
         value = extra.get(key)
@@ -104,8 +111,7 @@ class TensorRTRunner(Runner):
         check_engine_compatibility(self.path, extra, trt.__version__, torch.cuda.get_device_name(self._device), f"{major}.{minor}")
         self._torch, self._trt = torch, trt
         logger = trt.Logger(trt.Logger.ERROR)
-        if hasattr(trt, "init_libnvinfer_plugins"):  # an engine built by TensorRT 8.x may use its plugins
-            trt.init_libnvinfer_plugins(logger, "")
+        load_plugins(trt, logger)
         with torch.cuda.device(self._device):  # the engine's memory and its stream live on that GPU
             self._runtime = trt.Runtime(logger)
             self.engine = self._runtime.deserialize_cuda_engine(engine_bytes if engine_bytes is not None else self.path.read_bytes())
