@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The GPU rows of `edgenode bench` for the shipped model, scored on the test split of a carried pack:
+#   bash examples/gpu/bench_gpu.sh carry/pins64a.tgz $OUT        # on the device (PYTHONPATH=. is set here)
+# It unpacks the aligned chips, relabels the shipped checkpoint to the pack's HOG-only chips (the runtime refuses
+# chips prepared otherwise than its checkpoint records; RESULTS.md, "What the next GPU session should do"), then runs
+#   1. bench without torch.compile: the adaptive baseline (dopri5) on the CPU and on the GPU, RK4 × 4 eager in
+#      FP32/FP16/BF16 on the GPU, with accuracy and agreement on the test split;
+#   2. the same with the compiled (CUDA-graph) rows, inside COMPILE_SECONDS (default 150): compiling is the slow
+#      part, and each row's line is kept in bench-compiled.log as it finishes, so a cut run still reports the rows
+#      it timed.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+pack=$1 out=$2
+py=${PYTHON:-python3}
+export PYTHONPATH=.
+work=$(mktemp -d)
+tar xzf "$pack" -C "$work"
+data=$(find "$work" -mindepth 1 -maxdepth 1 -type d | head -1)
+"$py" examples/relabel_alignment.py examples/pretrained/faceode-pins-aligned.pt "$work/leader-hog.pt" --method dlib-5pt
+bench() {  # bench <name> [options]
+  local name=$1
+  shift
+  "$py" -m edgenode bench "$work/leader-hog.pt" --data "$data" --manifest "$data/manifest.json" --split test \
+    --baseline-solver dopri5 --repeats "${REPEATS:-20}" --warmup 5 --out "$out/$name" "$@" 2>&1 | tee "$out/$name.log"
+}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/gpu.csv" 2>&1 || true
+bench bench-eager --no-compile
+timeout "${COMPILE_SECONDS:-150}" bash -c "$(declare -f bench); work='$work' data='$data' out='$out' py='$py'; bench bench-compiled --compile --no-peak" || echo "compiled bench stopped (exit $?)"
+rm -rf "$work"
