@@ -79,11 +79,16 @@ class ParityError(EdgenodeError):
 
 
 def first_line(exc: BaseException, limit: int = 200) -> str:
-    """The first line of a foreign exception's message (its type's name when it has none), cut to ``limit``:
-    how a library's multi-line error enters one of ours."""
+    """The first line of a foreign exception's message (its type's name when it has none), at most ``limit``
+    characters: how a library's multi-line error enters one of ours. A longer line loses its middle, not its
+    end: a C++ library's message starts with where it was raised and ends with why (ONNX Runtime's
+    ``... model.cc:202 onnxruntime::Model::Model(<a long signature>) Unsupported model IR version: ...``)."""
     text = str(exc).strip()
     line = text.splitlines()[0] if text else type(exc).__name__
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+    if len(line) <= limit:
+        return line
+    head = (limit - 1) // 2
+    return line[:head] + "…" + line[len(line) - (limit - 1 - head):]
 
 
 def is_whole_number(value: object, low: int = 1) -> bool:

@@ -213,6 +213,105 @@ def test_a_bench_of_checkpoints_needs_no_onnxruntime(trained_run, monkeypatch):
     assert any(n.startswith("no CPU peak, so no fraction of it: ONNX Runtime is not installed") for n in report.notes)
 
 
+def test_a_peak_onnxruntime_cannot_load_costs_the_column_not_the_bench(trained_run, monkeypatch):
+    """On an H200 session the bench ended before its first row: that machine's ONNX Runtime (1.30) refused the
+    peak's in-memory graph. The rows are what a bench is for; the peak is one column of them."""
+    from edgenode.bench import peak
+
+    def refused(*args):
+        raise ArtifactError("<in-memory ONNX>: onnxruntime cannot load it (Unsupported model IR version: 14)", "update it")
+
+    monkeypatch.setattr(peak, "measure_cpu_peak", refused)
+    report = run_bench(BenchConfig(artifacts=(str(trained_run.best_checkpoint),), peak=True, gpu=False, **TINY))
+    (row,) = report.rows
+    assert row.group == "baseline" and row.p50_ms(1) > 0
+    assert report.peak is None and row.fraction_of_peak == {1: None, 4: None}
+    assert "no CPU peak, so no fraction of it: <in-memory ONNX>: onnxruntime cannot load it (Unsupported model IR " \
+           "version: 14)" in report.notes
+
+
+def test_the_peak_graphs_are_written_at_an_ir_version_older_onnxruntimes_read():
+    """``onnx.helper.make_model`` stamps the installed onnx's newest IR version (onnx 1.23: 14); opset 17 needs 8."""
+    import onnx
+
+    for model in (conv_chain_onnx(PeakConfig(batch=1, channels=4, size=4, depth=1)), matmul_onnx(8)):
+        proto = onnx.load_from_string(model)
+        assert proto.ir_version == 8 and [(o.domain, o.version) for o in proto.opset_import] == [("", 17)]
+        onnx.checker.check_model(proto)
+
+
+def _tf32_recorder(seen):
+    class Recorder(torch.nn.Module):
+        def forward(self, x):
+            seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+            return x.flatten(1)
+
+    return Recorder()
+
+
+@pytest.fixture
+def tf32_on():
+    """TF32 allowed for both, as cuDNN's default allows it for convolutions; restored after."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+@pytest.mark.parametrize("dtype, expected", [("fp32", (False, False)), ("fp16", (True, True)), ("bf16", (True, True))])
+def test_a_gpu_row_named_fp32_computes_without_tf32(tf32_on, monkeypatch, dtype, expected):
+    """An H200 bench's "fp32" rows ran cuDNN's default TF32 convolutions (its report's machine: tf32 cudnn True):
+    another precision than the row's name. Checked on the flags the module runs under (no GPU here: the CUDA
+    calls are stood in for)."""
+    from types import SimpleNamespace
+
+    from edgenode.bench import gpu
+
+    seen = []
+    runner = gpu.CudaTorchRunner.__new__(gpu.CudaTorchRunner)
+    gpu.Runner.__init__(runner)
+    event = SimpleNamespace(record=lambda: None, synchronize=lambda: None, elapsed_time=lambda other: 1.5)
+    runner._torch, runner.dtype_name, runner.dtype, runner.compile_mode = torch, dtype, torch.float32, None
+    runner.module = runner._fn = _tf32_recorder(seen)
+    runner._start = runner._end = event
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: self)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    out = runner.infer(np.zeros((2, 3, 2, 2), np.float32))
+    assert out.shape == (2, 12) and runner.last_inference_ms == 1.5
+    assert seen == [expected]
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
+
+
+def test_the_gpu_fp32_peak_is_measured_without_tf32(tf32_on, monkeypatch):
+    """The peak a fp32 row is divided by is IEEE float32 too (TF32 would raise it and lower every fraction)."""
+    from edgenode.bench import gpu, peak
+
+    seen = []
+
+    def on_cpu(make):
+        return lambda *args, device=None, dtype=None: make(*args, dtype=dtype)
+
+    def conv2d(h, w, b, padding):
+        seen.append(("conv", h.dtype, torch.backends.cudnn.allow_tf32))
+        return h
+
+    def mm(a, b):
+        seen.append(("mm", a.dtype, torch.backends.cuda.matmul.allow_tf32))
+        return a
+
+    monkeypatch.setattr(torch, "randn", on_cpu(torch.randn))
+    monkeypatch.setattr(torch, "zeros", on_cpu(torch.zeros))
+    monkeypatch.setattr(torch.nn.functional, "conv2d", conv2d)
+    monkeypatch.setattr(torch, "mm", mm)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(gpu, "cuda_timed", lambda fn: lambda: (fn(), 1.0)[1])
+    out = peak.measure_cuda_peak(PeakConfig(batch=1, channels=2, size=2, depth=1, warmup=0, repeats=1), matmul_size=2)
+    assert [(m.name, m.dtype) for m in out] == [(f"torch cuda {k}", d) for d in ("fp32", "fp16", "bf16") for k in ("conv", "matmul")]
+    assert seen == [("conv", torch.float32, False), ("mm", torch.float32, False),
+                    ("conv", torch.float16, True), ("mm", torch.float16, True),
+                    ("conv", torch.bfloat16, True), ("mm", torch.bfloat16, True)]
+
+
 def test_cpu_path_never_touches_cuda(exports, trained_run, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("CUDA touched on the CPU path")

@@ -1450,7 +1450,11 @@ def test_a_foreign_error_enters_ours_as_its_first_line():
 
     assert first_line(RuntimeError("parse failed\n  at node 3\n  ...")) == "parse failed"
     assert first_line(ValueError("")) == "ValueError"
-    assert first_line(OSError("x" * 50), limit=10) == "x" * 9 + "…"
+    assert first_line(OSError("a" * 20 + "b" * 30), limit=10) == "aaaa…bbbbb"
+    ort = ("[ONNXRuntimeError] : 1 : FAIL : /onnxruntime_src/onnxruntime/core/graph/model.cc:202 onnxruntime::Model::Model("
+           + "const onnxruntime::PathString&, " * 8 + ") Unsupported model IR version: 14, max supported IR version: 11")
+    cut = first_line(RuntimeError(ort))
+    assert len(cut) == 200 and cut.startswith("[ONNXRuntimeError] : 1 : FAIL") and cut.endswith("max supported IR version: 11")
 
 
 def test_teacher_views_refuses_an_unaligned_folder_before_decoding_the_pool(argument_paths, monkeypatch, tmp_path):

@@ -12,10 +12,14 @@ copied back after the second.
 ``torch.compile(mode="reduce-overhead")`` compiles with Inductor and replays the whole forward as a CUDA
 graph — for a small unrolled ODE, launch overhead is most of batch-1 latency, which is what CUDA graphs
 remove. It compiles once per batch size (``dynamic=False``) during the warm-up calls.
+
+An ``fp32`` row computes in IEEE float32 (:func:`float32_as_named`), as the parity reference and the engines
+do: left to PyTorch's default, cuDNN runs float32 convolutions in TF32.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import numpy as np
@@ -23,6 +27,7 @@ from torch import nn
 
 from edgenode.ode.solvers import integrate_fixed
 from edgenode.runtime.base import Runner
+from edgenode.runtime.torch_runner import ieee_float32
 
 DTYPES = ("fp32", "fp16", "bf16")
 
@@ -45,6 +50,13 @@ def cuda_available() -> bool:
     import torch
 
     return bool(torch.cuda.is_available())
+
+
+def float32_as_named(torch, dtype: str):
+    """A context in which a row named ``fp32`` computes in IEEE float32: PyTorch lets cuDNN run float32
+    convolutions in TF32 by default (a 10-bit mantissa, on Ampere and newer GPUs), which would time and score
+    another precision than the row's name. FP16 and BF16 rows are left as they are."""
+    return ieee_float32(torch) if dtype == "fp32" else contextlib.nullcontext()
 
 
 def cuda_timed(fn: Callable[[], object]) -> Callable[[], float]:
@@ -108,7 +120,7 @@ class CudaTorchRunner(Runner):
         torch = self._torch
         device_x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to("cuda", self.dtype)
         torch.cuda.synchronize()
-        with torch.inference_mode():
+        with torch.inference_mode(), float32_as_named(torch, self.dtype_name):
             if self.compile_mode and hasattr(torch, "compiler") and hasattr(torch.compiler, "cudagraph_mark_step_begin"):
                 torch.compiler.cudagraph_mark_step_begin()  # the previous replay's outputs are no longer read
             self._start.record()

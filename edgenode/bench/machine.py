@@ -93,5 +93,7 @@ def machine_info(threads: int, gpu: bool = True) -> dict[str, Any]:
         info["onnxruntime"] = None
     if info["cuda"] and gpu:
         info["gpu"] = torch.cuda.get_device_name()
-        info["tf32"] = {"matmul": bool(torch.backends.cuda.matmul.allow_tf32), "cudnn": bool(torch.backends.cudnn.allow_tf32)}
+        # the process's defaults, which the fp32 rows and the fp32 peak do not use: they compute in IEEE float32
+        info["tf32"] = {"matmul": bool(torch.backends.cuda.matmul.allow_tf32), "cudnn": bool(torch.backends.cudnn.allow_tf32),
+                        "fp32_rows": False}
     return info

@@ -11,8 +11,12 @@ this machine reaches on dense work of the same kind. We measure, each with ``thr
 
 Each is warmed up and repeated; its figure is the *fastest* repeat (``flops / best time``): what the machine
 can achieve, not what it averaged. The CPU peak is the largest of these, so a row's fraction is never
-flattered by a weak denominator. On a GPU the same is measured per dtype with torch (fp32 with torch's
-default TF32 settings — the ones the rows run with — fp16, bf16), timed with CUDA events.
+flattered by a weak denominator. On a GPU the same is measured per dtype with torch (fp32 in IEEE float32,
+TF32 off, as the rows run; fp16, bf16), timed with CUDA events.
+
+The ONNX graphs are written at opset 17 with IR version 8, the pair ONNX Runtime has read since 1.13:
+``onnx.helper.make_model`` would stamp the installed onnx package's newest IR version (onnx 1.23 writes 14), which
+an older ONNX Runtime beside it refuses to load (an H200 session's 1.30 did).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import numpy as np
 
 from edgenode.bench.timing import measure, wall_ms
 from edgenode.errors import UsageError, is_whole_number
+
+PEAK_OPSET, PEAK_IR_VERSION = 17, 8
 
 
 @dataclass(frozen=True)
@@ -128,7 +134,16 @@ def conv_chain_onnx(config: PeakConfig, seed: int = 0) -> bytes:
     shape = ["batch", c, config.size, config.size]
     graph = helper.make_graph(nodes, "edgenode_peak_conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    return _serialized(graph)
+
+
+def _serialized(graph) -> bytes:
+    """``graph`` as a model at opset 17 and IR version 8 (see the module's docstring)."""
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", PEAK_OPSET)])
+    model.ir_version = PEAK_IR_VERSION
+    return model.SerializeToString()
 
 
 def matmul_onnx(n: int, seed: int = 0) -> bytes:
@@ -140,7 +155,7 @@ def matmul_onnx(n: int, seed: int = 0) -> bytes:
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, n])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, n])],
                               [numpy_helper.from_array(w, "w")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    return _serialized(graph)
 
 
 def _ort_measure(model: bytes, x: np.ndarray, threads: int, config: PeakConfig) -> tuple[float, float]:
@@ -205,7 +220,7 @@ def measure_cuda_peak(config: PeakConfig, dtypes: tuple[str, ...] = ("fp32", "fp
     """
     import torch
 
-    from edgenode.bench.gpu import TORCH_DTYPES, cuda_timed
+    from edgenode.bench.gpu import TORCH_DTYPES, cuda_timed, float32_as_named
 
     out: list[PeakMeasurement] = []
     c, s = config.channels, config.size
@@ -214,7 +229,7 @@ def measure_cuda_peak(config: PeakConfig, dtypes: tuple[str, ...] = ("fp32", "fp
     mm_flops = 2 * matmul_size**3
     for dtype in dtypes:
         dt = TORCH_DTYPES[dtype]
-        with torch.inference_mode():
+        with torch.inference_mode(), float32_as_named(torch, dtype):
             x = torch.randn(config.batch, c, s, s, device="cuda", dtype=dt)
             weights = [(torch.randn(c, c, 3, 3, device="cuda") / (9 * c) ** 0.5).to(dt) for _ in range(config.depth)]
             bias = torch.zeros(c, device="cuda", dtype=dt)
