@@ -7,17 +7,19 @@
 # chips prepared otherwise than its checkpoint records; RESULTS.md, "What the next GPU session should do"), then runs
 #   1. bench without torch.compile: the adaptive baseline (dopri5) on the CPU and on the GPU, RK4 × 4 eager in
 #      FP32 (IEEE, TF32 off)/FP16/BF16 on the GPU, with accuracy and agreement on the test split, and the peaks;
-#   2. the same with the compiled (CUDA-graph) rows, inside COMPILE_SECONDS (default 150): compiling is the slow
-#      part, and each row's line is kept in bench-compiled.log as it finishes, so a cut run still reports the rows
-#      it timed.
+#   2. the same with the compiled (CUDA-graph) rows, inside COMPILE_SECONDS (default 210: it times the CPU and eager
+#      rows again, then a compiled row in each precision, and compiling is the slow part); each row's line is kept
+#      in bench-compiled.log as it finishes, and bench.json is rewritten after each row, so a cut run keeps them.
 set -euo pipefail
+pack=$(realpath "$1") out=$(realpath "$2")   # before the cd: paths relative to where it was started
 cd "$(dirname "$0")/../.."
-pack=$1 out=$2
 py=${PYTHON:-python3}
-export PYTHONPATH=.
 work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+export PYTHONPATH=. pack out py work
 tar xzf "$pack" -C "$work"
 data=$(find "$work" -mindepth 1 -maxdepth 1 -type d | head -1)
+export data
 "$py" examples/relabel_alignment.py examples/pretrained/faceode-pins-aligned.pt "$work/leader-hog.pt" --method dlib-5pt
 bench() {  # bench <name> [options]
   local name=$1
@@ -27,5 +29,5 @@ bench() {  # bench <name> [options]
 }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/gpu.csv" 2>&1 || true
 bench bench-eager --no-compile || echo "eager bench stopped (exit $?)"   # the compiled rows are still worth their time
-timeout "${COMPILE_SECONDS:-150}" bash -c "$(declare -f bench); work='$work' data='$data' out='$out' py='$py'; bench bench-compiled --compile --no-peak" || echo "compiled bench stopped (exit $?)"
-rm -rf "$work"
+export -f bench
+timeout "${COMPILE_SECONDS:-210}" bash -o pipefail -c 'bench bench-compiled --compile --no-peak' || echo "compiled bench stopped (exit $?)"
