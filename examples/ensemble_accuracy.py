@@ -5,6 +5,7 @@ with its test accuracy (test plays no part in the choice).
 
     OMP_NUM_THREADS=2 python examples/ensemble_accuracy.py runs/pins-aligned64 runs/pins-manifest.json \
         runs/gpu-aligned/w5-rk4x4/best-slim.pt runs/gpu-aligned/kd-pool-w5/best-slim.pt
+    ... --mirror     (each member on the picture and its mirror image, as `export --mirror-average` serves one)
 
 An ensemble costs one network per member at inference and is not built into export; this measures how much of
 the gap to the teacher is seed-to-seed variance (what averaging removes) rather than bias. Every checkpoint runs
@@ -33,6 +34,9 @@ def main() -> None:
     parser.add_argument("manifest")
     parser.add_argument("checkpoints", nargs="+")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--mirror", action="store_true",
+                        help="each member's probabilities averaged over the picture and its mirror image (twice the "
+                             "passes; `export --mirror-average` sums the two views' unit features instead)")
     args = parser.parse_args()
 
     manifest = Manifest.load(args.manifest)
@@ -47,6 +51,9 @@ def main() -> None:
     for split in ("val", "test"):
         images, labels[split] = load_split_arrays(manifest, args.data, split)
         probs[split] = member_probabilities(members, images, args.batch_size)
+        if args.mirror:
+            mirrored = member_probabilities(members, np.ascontiguousarray(images[:, :, ::-1]), args.batch_size)
+            probs[split] = [(p + q) / 2 for p, q in zip(probs[split], mirrored)]
 
     def accuracy(split: str, group: tuple[int, ...]) -> tuple[int, str]:
         correct = int((np.mean([probs[split][i] for i in group], axis=0).argmax(1) == labels[split]).sum())
