@@ -16,7 +16,8 @@ TF32 off, as the rows run; fp16, bf16), timed with CUDA events.
 
 The ONNX graphs are written at opset 17 with IR version 8, the pair ONNX Runtime has read since 1.13:
 ``onnx.helper.make_model`` would stamp the installed onnx package's newest IR version (onnx 1.23 writes 14), which
-an older ONNX Runtime beside it refuses to load (an H200 session's 1.30 did).
+an older ONNX Runtime beside it refuses to load. An H200 session's 1.30 refused the graph in ``Model::Model``, where
+ONNX Runtime checks the IR version (its message was cut before the reason; ``errors.first_line`` now keeps the end).
 """
 
 from __future__ import annotations
