@@ -7,8 +7,9 @@ Averaging networks and mirror images stopped at 0.95 (RESULTS.md, width 192 and 
 shared. This says what kind they are, per split: how many the teacher (nearest class mean of its descriptors,
 class means from train, as ``examples/teacher_baseline.py``) gets right, which a student could in principle learn
 from it; how many are pictures where dlib's HOG detector found no face (the teacher file's ``face_detected``; the
-chip is then cut around the whole picture); how many every member misses on its own; and the identity pairs
-confused most. Label-free predictions (argmax of the mean softmax); labels only score them.
+chip is then cut around the whole picture); how many every member misses on its own; the identity pairs
+confused most; and with ``--cosine``, how far the first checkpoint's features are from the teacher's descriptor on
+the images it gets right and on those it misses. Label-free predictions (argmax of the mean softmax); labels only score them.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from edgenode.errors import EdgenodeError
 from edgenode.teacher import load_teacher
 
 
-def teacher_predictions(teacher_path: str, manifest: Manifest) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per split: (the teacher's nearest-class-mean prediction, -1 without a descriptor; its face_detected)."""
+def teacher_predictions(teacher_path: str, manifest: Manifest) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per split: (the teacher's nearest-class-mean prediction, -1 without a descriptor; its face_detected; its
+    descriptors centred on the train mean, as distillation's targets are)."""
     teacher = load_teacher(teacher_path)
     train, found = teacher.lookup(manifest.files("train"))
     labels = np.asarray(manifest.labels("train"))
@@ -39,8 +41,26 @@ def teacher_predictions(teacher_path: str, manifest: Manifest) -> dict[str, tupl
         predicted = (unit(vectors - centre) @ means.T).argmax(axis=1)
         predicted[~found] = -1
         detected = np.array([bool(detected_of.get(f, False)) for f in manifest.files(split)])
-        out[split] = (predicted, detected)
+        out[split] = (predicted, detected, vectors - centre)
     return out
+
+
+def teacher_cosines(path: str, images: np.ndarray, targets: np.ndarray, batch_size: int) -> np.ndarray:
+    """Per image, the cosine between one checkpoint's features and the teacher's centred descriptor: how closely
+    the student reproduces what it was distilled towards (1 = the teacher's direction)."""
+    import torch
+
+    from edgenode.checkpoint import load_checkpoint
+    from edgenode.data import normalize
+
+    ckpt = load_checkpoint(path)
+    model = ckpt.build_model().eval()
+    features = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            x = normalize(images[start : start + batch_size], ckpt.input_spec.mean, ckpt.input_spec.std)
+            features.append(model(x, return_features=True)[0].numpy())
+    return (unit(np.concatenate(features)) * unit(targets)).sum(axis=1)
 
 
 def main() -> None:
@@ -52,6 +72,8 @@ def main() -> None:
     parser.add_argument("--mirror", action="store_true", help="each member on the picture and its mirror image")
     parser.add_argument("--pairs", type=int, default=8, help="confused identity pairs to list")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--cosine", action="store_true",
+                        help="also the first checkpoint's cosine to the teacher on the images it gets right and wrong")
     args = parser.parse_args()
 
     manifest = Manifest.load(args.manifest)
@@ -69,7 +91,7 @@ def main() -> None:
         predicted = np.mean(probs, axis=0).argmax(1)
         wrong = predicted != labels
         members_wrong = np.sum([p.argmax(1) != labels for p in probs], axis=0)
-        teacher_pred, detected = teacher[split]
+        teacher_pred, detected, targets = teacher[split]
         teacher_right = teacher_pred == labels
         n, e = len(labels), int(wrong.sum())
         print(f"{split}: {n} images; the average of {len(members)} misses {e} ({e / n:.1%})")
@@ -87,6 +109,13 @@ def main() -> None:
               + "; ".join(f"{' / '.join(sorted(pair))} {count}" for pair, count in both.most_common(args.pairs)))
         print(f"  {len(both)} distinct pairs among the {e} errors; true identities involved: "
               f"{len({t for t, _ in pairs})} of {len(manifest.classes)}")
+        if args.cosine:
+            cosine = teacher_cosines(args.checkpoints[0], images, targets, args.batch_size)
+            first_right = probs[0].argmax(1) == labels
+            groups = {"it gets right": first_right, "it misses, the teacher gets right": ~first_right & teacher_right,
+                      "both miss": ~first_right & ~teacher_right}
+            print(f"  {args.checkpoints[0]}: mean cosine to the teacher's centred descriptor on the images "
+                  + "; ".join(f"{name} {cosine[mask].mean():.3f} ({int(mask.sum())})" for name, mask in groups.items() if mask.any()))
 
 
 if __name__ == "__main__":
