@@ -84,7 +84,7 @@ def main() -> None:
         raise SystemExit(str(exc)) from None
     for split in ("val", "test"):
         images, labels = load_split_arrays(manifest, args.data, split)
-        probs = member_probabilities(members, images, args.batch_size)
+        probs = one_pass = member_probabilities(members, images, args.batch_size)
         if args.mirror:
             mirrored = member_probabilities(members, np.ascontiguousarray(images[:, :, ::-1]), args.batch_size)
             probs = [(p + q) / 2 for p, q in zip(probs, mirrored)]
@@ -111,7 +111,7 @@ def main() -> None:
               f"{len({t for t, _ in pairs})} of {len(manifest.classes)}")
         if args.cosine:
             cosine = teacher_cosines(args.checkpoints[0], images, targets, args.batch_size)
-            first_right = probs[0].argmax(1) == labels
+            first_right = one_pass[0].argmax(1) == labels  # the features are one pass's, so are the predictions
             groups = {"it gets right": first_right, "it misses, the teacher gets right": ~first_right & teacher_right,
                       "both miss": ~first_right & ~teacher_right}
             print(f"  {args.checkpoints[0]}: mean cosine to the teacher's centred descriptor on the images "
