@@ -40,14 +40,21 @@ def load_members(paths: list[str], manifest: Manifest, data: str) -> list[Checkp
     return members
 
 
-def member_probabilities(members: list[Checkpoint], images: np.ndarray, batch_size: int = 128) -> list[np.ndarray]:
+def member_probabilities(members: list[Checkpoint], images: np.ndarray, batch_size: int = 128,
+                         mirror: bool = False) -> list[np.ndarray]:
     """Class probabilities (float32, (N, C)) of each member on uint8 NHWC ``images``, each with its trained
-    solver and normalisation."""
+    solver and normalisation. With ``mirror``, each member's mean over the picture and its left-right mirror image
+    (twice the passes; ``export --mirror-average`` sums the two views' unit features instead)."""
+    views = [images, np.ascontiguousarray(images[:, :, ::-1])] if mirror else [images]
     probs = []
     for ckpt in members:
-        x = normalize(images, ckpt.input_spec.mean, ckpt.input_spec.std)
-        logits, _ = solve_logits(ckpt.build_model(), ckpt.model_config.solver, x, batch_size=batch_size)
-        probs.append(softmax(logits))
+        model = ckpt.build_model()
+        view_probs = []
+        for view in views:
+            x = normalize(view, ckpt.input_spec.mean, ckpt.input_spec.std)
+            logits, _ = solve_logits(model, ckpt.model_config.solver, x, batch_size=batch_size)
+            view_probs.append(softmax(logits))
+        probs.append(np.mean(view_probs, axis=0, dtype=np.float32) if mirror else view_probs[0])
     return probs
 
 

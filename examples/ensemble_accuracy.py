@@ -50,10 +50,7 @@ def main() -> None:
     probs, labels = {}, {}
     for split in ("val", "test"):
         images, labels[split] = load_split_arrays(manifest, args.data, split)
-        probs[split] = member_probabilities(members, images, args.batch_size)
-        if args.mirror:
-            mirrored = member_probabilities(members, np.ascontiguousarray(images[:, :, ::-1]), args.batch_size)
-            probs[split] = [(p + q) / 2 for p, q in zip(probs[split], mirrored)]
+        probs[split] = member_probabilities(members, images, args.batch_size, mirror=args.mirror)
 
     def accuracy(split: str, group: tuple[int, ...]) -> tuple[int, str]:
         correct = int((np.mean([probs[split][i] for i in group], axis=0).argmax(1) == labels[split]).sum())

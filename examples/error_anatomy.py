@@ -5,7 +5,7 @@
 
 Averaging networks and mirror images stopped at 0.95 (RESULTS.md, width 192 and a second seed): the errors left are
 shared. This says what kind they are, per split: how many the teacher (nearest class mean of its descriptors,
-class means from train, as ``examples/teacher_baseline.py``) gets right, which a student could in principle learn
+class means from train, with ``examples/teacher_baseline.py``'s code) gets right, which a student could in principle learn
 from it; how many are pictures where dlib's HOG detector found no face (the teacher file's ``face_detected``; the
 chip is then cut around the whole picture); how many every member misses on its own; the identity pairs
 confused most; and with ``--cosine``, how far the first checkpoint's features are from the teacher's descriptor on
@@ -19,8 +19,9 @@ from collections import Counter
 
 import numpy as np
 
+from teacher_baseline import feature_cosine, nearest_class_means, nearest_mean_predictions  # a sibling in examples/
+
 from edgenode.data import Manifest, load_split_arrays
-from edgenode.distill import class_means, unit
 from edgenode.ensemble import load_members, member_probabilities
 from edgenode.errors import EdgenodeError
 from edgenode.teacher import load_teacher
@@ -30,37 +31,14 @@ def teacher_predictions(teacher_path: str, manifest: Manifest) -> dict[str, tupl
     """Per split: (the teacher's nearest-class-mean prediction, -1 without a descriptor; its face_detected; its
     descriptors centred on the train mean, as distillation's targets are)."""
     teacher = load_teacher(teacher_path)
-    train, found = teacher.lookup(manifest.files("train"))
-    labels = np.asarray(manifest.labels("train"))
-    centre = train[found].mean(axis=0)
-    means = class_means(train[found] - centre, labels[found], len(manifest.classes))
+    centre, means = nearest_class_means(teacher, manifest)
     detected_of = dict(zip(teacher.files, teacher.face_detected))
     out = {}
     for split in ("val", "test"):
-        vectors, found = teacher.lookup(manifest.files(split))
-        predicted = (unit(vectors - centre) @ means.T).argmax(axis=1)
-        predicted[~found] = -1
+        predicted, _, targets = nearest_mean_predictions(teacher, manifest, split, centre, means)
         detected = np.array([bool(detected_of.get(f, False)) for f in manifest.files(split)])
-        out[split] = (predicted, detected, vectors - centre)
+        out[split] = (predicted, detected, targets)
     return out
-
-
-def teacher_cosines(path: str, images: np.ndarray, targets: np.ndarray, batch_size: int) -> np.ndarray:
-    """Per image, the cosine between one checkpoint's features and the teacher's centred descriptor: how closely
-    the student reproduces what it was distilled towards (1 = the teacher's direction)."""
-    import torch
-
-    from edgenode.checkpoint import load_checkpoint
-    from edgenode.data import normalize
-
-    ckpt = load_checkpoint(path)
-    model = ckpt.build_model().eval()
-    features = []
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            x = normalize(images[start : start + batch_size], ckpt.input_spec.mean, ckpt.input_spec.std)
-            features.append(model(x, return_features=True)[0].numpy())
-    return (unit(np.concatenate(features)) * unit(targets)).sum(axis=1)
 
 
 def main() -> None:
@@ -84,10 +62,7 @@ def main() -> None:
         raise SystemExit(str(exc)) from None
     for split in ("val", "test"):
         images, labels = load_split_arrays(manifest, args.data, split)
-        probs = one_pass = member_probabilities(members, images, args.batch_size)
-        if args.mirror:
-            mirrored = member_probabilities(members, np.ascontiguousarray(images[:, :, ::-1]), args.batch_size)
-            probs = [(p + q) / 2 for p, q in zip(probs, mirrored)]
+        probs = member_probabilities(members, images, args.batch_size, mirror=args.mirror)
         predicted = np.mean(probs, axis=0).argmax(1)
         wrong = predicted != labels
         members_wrong = np.sum([p.argmax(1) != labels for p in probs], axis=0)
@@ -110,8 +85,9 @@ def main() -> None:
         print(f"  {len(both)} distinct pairs among the {e} errors; true identities involved: "
               f"{len({t for t, _ in pairs})} of {len(manifest.classes)}")
         if args.cosine:
-            cosine = teacher_cosines(args.checkpoints[0], images, targets, args.batch_size)
-            first_right = one_pass[0].argmax(1) == labels  # the features are one pass's, so are the predictions
+            cosine = feature_cosine(args.checkpoints[0], images, targets, args.batch_size)
+            one_pass = member_probabilities(members[:1], images, args.batch_size)[0] if args.mirror else probs[0]
+            first_right = one_pass.argmax(1) == labels  # the features are one pass's, so are the predictions
             groups = {"it gets right": first_right, "it misses, the teacher gets right": ~first_right & teacher_right,
                       "both miss": ~first_right & ~teacher_right}
             print(f"  {args.checkpoints[0]}: mean cosine to the teacher's centred descriptor on the images "

@@ -32,15 +32,10 @@ def main() -> None:
     if args.student and not args.data:
         parser.error("--student needs --data (the images the student reads)")
     teacher, manifest = load_teacher(args.teacher), Manifest.load(args.manifest)
-    train, found = teacher.lookup(manifest.files("train"))
-    labels = np.asarray(manifest.labels("train"))
-    centre = train[found].mean(axis=0)
-    means = class_means(train[found] - centre, labels[found], len(manifest.classes))
+    centre, means = nearest_class_means(teacher, manifest)
     for split in ("val", "test"):
-        vectors, found = teacher.lookup(manifest.files(split))
+        predicted, found, _ = nearest_mean_predictions(teacher, manifest, split, centre, means)
         truth = np.asarray(manifest.labels(split))
-        predicted = (unit(vectors - centre) @ means.T).argmax(axis=1)
-        predicted[~found] = -1  # no descriptor: counted as an error
         correct = int((predicted == truth).sum())
         low, high = wilson_interval(correct, len(truth))
         print(f"{split}: {correct / len(truth):.3f} [{low:.3f}, {high:.3f}] on {len(truth)} images "
@@ -52,22 +47,48 @@ def main() -> None:
                   f"(median {np.median(cosine):.3f}, {len(cosine)} images)")
 
 
-def student_cosine(path, data, manifest, teacher, centre, split: str, step: int) -> np.ndarray:
+def nearest_class_means(teacher, manifest) -> tuple[np.ndarray, np.ndarray]:
+    """(the train descriptors' mean, each class's unit mean of the centred train descriptors), as distillation
+    centres its targets."""
+    train, found = teacher.lookup(manifest.files("train"))
+    labels = np.asarray(manifest.labels("train"))
+    centre = train[found].mean(axis=0)
+    return centre, class_means(train[found] - centre, labels[found], len(manifest.classes))
+
+
+def nearest_mean_predictions(teacher, manifest, split: str, centre, means) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the teacher's class for each image of ``split``, -1 where it has no descriptor; which have one; the
+    descriptors centred on ``centre``)."""
+    vectors, found = teacher.lookup(manifest.files(split))
+    predicted = (unit(vectors - centre) @ means.T).argmax(axis=1)
+    predicted[~found] = -1  # no descriptor: counted as an error
+    return predicted, found, vectors - centre
+
+
+def feature_cosine(path, images: np.ndarray, targets: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """Per image, the cosine between a checkpoint's features on uint8 NHWC ``images`` and ``targets`` (the
+    teacher's centred descriptors): 1 = the teacher's direction."""
     import torch
 
     from edgenode.checkpoint import load_checkpoint
-    from edgenode.data import load_split_arrays, normalize
+    from edgenode.data import normalize
 
     ckpt = load_checkpoint(path)
     model = ckpt.build_model().eval()
-    images = load_split_arrays(manifest, data, split)[0][::step]
     features = []
     with torch.no_grad():
-        for start in range(0, len(images), 128):
-            x = normalize(images[start : start + 128], ckpt.input_spec.mean, ckpt.input_spec.std)
+        for start in range(0, len(images), batch_size):
+            x = normalize(images[start : start + batch_size], ckpt.input_spec.mean, ckpt.input_spec.std)
             features.append(model(x, return_features=True)[0].numpy())
+    return (unit(np.concatenate(features)) * unit(targets)).sum(axis=1)
+
+
+def student_cosine(path, data, manifest, teacher, centre, split: str, step: int) -> np.ndarray:
+    from edgenode.data import load_split_arrays
+
+    images = load_split_arrays(manifest, data, split)[0][::step]
     targets, _ = teacher.lookup(manifest.files(split)[::step])
-    return (unit(np.concatenate(features)) * unit(targets - centre)).sum(axis=1)
+    return feature_cosine(path, images, targets - centre)
 
 
 if __name__ == "__main__":

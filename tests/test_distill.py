@@ -461,6 +461,21 @@ def test_ensemble_members_of_another_split_are_refused(pool_setup, trained_run):
         load_members([str(trained_run.best_checkpoint)], manifest, str(root))
 
 
+def test_a_members_mirrored_probabilities_average_the_picture_and_its_mirror_image(trained_run):
+    """``mirror`` is each member's mean over the picture and its left-right mirror (image width is axis 2 of NHWC),
+    as examples/ensemble_accuracy.py --mirror reports it."""
+    from edgenode.checkpoint import load_checkpoint
+    from edgenode.ensemble import member_probabilities
+
+    member = load_checkpoint(trained_run.best_checkpoint)
+    images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    (plain,) = member_probabilities([member], images)
+    (flipped,) = member_probabilities([member], np.ascontiguousarray(np.flip(images, axis=2)))
+    (mirrored,) = member_probabilities([member], images, mirror=True)
+    assert mirrored.dtype == np.float32 and np.allclose(mirrored, (plain + flipped) / 2, atol=1e-6)
+    assert not np.allclose(plain, flipped, atol=1e-4)  # the two views differ, so the average is not one of them
+
+
 def test_weight_average_is_the_elementwise_mean_and_refuses_other_architectures(trained_run, tmp_path):
     import dataclasses
 
