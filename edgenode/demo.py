@@ -31,7 +31,7 @@ from edgenode.train import TrainConfig, train
 class DemoConfig:
     out: str = "runs/demo"
     n_classes: int = 10
-    per_class: int = 40
+    per_class: int = 80  # 20 test images of each identity: see demo_split
     epochs: int = 12
     width: int = 24
     seed: int = 0
@@ -46,10 +46,21 @@ IMAGE_SIZE = 64
 # drawings of seeds 0, 1 and 2 all pass parity with all four files. (The INT8 failure once put down to the thin
 # margins at 3e-3 was 8-bit weights saturating on a CPU without VNNI: RESULTS.md.)
 DEMO_LR = 1e-2
+# Not --steps auto: on 160 val images, "agrees on ≥ 99.5 %" means "on all of them", and a 2-thread run whose sweep
+# chose RK4 × 2 that way disagreed with dopri5 on 2 of its 200 test images, exactly parity's 99 % limit. RK4 × 4, the
+# shipped Pins model's, leaves a quarter of × 2's largest logit error on val (0.10 against 0.26).
+DEMO_STEPS = 4
 
 
 def demo_split(config: DemoConfig) -> SplitConfig:
-    n_test = max(2, config.per_class // 8)
+    """A quarter of each identity's images for test, a fifth for val (at least 2 each), the rest to train.
+
+    Parity holds FP32 to a drop of 0.5 pt and 99 % agreement: on the 50 test images of the demo's first settings
+    (40 images per identity, 5 of them for test) one flipped answer was 2 pt, and on another CPU (AVX-512 VNNI
+    instead of AVX2) the 12-epoch demo failed parity by that one image (RESULTS.md, "The demo"). 80 images per
+    identity give parity 200 test images and the step sweep 160 val images, and train a model with wider margins.
+    """
+    n_test = max(2, config.per_class // 4)
     n_val = max(2, config.per_class // 5)
     return SplitConfig(per_class=config.per_class, train=config.per_class - n_val - n_test, val=n_val, test=n_test, seed=config.seed)
 
@@ -191,9 +202,9 @@ def _run_demo(config: DemoConfig) -> dict:
         )
     )
 
-    console.print("[bold]3/5[/] exporting FP32 / FP16 / INT8 ONNX, RK4 steps chosen on the validation split")
+    console.print(f"[bold]3/5[/] exporting FP32 / FP16 / INT8 ONNX, the ODE block unrolled into RK4 × {DEMO_STEPS}")
     exported = export_model(
-        ExportConfig(checkpoint=str(trained.best_checkpoint), out=str(out / "export"), precisions="fp32,fp16,int8", steps="auto", data=str(data))
+        ExportConfig(checkpoint=str(trained.best_checkpoint), out=str(out / "export"), precisions="fp32,fp16,int8", steps=str(DEMO_STEPS), data=str(data))
     )
 
     console.print("[bold]4/5[/] parity of every artifact against the adaptive-solver model on the test split")
@@ -210,12 +221,12 @@ def _run_demo(config: DemoConfig) -> dict:
                 console.print(f"  {Path(result.path).parent.name}/{Path(result.path).name} → {result.label} ({result.confidence:.2f})")
 
     console.print(
-        f"\n[bold]{'done, but parity FAILED' if parity.failing else 'done.'}[/] test accuracy of the trained model (label-free): "
+        f"\n[bold]{'done, but parity FAILED.' if parity.failing else 'done.'}[/] test accuracy of the trained model (label-free): "
         f"{format_accuracy(trained.test['accuracy'], trained.test['accuracy_ci'])}; "
         f"{escape(parity.summary_line())}; everything is in {escape(str(out))}/"
     )
     if parity.failing:  # as `edgenode parity` does: an artifact that does not hold its accuracy is never a quiet success
         raise ParityError(parity.failure_line(),
-                          f"see {out / 'parity' / 'parity.md'}; more --epochs widen the margins that quantisation "
-                          f"must not cross: rerun with them into a new --out (or delete {out / 'train'} first)")
+                          f"see {out / 'parity' / 'parity.md'}; more --epochs widen the margins that a fixed-step "
+                          f"solve and quantisation must not cross: rerun with them into a new --out (or delete {out / 'train'} first)")
     return {"train": trained, "export": exported, "parity": parity}

@@ -86,7 +86,8 @@ def main() -> None:
     centre = train[found].mean(axis=0)
     unit_train = unit(train[found] - centre)
     whiten = within_class_whitening(unit_train, labels, num_classes, args.shrink)
-    def mapped(x: np.ndarray) -> np.ndarray:
+
+    def mapped(x: np.ndarray) -> np.ndarray:  # as the teacher file of --out holds them
         return unit(x - centre) @ whiten
 
     print(f"{args.teacher}: within-class whitening fitted on {len(labels)} train descriptors, shrink {args.shrink}")

@@ -14,7 +14,7 @@ from edgenode.cli.common import output_folder, user_errors
 def command(
     out: Annotated[Path, typer.Option(help="Folder for the data set, the run and the artifacts.")] = Path("runs/demo"),
     classes: Annotated[int, typer.Option(help="Synthetic identities.")] = 10,
-    per_class: Annotated[int, typer.Option(help="Images per identity.")] = 40,
+    per_class: Annotated[int, typer.Option(help="Images per identity (a quarter for test, a fifth for validation).")] = 80,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 12,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
