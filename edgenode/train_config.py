@@ -75,7 +75,7 @@ class TrainConfig:
             raise UsageError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}", "pass e.g. 2, or 0 for none")
         if self.warmup_epochs and self.warmup_epochs >= self.epochs:  # the learning rate would never reach --lr
             raise UsageError(f"--warmup-epochs {self.warmup_epochs} is not shorter than --epochs {self.epochs}: the "
-                             "learning rate would never reach --lr", f"pass --warmup-epochs {max(0, self.epochs // 10)} or fewer")
+                             "learning rate would never reach --lr", f"pass --warmup-epochs {self.epochs - 1} or fewer (0: none)")
         if self.schedule not in SCHEDULES:
             raise UsageError(f"unknown schedule {self.schedule!r}", f"choose one of {', '.join(SCHEDULES)}")
         if not 0 <= self.augment_shift <= 0.5:  # a NaN fails here too

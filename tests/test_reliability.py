@@ -879,7 +879,7 @@ BAD_ARGUMENTS = [
     ("train {data} --out {new} --rtol -1", "solver tolerances must be finite and positive"),
     ("train {data} --out {new} --rtol inf", "solver tolerances must be finite and positive, got rtol=inf"),
     ("train {data} --out {new} --epochs 2 --warmup-epochs 2",
-     "--warmup-epochs 2 is not shorter than --epochs 2: the learning rate would never reach --lr (pass --warmup-epochs 0"),
+     "--warmup-epochs 2 is not shorter than --epochs 2: the learning rate would never reach --lr (pass --warmup-epochs 1 or fewer (0: none))"),
     ("train {data} --out {new} --dropout 2", "dropout must be in [0, 1)"),
     ("train {data} --out {new} --augment --augment-shift 0.8", "--augment-shift must be a fraction of the image side in [0, 0.5]"),
     ("train {data} --out {new} --augment --augment-color nan", "--augment-color must be a strength in [0, 1], got nan"),

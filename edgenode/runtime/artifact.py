@@ -74,7 +74,7 @@ def detect_kind(path: str | os.PathLike, allowed: tuple[str, ...] = ANY_KIND) ->
     by_name = _extension_kind(path)
     by_content = content_kind(head)
     if by_content == "empty":
-        raise ArtifactError(f"{path}: empty file (0 bytes)", "the export or copy was interrupted; copy it again")
+        raise ArtifactError(f"{path}: empty file (0 bytes)", "whatever wrote or copied it stopped before the first byte; write or copy it again")
     if by_content == "json":
         what = "a JSON file" + (" (an artifact's metadata sidecar)" if path.name.endswith(".onnx.json") or path.name.endswith(".engine.json") else "")
         raise ArtifactPathError(f"{path}: is {what}, not a model", "pass the model file itself, not its .json")
