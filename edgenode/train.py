@@ -158,6 +158,7 @@ def prepare_manifest(config: TrainConfig, run_dir: Path, ctx: DistContext, fresh
     target = run_dir / "manifest.json"
     if config.manifest:
         manifest = edata.Manifest.load(config.manifest)
+        refuse_other_split_options(config, manifest)
         if ctx.is_main and (fresh or not target.exists()):
             manifest.save(target)
         return manifest
@@ -165,6 +166,23 @@ def prepare_manifest(config: TrainConfig, run_dir: Path, ctx: DistContext, fresh
         edata.build_manifest(config.data, config.split, progress=config.progress).save(target)
     ctx.barrier()
     return edata.Manifest.load(target)
+
+
+SPLIT_OPTIONS = (("per_class", "--per-class"), ("train", "--train-per-class"), ("val", "--val-per-class"),
+                 ("test", "--test-per-class"), ("image_size", "--image-size"), ("strict", "--strict"))
+
+
+def refuse_other_split_options(config: TrainConfig, manifest: edata.Manifest) -> None:
+    """``--manifest`` fixes the split and the input size: a split option that asks for another would be ignored,
+    and the run would train at the manifest's size while recording the option's. (An option left at its default
+    cannot be told from one not given, so only those off their default are compared; ``--seed`` also seeds the
+    weights and is never a conflict.)"""
+    default, asked, fixed = edata.SplitConfig(), config.split, manifest.config
+    conflicts = [f"{flag} {getattr(asked, name)} (the manifest: {getattr(fixed, name)})" for name, flag in SPLIT_OPTIONS
+                 if getattr(asked, name) != getattr(default, name) and getattr(asked, name) != getattr(fixed, name)]
+    if conflicts:
+        raise UsageError(f"--manifest {config.manifest} fixes the split, and {', '.join(conflicts)} would be ignored",
+                         "drop them, or write a manifest with them (`edgenode split DATA … --out NEW.json`) and pass that")
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -187,6 +205,8 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
     last_path, best_path, best_ema_path = run_dir / "last.pt", run_dir / "best.pt", run_dir / "best-ema.pt"
     device = ctx.device if ctx.device is not None else resolve_device(config.device)
     manifest = prepare_manifest(config, run_dir, ctx, fresh=not resume)
+    if config.manifest:  # the run records the split it trained on, not the split options' defaults
+        config = replace(config, split=manifest.config)
     spec = InputSpec(manifest.config.image_size, tuple(manifest.mean), tuple(manifest.std), data_alignment(config.data, manifest.config.image_size))
     arrays = {name: edata.load_split_arrays(manifest, config.data, name) for name in ("train", "val", "test")}
     num_classes = len(manifest.classes)

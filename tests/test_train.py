@@ -165,6 +165,29 @@ def test_a_run_given_a_manifest_resumes_without_it(synthetic_root, tmp_path):
         train(small_config(synthetic_root, tmp_path / "run", epochs=3, seed=0, resume=True))
 
 
+def test_split_options_that_a_manifest_would_ignore_are_refused(synthetic_root, tmp_path):
+    """--manifest fixes the split and the input size; an option asking for others would be ignored and recorded."""
+    from edgenode.data import build_manifest
+
+    manifest = build_manifest(str(synthetic_root), SMALL_SPLIT, progress=False).save(tmp_path / "split.json")
+    asked = SplitConfig(per_class=24, train=16, val=4, test=4, image_size=32)
+    with pytest.raises(UsageError, match=r"--manifest .*split.json fixes the split, and --image-size 32 \(the manifest: 64\) "
+                                         r"would be ignored \(drop them, or write a manifest with them"):
+        train(small_config(synthetic_root, tmp_path / "run", epochs=1, manifest=str(manifest), split=asked))
+    assert not (tmp_path / "run" / "manifest.json").exists()
+
+
+def test_a_run_given_a_manifest_records_the_manifests_split(synthetic_root, tmp_path):
+    """Without split options (their defaults: the paper's 86 = 60/17/9) it records what it trained on."""
+    from edgenode.data import build_manifest
+
+    manifest = build_manifest(str(synthetic_root), SMALL_SPLIT, progress=False).save(tmp_path / "split.json")
+    result = train(small_config(synthetic_root, tmp_path / "run", epochs=1, manifest=str(manifest), split=SplitConfig()))
+    recorded = load_checkpoint(result.best_checkpoint).train_config["split"]
+    assert recorded == SMALL_SPLIT.to_dict() and recorded["per_class"] == 24
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["config"]["split"] == SMALL_SPLIT.to_dict()
+
+
 def test_augmentation_label_smoothing_and_cosine_schedule_take_effect(synthetic_root, tmp_path):
     """Each option changes what is trained: same seed, same batches, only the option differs."""
     def first_loss(name, **options):
