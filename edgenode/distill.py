@@ -47,12 +47,18 @@ class DistillTargets:
         """The descriptors to match: of the pictures, or with ``view`` of those augmented views of them."""
         return self.embedding[index] if view is None else self.view_embedding[view.to(index.device), index]
 
-    def teacher_log_probs(self, index: torch.Tensor, view: torch.Tensor | None = None) -> torch.Tensor:
-        """Float32 even under autocast: these are targets, and bf16 would cost ~0.1 logit at these scales."""
+    def teacher_log_probs(self, index: torch.Tensor, view: torch.Tensor | None = None,
+                          temperature: float = 1.0) -> torch.Tensor:
+        """Float32 even under autocast: these are targets, and bf16 would cost ~0.1 logit at these scales.
+
+        ``temperature`` > 1 softens them (Hinton's distillation): the teacher's logits divided by it, or stored
+        log-probabilities, which are logits up to a constant, likewise."""
         if self.log_probs is not None:
-            return self.log_probs[index]
+            stored = self.log_probs[index]
+            return stored if temperature == 1.0 else F.log_softmax(stored / temperature, dim=1)
         with torch.autocast(self.embedding.device.type, enabled=False):
-            return F.log_softmax(self.scale * self.target_embedding(index, view).float() @ self.class_means.float().t(), dim=1)
+            return F.log_softmax(self.scale / temperature * self.target_embedding(index, view).float()
+                                 @ self.class_means.float().t(), dim=1)
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -249,9 +255,13 @@ def distill_loss(
     count: float | None = None,
     view: torch.Tensor | None = None,
     rows: torch.Tensor | None = None,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """``embedding_weight·(1-cos) + kd_weight·KL`` summed over the images with a teacher descriptor and divided by
     ``count`` (default: their number, i.e. the mean; training under DDP passes the global count per rank).
+
+    ``temperature`` T: the KL between teacher and student probabilities both at logits / T, times T² so that its
+    gradients keep their size as T changes (Hinton et al., 2015). At 1 it is the plain KL, computed as before.
 
     ``view`` (one per image, with ``--teacher-views``): the images are those augmented views, and the targets the
     teacher's descriptors of them. ``rows``: the positions in the batch of the images with a descriptor, when the
@@ -270,6 +280,10 @@ def distill_loss(
         cos = F.cosine_similarity(features, targets.target_embedding(index, view), dim=1)
         loss = loss + embedding_weight * (1.0 - cos).sum() / count
     if kd_weight:
-        kl = F.kl_div(F.log_softmax(logits, dim=1), targets.teacher_log_probs(index, view), log_target=True, reduction="sum")
+        if temperature == 1.0:
+            kl = F.kl_div(F.log_softmax(logits, dim=1), targets.teacher_log_probs(index, view), log_target=True, reduction="sum")
+        else:
+            kl = F.kl_div(F.log_softmax(logits / temperature, dim=1), targets.teacher_log_probs(index, view, temperature),
+                          log_target=True, reduction="sum") * temperature**2
         loss = loss + kd_weight * kl / count
     return loss

@@ -70,7 +70,7 @@ def weight_average(config: TrainConfig, model: nn.Module, ckpt: Checkpoint | Non
 # what a resumed run must share with its start: the optimizer's state restores lr and weight decay over the command
 # line's, and the network's solver, dropout and autocast set its losses, so a change there would pass silently
 RESUME_FIXED = ("batch_size", "seed", "augment", "augment_shift", "augment_color", "teacher", "teacher_views", "label_weight",
-                "distill_weight", "kd_weight", "kd_targets", "unlabeled", "near_duplicates", "arch", "width", "schedule",
+                "distill_weight", "kd_weight", "kd_temperature", "kd_targets", "unlabeled", "near_duplicates", "arch", "width", "schedule",
                 "warmup_epochs", "ema_decay", "lr", "weight_decay", "label_smoothing", "margin", "margin_scale", "dropout",
                 "solver", "steps", "rtol", "atol", "amp")
 

@@ -413,6 +413,7 @@ def announce(config: TrainConfig, ctx: DistContext, model: nn.Module, model_conf
             f"{teacher_summary['pool_images']} unlabelled images; teacher scale {teacher_summary['teacher_scale']}, "
             f"teacher train accuracy {teacher_summary['teacher_train_ncm_accuracy']:.3f} (nearest class mean, in-sample)"
             + (f"; class probabilities from {escape(config.kd_targets)}" if config.kd_targets else "")
+            + (f"; KL at temperature {config.kd_temperature:g}" if config.kd_temperature != 1.0 else "")
         )
 
 
@@ -508,7 +509,7 @@ def run_epoch(train_model, model, split: DeviceSplit, optimizer, scheduler, crit
                     extra = distill_loss(features, logits, to_device(index, device), targets, config.distill_weight,
                                          config.kd_weight, count=n_targets / ctx.world_size,
                                          view=None if view is None else to_device(view[target_rows], device),
-                                         rows=to_device(target_rows, device))
+                                         rows=to_device(target_rows, device), temperature=config.kd_temperature)
                     total_distill += extra.detach().double() * len(y)
                     loss = loss + extra
             optimizer.zero_grad(set_to_none=True)

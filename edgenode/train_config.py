@@ -53,6 +53,7 @@ class TrainConfig:
     label_weight: float = 1.0  # weight of the cross-entropy on the labels; 0 with --teacher: learn from the teacher alone
     distill_weight: float = 1.0  # weight of 1 - cos(student features, teacher descriptor)
     kd_weight: float = 1.0  # weight of KL(teacher class probabilities || student's)
+    kd_temperature: float = 1.0  # that KL between both at logits / T, times T² (Hinton); 1: the teacher's fitted scale
     kd_targets: str | None = None  # .npz of class log-probabilities per file to use in that KL instead of the teacher's
     teacher_views: str | None = None  # .npz of `edgenode teacher-views`: train on its views, towards their own descriptors
     unlabeled: bool = False  # also train on the manifest's unused images, teacher targets only
@@ -120,6 +121,13 @@ class TrainConfig:
         if self.kd_targets and not self.teacher:
             raise UsageError("--kd-targets needs --teacher: it replaces the class probabilities of the teacher's "
                              "distillation, whose descriptors still train the features", "add --teacher teacher.npz")
+        if not (math.isfinite(self.kd_temperature) and 0 < self.kd_temperature <= 100):
+            raise UsageError(f"--kd-temperature must be in (0, 100], got {self.kd_temperature}",
+                             "pass e.g. 4 to soften the teacher's probabilities, or 1 for none")
+        if self.kd_temperature != 1.0 and not (self.teacher and self.kd_weight):
+            raise UsageError(f"--kd-temperature {self.kd_temperature} softens the KL term to the teacher's class "
+                             "probabilities, which needs --teacher and a --kd-weight above 0",
+                             "add --teacher teacher.npz, or drop --kd-temperature")
         if self.kd_targets and not self.kd_weight:
             raise UsageError("--kd-targets is only used by the KL term, which --kd-weight 0 switches off",
                              "drop --kd-targets or set --kd-weight above 0")

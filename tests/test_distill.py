@@ -188,6 +188,10 @@ def test_classifier_starts_at_the_teachers_class_means():
     ({"kd_targets": "t.npz"}, "--kd-targets needs --teacher"),
     ({"teacher": "t.npz", "kd_targets": "t.npz", "kd_weight": 0.0}, "--kd-targets is only used by the KL term"),
     ({"teacher": "t.npz", "arch": "odenet"}, "'odenet' preset has no embedding head"),
+    ({"teacher": "t.npz", "kd_temperature": 0.0}, r"--kd-temperature must be in \(0, 100\], got 0.0"),
+    ({"teacher": "t.npz", "kd_temperature": float("inf")}, "--kd-temperature must be in"),
+    ({"kd_temperature": 4.0}, "--kd-temperature 4.0 softens the KL term .* needs --teacher"),
+    ({"teacher": "t.npz", "kd_weight": 0.0, "kd_temperature": 4.0}, "needs --teacher and a --kd-weight above 0"),
 ])
 def test_bad_distillation_options_are_refused_up_front(overrides, fragment):
     with pytest.raises(UsageError, match=fragment):
@@ -284,6 +288,17 @@ def test_resume_refuses_other_distillation_settings(pool_setup, tmp_path):
         train(_pool_config(tmp, root, tmp_path / "run", epochs=2, resume=True, unlabeled=False, near_duplicates=None))
     with pytest.raises(UsageError, match=r"--label-weight 1.0 → 0.0"):
         train(_pool_config(tmp, root, tmp_path / "run", epochs=2, resume=True, label_weight=0.0))
+    with pytest.raises(UsageError, match=r"--kd-temperature 1.0 → 4.0"):
+        train(_pool_config(tmp, root, tmp_path / "run", epochs=2, resume=True, kd_temperature=4.0))
+
+
+def test_a_kd_temperature_changes_what_is_trained_and_is_recorded(pool_setup, tmp_path):
+    """Same seed, same batches: only the KL term's temperature differs, and the run's record says which."""
+    tmp, root, _ = pool_setup
+    plain = train(_pool_config(tmp, root, tmp_path / "plain", epochs=1))
+    soft = train(_pool_config(tmp, root, tmp_path / "soft", epochs=1, kd_temperature=4.0))
+    assert soft.history[0]["train_distill_loss"] != pytest.approx(plain.history[0]["train_distill_loss"], rel=1e-4)
+    assert load_checkpoint(soft.best_checkpoint).train_config["kd_temperature"] == 4.0
 
 
 def test_the_learned_logit_scale_is_not_weight_decayed():
@@ -506,6 +521,27 @@ def test_the_kd_term_is_the_kl_from_teacher_to_student():
     teacher, student = targets.teacher_log_probs(index), torch.log_softmax(logits, dim=1)
     want = (teacher.exp() * (teacher - student)).sum() / 4
     torch.testing.assert_close(distill.distill_loss(targets.embedding, logits, index, targets, 0.0, 1.0), want)
+
+
+def test_the_kd_term_at_temperature_t_is_t_squared_times_the_kl_of_both_softened():
+    """Hinton's distillation: teacher and student probabilities at logits / T, the KL times T²."""
+    targets = _targets()  # scale 10
+    index = torch.arange(4)
+    logits = torch.randn(4, 3, generator=torch.Generator().manual_seed(7))
+    teacher = torch.log_softmax(10.0 / 4 * targets.embedding @ targets.class_means.t(), dim=1)
+    student = torch.log_softmax(logits / 4, dim=1)
+    want = 16 * (teacher.exp() * (teacher - student)).sum() / 4
+    got = distill.distill_loss(targets.embedding, logits, index, targets, 0.0, 1.0, temperature=4.0)
+    torch.testing.assert_close(got, want)
+    assert not torch.isclose(got, distill.distill_loss(targets.embedding, logits, index, targets, 0.0, 1.0))
+
+
+def test_stored_class_probabilities_are_softened_as_logits():
+    targets = _targets()
+    targets.log_probs = torch.log_softmax(torch.randn(4, 3, generator=torch.Generator().manual_seed(3)) * 5, dim=1)
+    index = torch.arange(4)
+    torch.testing.assert_close(targets.teacher_log_probs(index), targets.log_probs)
+    torch.testing.assert_close(targets.teacher_log_probs(index, temperature=2.0), torch.log_softmax(targets.log_probs / 2, dim=1))
 
 
 def test_teacher_probabilities_are_the_softmax_of_scaled_cosines():
