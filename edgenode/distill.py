@@ -261,7 +261,8 @@ def distill_loss(
     ``count`` (default: their number, i.e. the mean; training under DDP passes the global count per rank).
 
     ``temperature`` T: the KL between teacher and student probabilities both at logits / T, times T² so that its
-    gradients keep their size as T changes (Hinton et al., 2015). At 1 it is the plain KL, computed as before.
+    gradients keep their size as T changes (Hinton et al., 2015). At 1 it is the plain KL to the last bit
+    (x / 1 and x · 1 are exact).
 
     ``view`` (one per image, with ``--teacher-views``): the images are those augmented views, and the targets the
     teacher's descriptors of them. ``rows``: the positions in the batch of the images with a descriptor, when the
@@ -280,10 +281,7 @@ def distill_loss(
         cos = F.cosine_similarity(features, targets.target_embedding(index, view), dim=1)
         loss = loss + embedding_weight * (1.0 - cos).sum() / count
     if kd_weight:
-        if temperature == 1.0:
-            kl = F.kl_div(F.log_softmax(logits, dim=1), targets.teacher_log_probs(index, view), log_target=True, reduction="sum")
-        else:
-            kl = F.kl_div(F.log_softmax(logits / temperature, dim=1), targets.teacher_log_probs(index, view, temperature),
-                          log_target=True, reduction="sum") * temperature**2
+        kl = F.kl_div(F.log_softmax(logits / temperature, dim=1), targets.teacher_log_probs(index, view, temperature),
+                      log_target=True, reduction="sum") * temperature**2
         loss = loss + kd_weight * kl / count
     return loss

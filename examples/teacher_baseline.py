@@ -65,9 +65,8 @@ def nearest_mean_predictions(teacher, manifest, split: str, centre, means) -> tu
     return predicted, found, vectors - centre
 
 
-def feature_cosine(path, images: np.ndarray, targets: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    """Per image, the cosine between a checkpoint's features on uint8 NHWC ``images`` and ``targets`` (the
-    teacher's centred descriptors): 1 = the teacher's direction."""
+def student_outputs(path, images: np.ndarray, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """(features, logits) of a checkpoint on uint8 NHWC ``images``, one pass each."""
     import torch
 
     from edgenode.checkpoint import load_checkpoint
@@ -75,12 +74,20 @@ def feature_cosine(path, images: np.ndarray, targets: np.ndarray, batch_size: in
 
     ckpt = load_checkpoint(path)
     model = ckpt.build_model().eval()
-    features = []
+    features, logits = [], []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             x = normalize(images[start : start + batch_size], ckpt.input_spec.mean, ckpt.input_spec.std)
-            features.append(model(x, return_features=True)[0].numpy())
-    return (unit(np.concatenate(features)) * unit(targets)).sum(axis=1)
+            feats, out = model(x, return_features=True)
+            features.append(feats.numpy())
+            logits.append(out.numpy())
+    return np.concatenate(features), np.concatenate(logits)
+
+
+def feature_cosine(path, images: np.ndarray, targets: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """Per image, the cosine between a checkpoint's features on uint8 NHWC ``images`` and ``targets`` (the
+    teacher's centred descriptors): 1 = the teacher's direction."""
+    return (unit(student_outputs(path, images, batch_size)[0]) * unit(targets)).sum(axis=1)
 
 
 def student_cosine(path, data, manifest, teacher, centre, split: str, step: int) -> np.ndarray:

@@ -106,27 +106,17 @@ def main() -> None:
 
 
 def diagnose_student(path, data, manifest, teacher, found, labels, whiten, centre) -> None:
-    import torch
+    from teacher_baseline import student_outputs  # a sibling in examples/
 
-    from edgenode.checkpoint import load_checkpoint
-    from edgenode.data import load_split_arrays, normalize
+    from edgenode.data import load_split_arrays
 
-    ckpt = load_checkpoint(path)
-    model = ckpt.build_model().eval()
     num_classes = len(manifest.classes)
     train_unit = unit(teacher.lookup(manifest.files("train"))[0][found] - centre)
     for split in ("val", "test"):
-        images = load_split_arrays(manifest, data, split)[0]
-        features, logits = [], []
-        with torch.no_grad():
-            for start in range(0, len(images), 128):
-                feats, out = model(normalize(images[start : start + 128], ckpt.input_spec.mean, ckpt.input_spec.std),
-                                   return_features=True)
-                features.append(feats.numpy())
-                logits.append(out.numpy())
-        student = unit(np.concatenate(features))
+        features, logits = student_outputs(path, load_split_arrays(manifest, data, split)[0])
+        student = unit(features)
         truth = np.asarray(manifest.labels(split))
-        right = np.concatenate(logits).argmax(axis=1) == truth
+        right = logits.argmax(axis=1) == truth
         vectors, has = teacher.lookup(manifest.files(split))
         print(f"{path} {split}: its own head {right.mean():.3f}")
         for name, transform in (("as stored", np.eye(len(whiten))), ("whitened", whiten)):
