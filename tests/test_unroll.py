@@ -92,6 +92,18 @@ def test_exported_graph_holds_exactly_n_explicit_steps(n_steps):
     assert len(shared) == 2, "f's weights are stored once and shared by every step"
 
 
+def test_export_leaves_the_callers_model_as_it_was(monkeypatch):
+    """Export traces a float32 CPU copy in eval mode: the caller's model keeps its mode and dtype (parity's
+    reference stays where it runs), and the traced module is not the caller's object."""
+    model = unroll(small_model(width=8), "rk4", 1).double().train()
+    traced = []
+    for name, real in dict(ox.EXPORTERS).items():
+        monkeypatch.setitem(ox.EXPORTERS, name, lambda m, sample, opset, real=real: (traced.append(m), real(m, sample, opset))[1])
+    ox.torch_to_onnx(model, image_size=32)
+    assert model.training and next(model.parameters()).dtype == torch.float64
+    assert traced[0] is not model and not traced[0].training and next(traced[0].parameters()).dtype == torch.float32
+
+
 def test_ctrl_c_inside_an_exporter_is_not_taken_for_its_failure(monkeypatch):
     """torch.onnx catches Ctrl-C inside its exporter and raises its own error: the fallback to the next exporter
     must not swallow it (the export went on, with the other exporter's graph)."""

@@ -17,6 +17,7 @@ build machine and make the bytes depend on where the export ran.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import os
@@ -98,7 +99,9 @@ def torch_to_onnx(model: torch.nn.Module, image_size: int, opset: int = DEFAULT_
     from edgenode.console import console
 
     check_opset(opset)
-    model = model.float().eval()
+    # A float32 copy on the CPU, where the sample is: the caller's model may sit on a GPU (parity's reference) or be
+    # in training mode, and is left as it was.
+    model = copy.deepcopy(model).cpu().float().eval()
     sample = torch.zeros(2, 3, image_size, image_size)  # batch 2: a batch of 1 may be specialised away
     order = ["dynamo", "torchscript"] if opset >= 18 else ["torchscript"]
     errors = []
