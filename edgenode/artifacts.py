@@ -59,6 +59,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
             os.fsync(handle.fileno())
         os.chmod(tmp_path, 0o644)  # mkstemp makes files owner-only; artifacts are meant to be shared and copied
         os.replace(tmp_path, final)
+        _fsync_folder(final.parent)
     except OSError as exc:
         if exc.filename is not None and os.fsdecode(exc.filename) == str(tmp_path):
             raise _naming(exc, final) from None
@@ -66,6 +67,21 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (POSIX keeps it in the folder's entry); best effort: Windows cannot open a
+    folder for it, and some file systems refuse."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _naming(exc: OSError, path: Path) -> OSError:

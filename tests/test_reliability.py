@@ -1561,3 +1561,26 @@ def test_a_handful_of_items_runs_without_a_worker_pool(monkeypatch):
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     assert [default_workers(n) for n in (0, 1, 31, 63, 64, 95, 96, 10_000)] == [1, 1, 1, 1, 2, 2, 3, 16]
+
+
+def test_a_write_syncs_the_file_then_the_folder_that_names_it(tmp_path, monkeypatch):
+    """Crash safety up to power loss: the data is on disk before the rename, and the rename is on disk after it."""
+    from edgenode.artifacts import atomic_write_bytes
+
+    opened, synced = {}, []
+    real_open, real_fsync = os.open, os.fsync
+
+    def recording_open(path, flags, *args, **kwargs):
+        fd = real_open(path, flags, *args, **kwargs)
+        opened[fd] = Path(path)
+        return fd
+
+    def recording_fsync(fd):
+        synced.append(opened.get(fd) or Path(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "open", recording_open)
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    atomic_write_bytes(tmp_path / "best.pt", b"weights")
+    assert (tmp_path / "best.pt").read_bytes() == b"weights"
+    assert len(synced) == 2 and synced[0].name.startswith(".best.pt.") and synced[1] == tmp_path
