@@ -44,12 +44,20 @@ def restore_run(config: TrainConfig, ctx: DistContext, ckpt: Checkpoint, last_pa
     if ckpt.input_spec != spec:  # e.g. resumed on the aligned copy of a run started on plain crops
         raise UsageError(f"{last_path} was trained on other input ({ckpt.input_spec.describe()}; this run: "
                          f"{spec.describe()})", f"resume with the data folder the run started with ({config.data} is not)")
+    if config.epochs < ckpt.epoch:
+        raise UsageError(f"--resume --epochs {config.epochs}: {last_path} is already after epoch {ckpt.epoch}",
+                         f"pass --epochs {ckpt.epoch} or more (the run's own: {(ckpt.train_config or {}).get('epochs', '?')})")
+    best_epoch = int(ckpt.metrics.get("best_epoch", 0))
+    best_path = last_path.parent / "best.pt"
+    if best_epoch and not best_path.is_file():  # the run could never write its results: refuse before training
+        raise UsageError(f"--resume: {best_path} is missing; it held the best epoch so far ({best_epoch}), which "
+                         "cannot be rebuilt", "restore it, or train into another --out")
     model.load_state_dict(ckpt.state_dict)
     optimizer.load_state_dict(ckpt.optimizer)
     scheduler.load_state_dict(ckpt.scheduler)
     ctx.print(f"resuming {escape(str(last_path))} after epoch {ckpt.epoch}")
     return RunProgress(history=list(ckpt.history or []), start_epoch=ckpt.epoch + 1,
-                     best_val=float(ckpt.metrics.get("best_val_accuracy", -1.0)), best_epoch=int(ckpt.metrics.get("best_epoch", 0)))
+                     best_val=float(ckpt.metrics.get("best_val_accuracy", -1.0)), best_epoch=best_epoch)
 
 
 def weight_average(config: TrainConfig, model: nn.Module, ckpt: Checkpoint | None, last_path: Path, progress: RunProgress):
@@ -87,7 +95,7 @@ def check_resume_settings(config: TrainConfig, saved: dict, path: Path) -> None:
     # behaviour; a checkpoint that records no config at all has nothing to compare
     defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
     then = {k: saved.get(k, defaults[k]) for k in RESUME_FIXED} if saved else now
-    changed = [f"--{k.replace('_', '-')} {then[k]!r} → {now[k]!r}" for k in RESUME_FIXED if then[k] != now[k]]
+    changed = [f"--{k.replace('_', '-')} {_shown(then[k])} → {_shown(now[k])}" for k in RESUME_FIXED if then[k] != now[k]]
     started_from = saved.get("init")
     if now.get("init") is not None and not (started_from and Path(started_from).resolve() == Path(now["init"]).resolve()):
         # a resumed run goes on from last.pt's weights: another --init would be ignored (it was, silently)
@@ -103,6 +111,11 @@ def check_resume_settings(config: TrainConfig, saved: dict, path: Path) -> None:
     if changed:
         raise UsageError(f"--resume: {path} was trained with other settings ({', '.join(changed)})",
                          "resume with the options it was started with, or train into another --out")
+
+
+def _shown(value: Any) -> str:
+    """A setting as the command line spells it; None is an option left out (the preset's own value)."""
+    return "(not given)" if value is None else repr(value)
 
 
 HASHED_INPUTS = ("teacher", "kd_targets", "teacher_views", "near_duplicates")  # files whose content sets the targets

@@ -41,6 +41,7 @@ from edgenode.metrics import ClassificationMetrics, format_accuracy
 from edgenode.model import ModelConfig, NeuralODECNN, build_model, count_parameters
 from edgenode.resume import HASHED_INPUTS, RunProgress, restore_run, weight_average
 from edgenode.run_history import epoch_row, table_one, write_history
+from edgenode.run_lock import LOCK_NAME, hold_run_folder
 from edgenode.train_config import TrainConfig  # re-exported: the training API is train(TrainConfig)
 from edgenode.transfer import to_device
 
@@ -189,7 +190,8 @@ def train(config: TrainConfig) -> TrainResult:
     ctx = init_distributed()
     created = not Path(config.out).exists()
     try:
-        return _train(config, ctx)
+        with hold_run_folder(Path(config.out), enabled=ctx.is_main):
+            return _train(config, ctx)
     except BaseException:
         run_dir = Path(config.out)  # a run refused before it wrote anything leaves no empty --out behind
         if created and ctx.is_main and run_dir.is_dir() and not any(run_dir.iterdir()):
@@ -338,19 +340,38 @@ def open_run_dir(config: TrainConfig, ctx: DistContext) -> tuple[Path, bool]:
         from edgenode.teacher import check_teacher_file
 
         check_teacher_file(config.teacher)
-    had_folder = run_dir.is_dir()
+    had_run = run_dir.is_dir() and any(p.name != LOCK_NAME for p in run_dir.iterdir())  # the lock may have made the folder
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if last_path.exists() and not config.resume:
-            raise UsageError(f"{run_dir} already holds a training run (last.pt)", "pass --resume to continue it, or choose another --out")
+        refuse_foreign_run_folder(run_dir, config.resume)
         for stale in run_dir.glob(".*.tmp"):  # left by a process killed mid-write; never under a final name
             stale.unlink()
     ctx.barrier()
     resume = config.resume and last_path.exists()
     if config.resume and not resume:
-        why = "the run stopped during its first epoch" if had_folder else "the folder did not exist: nothing to resume"
+        why = "the run stopped during its first epoch" if had_run else "the folder held no run: nothing to resume"
         ctx.print(f"--resume: no {escape(str(last_path))} yet ({why}); starting from epoch 1")
     return run_dir, resume
+
+
+RUN_FILES = ("last.pt", "best.pt", "best-ema.pt", "metrics.json", "metrics.csv", "results.json")  # what a run leaves
+FINISHED_EPOCH_FILES = ("metrics.json", "metrics.csv", "results.json")  # written only once an epoch's last.pt is
+
+
+def refuse_foreign_run_folder(run_dir: Path, resume: bool) -> None:
+    """A fresh run would overwrite another run's files (or an export's), and ``--resume`` cannot continue a run
+    whose ``last.pt`` is gone: both are refused rather than starting over in place. (A ``best.pt`` alone is left by
+    a run killed in its first epoch, between its two checkpoints: ``--resume`` starts that one again.)"""
+    if (run_dir / "export_report.json").is_file():
+        raise UsageError(f"--out {run_dir} holds an export (export_report.json): training would replace its manifest.json",
+                         "train into another --out")
+    found = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if found and not resume:
+        raise UsageError(f"{run_dir} already holds a training run ({', '.join(found)})",
+                         "pass --resume to continue it, or choose another --out")
+    if resume and "last.pt" not in found and set(found) & set(FINISHED_EPOCH_FILES):
+        raise UsageError(f"--resume: {run_dir} holds a run's results ({', '.join(found)}) but no last.pt, which a "
+                         "resumed run continues from", "restore last.pt, or train into another --out")
 
 
 def build_splits(config: TrainConfig, manifest, arrays: dict, spec: InputSpec, device: torch.device,
@@ -527,8 +548,10 @@ def run_epoch(train_model, model, split: DeviceSplit, optimizer, scheduler, crit
     total_loss, total_distill, total_correct = total_loss.item(), total_distill.item(), int(total_correct)  # the epoch's one wait
     total_loss, total_distill, total_correct, seen, labelled_seen = ctx.sum_across_ranks(total_loss, total_distill, total_correct, seen, labelled_seen)
     if not math.isfinite(total_loss):  # summed over the ranks: every rank stops together
+        kept = f"last.pt holds epoch {epoch - 1}" if epoch > 1 else "nothing was saved"
         raise NumericError(f"epoch {epoch}: the training loss is {total_loss / max(1, seen)}",
-                           "lower --lr or check the data; this epoch was not saved, last.pt holds the one before")
+                           f"train again with a lower --lr into another --out (a resumed run keeps its settings), or check "
+                           f"the data; this epoch was not saved, {kept}")
     return {"loss": total_loss / max(1, seen), "accuracy": total_correct / max(1, labelled_seen),
             "distill_loss": total_distill / max(1, seen), "nfe": max_nfe}
 

@@ -12,9 +12,10 @@ from dataclasses import asdict, dataclass, field
 from edgenode import data as edata
 from edgenode.errors import UsageError
 from edgenode.model import ModelConfig, preset_config
-from edgenode.ode.solvers import FIXED_STEP_METHODS, SolverConfig
+from edgenode.ode.solvers import FIXED_STEP_METHODS, FLOAT32_EPS, SolverConfig
 
 SCHEDULES = ("constant", "cosine")
+FLOAT32_MAX = 3.4028234663852886e38  # the optimizer keeps --lr in float32
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,10 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
+        if not (math.isfinite(self.lr) and 0 < self.lr <= FLOAT32_MAX):
             raise UsageError(f"--lr {self.lr}: the learning rate must be a finite number > 0", "pass e.g. --lr 5e-4 (the paper's)")
+        if not 0 <= self.seed < 2**63:  # torch.manual_seed's range
+            raise UsageError(f"--seed {self.seed}: must be in [0, 2**63)", "pass e.g. --seed 0")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise UsageError(f"--weight-decay {self.weight_decay}: must be a finite number >= 0",
                              "pass e.g. --weight-decay 0.05 (the paper's), or 0 for none")
@@ -170,6 +173,9 @@ class TrainConfig:
         if unread and not solver.is_adaptive:
             raise UsageError(f"{' '.join(unread)}: {solver.method} × {solver.n_steps} takes fixed steps, with no tolerance",
                              "drop them, or pass an adaptive --solver such as dopri5")
+        if solver.is_adaptive and max(solver.rtol, solver.atol) < FLOAT32_EPS:  # its step size would underflow
+            raise UsageError(f"--rtol {solver.rtol:g} --atol {solver.atol:g}: training runs in float32, which resolves "
+                             f"no error below {FLOAT32_EPS:.1e}", "pass tolerances of 1e-6 or more (the presets use 1e-3)")
         return ModelConfig(**{**base.__dict__, "solver": solver})
 
     def to_dict(self) -> dict:

@@ -102,6 +102,22 @@ def test_discover_direct_and_images_layouts(tmp_path):
     assert list(discover_images(tmp_path / "direct")) == ["Alice", "Bob", "Empty"]
 
 
+def test_identity_folders_beside_images_are_named_in_a_warning(tmp_path):
+    """``root/images`` is the data set when it exists; identities left beside it would silently be missing."""
+    import warnings
+
+    (tmp_path / "images" / "Alice").mkdir(parents=True)
+    (tmp_path / "runs").mkdir()  # holds no images: not an identity
+    (tmp_path / "runs" / "log.txt").write_text("x")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert images_root(tmp_path) == tmp_path / "images"
+    (tmp_path / "pins_Bob").mkdir()
+    (tmp_path / "pins_Bob" / "1.jpg").write_bytes(b"x")
+    with pytest.warns(DataWarning, match=r"1 folder\(s\) of images beside it are ignored \(pins_Bob\)"):
+        assert images_root(tmp_path) == tmp_path / "images"
+
+
 def test_discover_kaggle_prefix_is_stripped_but_paths_keep_folder(tmp_path):
     for name in ("pins_Zendaya", "pins_Adriana Lima"):
         (tmp_path / name).mkdir()

@@ -456,8 +456,10 @@ def test_training_whose_loss_becomes_nan_stops_loudly(synthetic_root, tmp_path, 
     config = TrainConfig(data=str(synthetic_root), out=str(tmp_path / "run"), arch="paper", width=8, solver="euler",
                          steps=2, epochs=2, batch_size=16, lr=1e30, split=SplitConfig(per_class=24, train=16, val=4, test=4),
                          progress=False, table_every=0)
-    with pytest.raises(NumericError, match="epoch 1: the training loss is nan"):
+    with pytest.raises(NumericError, match=r"epoch 1: the training loss is nan") as raised:
         train(config)
+    assert raised.value.hint.startswith("train again with a lower --lr into another --out") and raised.value.hint.endswith(
+        "this epoch was not saved, nothing was saved")
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
@@ -973,6 +975,7 @@ BAD_ARGUMENTS = [
     ("bench {onnx} --providers gpu", "--providers 'gpu' is not known"),
     ("bench {onnx} --baseline-solver magic", "unknown ODE solver 'magic'"),
     ("bench {onnx} --baseline-solver dopri5 --baseline-tol -1", "--baseline-tol must be > 0"),
+    ("bench {onnx} --baseline-solver dopri5 --baseline-tol 1e-20", "--baseline-tol 1e-20: the baseline runs in float32"),
     ("bench {onnx} --baseline-tol 1e-3", "--baseline-tol applies only with --baseline-solver METHOD"),
     ("bench {onnx} --sweep-steps -1", "--sweep-steps '-1'"),
     ("bench {onnx} --sweep-method dopri5", "--sweep-method 'dopri5' is not a fixed-step method"),
@@ -1062,6 +1065,9 @@ def test_bad_argument_is_one_line_and_exit_2(argument_paths, command, fragment):
     ("train {data} --out {new} --lr nan", "--lr nan: the learning rate must be a finite number > 0 (pass e.g. --lr 5e-4"),
     ("train {data} --out {new} --lr inf", "--lr inf: the learning rate must be a finite number > 0"),
     ("train {data} --out {new} --lr -1", "--lr -1.0: the learning rate must be a finite number > 0"),
+    ("train {data} --out {new} --lr 1e300", "--lr 1e+300: the learning rate must be a finite number > 0"),
+    ("train {data} --out {new} --seed 99999999999999999999", "--seed 99999999999999999999: must be in [0, 2**63)"),
+    ("train {data} --out {new} --rtol 1e-20 --atol 1e-20", "--rtol 1e-20 --atol 1e-20: training runs in float32, which resolves no error below 1.2e-07"),
     ("train {data} --out {new} --weight-decay nan", "--weight-decay nan: must be a finite number >= 0 (pass e.g."),
     ("train {data} --out {new} --warmup-epochs -1", "--warmup-epochs must be >= 0"),
     ("train {data} --out {file}", "--out {file}: is a file, not a folder"),
@@ -1358,6 +1364,11 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(synt
                                      "denied, or a read-only file system) (pass an --out you can write to)")
     result = CliRunner().invoke(app, ["export", str(trained_run.best_checkpoint), "--out", str(locked / "export")])
     assert result.exit_code == 1 and f"cannot write in {locked}" in result.stderr, result.output
+    # a folder that access() calls writable (root may write anywhere) but that takes no files: the probe finds it
+    monkeypatch.setattr(os, "access", real_access)
+    result = CliRunner().invoke(app, ["train", str(synthetic_root), "--out", "/proc/edgenode-run"])
+    assert result.exit_code == 1 and result.stderr.strip() == (
+        "error: --out /proc/edgenode-run: cannot write in /proc (No such file or directory) (pass an --out you can write to)"), result.output
 
 
 def test_an_error_that_wraps_a_ctrl_c_is_raised_as_the_ctrl_c():
@@ -1553,6 +1564,16 @@ def test_an_abort_inside_a_command_exits_130_with_the_interrupt_line(tmp_path, m
         main(["split", str(tmp_path), "--out", str(tmp_path / "m.json")])
     assert exited.value.code == 130
     assert capsys.readouterr().err.strip() == "error: interrupted (what was written stays whole)"
+
+
+def test_edgenode_alone_prints_its_help_laid_out_not_folded_into_an_error_line(capsys):
+    from edgenode.cli.app import main
+
+    with pytest.raises(SystemExit) as exited:
+        main([])
+    said = capsys.readouterr().err
+    assert exited.value.code == 2 and said.startswith("Usage: edgenode [OPTIONS] COMMAND [ARGS]...\n")
+    assert "error:" not in said and "\n  train " in said  # one command a line, as --help lays them out
 
 
 def test_a_handful_of_items_runs_without_a_worker_pool(monkeypatch):

@@ -2,6 +2,8 @@
 
 import json
 import math
+import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -112,7 +114,7 @@ def test_a_run_stopped_after_an_epoch_resumes_to_the_same_weights(synthetic_root
     assert not (tmp_path / "paused" / "results.json").exists() and (tmp_path / "paused" / "metrics.csv").exists()
     assert "stopped after epoch 1 of 3" in capsys.readouterr().err
     train(small_config(synthetic_root, tmp_path / "never", resume=True, stop_after=1, **config))
-    assert "no " in (said := capsys.readouterr().err) and "(the folder did not exist: nothing to resume); starting from epoch 1" in said
+    assert "no " in (said := capsys.readouterr().err) and "(the folder held no run: nothing to resume); starting from epoch 1" in said
     train(small_config(synthetic_root, tmp_path / "paused", resume=True, stop_after=1, **config))
     assert "nothing trained: it had already epoch 1 of 3" in capsys.readouterr().err
     with pytest.raises(UsageError, match=r"--epochs 3 → 4: the cosine schedule decays over --epochs"):
@@ -136,6 +138,56 @@ def test_existing_run_is_not_overwritten_without_resume(synthetic_root, tmp_path
     train(config)
     with pytest.raises(UsageError, match="--resume"):
         train(config)
+
+
+def test_a_run_folder_that_lost_a_checkpoint_is_refused_not_overwritten(synthetic_root, tmp_path):
+    """Nothing a finished run wrote is replaced by a fresh run, even with last.pt gone (best.pt is the file people
+    keep); --resume refuses a run with no last.pt to continue, or with no best.pt to finish, before training."""
+    import shutil
+
+    config = small_config(synthetic_root, tmp_path / "run", epochs=2)
+    train(config)
+    kept = shutil.copytree(tmp_path / "run", tmp_path / "kept")
+    (kept / "last.pt").unlink()
+    best = (kept / "best.pt").read_bytes()
+    with pytest.raises(UsageError, match=r"already holds a training run \(best.pt, metrics.json, metrics.csv, results.json\)"):
+        train(replace(config, out=str(kept)))
+    with pytest.raises(UsageError, match="holds a run's results .* but no last.pt"):
+        train(replace(config, out=str(kept), resume=True))
+    assert (kept / "best.pt").read_bytes() == best and len(json.loads((kept / "metrics.json").read_text())) == 2
+
+    paused = tmp_path / "paused"
+    train(replace(config, out=str(paused), stop_after=1))
+    (paused / "best.pt").unlink()
+    with pytest.raises(UsageError, match=r"best.pt is missing; it held the best epoch so far \(1\)"):
+        train(replace(config, out=str(paused), resume=True))
+    assert load_checkpoint(paused / "last.pt").epoch == 1  # refused before training
+    with pytest.raises(UsageError, match=r"--resume --epochs 1: .*last.pt is already after epoch 2"):
+        train(replace(config, resume=True, epochs=1))
+
+
+def test_a_run_folder_in_use_is_refused(synthetic_root, tmp_path):
+    """Two runs into one --out would interleave their files: the second is refused while the first holds it."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from edgenode.run_lock import LOCK_NAME, hold_run_folder
+
+    run = tmp_path / "run"
+    with hold_run_folder(run):
+        with pytest.raises(UsageError, match=rf"--out {run} is in use by another edgenode train \(process {os.getpid()}\)"):
+            holder = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+                from pathlib import Path
+                from edgenode.run_lock import hold_run_folder
+                with hold_run_folder(Path({str(run)!r})):
+                    pass
+            """)], capture_output=True, text=True)
+            assert "UsageError" in holder.stderr, holder.stderr  # another process is refused...
+            train(small_config(synthetic_root, run, epochs=1))  # ...and so is a run in this one
+    assert not (run / LOCK_NAME).exists()
+    train(small_config(synthetic_root, run, epochs=1))  # released: the folder is free again
+    assert not (run / LOCK_NAME).exists() and (run / "results.json").is_file()
 
 
 def test_a_manifest_left_by_a_failed_attempt_is_not_reused(synthetic_root, tmp_path):
@@ -322,7 +374,7 @@ def test_colour_jitter_trains_and_is_fixed_on_resume(synthetic_root, tmp_path):
 @pytest.mark.parametrize("changed, message", [
     (dict(lr=1e-4), r"--lr 0.003 → 0.0001"),  # the optimizer's saved state would silently keep the old one
     (dict(weight_decay=0.0), r"--weight-decay 0.05 → 0.0"),
-    (dict(solver="dopri5", steps=None), r"--solver 'rk4' → 'dopri5', --steps 2 → None"),
+    (dict(solver="dopri5", steps=None), r"--solver 'rk4' → 'dopri5', --steps 2 → \(not given\)"),
     (dict(label_smoothing=0.1), r"--label-smoothing 0.0 → 0.1"),
 ])
 def test_resume_refuses_settings_the_checkpoint_would_silently_override(tmp_path, changed, message):
@@ -632,6 +684,13 @@ def test_a_learning_rate_of_zero_and_a_margin_scale_above_128_are_refused(overri
     with pytest.raises(UsageError, match=fragment):
         small_config("data", "out", **overrides)
     small_config("data", "out", arch="faceode", margin=0.2, margin_scale=128.0)  # the bounds themselves are fine
+
+
+def test_a_resume_names_an_option_left_out_not_none(tmp_path):
+    """A run started without --solver recorded None (the preset's); the refusal says so in the command line's words."""
+    started = small_config("data", "out", solver=None, steps=None).to_dict()
+    with pytest.raises(UsageError, match=r"--solver \(not given\) → 'rk4'"):
+        check_resume_settings(small_config("data", "out"), started, tmp_path / "last.pt")
 
 
 def test_cli_train_passes_every_option_to_its_config(synthetic_root, tmp_path, monkeypatch):

@@ -54,10 +54,13 @@ def main(argv: list[str] | None = None) -> None:
         # click's UsageError and ClickException (typer vendors click in its newer releases, so matched by shape)
         if not (hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int)):
             raise
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `edgenode` alone (or a group): its help, as --help prints it
+            print(exc.format_message(), file=sys.stderr)
+            sys.exit(exc.exit_code)
         message = " ".join(exc.format_message().split())  # the parser wraps its text over lines
         context = getattr(exc, "ctx", None)
         where = f" (see `{context.command_path} --help`)" if context is not None and exc.exit_code == 2 else ""
-        if message:  # empty: `edgenode` alone, which has printed the help instead
+        if message:
             print(f"error: {message}{where}", file=sys.stderr)
         sys.exit(exc.exit_code)
     if code == 130:  # typer turns Ctrl-C inside a command into exit code 130, silently

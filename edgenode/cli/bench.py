@@ -16,10 +16,13 @@ def parse_baseline_solver(spec: str, tol: float | None):
     """``trained`` keeps the checkpoint's own solver; an adaptive one (dopri5, bosh3, …) replaces it. A fixed-step
     method is refused: its rows are ``--sweep-steps``."""
     from edgenode.errors import UsageError
-    from edgenode.ode.solvers import SolverConfig
+    from edgenode.ode.solvers import FLOAT32_EPS, SolverConfig
 
     if tol is not None and not tol > 0:
         raise UsageError(f"--baseline-tol must be > 0, got {tol}")
+    if tol is not None and tol < FLOAT32_EPS:  # the baseline runs in float32: its step size would underflow
+        raise UsageError(f"--baseline-tol {tol:g}: the baseline runs in float32, which resolves no error below "
+                         f"{FLOAT32_EPS:.1e}", "pass 1e-6 or more (default 1e-3)")
     if spec == "trained":
         if tol is not None:
             raise UsageError("--baseline-tol applies only with --baseline-solver METHOD",

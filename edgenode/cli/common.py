@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -135,9 +136,18 @@ def require_writable(path: Path, option: str) -> None:
     """Refuse, before any work, an output under a folder this process cannot write in (a read-only mount, another
     user's folder); the first write would fail only after the work, minutes later for an export."""
     existing = next((p for p in (path, *path.parents) if p.is_dir()), None)  # where the first folder or file goes
-    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+    if existing is None:
+        return
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise EdgenodeError(f"{option} {path}: cannot write in {existing} (permission denied, or a read-only file "
                             "system)", f"pass an {option} you can write to")
+    try:  # access() answers yes to root everywhere, and for folders that take no files (/proc, /sys): try one
+        fd, probe = tempfile.mkstemp(prefix=".edgenode-probe-", dir=existing)
+    except OSError as exc:
+        raise EdgenodeError(f"{option} {path}: cannot write in {existing} ({exc.strerror or exc})",
+                            f"pass an {option} you can write to") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def output_file(path: Path, option: str = "--out", *, kind: Optional[str] = None,

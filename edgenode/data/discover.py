@@ -28,7 +28,32 @@ def images_root(root: str | os.PathLike) -> Path:
         what = "does not exist" if not root.exists() else "is not a directory"
         raise DataPathError(f"data root {root} {what}", EXPECTED_LAYOUT)
     nested = root / "images"
-    return nested if nested.is_dir() else root
+    if not nested.is_dir():
+        return root
+    beside = _identity_folders_beside(root)
+    if beside:
+        import warnings
+
+        from edgenode.data.manifest import DataWarning  # manifest imports this module
+
+        warnings.warn(f"{root}: the data set is read from {nested}; {len(beside)} folder(s) of images beside it are "
+                      f"ignored ({', '.join(beside[:3])}{', …' if len(beside) > 3 else ''}): move them into images/, "
+                      "or pass the folder that holds all identities", DataWarning, stacklevel=2)
+    return nested
+
+
+def _identity_folders_beside(root: Path) -> list[str]:
+    """Folders next to ``root/images`` that hold images themselves: identities the user probably meant to include."""
+    found = []
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.name == "images" or entry.name.startswith(".") or not entry.is_dir():
+            continue
+        try:
+            if any(_is_image_name(name) for name in os.listdir(entry.path)):
+                found.append(entry.name)
+        except OSError:
+            continue
+    return found
 
 
 def class_name(folder_name: str) -> str:

@@ -59,6 +59,7 @@ FIXED_STEP_METHODS: dict[str, Step] = {
 }
 EVALS_PER_STEP = {"euler": 1, "midpoint": 2, "rk4": 4, "rk4_38": 4}
 ADAPTIVE_METHODS = ("dopri5", "bosh3", "adaptive_heun", "dopri8")
+FLOAT32_EPS = 2.0**-23  # float32 resolves no relative error below this: a float32 solve asked for less underflows its step
 
 
 def step_function(method: str) -> Step:

@@ -1,0 +1,55 @@
+"""One training run per ``--out`` at a time.
+
+Two ``edgenode train`` processes writing into one folder interleave their files: one run's ``best.pt`` beside
+the other's ``last.pt`` and ``results.json``, each self-consistent and together wrong. The first process to start
+holds an advisory lock on ``<out>/.train.lock`` for as long as it runs; a second one is refused in one line that
+names the holder. The operating system releases the lock when the holder dies, so a killed run never leaves a
+stale lock behind (the file is removed when the run ends; one left by a kill is simply taken again).
+
+Advisory locking is POSIX ``flock``; where it is missing (Windows) runs are not locked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+from edgenode.errors import UsageError
+
+LOCK_NAME = ".train.lock"
+
+
+@contextlib.contextmanager
+def hold_run_folder(run_dir: Path, enabled: bool = True) -> Iterator[None]:
+    """Hold ``run_dir``'s lock while the block runs (creating the folder); refuse if another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform
+        fcntl = None
+    if not enabled or fcntl is None:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_NAME
+    handle = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise UsageError(f"--out {run_dir} is in use by another edgenode train (process {holder})",
+                             "wait for it to finish, or train into another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()  # before the release: a waiting process finds no file of ours to lock
+    finally:
+        handle.close()
