@@ -361,7 +361,8 @@ def assert_nothing_half_written(folder: Path) -> None:
     """Every file under a final (non-hidden) name is complete: checkpoints load, JSON parses, CSV and PNG read."""
     for path in folder.iterdir():
         if path.name.startswith("."):
-            assert path.name.endswith(".tmp"), path  # a temporary of a write the kill interrupted
+            # a temporary of a write the kill interrupted, or the run's lock (the kill released it; the next run takes it)
+            assert path.name.endswith(".tmp") or path.name == ".train.lock", path
             continue
         if path.suffix == ".pt":
             load_checkpoint(path)
@@ -418,7 +419,7 @@ def test_sigkill_at_random_points_then_resume_gives_the_same_weights(synthetic_r
     assert straight.returncode == 0, stderr
 
     assert_nothing_half_written(run)
-    assert not list(run.glob(".*.tmp"))
+    assert not list(run.glob(".*.tmp")) and not (run / ".train.lock").exists()  # the finished run removed its lock
     expected, actual = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(run / "last.pt")
     assert actual.epoch == expected.epoch == TRAIN_EPOCHS
     for name, tensor in expected.state_dict.items():
