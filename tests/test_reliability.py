@@ -1129,7 +1129,7 @@ def test_without_onnxruntime_a_command_says_how_to_install_it(argument_paths, mo
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now fails as if not installed
     try:
         result = invoke(*[a.format(**argument_paths) for a in args])
-        assert_one_line_error(result, 1, "ONNX Runtime is not installed (pip install 'edgenode[cpu]', or 'edgenode[gpu]'")
+        assert_one_line_error(result, 1, "ONNX Runtime is not installed (pip install onnxruntime, or onnxruntime-gpu on an x86_64")
     finally:
         shutil.rmtree(argument_paths["new"], ignore_errors=True)
 

@@ -310,7 +310,7 @@ def test_explicit_provider_is_exact_or_a_clear_error():
     assert select_providers("tensorrt", [TRT, CPU]) == [TRT, CPU]
     with pytest.raises(ProviderUnavailableError, match=r"'cuda'.*not available.*available: cpu") as info:
         select_providers("cuda", ["AzureExecutionProvider", CPU], machine="x86_64")
-    assert "edgenode[gpu]" in str(info.value) and "\n" not in str(info.value)
+    assert "pip install onnxruntime-gpu" in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(ProviderUnavailableError, match="Jetson"):
         select_providers("tensorrt", [CUDA, CPU], machine="aarch64")
     with pytest.raises(UsageError, match="unknown provider 'gpu'"):

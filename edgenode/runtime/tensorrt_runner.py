@@ -32,7 +32,7 @@ def import_tensorrt(path: str | Path | None = None):
         what = "is not installed" if isinstance(exc, ImportError) else f"cannot load its libraries ({str(exc).strip()[:100]})"
         raise ProviderUnavailableError(
             f"{where}running a TensorRT engine needs the tensorrt Python package, which {what}",
-            "pip install 'edgenode[tensorrt]' on x86_64; on a Jetson it comes with JetPack "
+            "pip install tensorrt on x86_64; on a Jetson it comes with JetPack "
             "(or run the .onnx file with onnxruntime instead)",
         ) from None
     return tensorrt
