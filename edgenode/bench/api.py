@@ -677,7 +677,7 @@ def run_bench(config: BenchConfig) -> BenchReport:
         notes.append(f"the machine was busy when the bench started (1-minute load average {load_at_start} on "
                      f"{physical_cores()} cores): other processes compete for the cores, so times and ratios are "
                      "unreliable (a runtime's threads wait for a busy core, each runtime differently); bench on an idle "
-                     "machine, or with --threads 1")
+                     "machine" + (", or with --threads 1" if threads > 1 else ""))
     if not baseline_solver.is_adaptive:
         whose = ("the checkpoint's fixed-step solver" if config.baseline_solver is None else "the fixed-step solver")
         notes.append(f"the baseline runs {whose} {baseline_solver.describe()} (not an adaptive one; pass "

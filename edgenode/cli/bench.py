@@ -84,7 +84,7 @@ def command(
         console.print(table)
     for line in peak_lines(report):
         console.print(line, markup=False)
-    for note in report.notes:
+    for note in [*report.notes, *(f"{row.name}: {n}" for row in report.rows for n in row.notes)]:  # as bench.md lists them
         console.print(f"note: {note}", markup=False)
     console.print(f"wrote {', '.join(p.name for p in report.files)} in {out}", markup=False)
     if json_output:
