@@ -236,6 +236,21 @@ def test_calibration_files_are_reproducible_and_name_fp32_tensors(exported, run)
     assert (exported.out_dir / f"{stem}.calibration.flatbuffers").stat().st_size > 0
 
 
+def test_the_calibration_caches_tensorrt_version_is_an_option(trained_run, tmp_path, monkeypatch):
+    """TensorRT refuses a cache whose header names another version: a JetPack 5 user (TensorRT 8.5) must be able to
+    ask for theirs; a malformed one is a one-line error."""
+    import edgenode.export as export_package
+
+    seen = []
+    monkeypatch.setattr(export_package, "export_model", seen.append)
+    args = ["export", str(trained_run.best_checkpoint), "--out", str(tmp_path / "e")]
+    assert CliRunner().invoke(app, [*args, "--tensorrt-cache-version", "8.5.2"]).exit_code == 0
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert [c.trt_cache_version for c in seen] == ["8.5.2", "10.3.0"]
+    result = CliRunner().invoke(app, [*args, "--tensorrt-cache-version", "ten"])
+    assert result.exit_code == 2 and "TensorRT version 'ten' is not like 10.3.0" in result.stderr, result.output
+
+
 def _checkpoint(tmp_path, manifest, arch, solver, seed=0):
     torch.manual_seed(seed)
     config = ModelConfig(arch=arch, num_classes=len(manifest.classes), width=8, solver=solver)

@@ -24,6 +24,7 @@ def command(
     calibration_per_class: Annotated[int, typer.Option(help="Calibration images per identity, drawn from the train split.")] = 4,
     calibration_seed: Annotated[int, typer.Option(help="Seed of the calibration draw.")] = 0,
     calibration_method: Annotated[str, typer.Option(help="minmax | entropy | percentile.")] = "minmax",
+    tensorrt_cache_version: Annotated[Optional[str], typer.Option(help="TensorRT version named in the header of the calibration cache written beside the INT8 files, for `trtexec --calib` (TensorRT refuses a cache of another version). Default 10.3.0, JetPack 6's.")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (17-20).")] = 18,
     check_ode: Annotated[bool, typer.Option(help="Check that logits/accuracy converge over N, 2N, 4N and dopri5 tolerances.")] = True,
     mirror_average: Annotated[bool, typer.Option("--mirror-average", help="Classify each picture together with its mirror image, inside the graph: twice the work, output invariant to a left-right flip (+1.0 pt test on the shipped Pins model).")] = False,
@@ -42,5 +43,6 @@ def command(
         calibration_per_class=calibration_per_class, calibration_seed=calibration_seed,
         calibration_method=calibration_method, opset=opset, check_ode=check_ode, mirror_average=mirror_average,
         engine=EngineConfig(opt_batch=engine_opt_batch, max_batch=engine_max_batch, workspace_mib=engine_workspace_mib),
+        **({"trt_cache_version": tensorrt_cache_version} if tensorrt_cache_version is not None else {}),
     )
     export_model(config)
