@@ -27,7 +27,7 @@ def command(
     tensorrt_cache_version: Annotated[Optional[str], typer.Option(help="TensorRT version named in the header of the calibration cache written beside the INT8 files, for `trtexec --calib` (TensorRT refuses a cache of another version). Default 10.3.0, JetPack 6's.")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (17-20).")] = 18,
     check_ode: Annotated[bool, typer.Option(help="Check that logits/accuracy converge over N, 2N, 4N and dopri5 tolerances.")] = True,
-    mirror_average: Annotated[bool, typer.Option("--mirror-average", help="Classify each picture together with its mirror image, inside the graph: twice the work, output invariant to a left-right flip (+1.0 pt test on the shipped Pins model).")] = False,
+    mirror_average: Annotated[bool, typer.Option("--mirror-average", help="Classify each picture together with its mirror image, inside the graph: twice the work, output invariant to a left-right flip of the model's input (+1.0 pt test on the shipped Pins model).")] = False,
     engine_opt_batch: Annotated[int, typer.Option(help="TensorRT profile: batch size to optimise for.")] = 8,
     engine_max_batch: Annotated[int, typer.Option(help="TensorRT profile: largest batch size.")] = 32,
     engine_workspace_mib: Annotated[int, typer.Option(help="TensorRT builder workspace, MiB.")] = 1024,
