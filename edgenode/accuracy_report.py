@@ -198,6 +198,9 @@ def accuracy_report(artifact_path: str | os.PathLike, data_root: str | os.PathLi
                         mirror_average=True if mirror_average else None) as predictor:
         info = predictor.metadata
         manifest_path, manifest = manifest_of_run(info.path, info.manifest_sha256, manifest_path)
+        why = ["--exclude's files"] if exclude_files is not None else []
+        if near_duplicates is not None:
+            why.append(f"near-duplicates of a train picture of the same identity, {Path(near_duplicates).name}")
         if near_duplicates is not None:
             from edgenode.data.near_duplicates import leaky_files, read_pairs_of
 
@@ -245,7 +248,8 @@ def accuracy_report(artifact_path: str | os.PathLike, data_root: str | os.PathLi
         excluded = {Path(f).as_posix() for f in exclude_files}
         keep = np.array([f not in excluded for f in manifest.files(split)], dtype=bool)
         report["excluding_files"] = {**_subset_accuracy(correct[keep]), "n_excluded": int((~keep).sum()),
-                                     "n_listed_not_in_split": len(excluded - set(manifest.files(split)))}
+                                     "n_listed_not_in_split": len(excluded - set(manifest.files(split))),
+                                     "excluded": " and ".join(why)}
     write_json(out / "report.json", report)
 
     console.print(f"{escape(info.describe())} on {escape(runtime)}")
@@ -254,7 +258,7 @@ def accuracy_report(artifact_path: str | os.PathLike, data_root: str | os.PathLi
     if report["excluding_files"] is not None:
         sub = report["excluding_files"]
         left = format_accuracy(sub["accuracy"], tuple(sub["accuracy_ci"])) if sub["n"] else "no image left to score"
-        console.print(f"without {sub['n_excluded']} excluded file(s): {left} (n={sub['n']})")
+        console.print(f"without {sub['n_excluded']} file(s) ({escape(sub['excluded'])}): {left} (n={sub['n']})")
     console.print("worst classes: " + ", ".join(f"{r['class']} {r['recall']:.2f}" for r in worst_rows[:5]))
     console.print(f"report and figures in {out}")
     return report

@@ -90,8 +90,8 @@ def test_an_exclusion_of_every_image_reports_no_accuracy_not_zero(trained_run, s
     report = accuracy_report(trained_run.best_checkpoint, synthetic_root, trained_run.run_dir / "manifest.json",
                              tmp_path / "report", exclude_files=synthetic_manifest.files("test"))
     assert report["excluding_files"] == {"accuracy": None, "accuracy_ci": None, "n": 0, "n_excluded": 24,
-                                         "n_listed_not_in_split": 0}
-    assert "no image left to score (n=0)" in "".join(capsys.readouterr())
+                                         "n_listed_not_in_split": 0, "excluded": "--exclude's files"}
+    assert "without 24 file(s) (--exclude's files): no image left to score (n=0)" in "".join(capsys.readouterr())
 
 
 def test_accuracy_report_matches_hand_argmax(trained_run, synthetic_root, synthetic_manifest, hand_predictions, tmp_path,
@@ -239,3 +239,4 @@ def test_near_duplicates_are_excluded_from_the_split_scored(trained_run, synthet
     report = accuracy_report(trained_run.best_checkpoint, synthetic_root, trained_run.run_dir / "manifest.json",
                              tmp_path / "r", split="val", near_duplicates=tmp_path / "pairs.tsv")
     assert report["excluding_files"]["n_excluded"] == 1 and report["excluding_files"]["n"] == len(synthetic_manifest.files("val")) - 1
+    assert report["excluding_files"]["excluded"] == "near-duplicates of a train picture of the same identity, pairs.tsv"
