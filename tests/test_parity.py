@@ -211,6 +211,10 @@ def test_export_folder_gives_one_table_and_attributes_precision_error(export_dir
     console = Console(width=400, record=True)
     console.print(rich_table(report))
     assert any(engine.name in line and "skipped: " in line for line in console.export_text().splitlines())
+    narrow = Console(width=80, record=True)  # a terminal's width: names fold over lines, never end in "…"
+    narrow.print(rich_table(report))
+    cells = "".join(line.split("│")[1].strip() if "│" in line else "" for line in narrow.export_text().splitlines())
+    assert "…" not in narrow.export_text() and all(name in cells for name in EXPORT_FILES.values())
     markdown = (tmp_path / "report" / "parity.md").read_text()
     assert all(name in markdown for name in EXPORT_FILES.values())
 

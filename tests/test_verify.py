@@ -141,14 +141,22 @@ def test_missing_runtime_is_skipped_not_failed(fresh, monkeypatch):
 
     def no_int8_runtime(path, **kwargs):
         if "int8" in Path(path).name:
-            raise ProviderUnavailableError(f"{path}: pretend its runtime is missing")
+            raise ProviderUnavailableError("pretend its runtime is missing")
         return real(path, **kwargs)
 
     monkeypatch.setattr(predictor_module, "load_predictor", no_int8_runtime)
     report = verify_folder(fresh)
     assert report and report.n_passed == 2
-    assert {c.artifact: c.status for c in report.checks}[EXPORT_FILES["int8"]] == "skipped"
+    skipped = {c.artifact: c for c in report.checks}[EXPORT_FILES["int8"]]
+    assert skipped.status == "skipped" and skipped.precision == "int8"  # what its sidecar records, not "?"
     assert "skipped 1" in report.summary_line()
+
+    def no_runtime(path, **kwargs):
+        raise ProviderUnavailableError("pretend its runtime is missing")
+
+    monkeypatch.setattr(predictor_module, "load_predictor", no_runtime)
+    said = invoke(fresh).output
+    assert said.count("pretend its runtime is missing") == 1  # one line naming every file, not one line each
 
 
 def test_tolerances_per_precision_are_pure_and_documented():

@@ -33,7 +33,7 @@ def command(
     report = verify_folder(folder, provider=provider, tolerances=tolerances)
     table = Table(title=f"Golden replay — {escape(str(folder))}")
     for column in ("Artifact", "Precision", "Runtime", "max|Δlogit|", "Tolerance", "Top-1", "Verdict"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # a file name cut to "…" could be any of them
     for c in report.checks:
         colour = {"passed": "green", "failed": "bold red", "skipped": "yellow"}[c.status]
         table.add_row(
@@ -44,9 +44,12 @@ def command(
             f"[{colour}]{c.status.upper()}[/]",
         )
     console.print(table)
+    reasons: dict[str, list[str]] = {}  # one line per reason: a missing provider skips every file for the same one
     for c in report.checks:
         if c.reason:
-            console.print(f"{c.artifact}: {c.reason}", markup=False, soft_wrap=True)
+            reasons.setdefault(c.reason, []).append(c.artifact)
+    for reason, artifacts in reasons.items():
+        console.print(f"{', '.join(artifacts)}: {reason}", markup=False, soft_wrap=True)
     if report.without_golden:
         console.print(f"no golden file (not checked): {', '.join(report.without_golden)}", markup=False)
     console.print(report.summary_line(), markup=False)

@@ -47,7 +47,8 @@ def rich_table(report):
              f"reference accuracy {format_accuracy(first.reference_accuracy, first.reference_ci)}")
     table = Table(title=escape(title))
     for column in COLUMNS:
-        table.add_column(column, justify="left" if column in ("Artifact", "Precision") else "right")
+        # fold, not "…": at 80 columns two files named alike (model-rk4x4-fp16/-fp32) were both "model-rk4x4-f…"
+        table.add_column(column, justify="left" if column in ("Artifact", "Precision") else "right", overflow="fold")
     for r in report.results:
         row = [escape(cell) for cell in result_row(r)]
         row[-1] = f"[green]{row[-1]}[/]" if r else f"[bold red]{row[-1]}[/]"
@@ -63,7 +64,7 @@ def attribution_table(result: ParityResult):
 
     table = Table(title=escape(f"Error attribution — {result.name}"))
     for column in ("Stage", "Compares", "Agreement", "max|Δlogit|", "Note"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for stage in result.attribution:
         table.add_row(*map(escape, stage_row(stage)))
     return table

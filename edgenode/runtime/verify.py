@@ -204,6 +204,17 @@ def golden_for(artifact: str | os.PathLike) -> Path | None:
     return golden_path(artifact.parent / source)
 
 
+def _recorded_precision(path: Path) -> str | None:
+    """The precision an artifact's sidecar records, for the row of a file this machine cannot run (None: unknown)."""
+    from edgenode.artifacts import read_sidecar
+
+    try:
+        precision = read_sidecar(path, verify=False).get("precision")
+    except (EdgenodeError, OSError, ValueError):
+        return None
+    return precision if isinstance(precision, str) else None
+
+
 def verify_artifact(path: str | os.PathLike, provider: str = "auto", tolerances: dict[str, GoldenTolerance] | None = None,
                     golden: Path | None = None) -> GoldenCheck:
     """Replay one artifact's golden file (``golden``, else :func:`golden_for`'s); never raises for a bad artifact
@@ -215,7 +226,8 @@ def verify_artifact(path: str | os.PathLike, provider: str = "auto", tolerances:
     path = Path(path)
     tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
     if path.suffix.lower() in ENGINE_EXTENSIONS and check_provider(provider) not in ("auto", "tensorrt"):
-        return GoldenCheck(path.name, None, "skipped", reason=f"a TensorRT engine runs on TensorRT only, not on provider {provider!r}")
+        return GoldenCheck(path.name, _recorded_precision(path), "skipped",
+                           reason=f"a TensorRT engine runs on TensorRT only, not on provider {provider!r}")
     try:
         golden = golden or golden_for(path)
         if golden is None:
@@ -223,7 +235,7 @@ def verify_artifact(path: str | os.PathLike, provider: str = "auto", tolerances:
         inputs, stored = load_golden(golden)
         predictor = load_predictor(path, provider=provider)
     except ProviderUnavailableError as exc:
-        return GoldenCheck(path.name, None, "skipped", reason=str(exc))
+        return GoldenCheck(path.name, _recorded_precision(path), "skipped", reason=str(exc))
     except EdgenodeError as exc:
         return GoldenCheck(path.name, None, "failed", reason=str(exc))
     info = predictor.metadata
