@@ -195,7 +195,7 @@ def test_checkpoint_artifact_is_the_reference_when_none_is_given(trained_run, mo
     report = run_bench(BenchConfig(artifacts=(str(trained_run.best_checkpoint),), peak=False,
                                    baseline_solver=SolverConfig("rk4", n_steps=1), **TINY))
     (row,) = report.rows
-    assert row.group == "baseline" and row.solver == "rk4 × 1 steps" and row.nfe == {1: 4, 4: 4}
+    assert row.group == "baseline" and row.solver == "rk4 × 1 step" and row.nfe == {1: 4, 4: 4}
     assert counted and set(counted) == {4}, counted  # the trained dopri5 would take more evaluations
     assert any("fixed-step solver" in n for n in report.notes)
 

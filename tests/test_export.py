@@ -338,8 +338,11 @@ def test_export_config_normalises_cli_strings():
 def test_cli_exports_and_rejects_bad_arguments(run, tmp_path):
     runner = CliRunner()
     out = tmp_path / "cli"
-    ok = runner.invoke(app, ["export", str(run.best_checkpoint), "--out", str(out), "--steps", "2", "--no-check-ode"])
+    ok = runner.invoke(app, ["export", str(run.best_checkpoint), "--out", str(out), "--steps", "2", "--no-check-ode",
+                             "--precision", "int8"])
     assert ok.exit_code == 0, ok.output
+    # the banner names every file written: FP32, the reference of the others, always
+    assert "evaluations of f: fp32, int8; each file checked against torch" in " ".join(ok.output.split())
     assert (out / "model-rk4x2-fp32.onnx").is_file() and (out / "model-rk4x2-fp32.onnx.json").is_file()
     assert (out / "export_report.json").is_file()
     bad = runner.invoke(app, ["export", str(run.best_checkpoint), "--out", str(out), "--steps", "-3"])

@@ -418,8 +418,9 @@ def export_model(config: ExportConfig) -> ExportResult:
     result = ExportResult(out, method, steps, files=files, report=report)
     unrolled = unroll(model, method, steps)
     n_val = len(inputs.val_labels)
+    written = ["fp32"] + [p for p in config.precisions if p != "fp32"]  # FP32 always: the others are checked against it
     console.print(f"exporting {Path(config.checkpoint).name} as {describe(method, steps)}"
-                  f"{' mirror-averaged' if config.mirror_average else ''}: {', '.join(config.precisions)}; each file "
+                  f"{', mirror-averaged' if config.mirror_average else ''}: {', '.join(written)}; each file "
                   f"checked against torch on {n_val} val images", markup=False)
     validity = None
     if config.check_ode:

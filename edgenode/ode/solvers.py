@@ -124,7 +124,7 @@ class SolverConfig:
     def describe(self) -> str:
         if self.is_adaptive:
             return f"{self.method} (rtol={self.rtol:g}, atol={self.atol:g})"
-        return f"{self.method} × {self.n_steps} steps"
+        return f"{self.method} × {self.n_steps} step{'' if self.n_steps == 1 else 's'}"
 
     def to_dict(self) -> dict:
         return asdict(self)
