@@ -243,12 +243,22 @@ def test_the_calibration_caches_tensorrt_version_is_an_option(trained_run, tmp_p
 
     seen = []
     monkeypatch.setattr(export_package, "export_model", seen.append)
-    args = ["export", str(trained_run.best_checkpoint), "--out", str(tmp_path / "e")]
+    args = ["export", str(trained_run.best_checkpoint), "--out", str(tmp_path / "e"), "--precision", "int8"]
     assert CliRunner().invoke(app, [*args, "--tensorrt-cache-version", "8.5.2"]).exit_code == 0
     assert CliRunner().invoke(app, args).exit_code == 0
     assert [c.trt_cache_version for c in seen] == ["8.5.2", "10.3.0"]
     result = CliRunner().invoke(app, [*args, "--tensorrt-cache-version", "ten"])
     assert result.exit_code == 2 and "TensorRT version 'ten' is not like 10.3.0" in result.stderr, result.output
+
+
+@pytest.mark.parametrize("option", [dict(int8_target="ort"), dict(calibration_method="entropy"), dict(calibration_seed=3),
+                                    dict(calibration_per_class=8), dict(trt_cache_version="8.6.1")])
+def test_int8_options_without_int8_are_refused_not_ignored(option):
+    (name, value), = option.items()
+    flag = "--" + name.replace("_", "-").replace("trt-", "tensorrt-")
+    with pytest.raises(UsageError, match=f"{flag} {value}: it sets the INT8 files, and --precision fp32,fp16 writes none"):
+        ExportConfig(checkpoint="best.pt", out="e", precisions="fp32,fp16", **option)
+    ExportConfig(checkpoint="best.pt", out="e", precisions="fp32,int8", **option)  # with INT8 files, taken
 
 
 def _checkpoint(tmp_path, manifest, arch, solver, seed=0):

@@ -6,7 +6,7 @@ passes its strings through unchanged (``precisions="fp32,fp16"``, ``steps="auto"
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from edgenode.calibration.table import CALIBRATION_METHODS, DEFAULT_TRT_VERSION, trt_version_code
@@ -97,6 +97,12 @@ class ExportConfig:
                 raise UsageError(f"{named.format(value)} must be a positive whole number", "pass 1 or more")
         if isinstance(self.calibration_seed, bool) or not isinstance(self.calibration_seed, int):
             raise UsageError(f"--calibration-seed {self.calibration_seed!r} must be a whole number")
+        if not self.wants_int8:  # options of the INT8 files only: without them they would be silently ignored
+            unread = [f"--{name.replace('_', '-').replace('trt-', 'tensorrt-')} {getattr(self, name)}"
+                      for name in INT8_ONLY_OPTIONS if getattr(self, name) != _DEFAULTS[name]]
+            if unread:
+                raise UsageError(f"{', '.join(unread)}: {'it sets' if len(unread) == 1 else 'they set'} the INT8 files, "
+                                 f"and --precision {','.join(self.precisions)} writes none", "add int8 to --precision, or drop them")
         if self.format == "engine" and self.wants_int8 and self.int8_target == "ort":
             raise UsageError("--format engine with --int8-target ort: TensorRT cannot run the asymmetric uint8 (U8S8) file",
                              "use --int8-target tensorrt or both")
@@ -120,3 +126,7 @@ class ExportConfig:
         record["precisions"] = list(self.precisions)
         record["sweep_candidates"] = list(self.sweep_candidates)
         return record
+
+
+INT8_ONLY_OPTIONS = ("int8_target", "calibration_per_class", "calibration_seed", "calibration_method", "trt_cache_version")
+_DEFAULTS = {f.name: f.default for f in fields(ExportConfig) if f.name in INT8_ONLY_OPTIONS}
