@@ -7,6 +7,7 @@ aligner where dlib is installed.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -459,6 +460,8 @@ def test_align_cli_records_the_cnn_fallback(synthetic_root, tmp_path):
     assert len(list((tmp_path / "copy" / "images").glob("*/*.png"))) == 2
     # the train line it suggests reads 32-px chips: a split made at 64 px would refuse them
     assert f"Train on it with: edgenode train {tmp_path / 'copy'} --image-size 32" in " ".join(result.output.split())
+    found = int(re.search(r"a face detected in (\d+) \(", result.output).group(1))  # a count, not a rounded rate
+    assert ("warning: dlib found a face in only" in result.output) == (found < 1)  # 2 pictures: half is 1
 
 
 def test_align_cli_refuses_to_write_into_the_data_folder(synthetic_root):

@@ -403,6 +403,8 @@ def test_cli_recompute_writes_and_checks(tmp_path):
     assert result.exit_code == 0, result.output
     teacher = load_teacher(out)
     assert len(teacher.files) == 2 and all(f.endswith("_000.png") for f in teacher.files)
+    found = int(teacher.face_detected.sum())  # a warning when dlib finds a face in under half the pictures
+    assert (f"a face detected in {found} (" in result.output) and (("warning: dlib found a face in only" in result.output) == (found < 1))
     result = CliRunner().invoke(app, ["teacher", str(root), "--out", str(tmp_path / "t2.npz"), "--per-identity", "1",
                                       "--workers", "1", "--check", str(out)])
     assert result.exit_code == 0, result.output

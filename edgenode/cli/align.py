@@ -36,12 +36,16 @@ def command(
         raise DataError(f"no image files to align in {data}", "pass the data set folder (images/<identity>/…)")
     summary = align_dataset(data, out, files, size, AlignSpec(METHOD_CNN_FALLBACK if cnn_fallback else METHOD, padding), workers=workers or None)
     done = summary["aligned_now"]
-    rate = f", a face detected in {100 * summary['face_detected_now'] / done:.1f}%" if done else ""
+    found = summary["face_detected_now"]
+    rate = f", a face detected in {found} ({100 * found / done:.1f}%)" if done else ""
     console.print(
         f"wrote {out}: {done} chip(s) of {size}x{size} aligned now{rate}, {summary['already_there']} already there, "
         f"{len(summary['skipped'])} skipped; {summary['seconds']:.1f} s. Train on it with: {_train_hint(data, out, manifest, size)}",
         markup=False,
     )
+    if done and found < done / 2:
+        console.print(f"warning: dlib found a face in only {found} of the {done} pictures aligned now; the others were "
+                      "aligned on landmarks guessed over the whole picture. Are they face photos?", markup=False)
 
 
 def _train_hint(data: Path, out: Path, manifest: Path | None, size: int) -> str:

@@ -61,6 +61,9 @@ def command(
         f"{seconds:.1f} s ({1000 * seconds / len(files):.1f} ms/image); dlib {result.provenance['dlib_version']}",
         markup=False,
     )
+    if found < len(result.files) / 2:
+        console.print(f"warning: dlib found a face in only {found} of the {len(result.files)} pictures; the others were "
+                      "described whole, which teaches little. Are they face photos of one person each?", markup=False)
     if reference is not None:
         c = compare_teachers(result, reference)
         console.print(
