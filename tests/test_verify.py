@@ -232,3 +232,17 @@ def test_a_given_tolerance_replaces_the_default(fresh):
     arrays["logits"][0, 0] += 0.05  # fails the fp32 default (test_modified_golden_logits_fail)
     np.savez(golden, **arrays)
     assert verify_folder(fresh, tolerances={"fp32": GoldenTolerance(0.1, 0.0)}).passed
+
+
+def test_what_verify_could_not_check_is_said(fresh):
+    """A file without its sidecar passes on its replay, saying its bytes were not checked; a folder without the
+    export's report may be an export that stopped part-way, and verify says so."""
+    result = invoke(fresh)
+    assert result.exit_code == 0 and "no export_report.json" not in result.output and "no sidecar" not in result.output
+    (fresh / f"{EXPORT_FILES['fp32']}.json").unlink()
+    (fresh / "export_report.json").unlink()
+    result = invoke(fresh)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert f"{EXPORT_FILES['fp32']}: no sidecar: its sha256 was not checked, only its replay" in said
+    assert "holds no export_report.json: if an export stopped part-way" in said

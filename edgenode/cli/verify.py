@@ -50,6 +50,9 @@ def command(
             reasons.setdefault(c.reason, []).append(c.artifact)
     for reason, artifacts in reasons.items():
         console.print(f"{', '.join(artifacts)}: {reason}", markup=False, soft_wrap=True)
+    if Path(folder).is_dir() and not (Path(folder) / "export_report.json").is_file():
+        console.print(f"note: {folder} holds no export_report.json: if an export stopped part-way, the files it had not "
+                      "written yet are not here to check", markup=False, soft_wrap=True)
     if report.without_golden:
         console.print(f"no golden file (not checked): {', '.join(report.without_golden)}", markup=False)
     console.print(report.summary_line(), markup=False)
