@@ -2,6 +2,7 @@
 samples, --steps auto, the CLI, and every TensorRT path that can be tested without TensorRT."""
 
 import contextlib
+import json
 import shutil
 import sys
 import types
@@ -192,6 +193,9 @@ def test_metadata_round_trips_through_props_and_sidecar(exported, run, tmp_path)
         props = ox.read_metadata(path)
         # the readable keys any ONNX viewer shows say what the file is, not only the full record
         assert props["precision"] == key.split("-")[0] and props["steps"] == str(exported.steps)
+        assert props.get("int8_target") == {"int8-ort": "ort", "int8-trt": "tensorrt"}.get(key)
+        assert json.loads(props["solver"]) == {"method": "rk4", "n_steps": exported.steps}  # no tolerance of an unroll
+        assert "mirror_average" not in props
         assert props["source_checkpoint_sha256"] == source_sha256 == exported.metadata[key].source_checkpoint_sha256
         from_props = ArtifactMetadata.from_onnx_props(props, str(path))
         record = read_sidecar(path)  # verifies the sha256

@@ -18,6 +18,7 @@ from edgenode.checkpoint import load_checkpoint
 from edgenode.cli import app
 from edgenode.errors import UsageError
 from edgenode.export import ExportConfig, export_model
+from edgenode.export import onnx_export as ox
 from edgenode.export.unroll import unroll
 from edgenode.model import ModelConfig, build_model, preset_config, unit_rows
 from edgenode.parity import ParityConfig, run_parity
@@ -166,6 +167,8 @@ def test_predictor_mirrors_a_checkpoint_and_refuses_to_change_an_export(trained_
     assert not plain.metadata.mirror_average
     assert not np.allclose(plain.predict_logits(x[..., ::-1].copy()), plain.predict_logits(x), atol=1e-4)
     assert load_predictor(mirror_exports["fp32"], provider="cpu", mirror_average=True).metadata.mirror_average
+    props = ox.read_metadata(mirror_exports["fp32"])  # a key any ONNX viewer shows, not only inside the full record
+    assert props["mirror_average"] == "true" and "mirror_average" not in ox.read_metadata(shared_exports["fp32"])
     with pytest.raises(UsageError, match="classifies each picture alone; that is baked into it"):
         load_predictor(shared_exports["fp32"], provider="cpu", mirror_average=True)
     with pytest.raises(UsageError, match="averages each picture with its mirror image; that is baked into it") as info:

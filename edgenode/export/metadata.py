@@ -76,13 +76,24 @@ class ArtifactMetadata:
             "std": json.dumps(list(self.input.std)),
             **({"align": json.dumps(self.input.align.to_dict())} if self.input.align is not None else {}),
             "steps": str(self.steps),
-            "solver": json.dumps(self.model.get("solver", {})),
+            "solver": json.dumps(self._deployed_solver()),
             "precision": self.precision,
+            **({"int8_target": self.int8_target} if self.int8_target else {}),  # the two INT8 files are for different runtimes
+            **({"mirror_average": "true"} if self.model.get("mirror_average") else {}),  # two views: twice the work
             "source_checkpoint_sha256": self.source_checkpoint_sha256,
             "manifest_sha256": self.manifest_sha256,
             "edgenode_version": self.edgenode_version,
             FULL_RECORD_KEY: json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False),
         }
+
+    def _deployed_solver(self) -> dict[str, Any]:
+        """The graph's solver as a viewer should read it: a fixed-step unroll has no tolerances to show."""
+        solver = dict(self.model.get("solver", {}))
+        from edgenode.ode.solvers import FIXED_STEP_METHODS
+
+        if solver.get("n_steps") and solver.get("method") in FIXED_STEP_METHODS:
+            return {"method": solver["method"], "n_steps": solver["n_steps"]}
+        return solver
 
     @classmethod
     def from_onnx_props(cls, props: dict[str, str], source: str = "ONNX file") -> "ArtifactMetadata":
