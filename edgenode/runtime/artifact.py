@@ -76,8 +76,10 @@ def detect_kind(path: str | os.PathLike, allowed: tuple[str, ...] = ANY_KIND) ->
     if by_content == "empty":
         raise ArtifactError(f"{path}: empty file (0 bytes)", "whatever wrote or copied it stopped before the first byte; write or copy it again")
     if by_content == "json":
-        what = "a JSON file" + (" (an artifact's metadata sidecar)" if path.name.endswith(".onnx.json") or path.name.endswith(".engine.json") else "")
-        raise ArtifactPathError(f"{path}: is {what}, not a model", "pass the model file itself, not its .json")
+        sidecar = path.name.endswith((".onnx.json", ".engine.json"))
+        what = "a JSON file" + (" (an artifact's metadata sidecar)" if sidecar else "")
+        raise ArtifactPathError(f"{path}: is {what}, not a model",
+                                f"pass the model file itself, {path.name[:-len('.json')]}" if sidecar else _pass(allowed))
     if by_content == "image":
         raise ArtifactPathError(f"{path}: is an image, not a model",
                                 _pass(allowed))
