@@ -148,10 +148,21 @@ def test_infer_says_what_a_folder_search_left_out_and_when_top_k_exceeds_the_cla
 def test_pre_aligned_for_a_model_of_plain_crops_is_refused_not_ignored(fp32_onnx, photo_folder):
     picture = next(photo_folder.rglob("*.png"))
     result = invoke("infer", fp32_onnx, picture, "--pre-aligned")
-    (line,) = [line for line in result.output.splitlines() if line.startswith("error:")]
+    (line,) = result.stderr.strip().splitlines()  # the error alone: no banner saying the model runs first
     assert result.exit_code == 2 and "Traceback" not in result.output and not result.stdout.strip(), result.output
     assert line.startswith(f"error: --pre-aligned: {fp32_onnx} was trained on plain face crops") and "drop --pre-aligned" in line
     from edgenode.runtime import load_predictor
 
     with load_predictor(fp32_onnx) as predictor, pytest.raises(UsageError, match="--pre-aligned: .* plain face crops"):
         predictor.predict([picture], pre_aligned=True)  # the Python API refuses it too
+
+
+def test_a_name_with_a_line_break_or_tab_stays_one_line_of_two_fields(fp32_onnx, photo_folder, tmp_path):
+    picture = next(photo_folder.rglob("*.png"))
+    odd = tmp_path / "two\nlines\tand a tab.png"
+    shutil.copy(picture, odd)
+    result = invoke("infer", fp32_onnx, odd, picture)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and all(line.count("\t") == 1 for line in lines)
+    assert json.loads(lines[0].split("\t")[0]) == str(odd) and lines[1].startswith(f"{picture}\t")

@@ -583,7 +583,7 @@ def test_an_artifact_without_its_sidecar_runs_unverified_or_is_refused(corpus, c
     bare = tmp_path / corpus_export.name
     shutil.copy(corpus_export, bare)  # no .json beside it
     result = invoke("infer", bare, image)
-    assert result.exit_code == 0 and "; unverified: no sidecar to check its sha256 against" in result.stderr
+    assert result.exit_code == 0 and " (unverified: no sidecar to check its sha256 against): onnx " in result.stderr
     assert "unverified" not in invoke("infer", corpus_export, image).stderr
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"\x00\x01plan" * 64)  # an engine carries no metadata of its own

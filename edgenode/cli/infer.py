@@ -57,6 +57,7 @@ def command(
             raise ArtifactPathError(exc.message, f"{exc.hint}; the pictures come after it") from None
         raise
     with opened as predictor:
+        predictor.check_aligner(pre_aligned)  # a refused --pre-aligned, or no dlib, before the banner that says it runs
         console.print(f"{predictor.describe()}; provider {predictor.provider}; {len(files)} image(s)", markup=False)
         if top_k > predictor.metadata.num_classes:
             console.print(f"note: --top-k {top_k}: the model knows {predictor.metadata.num_classes} classes; "
@@ -78,7 +79,9 @@ def command(
                 sys.stdout.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
             else:
                 ranked = ", ".join(f"{name} {p:.3f}" for name, p in item.top_k)
-                typer.echo(f"{item.path}\t{ranked}")
+                # a name holding a tab or a line break is quoted (JSON style): one line per picture, two fields
+                shown = json.dumps(item.path, ensure_ascii=False) if any(c in item.path for c in "\t\n\r") else item.path
+                typer.echo(f"{shown}\t{ranked}")
         sys.stdout.flush()
         ok = n - failed
         # the model's time only (no decoding), first call included: a few images mostly time the runtime's warm-up

@@ -156,10 +156,10 @@ class ArtifactInfo:
     def describe(self) -> str:
         """One line: ``model-rk4x4-int8.onnx: onnx int8 (ort), rk4 × 4 steps, 6 classes, 64 px``."""
         precision = self.precision + (f" ({self.int8_target})" if self.int8_target else "")
-        unverified = "; unverified: no sidecar to check its sha256 against" if self.kind == "onnx" and not self.verified else ""
+        unverified = " (unverified: no sidecar to check its sha256 against)" if self.kind == "onnx" and not self.verified else ""
         mirror = ", mirror-averaged" if self.mirror_average else ""
-        return (f"{self.path.name}: {self.kind} {precision}, {self.solver.describe()}{mirror}, "
-                f"{self.num_classes} classes, {self.input.describe()}{unverified}")
+        return (f"{self.path.name}{unverified}: {self.kind} {precision}, {self.solver.describe()}{mirror}, "
+                f"{self.num_classes} classes, {self.input.describe()}")
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -129,7 +129,7 @@ class Predictor:
 
     def _preprocess(self, images: Sequence, pre_aligned: bool) -> tuple[np.ndarray, list[bool | None]]:
         spec = self.metadata.input
-        self._check_aligner(pre_aligned)
+        self.check_aligner(pre_aligned)
         batch = np.empty((len(images), 3, spec.image_size, spec.image_size), dtype=np.float32)
         faces = []
         for i, image in enumerate(images):
@@ -137,7 +137,7 @@ class Predictor:
             faces.append(face_found)
         return batch, faces
 
-    def _check_aligner(self, pre_aligned: bool) -> None:
+    def check_aligner(self, pre_aligned: bool) -> None:
         """Fail once, in the caller's thread, when this model needs the aligner and it is not installed, or when
         ``pre_aligned`` is said of a model that aligns nothing (the flag would be ignored without a word)."""
         spec = self.metadata.input
@@ -169,7 +169,7 @@ class Predictor:
     def predict_files(self, paths: Sequence[str | os.PathLike], batch_size: int = 32, k: int = 5,
                       workers: int | None = None, pre_aligned: bool = False) -> Iterator[Prediction | FailedImage]:
         """One result per file, in order, decoding the next batches while this one runs; bad files don't stop it."""
-        self._check_aligner(pre_aligned)
+        self.check_aligner(pre_aligned)
         loader = BatchLoader(paths, self.metadata.input, batch_size=batch_size, workers=workers, pre_aligned=pre_aligned)
         for batch in loader:
             names = [str(batch.paths[i]) for i in batch.ok]
