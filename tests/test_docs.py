@@ -60,3 +60,12 @@ def test_every_relative_link_and_anchor_resolves(doc):
         elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
             broken.append(f"{target}: no heading with that anchor in {linked.relative_to(ROOT)}")
     assert not broken, f"{doc}: broken links:\n" + "\n".join(broken)
+
+
+def test_every_test_the_guarantees_cite_exists():
+    """docs/GUARANTEES.md backs each promise with the tests that hold it: a renamed or deleted test must fail here."""
+    cited = set(re.findall(r"`(?:[\w/]+\.py: )?(test_\w+)", (ROOT / "docs" / "GUARANTEES.md").read_text(encoding="utf-8")))
+    defined = {name for path in (ROOT / "tests").glob("*.py")
+               for name in re.findall(r"^def (test_\w+)", path.read_text(encoding="utf-8"), flags=re.M)}
+    files = {path.stem for path in (ROOT / "tests").glob("test_*.py")}
+    assert len(cited) > 50 and not cited - defined - files
