@@ -6,12 +6,14 @@ holds an advisory lock on ``<out>/.train.lock`` for as long as it runs; a second
 names the holder. The operating system releases the lock when the holder dies, so a killed run never leaves a
 stale lock behind (the file is removed when the run ends; one left by a kill is simply taken again).
 
-Advisory locking is POSIX ``flock``; where it is missing (Windows) runs are not locked.
+Advisory locking is POSIX ``flock``; where it is missing (Windows), or a file system refuses it (some network
+mounts), runs are not locked.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 from typing import Iterator
@@ -33,15 +35,11 @@ def hold_run_folder(run_dir: Path, enabled: bool = True) -> Iterator[None]:
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_NAME
-    handle = open(path, "a+")
+    handle = _locked(fcntl, path, run_dir)
+    if handle is None:  # a file system that does not lock (some network mounts): run as before, unlocked
+        yield
+        return
     try:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise UsageError(f"--out {run_dir} is in use by another edgenode train (process {holder})",
-                             "wait for it to finish, or train into another --out") from None
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))
@@ -50,6 +48,36 @@ def hold_run_folder(run_dir: Path, enabled: bool = True) -> Iterator[None]:
             yield
         finally:
             with contextlib.suppress(OSError):
-                path.unlink()  # before the release: a waiting process finds no file of ours to lock
+                path.unlink()  # before the release: a process that opened this file then finds it gone (_locked)
     finally:
         handle.close()
+
+
+def _locked(fcntl, path: Path, run_dir: Path):
+    """The lock file, open and locked by this process; None where the file system cannot lock.
+
+    A holder removes the file before it releases it, so a process that opened the file just before that would lock
+    a file no longer in the folder while a third one creates and locks a new one: the lock is taken only on the file
+    that is in the folder now, else tried again."""
+    for _ in range(100):
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise UsageError(f"--out {run_dir} is in use by another edgenode train (process {holder})",
+                             "wait for it to finish, or train into another --out") from None
+        except OSError as exc:
+            handle.close()
+            if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                return None
+            raise
+        try:
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                return handle
+        except FileNotFoundError:
+            pass
+        handle.close()  # the holder removed it on its way out: lock the file in the folder now
+    raise UsageError(f"--out {run_dir}: could not take its lock ({path} keeps being replaced)", "try again")

@@ -190,6 +190,7 @@ def train(config: TrainConfig) -> TrainResult:
     ctx = init_distributed()
     created = not Path(config.out).exists()
     try:
+        check_run_arguments(config)  # before the lock creates --out: a refused run creates no folder
         with hold_run_folder(Path(config.out), enabled=ctx.is_main):
             return _train(config, ctx)
     except BaseException:
@@ -323,23 +324,29 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
     return TrainResult(run_dir, best_path, last_path, progress.best_epoch, progress.best_val, test, history)
 
 
-def open_run_dir(config: TrainConfig, ctx: DistContext) -> tuple[Path, bool]:
-    """``--out`` made ready (refused inside the data set or over a finished run without ``--resume``; temporaries of a
-    killed write removed), and whether there is a ``last.pt`` to resume."""
+def check_run_arguments(config: TrainConfig) -> None:
+    """What can be refused before ``--out`` exists: an ``--out`` inside the data set, a missing data folder, an
+    ``--init`` that is no checkpoint, a teacher path that is missing or no archive (not after the split is decoded)."""
     run_dir = Path(config.out)
-    last_path = run_dir / "last.pt"
     images = edata.images_root(config.data).resolve()
     if run_dir.resolve() == images or images in run_dir.resolve().parents:  # its curves.png would join the data set
         raise UsageError(f"--out {run_dir} is inside the images of {config.data}: the run folder would be read as an "
                          "identity next time", "train into a folder outside the data set, e.g. runs/<name>")
-    if config.init:  # an ONNX file or an engine is refused now, not after the split is decoded
+    if config.init:
         from edgenode.runtime.artifact import expect_kind
 
         expect_kind(config.init, ("checkpoint",), "--init")
-    if config.teacher:  # so is a teacher path that is missing or no archive
+    if config.teacher:
         from edgenode.teacher import check_teacher_file
 
         check_teacher_file(config.teacher)
+
+
+def open_run_dir(config: TrainConfig, ctx: DistContext) -> tuple[Path, bool]:
+    """``--out`` made ready (refused over another run's files without ``--resume``; temporaries of a killed write
+    removed), and whether there is a ``last.pt`` to resume."""
+    run_dir = Path(config.out)
+    last_path = run_dir / "last.pt"
     had_run = run_dir.is_dir() and any(p.name != LOCK_NAME for p in run_dir.iterdir())  # the lock may have made the folder
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -360,16 +367,18 @@ FINISHED_EPOCH_FILES = ("metrics.json", "metrics.csv", "results.json")  # writte
 
 def refuse_foreign_run_folder(run_dir: Path, resume: bool) -> None:
     """A fresh run would overwrite another run's files (or an export's), and ``--resume`` cannot continue a run
-    whose ``last.pt`` is gone: both are refused rather than starting over in place. (A ``best.pt`` alone is left by
-    a run killed in its first epoch, between its two checkpoints: ``--resume`` starts that one again.)"""
+    whose ``last.pt`` is gone: both are refused rather than starting over in place. A ``best.pt`` (and
+    ``best-ema.pt``) alone is what a run killed in its first epoch leaves, between its checkpoints: like an attempt
+    stopped before its first checkpoint, that one starts again, with or without ``--resume``."""
     if (run_dir / "export_report.json").is_file():
         raise UsageError(f"--out {run_dir} holds an export (export_report.json): training would replace its manifest.json",
                          "train into another --out")
     found = [name for name in RUN_FILES if (run_dir / name).exists()]
-    if found and not resume:
+    first_epoch_only = "last.pt" not in found and not set(found) & set(FINISHED_EPOCH_FILES)
+    if found and not resume and not first_epoch_only:
         raise UsageError(f"{run_dir} already holds a training run ({', '.join(found)})",
                          "pass --resume to continue it, or choose another --out")
-    if resume and "last.pt" not in found and set(found) & set(FINISHED_EPOCH_FILES):
+    if resume and not first_epoch_only and "last.pt" not in found:
         raise UsageError(f"--resume: {run_dir} holds a run's results ({', '.join(found)}) but no last.pt, which a "
                          "resumed run continues from", "restore last.pt, or train into another --out")
 

@@ -70,8 +70,8 @@ class TrainConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not (math.isfinite(self.lr) and 0 < self.lr <= FLOAT32_MAX):
             raise UsageError(f"--lr {self.lr}: the learning rate must be a finite number > 0", "pass e.g. --lr 5e-4 (the paper's)")
-        if not 0 <= self.seed < 2**63:  # torch.manual_seed's range
-            raise UsageError(f"--seed {self.seed}: must be in [0, 2**63)", "pass e.g. --seed 0")
+        if not 0 <= self.seed < 2**32:  # each epoch seeds torch with seed × 1,000,003 + …, which must stay in its range
+            raise UsageError(f"--seed {self.seed}: must be in [0, 2**32)", "pass e.g. --seed 0")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise UsageError(f"--weight-decay {self.weight_decay}: must be a finite number >= 0",
                              "pass e.g. --weight-decay 0.05 (the paper's), or 0 for none")

@@ -106,16 +106,22 @@ def test_identity_folders_beside_images_are_named_in_a_warning(tmp_path):
     """``root/images`` is the data set when it exists; identities left beside it would silently be missing."""
     import warnings
 
-    (tmp_path / "images" / "Alice").mkdir(parents=True)
-    (tmp_path / "runs").mkdir()  # holds no images: not an identity
-    (tmp_path / "runs" / "log.txt").write_text("x")
+    for root in (tmp_path / "clean", tmp_path / "mixed"):
+        (root / "images" / "Alice").mkdir(parents=True)
+        (root / "runs").mkdir()  # holds no pictures: not an identity
+        (root / "runs" / "log.txt").write_text("x")
+        (root / "run1").mkdir()  # a run folder: its curves.png is a picture, beside files no identity holds
+        for name in ("curves.png", "best.pt"):
+            (root / "run1" / name).write_bytes(b"x")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert images_root(tmp_path) == tmp_path / "images"
-    (tmp_path / "pins_Bob").mkdir()
-    (tmp_path / "pins_Bob" / "1.jpg").write_bytes(b"x")
-    with pytest.warns(DataWarning, match=r"1 folder\(s\) of images beside it are ignored \(pins_Bob\)"):
-        assert images_root(tmp_path) == tmp_path / "images"
+        assert images_root(tmp_path / "clean") == tmp_path / "clean" / "images"
+    (tmp_path / "mixed" / "pins_Bob").mkdir()
+    (tmp_path / "mixed" / "pins_Bob" / "1.jpg").write_bytes(b"x")
+    with pytest.warns(DataWarning, match=r"1 folder\(s\) of pictures only beside it are left out \(pins_Bob\)") as said:
+        for _ in range(3):  # commands look the root up many times: one warning
+            assert images_root(tmp_path / "mixed") == tmp_path / "mixed" / "images"
+    assert len([w for w in said if issubclass(w.category, DataWarning)]) == 1
 
 
 def test_discover_kaggle_prefix_is_stripped_but_paths_keep_folder(tmp_path):

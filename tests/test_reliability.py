@@ -1068,7 +1068,7 @@ def test_bad_argument_is_one_line_and_exit_2(argument_paths, command, fragment):
     ("train {data} --out {new} --lr inf", "--lr inf: the learning rate must be a finite number > 0"),
     ("train {data} --out {new} --lr -1", "--lr -1.0: the learning rate must be a finite number > 0"),
     ("train {data} --out {new} --lr 1e300", "--lr 1e+300: the learning rate must be a finite number > 0"),
-    ("train {data} --out {new} --seed 99999999999999999999", "--seed 99999999999999999999: must be in [0, 2**63)"),
+    ("train {data} --out {new} --seed 99999999999999999999", "--seed 99999999999999999999: must be in [0, 2**32)"),
     ("train {data} --out {new} --rtol 1e-20 --atol 1e-20", "--rtol 1e-20 --atol 1e-20: training runs in float32, which resolves no error below 1.2e-07"),
     ("train {data} --out {new} --weight-decay nan", "--weight-decay nan: must be a finite number >= 0 (pass e.g."),
     ("train {data} --out {new} --warmup-epochs -1", "--warmup-epochs must be >= 0"),

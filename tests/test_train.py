@@ -4,6 +4,7 @@ import json
 import math
 import os
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import edgenode.train as train_module
 from edgenode.checkpoint import InputSpec, load_checkpoint
 from edgenode.cli import app
 from edgenode.data import Manifest, SplitConfig
-from edgenode.errors import ArtifactError, UsageError
+from edgenode.errors import ArtifactError, EdgenodeError, UsageError
 from edgenode.metrics import wilson_interval
 from edgenode.resume import check_resume_settings
 from edgenode.train import TrainConfig, train
@@ -188,6 +189,63 @@ def test_a_run_folder_in_use_is_refused(synthetic_root, tmp_path):
     assert not (run / LOCK_NAME).exists()
     train(small_config(synthetic_root, run, epochs=1))  # released: the folder is free again
     assert not (run / LOCK_NAME).exists() and (run / "results.json").is_file()
+
+
+def test_a_run_killed_between_its_first_two_checkpoints_starts_again(synthetic_root, tmp_path, monkeypatch):
+    """best.pt written, last.pt not: the folder holds no epoch to continue, so a rerun (as the demo and
+    pins_pipeline.sh make it, without --resume) starts over instead of being refused."""
+    config = small_config(synthetic_root, tmp_path / "run", epochs=1)
+    real = train_module.save_checkpoint
+
+    def killed_at_last(path, ckpt):
+        if Path(path).name == "last.pt":
+            raise KeyboardInterrupt
+        return real(path, ckpt)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", killed_at_last)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best.pt", "manifest.json"]
+    monkeypatch.setattr(train_module, "save_checkpoint", real)
+    assert train(config).test  # and it finishes
+
+
+def test_a_refused_run_creates_no_folder(synthetic_root, tmp_path):
+    """The lock is taken after the checks that need no folder: an --out inside the data, or a data folder that is
+    not there, leaves nothing behind (an empty runs/ inside images/ would be read as an identity)."""
+    with pytest.raises(UsageError, match="is inside the images of"):
+        train(small_config(synthetic_root, synthetic_root / "images" / "runs" / "r1"))
+    assert not (synthetic_root / "images" / "runs").exists()
+    with pytest.raises(EdgenodeError):
+        train(small_config(tmp_path / "no-data", tmp_path / "new" / "r1"))
+    assert not (tmp_path / "new").exists()
+
+
+def test_the_lock_is_taken_on_the_file_in_the_folder_not_one_its_last_holder_removed(tmp_path, monkeypatch):
+    """A run that ends removes its lock file, then releases it; one that opened the file just before would lock a
+    file no longer in the folder, and a third run could then lock a new one. The lock is retaken on the file there."""
+    import builtins
+
+    from edgenode import run_lock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    removed = []
+
+    def opened_then_removed(path, *args, **kwargs):
+        handle = builtins.open(path, *args, **kwargs)
+        if not removed:  # the last holder unlinks the file right after this process opened it
+            os.unlink(path)
+            removed.append(path)
+        return handle
+
+    monkeypatch.setattr(run_lock, "open", opened_then_removed, raising=False)
+    with run_lock.hold_run_folder(run):
+        assert removed and (run / run_lock.LOCK_NAME).is_file()  # locked: the file that is in the folder now
+        monkeypatch.setattr(run_lock, "open", builtins.open, raising=False)
+        with pytest.raises(UsageError, match="is in use by another edgenode train"):
+            with run_lock.hold_run_folder(run):
+                pass
 
 
 def test_a_manifest_left_by_a_failed_attempt_is_not_reused(synthetic_root, tmp_path):

@@ -30,29 +30,41 @@ def images_root(root: str | os.PathLike) -> Path:
     nested = root / "images"
     if not nested.is_dir():
         return root
-    beside = _identity_folders_beside(root)
-    if beside:
-        import warnings
+    if root.resolve() not in _WARNED:  # once per data set and process: a command looks its root up many times
+        _WARNED.add(root.resolve())
+        beside = _identity_folders_beside(root)
+        if beside:
+            import warnings
 
-        from edgenode.data.manifest import DataWarning  # manifest imports this module
+            from edgenode.data.manifest import DataWarning  # manifest imports this module
 
-        warnings.warn(f"{root}: the data set is read from {nested}; {len(beside)} folder(s) of images beside it are "
-                      f"ignored ({', '.join(beside[:3])}{', …' if len(beside) > 3 else ''}): move them into images/, "
-                      "or pass the folder that holds all identities", DataWarning, stacklevel=2)
+            warnings.warn(f"{root}: the data set is read from {nested}; {len(beside)} folder(s) of pictures only beside "
+                          f"it are left out ({', '.join(beside[:3])}{', …' if len(beside) > 3 else ''}): if they are "
+                          "identities, move them into images/", DataWarning, stacklevel=2)
     return nested
 
 
+_WARNED: set[Path] = set()
+
+
 def _identity_folders_beside(root: Path) -> list[str]:
-    """Folders next to ``root/images`` that hold images themselves: identities the user probably meant to include."""
+    """Folders next to ``root/images`` that hold pictures and nothing else, as an identity folder does (a run or
+    report folder also holds its .pt, .json or .csv files): identities the user probably meant to include."""
     found = []
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError:  # a root that can be entered but not listed: images/ was found by name
+        return found
+    for entry in entries:
         if entry.name == "images" or entry.name.startswith(".") or not entry.is_dir():
             continue
         try:
-            if any(_is_image_name(name) for name in os.listdir(entry.path)):
-                found.append(entry.name)
+            names = [n for n in os.listdir(entry.path) if not n.startswith(".")]
         except OSError:
             continue
+        files = [n for n in names if not os.path.isdir(os.path.join(entry.path, n))]
+        if files and all(_is_image_name(n) for n in files):
+            found.append(entry.name)
     return found
 
 
