@@ -243,6 +243,9 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
 
     ckpt = load_checkpoint(last_path) if resume else None
     progress = restore_run(config, ctx, ckpt, last_path, manifest, spec, inputs, model, optimizer, scheduler) if ckpt else RunProgress()
+    if ckpt is not None and config.init is None and (ckpt.train_config or {}).get("init"):
+        # a resume may leave --init out; the run still started from it, and its checkpoints and results say so
+        config = replace(config, init=ckpt.train_config["init"])
     ema = weight_average(config, model, ckpt, last_path, progress) if config.ema_decay else None
 
     if ctx.is_main:
@@ -319,8 +322,11 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
         ctx.print(f"{done} epoch {reached} of {config.epochs} (--stop-after {config.stop_after}): "
                   f"the same command with --resume and without --stop-after continues it")
     elif ctx.is_main:
+        if progress.start_epoch > config.epochs:  # --resume of a finished run: say why no epoch ran
+            ctx.print(f"nothing trained: the run had finished its {config.epochs} epochs; its test figure is measured again")
         test = final_test(config, ctx, run_dir, splits["test"], num_classes, device, progress, ema is not None,
-                          {"teacher": teacher_summary, "train_images": {"labelled": len(manifest.files("train")), "unlabelled": len(pool_files)}})
+                          {"teacher": teacher_summary, "train_images": {"labelled": len(manifest.files("train")), "unlabelled": len(pool_files)},
+                           "model": model_config.to_dict()})
     return TrainResult(run_dir, best_path, last_path, progress.best_epoch, progress.best_val, test, history)
 
 
@@ -431,7 +437,7 @@ def announce(config: TrainConfig, ctx: DistContext, model: nn.Module, model_conf
     ctx.print(
         f"[bold]edgenode train[/] {model_config.arch}: {count_parameters(model):,} parameters, "
         f"solver {model_config.solver.describe()}, {num_classes} classes, "
-        f"train/val/test {len(splits['train'])}/{len(splits['val'])}/{len(splits['test'])}, device {device}"
+        f"train/val/test {_train_count(splits['train'])}/{len(splits['val'])}/{len(splits['test'])}, device {device}"
         + (f", {ctx.world_size} processes" if ctx.world_size > 1 else "")
     )
     if config.amp and device.type != "cuda":
@@ -443,8 +449,16 @@ def announce(config: TrainConfig, ctx: DistContext, model: nn.Module, model_conf
             f"{teacher_summary['pool_images']} unlabelled images; teacher scale {teacher_summary['teacher_scale']}, "
             f"teacher train accuracy {teacher_summary['teacher_train_ncm_accuracy']:.3f} (nearest class mean, in-sample)"
             + (f"; class probabilities from {escape(config.kd_targets)}" if config.kd_targets else "")
+            + (f"; descriptors of {teacher_summary['teacher_views_count']} augmented views of each train image from "
+               f"{escape(config.teacher_views)}" if config.teacher_views else "")
             + (f"; KL at temperature {config.kd_temperature:g}" if config.kd_temperature != 1.0 else "")
         )
+
+
+def _train_count(split: DeviceSplit) -> str:
+    """The train split's size, its unlabelled pool apart: ``6300 + 7399 unlabelled``."""
+    unlabelled = int((split.labels_cpu == UNLABELLED).sum())
+    return f"{len(split) - unlabelled} + {unlabelled} unlabelled" if unlabelled else str(len(split))
 
 
 def final_test(config: TrainConfig, ctx: DistContext, run_dir: Path, test_split: DeviceSplit, num_classes: int,

@@ -449,12 +449,14 @@ def test_align_cli_records_the_cnn_fallback(synthetic_root, tmp_path):
     from edgenode.cli.app import app
 
     files = sorted(synthetic_root.glob("images/*/*.png"))[:2]
-    data = tmp_path / "data"
+    data = tmp_path / "data"  # and a copy whose path holds a space: the suggested line quotes it
     for path in files:
         (data / "images" / path.parent.name).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, data / "images" / path.parent.name / path.name)
     result = CliRunner().invoke(app, ["align", str(data), "--out", str(tmp_path / "copy"), "--size", "32",
                                       "--cnn-fallback", "--workers", "1"])
+    spaced = CliRunner().invoke(app, ["align", str(data), "--out", str(tmp_path / "my copy"), "--size", "32", "--workers", "1"])
+    assert f"Train on it with: edgenode train '{tmp_path / 'my copy'}' --image-size 32" in " ".join(spaced.output.split())
     assert result.exit_code == 0, result.output
     assert read_alignment(tmp_path / "copy") == (AlignSpec(align.METHOD_CNN_FALLBACK), 32)
     assert len(list((tmp_path / "copy" / "images").glob("*/*.png"))) == 2

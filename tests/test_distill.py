@@ -223,9 +223,9 @@ def _pool_config(tmp, root, out, **overrides):
     return TrainConfig(**{**values, **overrides})
 
 
-def test_distillation_with_an_unlabelled_pool_trains_and_records_it(pool_setup, tmp_path, monkeypatch):
+def test_distillation_with_an_unlabelled_pool_trains_and_records_it(pool_setup, tmp_path, monkeypatch, capsys):
     """The cleaned pool joins the train split every epoch goes over (unlabelled, its steps included), and the run
-    records it."""
+    records it, and says so: the train count names the pool apart."""
     import edgenode.train as train_module
 
     tmp, root, manifest = pool_setup
@@ -240,6 +240,8 @@ def test_distillation_with_an_unlabelled_pool_trains_and_records_it(pool_setup, 
         assert len(split) == 24 + pool and int((split.labels_cpu == train_module.UNLABELLED).sum()) == pool
         assert steps == (24 + pool) // 8 > 24 // 8  # batches of 8: the pool adds steps
     assert summary["train_images"] == {"labelled": 24, "unlabelled": pool}
+    assert f"train/val/test 24 + {pool} unlabelled/8/8" in capsys.readouterr().err
+    assert summary["model"]["arch"] == "faceode" and summary["model"]["solver"]["method"]  # what ran, not the options' None
     assert summary["teacher"]["pool_with_target"] == pool
     assert all(row["train_distill_loss"] > 0 for row in result.history)
     assert load_checkpoint(result.best_checkpoint).model_config.arch == "faceode"

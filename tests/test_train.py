@@ -126,6 +126,10 @@ def test_a_run_stopped_after_an_epoch_resumes_to_the_same_weights(synthetic_root
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)
     assert [r["lr"] for r in resumed.history] == [r["lr"] for r in reference.history]
     assert resumed.test["accuracy"] == reference.test["accuracy"]
+    capsys.readouterr()
+    again = train(small_config(synthetic_root, tmp_path / "paused", resume=True, **config))  # a finished run, resumed
+    assert "nothing trained: the run had finished its 3 epochs; its test figure is measured again" in capsys.readouterr().err
+    assert again.test["accuracy"] == reference.test["accuracy"]
 
 
 @pytest.mark.parametrize("stop_after", [0, 4])
@@ -285,6 +289,18 @@ def test_split_options_that_a_manifest_would_ignore_are_refused(synthetic_root, 
                                          r"would be ignored \(drop them, or write a manifest with them"):
         train(small_config(synthetic_root, tmp_path / "run", epochs=1, manifest=str(manifest), split=asked))
     assert not (tmp_path / "run" / "manifest.json").exists()
+
+
+def test_a_manifest_with_split_options_that_describe_no_split_says_so(synthetic_root, tmp_path):
+    """`--manifest M --per-class 24` (the manifest's own value) failed on the paper's unused 60+17+9 > 24."""
+    from edgenode.data import build_manifest
+
+    manifest = build_manifest(str(synthetic_root), SMALL_SPLIT, progress=False).save(tmp_path / "split.json")
+    result = CliRunner().invoke(app, ["train", str(synthetic_root), "--manifest", str(manifest), "--per-class", "24",
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and not (tmp_path / "run").exists(), result.output
+    assert f"--manifest {manifest} fixes the split, and the split options given do not describe one" in " ".join(result.stderr.split())
+    assert "(drop the split options: the manifest's are used)" in " ".join(result.stderr.split())
 
 
 def test_a_run_given_a_manifest_records_the_manifests_split(synthetic_root, tmp_path):
@@ -552,6 +568,19 @@ def test_init_starts_from_a_checkpoints_weights(trained_run, synthetic_root, tmp
                          init=str(trained_run.best_checkpoint))
     tuned = train(config)
     assert tuned.history[0]["val_accuracy"] == source.metrics["val_accuracy"]
+
+
+def test_a_resume_without_init_keeps_the_record_of_where_the_run_started(trained_run, synthetic_root, tmp_path):
+    """README: resume "with the same --init or none". Left out, it erased the record, and the next resume with the
+    original --init was refused as another starting point."""
+    init = str(trained_run.best_checkpoint)
+    config = TrainConfig(data=str(synthetic_root), out=str(tmp_path / "tuned"), arch="odenet", width=16, epochs=3, batch_size=8,
+                         lr=1e-3, manifest=str(trained_run.run_dir / "manifest.json"), progress=False, table_every=0, init=init)
+    train(replace(config, stop_after=1))
+    train(replace(config, init=None, resume=True, stop_after=2))
+    assert load_checkpoint(tmp_path / "tuned" / "last.pt").train_config["init"] == init
+    train(replace(config, resume=True))  # the original command, --init and all, continues it
+    assert json.loads((tmp_path / "tuned" / "results.json").read_text())["config"]["init"] == init
 
 
 def test_init_refuses_another_network(trained_run, synthetic_root, tmp_path):

@@ -50,11 +50,13 @@ def command(
 
 def _train_hint(data: Path, out: Path, manifest: Path | None, size: int) -> str:
     """The `edgenode train` line that reads the copy: its chip size must be the split's image size."""
+    from shlex import quote  # a line to paste: paths with spaces stay one argument
+
     from edgenode.data import Manifest, SplitConfig
 
     if manifest is None:
-        return f"edgenode train {out}" + (f" --image-size {size}" if size != SplitConfig().image_size else "")
+        return f"edgenode train {quote(str(out))}" + (f" --image-size {size}" if size != SplitConfig().image_size else "")
     if Manifest.load(manifest).config.image_size == size:
-        return f"edgenode train {out} --manifest {manifest}"
-    return (f"edgenode train {out} --manifest NEW.json, after `edgenode split {data} --image-size {size} --out NEW.json` "
-            f"(with the options {manifest} was made with: the same files, measured at {size} px)")
+        return f"edgenode train {quote(str(out))} --manifest {quote(str(manifest))}"
+    return (f"edgenode train {quote(str(out))} --manifest NEW.json, after `edgenode split {quote(str(data))} --image-size {size} "
+            f"--out NEW.json` (with the options {manifest} was made with: the same files, measured at {size} px)")

@@ -60,6 +60,7 @@ def command(
 ) -> None:
     """Train a NeuralODECNN; writes best.pt, last.pt, metrics and curves into --out."""
     from edgenode.data import SplitConfig
+    from edgenode.errors import UsageError
     from edgenode.train import TrainConfig, train
 
     output_folder(out)
@@ -67,7 +68,15 @@ def command(
                          (teacher_views, "--teacher-views")):
         if path is not None:
             existing_path(path, option, folder=False)
-    split = SplitConfig(per_class=per_class, train=train_per_class, val=val_per_class, test=test_per_class, image_size=image_size, seed=seed, strict=strict)
+    try:
+        split = SplitConfig(per_class=per_class, train=train_per_class, val=val_per_class, test=test_per_class, image_size=image_size, seed=seed, strict=strict)
+    except UsageError as exc:
+        if manifest is None:
+            raise
+        # with --manifest the split options are only compared with it (train.refuse_other_split_options): their
+        # own consistency is not the error to report
+        raise UsageError(f"--manifest {manifest} fixes the split, and the split options given do not describe one "
+                         f"({exc.message})", "drop the split options: the manifest's are used") from None
     config = TrainConfig(
         data=str(data), out=str(out), arch=arch, width=width, solver=solver, steps=steps, rtol=rtol, atol=atol,
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
