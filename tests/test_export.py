@@ -413,6 +413,10 @@ def test_build_plan_uses_strong_typing_and_flags_only_as_fallback():
     old = trt_mod.plan_build("8.6.1", False, "fp16")
     assert not old.strongly_typed and old.builder_flags == ("FP16",) and old.explicit_batch_flag
     assert trt_mod.plan_build("8.6.1", False, "int8").builder_flags == ("INT8",)  # no FP16: float layers stay float
+    from edgenode.runtime.providers import ProviderUnavailableError
+
+    with pytest.raises(ProviderUnavailableError, match=r"TensorRT 8.4.3 is older than 8.5, the oldest edgenode builds and runs"):
+        trt_mod.plan_build("8.4.3", False, "fp16")  # its engines run through bindings, not the tensor names used here
 
 
 def test_engine_config_is_validated():

@@ -408,6 +408,31 @@ def test_onnx_runtimes_fallback_banner_stays_off_stdout(exports, monkeypatch, ca
     assert captured.out == "" and "Falling back" in captured.err
 
 
+def test_a_provider_that_fails_to_start_is_dropped_and_the_next_keeps_its_options(exports, monkeypatch):
+    """onnxruntime's own fallback retried on CUDA+CPU *without their options* (GPU 0, TF32 on), and switched provider
+    inside run() with only a print: here fallback is off, a failing provider is dropped and the next tried as asked."""
+    import onnxruntime
+
+    from edgenode.runtime.onnx_runner import OnnxRuntimeRunner
+
+    real, tried = onnxruntime.InferenceSession, []
+
+    def starts_on_cpu_only(source, sess_options=None, providers=None, **kwargs):
+        tried.append((list(providers), kwargs.get("enable_fallback")))
+        first = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+        if first != CPU:
+            raise RuntimeError(f"{first}: cannot start here")
+        return real(source, sess_options=sess_options, providers=providers)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", starts_on_cpu_only)
+    cuda = (CUDA, {"device_id": "1", "use_tf32": "0"})
+    runner = OnnxRuntimeRunner(exports["fp32"], [TRT, cuda, CPU])
+    assert runner.provider == "cpu"
+    assert tried == [([TRT, cuda, CPU], 0), ([cuda, CPU], 0), ([CPU], 0)]  # options kept; no silent fallback anywhere
+    with pytest.raises(ProviderUnavailableError, match="provider 'cuda' is installed but failed to start"):
+        OnnxRuntimeRunner(exports["fp32"], [cuda, CPU], explicit=True)
+
+
 def test_a_session_on_tensorrt_is_fed_batches_of_at_most_its_profiles_largest(exports, monkeypatch):
     """ONNX Runtime's TensorRT provider builds its engine for batches 1-64: a batch of 150 goes in three calls
     (64, 64, 22) instead of one outside the profile, which would build the engine again."""
@@ -669,3 +694,16 @@ def test_file_sizes_are_printed_in_binary_units():
 
     assert [human_size(n) for n in (None, 512, 889_651, 3 * 2**20, 5 * 2**30)] == [
         "—", "512 B", "868.8 KiB", "3.0 MiB", "5.0 GiB"]
+
+
+def test_an_engine_is_refused_in_one_line_on_a_tensorrt_older_than_8_5(tmp_path, monkeypatch):
+    """TensorRT 8.4 (JetPack 5.0) has no tensor-name API: the run failed with an AttributeError mid-way."""
+    import sys
+    import types
+
+    from edgenode.runtime.tensorrt_runner import TensorRTRunner
+
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="8.4.3.1"))
+    with pytest.raises(ProviderUnavailableError, match=r"model.engine: TensorRT 8.4.3.1 is older than 8.5") as exc:
+        TensorRTRunner(tmp_path / "model.engine", {})
+    assert "JetPack 5.1 or newer" in exc.value.hint

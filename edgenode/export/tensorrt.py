@@ -26,7 +26,7 @@ from edgenode.artifacts import atomic_path, atomic_write_bytes, write_sidecar
 from edgenode.errors import ArtifactError, MissingDependencyError, UsageError, first_line, is_whole_number
 from edgenode.export.metadata import ArtifactMetadata
 from edgenode.export.onnx_export import INPUT_NAME
-from edgenode.runtime.tensorrt_runner import load_plugins
+from edgenode.runtime.tensorrt_runner import load_plugins, require_supported_tensorrt
 
 TENSORRT_HINT = ("install it with `pip install tensorrt` on x86_64 Linux with an NVIDIA GPU; "
                  "on a Jetson use the TensorRT that JetPack ships (python3-libnvinfer)")
@@ -97,6 +97,7 @@ def trt_major(version: str) -> int:
 
 def plan_build(version: str, has_strongly_typed: bool, precision: str) -> BuildPlan:
     """How to build: strongly typed wherever TensorRT can, builder flags only as the ≤ 10 fallback."""
+    require_supported_tensorrt(version)
     major = trt_major(version)
     if major >= 11:
         return BuildPlan(strongly_typed=True, explicit_batch_flag=False, builder_flags=())

@@ -27,6 +27,27 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+def _session_without_silent_fallback(ort, source, options, providers: list):
+    """An InferenceSession on the first of ``providers`` that starts, each keeping its options.
+
+    onnxruntime's own fallback (on by default) retries a failed GPU provider on the next ones *without their
+    options* (a CUDA session then runs on GPU 0 with TF32, not the FP32 the file was checked in), and does so again
+    inside ``run()`` when an execution provider fails there (a TensorRT engine built on the first batch), with only
+    a print() to stdout, where ``infer --json`` writes its lines: the session kept running on another provider
+    than the one reported. Here it is off: a provider that fails to start is dropped and the rest tried with their
+    options (the caller then sees which one runs and refuses an explicit request it did not get), and a failure
+    inside ``run()`` is an error."""
+    remaining = list(providers)
+    while True:
+        try:
+            with contextlib.redirect_stdout(sys.stderr):  # any banner an older onnxruntime still prints
+                return ort.InferenceSession(source, sess_options=options, providers=remaining, enable_fallback=0)
+        except Exception:  # noqa: BLE001 - the provider's own error; the CPU's, the last, is the graph's and is raised
+            if len(remaining) <= 1:
+                raise
+            remaining = remaining[1:]
+
+
 class OnnxRuntimeRunner(Runner):
     backend = "onnxruntime"
 
@@ -44,10 +65,7 @@ class OnnxRuntimeRunner(Runner):
         if threads:
             options.intra_op_num_threads = threads
         try:
-            # A GPU provider that fails to start makes onnxruntime print its fallback banner with print(), to
-            # stdout, where `infer --json` and `evaluate --json` write their documents: send it to stderr.
-            with contextlib.redirect_stdout(sys.stderr):
-                self.session = ort.InferenceSession(source, sess_options=options, providers=providers)
+            self.session = _session_without_silent_fallback(ort, source, options, providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph/RuntimeException types
             raise ArtifactError(f"{self.path}: onnxruntime cannot load it ({first_line(exc)})",
                                 "re-export it, or update onnxruntime if the opset is newer than it supports") from None

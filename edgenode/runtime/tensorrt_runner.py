@@ -38,6 +38,23 @@ def import_tensorrt(path: str | Path | None = None):
     return tensorrt
 
 
+OLDEST_TENSORRT = (8, 5)  # the tensor-name API (num_io_tensors, set_input_shape, execute_async_v3): JetPack 5.1+
+
+
+def require_supported_tensorrt(version: str, path: str | Path | None = None) -> None:
+    """Refuse a TensorRT older than 8.5 in one line: its engines run through bindings this runner does not use
+    (an AttributeError mid-run), and its ONNX parser stops at opset 13."""
+    try:
+        found = tuple(int(part) for part in str(version).split(".")[:2])
+    except ValueError:
+        return  # an unreadable version is left to the calls themselves
+    if found < OLDEST_TENSORRT:
+        where = f"{path}: " if path else ""
+        raise ProviderUnavailableError(
+            f"{where}TensorRT {version} is older than {'.'.join(map(str, OLDEST_TENSORRT))}, the oldest edgenode builds "
+            "and runs engines with", "update TensorRT (JetPack 5.1 or newer), or run the .onnx file with onnxruntime")
+
+
 def load_plugins(trt, logger) -> None:
     """Register TensorRT's plugins, which a TensorRT 8.x engine may use (its InstanceNormalization without the
     parser's native flag): the build needs them, and so does a new process before it deserialises that engine."""
@@ -101,6 +118,7 @@ class TensorRTRunner(Runner):
         super().__init__()
         self.path = Path(path)
         trt = import_tensorrt(self.path)
+        require_supported_tensorrt(trt.__version__, self.path)
         import torch
 
         if not torch.cuda.is_available():
