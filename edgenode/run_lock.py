@@ -72,6 +72,8 @@ def _locked(fcntl, path: Path, run_dir: Path):
         except OSError as exc:
             handle.close()
             if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                with contextlib.suppress(OSError):  # no process can lock it here: leave no file behind either
+                    path.unlink()
                 return None
             raise
         try:
@@ -79,5 +81,8 @@ def _locked(fcntl, path: Path, run_dir: Path):
                 return handle
         except FileNotFoundError:
             pass
+        except OSError:
+            handle.close()
+            raise
         handle.close()  # the holder removed it on its way out: lock the file in the folder now
     raise UsageError(f"--out {run_dir}: could not take its lock ({path} keeps being replaced)", "try again")

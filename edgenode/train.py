@@ -36,7 +36,7 @@ from edgenode.checkpoint import Checkpoint, InputSpec, load_checkpoint, save_che
 from edgenode.console import console, progress_bar
 from edgenode.data.pool import load_unlabeled_pool
 from edgenode.distributed import DistContext, init_distributed
-from edgenode.errors import NumericError, UsageError
+from edgenode.errors import EdgenodeError, NumericError, UsageError
 from edgenode.metrics import ClassificationMetrics, format_accuracy
 from edgenode.model import ModelConfig, NeuralODECNN, build_model, count_parameters
 from edgenode.resume import HASHED_INPUTS, RunProgress, restore_run, weight_average
@@ -342,6 +342,9 @@ def check_run_arguments(config: TrainConfig) -> None:
         from edgenode.runtime.artifact import expect_kind
 
         expect_kind(config.init, ("checkpoint",), "--init")
+        if run_dir.resolve() in Path(config.init).resolve().parents:
+            raise UsageError(f"--init {config.init} is inside --out {run_dir}, where this run writes its checkpoints",
+                             "train into another --out, or move the checkpoint out of it")
     if config.teacher:
         from edgenode.teacher import check_teacher_file
 
@@ -374,19 +377,35 @@ FINISHED_EPOCH_FILES = ("metrics.json", "metrics.csv", "results.json")  # writte
 def refuse_foreign_run_folder(run_dir: Path, resume: bool) -> None:
     """A fresh run would overwrite another run's files (or an export's), and ``--resume`` cannot continue a run
     whose ``last.pt`` is gone: both are refused rather than starting over in place. A ``best.pt`` (and
-    ``best-ema.pt``) alone is what a run killed in its first epoch leaves, between its checkpoints: like an attempt
-    stopped before its first checkpoint, that one starts again, with or without ``--resume``."""
+    ``best-ema.pt``) of this folder's split alone is what a run killed in its first epoch leaves, between its
+    checkpoints: like an attempt stopped before its first checkpoint, that one starts again, with or without
+    ``--resume``, and its leftovers are removed (a rerun without ``--ema-decay`` would otherwise keep a stale
+    ``best-ema.pt``)."""
     if (run_dir / "export_report.json").is_file():
         raise UsageError(f"--out {run_dir} holds an export (export_report.json): training would replace its manifest.json",
                          "train into another --out")
     found = [name for name in RUN_FILES if (run_dir / name).exists()]
-    first_epoch_only = "last.pt" not in found and not set(found) & set(FINISHED_EPOCH_FILES)
+    first_epoch_only = ("last.pt" not in found and not set(found) & set(FINISHED_EPOCH_FILES)
+                        and (not found or _left_by_this_folders_split(run_dir)))
     if found and not resume and not first_epoch_only:
         raise UsageError(f"{run_dir} already holds a training run ({', '.join(found)})",
                          "pass --resume to continue it, or choose another --out")
     if resume and not first_epoch_only and "last.pt" not in found:
         raise UsageError(f"--resume: {run_dir} holds a run's results ({', '.join(found)}) but no last.pt, which a "
                          "resumed run continues from", "restore last.pt, or train into another --out")
+    if first_epoch_only:  # the killed attempt's checkpoints: the run starts again, and its own replace them or not
+        for name in found:
+            (run_dir / name).unlink()
+
+
+def _left_by_this_folders_split(run_dir: Path) -> bool:
+    """Whether the ``best.pt`` in ``run_dir`` is the one an attempt killed in its first epoch left: trained on the
+    split whose ``manifest.json`` that attempt wrote first. A ``best.pt`` copied there (a model kept, an ``--init``
+    source) is not, and is not overwritten."""
+    try:
+        return load_checkpoint(run_dir / "best.pt").manifest_sha256 == edata.Manifest.load(run_dir / "manifest.json").sha256
+    except (EdgenodeError, OSError, ValueError):
+        return False
 
 
 def build_splits(config: TrainConfig, manifest, arrays: dict, spec: InputSpec, device: torch.device,

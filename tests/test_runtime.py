@@ -427,9 +427,20 @@ def test_a_provider_that_fails_to_start_is_dropped_and_the_next_keeps_its_option
     monkeypatch.setattr(onnxruntime, "InferenceSession", starts_on_cpu_only)
     cuda = (CUDA, {"device_id": "1", "use_tf32": "0"})
     runner = OnnxRuntimeRunner(exports["fp32"], [TRT, cuda, CPU])
-    assert runner.provider == "cpu"
+    assert runner.provider == "cpu" and runner.session._enable_fallback is False  # nor inside run()
     assert tried == [([TRT, cuda, CPU], 0), ([cuda, CPU], 0), ([CPU], 0)]  # options kept; no silent fallback anywhere
-    with pytest.raises(ProviderUnavailableError, match="provider 'cuda' is installed but failed to start"):
+    with pytest.raises(ProviderUnavailableError, match=r"provider 'cuda' is installed but failed to start "
+                                                       r"\(CUDAExecutionProvider: cannot start here\); the session would run on cpu"):
+        OnnxRuntimeRunner(exports["fp32"], [cuda, CPU], explicit=True)
+
+    def falls_back_by_itself(source, sess_options=None, providers=None, **kwargs):  # onnxruntime < 1.23
+        tried.append((list(providers), kwargs.get("enable_fallback")))
+        return real(source, sess_options=sess_options, providers=[CPU])  # the GPU provider's options lost
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", falls_back_by_itself)
+    tried.clear()
+    assert OnnxRuntimeRunner(exports["fp32"], [cuda, CPU]).provider == "cpu" and tried == [([cuda, CPU], 0), ([CPU], 0)]
+    with pytest.raises(ProviderUnavailableError, match="onnxruntime started CPUExecutionProvider instead"):
         OnnxRuntimeRunner(exports["fp32"], [cuda, CPU], explicit=True)
 
 

@@ -213,6 +213,15 @@ def test_a_run_killed_between_its_first_two_checkpoints_starts_again(synthetic_r
     monkeypatch.setattr(train_module, "save_checkpoint", real)
     assert train(config).test  # and it finishes
 
+    kept = tmp_path / "models"  # a best.pt kept in a folder of its own, not left by this folder's split: never replaced
+    kept.mkdir()
+    (kept / "best.pt").write_bytes((tmp_path / "run" / "best.pt").read_bytes())
+    with pytest.raises(UsageError, match=r"already holds a training run \(best.pt\)"):
+        train(replace(config, out=str(kept)))
+    with pytest.raises(UsageError, match=r"--init .*best.pt is inside --out .*models, where this run writes its checkpoints"):
+        train(replace(config, out=str(kept), init=str(kept / "best.pt")))
+    assert (kept / "best.pt").read_bytes() == (tmp_path / "run" / "best.pt").read_bytes()
+
 
 def test_a_refused_run_creates_no_folder(synthetic_root, tmp_path):
     """The lock is taken after the checks that need no folder: an --out inside the data, or a data folder that is

@@ -28,7 +28,8 @@ def available_providers() -> list[str]:
 
 
 def _session_without_silent_fallback(ort, source, options, providers: list):
-    """An InferenceSession on the first of ``providers`` that starts, each keeping its options.
+    """An InferenceSession on the first of ``providers`` that starts, each keeping its options; and why the ones
+    before it did not start, as (provider, reason).
 
     onnxruntime's own fallback (on by default) retries a failed GPU provider on the next ones *without their
     options* (a CUDA session then runs on GPU 0 with TF32, not the FP32 the file was checked in), and does so again
@@ -36,16 +37,28 @@ def _session_without_silent_fallback(ort, source, options, providers: list):
     a print() to stdout, where ``infer --json`` writes its lines: the session kept running on another provider
     than the one reported. Here it is off: a provider that fails to start is dropped and the rest tried with their
     options (the caller then sees which one runs and refuses an explicit request it did not get), and a failure
-    inside ``run()`` is an error."""
-    remaining = list(providers)
+    inside ``run()`` is an error. Before onnxruntime 1.23 the constructor ignores ``enable_fallback=0`` and falls
+    back by itself, so a session that did not start on the provider asked for counts as a failed start too, and
+    ``disable_fallback()`` (in every release) turns the fallback inside ``run()`` off."""
+    remaining, failures = list(providers), []
     while True:
+        wanted = remaining[0][0] if isinstance(remaining[0], tuple) else remaining[0]
         try:
-            with contextlib.redirect_stdout(sys.stderr):  # any banner an older onnxruntime still prints
-                return ort.InferenceSession(source, sess_options=options, providers=remaining, enable_fallback=0)
-        except Exception:  # noqa: BLE001 - the provider's own error; the CPU's, the last, is the graph's and is raised
+            with contextlib.redirect_stdout(sys.stderr):  # the banner an older onnxruntime prints as it falls back
+                session = ort.InferenceSession(source, sess_options=options, providers=remaining, enable_fallback=0)
+        except Exception as exc:  # noqa: BLE001 - the provider's own error; the CPU's, the last, is the graph's and is raised
             if len(remaining) <= 1:
                 raise
+            failures.append((wanted, first_line(exc)))
             remaining = remaining[1:]
+            continue
+        session.disable_fallback()
+        active = session.get_providers()
+        if len(remaining) > 1 and (not active or active[0] != wanted):  # started elsewhere, without its options
+            failures.append((wanted, f"onnxruntime started {', '.join(active) or 'nothing'} instead"))
+            remaining = remaining[1:]
+            continue
+        return session, failures
 
 
 class OnnxRuntimeRunner(Runner):
@@ -65,7 +78,7 @@ class OnnxRuntimeRunner(Runner):
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self.session = _session_without_silent_fallback(ort, source, options, providers)
+            self.session, failures = _session_without_silent_fallback(ort, source, options, providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph/RuntimeException types
             raise ArtifactError(f"{self.path}: onnxruntime cannot load it ({first_line(exc)})",
                                 "re-export it, or update onnxruntime if the opset is newer than it supports") from None
@@ -73,8 +86,10 @@ class OnnxRuntimeRunner(Runner):
         first = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
         if explicit and first not in active:
             wanted = short_name(first)
+            why = next((reason for name, reason in failures if name == first), "")
             raise ProviderUnavailableError(
-                f"{self.path}: provider {wanted!r} is installed but failed to start (onnxruntime fell back to {', '.join(map(short_name, active))})",
+                f"{self.path}: provider {wanted!r} is installed but failed to start"
+                + (f" ({why[:300]})" if why else "") + f"; the session would run on {', '.join(map(short_name, active))}",
                 install_hint(wanted),
             )
         self.providers = active
