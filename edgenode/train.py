@@ -188,16 +188,19 @@ def refuse_other_split_options(config: TrainConfig, manifest: edata.Manifest) ->
 
 def train(config: TrainConfig) -> TrainResult:
     ctx = init_distributed()
-    created = not Path(config.out).exists()
+    out = Path(config.out).absolute()
+    created = [p for p in (out, *out.parents) if not p.exists()]  # deepest first: the folders this run would make
     try:
         check_run_arguments(config)  # before the lock creates --out: a refused run creates no folder
         with hold_run_folder(Path(config.out), enabled=ctx.is_main):
             return _train(config, ctx)
     except BaseException:
-        run_dir = Path(config.out)  # a run refused before it wrote anything leaves no empty --out behind
-        if created and ctx.is_main and run_dir.is_dir() and not any(run_dir.iterdir()):
+        # a run refused before it wrote anything leaves no empty --out behind, nor the parents it made for it
+        for folder in created if ctx.is_main else ():
+            if not folder.is_dir() or any(folder.iterdir()):
+                break
             with contextlib.suppress(OSError):  # never in place of the error that ended the run
-                run_dir.rmdir()
+                folder.rmdir()
         raise
     finally:
         ctx.shutdown()

@@ -459,6 +459,8 @@ def test_colour_jitter_trains_and_is_fixed_on_resume(synthetic_root, tmp_path):
     (dict(weight_decay=0.0), r"--weight-decay 0.05 → 0.0"),
     (dict(solver="dopri5", steps=None), r"--solver 'rk4' → 'dopri5', --steps 2 → \(not given\)"),
     (dict(label_smoothing=0.1), r"--label-smoothing 0.0 → 0.1"),
+    (dict(dropout=0.1), r"--dropout 0.0 → 0.1"),
+    (dict(amp=True), r"--amp False → True"),
 ])
 def test_resume_refuses_settings_the_checkpoint_would_silently_override(tmp_path, changed, message):
     saved = small_config("data", tmp_path / "run").to_dict()
@@ -617,7 +619,7 @@ def test_a_run_refused_after_creating_its_folder_removes_it_only_if_it_made_it(s
     new = tmp_path / "new" / "run"
     with pytest.raises(DataError, match="at least 2 are needed"):
         train(small_config(synthetic_root, new, split=split))
-    assert not new.exists()
+    assert not new.exists() and not new.parent.exists()  # nor the parent it made for it
     mine = tmp_path / "mine"
     mine.mkdir()  # the user's own (empty) folder stays
     with pytest.raises(DataError):
