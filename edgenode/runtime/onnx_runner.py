@@ -27,6 +27,11 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+def _provider_name(entry) -> str:
+    """A providers list holds names, or (name, options) pairs."""
+    return entry[0] if isinstance(entry, tuple) else entry
+
+
 def _session_without_silent_fallback(ort, source, options, providers: list):
     """An InferenceSession on the first of ``providers`` that starts, each keeping its options; and why the ones
     before it did not start, as (provider, reason).
@@ -42,7 +47,7 @@ def _session_without_silent_fallback(ort, source, options, providers: list):
     ``disable_fallback()`` (in every release) turns the fallback inside ``run()`` off."""
     remaining, failures = list(providers), []
     while True:
-        wanted = remaining[0][0] if isinstance(remaining[0], tuple) else remaining[0]
+        wanted = _provider_name(remaining[0])
         try:
             with contextlib.redirect_stdout(sys.stderr):  # the banner an older onnxruntime prints as it falls back
                 session = ort.InferenceSession(source, sess_options=options, providers=remaining, enable_fallback=0)
@@ -83,7 +88,7 @@ class OnnxRuntimeRunner(Runner):
             raise ArtifactError(f"{self.path}: onnxruntime cannot load it ({first_line(exc)})",
                                 "re-export it, or update onnxruntime if the opset is newer than it supports") from None
         active = self.session.get_providers()
-        first = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+        first = _provider_name(providers[0])
         if explicit and first not in active:
             wanted = short_name(first)
             why = next((reason for name, reason in failures if name == first), "")
