@@ -69,3 +69,101 @@ def test_every_test_the_guarantees_cite_exists():
                for name in re.findall(r"^def (test_\w+)", path.read_text(encoding="utf-8"), flags=re.M)}
     files = {path.stem for path in (ROOT / "tests").glob("test_*.py")}
     assert len(cited) > 50 and not cited - defined - files
+
+
+# Where commands are written for people to copy: the docs, the shell scripts, and the usage of each example script.
+COMMAND_SOURCES = [*DOCS, "docs/GUARANTEES.md", "examples/pretrained/README.md", "examples/pins_pipeline.sh",
+                   "examples/gpu/prepare_carry.sh", "examples/gpu/bench_gpu.sh", *sorted(
+                       str(p.relative_to(ROOT)) for p in (ROOT / "examples").rglob("*.py"))]
+# a command starts a line or a pipeline step, after any environment assignments and wrappers (prose names
+# edgenode too: "as edgenode does")
+INVOCATION = re.compile(r"^\s*(?:\$\s+)?(?:[A-Z_][A-Z0-9_]*=\S*\s+|time\s+|timeout\s+\d+\s+|nohup\s+)*"
+                        r"(edgenode|python3?)\s+(\S+)(.*)")
+
+
+def command_lines(path: Path) -> list[str]:
+    """The lines that may hold a command: continuations joined, shell comments cut (`# after installing edgenode
+    there` is prose). Markdown: fenced blocks and inline code spans; a script: its lines; Python: its docstrings."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".md":
+        spans = re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S)
+        spans += re.findall(r"(?<!`)`([^`\n]+)`(?!`)", re.sub(r"```.*?```", "", text, flags=re.S))
+    elif path.suffix == ".py":
+        spans = re.findall(r'"""(.*?)"""', text, flags=re.S)
+    else:
+        spans = [text]
+    lines = []
+    for span in spans:
+        for line in span.replace("\\\n", " ").splitlines():
+            lines.append(re.split(r"(?:^|\s)#\s", line)[0])
+    return lines
+
+
+def cli_options() -> dict[str, set[str]]:
+    import typer
+
+    from edgenode.cli.app import app
+
+    commands = typer.main.get_command(app).commands
+    return {name: {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)} | {"--help"}
+            for name, command in commands.items()}
+
+
+def script_options(script: Path, cli: dict[str, set[str]]) -> set[str]:
+    """An example script's options: its argparse flags, or the command's it hands its arguments to
+    (``main(["evaluate", *sys.argv[1:]])``)."""
+    source = script.read_text(encoding="utf-8")
+    delegated = re.search(r'main\(\["([a-z-]+)", \*sys\.argv\[1:\]\]\)', source)
+    if delegated:
+        return cli[delegated.group(1)]
+    return set(re.findall(r'"(--[a-z0-9][a-z0-9-]*)"', source)) | {"--help"}
+
+
+def unknown_options(source: str, cli: dict[str, set[str]]) -> list[str]:
+    found = []
+    for line in command_lines(ROOT / source):
+        for step in re.split(r"&&|\|\||[;|(]", line):
+            invocation = INVOCATION.match(step)
+            if not invocation:
+                continue
+            program, target, rest = invocation.groups()
+            options = re.findall(r"(?<!\S)(--[a-z0-9][a-z0-9-]*)", rest)
+            if program == "edgenode":
+                if target.startswith("-") or not re.fullmatch(r"[a-z-]+", target):
+                    continue  # `edgenode --help`, `edgenode <command>`
+                if target not in cli:
+                    found.append(f"{source}: no command `edgenode {target}`: {line.strip()}")
+                    continue
+                known = cli[target]
+            elif target.startswith("examples/"):
+                script = ROOT / target
+                if not script.exists():
+                    found.append(f"{source}: no script {target}: {line.strip()}")
+                    continue
+                known = script_options(script, cli)
+            else:
+                continue
+            found += [f"{source}: {target} has no {option}: {line.strip()}" for option in options if option not in known]
+    return found
+
+
+@pytest.mark.parametrize("source", COMMAND_SOURCES)
+def test_every_documented_command_names_options_that_exist(source):
+    """A renamed option, command or example script leaves the commands people copy from the docs failing with
+    "no such option"; every `edgenode …` and `python examples/….py …` written there must parse its options."""
+    assert not unknown_options(source, cli_options()), "\n".join(unknown_options(source, cli_options()))
+
+
+def test_the_documented_command_check_finds_a_stale_option(tmp_path, monkeypatch):
+    stale = tmp_path / "stale.md"
+    stale.write_text("Run\n```bash\nedgenode export best.pt --precision fp32 \\\n  --int8-samples 64   # old name\n```\n"
+                     "and `edgenode infer x.onnx img.jpg --device cuda`, then `python examples/nope.py --x 1`; "
+                     "`edgenode frobnicate` is no command. # after installing edgenode there\n", encoding="utf-8")
+    monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
+    found = unknown_options("stale.md", cli_options())
+    assert any("export has no --int8-samples" in line for line in found), found
+    assert any("infer has no --device" in line for line in found), found
+    assert any("no script examples/nope.py" in line for line in found), found
+    assert any("no command `edgenode frobnicate`" in line for line in found), found
+    assert not any("edgenode there" in line for line in found), found
+    assert len(found) == 4, found
