@@ -62,3 +62,21 @@ def test_two_process_ddp_matches_single_process(synthetic_root, tmp_path, extra)
         torch.manual_seed(0)
         initial = build_model(expected.model_config).eval()(x)
     assert (trained - initial).abs().max() > 0.05  # the comparison is not between two untrained models
+
+
+def test_a_run_that_rank_0_refuses_stops_every_process(synthetic_root, tmp_path):
+    """Only rank 0 checks --out (and holds its lock): the other ranks wait for it at a barrier. When rank 0 refuses
+    the run they must not wait there for the collective's timeout (30 min): torchrun stops them, and the error is
+    rank 0's one line, said once."""
+    out = tmp_path / "finished"
+    out.mkdir()
+    (out / "results.json").write_text("{}")
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "edgenode", "train", str(synthetic_root), "--out", str(out), *ARGS],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output
+    assert output.count("already holds a training run (results.json)") == 1, output
+    assert sorted(p.name for p in out.iterdir()) == ["results.json"], output  # no lock, manifest or checkpoint left
