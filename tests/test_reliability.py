@@ -1042,8 +1042,10 @@ BAD_ARGUMENTS = [
     ("train {data} --out {new} --label-weight -1", "--label-weight must be a finite number >= 0, got -1.0 (pass 0"),
     ("train {data} --out {new} --label-smoothing 1", "--label-smoothing must be in [0, 1), got 1.0 (pass e.g. 0.1"),
     ("train {data} --out {new} --atol -1", "solver tolerances must be finite and positive, got rtol=0.001 atol=-1.0"),
-    ("train {data} --out {new} --val-per-class 0", "--val 0 (`edgenode train`: --val-per-class 0) is not a positive integer"),
-    ("split {data} --test 0", "--test 0 (`edgenode train`: --test-per-class 0) is not a positive integer"),
+    ("train {data} --out {new} --val-per-class 0", "--val-per-class 0 is not a positive integer"),
+    ("split {data} --test 0", "--test-per-class 0 is not a positive integer"),  # split's short spelling, named as train spells it
+    ("split {data} --test-per-class 0", "--test-per-class 0 is not a positive integer"),
+    ("split {data} --train-per-class 90", "is more than --per-class 86 (raise --per-class or lower --train-per-class/"),
     ("split {data} --image-size 0", "--image-size 0 is not a positive integer"),
     ("export {ckpt} --out {new} --opset 21", "--opset 21 is not supported"),
     ("parity {onnx} --reference {ckpt} --data {data} --int8-max-drop -1", "--int8-max-drop must be >= 0 percentage points"),

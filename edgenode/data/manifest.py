@@ -45,10 +45,10 @@ class DataWarning(UserWarning):
     """Something was left out of the data set (an identity or a file); the build goes on."""
 
 
-# how a message names each setting with its value: `edgenode split` and `edgenode train` name the counts
-# differently, and ``workers`` is an argument of the Python API only
+# how a message names each setting with its value, as `edgenode split` and `edgenode train` both spell it
+# (``workers`` is an argument of the Python API only)
 _NAMED = {"per_class": "--per-class {!r}", "image_size": "--image-size {!r}", "workers": "workers={!r}",
-          **{k: f"--{k} {{!r}} (`edgenode train`: --{k}-per-class {{!r}})" for k in ("train", "val", "test")}}
+          **{k: f"--{k}-per-class {{!r}}" for k in ("train", "val", "test")}}
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -75,8 +75,7 @@ class SplitConfig:
             raise UsageError(
                 f"train+val+test = {self.train}+{self.val}+{self.test} = {self.train + self.val + self.test} "
                 f"is more than --per-class {self.per_class}",
-                "raise --per-class or lower the train/val/test counts per identity (split: --train/--val/--test; "
-                "train: --train-per-class/--val-per-class/--test-per-class)",
+                "raise --per-class or lower --train-per-class/--val-per-class/--test-per-class",
             )
         if not 8 <= self.image_size <= 1024:
             raise UsageError(f"--image-size {self.image_size} is out of range", "pass a size between 8 and 1024")
