@@ -212,6 +212,9 @@ def check_data_alignment(spec, root: str | os.PathLike) -> None:
 _WORKER: dict = {}
 
 
+CHIP_TMP_SUFFIX = ".chip.tmp"
+
+
 def _worker_init(size: int, spec: dict) -> None:
     _WORKER["aligner"] = FaceAligner(size, AlignSpec.from_dict(spec))
 
@@ -235,7 +238,8 @@ def _worker_align(job: tuple[str, str]) -> tuple[bool, str]:
     # (mean 0.4/255, 200 Pins test chips) — far below what the model can see.
     fmt = Image.registered_extensions().get(Path(dst).suffix.lower(), "PNG")
     options = {"JPEG": {"quality": 100, "subsampling": 0}, "WEBP": {"lossless": True}}.get(fmt, {})
-    tmp = f"{dst}.tmp"
+    # a hidden temporary (as every other writer's): one left by a kill is never listed, and the rerun removes it
+    tmp = Path(dst).with_name(f".{Path(dst).name}{CHIP_TMP_SUFFIX}")
     Image.fromarray(chip, "RGB").save(tmp, format=fmt, **options)
     os.replace(tmp, dst)
     return found, ""
@@ -279,6 +283,8 @@ def align_dataset(root: str | os.PathLike, out: str | os.PathLike, files: list[s
     record = {"align": spec.to_dict(), "size": int(size), "source": str(source)}
     atomic_write_bytes(record_path, (json.dumps({**previous, **record}, indent=2) + "\n").encode("utf-8"))
     todo = [(str(source / f), str(target / f)) for f in files if not (target / f).is_file()]
+    for stale in target.rglob(f".*{CHIP_TMP_SUFFIX}") if target.is_dir() else ():  # chips a killed run was writing
+        stale.unlink(missing_ok=True)
     start = time.perf_counter()
     results: list[tuple[bool, str]] = process_map(
         _worker_align, todo, initializer=_worker_init, initargs=(size, spec.to_dict()), workers=workers,

@@ -575,6 +575,9 @@ def test_ctrl_c_during_align_is_one_line_and_running_it_again_keeps_the_finished
     chips = sorted((copy / "images").glob("*/*.png"))
     assert len(chips) == 3 and all(Image.open(p).size == (32, 32) for p in chips)
     kept = {p: p.read_bytes() for p in chips}
+    # a kill in the middle of saving a chip leaves its temporary (of a picture since removed from the source, so
+    # that no chip of this run is written through the same name)
+    (chips[0].parent / f".gone.png{align.CHIP_TMP_SUFFIX}").write_bytes(b"half a chip")
 
     InterruptedAligner.calls = 0
     monkeypatch.setattr(align, "FaceAligner", lambda size, spec: InterruptedAligner(size, stop_at=None))
@@ -585,3 +588,4 @@ def test_ctrl_c_during_align_is_one_line_and_running_it_again_keeps_the_finished
     assert (record["aligned_now"], record["already_there"]) == (3, 3)
     assert all(p.read_bytes() == before for p, before in kept.items())
     assert sum(map(len, discover_images(copy).values())) == 6  # chips only: no leftover is read as a picture
+    assert not list(copy.rglob(f"*{align.CHIP_TMP_SUFFIX}"))  # the rerun removed the killed write's temporary
