@@ -131,6 +131,9 @@ def test_discover_kaggle_prefix_is_stripped_but_paths_keep_folder(tmp_path):
     found = discover_images(tmp_path)
     assert list(found) == ["Adriana Lima", "Zendaya"]
     assert found["Zendaya"] == ["pins_Zendaya/Zendaya0_1.jpg"]
+    from edgenode.data.discover import class_name
+
+    assert class_name("pins_") == "pins_"  # the prefix alone is a name, not an empty identity
 
 
 def test_discover_errors(tmp_path):

@@ -140,6 +140,15 @@ def test_int8_files_hold_the_qdq_each_target_needs(exported):
     assert ort["quantize_linear"] > 0 and ort["activation_types"] == ["UINT8"] and ort["weight_types"] == ["INT8"]
     assert trt["activation_types"] == ["INT8"] and trt["weight_types"] == ["INT8"]
     assert trt["activation_zero_points_all_zero"] and trt["weight_zero_points_all_zero"], "TensorRT: symmetric"
+    # ONNX Runtime: asymmetric uint8 activations, each tensor's zero point where its range puts it (symmetric uint8
+    # would fix every one at 128 and spend half the codes on the negative values a GroupNorm/SiLU output lacks)
+    from onnx import numpy_helper
+
+    ort_proto = onnx.load(str(exported.artifacts["int8-ort"]))
+    inits = {i.name: numpy_helper.to_array(i) for i in ort_proto.graph.initializer}
+    zero_points = {int(inits[n.input[2]].item()) for n in ort_proto.graph.node
+                   if n.op_type == "QuantizeLinear" and n.input[2] in inits}
+    assert zero_points and zero_points != {128}, zero_points
     assert trt["per_channel_weights"] > 0 and ort["per_channel_weights"] > 0
     assert ort["bias_types"] == ["INT32"] and trt["bias_types"] == [], "TensorRT cannot dequantize int32 biases"
     assert set(trt["dequantize_consumers"]) <= {"Conv", "Gemm", "MatMul"}, "no Q/DQ around ops TensorRT cannot fuse"
@@ -767,3 +776,34 @@ def test_golden_samples_are_spread_over_the_whole_validation_split():
 
     assert golden_indices(24, 8).tolist() == [0, 3, 7, 10, 13, 16, 20, 23]
     assert golden_indices(5, 8).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_export_checks_run_on_the_pixels_infer_feeds_the_model(exported, run):
+    """The sweep, the agreement checks and the golden files compare the model with itself, so inputs normalised
+    wrongly (mean and std swapped, another spread) would pass every one of them: the golden inputs must be the
+    validation pictures as `infer` prepares them from their files."""
+    from edgenode.runtime import load_predictor
+
+    manifest = Manifest.load(run.run_dir / "manifest.json")
+    root = Path(load_checkpoint(run.best_checkpoint).train_config["data"])
+    from edgenode.data import images_root
+
+    files = [images_root(root) / f for f in manifest.files("val")]
+    prepared = load_predictor(exported.artifacts["fp32"], provider="cpu").preprocess(files)
+    golden = read_golden(exported.out_dir / f"{exported.artifacts['fp32'].name}.golden.npz")["inputs"]
+    nearest = np.abs(golden[:, None] - prepared[None]).reshape(len(golden), len(prepared), -1).max(-1).min(-1)
+    assert len(golden) >= 2 and nearest.max() < 1e-5, nearest
+
+
+def test_the_calibration_seed_draws_the_calibration_set(run, tmp_path):
+    """`--calibration-seed 3` must draw (and record) seed 3's pictures: a seed silently left at 0 would make the
+    INT8 file's calibration irreproducible from what its folder says."""
+    from edgenode.calibration import select_calibration_set
+
+    manifest = Manifest.load(run.run_dir / "manifest.json")
+    with one_torch_thread():
+        export_model(ExportConfig(checkpoint=str(run.best_checkpoint), out=str(tmp_path / "out"), precisions="fp32,int8",
+                                  int8_target="ort", steps=1, check_ode=False, opset=17, calibration_seed=3))
+    saved = (tmp_path / "out" / "calibration-set.json").read_text()
+    assert saved == select_calibration_set(manifest, per_class=4, seed=3).to_json()
+    assert saved != select_calibration_set(manifest, per_class=4, seed=0).to_json()

@@ -44,3 +44,15 @@ def test_macro_metrics_average_over_the_classes_present_in_the_split():
     assert m.accuracy == 0.75 and m.n == 4 and m.accuracy_ci == wilson_interval(3, 4)
     assert m.macro_precision == pytest.approx(0.75) and m.macro_recall == pytest.approx(5 / 6)
     assert m.macro_f1 == pytest.approx((2 / 3 + 0.8) / 2)
+
+
+def test_a_collapsed_classifier_gets_no_credit_for_the_classes_it_never_predicts():
+    """Targets [0, 1, 2], every prediction 0 (the paper network's val collapse): classes 1 and 2 are never predicted,
+    so their precision is 0, not undefined-and-skipped; macro precision 1/9, recall 1/3, F1 (1/2)/3."""
+    import torch
+
+    from edgenode.metrics import ClassificationMetrics
+
+    m = ClassificationMetrics.from_predictions(torch.tensor([0, 0, 0]), torch.tensor([0, 1, 2]), 3)
+    assert m.macro_precision == pytest.approx(1 / 9) and m.macro_recall == pytest.approx(1 / 3)
+    assert m.macro_f1 == pytest.approx(1 / 6)

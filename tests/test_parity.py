@@ -364,6 +364,40 @@ def test_parity_result_judges_itself():
         ParityThresholds(min_agreement_pct=101)
 
 
+def test_a_better_artifact_asks_for_no_drop_bound_and_the_worst_class_comes_first():
+    """An artifact that gains accuracy passes at a drop bound of 0, not a negative one (which --max-drop
+    refuses); the classes that changed are listed worst first, as the table shows them."""
+    labels = np.repeat(np.arange(3), 10)
+    reference = np.zeros((30, 3), dtype=np.float32)
+    reference[np.arange(30), labels] = 1.0
+    reference[[0, 1], 1] = 2.0  # the reference misses two of class a
+    candidate = reference.copy()
+    candidate[[0, 1], 1] = 0.0  # the artifact gets them right...
+    candidate[[10], 2] = 2.0  # ...and misses one of class b
+    result = compare_logits(reference, candidate, labels, ["a", "b", "c"], name="x.onnx",
+                            thresholds=ParityThresholds(min_agreement_pct=0))
+    assert result.accuracy_delta_pt == pytest.approx(100 / 30) and result.min_passing["max_drop_pt"] == 0.0
+    assert [(c.name, round(c.delta_pt)) for c in result.class_changes] == [("b", -10), ("a", 20)]
+
+
+def test_a_report_with_one_failing_artifact_has_not_passed(tmp_path):
+    """`parity.json`'s "passed" is what CI scripts read: one failing artifact of two makes it false."""
+    from edgenode.parity.run import ParityReport
+
+    labels = np.repeat(np.arange(2), 10)
+    reference = np.eye(2, dtype=np.float32)[labels]
+    worse = reference.copy()
+    worse[:5] = worse[:5, ::-1]  # five of class 0 now wrong
+    good = compare_logits(reference, reference, labels, ["a", "b"], name="fp32.onnx")
+    bad = compare_logits(reference, worse, labels, ["a", "b"], name="int8.onnx", precision="int8")
+    report = ParityReport(reference={"path": "best.pt", "solver": "dopri5"}, data={}, thresholds=ParityThresholds(),
+                          results=[good, bad])
+    assert good and not bad
+    assert not report and report.n_passed == 1 and report.failing == [bad]
+    assert report.to_dict()["passed"] is False and report.to_dict()["n_passed"] == 1
+    assert report.summary_line().endswith("Passed: 1/2")
+
+
 def test_reference_with_no_artifact_or_folder_without_artifacts(trained_run, synthetic_root, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -592,6 +592,7 @@ def test_a_tampered_onnx_is_refused_by_every_stage(rk4x4, trained_run, synthetic
     ({"manifest_sha256": "0" * 64}, "manifest 000000000000… vs."),
     ("input_size", "input size 48 vs. 64 px"),
     ("normalisation", "normalisation mean/std"),
+    ("std", "normalisation mean/std"),  # the same mean, another spread: parity would feed it the wrong pixels
 ])
 def test_parity_refuses_an_artifact_made_for_other_inputs_saying_what_differs(rk4x4, trained_run, synthetic_root, tmp_path,
                                                                              change, fragment):
@@ -600,6 +601,8 @@ def test_parity_refuses_an_artifact_made_for_other_inputs_saying_what_differs(rk
         change = {"input": dataclasses.replace(meta.input, image_size=48)}
     elif change == "normalisation":
         change = {"input": dataclasses.replace(meta.input, mean=(0.5, 0.5, 0.5))}
+    elif change == "std":
+        change = {"input": dataclasses.replace(meta.input, std=(0.3, 0.3, 0.3))}
     other = _rewrite(rk4x4["fp32"], tmp_path / "other.onnx", **change)
     result = invoke("parity", other, "--reference", trained_run.best_checkpoint, "--data", synthetic_root,
                     "--out", tmp_path / "p", "--no-attribution")
@@ -1615,6 +1618,21 @@ def test_a_handful_of_items_runs_without_a_worker_pool(monkeypatch):
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     assert [default_workers(n) for n in (0, 1, 31, 63, 64, 95, 96, 10_000)] == [1, 1, 1, 1, 2, 2, 3, 16]
+
+
+def test_written_files_are_readable_by_everyone_not_only_their_owner(tmp_path):
+    """The temporary a write goes through is owner-only (mkstemp); the file it becomes is a model to ship, copy to
+    a device or serve from another account: rw-r--r-- under the usual umask."""
+    import stat
+
+    from edgenode.artifacts import atomic_write_bytes
+
+    previous = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "best.pt", b"weights")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "best.pt").stat().st_mode) == 0o644
 
 
 def test_a_write_syncs_the_file_then_the_folder_that_names_it(tmp_path, monkeypatch):

@@ -95,7 +95,8 @@ def test_a_bfloat16_state_steps_on_the_float32_grid(method):
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"method": "rk5"}, {"method": "euler", "n_steps": 0}, {"method": "rk4", "n_steps": -3}, {"rtol": 0.0}]
+    "kwargs", [{"method": "rk5"}, {"method": "euler", "n_steps": 0}, {"method": "rk4", "n_steps": -3}, {"rtol": 0.0},
+               {"atol": 0.0}, {"rtol": float("inf")}, {"atol": float("nan")}]
 )
 def test_bad_solver_config_is_a_usage_error(kwargs):
     with pytest.raises(UsageError):

@@ -44,7 +44,7 @@ def test_checkpoint_is_self_describing(trained_run):
     manifest = Manifest.load(trained_run.run_dir / "manifest.json")
     assert ckpt.classes == manifest.classes
     assert ckpt.manifest_sha256 == manifest.sha256
-    assert ckpt.input_spec.image_size == 64 and tuple(ckpt.input_spec.mean) == tuple(manifest.mean)
+    assert ckpt.input_spec.image_size == 64 and tuple(ckpt.input_spec.mean) == tuple(manifest.mean) and tuple(ckpt.input_spec.std) == tuple(manifest.std)
     assert ckpt.model_config.solver.method == "dopri5"
     assert ckpt.epoch == trained_run.best_epoch
     assert ckpt.metrics["val_accuracy"] == pytest.approx(trained_run.best_val_accuracy)
@@ -893,3 +893,31 @@ def test_training_curves_draw_the_weight_average_of_a_run_that_keeps_one(tmp_pat
     drawn.clear()
     plots.plot_training_curves([{k: v for k, v in row.items() if k != "val_accuracy_ema"} for row in history], tmp_path / "plain.png")
     assert [label for label, _ in drawn] == ["train", "val", "train", "val"]
+
+
+def test_each_epoch_draws_its_own_batch_order_and_a_tie_keeps_the_earlier_best(synthetic_root, tmp_path, monkeypatch):
+    """Two things no figure shows: a batch order repeated every epoch trains worse without failing, and a tie on
+    val replacing best.pt would ship a later (more overfitted) epoch for no gain. Val accuracy is held level here."""
+    import edgenode.train as train_module
+
+    orders = []
+    real_randperm, real_evaluate = torch.randperm, train_module.evaluate
+
+    def recording_randperm(n, *args, **kwargs):
+        perm = real_randperm(n, *args, **kwargs)
+        if n == 6 * 16 and kwargs.get("generator") is not None:  # the train split's order, drawn once an epoch
+            orders.append(perm.tolist())
+        return perm
+
+    def level_val(model, split, num_classes, *args, **kwargs):
+        return {**real_evaluate(model, split, num_classes, *args, **kwargs), "accuracy": 0.5}
+
+    monkeypatch.setattr(torch, "randperm", recording_randperm)
+    monkeypatch.setattr(train_module, "evaluate", level_val)
+    result = train(small_config(synthetic_root, tmp_path / "run"))
+    assert len(orders) == 3 and orders[0] != orders[1] != orders[2] != orders[0]
+    assert result.best_epoch == 1 and load_checkpoint(result.best_checkpoint).epoch == 1
+
+    first_run, orders[:] = list(orders), []
+    train(small_config(synthetic_root, tmp_path / "again"))
+    assert orders == first_run  # and the same seed draws the same orders

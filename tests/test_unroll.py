@@ -167,6 +167,23 @@ def test_sweep_picks_a_small_n_on_a_smooth_model():
     assert "| N | NFE |" in sweep.to_markdown()
 
 
+def test_the_sweeps_reference_is_solved_in_float64_and_the_candidates_in_float32(monkeypatch):
+    """steps_sweep.json says its dopri5 reference is float64: at 1e-6 a float32 solve's own rounding would be part
+    of what the candidates are measured against."""
+    from edgenode.export import steps as steps_module
+
+    seen = []
+    real = steps_module.solve_logits
+    monkeypatch.setattr(steps_module, "solve_logits",
+                        lambda model, solver, images, dtype: seen.append((solver.method, dtype)) or real(model, solver, images, dtype))
+    model = small_model()
+    images = _images()
+    with torch.no_grad():
+        labels = model(images).argmax(1).numpy()
+    sweep_steps(model, images, labels, "rk4", candidates=(1, 2))
+    assert seen == [("dopri5", torch.float64), ("rk4", torch.float32), ("rk4", torch.float32)]
+
+
 def test_sweep_applies_both_the_agreement_and_the_accuracy_criterion(monkeypatch):
     """N = 1 flips one of 20 predictions, to a wrong class: 95 % agreement and 5 pt of accuracy lost. Either
     criterion alone must refuse it; N = 2 reproduces the reference and qualifies."""
