@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from helpers import sigint_as_a_terminal_has_it
 from edgenode.checkpoint import load_checkpoint, save_checkpoint
 from edgenode.cli import app
 from edgenode.errors import ArtifactError
@@ -129,7 +130,7 @@ def start_pausing(tmp_path: Path, target: str, nth: int, *args, rename: bool = F
     signals.mkdir()
     proc = subprocess.Popen([sys.executable, str(script), target, str(nth), str(signals), "rename" if rename else "-", "--",
                              *map(str, args)], env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, preexec_fn=sigint_as_a_terminal_has_it)
     return proc, signals
 
 
