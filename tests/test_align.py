@@ -486,3 +486,25 @@ def test_an_aligned_copy_remade_with_other_settings_gets_another_cache_file(synt
     first = cache_path(synthetic_manifest, copy, "train")
     _mark_aligned(copy, 64, padding=0.5)
     assert cache_path(synthetic_manifest, copy, "train") != first
+
+
+def test_the_recorded_padding_is_the_padding_the_chip_is_cut_with(monkeypatch):
+    """The artifact records the alignment's padding and infer reads it back: it must also reach dlib's chip cutter,
+    or a model trained on 0.5-padded chips gets 0.25-padded ones at inference (every other test uses 0.25)."""
+    import types
+
+    import edgenode.teacher as teacher
+
+    cut = []
+    fake_dlib = types.SimpleNamespace(
+        shape_predictor=lambda path: "5-point predictor",
+        get_face_chip=lambda img, shape, size, padding: cut.append((size, padding)) or np.zeros((size, size, 3), np.uint8))
+    monkeypatch.setitem(sys.modules, "dlib", fake_dlib)
+    monkeypatch.setattr(teacher, "model_files", lambda: (Path("shape_predictor_5.dat"), Path("resnet.dat")))
+    monkeypatch.setattr(teacher, "load_hog_detector", lambda dlib: "hog")
+    monkeypatch.setattr(teacher, "face_landmarks", lambda *args: ("landmarks", True))
+    rgb = np.zeros((80, 80, 3), np.uint8)
+    for padding in (0.5, 0.25):
+        chip, found = align.FaceAligner(48, AlignSpec(padding=padding))(rgb)
+        assert chip.shape == (48, 48, 3) and found
+    assert cut == [(48, 0.5), (48, 0.25)]

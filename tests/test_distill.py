@@ -623,3 +623,26 @@ def test_without_a_table_the_pool_leaves_out_dhash_near_duplicates_of_val_and_te
     unused = [f for f, _ in manifest.unused]
     assert sorted(searched) == sorted(manifest.files("val") + manifest.files("test") + unused)
     assert left_out == 1 and files == unused[1:] and len(images) == len(unused) - 1 and not skipped
+
+
+def test_only_images_the_teacher_described_get_its_loss(pool_setup, tmp_path, monkeypatch):
+    """A picture the teacher has no descriptor for (no face found, or left out of its file) is trained on its label
+    alone: a KL to a made-up target would pull the student towards it. Every batch that holds such a picture hands
+    the teacher's loss only the others."""
+    tmp, root, manifest = pool_setup
+    with np.load(tmp / "teacher.npz") as archive:
+        files, vectors = archive["files"], archive["embedding"]
+    undescribed = set(manifest.files("train")[:4])
+    keep = np.array([f not in undescribed for f in files])
+    np.savez(tmp_path / "partial.npz", files=files[keep], embedding=vectors[keep], face_detected=np.ones(int(keep.sum()), bool))
+    real, rows_seen = distill.distill_loss, []
+
+    def recording(features, logits, index, targets, *args, rows=None, **kwargs):
+        rows_seen.append((targets.has_target[index].tolist(), rows.tolist()))
+        return real(features, logits, index, targets, *args, rows=rows, **kwargs)
+
+    monkeypatch.setattr(distill, "distill_loss", recording)
+    train(_pool_config(tmp, root, tmp_path / "run", teacher=str(tmp_path / "partial.npz"), epochs=1, augment=False))
+    assert any(not all(has) for has, _ in rows_seen), "some batch must hold a picture without a descriptor"
+    for has, rows in rows_seen:
+        assert rows == [i for i, h in enumerate(has) if h]

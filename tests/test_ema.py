@@ -117,3 +117,12 @@ def test_a_paused_run_resumes_its_average_exactly(synthetic_root, tmp_path):
 def test_the_average_itself_refuses_a_decay_outside_0_1(decay):
     with pytest.raises(ValueError, match="decay must be in"):
         WeightAverage(nn.Linear(2, 2), decay)
+
+
+def test_the_averages_warm_up_counts_the_runs_updates_not_the_epochs(synthetic_root, tmp_path, monkeypatch):
+    """The decay ramps up over the first updates ((1 + n) / (10 + n)); a count restarted every epoch would keep the
+    average clinging to each epoch's first weights (a resume test cannot see it: both runs would restart alike)."""
+    seen, real = [], WeightAverage.update
+    monkeypatch.setattr(WeightAverage, "update", lambda self, updates: seen.append(updates) or real(self, updates))
+    train(small_config(synthetic_root, tmp_path / "ema", ema_decay=0.9, epochs=2))
+    assert len(seen) >= 4 and seen == list(range(len(seen)))

@@ -195,7 +195,9 @@ def test_preprocessing_is_read_from_the_artifact(odd_input_ckpt, tmp_path, synth
 
 
 def test_predict_files_keeps_order_and_reports_bad_files(exports, synthetic_root, tmp_path):
-    good = sample_images(synthetic_root, 7)
+    """A bad file leaves a gap in its batch: every good picture must still get its own answer (pictures of
+    different identities, so that a prediction moved to another picture's slot shows)."""
+    good = [sorted(folder.glob("*.png"))[i] for i in range(2) for folder in sorted((synthetic_root / "images").iterdir())][:7]
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
     text = tmp_path / "notes.jpg"
@@ -206,8 +208,50 @@ def test_predict_files_keeps_order_and_reports_bad_files(exports, synthetic_root
     assert [r.path for r in results] == [str(f) for f in files]
     assert [r.ok for r in results] == [f not in (empty, text) for f in files]
     assert "empty" in results[1].reason and "not an image" in results[5].reason
-    direct = predictor.predict(good, k=1)
-    assert [r.index for r in results if r.ok] == [p.index for p in direct]
+    direct = predictor.predict(good, k=3)
+    assert len({p.index for p in direct}) >= 5, "the pictures must be told apart for this test to mean anything"
+    batched = [r for r in predictor.predict_files(files, batch_size=3, k=3, workers=2) if r.ok]
+    for got, want in zip(batched, direct, strict=True):
+        assert [name for name, _ in got.top_k] == [name for name, _ in want.top_k]
+        np.testing.assert_allclose([q for _, q in got.top_k], [q for _, q in want.top_k], atol=1e-5)
+
+
+def test_softmax_is_stable_for_large_logits():
+    from edgenode.runtime.predictor import softmax
+
+    p = softmax(np.array([[1000.0, 0.0], [-1000.0, -1001.0]]))
+    assert np.isfinite(p).all() and p[0, 0] == pytest.approx(1.0) and p[1, 0] == pytest.approx(1 / (1 + np.exp(-1)))
+
+
+def test_picture_extensions_are_matched_in_any_case(tmp_path):
+    """A camera's folder of `IMG_0001.JPG`: upper-case extensions are pictures too."""
+    from edgenode.runtime.preprocess import collect_images
+
+    for name in ("A.JPG", "b.Png", "c.jpeg", "notes.TXT"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in collect_images([tmp_path])] == ["A.JPG", "b.Png", "c.jpeg"]
+
+
+def test_an_explicit_provider_that_fails_is_refused_through_load_predictor(exports, monkeypatch):
+    """`infer --provider cuda` must fail when CUDA cannot start, not run on the CPU under the CUDA label: the
+    refusal is tested on the runner; this is that load_predictor asks the runner for it."""
+    import onnxruntime
+
+    from edgenode.runtime import onnx_runner
+
+    real = onnxruntime.InferenceSession
+    monkeypatch.setattr(onnx_runner, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+
+    def cpu_only(source, sess_options=None, providers=None, **kwargs):
+        first = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+        if first != "CPUExecutionProvider":
+            raise RuntimeError("CUDA failure 100: no CUDA-capable device is detected")
+        return real(source, sess_options=sess_options, providers=providers, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", cpu_only)
+    with pytest.raises(ProviderUnavailableError):
+        load_predictor(exports["fp32"], provider="cuda")
+    assert load_predictor(exports["fp32"], provider="auto").runner.provider == "cpu"  # auto takes what starts
 
 
 # --- refusing what cannot be trusted ------------------------------------------------------------------------
