@@ -240,3 +240,32 @@ def test_near_duplicates_are_excluded_from_the_split_scored(trained_run, synthet
                              tmp_path / "r", split="val", near_duplicates=tmp_path / "pairs.tsv")
     assert report["excluding_files"]["n_excluded"] == 1 and report["excluding_files"]["n"] == len(synthetic_manifest.files("val")) - 1
     assert report["excluding_files"]["excluded"] == "near-duplicates of a train picture of the same identity, pairs.tsv"
+
+
+def test_a_worst_class_is_confused_with_another_class_never_itself(trained_run, synthetic_root, synthetic_manifest, tmp_path,
+                                                                   one_thread):
+    """"most_confused_with" is the class that takes most of its errors (None without errors)."""
+    from edgenode.accuracy_report import accuracy_report
+
+    report = accuracy_report(trained_run.best_checkpoint, synthetic_root, trained_run.run_dir / "manifest.json", tmp_path / "r")
+    classes = synthetic_manifest.classes
+    assert any(row["recall"] > 0.5 for row in report["worst_classes"])
+    for row in report["worst_classes"]:
+        counts = np.zeros(len(classes), dtype=int)
+        for m in report["misclassified"]:
+            if m["true"] == row["class"]:
+                counts[classes.index(m["predicted"])] += 1
+        assert row["most_confused_with"] == (classes[int(counts.argmax())] if counts.any() else None), row
+
+
+def test_near_duplicates_of_another_identity_are_not_excluded(trained_run, synthetic_root, synthetic_manifest, tmp_path, one_thread):
+    """The score without near-duplicates drops pairs within one identity only (as its "excluded" line says)."""
+    from edgenode.accuracy_report import accuracy_report
+    from edgenode.data.near_duplicates import NearDuplicate, write_near_duplicates
+
+    val, label = synthetic_manifest.files("val")[0], synthetic_manifest.labels("val")[0]
+    other = next(f for f, c in zip(synthetic_manifest.files("train"), synthetic_manifest.labels("train")) if c != label)
+    write_near_duplicates(tmp_path / "pairs.tsv", [NearDuplicate(other, val, 1)])
+    report = accuracy_report(trained_run.best_checkpoint, synthetic_root, trained_run.run_dir / "manifest.json",
+                             tmp_path / "r", split="val", near_duplicates=tmp_path / "pairs.tsv")
+    assert report["excluding_files"]["n_excluded"] == 0

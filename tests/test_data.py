@@ -955,3 +955,16 @@ def test_discover_skips_hidden_folders_inside_an_identity(tmp_path):
     for rel in ("Alice/a.jpg", "Alice/.thumbnails/a.jpg", "Alice/trip/b.png"):
         (tmp_path / rel).write_bytes(b"x")
     assert discover_images(tmp_path) == {"Alice": ["Alice/a.jpg", "Alice/trip/b.png"]}
+
+
+def test_float_and_32_bit_greyscale_pictures_keep_their_brightness(tmp_path):
+    """A float TIFF in [0, 1] is scaled to 0..255; a 32-bit integer TIFF of 8-bit values is not divided."""
+    from PIL import Image
+
+    from edgenode.data import load_rgb
+
+    Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32)).save(tmp_path / "f.tif")
+    Image.fromarray(np.array([[0, 100, 200]], dtype=np.int32)).save(tmp_path / "i.tif")
+    assert Image.open(tmp_path / "f.tif").mode == "F" and Image.open(tmp_path / "i.tif").mode == "I"
+    assert list(np.asarray(load_rgb(tmp_path / "f.tif"))[0, :, 1]) == [0, 128, 255]
+    assert list(np.asarray(load_rgb(tmp_path / "i.tif"))[0, :, 1]) == [0, 100, 200]
