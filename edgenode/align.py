@@ -27,6 +27,7 @@ import numpy as np
 
 from edgenode.artifacts import atomic_write_bytes
 from edgenode.errors import ArtifactError, DataError, EdgenodeError, MissingDependencyError, UsageError, is_whole_number
+from edgenode.run_lock import hold_run_folder
 from edgenode.teacher import DLIB_PACKAGES
 
 ALIGN_FILE = "alignment.json"
@@ -238,7 +239,8 @@ def _worker_align(job: tuple[str, str]) -> tuple[bool, str]:
     # (mean 0.4/255, 200 Pins test chips) — far below what the model can see.
     fmt = Image.registered_extensions().get(Path(dst).suffix.lower(), "PNG")
     options = {"JPEG": {"quality": 100, "subsampling": 0}, "WEBP": {"lossless": True}}.get(fmt, {})
-    # a hidden temporary (as every other writer's): one left by a kill is never listed, and the rerun removes it
+    # a hidden temporary: one left by a kill is never listed, and the rerun removes it (one align per --out at a time,
+    # so the name needs no random part)
     tmp = Path(dst).with_name(f".{Path(dst).name}{CHIP_TMP_SUFFIX}")
     Image.fromarray(chip, "RGB").save(tmp, format=fmt, **options)
     os.replace(tmp, dst)
@@ -259,8 +261,7 @@ def align_dataset(root: str | os.PathLike, out: str | os.PathLike, files: list[s
     its chip). dlib holds the GIL: ``workers`` > 1 are processes (:func:`edgenode.process_pool.process_map`).
     """
     from edgenode.data import images_root
-    from edgenode.data.manifest import warn_skipped
-    from edgenode.process_pool import process_map, resolve_workers
+    from edgenode.process_pool import resolve_workers
 
     FaceAligner(size, spec)  # a missing extra or a bad size fails here, before any worker starts
     source, target = images_root(root).resolve(), (Path(out) / "images").resolve()
@@ -268,6 +269,18 @@ def align_dataset(root: str | os.PathLike, out: str | os.PathLike, files: list[s
         raise UsageError(f"--out {out} is inside the data folder {root} (or holds it)",
                          "write the aligned copy to a new folder beside the data set")
     workers = resolve_workers(workers or None, len(files))  # before the record is written
+    # one align per --out: a second one would remove the first one's chips in flight (the stale temporaries below)
+    with hold_run_folder(Path(out), command="align"):
+        return _align_held(source, target, out, files, size, spec, workers, progress)
+
+
+def _align_held(source: Path, target: Path, out, files: list[str], size: int, spec: AlignSpec, workers: int,
+                progress: bool) -> dict:
+    """:func:`align_dataset` once ``--out`` is this process's: the record, the chips, the summary."""
+    from edgenode.data import IMAGE_EXTENSIONS
+    from edgenode.data.manifest import warn_skipped
+    from edgenode.process_pool import process_map
+
     record_path = Path(out) / ALIGN_FILE
     previous = _read_record(record_path) if record_path.is_file() else None
     existing = _spec_of(previous, record_path) if previous is not None else None
@@ -283,8 +296,10 @@ def align_dataset(root: str | os.PathLike, out: str | os.PathLike, files: list[s
     record = {"align": spec.to_dict(), "size": int(size), "source": str(source)}
     atomic_write_bytes(record_path, (json.dumps({**previous, **record}, indent=2) + "\n").encode("utf-8"))
     todo = [(str(source / f), str(target / f)) for f in files if not (target / f).is_file()]
-    for stale in target.rglob(f".*{CHIP_TMP_SUFFIX}") if target.is_dir() else ():  # chips a killed run was writing
-        stale.unlink(missing_ok=True)
+    # chips a killed run was writing: .<chip>.chip.tmp, or <chip>.tmp as earlier versions named them
+    for stale in target.rglob("*.tmp") if target.is_dir() else ():
+        if stale.name.endswith(CHIP_TMP_SUFFIX) or Path(stale.stem).suffix.lower() in IMAGE_EXTENSIONS:
+            stale.unlink(missing_ok=True)
     start = time.perf_counter()
     results: list[tuple[bool, str]] = process_map(
         _worker_align, todo, initializer=_worker_init, initargs=(size, spec.to_dict()), workers=workers,

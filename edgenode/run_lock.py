@@ -24,8 +24,11 @@ LOCK_NAME = ".train.lock"
 
 
 @contextlib.contextmanager
-def hold_run_folder(run_dir: Path, enabled: bool = True) -> Iterator[None]:
-    """Hold ``run_dir``'s lock while the block runs (creating the folder); refuse if another process holds it."""
+def hold_run_folder(run_dir: Path, enabled: bool = True, command: str = "train") -> Iterator[None]:
+    """Hold ``run_dir``'s lock while the block runs (creating the folder); refuse if another process holds it.
+
+    ``command`` names the writer and its lock file (``.train.lock``, ``.align.lock``): each command that writes into
+    a folder over minutes keeps others of its kind out."""
     try:
         import fcntl
     except ImportError:  # no flock on this platform
@@ -34,8 +37,8 @@ def hold_run_folder(run_dir: Path, enabled: bool = True) -> Iterator[None]:
         yield
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK_NAME
-    handle = _locked(fcntl, path, run_dir)
+    path = run_dir / (LOCK_NAME if command == "train" else f".{command}.lock")
+    handle = _locked(fcntl, path, run_dir, command)
     if handle is None:  # a file system that does not lock (some network mounts): run as before, unlocked
         yield
         return
@@ -53,7 +56,7 @@ def hold_run_folder(run_dir: Path, enabled: bool = True) -> Iterator[None]:
         handle.close()
 
 
-def _locked(fcntl, path: Path, run_dir: Path):
+def _locked(fcntl, path: Path, run_dir: Path, command: str = "train"):
     """The lock file, open and locked by this process; None where the file system cannot lock.
 
     A holder removes the file before it releases it, so a process that opened the file just before that would lock
@@ -67,8 +70,8 @@ def _locked(fcntl, path: Path, run_dir: Path):
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
             handle.close()
-            raise UsageError(f"--out {run_dir} is in use by another edgenode train (process {holder})",
-                             "wait for it to finish, or train into another --out") from None
+            raise UsageError(f"--out {run_dir} is in use by another edgenode {command} (process {holder})",
+                             f"wait for it to finish, or {command} into another --out") from None
         except OSError as exc:
             handle.close()
             if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):

@@ -14,6 +14,16 @@ from edgenode.data import Manifest, SplitConfig, build_manifest, make_synthetic_
 SYNTHETIC_SPLIT = SplitConfig(per_class=24, train=16, val=4, test=4, image_size=64, seed=0)
 
 
+def pytest_configure(config) -> None:
+    """Ctrl-C tests interrupt child processes, which inherit an ignored SIGINT: a shell without job control starts
+    background jobs with it ignored (a suite run as `.ci/run &`), and Python then installs no KeyboardInterrupt. A
+    handled signal is reset to its default action in a child, so the suite handles SIGINT as Python does."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def edgenode_cache(tmp_path_factory) -> Path:
     """Point ``EDGENODE_CACHE`` at a session temp folder so no test writes to the user's ~/.cache."""

@@ -43,12 +43,3 @@ def mark_then_wait_in_a_new_file(folder: str) -> None:
     import os
 
     mark_then_wait(os.path.join(folder, f"worker-{os.getpid()}"))
-
-
-def sigint_as_a_terminal_has_it() -> None:
-    """``preexec_fn`` of a child a test interrupts: Ctrl-C's default action. A shell without job control starts
-    background jobs with SIGINT ignored, children inherit that, and Python then installs no KeyboardInterrupt, so
-    the test would wait on a process that never hears its Ctrl-C (a suite run as `.ci/run &`)."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_DFL)

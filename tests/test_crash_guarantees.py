@@ -27,7 +27,6 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from helpers import sigint_as_a_terminal_has_it
 from edgenode.checkpoint import load_checkpoint, save_checkpoint
 from edgenode.cli import app
 from edgenode.errors import ArtifactError
@@ -130,7 +129,7 @@ def start_pausing(tmp_path: Path, target: str, nth: int, *args, rename: bool = F
     signals.mkdir()
     proc = subprocess.Popen([sys.executable, str(script), target, str(nth), str(signals), "rename" if rename else "-", "--",
                              *map(str, args)], env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, preexec_fn=sigint_as_a_terminal_has_it)
+                            text=True, start_new_session=True)
     return proc, signals
 
 
@@ -260,8 +259,7 @@ KILLED_WRITES = {
 @pytest.mark.parametrize("case", KILLED_WRITES)
 def test_sigkill_inside_a_write_keeps_the_old_file_whole_and_resume_finishes_the_same_run(
         case, synthetic_root, split, straight, resume_here, tmp_path):
-    """The random kills of test_sigkill_at_random_points_then_resume_gives_the_same_weights seldom land inside a
-    write: this one does, with half the new bytes on disk. Under the file's final name the folder holds the whole
+    """A kill at a random time seldom lands inside a write: this one does, with half the new bytes on disk. Under the file's final name the folder holds the whole
     file of before (or none), the half-written one only as a hidden temporary, and the lock the kill released;
     the same command again (--resume; the first checkpoint's case without it, as a rerun) deletes the temporary,
     takes the lock and ends bit for bit where the uninterrupted run did."""
@@ -296,8 +294,7 @@ def test_sigkill_inside_a_write_keeps_the_old_file_whole_and_resume_finishes_the
 
 def test_ctrl_c_during_train_is_one_line_exit_130_leaves_nothing_half_written_and_resume_continues(
         synthetic_root, split, straight, resume_here, tmp_path):
-    """Only `demo` in its first seconds was interrupted for real, and the train line was checked as a string:
-    here a terminal's Ctrl-C reaches `edgenode train` half-way through writing last.pt of epoch 2. It ends in the
+    """A terminal's Ctrl-C reaches `edgenode train` half-way through writing last.pt of epoch 2. It ends in the
     one line that says how to continue, exit 130; the interrupted write leaves no temporary, the lock is gone with
     the run, epoch 1 is whole; and the same command with --resume continues to the uninterrupted run's weights."""
     run = tmp_path / "run"
@@ -325,8 +322,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 def test_a_second_train_into_a_running_runs_folder_is_refused_at_once_and_changes_nothing(
         synthetic_root, split, straight, tmp_path):
-    """The cited tests lock from the test process and check a bare hold_run_folder child for "UsageError". Here two
-    real runs: the first stopped half-way through a checkpoint (its lock held), a second `edgenode train` into
+    """Two real runs: the first stopped half-way through a checkpoint (its lock held), a second `edgenode train` into
     the same --out, fresh or --resume (which would otherwise continue from the first one's last.pt), is refused in
     the one line naming the first one's process, exit 2, without waiting for it and without touching a file;
     the first then finishes as if alone."""
@@ -353,9 +349,9 @@ def test_a_second_train_into_a_running_runs_folder_is_refused_at_once_and_change
 
 
 def test_every_writer_syncs_the_whole_file_then_renames_it_then_syncs_the_folder(straight, tmp_path, monkeypatch):
-    """The cited test counts two fsyncs of atomic_write_bytes; a folder synced before the rename (which the rename
-    then is not), or a file synced before its bytes were written, passed it. Here the order, for each kind of file a
-    run or an export writes: fsync of the temporary holding every byte, rename onto the final name, fsync of the
+    """A power loss keeps the old file or the new one only in this order, for each kind of file a run or an export
+    writes (a folder synced before the rename does not hold the rename; a file synced before its bytes are written
+    does not hold them): fsync of the temporary holding every byte, rename onto the final name, fsync of the
     folder; and nothing else ever names the final file."""
     import onnx
 
@@ -507,8 +503,8 @@ def two_precisions(straight, tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_a_bench_killed_as_a_time_limit_kills_it_keeps_the_rows_it_measured(straight, two_precisions, tmp_path):
-    """The cited test raises KeyboardInterrupt inside bench, which a handler could catch to write the rows; a time
-    limit (`timeout`: SIGTERM) or a kill runs no handler. Here a real bench is terminated while it writes its report
+    """A time limit (`timeout`: SIGTERM) or a kill runs no exception handler, so the rows must already be on disk:
+    a real bench is terminated while it writes its report
     after the third row: bench.json and bench.md hold the first two rows, whole and marked incomplete, and an
     earlier bench's figure is gone."""
     fp32, fp16 = two_precisions
@@ -552,9 +548,9 @@ class InterruptedAligner:
 
 def test_ctrl_c_during_align_is_one_line_and_running_it_again_keeps_the_finished_chips(synthetic_root, tmp_path,
                                                                                       monkeypatch, capsys):
-    """The align line was checked as a string, and the cited resume test runs align again only after a finished
-    copy. Here `edgenode align` is interrupted at its fourth picture: one line saying to run it again, exit 130, its
-    record and three whole chips on disk; run again, it keeps those three as they are and aligns the other three."""
+    """`edgenode align` interrupted at its fourth picture (in the aligner, where a Ctrl-C lands) ends in one line
+    saying to run it again, exit 130, with its record and three whole chips on disk; run again, it keeps those three
+    as they are and aligns the other three."""
     from edgenode import align
     from edgenode.cli.app import main
     from edgenode.data import discover_images
@@ -579,6 +575,7 @@ def test_ctrl_c_during_align_is_one_line_and_running_it_again_keeps_the_finished
     # a kill in the middle of saving a chip leaves its temporary (of a picture since removed from the source, so
     # that no chip of this run is written through the same name)
     (chips[0].parent / f".gone.png{align.CHIP_TMP_SUFFIX}").write_bytes(b"half a chip")
+    (chips[0].parent / "gone.png.tmp").write_bytes(b"half a chip")  # as earlier versions named them
 
     InterruptedAligner.calls = 0
     monkeypatch.setattr(align, "FaceAligner", lambda size, spec: InterruptedAligner(size, stop_at=None))
@@ -589,4 +586,16 @@ def test_ctrl_c_during_align_is_one_line_and_running_it_again_keeps_the_finished
     assert (record["aligned_now"], record["already_there"]) == (3, 3)
     assert all(p.read_bytes() == before for p, before in kept.items())
     assert sum(map(len, discover_images(copy).values())) == 6  # chips only: no leftover is read as a picture
-    assert not list(copy.rglob(f"*{align.CHIP_TMP_SUFFIX}"))  # the rerun removed the killed write's temporary
+    assert not list(copy.rglob("*.tmp"))  # the rerun removed the killed writes' temporaries
+
+    # a second align into a copy another one is writing would remove that one's chips in flight: refused
+    from edgenode.run_lock import hold_run_folder
+
+    capsys.readouterr()
+    with hold_run_folder(copy, command="align"):
+        with pytest.raises(SystemExit) as exited:
+            main(command)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip() == (f"error: --out {copy} is in use by another edgenode align (process {os.getpid()}) "
+                                               "(wait for it to finish, or align into another --out)")
+    assert not (copy / ".align.lock").exists()

@@ -633,11 +633,13 @@ def test_progress_bars_hidden_silences_every_bar_on_a_terminal(monkeypatch):
 def test_off_a_terminal_a_long_bar_is_a_progress_line_now_and_then(monkeypatch, capsys):
     """A log (nohup, CI) gets no bar; minutes of parity's dopri5 reference or of a CPU epoch must still say they
     are alive, at most every LOG_EVERY_SECONDS, and short work says nothing."""
+    import types
+
     from edgenode import console as console_module
 
     monkeypatch.setattr(console_module.console, "_force_terminal", False)
     clock = iter([0.0, 10.0, 40.0, 50.0, 75.0, 200.0])  # start, then one reading per advance
-    monkeypatch.setattr(console_module.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(console_module, "time", types.SimpleNamespace(monotonic=lambda: next(clock)))  # its clock only
     with console_module.progress_bar("dopri5 reference", 10) as advance:
         for _ in range(5):
             advance(2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -151,7 +152,8 @@ def unknown_options(source: str, cli: dict[str, set[str]]) -> list[str]:
 def test_every_documented_command_names_options_that_exist(source):
     """A renamed option, command or example script leaves the commands people copy from the docs failing with
     "no such option"; every `edgenode …` and `python examples/….py …` written there must parse its options."""
-    assert not unknown_options(source, cli_options()), "\n".join(unknown_options(source, cli_options()))
+    found = unknown_options(source, cli_options())
+    assert not found, "\n".join(found)
 
 
 def test_the_documented_command_check_finds_a_stale_option(tmp_path, monkeypatch):
@@ -159,7 +161,7 @@ def test_the_documented_command_check_finds_a_stale_option(tmp_path, monkeypatch
     stale.write_text("Run\n```bash\nedgenode export best.pt --precision fp32 \\\n  --int8-samples 64   # old name\n```\n"
                      "and `edgenode infer x.onnx img.jpg --device cuda`, then `python examples/nope.py --x 1`; "
                      "`edgenode frobnicate` is no command. # after installing edgenode there\n", encoding="utf-8")
-    monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     found = unknown_options("stale.md", cli_options())
     assert any("export has no --int8-samples" in line for line in found), found
     assert any("infer has no --device" in line for line in found), found

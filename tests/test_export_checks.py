@@ -1,4 +1,4 @@
-"""Export's own checks, each made to fail once: the opset and I/O types written, the metadata a viewer reads, the
+"""Export's own checks and what it writes beside its files: the opset and I/O types written, the metadata a viewer reads, the
 step sweep's and the ODE check's rules, the TensorRT calibration tables, which engines are built, and the warnings."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _copy(path: Path, folder: Path) -> Path:
 
 
 def test_an_exporter_that_writes_another_opset_is_refused(monkeypatch):
-    """Torch_to_onnx checks the opset the exporter really wrote (TensorRT 8.6 reads up to 17)."""
+    """`torch_to_onnx` checks the opset the exporter really wrote (TensorRT 8.6 reads up to 17)."""
     import onnx
     from onnx import TensorProto, helper
 

@@ -39,7 +39,6 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from helpers import sigint_as_a_terminal_has_it
 from edgenode.artifacts import read_sidecar, sidecar_path, write_sidecar
 from edgenode.calibration import select_calibration_set
 from edgenode.checkpoint import load_checkpoint, save_checkpoint
@@ -1304,7 +1303,7 @@ def test_ctrl_c_stops_worker_processes_at_once_without_their_tracebacks(tmp_path
     items.mkdir()
     watched = started if during == "start-up" else items
     process = subprocess.Popen([sys.executable, str(script), str(started), str(items)], stderr=subprocess.PIPE,
-                               text=True, start_new_session=True, env=subprocess_env(), preexec_fn=sigint_as_a_terminal_has_it)
+                               text=True, start_new_session=True, env=subprocess_env())
     deadline = time.monotonic() + 60
     while len(list(watched.iterdir())) < 2 and time.monotonic() < deadline:  # both workers are there
         time.sleep(0.05)
@@ -1330,8 +1329,7 @@ def test_ctrl_c_while_the_command_starts_is_one_line_too(tmp_path):
     command that runs for minutes after it, so that it lands in the import or, on a fast machine, in the command:
     the same one line either way."""
     process = subprocess.Popen(edgenode_cmd("demo", "--out", tmp_path / "demo", "--no-progress"), stderr=subprocess.PIPE,
-                               stdout=subprocess.DEVNULL, text=True, start_new_session=True, env=subprocess_env(),
-                               preexec_fn=sigint_as_a_terminal_has_it)
+                               stdout=subprocess.DEVNULL, text=True, start_new_session=True, env=subprocess_env())
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and "libtorch" not in Path(f"/proc/{process.pid}/maps").read_text():
         time.sleep(0.01)

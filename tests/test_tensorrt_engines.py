@@ -50,7 +50,7 @@ def test_engine_build_gets_the_workspace_in_mib_and_the_timing_cache_file_asked_
 
 
 def test_a_timing_cache_of_another_device_is_not_forced_on_the_builder(shared_exports, tmp_path, monkeypatch):
-    """Set_timing_cache(cache, ignore_mismatch=False): with True TensorRT would take another GPU's/version's cache."""
+    """`set_timing_cache(cache, ignore_mismatch=False)`: with True TensorRT would take another GPU's/version's cache."""
     from test_export import _FakeTensorRT
 
     fake = _FakeTensorRT()
@@ -146,7 +146,7 @@ def _fake_trt_runtime(profile_max: int):
 
 
 def test_a_dynamic_engine_takes_batches_up_to_its_profiles_largest(tmp_path, monkeypatch):
-    """Max_batch is the profile's max (index 2), not its opt (index 1): larger batches are cut into chunks."""
+    """`max_batch` is the profile's max (index 2), not its opt (index 1): larger batches are cut into chunks."""
     from edgenode.runtime.tensorrt_runner import TensorRTRunner
 
     monkeypatch.setitem(sys.modules, "tensorrt", _fake_trt_runtime(profile_max=32))

@@ -53,7 +53,7 @@ _NAMED = {"per_class": "--per-class {!r}", "image_size": "--image-size {!r}", "w
 
 def _positive_int(name: str, value: Any) -> None:
     if not is_whole_number(value):
-        raise UsageError(f"{_NAMED[name].format(value, value)} is not a positive integer", "pass a whole number >= 1")
+        raise UsageError(f"{_NAMED[name].format(value)} is not a positive integer", "pass a whole number >= 1")
 
 
 @dataclass(frozen=True)
