@@ -1,10 +1,11 @@
-"""One training run per ``--out`` at a time.
+"""One training run (or one ``align``) per ``--out`` at a time.
 
 Two ``edgenode train`` processes writing into one folder interleave their files: one run's ``best.pt`` beside
 the other's ``last.pt`` and ``results.json``, each self-consistent and together wrong. The first process to start
 holds an advisory lock on ``<out>/.train.lock`` for as long as it runs; a second one is refused in one line that
 names the holder. The operating system releases the lock when the holder dies, so a killed run never leaves a
-stale lock behind (the file is removed when the run ends; one left by a kill is simply taken again).
+stale lock behind (the file is removed when the run ends; one left by a kill is simply taken again). ``align``
+holds ``<out>/.align.lock`` the same way: a second one would remove the first one's chips in flight.
 
 Advisory locking is POSIX ``flock``; where it is missing (Windows), or a file system refuses it (some network
 mounts), runs are not locked.
