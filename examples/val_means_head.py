@@ -14,24 +14,15 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import torch
+
+from inference_levers import features  # a sibling in examples/: the features of each picture and of its mirror image
 
 from edgenode.checkpoint import load_checkpoint
-from edgenode.data import Manifest, load_split_arrays, normalize
-from edgenode.distill import unit
+from edgenode.data import Manifest, load_split_arrays
+from edgenode.distill import class_means, unit
 from edgenode.metrics import wilson_interval
 
 ALPHAS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
-
-
-def features(model, images: np.ndarray, mean, std) -> tuple[np.ndarray, np.ndarray]:
-    plain, mirrored = [], []
-    with torch.no_grad():
-        for start in range(0, len(images), 128):
-            x = normalize(images[start : start + 128], mean, std)
-            plain.append(model(x, return_features=True)[0].numpy())
-            mirrored.append(model(torch.flip(x, dims=[3]), return_features=True)[0].numpy())
-    return unit(np.concatenate(plain)), unit(np.concatenate(mirrored))
 
 
 def leave_one_out_accuracy(trained: np.ndarray, val: np.ndarray, labels: np.ndarray, alpha: float) -> float:
@@ -59,15 +50,13 @@ def main() -> None:
     split = {}
     for name in ("val", "test"):
         images, labels = load_split_arrays(manifest, args.data, name)
-        plain, mirrored = features(model, images, ckpt.input_spec.mean, ckpt.input_spec.std)
+        plain, mirrored = (unit(f) for f in features(model, images, ckpt.input_spec.mean, ckpt.input_spec.std))
         split[name] = ({"plain": plain, "mirror": unit(plain + mirrored)}, np.asarray(labels))
     (val, val_labels), (test, test_labels) = split["val"], split["test"]
     for view in ("plain", "mirror"):
         loo = {alpha: leave_one_out_accuracy(trained, val[view], val_labels, alpha) for alpha in ALPHAS}
         alpha = max(ALPHAS, key=lambda a: (loo[a], -a))  # ties to the smaller blend
-        sums = np.zeros_like(trained)
-        np.add.at(sums, val_labels, val[view])
-        head = unit(trained + alpha * unit(sums / np.bincount(val_labels, minlength=len(trained))[:, None]))
+        head = unit(trained + alpha * class_means(val[view], val_labels, len(trained)))
         for name, weights in (("trained head", trained), (f"blend alpha={alpha:g}", head)):
             correct = int(((test[view] @ weights.T).argmax(1) == test_labels).sum())
             low, high = wilson_interval(correct, len(test_labels))

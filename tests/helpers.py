@@ -43,3 +43,32 @@ def mark_then_wait_in_a_new_file(folder: str) -> None:
     import os
 
     mark_then_wait(os.path.join(folder, f"worker-{os.getpid()}"))
+
+
+def whole_files(folder) -> list[str]:
+    """Every file under a final (non-hidden) name in ``folder`` is complete: checkpoints load, JSON parses, CSV rows
+    are whole and PNGs decode. Returns the hidden names (temporaries, locks), sorted, for the caller to judge."""
+    import csv
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    from edgenode.checkpoint import load_checkpoint
+
+    hidden = []
+    for path in sorted(Path(folder).iterdir()):
+        if path.name.startswith("."):
+            hidden.append(path.name)
+        elif path.suffix == ".pt":
+            load_checkpoint(path)
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".csv":
+            rows = list(csv.DictReader(path.open()))
+            assert rows and all(None not in row and None not in row.values() and row["seconds"] for row in rows), path
+            assert rows[-1]["epoch"].isdigit(), path
+        elif path.suffix == ".png":
+            with Image.open(path) as image:
+                image.load()
+    return hidden

@@ -31,6 +31,7 @@ from edgenode.checkpoint import load_checkpoint, save_checkpoint
 from edgenode.cli import app
 from edgenode.errors import ArtifactError
 from edgenode.run_lock import LOCK_NAME
+from helpers import whole_files
 
 EPOCHS = 3
 ONNX_NAME = "model-eulerx2-fp32.onnx"  # what `export` names the FP32 file of a euler x 2 checkpoint
@@ -164,26 +165,6 @@ def train_args(data: Path, manifest: Path, out: Path, *extra) -> list[str]:
 
 def invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def whole_files(folder: Path) -> list[str]:
-    """Every file under a final (non-hidden) name is complete: checkpoints load, JSON parses, CSV and PNG read.
-    Returns the hidden names, sorted."""
-    hidden = []
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith("."):
-            hidden.append(path.name)
-        elif path.suffix == ".pt":
-            load_checkpoint(path)
-        elif path.suffix == ".json":
-            json.loads(path.read_text())
-        elif path.suffix == ".csv":
-            rows = list(csv.DictReader(path.open()))
-            assert rows and all(None not in row and None not in row.values() and row["seconds"] for row in rows), path
-        elif path.suffix == ".png":
-            with Image.open(path) as image:
-                image.load()
-    return hidden
 
 
 def csv_epochs(run: Path) -> list[int]:

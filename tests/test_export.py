@@ -739,7 +739,8 @@ def test_fp16_keeps_global_average_pool_in_float32():
     assert pool.input[0] in casts_to_float
 
 
-def test_engines_are_built_for_every_file_but_onnx_runtimes_int8(monkeypatch, tmp_path):
+def _build_engines_with_a_fake(monkeypatch, tmp_path, keys, **config) -> list[str]:
+    """The ONNX files ``build_engines`` builds engines from, for an export that wrote ``keys`` (TensorRT faked)."""
     from edgenode.export import pipeline
 
     built = []
@@ -753,14 +754,25 @@ def test_engines_are_built_for_every_file_but_onnx_runtimes_int8(monkeypatch, tm
 
     monkeypatch.setattr(trt_mod, "build_engine", fake_build)
     artifacts, metadata = {}, {}
-    for key in ("fp32", "int8-ort", "int8-trt"):
+    for key in keys:
         artifacts[key] = tmp_path / f"m-{key}.onnx"
         artifacts[key].write_bytes(b"x")
         metadata[key] = types.SimpleNamespace(precision=key.split("-")[0], int8_target=None)
     result = pipeline.ExportResult(tmp_path, "rk4", 2, artifacts=artifacts, metadata=metadata, report={"artifacts": []})
-    config = ExportConfig(checkpoint="best.pt", out=str(tmp_path), precisions="fp32,int8", int8_target="both", format="engine")
-    pipeline.build_engines(config, result)
+    pipeline.build_engines(ExportConfig(checkpoint="best.pt", out=str(tmp_path), format="engine", **config), result)
+    return built
+
+
+def test_engines_are_built_for_every_file_but_onnx_runtimes_int8(monkeypatch, tmp_path):
+    built = _build_engines_with_a_fake(monkeypatch, tmp_path, ("fp32", "int8-ort", "int8-trt"),
+                                       precisions="fp32,int8", int8_target="both")
     assert built == ["m-fp32.onnx", "m-int8-trt.onnx"]
+
+
+def test_engines_are_built_only_for_the_precisions_asked_for(monkeypatch, tmp_path):
+    """`--precision int8 --format engine` writes the FP32 file as the reference, but builds no FP32 engine."""
+    built = _build_engines_with_a_fake(monkeypatch, tmp_path, ("fp32", "int8-trt"), precisions="int8", int8_target="tensorrt")
+    assert built == ["m-int8-trt.onnx"]
 
 
 def test_opsets_17_to_20_are_accepted_and_others_refused():

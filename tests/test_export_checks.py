@@ -1,5 +1,5 @@
-"""Export's own checks and what it writes beside its files: the opset and I/O types written, the metadata a viewer reads, the
-step sweep's and the ODE check's rules, the TensorRT calibration tables, which engines are built, and the warnings."""
+"""Export's own checks and what it writes beside its files: the opset and I/O types written, the metadata a viewer
+reads, the step sweep's and the ODE check's rules, the TensorRT calibration tables, and the warnings."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from edgenode.export import ExportConfig
-from edgenode.export import tensorrt as trt_mod
 from edgenode.export.metadata import ArtifactMetadata
 
 
@@ -166,31 +165,6 @@ def test_the_tensorrt_calibration_tables_take_the_cache_version_and_method_asked
     percentile = compute_tensor_ranges(fp32, images, "percentile")
     assert percentile["images"] != compute_tensor_ranges(fp32, images, "minmax")["images"]
     assert scales == {name: np.float32(dynamic_range(*r) / 127.0) for name, r in percentile.items()}
-
-
-def test_engines_are_built_only_for_the_precisions_asked_for(monkeypatch, tmp_path):
-    """`--precision int8 --format engine` writes the FP32 file as the reference, but builds no FP32 engine."""
-    from edgenode.export import pipeline
-
-    built = []
-
-    def fake_build(path, meta, engine_config):
-        built.append(path.name)
-        engine = path.with_suffix(".engine")
-        engine.write_bytes(b"\0")
-        return engine, types.SimpleNamespace(precision=meta.precision, int8_target=meta.int8_target,
-                                             extra={"tensorrt_version": "10.3.0", "gpu_name": "gpu", "compute_capability": "8.7"})
-
-    monkeypatch.setattr(trt_mod, "build_engine", fake_build)
-    artifacts, metadata = {}, {}
-    for key in ("fp32", "int8-trt"):
-        artifacts[key] = tmp_path / f"m-{key}.onnx"
-        artifacts[key].write_bytes(b"x")
-        metadata[key] = types.SimpleNamespace(precision=key.split("-")[0], int8_target=None)
-    result = pipeline.ExportResult(tmp_path, "rk4", 2, artifacts=artifacts, metadata=metadata, report={"artifacts": []})
-    config = ExportConfig(checkpoint="best.pt", out=str(tmp_path), precisions="int8", int8_target="tensorrt", format="engine")
-    pipeline.build_engines(config, result)
-    assert built == ["m-int8-trt.onnx"]
 
 
 def test_low_agreement_with_fp32_is_warned_in_the_report(trained_run, tmp_path, monkeypatch, one_thread):

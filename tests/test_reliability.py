@@ -16,7 +16,6 @@ docs/GUARANTEES.md lists what edgenode guarantees; every line of it is a test (o
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import io
 import json
@@ -39,6 +38,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from helpers import whole_files
 from edgenode.artifacts import read_sidecar, sidecar_path, write_sidecar
 from edgenode.calibration import select_calibration_set
 from edgenode.checkpoint import load_checkpoint, save_checkpoint
@@ -359,20 +359,9 @@ def _train_cmd(data: Path, manifest: Path, out: Path, *extra) -> list[str]:
 
 def assert_nothing_half_written(folder: Path) -> None:
     """Every file under a final (non-hidden) name is complete: checkpoints load, JSON parses, CSV and PNG read."""
-    for path in folder.iterdir():
-        if path.name.startswith("."):
-            # a temporary of a write the kill interrupted, or the run's lock (the kill released it; the next run takes it)
-            assert path.name.endswith(".tmp") or path.name == ".train.lock", path
-            continue
-        if path.suffix == ".pt":
-            load_checkpoint(path)
-        elif path.suffix == ".json":
-            json.loads(path.read_text())
-        elif path.suffix == ".csv":
-            rows = list(csv.DictReader(path.open()))
-            assert rows and rows[-1]["epoch"].isdigit()
-        elif path.suffix == ".png":
-            Image.open(path).verify()
+    for name in whole_files(folder):
+        # a temporary of a write the kill interrupted, or the run's lock (the kill released it; the next run takes it)
+        assert name.endswith(".tmp") or name == ".train.lock", name
 
 
 def _mtime(path: Path) -> int:
