@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from fake_tensorrt import FakeTensorRT
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -436,100 +437,10 @@ def test_engine_config_is_validated():
         EngineConfig(workspace_mib=0)
 
 
-class _FakeTensorRT(types.ModuleType):
-    """Just enough of the TensorRT 10 Python API to drive build_engine; records what was asked."""
-
-    def __init__(self):
-        super().__init__("tensorrt")
-        self.__version__ = "10.3.0"
-        self.calls = []
-        fake = self
-
-        class Flag:
-            STRONGLY_TYPED = 1
-
-        class Network:
-            pass
-
-        class Parser:
-            def __init__(self, network, logger):
-                self.num_errors = 0
-
-            def set_flag(self, flag):
-                fake.calls.append(("parser_flag", flag))
-
-            def parse_from_file(self, path):
-                fake.calls.append(("parse", Path(path).name))
-                return True
-
-        class Cache:
-            def __init__(self, data=b""):
-                self.data = data
-
-            def serialize(self):
-                return b"timing"
-
-        class Profile:
-            def set_shape(self, name, lo, opt, hi):
-                fake.calls.append(("profile", name, tuple(lo), tuple(opt), tuple(hi)))
-
-        class Config:
-            def set_memory_pool_limit(self, pool, size):
-                fake.calls.append(("workspace", size))
-
-            def set_flag(self, flag):
-                fake.calls.append(("flag", flag))
-
-            def clear_flag(self, flag):
-                fake.calls.append(("clear_flag", flag))
-
-            def add_optimization_profile(self, profile):
-                pass
-
-            def create_timing_cache(self, data):
-                return Cache(data)
-
-            def set_timing_cache(self, cache, ignore_mismatch):
-                fake.calls.append(("timing_cache", cache.data))
-                return cache.data != b"another GPU's"  # TensorRT refuses a cache of another device
-
-            def get_timing_cache(self):
-                return fake.timing_cache
-
-        class Builder:
-            def __init__(self, logger):
-                pass
-
-            def create_network(self, flags):
-                fake.calls.append(("network_flags", flags))
-                return Network()
-
-            def create_builder_config(self):
-                return Config()
-
-            def create_optimization_profile(self):
-                return Profile()
-
-            def build_serialized_network(self, network, config):
-                return b"\x00\x01PLAN"  # binary, as a real plan: text would be taken for a text file
-
-        class Logger:
-            WARNING = 2
-
-            def __init__(self, level):
-                pass
-
-        self.timing_cache = Cache()
-        self.init_libnvinfer_plugins = lambda logger, namespace: fake.calls.append(("plugins", namespace))
-        self.OnnxParserFlag = types.SimpleNamespace(NATIVE_INSTANCENORM="native_instancenorm")
-        self.NetworkDefinitionCreationFlag = Flag
-        self.OnnxParser, self.Builder, self.Logger = Parser, Builder, Logger
-        self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
-        self.BuilderFlag = types.SimpleNamespace(FP16="fp16", INT8="int8", TF32="tf32")
 
 
 def test_build_engine_writes_a_plain_engine_and_a_sidecar(exported, tmp_path, monkeypatch):
-    fake = _FakeTensorRT()
+    fake = FakeTensorRT()
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     onnx_path = tmp_path / exported.artifacts["int8-trt"].name
     onnx_path.write_bytes(exported.artifacts["int8-trt"].read_bytes())
@@ -552,7 +463,7 @@ def test_build_engine_writes_a_plain_engine_and_a_sidecar(exported, tmp_path, mo
 def test_tensorrt_8_refuses_a_file_above_opset_17_before_building(exported, tmp_path, monkeypatch):
     """TensorRT 8.6 (JetPack 6.0) reads ONNX up to opset 17: the default opset-18 file is refused by name with the
     export option that makes one it reads, and that file builds (weakly typed, with the INT8 flag)."""
-    fake = _FakeTensorRT()
+    fake = FakeTensorRT()
     fake.__version__ = "8.6.2"
     del fake.NetworkDefinitionCreationFlag.STRONGLY_TYPED  # 8.6 has none
     fake.NetworkDefinitionCreationFlag.EXPLICIT_BATCH = 0
@@ -579,7 +490,7 @@ def test_a_foreign_timing_cache_is_replaced_and_never_costs_the_sidecar(exported
     """An export folder copied to a Jetson brings the x86 GPU's timing cache: TensorRT refuses it, the build starts
     from an empty one and the cache file becomes this device's; and the engine gets its sidecar even when
     TensorRT hands back no cache at all (written before the cache)."""
-    fake = _FakeTensorRT()
+    fake = FakeTensorRT()
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     onnx_path = tmp_path / exported.artifacts["fp32"].name
     onnx_path.write_bytes(exported.artifacts["fp32"].read_bytes())
@@ -618,7 +529,7 @@ def test_engine_command_builds_from_copied_onnx_files_and_verify_checks_them(exp
     result = CliRunner().invoke(app, ["engine", str(run.best_checkpoint)])  # the wrong file: said first, exit 2
     assert result.exit_code == 2 and "is a training checkpoint, not an ONNX file" in result.stderr, result.stderr
 
-    fake = _FakeTensorRT()
+    fake = FakeTensorRT()
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     result = CliRunner().invoke(app, ["engine", str(folder), "--engine-max-batch", "16"])
     assert result.exit_code == 0, result.output

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fake_tensorrt import FakeTensorRT
 from typer.testing import CliRunner
 
 from edgenode.artifacts import read_sidecar
@@ -35,9 +36,7 @@ def _copy(path: Path, folder: Path) -> Path:
 
 def test_engine_build_gets_the_workspace_in_mib_and_the_timing_cache_file_asked_for(shared_exports, tmp_path, monkeypatch):
     """--engine-workspace-mib is MiB (<< 20) and EngineConfig.timing_cache names the cache file read and written."""
-    from test_export import _FakeTensorRT
-
-    fake = _FakeTensorRT()
+    fake = FakeTensorRT()
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     onnx_path = _copy(shared_exports["fp32"], tmp_path)
     cache = tmp_path / "caches" / "orin.cache"
@@ -51,9 +50,7 @@ def test_engine_build_gets_the_workspace_in_mib_and_the_timing_cache_file_asked_
 
 def test_a_timing_cache_of_another_device_is_not_forced_on_the_builder(shared_exports, tmp_path, monkeypatch):
     """`set_timing_cache(cache, ignore_mismatch=False)`: with True TensorRT would take another GPU's/version's cache."""
-    from test_export import _FakeTensorRT
-
-    fake = _FakeTensorRT()
+    fake = FakeTensorRT()
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     config_class = type(fake.Builder(None).create_builder_config())
     original = config_class.set_timing_cache
@@ -70,9 +67,7 @@ def test_a_weakly_typed_fp32_engine_gets_no_reduced_precision_flag(shared_export
     """TensorRT 8.6 (no strong typing): an FP32 file must not be built with FP16 or INT8 allowed."""
     plan = trt_mod.plan_build("8.6.1", False, "fp32")
     assert not plan.strongly_typed and plan.builder_flags == ()
-    from test_export import _FakeTensorRT
-
-    fake = _FakeTensorRT()
+    fake = FakeTensorRT()
     fake.__version__ = "8.6.2"
     del fake.NetworkDefinitionCreationFlag.STRONGLY_TYPED
     fake.NetworkDefinitionCreationFlag.EXPLICIT_BATCH = 0
