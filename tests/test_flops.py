@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -114,3 +115,53 @@ def test_the_flop_cache_tells_widths_apart():
     wide = ModelConfig(arch="paper", num_classes=4, width=16, solver=SolverConfig("euler", n_steps=3))
     assert config_flops(narrow, 16).f_eval != config_flops(wide, 16).f_eval
     assert config_flops(wide, 16).f_eval == model_flops(build_model(wide), 16).f_eval
+
+
+def test_a_linear_layer_without_bias_has_no_bias_adds():
+    """Linear(16 → 6, bias=False): 2·16·6 FLOPs and nothing for a bias it does not have."""
+    linear = nn.Linear(16, 6, bias=False)
+    (layer,), _ = count_layers(linear, lambda: linear(torch.zeros(1, 16)))
+    assert layer.bias_adds == 0 and layer.flops == 2 * 16 * 6
+
+
+def test_a_step_costs_the_evaluations_of_its_method():
+    """One step is EVALS_PER_STEP[method] evaluations of f: 1 for Euler, 4 for RK4."""
+    counted = config_flops(ModelConfig(arch="odenet", num_classes=3, width=8, solver=SolverConfig("euler", n_steps=3)), 16)
+    assert counted.per_step("euler") == counted.f_eval
+    assert counted.per_step("rk4") == 4 * counted.f_eval
+
+
+def test_the_flop_cache_tells_image_sizes_apart():
+    """The state grows with the picture: one config counted at 16 px and at 32 px gives two counts, each as built."""
+    config = ModelConfig(arch="odenet", num_classes=3, width=8, solver=SolverConfig("rk4", n_steps=2))
+    small, large = config_flops(config, 16), config_flops(config, 32)
+    assert small.image_size == 16 and large.image_size == 32
+    assert large.f_eval == 4 * small.f_eval  # 4×4 state → 8×8 state
+    assert large.f_eval == model_flops(build_model(config), 32).f_eval
+
+
+def test_counting_leaves_the_model_in_the_mode_it_was_in():
+    """model_flops counts in eval mode, then hands a model that was training back still training."""
+    model = build_model(ModelConfig(arch="odenet", num_classes=3, width=8, solver=SolverConfig("rk4", n_steps=2)))
+    model.train()
+    model_flops(model, 16)
+    assert model.training and all(m.training for m in model.modules())
+    model.eval()
+    model_flops(model, 16)
+    assert not model.training
+
+
+def test_a_gemm_with_transposed_first_input_counts_its_inner_dimension():
+    """Gemm(A, B) with transA=1 and A stored [K, M]: K = A's first dimension, so 2·M·N·K FLOPs (+ M·N bias adds)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, m, n = 12, 1, 5  # A is [K, M] = [12, 1]: the batch-1 input read transposed
+    b = numpy_helper.from_array(np.zeros((k, n), np.float32), "b")
+    c = numpy_helper.from_array(np.zeros((n,), np.float32), "c")
+    graph = helper.make_graph([helper.make_node("Gemm", ["a", "b", "c"], ["y"], transA=1)], "g",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [k, m])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], [b, c])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    counted = onnx_graph_flops(model)
+    assert counted["unknown_nodes"] == [] and counted["nodes"]["Gemm"] == 1
+    assert counted["flops"] == 2 * m * n * k + m * n

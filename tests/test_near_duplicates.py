@@ -17,8 +17,10 @@ from edgenode.data.near_duplicates import (
     compute_hashes,
     dhash,
     find_near_duplicates,
+    identity_of,
     leaky_files,
     read_near_duplicates,
+    read_pairs_of,
     write_near_duplicates,
 )
 from edgenode.errors import DataError, DataPathError, UsageError
@@ -357,3 +359,41 @@ def test_a_table_naming_no_file_of_the_split_is_refused_not_read_as_no_leaks(tmp
     with pytest.raises(UsageError, match=f"--near-duplicates {foreign}: none of its {len(PAIRS)} pairs names a file"):
         read_pairs_of(m, foreign)
     assert read_pairs_of(m, write_near_duplicates(tmp_path / "empty.tsv", [])) == []
+
+
+def _two_identity_manifest(nested: bool = False) -> Manifest:
+    """Identities A and B, two files per split each (under a sub-folder of the identity when ``nested``)."""
+    sub = "trip/" if nested else ""
+    splits = {name: [(f"{c}/{sub}{name}{i}.jpg", k) for k, c in enumerate("AB") for i in range(2)]
+              for name in ("train", "val", "test")}
+    return Manifest(classes=["A", "B"], splits=splits, unused=[], excluded={}, skipped=[],
+                    mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+                    config=SplitConfig(per_class=6, train=2, val=2, test=2, image_size=32))
+
+
+def test_the_identity_of_a_nested_path_is_its_top_folder():
+    assert identity_of("Zendaya/Zendaya12_3.jpg") == "Zendaya"
+    assert identity_of("Zendaya/red carpet/2019/a.jpg") == "Zendaya"
+    m = _two_identity_manifest(nested=True)
+    pairs = [NearDuplicate("A/trip/test0.jpg", "A/trip/train1.jpg", 1),   # one identity, in a sub-folder
+             NearDuplicate("B/trip/test1.jpg", "A/trip/train0.jpg", 0)]   # two identities
+    assert leaky_files(m, pairs) == {"A/trip/test0.jpg"}
+
+
+def test_a_table_of_the_whole_data_set_is_read_for_a_manifest_of_part_of_it(tmp_path):
+    """The shipped table lists pairs of every picture; a manifest of 6 per class names only some. The table is
+    refused only when no pair names a file of the manifest, not as soon as one pair does not."""
+    m = _two_identity_manifest()
+    pairs = [NearDuplicate("A/test0.jpg", "A/train1.jpg", 2), NearDuplicate("C/x.jpg", "C/y.jpg", 0)]
+    path = write_near_duplicates(tmp_path / "nd.tsv", pairs)
+    assert read_pairs_of(m, path) == pairs
+    assert leaky_files(m, read_pairs_of(m, path)) == {"A/test0.jpg"}
+
+
+@pytest.mark.parametrize("name", ["a/x\ny.jpg", "a/x\ry.jpg", "a/x\ty.jpg", ""])
+def test_a_name_with_a_line_break_or_tab_is_not_written(tmp_path, name):
+    """A line break inside a name would split one row into two, and the table would read back as something else."""
+    path = write_near_duplicates(tmp_path / "nd.tsv", [NearDuplicate("a/1.jpg", "a/2.jpg", 1)])
+    with pytest.raises(UsageError, match="cannot write the file name"):
+        write_near_duplicates(path, [NearDuplicate(name, "b/2.jpg", 0)])
+    assert read_near_duplicates(path) == [NearDuplicate("a/1.jpg", "a/2.jpg", 1)]
