@@ -20,6 +20,7 @@ from edgenode.checkpoint import Checkpoint, load_checkpoint
 from edgenode.data import Manifest, load_split_arrays, normalize
 from edgenode.errors import ArtifactError, DataError
 from edgenode.export.steps import solve_logits
+from edgenode.model import rename_weights
 from edgenode.runtime.predictor import softmax
 from edgenode.data.pool import load_unlabeled_pool
 
@@ -103,10 +104,11 @@ def average_weights(members: list[Checkpoint]) -> Checkpoint:
             if mine != theirs:
                 raise ArtifactError(f"{ckpt.path}: its {what} differs from {first.path}'s; weights average only "
                                     "across one architecture", "average checkpoints fine-tuned from one start")
+    weights = [rename_weights(m.state_dict, m.model_config, first.model_config) for m in members]
     state = {}
     for key, value in first.state_dict.items():
         if value.is_floating_point():
-            state[key] = torch.stack([m.state_dict[key].double() for m in members]).mean(0).to(value.dtype)
+            state[key] = torch.stack([w[key].double() for w in weights]).mean(0).to(value.dtype)
         else:
             state[key] = value.clone()
     return dataclasses.replace(first, state_dict=state, metrics=None, history=None, optimizer=None, scheduler=None,

@@ -392,5 +392,25 @@ def build_model(config: ModelConfig) -> NeuralODECNN:
     return MODEL_REGISTRY[config.arch](config)
 
 
+def rename_weights(state: dict, source: ModelConfig, target: ModelConfig) -> dict:
+    """``state``, the weights of a network built from ``source``, under the names its twin built from ``target`` uses.
+
+    Presets add their ``nn.Dropout`` only when dropout is above 0, which shifts the index of every later layer of
+    the head (``head.8.weight`` without dropout is ``head.9.weight`` with it). A dropout layer holds no weights, so
+    the two networks hold the same tensors in the same order; only the names differ. ``train --init`` and weight
+    averaging allow another dropout and use this. Anything else that differs is left for ``load_state_dict`` to
+    refuse, so the names are changed only where the two networks list the same shapes in the same order.
+    """
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):  # shapes only: no memory, the caller's RNG untouched
+        names_from = build_model(source).state_dict()
+        names_to = build_model(target).state_dict()
+    if list(names_from) == list(names_to) or set(state) != set(names_from):
+        return state
+    shapes_from = [tuple(t.shape) for t in names_from.values()]
+    if len(names_from) != len(names_to) or shapes_from != [tuple(t.shape) for t in names_to.values()]:
+        return state
+    return {new: state[old] for old, new in zip(names_from, names_to)}
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -38,7 +38,7 @@ from edgenode.data.pool import load_unlabeled_pool
 from edgenode.distributed import DistContext, init_distributed
 from edgenode.errors import EdgenodeError, NumericError, UsageError
 from edgenode.metrics import ClassificationMetrics, format_accuracy
-from edgenode.model import ModelConfig, NeuralODECNN, build_model, count_parameters
+from edgenode.model import ModelConfig, NeuralODECNN, build_model, count_parameters, rename_weights
 from edgenode.resume import HASHED_INPUTS, RunProgress, restore_run, weight_average
 from edgenode.run_history import epoch_row, table_one, write_history
 from edgenode.run_lock import LOCK_NAME, hold_run_folder
@@ -619,7 +619,7 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def start_from(model: NeuralODECNN, model_config: ModelConfig, manifest: edata.Manifest, path: str) -> Checkpoint:
-    """Load ``path``'s weights to fine-tune them (e.g. with a finer solver); only the solver may differ."""
+    """Load ``path``'s weights to fine-tune them (e.g. with a finer solver); only the solver and dropout may differ."""
     source = load_checkpoint(path)
     mine, theirs = model_config.to_dict(), source.model_config.to_dict()
     differs = [k for k in mine if k not in ("solver", "dropout") and mine[k] != theirs.get(k)]
@@ -630,7 +630,7 @@ def start_from(model: NeuralODECNN, model_config: ModelConfig, manifest: edata.M
     if source.manifest_sha256 != manifest.sha256:  # another split: its train images may be this run's val/test
         raise UsageError(f"--init {path}: trained on another split (manifest {source.manifest_sha256[:12]}…, this run "
                          f"{manifest.sha256[:12]}…)", "pass --manifest with the manifest.json of the run that trained it")
-    model.load_state_dict(source.state_dict)
+    model.load_state_dict(rename_weights(source.state_dict, source.model_config, model_config))
     return source
 
 

@@ -155,7 +155,7 @@ def test_cosface_margin_at_a_fixed_scale_leaves_the_learned_scale_alone():
 
 def test_cosine_head_starts_at_scale_16():
     head = build_model(preset_config("faceode", num_classes=5, width=8)).head[-1]
-    assert isinstance(head, CosineClassifier) and float(head.log_scale.exp()) == pytest.approx(16.0)
+    assert isinstance(head, CosineClassifier) and float(head.log_scale.detach().exp()) == pytest.approx(16.0)
 
 
 def test_group_norm_has_one_group_per_channel_up_to_32():
@@ -195,3 +195,80 @@ def test_an_adaptive_solve_passes_its_tolerances_and_the_adjoint_choice_to_torch
     model.with_solver(SolverConfig("dopri5", rtol=1e-4, atol=1e-6))(x)
     model.with_solver(SolverConfig("dopri5", rtol=1e-3, atol=1e-5, adjoint=True))(x)
     assert calls == [("odeint", 1e-4, 1e-6), ("odeint_adjoint", 1e-3, 1e-5)]
+
+
+@pytest.mark.parametrize("dropout", [1.0, -0.1, float("nan")])
+def test_a_dropout_that_drops_everything_or_is_no_fraction_is_refused(dropout):
+    """Dropout 1 zeroes every feature in training: the head would learn nothing, without a word."""
+    with pytest.raises(UsageError, match=r"dropout must be in \[0, 1\)"):
+        ModelConfig(dropout=dropout)
+    assert ModelConfig(dropout=0.99).dropout == 0.99
+
+
+@pytest.mark.parametrize("arch", ["paper", "odenet", "faceode", "faceode-res"])
+def test_every_preset_puts_its_dropout_before_the_last_layers(arch):
+    """--dropout is recorded in the checkpoint: each preset's head must hold the layer, active in training only."""
+    torch.manual_seed(0)
+    model = build_model(preset_config(arch, num_classes=3, width=16, dropout=0.5))
+    layers = [m for m in model.head if isinstance(m, torch.nn.Dropout)]
+    assert len(layers) == 1 and layers[0].p == 0.5
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    torch.testing.assert_close(model(x), model(x))  # evaluation is deterministic
+    model.train()
+    features = [model(x, return_features=True)[0] for _ in range(2)]
+    assert not torch.equal(features[0], features[1])
+    plain = build_model(preset_config(arch, num_classes=3, width=16))
+    assert not any(isinstance(m, torch.nn.Dropout) for m in plain.modules())
+
+
+@pytest.mark.parametrize("channels, groups", [(8, 8), (32, 32), (40, 20), (64, 32), (96, 32), (128, 32), (160, 32), (256, 32)])
+def test_group_norm_takes_32_groups_wherever_the_channels_divide_into_them(channels, groups):
+    """The presets' default widths (odenet 64, faceode 128) normalise over 32 groups, as trained checkpoints expect:
+    the state dict does not record the grouping, so another count would load and compute other features."""
+    from edgenode.model import group_norm
+
+    norm = group_norm(channels)
+    assert (norm.num_groups, norm.num_channels) == (groups, channels)
+
+
+@pytest.mark.parametrize("arch", ["paper", "odenet", "faceode", "faceode-res"])
+@pytest.mark.parametrize("dropouts", [(0.0, 0.3), (0.3, 0.0), (0.2, 0.4)])
+def test_weights_move_between_a_preset_with_and_without_dropout(arch, dropouts):
+    """A dropout layer shifts the head's later layer names (head.8 becomes head.9) and holds no weights:
+    ``rename_weights`` gives the same tensors under the other network's names, and both compute the same in eval."""
+    from edgenode.model import rename_weights
+
+    source, target = (preset_config(arch, num_classes=3, width=16, dropout=d) for d in dropouts)
+    torch.manual_seed(0)
+    trained = build_model(source).eval()
+    moved = build_model(target)  # drawn after the source: other weights until loaded
+    moved.load_state_dict(rename_weights(trained.state_dict(), source, target))
+    moved.eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(moved(x), trained(x), rtol=0, atol=0)
+    assert rename_weights(trained.state_dict(), source, source).keys() == trained.state_dict().keys()
+
+
+def test_rename_weights_leaves_another_network_for_load_state_dict_to_refuse():
+    """Only dropout may differ: weights of another width keep their names, and loading them fails as before."""
+    from edgenode.model import rename_weights
+
+    narrow = preset_config("odenet", num_classes=3, width=8)
+    wide = preset_config("odenet", num_classes=3, width=16, dropout=0.3)
+    state = build_model(narrow).state_dict()
+    assert rename_weights(state, narrow, wide) is state
+    with pytest.raises(RuntimeError, match="size mismatch|Missing key"):
+        build_model(wide).load_state_dict(rename_weights(state, narrow, wide))
+
+
+def test_rename_weights_leaves_the_callers_random_numbers_alone():
+    """``train --init`` calls it between seeding and training: it must draw nothing from torch's generator."""
+    from edgenode.model import rename_weights
+
+    source, target = (preset_config("faceode", num_classes=3, width=16, dropout=d) for d in (0.0, 0.3))
+    state = build_model(source).state_dict()
+    torch.manual_seed(7)
+    before = torch.random.get_rng_state()
+    rename_weights(state, source, target)
+    assert torch.equal(torch.random.get_rng_state(), before)

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import edgenode.train as train_module
 from edgenode.checkpoint import InputSpec, load_checkpoint
 from edgenode.cli import app
-from edgenode.data import Manifest, SplitConfig
+from edgenode.data import Manifest, SplitConfig, build_manifest
 from edgenode.errors import ArtifactError, EdgenodeError, UsageError
 from edgenode.metrics import wilson_interval
 from edgenode.resume import check_resume_settings
@@ -921,3 +921,78 @@ def test_each_epoch_draws_its_own_batch_order_and_a_tie_keeps_the_earlier_best(s
     first_run, orders[:] = list(orders), []
     train(small_config(synthetic_root, tmp_path / "again"))
     assert orders == first_run  # and the same seed draws the same orders
+
+
+def test_a_resumed_run_keeps_the_best_epoch_it_had_before_the_pause(synthetic_root, tmp_path, monkeypatch):
+    """Val accuracy is held level: epoch 1 is the best and a tie keeps it, paused or not. A resume that forgot the
+    best accuracy so far would take its first epoch as an improvement and replace best.pt with a later epoch."""
+    real_evaluate = train_module.evaluate
+
+    def level_val(model, split, num_classes, *args, **kwargs):
+        return {**real_evaluate(model, split, num_classes, *args, **kwargs), "accuracy": 0.5}
+
+    monkeypatch.setattr(train_module, "evaluate", level_val)
+    straight = train(small_config(synthetic_root, tmp_path / "straight", epochs=2))
+    assert straight.best_epoch == 1
+    train(small_config(synthetic_root, tmp_path / "paused", epochs=2, stop_after=1))
+    resumed = train(small_config(synthetic_root, tmp_path / "paused", epochs=2, resume=True))
+    assert [row["epoch"] for row in resumed.history] == [1, 2]
+    assert resumed.best_epoch == 1 and resumed.best_val_accuracy == 0.5
+    assert load_checkpoint(resumed.best_checkpoint).epoch == 1
+    assert load_checkpoint(resumed.last_checkpoint).metrics["best_epoch"] == 1
+    assert json.loads((tmp_path / "paused" / "results.json").read_text())["best_epoch"] == 1
+
+
+def test_resume_refuses_a_manifest_other_than_the_one_the_run_trained_on(synthetic_root, tmp_path):
+    """A run started with --manifest records no split options to compare: only the manifest's hash tells that a
+    resume given another --manifest (another shuffle of the same pictures) would train on other train images."""
+    first = build_manifest(str(synthetic_root), SMALL_SPLIT, progress=False).save(tmp_path / "first.json")
+    other_split = SplitConfig(per_class=24, train=16, val=4, test=4, seed=1)
+    other = build_manifest(str(synthetic_root), other_split, progress=False).save(tmp_path / "other.json")
+    run = tmp_path / "run"
+    train(small_config(synthetic_root, run, epochs=2, stop_after=1, manifest=str(first), split=SplitConfig()))
+    before = (run / "last.pt").read_bytes()
+    with pytest.raises(UsageError, match=r"last.pt was trained on another split \(manifest [0-9a-f]{12}…, this run's "):
+        train(small_config(synthetic_root, run, epochs=2, resume=True, manifest=str(other), split=SplitConfig()))
+    assert (run / "last.pt").read_bytes() == before  # refused before training
+
+
+def test_the_seed_is_a_32_bit_unsigned_number():
+    """Each epoch seeds torch from --seed; numpy's and torch's seeds stop at 2**32 - 1."""
+    assert TrainConfig(data="d", seed=2**32 - 1).seed == 2**32 - 1
+    for seed in (2**32, -1):
+        with pytest.raises(UsageError, match=r"--seed .*: must be in \[0, 2\*\*32\)"):
+            TrainConfig(data="d", seed=seed)
+
+
+def test_a_kd_temperature_of_100_is_the_largest_accepted():
+    teacher = dict(data="d", arch="faceode", teacher="t.npz")
+    assert TrainConfig(kd_temperature=100.0, **teacher).kd_temperature == 100.0
+    for temperature in (100.5, 0.0, float("inf")):
+        with pytest.raises(UsageError, match=r"--kd-temperature must be in \(0, 100\]"):
+            TrainConfig(kd_temperature=temperature, **teacher)
+
+
+def test_an_adaptive_solver_needs_only_one_tolerance_that_float32_resolves():
+    """The step-size control accepts an error below max(rtol·|y|, atol): a tiny atol beside a usable rtol (the usual
+    way to ask for relative error alone) is fine; only both below float32's resolution are refused."""
+    config = TrainConfig(data="d", solver="dopri5", rtol=1e-3, atol=1e-10)
+    solver = config.model_config(num_classes=3).solver
+    assert (solver.rtol, solver.atol) == (1e-3, 1e-10)
+    assert TrainConfig(data="d", solver="dopri5", rtol=1e-10, atol=1e-4).atol == 1e-4
+    with pytest.raises(UsageError, match=r"--rtol 1e-09 --atol 1e-10: training runs in float32"):
+        TrainConfig(data="d", solver="dopri5", rtol=1e-9, atol=1e-10)
+
+
+def test_init_may_switch_dropout_on(trained_run, synthetic_root, tmp_path):
+    """The source was trained without dropout; fine-tuning it with --dropout 0.3 adds a layer to the head, which
+    shifts the names of the head's later weights. The run starts from the source's weights all the same (a learning
+    rate of 1e-9 keeps them, and dropout is off in evaluation)."""
+    source = load_checkpoint(trained_run.best_checkpoint)
+    assert source.model_config.dropout == 0.0 and source.metrics["val_accuracy"] > 0.5
+    config = TrainConfig(data=str(synthetic_root), out=str(tmp_path / "tuned"), arch="odenet", width=16, epochs=1,
+                         batch_size=8, lr=1e-9, dropout=0.3, manifest=str(trained_run.run_dir / "manifest.json"),
+                         progress=False, table_every=0, init=str(trained_run.best_checkpoint))
+    tuned = train(config)
+    assert load_checkpoint(tuned.last_checkpoint).model_config.dropout == 0.3
+    assert tuned.history[0]["val_accuracy"] == source.metrics["val_accuracy"]

@@ -11,7 +11,7 @@ import torch
 
 from edgenode import distill, view_bank
 from edgenode.align import ALIGN_FILE
-from edgenode.augment import apply_view, augment, draw_view, jitter_colors
+from edgenode.augment import apply_view, augment, draw_view, jitter_colors, shift_pad
 from edgenode.checkpoint import InputSpec
 from edgenode.errors import ArtifactError, DataError, UsageError
 from edgenode.train import DeviceSplit, TrainConfig, train
@@ -317,8 +317,6 @@ def test_a_run_with_a_view_bank_resumes_exactly(fake_teacher, chips, tmp_path, m
 
 def test_any_shift_moves_a_small_picture_by_at_least_one_pixel():
     """--augment-shift 0.0625 on an 8-px chip is half a pixel: a shift asked for is never rounded down to none."""
-    from edgenode.augment import shift_pad
-
     assert shift_pad(8, 0.0625) == 1 and shift_pad(8, 0.0) == 0 and shift_pad(64, 0.125) == 8
     assert draw_view(4, 8, torch.Generator().manual_seed(0), shift=0.0625).pad == 1
 
@@ -376,3 +374,68 @@ def test_teacher_views_cli_passes_its_seed_and_the_unlabelled_pool(fake_teacher,
     assert bank.seed == 7 and bank.rows([extra]).tolist() == [len(manifest.files("train"))]
     expected = view_bank.draw_bank_views(len(bank.files), 1, 64, 0.0625, 0.0, seed=7)[0]
     np.testing.assert_array_equal(bank.dy[0], expected.dy.numpy())
+
+
+def _tiny_bank(**changes):
+    values = dict(files=np.array(["f0"]), side=8, shift=0.0, color=0.0, seed=0, flip=np.zeros((1, 1), bool), pad=0,
+                  dy=np.zeros((1, 1), np.int16), dx=np.zeros((1, 1), np.int16), colors=None, gray=None,
+                  embedding=np.zeros((1, 1, 8), np.float16), pixels_crc32=np.zeros(1, np.uint32))
+    return view_bank.ViewBank(**{**values, **changes})
+
+
+@pytest.mark.parametrize("shift, pad", [(0.125, 0), (0.125, 2), (0.0, 1)])
+def test_a_bank_whose_padding_is_not_its_shifts_is_refused(tmp_path, shift, pad):
+    """Training replays a view by padding with the bank's ``pad``: one that is not ``shift_pad(side, shift)`` would
+    crop other pixels than the teacher described (the offsets may still fit inside it)."""
+    assert pad != shift_pad(8, shift)
+    view_bank.save_view_bank(tmp_path / "bank.npz", _tiny_bank(shift=shift, pad=pad))
+    with pytest.raises(ArtifactError) as exc:
+        view_bank.load_view_bank(tmp_path / "bank.npz")
+    one_line(exc, "bank.npz", "damaged view bank", "disagree with each other or with its shift and colour")
+    view_bank.save_view_bank(tmp_path / "fits.npz", _tiny_bank(shift=shift, pad=shift_pad(8, shift)))
+    assert view_bank.load_view_bank(tmp_path / "fits.npz").pad == shift_pad(8, shift)
+
+
+@pytest.mark.parametrize("views", [0, -1])
+def test_a_bank_of_no_views_is_refused_first(tmp_path, views):
+    with pytest.raises(UsageError) as exc:
+        view_bank.compute_view_bank(tmp_path / "not-there", ["a.png"], views=views, shift=0.125, color=0.0, workers=1,
+                                    progress=False)
+    one_line(exc, f"--views {views}", "at least one view per picture", "--views 1 or more")
+
+
+def test_a_bank_with_non_finite_descriptors_is_refused(tmp_path):
+    embedding = np.zeros((1, 1, 8), np.float16)
+    embedding[0, 0, 3] = np.nan
+    view_bank.save_view_bank(tmp_path / "bank.npz", _tiny_bank(embedding=embedding))
+    with pytest.raises(ArtifactError) as exc:
+        view_bank.load_view_bank(tmp_path / "bank.npz")
+    one_line(exc, "bank.npz", "damaged view bank", "non-finite descriptors")
+
+
+def test_a_bank_of_another_format_version_is_refused(tmp_path):
+    """A newer edgenode's bank may store its views otherwise: read as this version's, they would replay wrongly."""
+    import json
+
+    view_bank.save_view_bank(tmp_path / "bank.npz", _tiny_bank())
+    with np.load(tmp_path / "bank.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"]))
+    np.savez(tmp_path / "newer.npz", **{**arrays, "meta": np.asarray(json.dumps({**meta, "format": "edgenode-view-bank/2"}))})
+    with pytest.raises(ArtifactError) as exc:
+        view_bank.load_view_bank(tmp_path / "newer.npz")
+    one_line(exc, "newer.npz", "view bank format 'edgenode-view-bank/2'", "this edgenode reads 'edgenode-view-bank/1'",
+             "upgrade edgenode")
+
+
+def test_a_banks_views_follow_its_seed():
+    """The seed is recorded in the bank: the same seed draws the same views, another seed other ones."""
+    def drawn(seed):
+        views = view_bank.draw_bank_views(40, 2, 64, 0.125, 0.4, seed)
+        return [np.concatenate([v.flip.numpy().ravel(), v.dy.numpy().ravel(), v.dx.numpy().ravel(), v.colors.numpy().ravel()])
+                for v in views]
+
+    same, again, other = drawn(3), drawn(3), drawn(4)
+    assert all(np.array_equal(a, b) for a, b in zip(same, again))
+    assert not np.array_equal(same[0], same[1])  # view after view from one generator
+    assert not any(np.array_equal(a, b) for a, b in zip(same, other))
