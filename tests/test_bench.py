@@ -422,7 +422,7 @@ def test_a_tampered_or_foreign_artifact_in_a_folder_fails_before_anything_is_tim
 
 
 def test_a_reference_of_another_input_size_refuses_every_artifact(exports, trained_run, tmp_path):
-    """The audit's `bench exp --reference other-model.pt`: a 32 px reference for 64 px exports is no baseline."""
+    """`bench exp --reference other-model.pt`: a 32 px reference for 64 px exports is no baseline."""
     import dataclasses
 
     from edgenode.checkpoint import save_checkpoint

@@ -582,6 +582,10 @@ def test_manifest_save_load_and_bad_files(tmp_path, synthetic_manifest):
 @pytest.mark.parametrize("edit, message", [
     (lambda r: r["splits"]["test"].append(r["splits"]["train"][0]), "is listed in train and in test"),
     (lambda r: r["unused"].append(r["splits"]["val"][0]), "is listed in val and in unused"),
+    (lambda r: r["splits"]["test"].append([r["splits"]["train"][0][0].replace("/", "/./", 1), r["splits"]["train"][0][1]]),
+     "is listed in train (as "),  # the same file spelled otherwise
+    (lambda r: r["splits"]["test"].append([r["splits"]["train"][0][0].replace("/", "//", 1), r["splits"]["train"][0][1]]),
+     "is listed in train (as "),
     (lambda r: r["splits"]["train"].append(["../elsewhere/x.png", 0]), "'../elsewhere/x.png' in train is not a path inside the data set"),
     (lambda r: r["splits"]["train"].append(["/abs/x.png", 0]), "'/abs/x.png' in train is not a path inside the data set"),
     (lambda r: r["classes"].append(r["classes"][0]), "is listed twice"),

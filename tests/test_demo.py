@@ -2,10 +2,16 @@
 
 import functools
 import json
+import stat
+import types
 
+import pytest
 from typer.testing import CliRunner
 
 from edgenode.cli import app
+from edgenode.data import SplitConfig
+from edgenode.demo import DATA_RECORD, MIN_PER_CLASS, DemoConfig, demo_split, prepare_data, resumes_training
+from edgenode.errors import UsageError
 
 
 def test_demo_runs_every_stage_and_resumes(tmp_path):
@@ -116,3 +122,42 @@ def test_a_failed_swap_of_the_drawn_data_keeps_the_old_data_set(tmp_path, monkey
     monkeypatch.undo()
     assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
     assert sorted(p.name for p in out.iterdir()) == ["data"]  # no hidden draw left behind
+
+
+def test_demo_split_is_a_quarter_test_a_fifth_val_and_at_least_two_of_each():
+    """80 images per identity: 20 test (a quarter), 16 val (a fifth), 44 train; at the smallest --per-class the
+    demo takes, 2 test, 2 val and 4 train."""
+    assert demo_split(DemoConfig()) == SplitConfig(per_class=80, train=44, val=16, test=20, seed=0)
+    assert demo_split(DemoConfig(per_class=MIN_PER_CLASS, seed=3)) == SplitConfig(per_class=8, train=4, val=2, test=2, seed=3)
+
+
+def test_another_seed_draws_the_data_set_again(tmp_path):
+    """The seed is one of the settings a drawn data set is reused for: another seed draws other pictures."""
+    out = tmp_path / "demo"
+    data = prepare_data(DemoConfig(out=str(out), n_classes=2, per_class=5, seed=0))
+    first = data / "images" / "Synthetic Person 00" / "Synthetic Person 00_000.png"
+    before = first.read_bytes()
+    prepare_data(DemoConfig(out=str(out), n_classes=2, per_class=5, seed=1))
+    assert json.loads((data / DATA_RECORD).read_text())["seed"] == 1
+    assert first.read_bytes() != before
+
+
+def test_the_drawn_data_set_is_readable_by_others(tmp_path):
+    """The data folder is drawn in an owner-only temporary folder, then opened up (0755) like any data set."""
+    data = prepare_data(DemoConfig(out=str(tmp_path / "demo"), n_classes=2, per_class=5))
+    assert stat.S_IMODE(data.stat().st_mode) == 0o755
+
+
+def test_a_run_trained_at_another_width_is_not_resumed(tmp_path, monkeypatch):
+    """The width is checked as the epochs are: resuming under another width is refused in the demo's words."""
+    import edgenode.checkpoint
+
+    out = tmp_path / "demo"
+    (out / "train").mkdir(parents=True)
+    (out / "train" / "last.pt").write_bytes(b"stands for a checkpoint")
+    saved = types.SimpleNamespace(train_config={"epochs": 12, "width": 16})
+    monkeypatch.setattr(edgenode.checkpoint, "load_checkpoint", lambda path: saved)
+    assert resumes_training(DemoConfig(out=str(out), epochs=12, width=16)) is True
+    with pytest.raises(UsageError, match=r"other settings \(width \(DemoConfig\) 16 → 24\)") as info:
+        resumes_training(DemoConfig(out=str(out), epochs=12, width=24))
+    assert info.value.exit_code == 2

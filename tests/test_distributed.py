@@ -13,8 +13,10 @@ from dataclasses import replace
 import pytest
 import torch
 
+from edgenode import distributed
 from edgenode.checkpoint import load_checkpoint
 from edgenode.data import Manifest, load_split
+from edgenode.distributed import DistContext
 from edgenode.model import build_model
 
 ARGS = ["--arch", "odenet", "--width", "8", "--solver", "rk4", "--steps", "2", "--epochs", "1", "--batch-size", "16",
@@ -80,3 +82,13 @@ def test_a_run_that_rank_0_refuses_stops_every_process(synthetic_root, tmp_path)
     assert done.returncode != 0, output
     assert output.count("already holds a training run (results.json)") == 1, output
     assert sorted(p.name for p in out.iterdir()) == ["results.json"], output  # no lock, manifest or checkpoint left
+
+
+def test_only_rank_0_is_main_and_prints(monkeypatch):
+    """Rank 0 alone writes files and prints; ranks 1, 2, 3 of a 4-process run print nothing."""
+    printed: list[str] = []
+    monkeypatch.setattr(distributed, "console", type("Recording", (), {"print": lambda self, m: printed.append(m)})())
+    assert [DistContext(rank=r, world_size=4).is_main for r in range(4)] == [True, False, False, False]
+    for rank in range(4):
+        DistContext(rank=rank, world_size=4).print(f"from rank {rank}")
+    assert printed == ["from rank 0"]

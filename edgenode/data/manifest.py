@@ -203,16 +203,20 @@ class Manifest:
 
 def _check_each_file_once(lists: dict[str, list[Entry]]) -> None:
     """Every file once, in one list, and inside the data set (relative, no ``..``): a file in two splits would score
-    a training picture as a test one."""
-    where: dict[str, str] = {}
+    a training picture as a test one. Paths are compared in normal form, so that a hand-edited ``Person/./x.png``
+    or ``Person//x.png`` is the same file as ``Person/x.png``."""
+    where: dict[str, tuple[str, str]] = {}
     for name, entries in lists.items():
         for relpath, _ in entries:
-            parts = PurePosixPath(relpath).parts
-            if not parts or PurePosixPath(relpath).is_absolute() or ".." in parts:
+            path = PurePosixPath(relpath)
+            if not path.parts or path.is_absolute() or ".." in path.parts:
                 raise ValueError(f"{relpath!r} in {name} is not a path inside the data set")
-            if relpath in where:
-                raise ValueError(f"{relpath!r} is listed in {where[relpath]} and in {name}")
-            where[relpath] = name
+            key = path.as_posix()  # PurePosixPath drops "." parts and repeated slashes
+            if key in where:
+                first, spelled = where[key]
+                same = "" if spelled == relpath else f" (as {spelled!r})"
+                raise ValueError(f"{relpath!r} is listed in {first}{same} and in {name}")
+            where[key] = (name, relpath)
 
 
 def channel_stats(images: np.ndarray, chunk: int = 512) -> tuple[tuple[float, ...], tuple[float, ...]]:
