@@ -33,8 +33,9 @@ def test_a_nested_progress_bars_hidden_false_keeps_the_outer_hiding(monkeypatch)
 def test_a_progress_line_past_an_hour_shows_hours(monkeypatch, capsys):
     """Elapsed and remaining times of an hour or more read h:mm:ss."""
     monkeypatch.setattr(console_module.console, "_force_terminal", False)
-    clock = iter([0.0, 3725.0])  # start, then the one advance
-    monkeypatch.setattr(console_module, "time", types.SimpleNamespace(monotonic=lambda: next(clock)))
+    readings = [0.0, 3725.0]  # start, then the one advance (and the same time for any later reading)
+    monkeypatch.setattr(console_module, "time",
+                        types.SimpleNamespace(monotonic=lambda: readings.pop(0) if len(readings) > 1 else readings[0]))
     with console_module.progress_bar("reference", 10) as advance:
         advance(2)
     assert capsys.readouterr().err.splitlines() == ["reference: 2/10 (20 %), 1:02:05 elapsed, about 4:08:20 left"]

@@ -437,8 +437,6 @@ def test_engine_config_is_validated():
         EngineConfig(workspace_mib=0)
 
 
-
-
 def test_build_engine_writes_a_plain_engine_and_a_sidecar(exported, tmp_path, monkeypatch):
     fake = FakeTensorRT()
     monkeypatch.setitem(sys.modules, "tensorrt", fake)

@@ -281,11 +281,13 @@ def test_tsv_refuses_unwritable_names_and_keeps_the_old_file(tmp_path):
 # ---------------------------------------------------------------- leakage
 
 
-def _manifest() -> Manifest:
-    """Two identities A and B, three files per split each, plus an unused pool in a not-sorted order."""
+def _manifest(nested: bool = False) -> Manifest:
+    """Two identities A and B, three files per split each (under a sub-folder of the identity when ``nested``), plus
+    an unused pool in a not-sorted order."""
     classes = ["A", "B"]
+    sub = "trip/" if nested else ""
     splits = {
-        name: [(f"{c}/{name}{i}.jpg", k) for k, c in enumerate(classes) for i in range(3)]
+        name: [(f"{c}/{sub}{name}{i}.jpg", k) for k, c in enumerate(classes) for i in range(3)]
         for name in ("train", "val", "test")
     }
     unused = [(f"{c}/extra{i}.jpg", k) for i in (3, 0, 2, 1) for k, c in enumerate(classes)]
@@ -361,29 +363,19 @@ def test_a_table_naming_no_file_of_the_split_is_refused_not_read_as_no_leaks(tmp
     assert read_pairs_of(m, write_near_duplicates(tmp_path / "empty.tsv", [])) == []
 
 
-def _two_identity_manifest(nested: bool = False) -> Manifest:
-    """Identities A and B, two files per split each (under a sub-folder of the identity when ``nested``)."""
-    sub = "trip/" if nested else ""
-    splits = {name: [(f"{c}/{sub}{name}{i}.jpg", k) for k, c in enumerate("AB") for i in range(2)]
-              for name in ("train", "val", "test")}
-    return Manifest(classes=["A", "B"], splits=splits, unused=[], excluded={}, skipped=[],
-                    mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
-                    config=SplitConfig(per_class=6, train=2, val=2, test=2, image_size=32))
-
-
 def test_the_identity_of_a_nested_path_is_its_top_folder():
     assert identity_of("Zendaya/Zendaya12_3.jpg") == "Zendaya"
     assert identity_of("Zendaya/red carpet/2019/a.jpg") == "Zendaya"
-    m = _two_identity_manifest(nested=True)
+    m = _manifest(nested=True)
     pairs = [NearDuplicate("A/trip/test0.jpg", "A/trip/train1.jpg", 1),   # one identity, in a sub-folder
              NearDuplicate("B/trip/test1.jpg", "A/trip/train0.jpg", 0)]   # two identities
     assert leaky_files(m, pairs) == {"A/trip/test0.jpg"}
 
 
 def test_a_table_of_the_whole_data_set_is_read_for_a_manifest_of_part_of_it(tmp_path):
-    """The shipped table lists pairs of every picture; a manifest of 6 per class names only some. The table is
+    """The shipped table lists pairs of every picture; a manifest of part of it names only some. The table is
     refused only when no pair names a file of the manifest, not as soon as one pair does not."""
-    m = _two_identity_manifest()
+    m = _manifest()
     pairs = [NearDuplicate("A/test0.jpg", "A/train1.jpg", 2), NearDuplicate("C/x.jpg", "C/y.jpg", 0)]
     path = write_near_duplicates(tmp_path / "nd.tsv", pairs)
     assert read_pairs_of(m, path) == pairs
